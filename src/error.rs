@@ -17,53 +17,51 @@ pub const ERR_OUT_OF_RANGE: &str = "ERR_OUT_OF_RANGE";
 
 /// A failed syscall, e.g. `connect ENOENT /tmp/app.sock`.
 pub fn sys(errno: Errno, syscall: &str) -> Error {
-    Error::new(format!("{errno:?}"), format!("{syscall} {errno:?}"))
+  Error::new(format!("{errno:?}"), format!("{syscall} {errno:?}"))
 }
 
 /// A failed syscall on a socket path.
 pub fn sys_path(errno: Errno, syscall: &str, path: &str) -> Error {
-    Error::new(format!("{errno:?}"), format!("{syscall} {errno:?} {path}"))
+  Error::new(format!("{errno:?}"), format!("{syscall} {errno:?} {path}"))
 }
 
 /// A package error with an `ERR_*` code.
 pub fn coded(code: &str, message: impl Into<String>) -> Error {
-    Error::new(code.to_string(), message.into())
+  Error::new(code.to_string(), message.into())
 }
 
 pub fn closed() -> Error {
-    coded(ERR_SOCKET_CLOSED, "Socket is closed")
+  coded(ERR_SOCKET_CLOSED, "Socket is closed")
 }
 
 pub fn outbound_full() -> Error {
-    coded(
-        ERR_FD_QUEUE_FULL,
-        "The outbound fd queue is full: one write carries at most 253 fds",
-    )
+  coded(
+    ERR_FD_QUEUE_FULL,
+    "The outbound fd queue is full: one write carries at most 253 fds",
+  )
 }
 
 pub fn inbound_full(limit: usize) -> Error {
-    coded(
-        ERR_FD_QUEUE_FULL,
-        format!(
-            "The inbound fd queue holds maxQueuedFds ({limit}) fds: dequeue some before reading"
-        ),
-    )
+  coded(
+    ERR_FD_QUEUE_FULL,
+    format!("The inbound fd queue holds maxQueuedFds ({limit}) fds: dequeue some before reading"),
+  )
 }
 
 pub fn truncated() -> Error {
-    coded(
+  coded(
     ERR_FD_TRUNCATED,
     "Fds sent with this message were lost in transit (MSG_CTRUNC): the receiver had no room for them",
   )
 }
 
 pub fn empty_write() -> Error {
-    coded(
-        ERR_FD_EMPTY_WRITE,
-        "Cannot write zero bytes while fds are queued: a stream socket carries fds only with data",
-    )
+  coded(
+    ERR_FD_EMPTY_WRITE,
+    "Cannot write zero bytes while fds are queued: a stream socket carries fds only with data",
+  )
 }
 
 pub fn out_of_range(what: &str, value: impl std::fmt::Display) -> Error {
-    coded(ERR_OUT_OF_RANGE, format!("{what} is out of range: {value}"))
+  coded(ERR_OUT_OF_RANGE, format!("{what} is out of range: {value}"))
 }

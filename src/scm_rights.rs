@@ -19,46 +19,46 @@ pub const SCM_MAX_FD: usize = 253;
 /// What one `recvmsg` brought.
 #[derive(Debug)]
 pub struct Received {
-    /// Bytes written into the caller's buffer; 0 means end of stream.
-    pub bytes: usize,
-    /// Fds that arrived with those bytes, in the order the sender attached them. Each one
-    /// is close-on-exec and owned here, so dropping the vector closes them.
-    pub fds: Vec<OwnedFd>,
-    /// The kernel set `MSG_CTRUNC`: some fds of this message were lost (no room in the
-    /// control buffer, or this process is at its open-file limit).
-    pub truncated: bool,
+  /// Bytes written into the caller's buffer; 0 means end of stream.
+  pub bytes: usize,
+  /// Fds that arrived with those bytes, in the order the sender attached them. Each one
+  /// is close-on-exec and owned here, so dropping the vector closes them.
+  pub fds: Vec<OwnedFd>,
+  /// The kernel set `MSG_CTRUNC`: some fds of this message were lost (no room in the
+  /// control buffer, or this process is at its open-file limit).
+  pub truncated: bool,
 }
 
 /// Sends `data` with `fds` attached as one SCM_RIGHTS message (none when `fds` is
 /// empty). Returns the bytes written; when that is fewer than `data.len()` the fds still
 /// went with the bytes that were written, so the rest must be sent without them.
 pub fn send_with_fds(
-    sock: BorrowedFd<'_>,
-    data: &[u8],
-    fds: &[RawFd],
-    nonblocking: bool,
+  sock: BorrowedFd<'_>,
+  data: &[u8],
+  fds: &[RawFd],
+  nonblocking: bool,
 ) -> nix::Result<usize> {
-    let iov = [IoSlice::new(data)];
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    let mut flags = send_flags();
-    if nonblocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
-    }
-    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None)
+  let iov = [IoSlice::new(data)];
+  let rights = [ControlMessage::ScmRights(fds)];
+  let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+  let mut flags = send_flags();
+  if nonblocking {
+    flags |= MsgFlags::MSG_DONTWAIT;
+  }
+  sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None)
 }
 
 /// Sends with no control message. Node ignores SIGPIPE, and where the OS has
 /// `MSG_NOSIGNAL` a dead peer is reported as `EPIPE` in any host process.
 fn send_flags() -> MsgFlags {
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-    {
-        MsgFlags::MSG_NOSIGNAL
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    {
-        MsgFlags::empty()
-    }
+  #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+  {
+    MsgFlags::MSG_NOSIGNAL
+  }
+  #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+  {
+    MsgFlags::empty()
+  }
 }
 
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
@@ -69,11 +69,11 @@ const RECV_CLOEXEC: libc::c_int = 0;
 /// Room for the worst layout a peer can send: every one of `SCM_MAX_FD` fds in its own
 /// SCM_RIGHTS header, plus one credentials message. Kept in `u64`s for cmsg alignment.
 fn control_words() -> usize {
-    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
-    let per_fd = unsafe { libc::CMSG_SPACE(mem::size_of::<RawFd>() as u32) } as usize;
-    // SAFETY: as above.
-    let creds = unsafe { libc::CMSG_SPACE(64) } as usize;
-    (SCM_MAX_FD * per_fd + creds).div_ceil(mem::size_of::<u64>())
+  // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+  let per_fd = unsafe { libc::CMSG_SPACE(mem::size_of::<RawFd>() as u32) } as usize;
+  // SAFETY: as above.
+  let creds = unsafe { libc::CMSG_SPACE(64) } as usize;
+  (SCM_MAX_FD * per_fd + creds).div_ceil(mem::size_of::<u64>())
 }
 
 thread_local! {
@@ -88,41 +88,41 @@ thread_local! {
 /// reported even when `MSG_CTRUNC` is set, so fds installed before a truncation are kept
 /// rather than leaked.
 pub fn recv_with_fds(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-    nonblocking: bool,
+  sock: BorrowedFd<'_>,
+  buf: &mut [u8],
+  nonblocking: bool,
 ) -> nix::Result<Received> {
-    CONTROL.with_borrow_mut(|control| {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = (control.len() * mem::size_of::<u64>()) as _;
-        let mut flags = RECV_CLOEXEC;
-        if nonblocking {
-            flags |= libc::MSG_DONTWAIT;
-        }
-        // SAFETY: `msg` points at `iov` (which spans `buf`) and at `control`, both alive and
-        // exclusively borrowed for the duration of the call, with their true lengths.
-        let n = Errno::result(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) })?;
-        // SAFETY: the kernel filled `msg` just now; the walk stays within msg_controllen.
-        let fds = unsafe { collect_rights(&msg) };
-        if RECV_CLOEXEC == 0 {
-            for fd in &fds {
-                set_cloexec(fd.as_raw_fd())?;
-            }
-        }
-        Ok(Received {
-            bytes: n as usize,
-            fds,
-            truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
-        })
+  CONTROL.with_borrow_mut(|control| {
+    let mut iov = libc::iovec {
+      iov_base: buf.as_mut_ptr().cast(),
+      iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = (control.len() * mem::size_of::<u64>()) as _;
+    let mut flags = RECV_CLOEXEC;
+    if nonblocking {
+      flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: `msg` points at `iov` (which spans `buf`) and at `control`, both alive and
+    // exclusively borrowed for the duration of the call, with their true lengths.
+    let n = Errno::result(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) })?;
+    // SAFETY: the kernel filled `msg` just now; the walk stays within msg_controllen.
+    let fds = unsafe { collect_rights(&msg) };
+    if RECV_CLOEXEC == 0 {
+      for fd in &fds {
+        set_cloexec(fd.as_raw_fd())?;
+      }
+    }
+    Ok(Received {
+      bytes: n as usize,
+      fds,
+      truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     })
+  })
 }
 
 /// Takes ownership of every fd in the SCM_RIGHTS messages of `msg`.
@@ -131,131 +131,133 @@ pub fn recv_with_fds(
 /// `msg` must be the header a successful `recvmsg` just filled, its control pointer still
 /// valid for `msg_controllen` bytes.
 unsafe fn collect_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
-    let mut fds = Vec::new();
-    let control_start = msg.msg_control as usize;
-    let control_end = control_start + msg.msg_controllen as usize;
-    // SAFETY: CMSG_FIRSTHDR only reads msg_control/msg_controllen of a valid msghdr.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
-    while !cmsg.is_null() {
-        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR only return headers that lie inside the buffer.
-        let header = unsafe { ptr::read_unaligned(cmsg) };
-        // SAFETY: CMSG_DATA is pointer arithmetic on a header inside the buffer.
-        let data = unsafe { libc::CMSG_DATA(cmsg) };
-        let data_start = data as usize;
-        // The kernel clips cmsg_len to what it wrote; clip again so a bad value can never send
-        // the walk past the buffer.
-        let data_end = (cmsg as usize + header.cmsg_len as usize).min(control_end);
-        let count = data_end.saturating_sub(data_start) / mem::size_of::<RawFd>();
-        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-            for i in 0..count {
-                // SAFETY: `i < count` keeps the read inside this message's data, and the kernel
-                // installed each of these fds for us alone.
-                let raw = unsafe { ptr::read_unaligned(data.cast::<RawFd>().add(i)) };
-                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-            }
-        }
-        // SAFETY: `cmsg` is a header inside the buffer described by `msg`.
-        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+  let mut fds = Vec::new();
+  let control_start = msg.msg_control as usize;
+  // msg_controllen is usize on Linux but u32 elsewhere.
+  #[allow(clippy::unnecessary_cast)]
+  let control_end = control_start + msg.msg_controllen as usize;
+  // SAFETY: CMSG_FIRSTHDR only reads msg_control/msg_controllen of a valid msghdr.
+  let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+  while !cmsg.is_null() {
+    // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR only return headers that lie inside the buffer.
+    let header = unsafe { ptr::read_unaligned(cmsg) };
+    // SAFETY: CMSG_DATA is pointer arithmetic on a header inside the buffer.
+    let data = unsafe { libc::CMSG_DATA(cmsg) };
+    let data_start = data as usize;
+    // The kernel clips cmsg_len to what it wrote; clip again so a bad value can never send
+    // the walk past the buffer.
+    let data_end = (cmsg as usize + header.cmsg_len as usize).min(control_end);
+    let count = data_end.saturating_sub(data_start) / mem::size_of::<RawFd>();
+    if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+      for i in 0..count {
+        // SAFETY: `i < count` keeps the read inside this message's data, and the kernel
+        // installed each of these fds for us alone.
+        let raw = unsafe { ptr::read_unaligned(data.cast::<RawFd>().add(i)) };
+        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+      }
     }
-    fds
+    // SAFETY: `cmsg` is a header inside the buffer described by `msg`.
+    cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+  }
+  fds
 }
 
 /// A close-on-exec duplicate of `fd`, owned by the caller. `EBADF` when `fd` is not open.
 pub fn dup_cloexec(fd: RawFd) -> nix::Result<OwnedFd> {
-    if fd < 0 {
-        return Err(Errno::EBADF);
-    }
-    // SAFETY: the borrow lasts for this one fcntl call only; if `fd` is not open the kernel
-    // answers EBADF, and `fd` is not -1, the one value BorrowedFd cannot hold.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let duplicate = fcntl(borrowed, FcntlArg::F_DUPFD_CLOEXEC(0))?;
-    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
+  if fd < 0 {
+    return Err(Errno::EBADF);
+  }
+  // SAFETY: the borrow lasts for this one fcntl call only; if `fd` is not open the kernel
+  // answers EBADF, and `fd` is not -1, the one value BorrowedFd cannot hold.
+  let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+  let duplicate = fcntl(borrowed, FcntlArg::F_DUPFD_CLOEXEC(0))?;
+  // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+  Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
 }
 
 /// Marks `fd` close-on-exec (`F_SETFD`; `F_SETFL` cannot do this and would clobber the
 /// status flags).
 pub fn set_cloexec(fd: RawFd) -> nix::Result<()> {
-    // SAFETY: the borrow lasts for this one fcntl call on an fd the caller owns.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    fcntl(borrowed, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map(drop)
+  // SAFETY: the borrow lasts for this one fcntl call on an fd the caller owns.
+  let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+  fcntl(borrowed, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    use std::os::fd::AsFd;
+  use super::*;
+  use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+  use std::os::fd::AsFd;
 
-    fn pair() -> (OwnedFd, OwnedFd) {
-        socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .expect("socketpair")
-    }
+  fn pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+      AddressFamily::Unix,
+      SockType::Stream,
+      None,
+      SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair")
+  }
 
-    fn is_cloexec(fd: RawFd) -> bool {
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let flags = fcntl(borrowed, FcntlArg::F_GETFD).expect("F_GETFD");
-        flags & libc::FD_CLOEXEC != 0
-    }
+  fn is_cloexec(fd: RawFd) -> bool {
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags = fcntl(borrowed, FcntlArg::F_GETFD).expect("F_GETFD");
+    flags & libc::FD_CLOEXEC != 0
+  }
 
-    #[test]
-    fn fds_ride_with_the_first_byte_and_arrive_close_on_exec() {
-        let (a, b) = pair();
-        let (p, q) = pair();
-        let sent =
-            send_with_fds(a.as_fd(), b"xy", &[p.as_raw_fd(), q.as_raw_fd()], false).expect("send");
-        assert_eq!(sent, 2);
-        let mut buf = [0u8; 8];
-        let got = recv_with_fds(b.as_fd(), &mut buf, false).expect("recv");
-        assert_eq!(&buf[..got.bytes], b"xy");
-        assert_eq!(got.fds.len(), 2);
-        assert!(!got.truncated);
-        assert!(got.fds.iter().all(|fd| is_cloexec(fd.as_raw_fd())));
-    }
+  #[test]
+  fn fds_ride_with_the_first_byte_and_arrive_close_on_exec() {
+    let (a, b) = pair();
+    let (p, q) = pair();
+    let sent =
+      send_with_fds(a.as_fd(), b"xy", &[p.as_raw_fd(), q.as_raw_fd()], false).expect("send");
+    assert_eq!(sent, 2);
+    let mut buf = [0u8; 8];
+    let got = recv_with_fds(b.as_fd(), &mut buf, false).expect("recv");
+    assert_eq!(&buf[..got.bytes], b"xy");
+    assert_eq!(got.fds.len(), 2);
+    assert!(!got.truncated);
+    assert!(got.fds.iter().all(|fd| is_cloexec(fd.as_raw_fd())));
+  }
 
-    #[test]
-    fn a_full_message_of_scm_max_fd_arrives_whole() {
-        let (a, b) = pair();
-        let (p, _q) = pair();
-        let raw = vec![p.as_raw_fd(); SCM_MAX_FD];
-        send_with_fds(a.as_fd(), b"!", &raw, false).expect("send");
-        let mut buf = [0u8; 1];
-        let got = recv_with_fds(b.as_fd(), &mut buf, false).expect("recv");
-        assert_eq!(got.fds.len(), SCM_MAX_FD);
-        assert!(!got.truncated);
-    }
+  #[test]
+  fn a_full_message_of_scm_max_fd_arrives_whole() {
+    let (a, b) = pair();
+    let (p, _q) = pair();
+    let raw = vec![p.as_raw_fd(); SCM_MAX_FD];
+    send_with_fds(a.as_fd(), b"!", &raw, false).expect("send");
+    let mut buf = [0u8; 1];
+    let got = recv_with_fds(b.as_fd(), &mut buf, false).expect("recv");
+    assert_eq!(got.fds.len(), SCM_MAX_FD);
+    assert!(!got.truncated);
+  }
 
-    #[test]
-    fn one_fd_more_than_scm_max_fd_is_refused_by_the_kernel() {
-        let (a, _b) = pair();
-        let raw = vec![a.as_raw_fd(); SCM_MAX_FD + 1];
-        assert_eq!(
-            send_with_fds(a.as_fd(), b"!", &raw, false),
-            Err(Errno::EINVAL)
-        );
-    }
+  #[test]
+  fn one_fd_more_than_scm_max_fd_is_refused_by_the_kernel() {
+    let (a, _b) = pair();
+    let raw = vec![a.as_raw_fd(); SCM_MAX_FD + 1];
+    assert_eq!(
+      send_with_fds(a.as_fd(), b"!", &raw, false),
+      Err(Errno::EINVAL)
+    );
+  }
 
-    #[test]
-    fn dup_of_a_closed_fd_is_ebadf() {
-        assert_eq!(dup_cloexec(-1).map(drop), Err(Errno::EBADF));
-        let (a, _b) = pair();
-        let raw = a.as_raw_fd();
-        drop(a);
-        assert_eq!(dup_cloexec(raw).map(drop), Err(Errno::EBADF));
-    }
+  #[test]
+  fn dup_of_a_closed_fd_is_ebadf() {
+    assert_eq!(dup_cloexec(-1).map(drop), Err(Errno::EBADF));
+    let (a, _b) = pair();
+    let raw = a.as_raw_fd();
+    drop(a);
+    assert_eq!(dup_cloexec(raw).map(drop), Err(Errno::EBADF));
+  }
 
-    #[test]
-    fn empty_nonblocking_read_is_eagain() {
-        let (_a, b) = pair();
-        let mut buf = [0u8; 4];
-        assert_eq!(
-            recv_with_fds(b.as_fd(), &mut buf, true).map(|r| r.bytes),
-            Err(Errno::EAGAIN)
-        );
-    }
+  #[test]
+  fn empty_nonblocking_read_is_eagain() {
+    let (_a, b) = pair();
+    let mut buf = [0u8; 4];
+    assert_eq!(
+      recv_with_fds(b.as_fd(), &mut buf, true).map(|r| r.bytes),
+      Err(Errno::EAGAIN)
+    );
+  }
 }

@@ -1,0 +1,503 @@
+//! The async classes: non-blocking sockets registered with napi-rs's tokio runtime.
+//! Methods take `&self` (napi refuses `&mut self` while an async call on the object is
+//! pending); the socket sits behind an `Arc` that pending futures share, the queues behind
+//! short `std::sync::Mutex`es, and `close()` cancels every pending future through a watch
+//! channel. Promises are built with `AsyncBlockBuilder` so that each call draws its place
+//! in line (and its outbound fds) synchronously, in call order.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use napi::bindgen_prelude::{within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer};
+use napi::{Env, Status};
+use napi_derive::napi;
+use nix::errno::Errno;
+use nix::sys::socket::{self, Shutdown};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{watch, Notify};
+
+use crate::blocking::shutdown_how;
+use crate::error::{self, Result};
+use crate::queue::{InboundQueue, OutboundQueue};
+use crate::scm_rights::{self, Received};
+use crate::socket::{self as unix, SocketFile};
+use crate::turnstile::{Ticket, Turnstile};
+
+/// Largest `read(size)`.
+const MAX_READ_SIZE: u32 = 1 << 30;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+  mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// napi-rs rejects async calls only with its own `Status` codes, so the package code
+/// travels in the message as `[CODE] message`; the TypeScript layer moves it to `code`.
+fn rejection(e: error::Error) -> napi::Error {
+  napi::Error::new(
+    Status::GenericFailure,
+    format!("[{}] {}", e.status, e.reason),
+  )
+}
+
+fn errno_of(e: &io::Error) -> Errno {
+  e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
+}
+
+/// Registers a non-blocking fd with the tokio reactor (which needs the runtime context).
+fn register(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
+  within_runtime_if_available(|| {
+    // SAFETY: an OwnedFd is an open fd that stays the same open file description until the
+    // AsyncFd that owns it drops it.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+  })
+  .map_err(|e| error::sys(errno_of(&e.into_parts().1), "epoll_ctl"))
+}
+
+/// Resolves once `closed` turns true.
+async fn closing(closed: &watch::Sender<bool>) {
+  let mut rx = closed.subscribe();
+  let _ = rx.wait_for(|c| *c).await;
+}
+
+/// The fd queues of one stream, shared by the JS object and its pending reads.
+#[derive(Debug, Default)]
+struct Queues {
+  outbound: Mutex<OutboundQueue>,
+  inbound: Mutex<InboundQueue>,
+  /// Woken when the inbound queue gets room (a dequeue, a larger limit, a close).
+  room: Notify,
+  closed: AtomicBool,
+}
+
+impl Queues {
+  fn inbound_full(&self) -> bool {
+    lock(&self.inbound).is_full()
+  }
+
+  /// Waits until the inbound queue is below its bound: reading pauses at `maxQueuedFds`.
+  async fn wait_for_room(&self) {
+    loop {
+      let room = self.room.notified();
+      if !self.inbound_full() || self.closed.load(Ordering::Acquire) {
+        return;
+      }
+      room.await;
+    }
+  }
+
+  fn close(&self) {
+    self.closed.store(true, Ordering::Release);
+    lock(&self.outbound).clear();
+    lock(&self.inbound).clear();
+    self.room.notify_waiters();
+  }
+}
+
+/// What pending futures share: the registered socket and the order of calls.
+struct Shared {
+  io: AsyncFd<OwnedFd>,
+  closed: watch::Sender<bool>,
+  reads: Arc<Turnstile>,
+  writes: Arc<Turnstile>,
+}
+
+impl Shared {
+  fn new(fd: OwnedFd) -> Result<Arc<Self>> {
+    Ok(Arc::new(Self {
+      io: register(fd)?,
+      closed: watch::Sender::new(false),
+      reads: Turnstile::new(),
+      writes: Turnstile::new(),
+    }))
+  }
+
+  /// One `recvmsg` of at most `size` bytes, after the inbound queue has room.
+  async fn read(&self, queues: &Queues, size: usize) -> Result<(Vec<u8>, Received)> {
+    let mut data = vec![0u8; size];
+    queues.wait_for_room().await;
+    loop {
+      let result = self
+        .io
+        .async_io(Interest::READABLE, |fd| {
+          scm_rights::recv_with_fds(fd.as_fd(), &mut data, true).map_err(io::Error::from)
+        })
+        .await;
+      match result {
+        Ok(received) => {
+          // A small message must not pin a large allocation in its Buffer.
+          if received.bytes * 2 < data.len() {
+            data = data[..received.bytes].to_vec();
+          } else {
+            data.truncate(received.bytes);
+          }
+          return Ok((data, received));
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        Err(e) => return Err(error::sys(errno_of(&e), "recvmsg")),
+      }
+    }
+  }
+
+  /// Writes every byte; `fds` ride on the first `sendmsg` and are closed once it
+  /// succeeded (the kernel holds its own references) or the write failed.
+  async fn write_all(&self, data: &[u8], mut fds: Vec<OwnedFd>) -> Result<u32> {
+    let mut sent = 0;
+    while sent < data.len() {
+      let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+      let result = self
+        .io
+        .async_io(Interest::WRITABLE, |fd| {
+          scm_rights::send_with_fds(fd.as_fd(), &data[sent..], &raw, true).map_err(io::Error::from)
+        })
+        .await;
+      match result {
+        Ok(n) => {
+          fds.clear();
+          sent += n;
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        Err(e) => return Err(error::sys(errno_of(&e), "sendmsg")),
+      }
+    }
+    Ok(sent as u32)
+  }
+}
+
+/// A connected Unix stream socket driven by tokio.
+#[napi(js_name = "NativeAsyncUnixStream")]
+pub struct AsyncUnixStream {
+  shared: Mutex<Option<Arc<Shared>>>,
+  queues: Arc<Queues>,
+}
+
+impl AsyncUnixStream {
+  fn wrap(fd: OwnedFd) -> Result<Self> {
+    Ok(Self {
+      shared: Mutex::new(Some(Shared::new(fd)?)),
+      queues: Arc::default(),
+    })
+  }
+
+  fn shared(&self) -> Result<Arc<Shared>> {
+    lock(&self.shared).clone().ok_or_else(error::closed)
+  }
+
+  /// A promise that rejects at once (for calls on a closed stream).
+  fn rejected<T: Send + 'static + napi::bindgen_prelude::ToNapiValue>(
+    env: &Env,
+    e: error::Error,
+  ) -> napi::Result<AsyncBlock<T>> {
+    AsyncBlockBuilder::new(async move { Err(rejection(e)) }).build(env)
+  }
+}
+
+#[napi]
+impl AsyncUnixStream {
+  /// Two connected streams (`socketpair`).
+  #[napi]
+  pub fn pair() -> Result<Vec<AsyncUnixStream>> {
+    let (a, b) = unix::pair(true)?;
+    Ok(vec![Self::wrap(a)?, Self::wrap(b)?])
+  }
+
+  /// Connects to the listener at `path`.
+  #[napi]
+  pub fn connect(env: &Env, path: String) -> napi::Result<AsyncBlock<AsyncUnixStream>> {
+    AsyncBlockBuilder::new(async move {
+      let stream = tokio::net::UnixStream::connect(&path)
+        .await
+        .map_err(|e| rejection(error::sys_path(errno_of(&e), "connect", &path)))?;
+      let fd = OwnedFd::from(
+        stream
+          .into_std()
+          .map_err(|e| rejection(error::sys(errno_of(&e), "connect")))?,
+      );
+      AsyncUnixStream::wrap(fd).map_err(rejection)
+    })
+    .build(env)
+  }
+
+  /// The socket's fd, or -1 once closed.
+  #[napi(getter)]
+  pub fn fd(&self) -> i32 {
+    lock(&self.shared).as_ref().map_or(-1, |s| s.io.as_raw_fd())
+  }
+
+  #[napi(getter)]
+  pub fn max_queued_fds(&self) -> u32 {
+    lock(&self.queues.inbound).limit() as u32
+  }
+
+  #[napi(setter)]
+  pub fn set_max_queued_fds(&self, limit: u32) {
+    lock(&self.queues.inbound).set_limit(limit as usize);
+    self.queues.room.notify_waiters();
+  }
+
+  /// Duplicates `fd` (close-on-exec) into the outbound queue; it rides on the next
+  /// `write` called after this.
+  #[napi]
+  pub fn enqueue(&self, fd: i32) -> Result<()> {
+    self.shared()?;
+    let mut outbound = lock(&self.queues.outbound);
+    if outbound.is_full() {
+      return Err(error::outbound_full());
+    }
+    let duplicate = scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
+    outbound
+      .enqueue(duplicate)
+      .map_err(|_| error::outbound_full())
+  }
+
+  /// The oldest received fd, now the caller's to close; `null` when none is waiting.
+  #[napi]
+  pub fn dequeue(&self) -> Result<Option<i32>> {
+    self.shared()?;
+    let fd = lock(&self.queues.inbound).dequeue();
+    self.queues.room.notify_waiters();
+    match fd {
+      Ok(fd) => Ok(fd.map(IntoRawFd::into_raw_fd)),
+      Err(_) => Err(error::truncated()),
+    }
+  }
+
+  /// How many received fds wait for `dequeue`.
+  #[napi(getter)]
+  pub fn queued_inbound(&self) -> u32 {
+    lock(&self.queues.inbound).len() as u32
+  }
+
+  /// How many fds wait to ride on the next `write`.
+  #[napi(getter)]
+  pub fn queued_outbound(&self) -> u32 {
+    lock(&self.queues.outbound).len() as u32
+  }
+
+  /// One `recvmsg` of at most `size` bytes, served after every earlier `read`. The fds
+  /// that came with the bytes join the inbound queue on the JS thread, just before the
+  /// promise resolves. An empty Buffer means end of stream.
+  #[napi(ts_return_type = "Promise<Buffer>")]
+  pub fn read(&self, env: &Env, size: u32) -> napi::Result<AsyncBlock<Buffer>> {
+    if size == 0 || size > MAX_READ_SIZE {
+      return Err(rejection(error::out_of_range("size", size)));
+    }
+    let shared = match self.shared() {
+      Ok(shared) => shared,
+      Err(e) => return Self::rejected(env, e),
+    };
+    let ticket = shared.reads.ticket();
+    let queues = Arc::clone(&self.queues);
+    let reading = Arc::clone(&queues);
+    let future = async move {
+      let outcome = tokio::select! {
+        biased;
+        _ = closing(&shared.closed) => Err(error::closed()),
+        result = read_in_turn(&shared, &reading, ticket, size as usize) => result,
+      };
+      drop(shared);
+      outcome.map_err(rejection)
+    };
+    AsyncBlockBuilder::build_with_map(env, future, move |_env, (data, received)| {
+      if queues.closed.load(Ordering::Acquire) {
+        // Closed while the result travelled: the fds are dropped (closed) here.
+        return Err(rejection(error::closed()));
+      }
+      lock(&queues.inbound).receive(received.fds, received.truncated);
+      Ok(Buffer::from(data))
+    })
+  }
+
+  /// Writes every byte of `data`, after every earlier `write`; the fds queued when this
+  /// was called ride on its first `sendmsg`. Resolves with the byte count.
+  #[napi(ts_return_type = "Promise<number>")]
+  pub fn write(&self, env: &Env, data: &[u8]) -> napi::Result<AsyncBlock<u32>> {
+    let shared = match self.shared() {
+      Ok(shared) => shared,
+      Err(e) => return Self::rejected(env, e),
+    };
+    let fds = {
+      let mut outbound = lock(&self.queues.outbound);
+      if data.is_empty() && !outbound.is_empty() {
+        return Err(rejection(error::empty_write()));
+      }
+      outbound.take()
+    };
+    let data = data.to_vec();
+    let ticket = shared.writes.ticket();
+    AsyncBlockBuilder::new(async move {
+      let outcome = tokio::select! {
+        biased;
+        _ = closing(&shared.closed) => Err(error::closed()),
+        result = async {
+          ticket.turn().await;
+          shared.write_all(&data, fds).await
+        } => result,
+      };
+      drop(shared);
+      outcome.map_err(rejection)
+    })
+    .build(env)
+  }
+
+  /// Shuts down one or both directions, after every earlier `write` went out.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn shutdown(&self, env: &Env, how: String) -> napi::Result<AsyncBlock<()>> {
+    let how = shutdown_how(&how).map_err(rejection)?;
+    let shared = match self.shared() {
+      Ok(shared) => shared,
+      Err(e) => return Self::rejected(env, e),
+    };
+    let ticket = shared.writes.ticket();
+    AsyncBlockBuilder::new(async move {
+      let outcome = tokio::select! {
+        biased;
+        _ = closing(&shared.closed) => Err(error::closed()),
+        result = async {
+          ticket.turn().await;
+          shutdown_now(&shared, how)
+        } => result,
+      };
+      drop(shared);
+      outcome.map_err(rejection)
+    })
+    .build(env)
+  }
+
+  /// Closes the socket and every queued fd, and settles every pending operation with
+  /// `ERR_SOCKET_CLOSED`. A second call does nothing.
+  #[napi]
+  pub fn close(&self) {
+    let shared = lock(&self.shared).take();
+    if let Some(shared) = shared {
+      self.queues.close();
+      // The peer sees end-of-stream now, even while pending futures still hold the fd
+      // for the moment it takes them to notice the close.
+      let _ = socket::shutdown(shared.io.as_raw_fd(), Shutdown::Both);
+      shared.closed.send_replace(true);
+    }
+  }
+}
+
+impl Drop for AsyncUnixStream {
+  fn drop(&mut self) {
+    self.close();
+  }
+}
+
+async fn read_in_turn(
+  shared: &Shared,
+  queues: &Queues,
+  ticket: Ticket,
+  size: usize,
+) -> Result<(Vec<u8>, Received)> {
+  ticket.turn().await;
+  let result = shared.read(queues, size).await;
+  drop(ticket);
+  result
+}
+
+fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
+  match socket::shutdown(shared.io.as_raw_fd(), how) {
+    Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+    Err(e) => Err(error::sys(e, "shutdown")),
+  }
+}
+
+/// A listening Unix socket driven by tokio.
+#[napi(js_name = "NativeAsyncUnixListener")]
+pub struct AsyncUnixListener {
+  io: Mutex<Option<Arc<ListenerShared>>>,
+  file: SocketFile,
+}
+
+struct ListenerShared {
+  io: AsyncFd<OwnedFd>,
+  closed: watch::Sender<bool>,
+}
+
+#[napi]
+impl AsyncUnixListener {
+  /// Creates the socket file at `path` and listens on it.
+  #[napi]
+  pub fn bind(path: String) -> Result<AsyncUnixListener> {
+    let bound = unix::bind(&path, true)?;
+    let io = match register(bound.fd) {
+      Ok(io) => io,
+      Err(e) => {
+        bound.file.remove();
+        return Err(e);
+      }
+    };
+    Ok(Self {
+      io: Mutex::new(Some(Arc::new(ListenerShared {
+        io,
+        closed: watch::Sender::new(false),
+      }))),
+      file: bound.file,
+    })
+  }
+
+  #[napi(getter)]
+  pub fn fd(&self) -> i32 {
+    lock(&self.io).as_ref().map_or(-1, |s| s.io.as_raw_fd())
+  }
+
+  /// The path this listener was bound to.
+  #[napi(getter)]
+  pub fn path(&self) -> String {
+    self.file.path().to_string()
+  }
+
+  /// Resolves with the next connection.
+  #[napi(ts_return_type = "Promise<NativeAsyncUnixStream>")]
+  pub fn accept(&self, env: &Env) -> napi::Result<AsyncBlock<AsyncUnixStream>> {
+    let shared = lock(&self.io).clone();
+    AsyncBlockBuilder::new(async move {
+      let shared = shared.ok_or_else(|| rejection(error::closed()))?;
+      let outcome = tokio::select! {
+        biased;
+        _ = closing(&shared.closed) => Err(error::closed()),
+        result = accept_one(&shared) => result,
+      };
+      drop(shared);
+      outcome.and_then(AsyncUnixStream::wrap).map_err(rejection)
+    })
+    .build(env)
+  }
+
+  /// Stops listening, removes the socket file and rejects pending accepts with
+  /// `ERR_SOCKET_CLOSED`. A second call does nothing.
+  #[napi]
+  pub fn close(&self) {
+    let shared = lock(&self.io).take();
+    if let Some(shared) = shared {
+      self.file.remove();
+      shared.closed.send_replace(true);
+    }
+  }
+}
+
+impl Drop for AsyncUnixListener {
+  fn drop(&mut self) {
+    self.close();
+  }
+}
+
+async fn accept_one(shared: &ListenerShared) -> Result<OwnedFd> {
+  loop {
+    let result = shared
+      .io
+      .async_io(Interest::READABLE, |fd| {
+        unix::accept(fd.as_fd(), true).map_err(io::Error::from)
+      })
+      .await;
+    match result {
+      Ok(fd) => return Ok(fd),
+      Err(e) if matches!(errno_of(&e), Errno::EINTR | Errno::ECONNABORTED) => continue,
+      Err(e) => return Err(error::sys(errno_of(&e), "accept")),
+    }
+  }
+}

@@ -1,0 +1,109 @@
+//! Serves async operations in the order they were called. A ticket is drawn on the JS
+//! thread when the method is called; the spawned future waits for its number. tokio may
+//! poll freshly spawned tasks in any order, so a lock taken inside the future would not
+//! keep call order.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+#[derive(Debug)]
+pub struct Turnstile {
+  state: Mutex<State>,
+  serving: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+  next: u64,
+  serving: u64,
+  /// Tickets dropped before their turn came (their operation was cancelled).
+  finished_early: BTreeSet<u64>,
+}
+
+/// A place in line. Dropping it, served or not, lets the next one through.
+#[derive(Debug)]
+pub struct Ticket {
+  gate: Arc<Turnstile>,
+  number: u64,
+}
+
+impl Turnstile {
+  pub fn new() -> Arc<Self> {
+    Arc::new(Self {
+      state: Mutex::new(State::default()),
+      serving: watch::Sender::new(0),
+    })
+  }
+
+  /// Draws the next ticket; call this synchronously, in call order.
+  pub fn ticket(self: &Arc<Self>) -> Ticket {
+    let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+    let number = state.next;
+    state.next += 1;
+    Ticket {
+      gate: Arc::clone(self),
+      number,
+    }
+  }
+
+  fn finish(&self, number: u64) {
+    let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+    state.finished_early.insert(number);
+    while let Some(&done) = state
+      .finished_early
+      .first()
+      .filter(|&&n| n == state.serving)
+    {
+      state.finished_early.remove(&done);
+      state.serving += 1;
+    }
+    self.serving.send_replace(state.serving);
+  }
+}
+
+impl Ticket {
+  /// Resolves once every earlier ticket has been dropped.
+  pub async fn turn(&self) {
+    let mut serving = self.gate.serving.subscribe();
+    // The sender lives in `gate`, which this ticket keeps alive, so this cannot fail.
+    let _ = serving.wait_for(|now| *now == self.number).await;
+  }
+}
+
+impl Drop for Ticket {
+  fn drop(&mut self) {
+    self.gate.finish(self.number);
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use std::time::Duration;
+
+  #[test]
+  fn tickets_are_served_in_draw_order_even_when_one_is_dropped_early() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+      .enable_time()
+      .build()
+      .expect("runtime");
+    runtime.block_on(async {
+      let gate = Turnstile::new();
+      let first = gate.ticket();
+      let second = gate.ticket();
+      let third = gate.ticket();
+      drop(second);
+      let waiting = tokio::spawn(async move {
+        third.turn().await;
+        "third"
+      });
+      tokio::time::sleep(Duration::from_millis(20)).await;
+      assert!(!waiting.is_finished(), "third must wait for first");
+      first.turn().await;
+      drop(first);
+      assert_eq!(waiting.await.expect("join"), "third");
+    });
+  }
+}
