@@ -8,6 +8,7 @@
 mod blocking;
 mod error;
 mod nonblocking;
+mod push;
 mod queue;
 mod scm_rights;
 mod socket;

@@ -7,10 +7,12 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use napi::bindgen_prelude::{within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer};
+use napi::bindgen_prelude::{
+  within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, Function,
+};
 use napi::{Env, Status};
 use napi_derive::napi;
 use nix::errno::Errno;
@@ -21,6 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::blocking::shutdown_how;
 use crate::error::{self, Result};
+use crate::push::{AcceptArgs, Acceptor, ReadArgs, Reader};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::scm_rights::{self, Received};
 use crate::socket::{self as unix, SocketFile};
@@ -29,20 +32,21 @@ use crate::turnstile::{Ticket, Turnstile};
 /// Largest `read(size)`.
 const MAX_READ_SIZE: u32 = 1 << 30;
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
   mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// napi-rs rejects async calls only with its own `Status` codes, so the package code
 /// travels in the message as `[CODE] message`; the TypeScript layer moves it to `code`.
-fn rejection(e: error::Error) -> napi::Error {
-  napi::Error::new(
-    Status::GenericFailure,
-    format!("[{}] {}", e.status, e.reason),
-  )
+pub(crate) fn tagged(e: error::Error) -> String {
+  format!("[{}] {}", e.status, e.reason)
 }
 
-fn errno_of(e: &io::Error) -> Errno {
+fn rejection(e: error::Error) -> napi::Error {
+  napi::Error::new(Status::GenericFailure, tagged(e))
+}
+
+pub(crate) fn errno_of(e: &io::Error) -> Errno {
   e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
 }
 
@@ -57,28 +61,32 @@ fn register(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
 }
 
 /// Resolves once `closed` turns true.
-async fn closing(closed: &watch::Sender<bool>) {
+pub(crate) async fn closing(closed: &watch::Sender<bool>) {
   let mut rx = closed.subscribe();
   let _ = rx.wait_for(|c| *c).await;
 }
 
 /// The fd queues of one stream, shared by the JS object and its pending reads.
 #[derive(Debug, Default)]
-struct Queues {
+pub(crate) struct Queues {
   outbound: Mutex<OutboundQueue>,
-  inbound: Mutex<InboundQueue>,
+  pub(crate) inbound: Mutex<InboundQueue>,
+  /// Fds read by a push reader and on their way to the JS thread, which adds them to
+  /// `inbound`; they count against `maxQueuedFds` already.
+  pub(crate) pending: AtomicUsize,
   /// Woken when the inbound queue gets room (a dequeue, a larger limit, a close).
   room: Notify,
-  closed: AtomicBool,
+  pub(crate) closed: AtomicBool,
 }
 
 impl Queues {
-  fn inbound_full(&self) -> bool {
-    lock(&self.inbound).is_full()
+  pub(crate) fn inbound_full(&self) -> bool {
+    let inbound = lock(&self.inbound);
+    inbound.len() + self.pending.load(Ordering::Acquire) >= inbound.limit()
   }
 
   /// Waits until the inbound queue is below its bound: reading pauses at `maxQueuedFds`.
-  async fn wait_for_room(&self) {
+  pub(crate) async fn wait_for_room(&self) {
     loop {
       let room = self.room.notified();
       if !self.inbound_full() || self.closed.load(Ordering::Acquire) {
@@ -97,9 +105,9 @@ impl Queues {
 }
 
 /// What pending futures share: the registered socket and the order of calls.
-struct Shared {
-  io: AsyncFd<OwnedFd>,
-  closed: watch::Sender<bool>,
+pub(crate) struct Shared {
+  pub(crate) io: AsyncFd<OwnedFd>,
+  pub(crate) closed: watch::Sender<bool>,
   reads: Arc<Turnstile>,
   writes: Arc<Turnstile>,
 }
@@ -171,13 +179,15 @@ impl Shared {
 pub struct AsyncUnixStream {
   shared: Mutex<Option<Arc<Shared>>>,
   queues: Arc<Queues>,
+  reader: Mutex<Option<Reader>>,
 }
 
 impl AsyncUnixStream {
-  fn wrap(fd: OwnedFd) -> Result<Self> {
+  pub(crate) fn wrap(fd: OwnedFd) -> Result<Self> {
     Ok(Self {
       shared: Mutex::new(Some(Shared::new(fd)?)),
       queues: Arc::default(),
+      reader: Mutex::new(None),
     })
   }
 
@@ -366,12 +376,65 @@ impl AsyncUnixStream {
     .build(env)
   }
 
+  /// Moves a duplicate made by `NativeDuplicate` into the outbound queue (the stream
+  /// wrappers hold the fds of chunks still buffered this way).
+  #[napi]
+  pub fn enqueue_duplicate(&self, duplicate: &NativeDuplicate) -> Result<()> {
+    self.shared()?;
+    let mut outbound = lock(&self.queues.outbound);
+    if outbound.is_full() {
+      return Err(error::outbound_full());
+    }
+    let fd = lock(&duplicate.fd).take().ok_or_else(error::closed)?;
+    outbound.enqueue(fd).map_err(|_| error::outbound_full())
+  }
+
+  /// Starts push delivery: `callback(chunk, fdCount, error)` for every batch read, then
+  /// `callback(null, 0, null)` at end of stream. Reading pauses at `maxQueuedFds`.
+  #[napi(
+    ts_args_type = "callback: (chunk: Buffer | null, fdCount: number, error: string | null) => void"
+  )]
+  pub fn start_reading(&self, env: &Env, callback: Function<'_, ReadArgs, ()>) -> Result<()> {
+    let shared = self.shared()?;
+    let mut reader = lock(&self.reader);
+    if reader.is_none() {
+      let started = Reader::start(env, shared, Arc::clone(&self.queues), callback);
+      *reader = Some(started.map_err(internal)?);
+    }
+    Ok(())
+  }
+
+  /// Pauses (`false`) or resumes (`true`) push delivery.
+  #[napi]
+  pub fn set_reading(&self, env: &Env, wanted: bool) -> Result<()> {
+    match lock(&self.reader).as_mut() {
+      Some(reader) => reader.set_wanted(env, wanted).map_err(internal),
+      None => Ok(()),
+    }
+  }
+
+  /// Whether a waiting push reader keeps the process alive (`ref()` / `unref()`).
+  #[napi]
+  pub fn set_referenced(&self, env: &Env, referenced: bool) -> Result<()> {
+    match lock(&self.reader).as_mut() {
+      Some(reader) => reader.set_referenced(env, referenced).map_err(internal),
+      None => Ok(()),
+    }
+  }
+
+  /// Closes every fd waiting in the outbound queue (nothing will carry them).
+  #[napi]
+  pub fn clear_outbound(&self) {
+    lock(&self.queues.outbound).clear();
+  }
+
   /// Closes the socket and every queued fd, and settles every pending operation with
   /// `ERR_SOCKET_CLOSED`. A second call does nothing.
   #[napi]
   pub fn close(&self) {
     let shared = lock(&self.shared).take();
     if let Some(shared) = shared {
+      lock(&self.reader).take();
       self.queues.close();
       // The peer sees end-of-stream now, even while pending futures still hold the fd
       // for the moment it takes them to notice the close.
@@ -411,11 +474,12 @@ fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
 pub struct AsyncUnixListener {
   io: Mutex<Option<Arc<ListenerShared>>>,
   file: SocketFile,
+  acceptor: Mutex<Option<Acceptor>>,
 }
 
-struct ListenerShared {
+pub(crate) struct ListenerShared {
   io: AsyncFd<OwnedFd>,
-  closed: watch::Sender<bool>,
+  pub(crate) closed: watch::Sender<bool>,
 }
 
 #[napi]
@@ -437,6 +501,7 @@ impl AsyncUnixListener {
         closed: watch::Sender::new(false),
       }))),
       file: bound.file,
+      acceptor: Mutex::new(None),
     })
   }
 
@@ -468,12 +533,36 @@ impl AsyncUnixListener {
     .build(env)
   }
 
+  /// Starts accepting in a loop: `callback(stream, null)` per connection, or
+  /// `callback(null, "[CODE] message")` when accepting failed for good.
+  #[napi(
+    ts_args_type = "callback: (stream: NativeAsyncUnixStream | null, error: string | null) => void"
+  )]
+  pub fn start_accepting(&self, callback: Function<'_, AcceptArgs, ()>) -> Result<()> {
+    let shared = lock(&self.io).clone().ok_or_else(error::closed)?;
+    let mut acceptor = lock(&self.acceptor);
+    if acceptor.is_none() {
+      *acceptor = Some(Acceptor::start(shared, callback).map_err(internal)?);
+    }
+    Ok(())
+  }
+
+  /// Whether waiting for connections keeps the process alive (`ref()` / `unref()`).
+  #[napi]
+  pub fn set_referenced(&self, env: &Env, referenced: bool) -> Result<()> {
+    match lock(&self.acceptor).as_ref() {
+      Some(acceptor) => acceptor.set_referenced(env, referenced).map_err(internal),
+      None => Ok(()),
+    }
+  }
+
   /// Stops listening, removes the socket file and rejects pending accepts with
   /// `ERR_SOCKET_CLOSED`. A second call does nothing.
   #[napi]
   pub fn close(&self) {
     let shared = lock(&self.io).take();
     if let Some(shared) = shared {
+      lock(&self.acceptor).take();
       self.file.remove();
       shared.closed.send_replace(true);
     }
@@ -486,7 +575,7 @@ impl Drop for AsyncUnixListener {
   }
 }
 
-async fn accept_one(shared: &ListenerShared) -> Result<OwnedFd> {
+pub(crate) async fn accept_one(shared: &ListenerShared) -> Result<OwnedFd> {
   loop {
     let result = shared
       .io
@@ -499,5 +588,34 @@ async fn accept_one(shared: &ListenerShared) -> Result<OwnedFd> {
       Err(e) if matches!(errno_of(&e), Errno::EINTR | Errno::ECONNABORTED) => continue,
       Err(e) => return Err(error::sys(errno_of(&e), "accept")),
     }
+  }
+}
+
+/// A napi-rs failure (creating a threadsafe function, ref-counting it).
+fn internal(e: napi::Error) -> error::Error {
+  error::coded("ERR_INTERNAL", e.reason.clone())
+}
+
+/// A close-on-exec duplicate of an fd, made at `enqueue` time and held until the chunk it
+/// rides on is written. Closed by `close()` or when garbage-collected.
+#[napi]
+pub struct NativeDuplicate {
+  fd: Mutex<Option<OwnedFd>>,
+}
+
+#[napi]
+impl NativeDuplicate {
+  #[napi(constructor)]
+  pub fn new(fd: i32) -> Result<Self> {
+    let duplicate = scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
+    Ok(Self {
+      fd: Mutex::new(Some(duplicate)),
+    })
+  }
+
+  /// Closes the duplicate unless a stream took it.
+  #[napi]
+  pub fn close(&self) {
+    lock(&self.fd).take();
   }
 }

@@ -1,0 +1,128 @@
+/** Argument checks with Node-style errors, thrown before anything reaches the native side. */
+import * as dgram from 'node:dgram'
+import * as fs from 'node:fs'
+import * as net from 'node:net'
+import { invalidArgType, invalidArgValue, outOfRange } from './errors.js'
+import type { FdLike, ShutdownHow } from './interfaces.js'
+
+const MAX_FD = 2 ** 31 - 1
+/** Largest async `read(size)`. */
+const MAX_READ_SIZE = 2 ** 30
+
+function validateFdNumber(value: unknown, name: string): number {
+  if (typeof value !== 'number') throw invalidArgType(name, 'of type number', value)
+  if (!Number.isInteger(value) || value < 0 || value > MAX_FD) {
+    throw outOfRange(name, `an integer >= 0 and <= ${MAX_FD}`, value)
+  }
+  return value
+}
+
+/** The fd inside a `net` handle, or `undefined` when the handle has none (yet). */
+function handleFd(handle: object): number | undefined {
+  const fd = (handle as { _handle?: { fd?: unknown } | null })._handle?.fd
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined
+}
+
+/** dgram keeps its handle in a symbol-keyed state object. */
+function dgramFd(socket: dgram.Socket): number | undefined {
+  for (const symbol of Object.getOwnPropertySymbols(socket)) {
+    const state = (socket as unknown as Record<symbol, { handle?: { fd?: unknown } | null } | undefined>)[symbol]
+    const fd = state?.handle?.fd
+    if (typeof fd === 'number') return fd >= 0 ? fd : undefined
+  }
+  return undefined
+}
+
+function isFileHandle(value: object): boolean {
+  return value.constructor?.name === 'FileHandle'
+}
+
+/** Resolves an {@link FdLike} to the fd number it names, without taking ownership. */
+export function toFd(value: FdLike, name = 'fd'): number {
+  if (typeof value === 'number') return validateFdNumber(value, name)
+  if (value instanceof net.Socket || value instanceof net.Server) {
+    const fd = handleFd(value)
+    if (fd === undefined) {
+      const kind = value instanceof net.Server ? 'net.Server that is not listening' : 'net.Socket that is not connected'
+      throw invalidArgValue(name, `is a ${kind} (yet), or is closed: it has no fd`)
+    }
+    return fd
+  }
+  if (value instanceof dgram.Socket) {
+    const fd = dgramFd(value)
+    if (fd === undefined)
+      throw invalidArgValue(name, 'is a dgram.Socket that is not bound (yet), or is closed: it has no fd')
+    return fd
+  }
+  if (value !== null && typeof value === 'object' && 'fd' in value) {
+    const fd = (value as { fd: unknown }).fd
+    const handle = value instanceof fs.ReadStream || value instanceof fs.WriteStream || isFileHandle(value)
+    if (handle && (fd === null || fd === undefined || fd === -1)) {
+      throw invalidArgValue(name, `is a ${value.constructor.name} that is not open (yet), or is closed: it has no fd`)
+    }
+    return validateFdNumber(fd, `${name}.fd`)
+  }
+  throw invalidArgType(
+    name,
+    'a non-negative integer, an object with an fd, or a Node socket, server or file handle',
+    value,
+  )
+}
+
+export function validatePath(path: unknown, name = 'path'): string {
+  if (typeof path !== 'string') throw invalidArgType(name, 'of type string', path)
+  if (path.length === 0) throw invalidArgValue(name, 'must be a non-empty socket path')
+  if (path.includes('\0')) throw invalidArgValue(name, 'must not contain null bytes')
+  // sun_path is 108 bytes on Linux and 104 on the BSDs and macOS, with room for a NUL.
+  const limit = process.platform === 'linux' ? 107 : 103
+  const length = Buffer.byteLength(path)
+  if (length > limit) {
+    throw invalidArgValue(
+      name,
+      `is ${length} bytes long; a Unix socket path holds at most ${limit} bytes (sun_path). Use a shorter or relative path`,
+    )
+  }
+  return path
+}
+
+export function toBytes(data: unknown, name = 'data'): Uint8Array {
+  if (typeof data === 'string') return Buffer.from(data, 'utf8')
+  if (data instanceof Uint8Array) return data
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+  throw invalidArgType(name, 'of type string or an instance of Buffer or Uint8Array', data)
+}
+
+export function validateTimeout(ms: unknown, name = 'ms'): number | null {
+  if (ms === null || ms === undefined) return null
+  if (typeof ms !== 'number') throw invalidArgType(name, 'of type number or null', ms)
+  if (!(ms > 0 && ms <= MAX_FD)) throw outOfRange(name, `> 0 and <= ${MAX_FD}, or null for no timeout`, ms)
+  return ms
+}
+
+export function validateMaxQueuedFds(value: unknown): number {
+  if (typeof value !== 'number') throw invalidArgType('maxQueuedFds', 'of type number', value)
+  if (!Number.isInteger(value) || value < 1 || value > MAX_FD) {
+    throw outOfRange('maxQueuedFds', `an integer >= 1 and <= ${MAX_FD}`, value)
+  }
+  return value
+}
+
+export function validateReadSize(size: unknown): number {
+  if (size === undefined) return 65536
+  if (typeof size !== 'number') throw invalidArgType('size', 'of type number', size)
+  if (!Number.isInteger(size) || size < 1 || size > MAX_READ_SIZE) {
+    throw outOfRange('size', `an integer >= 1 and <= ${MAX_READ_SIZE}`, size)
+  }
+  return size
+}
+
+export function validateHow(how: unknown): ShutdownHow {
+  if (how === undefined) return 'both'
+  if (how === 'read' || how === 'write' || how === 'both') return how
+  if (typeof how !== 'string') throw invalidArgType('how', "one of 'read', 'write' or 'both'", how)
+  throw invalidArgValue('how', `must be 'read', 'write' or 'both'. Received '${how}'`)
+}
+
+export function validateCallback(cb: unknown, name = 'callback'): void {
+  if (cb !== undefined && typeof cb !== 'function') throw invalidArgType(name, 'of type function', cb)
+}

@@ -1,0 +1,138 @@
+/** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
+import { binding, WRAP, type Native } from './binding.js'
+import { native, nativeAsync } from './errors.js'
+import { toBytes, toFd, validateHow, validateMaxQueuedFds, validatePath, validateReadSize } from './args.js'
+import type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './interfaces.js'
+
+const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
+
+/** @internal The native stream behind an {@link AsyncUnixStream}, for `FdSocket.from`. */
+export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixStream | undefined {
+  return natives.get(stream)
+}
+
+/**
+ * A connected Unix stream socket with Promise-returning I/O. Concurrent `read`s are
+ * served in call order, so are `write`s, and the bytes of two writes never interleave.
+ * An fd enqueued between two `write` calls rides on the later one. It never reads ahead:
+ * the fds a `read` brings are dequeue-able right after it resolves, and not before.
+ */
+export class AsyncUnixStream implements EnqueueFd, DequeueFd {
+  #native: Native.NativeAsyncUnixStream
+
+  /** @internal */
+  constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixStream) {
+    if (token !== WRAP) throw new TypeError('Use AsyncUnixStream.pair(), AsyncUnixStream.connect() or accept()')
+    this.#native = inner
+    natives.set(this, inner)
+  }
+
+  /** Two connected streams (synchronous). */
+  static pair(): [AsyncUnixStream, AsyncUnixStream] {
+    const [a, b] = native(() => binding.NativeAsyncUnixStream.pair())
+    return [new AsyncUnixStream(WRAP, a), new AsyncUnixStream(WRAP, b)]
+  }
+
+  /** Connects to the listener at `path`. Rejects with `ENOENT`, `ECONNREFUSED`, ... */
+  static connect(path: string): Promise<AsyncUnixStream> {
+    validatePath(path)
+    return nativeAsync(() => binding.NativeAsyncUnixStream.connect(path)).then(
+      (inner) => new AsyncUnixStream(WRAP, inner),
+    )
+  }
+
+  /** The socket's fd; -1 once closed. */
+  get fd(): number {
+    return this.#native.fd
+  }
+
+  /** Bound of the inbound queue (default 1024): reading pauses while that many fds wait for `dequeue`. */
+  get maxQueuedFds(): number {
+    return this.#native.maxQueuedFds
+  }
+
+  set maxQueuedFds(value: number) {
+    this.#native.maxQueuedFds = validateMaxQueuedFds(value)
+  }
+
+  enqueue(fd: FdLike): void {
+    const raw = toFd(fd)
+    native(() => this.#native.enqueue(raw))
+  }
+
+  dequeue(): number | null {
+    return native(() => this.#native.dequeue())
+  }
+
+  /**
+   * One `recvmsg` of at most `size` bytes (default 65536, at most 2^30). Resolves with the
+   * bytes, or an empty Buffer at end of stream.
+   */
+  read(size?: number): Promise<Buffer> {
+    const checked = validateReadSize(size)
+    return nativeAsync(() => this.#native.read(checked))
+  }
+
+  /**
+   * Writes every byte of `data` with the fds queued at the time of this call attached to
+   * its first `sendmsg`. Resolves with the byte count.
+   */
+  write(data: Uint8Array | string): Promise<number> {
+    const bytes = toBytes(data)
+    return nativeAsync(() => this.#native.write(bytes))
+  }
+
+  /** Shuts down one or both directions (default `'both'`) after every earlier write went out. */
+  shutdown(how?: ShutdownHow): Promise<void> {
+    const checked = validateHow(how)
+    return nativeAsync(() => this.#native.shutdown(checked))
+  }
+
+  /**
+   * Closes the socket, every queued fd, and settles every pending operation with
+   * `ERR_SOCKET_CLOSED`. Idempotent.
+   */
+  close(): void {
+    this.#native.close()
+  }
+}
+
+/** A listening Unix socket with a Promise-returning `accept`. */
+export class AsyncUnixListener {
+  #native: Native.NativeAsyncUnixListener
+
+  /** @internal */
+  constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixListener) {
+    if (token !== WRAP) throw new TypeError('Use AsyncUnixListener.bind()')
+    this.#native = inner
+  }
+
+  /** Creates a socket file at `path` and listens on it (synchronous). */
+  static bind(path: string): AsyncUnixListener {
+    validatePath(path)
+    return new AsyncUnixListener(
+      WRAP,
+      native(() => binding.NativeAsyncUnixListener.bind(path)),
+    )
+  }
+
+  /** The listening socket's fd; -1 once closed. */
+  get fd(): number {
+    return this.#native.fd
+  }
+
+  /** The path it was bound to. */
+  get path(): string {
+    return this.#native.path
+  }
+
+  /** Resolves with the next connection; rejects with `ERR_SOCKET_CLOSED` if closed first. */
+  accept(): Promise<AsyncUnixStream> {
+    return nativeAsync(() => this.#native.accept()).then((inner) => new AsyncUnixStream(WRAP, inner))
+  }
+
+  /** Stops listening, removes the socket file and rejects pending accepts. Idempotent. */
+  close(): void {
+    this.#native.close()
+  }
+}

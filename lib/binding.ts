@@ -1,0 +1,24 @@
+/** Loads the native addon, or explains why this platform cannot have one. */
+import type * as Native from '../binding.js'
+
+/** Platforms whose kernels pass fds with SCM_RIGHTS and for which binaries are built. */
+const SUPPORTED_PLATFORMS = ['linux', 'darwin', 'freebsd']
+
+function loadBinding(): typeof Native {
+  if (!SUPPORTED_PLATFORMS.includes(process.platform)) {
+    const error = new Error(
+      `fd-queue: passing file descriptors needs a Unix system with SCM_RIGHTS; ` +
+        `${process.platform}/${process.arch} is not supported. Supported: ` +
+        `linux (x64, arm64; glibc and musl), darwin (x64, arm64), freebsd (x64).`,
+    ) as NodeJS.ErrnoException
+    error.code = 'ERR_FD_QUEUE_UNSUPPORTED_PLATFORM'
+    throw error
+  }
+  return require('../binding.js') as typeof Native
+}
+
+export const binding = loadBinding()
+export type { Native }
+
+/** Only this package may wrap a native object in a public class. */
+export const WRAP: unique symbol = Symbol('fd-queue.wrap')

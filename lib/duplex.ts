@@ -1,0 +1,494 @@
+/**
+ * `stream.Duplex` wrappers shaped like `net.Socket` / `net.Server`, carrying fds.
+ *
+ * Reading is pushed from native code through a threadsafe function (no Promise per
+ * chunk); the JS side pauses it when `push()` says the buffer is full, and only a reading,
+ * ref'd socket keeps the process alive. Fds enqueued on an `FdSocket` are duplicated at
+ * once and held here, tagged with the index of the next `write()` call, until that chunk
+ * reaches `_write`: so an fd rides on the first chunk written after `enqueue`, however many
+ * chunks are still buffered.
+ */
+import { EventEmitter } from 'node:events'
+import { Duplex, type DuplexOptions } from 'node:stream'
+import { binding, type Native } from './binding.js'
+import { AsyncUnixStream, nativeStreamOf } from './async.js'
+import { closedError, codedError, invalidArgType, native, nativeAsync, QueueFullError, shapeError } from './errors.js'
+import { toFd, validateCallback, validateMaxQueuedFds, validatePath } from './args.js'
+import type { DequeueFd, EnqueueFd, FdLike } from './interfaces.js'
+
+/** Most fds one write can carry (the kernel's SCM_MAX_FD). */
+const SCM_MAX_FD = 253
+const DEFAULT_MAX_QUEUED_FDS = 1024
+
+/** Options of {@link FdSocket} (and of the sockets an {@link FdServer} accepts). */
+export interface FdSocketOptions extends Pick<
+  DuplexOptions,
+  'readableHighWaterMark' | 'writableHighWaterMark' | 'highWaterMark' | 'signal'
+> {
+  /**
+   * Keep the writable side open after the peer ended (default `false`, like
+   * `net.Socket`): with `false`, the socket ends its side once the peer's end arrives.
+   */
+  allowHalfOpen?: boolean
+  /** Bound of the inbound queue and of fds buffered for writing (default 1024). */
+  maxQueuedFds?: number
+}
+
+/** An fd duplicated by `enqueue`, waiting for the chunk it rides on. */
+interface StagedFd {
+  duplicate: Native.NativeDuplicate
+  /** Index of the `write()` call whose chunk carries it. */
+  chunk: number
+}
+
+type Callback = (error?: Error | null) => void
+
+let attachNative: (socket: FdSocket, inner: Native.NativeAsyncUnixStream) => void
+
+/**
+ * A Unix stream socket as a `stream.Duplex`, like `net.Socket`, that also carries fds.
+ *
+ * Events: `connect`, `ready`, `data`, `end`, `finish`, `close`, `error`, `drain`, and
+ * `fds` (`(count)`, before the `data` of a chunk that brought `count` fds, which are
+ * dequeue-able by then).
+ */
+export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
+  #native: Native.NativeAsyncUnixStream | null = null
+  #connecting = false
+  /** Work that waits for `connect`: a `_write`, `_final` or `_read`. */
+  #onConnect: Array<() => void> = []
+  #reading = false
+  #referenced = true
+  #maxQueuedFds: number
+  #staged: StagedFd[] = []
+  /** Index the next `write()` call gets; chunk indexes in `_write` follow the same count. */
+  #writeCalls = 0
+  #chunksWritten = 0
+  /** `write()` returned false because of buffered fds, so a `drain` is owed. */
+  #owesDrain = false
+
+  static {
+    attachNative = (socket, inner) => socket.#attach(inner)
+  }
+
+  constructor(options: FdSocketOptions = {}) {
+    if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options)
+    const { maxQueuedFds = DEFAULT_MAX_QUEUED_FDS, allowHalfOpen = false, ...rest } = options
+    super({ ...rest, allowHalfOpen, decodeStrings: true, emitClose: true, autoDestroy: true })
+    this.#maxQueuedFds = validateMaxQueuedFds(maxQueuedFds)
+  }
+
+  /** Two connected sockets. */
+  static pair(options?: FdSocketOptions): [FdSocket, FdSocket] {
+    const [a, b] = native(() => binding.NativeAsyncUnixStream.pair())
+    return [wrapNative(a, options), wrapNative(b, options)]
+  }
+
+  /**
+   * Wraps a connected {@link AsyncUnixStream}; the stream then belongs to the socket (use
+   * the socket, not the stream, from here on).
+   */
+  static from(stream: AsyncUnixStream, options?: FdSocketOptions): FdSocket {
+    const inner = stream instanceof AsyncUnixStream ? nativeStreamOf(stream) : undefined
+    if (!inner) throw invalidArgType('stream', 'an instance of AsyncUnixStream', stream)
+    if (inner.fd < 0) throw closedError()
+    return wrapNative(inner, options)
+  }
+
+  /** Connects to the `FdServer` or listener at `path`; `cb` runs on `connect`. */
+  connect(path: string, cb?: () => void): this {
+    validatePath(path)
+    validateCallback(cb)
+    if (this.#native || this.#connecting) {
+      throw codedError(new Error('Socket is already connected or connecting'), 'ERR_SOCKET_CONNECTED')
+    }
+    if (this.destroyed) throw closedError()
+    if (cb) this.once('connect', cb)
+    this.#connecting = true
+    nativeAsync(() => binding.NativeAsyncUnixStream.connect(path)).then(
+      (inner) => {
+        this.#connecting = false
+        if (this.destroyed) {
+          inner.close()
+          return
+        }
+        this.#attach(inner)
+        this.emit('connect')
+        this.emit('ready')
+      },
+      (error: Error) => {
+        this.#connecting = false
+        this.destroy(error)
+      },
+    )
+    return this
+  }
+
+  #attach(inner: Native.NativeAsyncUnixStream): void {
+    this.#native = inner
+    inner.maxQueuedFds = this.#maxQueuedFds
+    for (const run of this.#onConnect.splice(0)) run()
+    // Like net.Socket: a connected socket reads (up to its highWaterMark) so that the
+    // peer's end is noticed and 'end'/'close' follow without a consumer.
+    if (!this.destroyed) this.read(0)
+  }
+
+  /** `true` until connected. */
+  get pending(): boolean {
+    return this.#native === null
+  }
+
+  get connecting(): boolean {
+    return this.#connecting
+  }
+
+  /** The socket's fd; -1 before connect and once closed. */
+  get fd(): number {
+    return this.#native?.fd ?? -1
+  }
+
+  /**
+   * Bound of the inbound queue (reading pauses while that many fds wait for `dequeue`) and
+   * of the fds buffered for writing (`write()` returns false once that many wait).
+   */
+  get maxQueuedFds(): number {
+    return this.#maxQueuedFds
+  }
+
+  set maxQueuedFds(value: number) {
+    this.#maxQueuedFds = validateMaxQueuedFds(value)
+    if (this.#native) this.#native.maxQueuedFds = value
+    this.#settleDrain()
+  }
+
+  /** Fds enqueued and not yet sent. */
+  get queuedOutboundFds(): number {
+    return this.#staged.length
+  }
+
+  /** Received fds not yet dequeued. */
+  get queuedInboundFds(): number {
+    return this.#native?.queuedInbound ?? 0
+  }
+
+  enqueue(fd: FdLike): void {
+    const raw = toFd(fd)
+    if (this.destroyed || this.writableEnded) throw closedError()
+    const chunk = this.#writeCalls
+    let riding = 0
+    for (const staged of this.#staged) if (staged.chunk >= chunk) riding++
+    if (riding >= SCM_MAX_FD) {
+      throw new QueueFullError(`The outbound fd queue is full: one write carries at most ${SCM_MAX_FD} fds`)
+    }
+    this.#staged.push({ duplicate: native(() => new binding.NativeDuplicate(raw)), chunk })
+  }
+
+  dequeue(): number | null {
+    if (this.destroyed) throw closedError()
+    if (!this.#native) return null
+    return native(() => this.#native!.dequeue())
+  }
+
+  override write(chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+    const ok = super.write(chunk, encoding as BufferEncoding, cb as Callback)
+    this.#writeCalls++
+    if (ok && this.#staged.length >= this.#maxQueuedFds) {
+      this.#owesDrain = true
+      return false
+    }
+    return ok
+  }
+
+  override end(chunk?: unknown, encoding?: unknown, cb?: unknown): this {
+    if (typeof chunk === 'function') return super.end(chunk as () => void)
+    if (typeof encoding === 'function') [encoding, cb] = [undefined, encoding]
+    if (chunk !== undefined && chunk !== null) this.write(chunk, encoding)
+    return super.end(cb as () => void)
+  }
+
+  /** Waits for `connect` when there is no native stream yet. */
+  #whenConnected(run: () => void): void {
+    if (this.#native) run()
+    else this.#onConnect.push(run)
+  }
+
+  /** Moves the staged fds of chunks up to `chunk` into the native outbound queue. */
+  #attachFds(inner: Native.NativeAsyncUnixStream, chunk: number): void {
+    let riding = 0
+    while (riding < this.#staged.length && this.#staged[riding].chunk <= chunk) riding++
+    for (const staged of this.#staged.splice(0, riding)) {
+      try {
+        inner.enqueueDuplicate(staged.duplicate)
+      } finally {
+        staged.duplicate.close()
+      }
+    }
+  }
+
+  /** Emits the `drain` that `write()` promised when buffered fds went below the bound. */
+  #settleDrain(): void {
+    if (this.#owesDrain && this.#staged.length < this.#maxQueuedFds) {
+      this.#owesDrain = false
+      if (!this.writableNeedDrain) process.nextTick(() => this.emit('drain'))
+    }
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, cb: Callback): void {
+    this.#whenConnected(() => this.#writeChunks([chunk], cb))
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, cb: Callback): void {
+    this.#whenConnected(() =>
+      this.#writeChunks(
+        chunks.map((c) => c.chunk),
+        cb,
+      ),
+    )
+  }
+
+  /**
+   * Writes buffered chunks in order, joining neighbours into one native write unless a
+   * chunk carries fds (they must ride on its first byte).
+   */
+  #writeChunks(chunks: Buffer[], cb: Callback): void {
+    const inner = this.#native
+    if (!inner) return cb(closedError())
+    // Neighbouring chunks go out as one write, except that a chunk carrying fds starts a
+    // new one (fds ride on the first byte of a write).
+    const groups: Array<{ parts: Buffer[]; fdsUpTo: number | null }> = []
+    for (const chunk of chunks) {
+      const index = this.#chunksWritten++
+      const carries = chunk.length > 0 && this.#staged.length > 0 && this.#staged[0].chunk <= index
+      if (carries || groups.length === 0) groups.push({ parts: [], fdsUpTo: carries ? index : null })
+      groups[groups.length - 1].parts.push(chunk)
+    }
+    const next = (i: number): void => {
+      if (i === groups.length) {
+        this.#settleDrain()
+        return cb()
+      }
+      const { parts, fdsUpTo } = groups[i]
+      const data = parts.length === 1 ? parts[0] : Buffer.concat(parts)
+      if (data.length === 0) return next(i + 1)
+      try {
+        if (fdsUpTo !== null) this.#attachFds(inner, fdsUpTo)
+      } catch (error) {
+        return cb(shapeError(error) as Error)
+      }
+      nativeAsync(() => inner.write(data)).then(
+        () => next(i + 1),
+        (error: Error) => cb(error),
+      )
+    }
+    next(0)
+  }
+
+  override _final(cb: Callback): void {
+    this.#whenConnected(() => {
+      const inner = this.#native
+      if (!inner) return cb(closedError())
+      nativeAsync(() => inner.shutdown('write')).then(
+        () => {
+          this.#releaseStaged()
+          cb()
+        },
+        (error: Error) => cb(error),
+      )
+    })
+  }
+
+  override _read(): void {
+    this.#whenConnected(() => {
+      const inner = this.#native
+      if (!inner || this.destroyed) return
+      if (this.#reading) return native(() => inner.setReading(true))
+      this.#reading = true
+      native(() => inner.startReading((chunk, fdCount, error) => this.#onChunk(chunk, fdCount, error)))
+      if (!this.#referenced) native(() => inner.setReferenced(false))
+    })
+  }
+
+  #onChunk(chunk: Buffer | null, fdCount: number, error: string | null): void {
+    if (this.destroyed) return
+    if (error !== null) {
+      this.destroy(shapeError(new Error(error)) as Error)
+      return
+    }
+    if (chunk === null) {
+      this.push(null)
+      return
+    }
+    if (fdCount > 0) this.emit('fds', fdCount)
+    if (!this.push(chunk) && this.#native) native(() => this.#native!.setReading(false))
+  }
+
+  /** Closes the fds that no chunk will carry. */
+  #releaseStaged(): void {
+    for (const staged of this.#staged.splice(0)) staged.duplicate.close()
+    this.#native?.clearOutbound()
+  }
+
+  override _destroy(error: Error | null, cb: Callback): void {
+    this.#releaseStaged()
+    this.#native?.close()
+    this.#onConnect.length = 0
+    cb(error)
+  }
+
+  /** Lets the process exit while this socket waits for data (like `net.Socket#unref`). */
+  unref(): this {
+    this.#referenced = false
+    if (this.#native && this.#reading) native(() => this.#native!.setReferenced(false))
+    return this
+  }
+
+  /** Undoes `unref()`. */
+  ref(): this {
+    this.#referenced = true
+    if (this.#native && this.#reading) native(() => this.#native!.setReferenced(true))
+    return this
+  }
+}
+
+function wrapNative(inner: Native.NativeAsyncUnixStream, options?: FdSocketOptions): FdSocket {
+  const socket = new FdSocket(options)
+  attachNative(socket, inner)
+  return socket
+}
+
+/** Options of {@link FdServer}: those of the sockets it accepts. */
+export type FdServerOptions = FdSocketOptions
+
+/**
+ * A Unix socket server like `net.Server` whose connections are {@link FdSocket}s.
+ *
+ * Events: `listening`, `connection` (`(socket)`), `error`, `close` (once closed and every
+ * connection has closed).
+ */
+export class FdServer extends EventEmitter {
+  #native: Native.NativeAsyncUnixListener | null = null
+  #path: string | null = null
+  #connections = new Set<FdSocket>()
+  #referenced = true
+  #closed = false
+  #options: FdServerOptions
+
+  constructor(options?: FdServerOptions | ((socket: FdSocket) => void), onConnection?: (socket: FdSocket) => void) {
+    super()
+    if (typeof options === 'function') [options, onConnection] = [{}, options]
+    if (options !== undefined && (options === null || typeof options !== 'object')) {
+      throw invalidArgType('options', 'of type object', options)
+    }
+    validateCallback(onConnection, 'onConnection')
+    this.#options = { ...options }
+    if (this.#options.maxQueuedFds !== undefined) validateMaxQueuedFds(this.#options.maxQueuedFds)
+    if (onConnection) this.on('connection', onConnection)
+  }
+
+  /** Binds `path` and accepts connections; `cb` runs on `listening`. Errors go to `error`. */
+  listen(path: string, cb?: () => void): this {
+    validatePath(path)
+    validateCallback(cb)
+    if (this.#native)
+      throw codedError(new Error('Listen method has been called more than once'), 'ERR_SERVER_ALREADY_LISTEN')
+    if (cb) this.once('listening', cb)
+    let inner: Native.NativeAsyncUnixListener
+    try {
+      inner = native(() => binding.NativeAsyncUnixListener.bind(path))
+    } catch (error) {
+      process.nextTick(() => this.emit('error', error))
+      return this
+    }
+    this.#native = inner
+    this.#path = path
+    this.#closed = false
+    native(() => inner.startAccepting((stream, error) => this.#onConnection(stream, error)))
+    if (!this.#referenced) native(() => inner.setReferenced(false))
+    process.nextTick(() => this.emit('listening'))
+    return this
+  }
+
+  #onConnection(stream: Native.NativeAsyncUnixStream | null, error: string | null): void {
+    if (error !== null || stream === null) {
+      this.emit('error', shapeError(new Error(error ?? '[ERR_INTERNAL] accept failed')))
+      return
+    }
+    if (this.#closed) {
+      stream.close()
+      return
+    }
+    const socket = wrapNative(stream, this.#options)
+    this.#connections.add(socket)
+    socket.once('close', () => {
+      this.#connections.delete(socket)
+      this.#emitCloseWhenDone()
+    })
+    this.emit('connection', socket)
+  }
+
+  /**
+   * Stops accepting and removes the socket file; `close` is emitted once every connection
+   * has closed. `cb` runs then (with an error if the server was not listening).
+   */
+  close(cb?: (error?: Error) => void): this {
+    validateCallback(cb)
+    if (!this.#native) {
+      if (cb) {
+        const error = codedError(new Error('Server is not running.'), 'ERR_SERVER_NOT_RUNNING')
+        process.nextTick(cb, error)
+      }
+      return this
+    }
+    if (cb) this.once('close', cb)
+    this.#native.close()
+    this.#native = null
+    this.#closed = true
+    this.#emitCloseWhenDone()
+    return this
+  }
+
+  #emitCloseWhenDone(): void {
+    if (this.#closed && this.#native === null && this.#connections.size === 0) {
+      this.#closed = false
+      process.nextTick(() => this.emit('close'))
+    }
+  }
+
+  /** The socket path while listening, else `null` (like `net.Server#address` for a pipe). */
+  address(): string | null {
+    return this.#native ? this.#path : null
+  }
+
+  get listening(): boolean {
+    return this.#native !== null
+  }
+
+  /** Lets the process exit while the server waits for connections. */
+  unref(): this {
+    this.#referenced = false
+    if (this.#native) native(() => this.#native!.setReferenced(false))
+    return this
+  }
+
+  ref(): this {
+    this.#referenced = true
+    if (this.#native) native(() => this.#native!.setReferenced(true))
+    return this
+  }
+}
+
+/** Creates an {@link FdServer}; `onConnection` listens for `connection`. */
+export function createServer(
+  options?: FdServerOptions | ((socket: FdSocket) => void),
+  onConnection?: (socket: FdSocket) => void,
+): FdServer {
+  return new FdServer(options, onConnection)
+}
+
+/** Connects a new {@link FdSocket} to `path`; `cb` runs on `connect`. */
+export function connect(path: string, cb?: () => void): FdSocket
+export function connect(path: string, options: FdSocketOptions, cb?: () => void): FdSocket
+export function connect(path: string, options?: FdSocketOptions | (() => void), cb?: () => void): FdSocket {
+  if (typeof options === 'function') [options, cb] = [undefined, options]
+  return new FdSocket(options).connect(path, cb)
+}
