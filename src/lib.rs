@@ -7,6 +7,7 @@
 
 mod blocking;
 mod error;
+mod fd_info;
 mod nonblocking;
 mod push;
 mod queue;
