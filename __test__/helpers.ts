@@ -1,0 +1,286 @@
+/**
+ * Small shared helpers for the test suite: fd counting, short socket paths, temp files
+ * with known content, FIFOs (pipes you can watch for EOF) and child processes that run a
+ * fixture script.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+/** The package root (where package.json and node_modules are). */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+
+/** Number of fds open in this process (the directory handle readdir uses counts once, every time). */
+export function openFds(): number {
+  return fs.readdirSync('/proc/self/fd').length
+}
+
+/**
+ * `openFds()` once it stopped changing (tsx writes its compile cache asynchronously right
+ * after loading a changed file, which holds an fd open for a moment): polls until three
+ * readings 25 ms apart agree, for at most 3 s. Use it for the per-file baseline.
+ */
+export async function settledOpenFds(): Promise<number> {
+  let last = openFds()
+  let same = 0
+  for (const deadline = Date.now() + 3000; same < 3 && Date.now() < deadline;) {
+    await new Promise((resolve) => setTimeout(resolve, 25))
+    const now = openFds()
+    same = now === last ? same + 1 : 0
+    last = now
+  }
+  return last
+}
+
+/** The fd numbers open in this process (without the one readdir used and closed again). */
+export function openFdNumbers(): number[] {
+  return fs
+    .readdirSync('/proc/self/fd')
+    .map(Number)
+    .filter((fd) => {
+      try {
+        fs.fstatSync(fd)
+        return true
+      } catch {
+        return false
+      }
+    })
+    .sort((a, b) => a - b)
+}
+
+const createdDirs: string[] = []
+process.on('exit', () => {
+  for (const dir of createdDirs) fs.rmSync(dir, { recursive: true, force: true })
+})
+
+/** A fresh private directory under os.tmpdir(), removed when this process exits. */
+export function tmpDir(prefix = 'fdq-'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  createdDirs.push(dir)
+  return dir
+}
+
+/** A short socket path (nothing exists there yet) in a fresh mkdtemp directory. */
+export function tmpSocketPath(): string {
+  return path.join(tmpDir('fdq-'), 's')
+}
+
+/** Writes a temp file with `content` and returns its path. */
+export function tmpFile(content: string | Uint8Array, dir = tmpDir('fdq-f-'), name = 'f'): string {
+  const file = path.join(dir, name)
+  fs.writeFileSync(file, content)
+  return file
+}
+
+/**
+ * Reads up to `length` bytes at `position` through `fd` (pread: the fd's offset does not
+ * matter); `position: null` reads at the current offset (pipes, sockets).
+ */
+export function readAt(fd: number, length = 4096, position: number | null = 0): string {
+  const buf = Buffer.alloc(length)
+  const n = fs.readSync(fd, buf, 0, length, position)
+  return buf.subarray(0, n).toString('utf8')
+}
+
+/** `dev:ino` of an open fd, exact (bigint stat). */
+export function fdIdentity(fd: number): string {
+  const st = fs.fstatSync(fd, { bigint: true })
+  return `${st.dev}:${st.ino}`
+}
+
+/** `dev:ino` of a path, exact (bigint stat). */
+export function pathIdentity(file: string): string {
+  const st = fs.statSync(file, { bigint: true })
+  return `${st.dev}:${st.ino}`
+}
+
+/** The `flags:` of /proc/self/fdinfo/<fd> (octal in the file). */
+export function fdFlags(fd: number): number {
+  const info = fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8')
+  const match = /^flags:\s+([0-7]+)$/m.exec(info)
+  if (!match) throw new Error(`no flags line in fdinfo of ${fd}: ${info}`)
+  return parseInt(match[1], 8)
+}
+
+/** O_CLOEXEC as it shows in fdinfo flags (octal 02000000). */
+export const O_CLOEXEC = 0o2000000
+
+/**
+ * A FIFO (a pipe, S_IFIFO) with both ends open non-blocking. `isWriterOpen()` tells
+ * whether any write end is still open anywhere: a read of the empty pipe answers EAGAIN
+ * while a writer exists and 0 (EOF) once every write end is closed. This cannot be fooled
+ * by fd-number reuse.
+ */
+export interface Fifo {
+  path: string
+  readFd: number
+  writeFd: number
+  isWriterOpen(): boolean
+  close(): void
+}
+
+export function makeFifo(): Fifo {
+  const file = path.join(tmpDir('fdq-p-'), 'p')
+  const made = spawnSync('mkfifo', [file])
+  if (made.status !== 0) throw new Error(`mkfifo failed: ${made.stderr}`)
+  const readFd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+  const writeFd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)
+  const fifo: Fifo = {
+    path: file,
+    readFd,
+    writeFd,
+    isWriterOpen() {
+      try {
+        const n = fs.readSync(readFd, Buffer.alloc(1), 0, 1, null)
+        if (n === 0) return false
+        throw new Error('the watched FIFO unexpectedly had data')
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'EAGAIN') return true
+        throw error
+      }
+    },
+    close() {
+      for (const fd of [fifo.readFd, fifo.writeFd]) {
+        try {
+          if (fd >= 0) fs.closeSync(fd)
+        } catch {
+          // already closed by the test
+        }
+      }
+      fifo.readFd = -1
+      fifo.writeFd = -1
+    },
+  }
+  return fifo
+}
+
+/** Closes each fd, ignoring ones already closed. */
+export function closeAll(fds: Iterable<number | null | undefined>): void {
+  for (const fd of fds) {
+    if (typeof fd === 'number' && fd >= 0) {
+      try {
+        fs.closeSync(fd)
+      } catch {
+        // already closed
+      }
+    }
+  }
+}
+
+export interface ChildResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  timedOut: boolean
+}
+
+export interface FixtureOptions {
+  /** Kill the child after this long (default 20 s). */
+  timeoutMs?: number
+  /** Run under `ulimit -n <n>` (through sh). */
+  ulimit?: number
+  /** Extra node flags (e.g. `--expose-gc`). */
+  nodeArgs?: string[]
+}
+
+export interface RunningFixture {
+  child: ChildProcess
+  /** Resolves with the first stdout line matching `pattern`; rejects if the child ends first. */
+  waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>
+  /** Resolves once the child exited and its stdio closed. */
+  done: Promise<ChildResult>
+}
+
+/** Starts `node --import tsx __test__/fixtures/<name>.ts ...args` in the package root. */
+export function startFixture(name: string, args: string[], options: FixtureOptions = {}): RunningFixture {
+  const script = path.join(ROOT, '__test__', 'fixtures', `${name}.ts`)
+  const nodeArgv = [...(options.nodeArgs ?? []), '--import', 'tsx', script, ...args]
+  const child =
+    options.ulimit === undefined
+      ? spawn(process.execPath, nodeArgv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('sh', ['-c', `ulimit -n ${options.ulimit} && exec "$0" "$@"`, process.execPath, ...nodeArgv], {
+          cwd: ROOT,
+          stdio: ['ignore', 'pipe', 'pipe'],
+        })
+  let stdout = ''
+  let stderr = ''
+  let timedOut = false
+  let ended = false
+  const waiters = new Set<() => void>()
+  child.stdout!.setEncoding('utf8')
+  child.stderr!.setEncoding('utf8')
+  child.stdout!.on('data', (chunk: string) => {
+    stdout += chunk
+    for (const wake of waiters) wake()
+  })
+  child.stderr!.on('data', (chunk: string) => {
+    stderr += chunk
+  })
+  const timer = setTimeout(() => {
+    timedOut = true
+    child.kill('SIGKILL')
+  }, options.timeoutMs ?? 20_000)
+  const done = new Promise<ChildResult>((resolve, reject) => {
+    child.on('error', reject)
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      ended = true
+      for (const wake of waiters) wake()
+      resolve({ code, signal, stdout, stderr, timedOut })
+    })
+  })
+  function waitForLine(pattern: RegExp, timeoutMs = 15_000): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const giveUp = setTimeout(() => {
+        waiters.delete(check)
+        reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms; stdout: ${stdout} stderr: ${stderr}`))
+      }, timeoutMs)
+      function check() {
+        const line = stdout.split('\n').find((l) => pattern.test(l))
+        if (line !== undefined) {
+          clearTimeout(giveUp)
+          waiters.delete(check)
+          resolve(line)
+        } else if (ended) {
+          clearTimeout(giveUp)
+          waiters.delete(check)
+          reject(new Error(`child ended before printing ${pattern}; stdout: ${stdout} stderr: ${stderr}`))
+        }
+      }
+      waiters.add(check)
+      check()
+    })
+  }
+  return { child, waitForLine, done }
+}
+
+/** Runs a fixture to its end and collects its output. */
+export function runFixture(name: string, args: string[], options: FixtureOptions = {}): Promise<ChildResult> {
+  return startFixture(name, args, options).done
+}
+
+/** The last stdout line of a child, parsed as JSON (with the child's stderr in the error). */
+export function lastJson<T = any>(result: ChildResult): T {
+  const lines = result.stdout.trim().split('\n')
+  const last = lines[lines.length - 1]
+  try {
+    return JSON.parse(last) as T
+  } catch {
+    throw new Error(
+      `child printed no JSON (exit ${result.code}, signal ${result.signal}, timedOut ${result.timedOut})\nstdout: ${result.stdout}\nstderr: ${result.stderr}`,
+    )
+  }
+}
+
+/** The error a call throws (fails loudly if it does not throw). */
+export function thrown(call: () => unknown): any {
+  try {
+    call()
+  } catch (error) {
+    return error
+  }
+  throw new Error('expected the call to throw')
+}
