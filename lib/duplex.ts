@@ -63,6 +63,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #staged: StagedFd[] = []
   /** Index the next `write()` call gets; chunk indexes in `_write` follow the same count. */
   #writeCalls = 0
+  /** Index of the last `write()` call with a non-empty chunk: staged fds after it ride on the next one. */
+  #lastNonEmptyWrite = -1
   #chunksWritten = 0
   /** `write()` returned false because of buffered fds, so a `drain` is owed. */
   #owesDrain = false
@@ -174,13 +176,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   enqueue(fd: FdLike): void {
     const raw = toFd(fd)
     if (this.destroyed || this.writableEnded) throw closedError()
-    const chunk = this.#writeCalls
     let riding = 0
-    for (const staged of this.#staged) if (staged.chunk >= chunk) riding++
+    for (const staged of this.#staged) if (staged.chunk > this.#lastNonEmptyWrite) riding++
     if (riding >= SCM_MAX_FD) {
       throw new QueueFullError(`The outbound fd queue is full: one write carries at most ${SCM_MAX_FD} fds`)
     }
-    this.#staged.push({ duplicate: native(() => new binding.NativeDuplicate(raw)), chunk })
+    this.#staged.push({ duplicate: native(() => new binding.NativeDuplicate(raw)), chunk: this.#writeCalls })
   }
 
   dequeue(): number | null {
@@ -191,6 +192,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   override write(chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
     const ok = super.write(chunk, encoding as BufferEncoding, cb as Callback)
+    const length = (chunk as { length?: unknown } | null)?.length
+    if (typeof length === 'number' && length > 0) this.#lastNonEmptyWrite = this.#writeCalls
     this.#writeCalls++
     if (ok && this.#staged.length >= this.#maxQueuedFds) {
       this.#owesDrain = true
@@ -315,7 +318,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       return
     }
     if (chunk === null) {
+      // Like net's onStreamRead: read(0) lets 'end' follow even if nobody consumes.
       this.push(null)
+      this.read(0)
       return
     }
     if (fdCount > 0) this.emit('fds', fdCount)

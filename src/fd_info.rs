@@ -28,16 +28,23 @@ pub struct NativeFdInfo {
 /// Reports the access mode of `fd` and, for sockets, their family, type and whether
 /// they listen. `ENOTSOCK` from the socket queries just means "not a socket".
 #[napi]
+#[cfg_attr(test, allow(dead_code))] // reached through napi's registration, which tests leave out
 pub fn fd_info(fd: i32) -> Result<NativeFdInfo> {
+  query(fd).map_err(|(errno, syscall)| error::sys(errno, syscall))
+}
+
+/// A failed query: the errno and the syscall that reported it.
+type QueryError = (Errno, &'static str);
+
+fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
   if fd < 0 {
-    return Err(error::sys(Errno::EBADF, "fcntl"));
+    return Err((Errno::EBADF, "fcntl"));
   }
   // SAFETY: the borrow lasts for the queries below only; a closed fd yields EBADF, and
   // `fd` is not -1, the one value BorrowedFd cannot hold.
   let borrowed = unsafe { BorrowedFd::borrow_raw(fd as RawFd) };
-  let flags = OFlag::from_bits_truncate(
-    fcntl(borrowed, FcntlArg::F_GETFL).map_err(|e| error::sys(e, "fcntl"))?,
-  );
+  let flags =
+    OFlag::from_bits_truncate(fcntl(borrowed, FcntlArg::F_GETFL).map_err(|e| (e, "fcntl"))?);
   let access = match flags & OFlag::O_ACCMODE {
     OFlag::O_WRONLY => "w",
     OFlag::O_RDWR => "rw",
@@ -52,7 +59,7 @@ pub fn fd_info(fd: i32) -> Result<NativeFdInfo> {
   let socket_type = match getsockopt(&borrowed, sockopt::SockType) {
     Ok(t) => t,
     Err(Errno::ENOTSOCK) => return Ok(info),
-    Err(e) => return Err(error::sys(e, "getsockopt")),
+    Err(e) => return Err((e, "getsockopt")),
   };
   info.socket_type = Some(
     match socket_type {
@@ -63,7 +70,7 @@ pub fn fd_info(fd: i32) -> Result<NativeFdInfo> {
     }
     .to_string(),
   );
-  let address: SockaddrStorage = getsockname(fd).map_err(|e| error::sys(e, "getsockname"))?;
+  let address: SockaddrStorage = getsockname(fd).map_err(|e| (e, "getsockname"))?;
   info.family = Some(
     match address.family() {
       Some(AddressFamily::Unix) => "unix",
@@ -73,7 +80,57 @@ pub fn fd_info(fd: i32) -> Result<NativeFdInfo> {
     }
     .to_string(),
   );
-  info.listening =
-    Some(getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| error::sys(e, "getsockopt"))?);
+  info.listening = Some(getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| (e, "getsockopt"))?);
   Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use nix::sys::socket::{bind, listen, socket, socketpair, Backlog, SockFlag, SockaddrIn};
+  use std::os::fd::AsRawFd;
+
+  // These call `query`, not the napi export: a test binary has no Node to resolve napi's
+  // symbols against.
+  #[test]
+  fn a_socket_pair_end_is_a_connected_unix_stream() {
+    let (a, _b) = socketpair(
+      AddressFamily::Unix,
+      SockType::Stream,
+      None,
+      SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair");
+    let info = query(a.as_raw_fd()).expect("fd_info");
+    assert_eq!(info.access, "rw");
+    assert_eq!(info.family.as_deref(), Some("unix"));
+    assert_eq!(info.socket_type.as_deref(), Some("stream"));
+    assert_eq!(info.listening, Some(false));
+  }
+
+  #[test]
+  fn a_listening_tcp_socket_says_so_and_a_file_is_no_socket() {
+    let sock = socket(
+      AddressFamily::Inet,
+      SockType::Stream,
+      SockFlag::SOCK_CLOEXEC,
+      None,
+    )
+    .expect("socket");
+    bind(sock.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind");
+    listen(&sock, Backlog::new(1).expect("backlog")).expect("listen");
+    let info = query(sock.as_raw_fd()).expect("fd_info");
+    assert_eq!(info.family.as_deref(), Some("ipv4"));
+    assert_eq!(info.listening, Some(true));
+
+    let file = std::fs::File::open("/dev/null").expect("open");
+    let info = query(file.as_raw_fd()).expect("fd_info");
+    assert_eq!(info.access, "r");
+    assert!(info.family.is_none() && info.listening.is_none());
+  }
+
+  #[test]
+  fn a_negative_fd_is_ebadf() {
+    assert_eq!(query(-1).map(drop), Err((Errno::EBADF, "fcntl")));
+  }
 }

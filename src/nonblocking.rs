@@ -122,6 +122,21 @@ impl Shared {
     }))
   }
 
+  /// Runs `op` until the stream is closed. A close settles the operation with
+  /// `ERR_SOCKET_CLOSED` whatever `op` was about to report (the `EPIPE` of a write that
+  /// the close woke, say): the close signal is raised before the socket is shut down.
+  async fn unless_closed<T>(&self, op: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let outcome = tokio::select! {
+      biased;
+      _ = closing(&self.closed) => Err(error::closed()),
+      result = op => result,
+    };
+    if *self.closed.borrow() {
+      return Err(error::closed());
+    }
+    outcome
+  }
+
   /// One `recvmsg` of at most `size` bytes, after the inbound queue has room.
   async fn read(&self, queues: &Queues, size: usize) -> Result<(Vec<u8>, Received)> {
     let mut data = vec![0u8; size];
@@ -302,11 +317,9 @@ impl AsyncUnixStream {
     let queues = Arc::clone(&self.queues);
     let reading = Arc::clone(&queues);
     let future = async move {
-      let outcome = tokio::select! {
-        biased;
-        _ = closing(&shared.closed) => Err(error::closed()),
-        result = read_in_turn(&shared, &reading, ticket, size as usize) => result,
-      };
+      let outcome = shared
+        .unless_closed(read_in_turn(&shared, &reading, ticket, size as usize))
+        .await;
       drop(shared);
       outcome.map_err(rejection)
     };
@@ -338,14 +351,12 @@ impl AsyncUnixStream {
     let data = data.to_vec();
     let ticket = shared.writes.ticket();
     AsyncBlockBuilder::new(async move {
-      let outcome = tokio::select! {
-        biased;
-        _ = closing(&shared.closed) => Err(error::closed()),
-        result = async {
+      let outcome = shared
+        .unless_closed(async {
           ticket.turn().await;
           shared.write_all(&data, fds).await
-        } => result,
-      };
+        })
+        .await;
       drop(shared);
       outcome.map_err(rejection)
     })
@@ -362,14 +373,12 @@ impl AsyncUnixStream {
     };
     let ticket = shared.writes.ticket();
     AsyncBlockBuilder::new(async move {
-      let outcome = tokio::select! {
-        biased;
-        _ = closing(&shared.closed) => Err(error::closed()),
-        result = async {
+      let outcome = shared
+        .unless_closed(async {
           ticket.turn().await;
           shutdown_now(&shared, how)
-        } => result,
-      };
+        })
+        .await;
       drop(shared);
       outcome.map_err(rejection)
     })
@@ -436,10 +445,12 @@ impl AsyncUnixStream {
     if let Some(shared) = shared {
       lock(&self.reader).take();
       self.queues.close();
+      // Close signal first, so that pending operations settle as closed rather than with
+      // what the shutdown makes their syscalls answer.
+      shared.closed.send_replace(true);
       // The peer sees end-of-stream now, even while pending futures still hold the fd
       // for the moment it takes them to notice the close.
       let _ = socket::shutdown(shared.io.as_raw_fd(), Shutdown::Both);
-      shared.closed.send_replace(true);
     }
   }
 }
@@ -463,6 +474,9 @@ async fn read_in_turn(
 }
 
 fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
+  if *shared.closed.borrow() {
+    return Err(error::closed());
+  }
   match socket::shutdown(shared.io.as_raw_fd(), how) {
     Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
     Err(e) => Err(error::sys(e, "shutdown")),

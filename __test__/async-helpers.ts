@@ -1,0 +1,172 @@
+/**
+ * Helpers for the async and stream specs (async.spec.ts, duplex.spec.ts, lifetime.spec.ts):
+ * timeouts around every wait, chunk-exact reading from an AsyncUnixStream, and temp files
+ * with distinct content whose fds can be checked by reading through them.
+ */
+import { once as eventsOnce, type EventEmitter } from 'node:events'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import type { AsyncUnixStream, DequeueFd } from '../index.js'
+import { tmpDir } from './helpers.js'
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+/** `promise`, or a rejection naming `what` once `ms` passed (so no test can hang). */
+export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** Watches a promise: `state.settled` turns true once it resolved or rejected. */
+export interface Tracked<T> {
+  promise: Promise<T>
+  settled: boolean
+  value?: T
+  error?: unknown
+}
+
+export function track<T>(promise: Promise<T>): Tracked<T> {
+  const tracked: Tracked<T> = { promise, settled: false }
+  promise.then(
+    (value) => {
+      tracked.settled = true
+      tracked.value = value
+    },
+    (error: unknown) => {
+      tracked.settled = true
+      tracked.error = error
+    },
+  )
+  return tracked
+}
+
+/** What a promise settles to, with a handler attached at once (no unhandled rejection). */
+export type Outcome<T> = { ok: true; value: T } | { ok: false; error: any }
+
+export function outcome<T>(promise: Promise<T>): Promise<Outcome<T>> {
+  return promise.then(
+    (value) => ({ ok: true as const, value }),
+    (error: unknown) => ({ ok: false as const, error }),
+  )
+}
+
+/** The error a promise rejects with (fails if it resolves or takes longer than `ms`). */
+export async function rejection(promise: Promise<unknown>, ms = 5000, what = 'rejection'): Promise<any> {
+  const outcome = await withTimeout(
+    promise.then(
+      (value) => ({ ok: true as const, value }),
+      (error: unknown) => ({ ok: false as const, error }),
+    ),
+    ms,
+    what,
+  )
+  if (outcome.ok) throw new Error(`expected a rejection (${what}), but it resolved with ${String(outcome.value)}`)
+  return outcome.error
+}
+
+/**
+ * The error `call` throws synchronously. If it returns a Promise instead, that Promise's
+ * rejection is swallowed and this fails: bad arguments must throw, not reject.
+ */
+export function syncThrow(call: () => unknown): any {
+  let result: unknown
+  try {
+    result = call()
+  } catch (error) {
+    return error
+  }
+  if (result instanceof Promise) result.catch(() => {})
+  throw new Error(`expected a synchronous throw, got ${result instanceof Promise ? 'a Promise' : String(result)}`)
+}
+
+/** `events.once` with a timeout, rejecting on 'error' as events.once does. */
+export function onceEvent(emitter: EventEmitter, event: string, ms = 10_000): Promise<any[]> {
+  return withTimeout(eventsOnce(emitter, event), ms, `event '${event}'`)
+}
+
+/** Dequeues until null. */
+export function dequeueAll(stream: DequeueFd): number[] {
+  const fds: number[] = []
+  for (let fd = stream.dequeue(); fd !== null; fd = stream.dequeue()) fds.push(fd)
+  return fds
+}
+
+/** Reads exactly `n` bytes (several reads of at most what is still missing). */
+export async function readExactly(stream: AsyncUnixStream, n: number, ms = 10_000): Promise<Buffer> {
+  const parts: Buffer[] = []
+  let got = 0
+  while (got < n) {
+    const part = await withTimeout(stream.read(n - got), ms, `read of ${n - got} bytes`)
+    if (part.length === 0) throw new Error(`end of stream after ${got} of ${n} bytes`)
+    parts.push(part)
+    got += part.length
+  }
+  return Buffer.concat(parts)
+}
+
+/** Reads until the empty Buffer of end of stream; the fds that arrived are dequeued as they come. */
+export async function readToEnd(
+  stream: AsyncUnixStream,
+  ms = 10_000,
+): Promise<{ data: Buffer; fds: number[]; reads: number }> {
+  const parts: Buffer[] = []
+  const fds: number[] = []
+  let reads = 0
+  for (;;) {
+    const part = await withTimeout(stream.read(), ms, 'read to end')
+    reads++
+    fds.push(...dequeueAll(stream))
+    if (part.length === 0) return { data: Buffer.concat(parts), fds, reads }
+    parts.push(part)
+  }
+}
+
+/** `n` temp files in one fresh directory, file i holding `${prefix}${i}`. */
+export interface FileSet {
+  dir: string
+  files: string[]
+  contents: string[]
+  /** Opens file i read-only. */
+  open(i: number): number
+  remove(): void
+}
+
+export function fileSet(n: number, prefix = 'file-'): FileSet {
+  const dir = tmpDir('fdq-set-')
+  const files: string[] = []
+  const contents: string[] = []
+  for (let i = 0; i < n; i++) {
+    const file = path.join(dir, `f${i}`)
+    const content = `${prefix}${i}`
+    fs.writeFileSync(file, content)
+    files.push(file)
+    contents.push(content)
+  }
+  return {
+    dir,
+    files,
+    contents,
+    open: (i) => fs.openSync(files[i], 'r'),
+    remove: () => fs.rmSync(dir, { recursive: true, force: true }),
+  }
+}
+
+/** Opens `file` read-only, enqueues it on `stream` and closes this process's own copy at once. */
+export function enqueueFile(stream: { enqueue(fd: number): void }, file: string): void {
+  const fd = fs.openSync(file, 'r')
+  try {
+    stream.enqueue(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** Error code of an unknown thrown value. */
+export function codeOf(error: unknown): unknown {
+  return (error as { code?: unknown } | null)?.code
+}

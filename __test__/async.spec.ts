@@ -1,0 +1,920 @@
+/**
+ * The async classes: AsyncUnixStream / AsyncUnixListener. Real fds through real sockets,
+ * in this process and with a child peer that uses the async API; every received fd is
+ * checked by reading the file through it and by dev:ino equality with the original.
+ */
+import test, { type ExecutionContext } from 'ava'
+import * as crypto from 'node:crypto'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { AsyncUnixListener, AsyncUnixStream, QueueFullError } from '../index.js'
+import {
+  closeAll,
+  fdFlags,
+  fdIdentity,
+  lastJson,
+  makeFifo,
+  O_CLOEXEC,
+  pathIdentity,
+  readAt,
+  settledOpenFds,
+  startFixture,
+  tmpDir,
+  tmpFile,
+  tmpSocketPath,
+} from './helpers.js'
+import {
+  codeOf,
+  dequeueAll,
+  enqueueFile,
+  fileSet,
+  outcome,
+  type Outcome,
+  readExactly,
+  readToEnd,
+  rejection,
+  sleep,
+  syncThrow,
+  track,
+  withTimeout,
+} from './async-helpers.js'
+
+const ERRNO = os.constants.errno
+/** Longest any single wait may take before the test fails instead of hanging. */
+const T = 10_000
+
+let baseline = 0
+test.before(async () => {
+  // Warm up: the first async call starts napi's tokio runtime (its epoll and wake fds stay
+  // open for the life of the process), so count only after that.
+  const [a, b] = AsyncUnixStream.pair()
+  await a.write('warm')
+  await b.read()
+  a.close()
+  b.close()
+  baseline = await settledOpenFds()
+})
+test.after.always('no fd of this file leaked', async (t) => {
+  t.is(await settledOpenFds(), baseline)
+})
+
+/** A connected pair, closed when the test ends. */
+function pair(t: ExecutionContext): [AsyncUnixStream, AsyncUnixStream] {
+  const [a, b] = AsyncUnixStream.pair()
+  t.teardown(() => {
+    a.close()
+    b.close()
+  })
+  return [a, b]
+}
+
+/** Dequeues everything now waiting, closes those fds when the test ends. */
+function takeFds(t: ExecutionContext, stream: AsyncUnixStream): number[] {
+  const fds = dequeueAll(stream)
+  t.teardown(() => closeAll(fds))
+  return fds
+}
+
+function read(stream: AsyncUnixStream, size?: number): Promise<Buffer> {
+  return withTimeout(stream.read(size), T, `read(${size ?? ''})`)
+}
+
+test.serial('pair: bytes go both ways, in order; fd is the socket', async (t) => {
+  const [a, b] = pair(t)
+  t.true(fs.fstatSync(a.fd).isSocket())
+  t.true(fs.fstatSync(b.fd).isSocket())
+  t.not(a.fd, b.fd)
+  t.is(await a.write('hello'), 5)
+  t.is((await read(b)).toString(), 'hello')
+  t.is(await b.write(Buffer.from('world!')), 6)
+  t.is((await readExactly(a, 6)).toString(), 'world!')
+  // A Uint8Array view sends only its own bytes.
+  const backing = Buffer.from('xxABCxx')
+  t.is(await a.write(new Uint8Array(backing.buffer, backing.byteOffset + 2, 3)), 3)
+  t.is((await readExactly(b, 3)).toString(), 'ABC')
+  // An empty write with no fd queued is a no-op that resolves 0.
+  t.is(await a.write(''), 0)
+  t.is(a.dequeue(), null)
+  t.is(b.dequeue(), null)
+})
+
+test.serial('fds pass through a pair: content read through them, same dev:ino, close-on-exec, in order', async (t) => {
+  const [a, b] = pair(t)
+  const set = fileSet(3, 'pair-content-')
+  t.teardown(set.remove)
+  for (const file of set.files) enqueueFile(a, file) // our own copies are closed at once
+  t.is(await a.write('x'), 1)
+  t.is((await read(b)).toString(), 'x')
+  const fds = takeFds(t, b)
+  t.is(fds.length, 3)
+  fds.forEach((fd, i) => {
+    t.is(readAt(fd), set.contents[i])
+    t.is(fdIdentity(fd), pathIdentity(set.files[i]))
+    t.truthy(fdFlags(fd) & O_CLOEXEC, 'received fds are close-on-exec')
+  })
+  // And the other direction, on the next write only.
+  enqueueFile(b, set.files[2])
+  await b.write('y')
+  t.is((await read(a)).toString(), 'y')
+  const back = takeFds(t, a)
+  t.is(back.length, 1)
+  t.is(readAt(back[0]), set.contents[2])
+  t.is(fdIdentity(back[0]), pathIdentity(set.files[2]))
+})
+
+test.serial(
+  'across processes: a child (async API) connects, gets fds with their writes, sends them back',
+  async (t) => {
+    const sock = tmpSocketPath()
+    const listener = AsyncUnixListener.bind(sock)
+    t.teardown(() => listener.close())
+    const child = startFixture('async-peer', ['echo-connect', sock], { timeoutMs: 20_000 })
+    t.teardown(() => child.child.kill('SIGKILL'))
+    const stream = await withTimeout(listener.accept(), 15_000, 'accept of the child')
+    t.teardown(() => stream.close())
+    const set = fileSet(6, 'xproc-')
+    t.teardown(set.remove)
+    // Three writes carrying 1, 2 and 3 fds, all started before any has finished.
+    const groups = [[0], [1, 2], [3, 4, 5]]
+    const writes = groups.map((group, g) => {
+      for (const i of group) enqueueFile(stream, set.files[i])
+      return stream.write(`m${g};`)
+    })
+    t.deepEqual(await withTimeout(Promise.all(writes), T, 'writes'), [3, 3, 3])
+    await withTimeout(stream.shutdown('write'), T, 'shutdown')
+
+    // The child answers each fd with `${content}\n` carrying that same fd back.
+    const reads: { start: number; end: number; fds: number[] }[] = []
+    let text = ''
+    for (;;) {
+      const chunk = await read(stream)
+      const fds = takeFds(t, stream)
+      if (chunk.length === 0) {
+        t.deepEqual(fds, [])
+        break
+      }
+      reads.push({ start: text.length, end: text.length + chunk.length, fds })
+      text += chunk.toString()
+    }
+    const lines = text.split('\n').slice(0, -1)
+    t.deepEqual(lines, set.contents)
+    // Each reply's fd arrived with the read that returned the reply's first byte.
+    const lineStarts = lines.map((_, k) => lines.slice(0, k).reduce((n, l) => n + l.length + 1, 0))
+    const back: number[] = []
+    for (const r of reads) {
+      const starting = lineStarts.filter((s) => s >= r.start && s < r.end).length
+      t.is(r.fds.length, starting, `read [${r.start}, ${r.end}) brings one fd per reply starting in it`)
+      back.push(...r.fds)
+    }
+    t.is(back.length, 6)
+    back.forEach((fd, i) => {
+      t.is(readAt(fd), set.contents[i])
+      t.is(fdIdentity(fd), pathIdentity(set.files[i]), 'the fd came back to the very same file')
+    })
+
+    const result = await child.done
+    t.is(result.code, 0, result.stderr)
+    const report = lastJson<{
+      data: string
+      fds: { content: string; identity: string; cloexec: boolean; withRead: number }[]
+    }>(result)
+    t.is(report.data, 'm0;m1;m2;')
+    t.deepEqual(
+      report.fds.map((f) => f.content),
+      set.contents,
+    )
+    t.deepEqual(
+      report.fds.map((f) => f.identity),
+      set.files.map(pathIdentity),
+    )
+    t.true(report.fds.every((f) => f.cloexec))
+    // The fds of one write come with one read; the three writes with three different reads.
+    const withRead = report.fds.map((f) => f.withRead)
+    t.is(withRead[1], withRead[2])
+    t.is(withRead[3], withRead[4])
+    t.is(withRead[4], withRead[5])
+    t.true(withRead[0] < withRead[1] && withRead[2] < withRead[3], `reads: ${withRead}`)
+  },
+)
+
+test.serial('across processes: AsyncUnixStream.connect to a child AsyncUnixListener', async (t) => {
+  const sock = tmpSocketPath()
+  const child = startFixture('async-peer', ['echo-listen', sock], { timeoutMs: 20_000 })
+  t.teardown(() => child.child.kill('SIGKILL'))
+  await child.waitForLine(/^listening$/)
+  const stream = await withTimeout(AsyncUnixStream.connect(sock), T, 'connect')
+  t.teardown(() => stream.close())
+  const file = tmpFile('to-the-child-and-back')
+  enqueueFile(stream, file)
+  await stream.write('hi')
+  await stream.shutdown('write')
+  const { data, fds } = await readToEnd(stream)
+  t.teardown(() => closeAll(fds))
+  t.is(data.toString(), 'to-the-child-and-back\n')
+  t.is(fds.length, 1)
+  t.is(readAt(fds[0]), 'to-the-child-and-back')
+  t.is(fdIdentity(fds[0]), pathIdentity(file))
+  const result = await child.done
+  t.is(result.code, 0, result.stderr)
+  const report = lastJson(result)
+  t.is(report.data, 'hi')
+  t.is(report.fds[0].identity, pathIdentity(file))
+})
+
+test.serial(
+  'across processes: a child starts 40 writes at once; each fd rides on the first byte of its own write',
+  async (t) => {
+    const sock = tmpSocketPath()
+    const listener = AsyncUnixListener.bind(sock)
+    t.teardown(() => listener.close())
+    const set = fileSet(40, 'burst-')
+    t.teardown(set.remove)
+    const expected = new Map<number, number[]>() // message -> file indexes
+    const plan = set.files.map((_, i) => {
+      const files: number[] = []
+      if (i % 4 === 0) files.push(i)
+      if (i % 10 === 5) files.push(i, (i + 1) % 40)
+      expected.set(i, files)
+      return { data: `msg-${i};`, files: files.map((f) => set.files[f]) }
+    })
+    const child = startFixture('async-peer', ['burst', sock, JSON.stringify(plan)], { timeoutMs: 20_000 })
+    t.teardown(() => child.child.kill('SIGKILL'))
+    const stream = await withTimeout(listener.accept(), 15_000, 'accept of the child')
+    t.teardown(() => stream.close())
+
+    // Byte by byte: read(1) proves exactly which byte each fd came with.
+    const text = plan.map((m) => m.data).join('')
+    const starts = new Map<number, number>() // byte offset -> message
+    let offset = 0
+    plan.forEach((m, i) => {
+      starts.set(offset, i)
+      offset += m.data.length
+    })
+    let got = ''
+    for (let at = 0; at < text.length; at++) {
+      const byte = await read(stream, 1)
+      t.is(byte.length, 1)
+      got += byte.toString()
+      const fds = takeFds(t, stream)
+      const message = starts.get(at)
+      const files = message === undefined ? [] : expected.get(message)!
+      if (fds.length !== files.length) {
+        t.fail(`byte ${at} brought ${fds.length} fds, expected ${files.length} (message ${message})`)
+        continue
+      }
+      fds.forEach((fd, k) => t.is(readAt(fd), set.contents[files[k]], `fd ${k} of message ${message}`))
+    }
+    t.is(got, text, 'the writes arrive whole and in call order')
+    t.is((await read(stream)).length, 0)
+    const result = await child.done
+    t.is(result.code, 0, result.stderr)
+    t.deepEqual(
+      lastJson(result).bytes,
+      plan.map((m) => m.data.length),
+    )
+  },
+)
+
+test.serial('concurrent reads are served in call order', async (t) => {
+  const [a, b] = pair(t)
+  const reads = [b.read(1), b.read(1), b.read(1)]
+  await sleep(20)
+  await a.write('abc')
+  t.deepEqual((await withTimeout(Promise.all(reads), T, 'three reads')).map(String), ['a', 'b', 'c'])
+
+  // Many reads of different sizes, all pending before one write: each takes its slice,
+  // and they resolve in the order they were called.
+  const sizes = Array.from({ length: 40 }, (_, i) => 1 + ((i * 7) % 5))
+  const order: number[] = []
+  const many = sizes.map((size, i) =>
+    b.read(size).then((buf) => {
+      order.push(i)
+      return buf.toString()
+    }),
+  )
+  const text = crypto
+    .randomBytes(200)
+    .toString('hex')
+    .slice(
+      0,
+      sizes.reduce((x, y) => x + y),
+    )
+  await sleep(20)
+  await a.write(text)
+  const slices = await withTimeout(Promise.all(many), T, 'forty reads')
+  let at = 0
+  t.deepEqual(
+    slices,
+    sizes.map((size) => text.slice(at, (at += size))),
+  )
+  t.deepEqual(
+    order,
+    sizes.map((_, i) => i),
+  )
+})
+
+test.serial('concurrent writes never interleave and go out in call order', async (t) => {
+  const [a, b] = pair(t)
+  const N = 12
+  const SIZE = 1 << 20
+  const blocks = Array.from({ length: N }, () => crypto.randomBytes(SIZE))
+  const writes = blocks.map((block) => a.write(block))
+  const parts: Buffer[] = []
+  let got = 0
+  while (got < N * SIZE) {
+    const part = await read(b, 256 * 1024)
+    t.true(part.length > 0)
+    parts.push(part)
+    got += part.length
+  }
+  t.deepEqual(await withTimeout(Promise.all(writes), T, 'writes'), Array(N).fill(SIZE))
+  const data = Buffer.concat(parts)
+  t.is(data.length, N * SIZE)
+  for (let k = 0; k < N; k++) {
+    t.true(data.subarray(k * SIZE, (k + 1) * SIZE).equals(blocks[k]), `block ${k} is whole and in place`)
+  }
+})
+
+test.serial('an fd enqueued between two write calls rides on the later one', async (t) => {
+  const [a, b] = pair(t)
+  const set = fileSet(4, 'between-')
+  t.teardown(set.remove)
+  // Both writes called before either started.
+  enqueueFile(a, set.files[0])
+  const w1 = a.write('1')
+  enqueueFile(a, set.files[1])
+  const w2 = a.write('2')
+  await withTimeout(Promise.all([w1, w2]), T, 'writes')
+  t.is((await read(b, 1)).toString(), '1')
+  let fds = takeFds(t, b)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['between-0'],
+  )
+  t.is((await read(b, 1)).toString(), '2')
+  fds = takeFds(t, b)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['between-1'],
+  )
+
+  // The first write is still going (1 MiB into a full socket buffer) when the second fd is
+  // enqueued: it must not ride on any later sendmsg of the first write.
+  const SIZE = 1 << 20
+  enqueueFile(a, set.files[2])
+  const big = track(a.write(Buffer.alloc(SIZE, 'a')))
+  await sleep(50)
+  t.false(big.settled, 'the 1 MiB write is still pending')
+  enqueueFile(a, set.files[3])
+  const small = a.write('b')
+  // First byte of the big write: it brings file 2 and nothing else.
+  t.is((await read(b, 1)).toString(), 'a')
+  fds = takeFds(t, b)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['between-2'],
+  )
+  // The rest of the big write, never reading past it: no fd at all.
+  let rest = SIZE - 1
+  let strayFds = 0
+  while (rest > 0) {
+    const part = await read(b, Math.min(rest, 65536))
+    t.true(part.every((c) => c === 0x61))
+    rest -= part.length
+    const stray = takeFds(t, b)
+    strayFds += stray.length
+  }
+  t.is(strayFds, 0, 'no fd came with the later bytes of the first write')
+  t.is(await withTimeout(big.promise, T, 'big write'), SIZE)
+  t.is((await read(b, 1)).toString(), 'b')
+  fds = takeFds(t, b)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['between-3'],
+  )
+  t.is(await small, 1)
+})
+
+test.serial('never reads ahead: fds come with the read of their own bytes only', async (t) => {
+  const [a, b] = pair(t)
+  const set = fileSet(3, 'ahead-')
+  t.teardown(set.remove)
+  // 'a' without fds, then 'b' with one.
+  await a.write('a')
+  enqueueFile(a, set.files[0])
+  await a.write('b')
+  await sleep(30)
+  t.is(b.dequeue(), null, 'nothing is read before a read is called')
+  t.is((await read(b, 1)).toString(), 'a')
+  t.is(b.dequeue(), null, "the fd of the 'b' write did not come with 'a'")
+  t.is((await read(b, 1)).toString(), 'b')
+  let fds = takeFds(t, b)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['ahead-0'],
+  )
+
+  // Two fd-carrying writes, then a big read: it returns only the first write and its fd.
+  enqueueFile(a, set.files[1])
+  await a.write('c')
+  enqueueFile(a, set.files[2])
+  await a.write('d')
+  t.is((await read(b)).toString(), 'c')
+  fds = takeFds(t, b)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['ahead-1'],
+  )
+  t.is((await read(b)).toString(), 'd')
+  fds = takeFds(t, b)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['ahead-2'],
+  )
+})
+
+test.serial('fds are dequeue-able right after the read resolves and not before', async (t) => {
+  const [a, b] = pair(t)
+  const file = tmpFile('timing')
+  const pending = track(b.read())
+  let polls = 0
+  const early: number[] = []
+  const poller = (async () => {
+    while (!pending.settled) {
+      const fd = b.dequeue()
+      if (fd !== null) early.push(fd)
+      polls++
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+  })()
+  await sleep(20)
+  enqueueFile(a, file)
+  await a.write('x')
+  // Give the reader's result time to travel while the poller keeps looking.
+  const chunk = await withTimeout(pending.promise, T, 'read')
+  const fd = b.dequeue() // synchronously, in the continuation of the resolved read
+  t.teardown(() => closeAll([fd, ...early]))
+  await poller
+  t.deepEqual(early, [], 'no fd was dequeue-able while the read was pending')
+  t.true(polls > 0)
+  t.is(chunk.toString(), 'x')
+  t.not(fd, null)
+  t.is(readAt(fd!), 'timing')
+  t.is(fdIdentity(fd!), pathIdentity(file))
+  t.is(b.dequeue(), null)
+})
+
+test.serial('reading pauses at maxQueuedFds and resumes on dequeue; all 10 fds arrive', async (t) => {
+  const [a, b] = pair(t)
+  t.is(b.maxQueuedFds, 1024, 'default bound')
+  b.maxQueuedFds = 4
+  t.is(b.maxQueuedFds, 4)
+  const set = fileSet(10, 'paused-')
+  t.teardown(set.remove)
+  const writes: Promise<number>[] = []
+  for (let i = 0; i < 10; i++) {
+    enqueueFile(a, set.files[i])
+    writes.push(a.write(String(i)))
+  }
+  await withTimeout(Promise.all(writes), T, 'ten one-fd writes')
+  // One recvmsg never merges two fd-carrying sends: each read brings one byte and one fd.
+  for (let i = 0; i < 4; i++) t.is((await read(b)).toString(), String(i))
+  const fifth = track(b.read())
+  await sleep(400)
+  t.false(fifth.settled, 'no read while 4 fds wait for dequeue')
+
+  const received: number[] = []
+  t.teardown(() => closeAll(received))
+  received.push(b.dequeue()!)
+  t.is((await withTimeout(fifth.promise, T, 'read after a dequeue')).toString(), '4')
+  // Full again (4 queued): a pending read waits, and a larger bound also frees it.
+  const sixth = track(b.read())
+  await sleep(200)
+  t.false(sixth.settled, 'paused again at 4')
+  b.maxQueuedFds = 5
+  t.is((await withTimeout(sixth.promise, T, 'read after raising the bound')).toString(), '5')
+  const seventh = track(b.read())
+  await sleep(200)
+  t.false(seventh.settled, 'paused at 5')
+  for (let i = 6; i < 10; i++) {
+    received.push(b.dequeue()!)
+    if (i > 6) t.is((await read(b)).toString(), String(i))
+    else t.is((await withTimeout(seventh.promise, T, 'seventh read')).toString(), '6')
+  }
+  received.push(...dequeueAll(b))
+  t.is(received.length, 10, 'none lost')
+  received.forEach((fd, i) => {
+    t.is(readAt(fd), `paused-${i}`)
+    t.is(fdIdentity(fd), pathIdentity(set.files[i]))
+  })
+  a.close()
+  t.is((await read(b)).length, 0)
+})
+
+test.serial(
+  'an empty write while fds are queued throws ERR_FD_EMPTY_WRITE synchronously and changes nothing',
+  async (t) => {
+    const [a, b] = pair(t)
+    const file = tmpFile('empty-write')
+    enqueueFile(a, file)
+    for (const empty of ['', new Uint8Array(0), Buffer.alloc(0)]) {
+      const error = syncThrow(() => a.write(empty))
+      t.is(error.code, 'ERR_FD_EMPTY_WRITE')
+    }
+    // The fd is still queued and rides on the next real write, exactly once.
+    await a.write('z')
+    t.is((await read(b)).toString(), 'z')
+    const fds = takeFds(t, b)
+    t.is(fds.length, 1)
+    t.is(readAt(fds[0]), 'empty-write')
+    await a.write('w')
+    t.is((await read(b)).toString(), 'w')
+    t.is(b.dequeue(), null)
+  },
+)
+
+test.serial('bad arguments throw synchronously from Promise-returning methods', async (t) => {
+  const [a, b] = pair(t)
+  for (const size of [0, -1, 1.5, 2 ** 31, 2 ** 30 + 1, NaN, Infinity]) {
+    const error = syncThrow(() => a.read(size))
+    t.true(error instanceof RangeError, `read(${size})`)
+    t.is(error.code, 'ERR_OUT_OF_RANGE', `read(${size})`)
+  }
+  for (const size of ['x', '1', null, {}, true, 1n]) {
+    const error = syncThrow(() => a.read(size as any))
+    t.true(error instanceof TypeError, `read(${String(size)})`)
+    t.is(error.code, 'ERR_INVALID_ARG_TYPE', `read(${String(size)})`)
+  }
+  for (const data of [5, {}, null, undefined, [1, 2], true]) {
+    const error = syncThrow(() => a.write(data as any))
+    t.true(error instanceof TypeError, `write(${String(data)})`)
+    t.is(error.code, 'ERR_INVALID_ARG_TYPE', `write(${String(data)})`)
+  }
+  for (const how of ['x', 'WRITE', '']) {
+    const error = syncThrow(() => a.shutdown(how as any))
+    t.true(error instanceof TypeError, `shutdown('${how}')`)
+    t.true(['ERR_INVALID_ARG_VALUE', 'ERR_INVALID_ARG_TYPE'].includes(error.code), `shutdown('${how}'): ${error.code}`)
+  }
+  for (const how of [5, {}, true]) {
+    const error = syncThrow(() => a.shutdown(how as any))
+    t.true(error instanceof TypeError)
+    t.is(error.code, 'ERR_INVALID_ARG_TYPE')
+  }
+  for (const where of [5, null, {}, undefined]) {
+    const error = syncThrow(() => AsyncUnixStream.connect(where as any))
+    t.true(error instanceof TypeError, `connect(${String(where)})`)
+    t.is(error.code, 'ERR_INVALID_ARG_TYPE')
+    t.true(syncThrow(() => AsyncUnixListener.bind(where as any)) instanceof TypeError)
+  }
+  t.truthy(codeOf(syncThrow(() => AsyncUnixStream.connect(''))))
+  t.truthy(codeOf(syncThrow(() => AsyncUnixStream.connect(`/tmp/${'x'.repeat(200)}`))))
+  t.truthy(codeOf(syncThrow(() => AsyncUnixStream.connect('/tmp/a\0b'))))
+  for (const fd of [{}, { fd: '3' }, true, '3', null, undefined]) {
+    const error = syncThrow(() => a.enqueue(fd as any))
+    t.true(error instanceof TypeError, `enqueue(${JSON.stringify(fd)})`)
+    t.is(error.code, 'ERR_INVALID_ARG_TYPE')
+  }
+  for (const fd of [-1, 1.5, 2 ** 31, NaN, { fd: -1 }]) {
+    const error = syncThrow(() => a.enqueue(fd as any))
+    t.true(error instanceof RangeError, `enqueue(${JSON.stringify(fd)})`)
+    t.is(error.code, 'ERR_OUT_OF_RANGE')
+  }
+  const notOpen = 19_999
+  t.throws(() => fs.fstatSync(notOpen), { code: 'EBADF' }, 'precondition: fd 19999 is not open')
+  const badFd = syncThrow(() => a.enqueue(notOpen))
+  t.is(badFd.code, 'EBADF')
+  t.is(badFd.errno, -ERRNO.EBADF)
+  for (const value of [0, -1, 1.5, NaN]) {
+    t.true(syncThrow(() => (a.maxQueuedFds = value)) instanceof RangeError, `maxQueuedFds = ${value}`)
+  }
+  t.true(syncThrow(() => (a.maxQueuedFds = '5' as any)) instanceof TypeError)
+  t.is(a.maxQueuedFds, 1024, 'unchanged by the bad values')
+
+  // None of it did anything: no read took a turn, no fd got queued, the stream works.
+  await a.write('ok')
+  t.is((await read(b)).toString(), 'ok')
+  t.is(b.dequeue(), null)
+  await b.write('back')
+  t.is((await read(a)).toString(), 'back')
+})
+
+test.serial('close() settles pending reads, a pending write and shutdown, and pending accepts', async (t) => {
+  const [a, b] = pair(t)
+  const reads = [b.read(), b.read(), b.read(1)].map((r) => outcome(r))
+  await sleep(30)
+  b.close()
+  for (const [i, pending] of reads.entries()) {
+    const settled = await withTimeout(pending, T, `pending read ${i} after close`)
+    if (settled.ok) t.is(settled.value.length, 0, `read ${i} resolves empty`)
+    else t.is(codeOf(settled.error), 'ERR_SOCKET_CLOSED', `read ${i}`)
+  }
+  t.is(syncThrow(() => b.dequeue()).code, 'ERR_SOCKET_CLOSED')
+  t.is((await read(a)).length, 0, 'the peer sees end of stream')
+
+  // A write stuck on a full socket buffer (nobody reads the peer), and a shutdown behind it.
+  const [c] = pair(t)
+  const write = outcome(c.write(Buffer.alloc(8 << 20, 1)))
+  const shutdown = outcome(c.shutdown('write'))
+  await sleep(50)
+  c.close()
+  await withTimeout(write, T, 'pending write after close')
+  await withTimeout(shutdown, T, 'pending shutdown after close')
+  t.false((await write).ok, 'the 8 MiB write cannot have completed')
+
+  const listener = AsyncUnixListener.bind(tmpSocketPath())
+  t.teardown(() => listener.close())
+  const accepts = [listener.accept(), listener.accept()].map((p) => outcome(p))
+  await sleep(30)
+  listener.close()
+  for (const [i, pending] of accepts.entries()) {
+    const settled = await withTimeout(pending, T, `pending accept ${i} after close`)
+    t.false(settled.ok)
+    if (!settled.ok) t.is(codeOf(settled.error), 'ERR_SOCKET_CLOSED', `accept ${i}`)
+  }
+})
+
+test.serial(
+  'a write and a shutdown pending at close() reject with ERR_SOCKET_CLOSED (not EPIPE, not success)',
+  async (t) => {
+    // SPEC 6: any operation on a closed stream fails with ERR_SOCKET_CLOSED. Repeated, since
+    // the wrong outcome comes from a race inside close().
+    const seen: string[] = []
+    for (let round = 0; round < 20; round++) {
+      const [c, d] = AsyncUnixStream.pair()
+      const write = outcome(c.write(Buffer.alloc(8 << 20, 1)))
+      const shutdown = outcome(c.shutdown('write'))
+      await sleep(20)
+      c.close()
+      for (const [what, pending] of [
+        ['write', write],
+        ['shutdown', shutdown],
+      ] as const) {
+        const settled = await withTimeout(pending as Promise<Outcome<unknown>>, T, `pending ${what}`)
+        seen.push(`${what}: ${settled.ok ? 'resolved' : codeOf(settled.error)}`)
+      }
+      d.close()
+    }
+    const wrong = seen.filter((s) => !s.endsWith('ERR_SOCKET_CLOSED'))
+    t.deepEqual(wrong, [], `outcomes over 20 rounds: ${seen.join(', ')}`)
+  },
+)
+
+test.serial(
+  'after close(): methods reject or throw ERR_SOCKET_CLOSED, fd is -1, a second close is a no-op',
+  async (t) => {
+    const [a, b] = pair(t)
+    a.close()
+    t.is(a.fd, -1)
+    t.is((await rejection(a.read())).code, 'ERR_SOCKET_CLOSED')
+    t.is((await rejection(a.read(1))).code, 'ERR_SOCKET_CLOSED')
+    t.is((await rejection(a.write('x'))).code, 'ERR_SOCKET_CLOSED')
+    t.is((await rejection(a.shutdown())).code, 'ERR_SOCKET_CLOSED')
+    t.is(syncThrow(() => a.enqueue(b.fd)).code, 'ERR_SOCKET_CLOSED')
+    t.is(syncThrow(() => a.dequeue()).code, 'ERR_SOCKET_CLOSED')
+    t.notThrows(() => a.close())
+    t.is(a.fd, -1)
+    // The peer sees end of stream.
+    t.is((await read(b)).length, 0)
+
+    const sock = tmpSocketPath()
+    const listener = AsyncUnixListener.bind(sock)
+    t.true(fs.fstatSync(listener.fd).isSocket())
+    listener.close()
+    t.is(listener.fd, -1)
+    t.is((await rejection(listener.accept())).code, 'ERR_SOCKET_CLOSED')
+    t.notThrows(() => listener.close())
+    // And nothing listens there any more.
+    const refused = await rejection(AsyncUnixStream.connect(sock))
+    t.is(refused.code, 'ENOENT')
+  },
+)
+
+test.serial(
+  'connect to a missing path rejects ENOENT with errno, syscall and path; a non-socket ECONNREFUSED',
+  async (t) => {
+    const missing = path.join(tmpDir(), 'missing.sock')
+    const error = await rejection(AsyncUnixStream.connect(missing))
+    t.true(error instanceof Error)
+    t.is(error.code, 'ENOENT')
+    t.is(error.errno, -ERRNO.ENOENT)
+    t.is(error.syscall, 'connect')
+    t.is(error.path, missing)
+
+    const plainFile = tmpFile('not a socket')
+    const refused = await rejection(AsyncUnixStream.connect(plainFile))
+    t.is(refused.code, 'ECONNREFUSED')
+    t.is(refused.errno, -ERRNO.ECONNREFUSED)
+    t.is(refused.syscall, 'connect')
+    t.is(refused.path, plainFile)
+  },
+)
+
+test.serial('bind on a path in use throws EADDRINUSE; the first listener keeps working', async (t) => {
+  const sock = tmpSocketPath()
+  const listener = AsyncUnixListener.bind(sock)
+  t.teardown(() => listener.close())
+  t.is(listener.path, sock)
+  const error = syncThrow(() => AsyncUnixListener.bind(sock))
+  t.true(error instanceof Error)
+  t.is(error.code, 'EADDRINUSE')
+  t.is(error.errno, -ERRNO.EADDRINUSE)
+  t.is(error.syscall, 'bind')
+  t.is(error.path, sock)
+  t.true(fs.existsSync(sock), 'the failed bind did not remove the live socket file')
+
+  const [client, server] = await withTimeout(
+    Promise.all([AsyncUnixStream.connect(sock), listener.accept()]),
+    T,
+    'connect + accept',
+  )
+  t.teardown(() => {
+    client.close()
+    server.close()
+  })
+  const file = tmpFile('via-listener')
+  enqueueFile(client, file)
+  await client.write('c')
+  t.is((await read(server)).toString(), 'c')
+  const fds = takeFds(t, server)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['via-listener'],
+  )
+  t.is(fdIdentity(fds[0]), pathIdentity(file))
+})
+
+test.serial('listener close() removes the socket file', (t) => {
+  const sock = tmpSocketPath()
+  const listener = AsyncUnixListener.bind(sock)
+  t.true(fs.statSync(sock).isSocket())
+  listener.close()
+  t.false(fs.existsSync(sock))
+})
+
+test.serial('peer close and peer shutdown(write) make read resolve an empty Buffer', async (t) => {
+  const [a, b] = pair(t)
+  const pending = b.read()
+  await sleep(20)
+  await a.write('tail')
+  t.is((await withTimeout(pending, T, 'read')).toString(), 'tail')
+  const atEnd = b.read()
+  await sleep(20)
+  a.close()
+  const end = await withTimeout(atEnd, T, 'read at end')
+  t.true(Buffer.isBuffer(end))
+  t.is(end.length, 0)
+  t.is((await read(b)).length, 0, 'and again')
+
+  // Half-close: the other direction still works.
+  const [c, d] = pair(t)
+  await c.write('last')
+  await c.shutdown('write')
+  t.is((await read(d)).toString(), 'last')
+  t.is((await read(d)).length, 0)
+  const file = tmpFile('after-half-close')
+  enqueueFile(d, file)
+  await d.write('still')
+  t.is((await read(c)).toString(), 'still')
+  const fds = takeFds(t, c)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['after-half-close'],
+  )
+})
+
+test.serial('253 fds in one write arrive; a 254th enqueue throws QueueFullError and changes nothing', async (t) => {
+  const [a, b] = pair(t)
+  const set = fileSet(254, 'many-')
+  t.teardown(set.remove)
+  for (let i = 0; i < 253; i++) enqueueFile(a, set.files[i])
+  const error = syncThrow(() => enqueueFile(a, set.files[253]))
+  t.true(error instanceof QueueFullError)
+  t.is(error.code, 'ERR_FD_QUEUE_FULL')
+  t.is(await a.write('x'), 1)
+  t.is((await read(b)).toString(), 'x')
+  const fds = takeFds(t, b)
+  t.is(fds.length, 253)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    set.contents.slice(0, 253),
+  )
+  t.deepEqual(
+    fds.map((fd) => fdIdentity(fd)),
+    set.files.slice(0, 253).map(pathIdentity),
+  )
+  // The queue is empty again: the next write carries nothing, and room for 253 more.
+  await a.write('y')
+  t.is((await read(b)).toString(), 'y')
+  t.is(b.dequeue(), null)
+  enqueueFile(a, set.files[253])
+  await a.write('z')
+  t.is((await read(b)).toString(), 'z')
+  t.deepEqual(
+    takeFds(t, b).map((fd) => readAt(fd)),
+    ['many-253'],
+  )
+})
+
+test.serial(
+  "with two reads pending, each read's fds are dequeue-able in its own continuation, not the other's",
+  async (t) => {
+    const [a, b] = pair(t)
+    const set = fileSet(2, 'own-')
+    t.teardown(set.remove)
+    const seen: string[][] = []
+    const taken: number[] = []
+    t.teardown(() => closeAll(taken))
+    const reads = [b.read(), b.read()].map((r) =>
+      r.then((buf) => {
+        const fds = dequeueAll(b)
+        taken.push(...fds)
+        seen.push([buf.toString(), ...fds.map((fd) => readAt(fd))])
+      }),
+    )
+    await sleep(20)
+    enqueueFile(a, set.files[0])
+    const w1 = a.write('p')
+    enqueueFile(a, set.files[1])
+    const w2 = a.write('q')
+    await withTimeout(Promise.all([w1, w2, ...reads]), T, 'writes and reads')
+    t.deepEqual(seen, [
+      ['p', 'own-0'],
+      ['q', 'own-1'],
+    ])
+  },
+)
+
+test.serial(
+  'a write that fails (peer gone) rejects EPIPE with errno and syscall, and closes the fds it carried',
+  async (t) => {
+    const [a, b] = pair(t)
+    b.close()
+    const fifo = makeFifo()
+    t.teardown(() => fifo.close())
+    a.enqueue(fifo.writeFd)
+    fs.closeSync(fifo.writeFd)
+    fifo.writeFd = -1
+    t.true(fifo.isWriterOpen())
+    const error = await rejection(a.write('x'), T, 'write to a closed peer')
+    t.true(['EPIPE', 'ECONNRESET'].includes(error.code), error.code)
+    t.is(error.errno, -ERRNO[error.code as 'EPIPE'])
+    t.is(error.syscall, 'sendmsg')
+    t.false(fifo.isWriterOpen(), 'the duplicate that could not be sent is closed')
+    // The queue is empty afterwards: an empty write does not complain about queued fds.
+    t.false(syncThrowsEmpty(a))
+  },
+)
+
+/** Whether an empty write throws ERR_FD_EMPTY_WRITE (i.e. fds are still queued). */
+function syncThrowsEmpty(stream: AsyncUnixStream): boolean {
+  try {
+    stream.write('').catch(() => {})
+    return false
+  } catch (error) {
+    return codeOf(error) === 'ERR_FD_EMPTY_WRITE'
+  }
+}
+
+test.serial('close() closes the fds still in the outbound queue and those not yet dequeued', async (t) => {
+  const [a, b] = pair(t)
+  const received = makeFifo()
+  const queued = makeFifo()
+  t.teardown(() => {
+    received.close()
+    queued.close()
+  })
+  a.enqueue(received.writeFd)
+  fs.closeSync(received.writeFd)
+  received.writeFd = -1
+  await a.write('r')
+  t.is((await read(b)).toString(), 'r') // now in b's inbound queue, never dequeued
+  a.enqueue(queued.writeFd)
+  fs.closeSync(queued.writeFd)
+  queued.writeFd = -1
+  t.true(received.isWriterOpen())
+  t.true(queued.isWriterOpen())
+  a.close()
+  b.close()
+  t.false(queued.isWriterOpen(), 'outbound fd closed by close()')
+  t.false(received.isWriterOpen(), 'inbound fd closed by close()')
+})
+
+test.serial('close() settles a read paused at maxQueuedFds', async (t) => {
+  const [a, b] = pair(t)
+  b.maxQueuedFds = 1
+  const file = tmpFile('pause-then-close')
+  for (const data of ['1', '2']) {
+    enqueueFile(a, file)
+    await a.write(data)
+  }
+  t.is((await read(b)).toString(), '1')
+  const paused = outcome(b.read())
+  const watch = track(paused)
+  await sleep(150)
+  t.false(watch.settled, 'paused at the bound')
+  b.close()
+  const settled = await withTimeout(paused, T, 'paused read after close')
+  if (settled.ok) t.is(settled.value.length, 0)
+  else t.is(codeOf(settled.error), 'ERR_SOCKET_CLOSED')
+})

@@ -1,0 +1,974 @@
+/**
+ * The stream classes: FdSocket (a stream.Duplex) / FdServer, connect() and createServer().
+ * Fds go through real sockets and are checked by reading the file through them; ordering
+ * is checked byte-exactly where the receiver is an AsyncUnixStream reading the first byte
+ * of each chunk on its own.
+ */
+import test, { type ExecutionContext } from 'ava'
+import * as crypto from 'node:crypto'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { Duplex, Writable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import * as v8 from 'node:v8'
+import * as vm from 'node:vm'
+import {
+  AsyncUnixListener,
+  AsyncUnixStream,
+  connect,
+  createServer,
+  FdServer,
+  FdSocket,
+  QueueFullError,
+} from '../index.js'
+import {
+  closeAll,
+  fdIdentity,
+  makeFifo,
+  pathIdentity,
+  readAt,
+  settledOpenFds,
+  tmpDir,
+  tmpFile,
+  tmpSocketPath,
+  type Fifo,
+} from './helpers.js'
+import {
+  codeOf,
+  dequeueAll,
+  enqueueFile,
+  fileSet,
+  onceEvent,
+  readExactly,
+  readToEnd,
+  sleep,
+  syncThrow,
+  withTimeout,
+} from './async-helpers.js'
+
+const ERRNO = os.constants.errno
+const T = 10_000
+
+let baseline = 0
+test.before(async () => {
+  // Warm up the runtime and the push readers before counting fds.
+  const [a, b] = FdSocket.pair()
+  a.write('warm')
+  await onceEvent(b, 'data')
+  a.destroy()
+  b.destroy()
+  await Promise.all([onceEvent(a, 'close'), onceEvent(b, 'close')].map((p) => p.catch(() => {})))
+  baseline = await settledOpenFds()
+})
+test.after.always('no fd of this file leaked', async (t) => {
+  t.is(await settledOpenFds(), baseline)
+})
+
+/** Destroys the sockets (and closes the servers) when the test ends. */
+function cleanup(t: ExecutionContext, ...things: Array<FdSocket | FdServer | AsyncUnixStream | AsyncUnixListener>) {
+  t.teardown(() => {
+    for (const thing of things) {
+      if (thing instanceof FdSocket) thing.destroy()
+      else if (thing instanceof FdServer) {
+        if (thing.listening) thing.close()
+      } else thing.close()
+    }
+  })
+}
+
+function closed(socket: FdSocket): Promise<void> {
+  if (socket.closed) return Promise.resolve()
+  return withTimeout(new Promise<void>((resolve) => socket.once('close', () => resolve())), T, 'socket close')
+}
+
+function read(stream: AsyncUnixStream, size?: number): Promise<Buffer> {
+  return withTimeout(stream.read(size), T, `read(${size ?? ''})`)
+}
+
+function takeFds(t: ExecutionContext, stream: { dequeue(): number | null }): number[] {
+  const fds = dequeueAll(stream)
+  t.teardown(() => closeAll(fds))
+  return fds
+}
+
+/** A FIFO whose write end goes into `socket`'s outbound queue; our own copy is closed at once. */
+function enqueueFifo(t: ExecutionContext, socket: { enqueue(fd: number): void }): Fifo {
+  const fifo = makeFifo()
+  t.teardown(() => fifo.close())
+  socket.enqueue(fifo.writeFd)
+  fs.closeSync(fifo.writeFd)
+  fifo.writeFd = -1
+  return fifo
+}
+
+/**
+ * Reads `chunks` from `stream` one chunk at a time, taking the first byte of each on its
+ * own: the fds that come with that byte are exactly the ones the chunk carried, and none
+ * may come with the rest of it. `fdContents.get(i)` lists the file contents chunk i carries.
+ */
+async function readChunksByteExact(
+  t: ExecutionContext,
+  stream: AsyncUnixStream,
+  chunks: Buffer[],
+  fdContents: Map<number, string[]>,
+): Promise<void> {
+  const problems: string[] = []
+  for (const [i, chunk] of chunks.entries()) {
+    if (chunk.length === 0) continue
+    const first = await read(stream, 1)
+    if (first[0] !== chunk[0]) problems.push(`chunk ${i}: first byte ${first[0]} != ${chunk[0]}`)
+    const got = takeFds(t, stream).map((fd) => readAt(fd))
+    const want = fdContents.get(i) ?? []
+    if (JSON.stringify(got) !== JSON.stringify(want)) {
+      problems.push(`chunk ${i}: fds with its first byte ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`)
+    }
+    if (chunk.length > 1) {
+      const rest = await readExactly(stream, chunk.length - 1)
+      if (!rest.equals(chunk.subarray(1))) problems.push(`chunk ${i}: bytes differ`)
+      const stray = takeFds(t, stream)
+      if (stray.length > 0) problems.push(`chunk ${i}: ${stray.length} fds came after its first byte`)
+    }
+  }
+  t.deepEqual(problems, [])
+}
+
+test.serial(
+  'pipe: a 64 MiB file through FdSocket.pair arrives whole (sha256) with bounded buffers and memory',
+  async (t) => {
+    const dir = tmpDir('fdq-big-')
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+    const file = path.join(dir, 'big.bin')
+    const SIZE = 64 << 20
+    const expected = crypto.createHash('sha256')
+    const out = fs.openSync(file, 'w')
+    for (let written = 0; written < SIZE; written += 1 << 20) {
+      const block = crypto.randomBytes(1 << 20)
+      expected.update(block)
+      fs.writeSync(out, block)
+    }
+    fs.closeSync(out)
+
+    // Sample live memory: collect garbage before each sample, so that what is measured is
+    // what the streams hold, not Buffers nobody references any more.
+    v8.setFlagsFromString('--expose-gc')
+    const gc = vm.runInNewContext('gc') as () => void
+    gc()
+    await sleep(50)
+    gc()
+    const base = process.memoryUsage().rss
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    let peak = base
+    let maxWritable = 0
+    let maxReadable = 0
+    const sampler = setInterval(() => {
+      gc()
+      peak = Math.max(peak, process.memoryUsage().rss)
+      maxWritable = Math.max(maxWritable, a.writableLength)
+      maxReadable = Math.max(maxReadable, b.readableLength)
+    }, 40)
+    t.teardown(() => clearInterval(sampler))
+    // A consumer slower than the file: without backpressure the file would pile up in memory.
+    const hash = crypto.createHash('sha256')
+    let received = 0
+    const slow = new Writable({
+      write(chunk: Buffer, _encoding, cb) {
+        hash.update(chunk)
+        const before = received
+        received += chunk.length
+        if (Math.floor(received / (1 << 20)) !== Math.floor(before / (1 << 20))) setTimeout(cb, 4)
+        else cb()
+      },
+    })
+    await withTimeout(
+      Promise.all([pipeline(fs.createReadStream(file), a), pipeline(b, slow)]),
+      60_000,
+      '64 MiB transfer',
+    )
+    clearInterval(sampler)
+    t.is(received, SIZE)
+    t.is(hash.digest('hex'), expected.digest('hex'))
+    const growth = (peak - base) / 2 ** 20
+    t.log(
+      `peak RSS growth ${growth.toFixed(1)} MiB, max writableLength ${maxWritable}, max readableLength ${maxReadable}`,
+    )
+    t.true(growth < 32, `peak live RSS growth ${growth.toFixed(1)} MiB must stay well under the 64 MiB file`)
+    t.true(maxWritable <= 1 << 20, `writable buffer stayed bounded (${maxWritable})`)
+    t.true(maxReadable <= 1 << 20, `readable buffer stayed bounded (${maxReadable})`)
+  },
+)
+
+/** Chunks `[i]` + filler, with some fds enqueued before some chunks. */
+function orderingPlan(count: number, size: (i: number) => number) {
+  const set = fileSet(count, 'chunk-')
+  const extra = fileSet(count, 'extra-')
+  const chunks: Buffer[] = []
+  const fdContents = new Map<number, string[]>()
+  for (let i = 0; i < count; i++) {
+    const head = Buffer.from(`[${i}]`)
+    chunks.push(Buffer.concat([head, Buffer.alloc(Math.max(0, size(i) - head.length), 0x61 + (i % 26))]))
+    const carries: string[] = []
+    if (i % 5 === 2) carries.push(set.contents[i])
+    if (i % 11 === 0) carries.push(set.contents[i], extra.contents[i])
+    if (carries.length) fdContents.set(i, carries)
+  }
+  /** Enqueues the files chunk i carries (before writing it). */
+  function enqueueFor(socket: FdSocket, i: number) {
+    for (const content of fdContents.get(i) ?? []) {
+      const [kind, n] = content.split('-')
+      enqueueFile(socket, (kind === 'chunk' ? set : extra).files[Number(n)])
+    }
+  }
+  return {
+    chunks,
+    fdContents,
+    enqueueFor,
+    remove() {
+      set.remove()
+      extra.remove()
+    },
+  }
+}
+
+test.serial(
+  'ordering: 150 chunks and fds written before connect; each fd rides on the chunk after its enqueue',
+  async (t) => {
+    const sock = tmpSocketPath()
+    const listener = AsyncUnixListener.bind(sock)
+    cleanup(t, listener)
+    const plan = orderingPlan(150, (i) => 8 + ((i * 37) % 200))
+    t.teardown(plan.remove)
+    // An fd enqueued before an empty write rides on the next non-empty chunk.
+    const emptyBefore = 60
+    const fdContents = new Map(plan.fdContents)
+    fdContents.set(emptyBefore, ['before-empty', ...(plan.fdContents.get(emptyBefore) ?? [])])
+    const beforeEmpty = tmpFile('before-empty')
+    const events: string[] = []
+    const socket = connect(sock, () => events.push('connect'))
+    cleanup(t, socket)
+    t.true(socket.pending)
+    for (const [i, chunk] of plan.chunks.entries()) {
+      if (i === emptyBefore) {
+        enqueueFile(socket, beforeEmpty)
+        socket.write(Buffer.alloc(0))
+      }
+      plan.enqueueFor(socket, i)
+      socket.write(chunk)
+    }
+    // end() before connect too: the half-close waits for every chunk.
+    socket.end()
+    t.deepEqual(events, [], "everything was written (and ended) before 'connect'")
+    t.true(socket.pending)
+    const stream = await withTimeout(listener.accept(), T, 'accept')
+    cleanup(t, stream)
+    await readChunksByteExact(t, stream, plan.chunks, fdContents)
+    t.is((await read(stream)).length, 0, 'end of stream right after the last chunk')
+    t.deepEqual(events, ['connect'])
+  },
+)
+
+test.serial(
+  'ordering: fds enqueued while 100+ earlier chunks are still buffered ride on the chunk after them',
+  async (t) => {
+    const [a, b] = AsyncUnixStream.pair()
+    cleanup(t, b)
+    const socket = FdSocket.from(a)
+    cleanup(t, socket)
+    const SIZE = 32 * 1024
+    const plan = orderingPlan(150, () => SIZE)
+    t.teardown(plan.remove)
+    let bufferedAtLateEnqueue = 0
+    for (const [i, chunk] of plan.chunks.entries()) {
+      if (i === 140) bufferedAtLateEnqueue = socket.writableLength
+      plan.enqueueFor(socket, i)
+      socket.write(chunk)
+    }
+    t.true(bufferedAtLateEnqueue >= 120 * SIZE, `chunks buffered before the late enqueues: ${bufferedAtLateEnqueue}`)
+    await withTimeout(readChunksByteExact(t, b, plan.chunks, plan.fdContents), 30_000, 'reading 150 chunks')
+    socket.end()
+    t.is((await read(b)).length, 0)
+  },
+)
+
+test.serial(
+  "reading side: an 'fds' event with the count, then the chunk, whose fds are dequeue-able in its 'data' handler",
+  async (t) => {
+    const sock = tmpSocketPath()
+    const plan = orderingPlan(150, (i) => 8 + ((i * 13) % 300))
+    t.teardown(plan.remove)
+    const deliveries: { start: number; end: number; announced: number; fds: string[] }[] = []
+    let text = ''
+    let announced = 0
+    const problems: string[] = []
+    const done = new Promise<void>((resolve, reject) => {
+      const server = createServer((socket) => {
+        socket.on('fds', (count: number) => {
+          if (announced !== 0) problems.push(`two 'fds' events before one chunk`)
+          announced = count
+        })
+        socket.on('data', (chunk: Buffer) => {
+          const fds = dequeueAll(socket)
+          const contents = fds.map((fd) => readAt(fd))
+          closeAll(fds)
+          deliveries.push({ start: text.length, end: text.length + chunk.length, announced, fds: contents })
+          announced = 0
+          text += chunk.toString('latin1')
+        })
+        socket.on('end', resolve)
+        socket.on('error', reject)
+      })
+      cleanup(t, server)
+      server.listen(sock, () => {
+        const client = connect(sock)
+        cleanup(t, client)
+        for (const [i, chunk] of plan.chunks.entries()) {
+          plan.enqueueFor(client, i)
+          client.write(chunk)
+        }
+        client.end()
+      })
+    })
+    await withTimeout(done, T, 'server side end')
+    const all = Buffer.concat(plan.chunks).toString('latin1')
+    t.is(text, all)
+    t.deepEqual(problems, [])
+    // Every fd came with the delivery that holds the first byte of its chunk, in order.
+    let offset = 0
+    const starts = plan.chunks.map((c) => {
+      const s = offset
+      offset += c.length
+      return s
+    })
+    for (const d of deliveries) {
+      t.is(d.announced, d.fds.length, `'fds' announced the count of delivery [${d.start}, ${d.end})`)
+      const expected = plan.chunks
+        .map((_, i) => i)
+        .filter((i) => starts[i] >= d.start && starts[i] < d.end)
+        .flatMap((i) => plan.fdContents.get(i) ?? [])
+      t.deepEqual(d.fds, expected, `fds of delivery [${d.start}, ${d.end})`)
+    }
+    t.is(
+      deliveries.reduce((n, d) => n + d.fds.length, 0),
+      [...plan.fdContents.values()].flat().length,
+    )
+  },
+)
+
+test.serial(
+  '200 concurrent clients pass 3 fds each to one server, which reads every file through its fd',
+  async (t) => {
+    const before = await settledOpenFds()
+    const CLIENTS = 200
+    const set = fileSet(CLIENTS * 3, 'f-')
+    t.teardown(set.remove)
+    const content = (c: number, j: number) => `client-${c}-fd-${j}`
+    for (let c = 0; c < CLIENTS; c++) for (let j = 0; j < 3; j++) fs.writeFileSync(set.files[c * 3 + j], content(c, j))
+    const sock = tmpSocketPath()
+    const verified = new Map<number, string[]>()
+    const problems: string[] = []
+    const serverSides: FdSocket[] = []
+    const server = createServer((socket) => {
+      serverSides.push(socket)
+      let data = ''
+      const got: number[] = []
+      socket.on('data', (chunk: Buffer) => {
+        data += chunk.toString()
+        got.push(...dequeueAll(socket))
+      })
+      socket.on('end', () => {
+        const c = Number(/^client-(\d+)$/.exec(data)?.[1])
+        const contents = got.map((fd) => readAt(fd))
+        const same = got.every((fd, j) => fdIdentity(fd) === pathIdentity(set.files[c * 3 + j]))
+        closeAll(got)
+        if (!same) problems.push(`client ${c}: an fd is not the file sent`)
+        verified.set(c, contents)
+      })
+    })
+    cleanup(t, server)
+    await withTimeout(new Promise<void>((resolve) => server.listen(sock, resolve)), T, 'listening')
+    const clients = Array.from({ length: CLIENTS }, (_, c) => {
+      const client = connect(sock)
+      for (let j = 0; j < 3; j++) enqueueFile(client, set.files[c * 3 + j])
+      client.end(`client-${c}`)
+      client.resume()
+      return client
+    })
+    await withTimeout(Promise.all(clients.map((c) => closed(c))), 30_000, 'every client closed')
+    await withTimeout(Promise.all(serverSides.map((s) => closed(s))), T, 'every server-side socket closed')
+    t.is(serverSides.length, CLIENTS)
+    t.deepEqual(problems, [])
+    t.is(verified.size, CLIENTS)
+    for (let c = 0; c < CLIENTS; c++) {
+      t.deepEqual(verified.get(c), [content(c, 0), content(c, 1), content(c, 2)], `client ${c}`)
+    }
+    await withTimeout(new Promise<void>((resolve) => server.close(() => resolve())), T, 'server close')
+    t.is(await settledOpenFds(), before, 'every socket and fd closed again')
+  },
+)
+
+test.serial("write() returns the real backpressure flag, and 'drain' follows", async (t) => {
+  const HWM = 16 * 1024
+  const [a, b] = FdSocket.pair({ writableHighWaterMark: HWM })
+  cleanup(t, a, b)
+  const chunk = Buffer.alloc(4096, 0x42)
+  const flags: boolean[] = []
+  for (let i = 0; i < 4; i++) {
+    const ok = a.write(chunk)
+    flags.push(ok)
+    t.is(ok, a.writableLength < HWM, `write ${i}: flag matches writableLength ${a.writableLength}`)
+  }
+  t.deepEqual(flags, [true, true, true, false])
+  await onceEvent(a, 'drain', T)
+
+  // Real backpressure through the socket: b does not consume, so the kernel buffer and b's
+  // readable buffer fill, write() stays false and no 'drain' comes until b reads.
+  const block = crypto.randomBytes(64 * 1024)
+  const sent: Buffer[] = []
+  let total = 0
+  let stuck = false
+  while (total < 32 << 20) {
+    const ok = a.write(block)
+    sent.push(block)
+    total += block.length
+    if (ok) continue
+    const drained = await Promise.race([onceEvent(a, 'drain', T).then(() => true), sleep(300).then(() => false)])
+    if (!drained) {
+      stuck = true
+      break
+    }
+  }
+  t.true(stuck, "write() turned false and no 'drain' came while the peer does not read")
+  t.true(total < 4 << 20, `write() held back after ${total} bytes (kernel buffer + the peer's readable buffer)`)
+  const received: Buffer[] = []
+  let got = 0
+  const all = new Promise<void>((resolve) => {
+    b.on('data', (c: Buffer) => {
+      received.push(c)
+      got += c.length
+      if (got >= 16 * 1024 + total) resolve()
+    })
+  })
+  await withTimeout(onceEvent(a, 'drain', T), T, 'drain after the peer reads')
+  await withTimeout(all, T, 'every byte')
+  const data = Buffer.concat(received)
+  t.true(data.subarray(0, 16 * 1024).equals(Buffer.alloc(16 * 1024, 0x42)))
+  t.true(data.subarray(16 * 1024).equals(Buffer.concat(sent)))
+})
+
+test.serial(
+  "write() turns false once maxQueuedFds fds wait in the write buffer; 'drain' comes after connect",
+  async (t) => {
+    const sock = tmpSocketPath()
+    const listener = AsyncUnixListener.bind(sock)
+    cleanup(t, listener)
+    const set = fileSet(6, 'bp-fd-')
+    t.teardown(set.remove)
+    const events: string[] = []
+    const socket = connect(sock, { maxQueuedFds: 5 })
+    cleanup(t, socket)
+    socket.on('connect', () => events.push('connect'))
+    socket.on('drain', () => events.push('drain'))
+    t.is(socket.maxQueuedFds, 5)
+    const flags: boolean[] = []
+    const chunks: Buffer[] = []
+    for (let i = 0; i < 5; i++) {
+      enqueueFile(socket, set.files[i])
+      chunks.push(Buffer.from(`c${i};`))
+      flags.push(socket.write(chunks[i]))
+    }
+    t.deepEqual(flags, [true, true, true, true, false])
+    t.true(socket.writableLength < socket.writableHighWaterMark, 'the bytes alone would not have said false')
+    t.true(socket.pending)
+    await withTimeout(new Promise<void>((resolve) => socket.once('drain', () => resolve())), T, 'drain')
+    t.deepEqual(events, ['connect', 'drain'])
+    // Once drained, writing fds goes on as normal.
+    enqueueFile(socket, set.files[5])
+    chunks.push(Buffer.from('c5;'))
+    t.true(socket.write(chunks[5]))
+    const stream = await withTimeout(listener.accept(), T, 'accept')
+    cleanup(t, stream)
+    await readChunksByteExact(t, stream, chunks, new Map(set.contents.map((c, i) => [i, [c]])))
+  },
+)
+
+test.serial('end() half-closes only after every buffered write went out; the other direction stays open', async (t) => {
+  const [a, b] = AsyncUnixStream.pair()
+  cleanup(t, b)
+  const socket = FdSocket.from(a)
+  cleanup(t, socket)
+  const blocks = Array.from({ length: 100 }, () => crypto.randomBytes(64 * 1024))
+  const file = tmpFile('rides-on-the-last-chunk')
+  let finished = false
+  socket.on('finish', () => (finished = true))
+  blocks.forEach((block, i) => {
+    if (i === 99) enqueueFile(socket, file)
+    socket.write(block)
+  })
+  socket.end()
+  t.false(finished)
+  const { data, fds } = await withTimeout(readToEnd(b), 30_000, 'read to end')
+  t.teardown(() => closeAll(fds))
+  t.true(data.equals(Buffer.concat(blocks)), 'every byte, in order, before end of stream')
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['rides-on-the-last-chunk'],
+  )
+  await withTimeout(
+    (async () => {
+      while (!finished) await sleep(5)
+    })(),
+    T,
+    'finish',
+  )
+  // Only the write side is shut: the peer can still send to us.
+  t.false(socket.destroyed)
+  const reply = onceEvent(socket, 'data')
+  await b.write('reply')
+  t.is(String((await reply)[0]), 'reply')
+  b.close()
+  await closed(socket)
+})
+
+test.serial('allowHalfOpen false (default): when the peer ends, the socket ends its side too and closes', async (t) => {
+  const [a, b] = FdSocket.pair()
+  cleanup(t, a, b)
+  t.false(a.allowHalfOpen)
+  const events: string[] = []
+  for (const name of ['end', 'finish', 'close']) a.on(name, () => events.push(`a:${name}`))
+  for (const name of ['end', 'finish', 'close']) b.on(name, () => events.push(`b:${name}`))
+  a.resume()
+  b.resume()
+  b.end()
+  await Promise.all([closed(a), closed(b)])
+  t.true(a.writableEnded, 'a ended its side by itself')
+  for (const e of ['a:end', 'a:finish', 'a:close', 'b:end', 'b:finish', 'b:close']) t.true(events.includes(e), e)
+  t.true(events.indexOf('a:end') < events.indexOf('a:close'))
+})
+
+test.serial('allowHalfOpen true: after the peer ended, the socket can still write, fds too', async (t) => {
+  const [a, b] = FdSocket.pair({ allowHalfOpen: true })
+  cleanup(t, a, b)
+  t.true(a.allowHalfOpen)
+  a.resume()
+  b.end()
+  await onceEvent(a, 'end', T)
+  await sleep(50)
+  t.true(a.writable, 'still writable after the peer ended')
+  t.false(a.writableEnded)
+  t.false(a.destroyed)
+  const file = tmpFile('half-open')
+  enqueueFile(a, file)
+  const got = onceEvent(b, 'data')
+  a.write('after-end')
+  const [chunk] = await got
+  t.is(String(chunk), 'after-end')
+  const fds = takeFds(t, b)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['half-open'],
+  )
+  b.resume()
+  a.end()
+  await Promise.all([closed(a), closed(b)])
+})
+
+test.serial('destroy() is idempotent and closes everything: the socket, unsent fds and undequeued fds', async (t) => {
+  const before = await settledOpenFds()
+  const sock = tmpSocketPath()
+  const listener = AsyncUnixListener.bind(sock)
+  cleanup(t, listener)
+
+  const [a, b] = FdSocket.pair()
+  const early = connect(sock)
+  const [c, d] = FdSocket.pair()
+  cleanup(t, a, b, early, c, d)
+  // 1. Received by b, never dequeued.
+  const undequeued = enqueueFifo(t, a)
+  a.write('x')
+  await onceEvent(b, 'fds', T)
+  t.is(b.queuedInboundFds, 1)
+  // 2. Connected, fd enqueued, never written.
+  const unsent = enqueueFifo(t, a)
+  t.true(unsent.isWriterOpen(), 'the queue holds a duplicate')
+  // 3. Before connect: fd staged with a buffered chunk.
+  const staged = enqueueFifo(t, early)
+  early.write('never sent')
+  // 4. Behind a big write the peer does not read: chunk and fd buffered.
+  d.pause()
+  c.write(Buffer.alloc(4 << 20))
+  const behind = enqueueFifo(t, c)
+  c.write('behind')
+
+  let closes = 0
+  for (const s of [a, b, early, c, d]) s.on('close', () => closes++)
+  const errors: unknown[] = []
+  for (const s of [a, b, early, c, d]) s.on('error', (e) => errors.push(e))
+  for (const s of [a, b, early, c, d]) {
+    s.destroy()
+    s.destroy()
+  }
+  t.notThrows(() => a.destroy())
+  await Promise.all([a, b, early, c, d].map((s) => closed(s)))
+  await sleep(50)
+  t.is(closes, 5, "exactly one 'close' each")
+  t.deepEqual(errors, [])
+  t.false(unsent.isWriterOpen(), 'fd enqueued and never written is closed')
+  t.false(undequeued.isWriterOpen(), 'fd received and never dequeued is closed')
+  t.false(staged.isWriterOpen(), 'fd staged before connect is closed')
+  t.false(behind.isWriterOpen(), 'fd buffered behind a pending write is closed')
+  for (const s of [a, b, early, c, d]) {
+    t.is(s.fd, -1)
+    t.is(syncThrow(() => s.dequeue()).code, 'ERR_SOCKET_CLOSED')
+    t.is(syncThrow(() => s.enqueue(0)).code, 'ERR_SOCKET_CLOSED')
+  }
+  listener.close()
+  for (const fifo of [unsent, undequeued, staged, behind]) fifo.close()
+  t.is(await settledOpenFds(), before, 'fd count back to where it was')
+})
+
+test.serial("fds of a chunk are dequeue-able in its 'data' handler, announced by 'fds' first (pair)", async (t) => {
+  const [a, b] = FdSocket.pair()
+  cleanup(t, a, b)
+  const set = fileSet(2, 'in-handler-')
+  t.teardown(set.remove)
+  const order: string[] = []
+  const fds: number[] = []
+  t.teardown(() => closeAll(fds))
+  b.on('fds', (count: number) => order.push(`fds:${count}:${b.queuedInboundFds}`))
+  const got = new Promise<string>((resolve) =>
+    b.once('data', (chunk: Buffer) => {
+      fds.push(...dequeueAll(b))
+      order.push('data')
+      resolve(chunk.toString())
+    }),
+  )
+  enqueueFile(a, set.files[0])
+  enqueueFile(a, set.files[1])
+  a.write('two')
+  t.is(await withTimeout(got, T, 'data'), 'two')
+  t.deepEqual(order, ['fds:2:2', 'data'])
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    set.contents,
+  )
+  t.deepEqual(
+    fds.map((fd) => fdIdentity(fd)),
+    set.files.map(pathIdentity),
+  )
+})
+
+test.serial('FdSocket.from(asyncStream) wraps it; FdSocket.pair() gives two connected Duplexes', async (t) => {
+  const [raw, peer] = AsyncUnixStream.pair()
+  cleanup(t, peer)
+  const socket = FdSocket.from(raw)
+  cleanup(t, socket)
+  t.true(socket instanceof Duplex)
+  t.false(socket.pending)
+  t.is(socket.fd, raw.fd)
+  const file = tmpFile('from-async')
+  enqueueFile(socket, file)
+  socket.write('to-peer')
+  t.is((await read(peer)).toString(), 'to-peer')
+  const fds = takeFds(t, peer)
+  t.deepEqual(
+    fds.map((fd) => readAt(fd)),
+    ['from-async'],
+  )
+  enqueueFile(peer, file)
+  const got = onceEvent(socket, 'data')
+  await peer.write('to-socket')
+  t.is(String((await got)[0]), 'to-socket')
+  const back = takeFds(t, socket)
+  t.is(fdIdentity(back[0]), pathIdentity(file))
+
+  const [closedOne, other] = AsyncUnixStream.pair()
+  closedOne.close()
+  other.close()
+  t.is(syncThrow(() => FdSocket.from(closedOne)).code, 'ERR_SOCKET_CLOSED')
+  t.true(syncThrow(() => FdSocket.from({} as any)) instanceof TypeError)
+
+  const [x, y] = FdSocket.pair()
+  cleanup(t, x, y)
+  t.true(x instanceof FdSocket && y instanceof FdSocket)
+  t.true(fs.fstatSync(x.fd).isSocket())
+  const toY = onceEvent(y, 'data')
+  const toX = onceEvent(x, 'data')
+  x.write('ping')
+  y.write('pong')
+  t.is(String((await toY)[0]), 'ping')
+  t.is(String((await toX)[0]), 'pong')
+})
+
+test.serial(
+  "server: address() is the path; close(cb) removes the file at once and emits 'close' after the connections close",
+  async (t) => {
+    const sock = tmpSocketPath()
+    const serverSides: FdSocket[] = []
+    const server = createServer((s) => {
+      serverSides.push(s)
+      s.resume()
+    })
+    cleanup(t, server)
+    t.is(server.address(), null)
+    let listening = false
+    server.on('listening', () => (listening = true))
+    await withTimeout(new Promise<void>((resolve) => server.listen(sock, resolve)), T, 'listen')
+    t.true(listening)
+    t.true(server.listening)
+    t.is(server.address(), sock)
+    t.true(fs.statSync(sock).isSocket())
+    const client = connect(sock)
+    cleanup(t, client)
+    client.resume()
+    await onceEvent(client, 'connect', T)
+    await withTimeout(
+      (async () => {
+        while (serverSides.length === 0) await sleep(5)
+      })(),
+      T,
+      'connection',
+    )
+
+    const order: string[] = []
+    server.close((error) => order.push(`cb:${error ? codeOf(error) : 'ok'}`))
+    server.on('close', () => order.push('close'))
+    t.false(fs.existsSync(sock), 'the socket file is gone right away')
+    t.is(server.address(), null)
+    t.false(server.listening)
+    const refused = connect(sock)
+    cleanup(t, refused)
+    t.is(codeOf((await onceEvent(refused, 'error', T).catch((e) => [e]))[0]), 'ENOENT')
+    await sleep(200)
+    t.deepEqual(order, [], "no 'close' while a connection is open")
+    serverSides[0].on('close', () => order.push('connection closed'))
+    client.end()
+    await withTimeout(
+      (async () => {
+        while (order.length < 3) await sleep(5)
+      })(),
+      T,
+      "server 'close'",
+    )
+    t.is(order[0], 'connection closed')
+    t.true(order.includes('close') && order.includes('cb:ok'), order.join(','))
+
+    // close() of a server that is not listening: the callback gets ERR_SERVER_NOT_RUNNING.
+    const notRunning = await withTimeout(
+      new Promise<Error | undefined>((resolve) => createServer().close(resolve)),
+      T,
+      'close of a stopped server',
+    )
+    t.is(codeOf(notRunning), 'ERR_SERVER_NOT_RUNNING')
+  },
+)
+
+test.serial("listen on a path in use emits 'error' EADDRINUSE; the first server keeps working", async (t) => {
+  const sock = tmpSocketPath()
+  const first = createServer((s) => {
+    s.resume()
+    s.end('hello from the first')
+  })
+  cleanup(t, first)
+  await withTimeout(new Promise<void>((resolve) => first.listen(sock, resolve)), T, 'listen')
+  const second = new FdServer()
+  cleanup(t, second)
+  const [error] = await onceEvent(second.listen(sock), 'error', T).catch((e) => [e])
+  t.true(error instanceof Error)
+  t.is(error.code, 'EADDRINUSE')
+  t.is(error.errno, -ERRNO.EADDRINUSE)
+  t.is(error.syscall, 'bind')
+  t.is(error.path, sock)
+  t.false(second.listening)
+  t.true(fs.existsSync(sock))
+  const client = connect(sock)
+  cleanup(t, client)
+  const [data] = await onceEvent(client, 'data', T)
+  t.is(String(data), 'hello from the first')
+})
+
+test.serial("connect to a missing path emits 'error' ENOENT, then 'close'; fds staged for it are closed", async (t) => {
+  const missing = path.join(tmpDir(), 'missing.sock')
+  const socket = connect(missing)
+  cleanup(t, socket)
+  const staged = enqueueFifo(t, socket)
+  socket.write('never')
+  const [error] = await onceEvent(socket, 'error', T).catch((e) => [e])
+  t.true(error instanceof Error)
+  t.is(error.code, 'ENOENT')
+  t.is(error.errno, -ERRNO.ENOENT)
+  t.is(error.syscall, 'connect')
+  t.is(error.path, missing)
+  await closed(socket)
+  t.true(socket.destroyed)
+  t.false(staged.isWriterOpen(), 'the fd staged for the failed connection is closed')
+})
+
+test.serial('ref()/unref() return this; an unref’d socket and server still work', async (t) => {
+  const sock = tmpSocketPath()
+  const server = createServer((s) => s.resume().end('served'))
+  cleanup(t, server)
+  t.is(server.unref(), server)
+  t.is(server.ref(), server)
+  t.is(server.unref(), server)
+  await withTimeout(new Promise<void>((resolve) => server.listen(sock, resolve)), T, 'listen')
+  const client = connect(sock)
+  cleanup(t, client)
+  t.is(client.unref(), client)
+  const [data] = await onceEvent(client, 'data', T)
+  t.is(String(data), 'served', 'an unref’d server accepts, an unref’d socket reads')
+  const [a, b] = FdSocket.pair()
+  cleanup(t, a, b)
+  t.is(a.unref(), a)
+  t.is(a.ref(), a)
+  t.is(a.unref(), a)
+  const file = tmpFile('unrefd')
+  enqueueFile(b, file)
+  b.write('u')
+  const [u] = await onceEvent(a, 'data', T)
+  t.is(String(u), 'u')
+  t.deepEqual(
+    takeFds(t, a).map((fd) => readAt(fd)),
+    ['unrefd'],
+  )
+})
+
+test.serial('a socket nobody reads still ends and closes once its peer is gone (like net.Socket)', async (t) => {
+  // net.Socket pushes null and then calls read(0) on EOF, so an empty, unread socket still
+  // emits 'end' and (allowHalfOpen false) closes. A server that only answers and never
+  // reads must not keep one fd per finished client.
+  const sock = tmpSocketPath()
+  const sides: FdSocket[] = []
+  const server = createServer((s) => {
+    sides.push(s)
+    s.end('hello')
+  })
+  cleanup(t, server)
+  t.teardown(() => sides.forEach((s) => s.destroy()))
+  await withTimeout(new Promise<void>((resolve) => server.listen(sock, resolve)), T, 'listen')
+  const client = connect(sock)
+  cleanup(t, client)
+  const [data] = await onceEvent(client, 'data', T)
+  t.is(String(data), 'hello')
+  client.destroy()
+  await withTimeout(closed(sides[0]), 3000, "the unread server-side socket's 'close'")
+  t.is(sides[0].fd, -1)
+})
+
+test.serial(
+  'FdSocket: 253 fds ride on one chunk; the 254th enqueue for that chunk throws QueueFullError',
+  async (t) => {
+    const [raw, peer] = AsyncUnixStream.pair()
+    cleanup(t, peer)
+    const socket = FdSocket.from(raw)
+    cleanup(t, socket)
+    const set = fileSet(254, 'fds253-')
+    t.teardown(set.remove)
+    for (let i = 0; i < 253; i++) enqueueFile(socket, set.files[i])
+    const error = syncThrow(() => enqueueFile(socket, set.files[253]))
+    t.true(error instanceof QueueFullError)
+    t.is(error.code, 'ERR_FD_QUEUE_FULL')
+    t.is(socket.queuedOutboundFds, 253, 'the failed enqueue changed nothing')
+    socket.write('x')
+    t.is((await read(peer)).toString(), 'x')
+    const fds = takeFds(t, peer)
+    t.deepEqual(
+      fds.map((fd) => readAt(fd)),
+      set.contents.slice(0, 253),
+    )
+    // The next chunk has room for 253 again.
+    enqueueFile(socket, set.files[253])
+    socket.write('y')
+    t.is((await read(peer)).toString(), 'y')
+    t.deepEqual(
+      takeFds(t, peer).map((fd) => readAt(fd)),
+      ['fds253-253'],
+    )
+  },
+)
+
+test.serial('FdSocket: fds carried over an empty write count toward the 253 of the chunk they ride on', async (t) => {
+  // SPEC 3: an fd rides on the first NON-EMPTY chunk written after enqueue; SPEC 5: one
+  // write carries at most 253, and one more enqueue throws QueueFullError, changing nothing.
+  const [raw, peer] = AsyncUnixStream.pair()
+  cleanup(t, peer)
+  const socket = FdSocket.from(raw)
+  cleanup(t, socket)
+  const errors: unknown[] = []
+  socket.on('error', (e) => errors.push(e))
+  const file = tmpFile('carried-over')
+  for (let i = 0; i < 200; i++) enqueueFile(socket, file)
+  socket.write(Buffer.alloc(0))
+  let thrownAt = -1
+  for (let i = 0; i < 100; i++) {
+    try {
+      enqueueFile(socket, file)
+    } catch (error) {
+      thrownAt = 200 + i
+      t.is(codeOf(error), 'ERR_FD_QUEUE_FULL')
+      break
+    }
+  }
+  t.is(thrownAt, 253, 'the enqueue that would make 254 fds on the next chunk throws')
+  socket.write('x')
+  const got = await withTimeout(
+    Promise.race([read(peer), onceEvent(socket, 'close', T).then(() => Buffer.from('<socket closed>'))]),
+    T,
+    'the chunk or the socket closing',
+  )
+  t.is(got.toString(), 'x')
+  t.deepEqual(errors, [], 'the socket was not destroyed')
+  const fds = takeFds(t, peer)
+  t.is(fds.length, 253)
+  t.true(fds.every((fd) => readAt(fd) === 'carried-over'))
+})
+
+test.serial('FdSocket reading pauses at maxQueuedFds and resumes on dequeue; all 10 fds arrive', async (t) => {
+  const [raw, peer] = AsyncUnixStream.pair()
+  cleanup(t, peer)
+  const socket = FdSocket.from(raw, { maxQueuedFds: 3 })
+  cleanup(t, socket)
+  t.is(socket.maxQueuedFds, 3)
+  const set = fileSet(10, 'spaused-')
+  t.teardown(set.remove)
+  let text = ''
+  socket.on('data', (chunk: Buffer) => (text += chunk.toString()))
+  const writes: Promise<number>[] = []
+  for (let i = 0; i < 10; i++) {
+    enqueueFile(peer, set.files[i])
+    writes.push(peer.write(String(i)))
+  }
+  await withTimeout(Promise.all(writes), T, 'ten one-fd writes')
+  await sleep(300)
+  t.is(socket.queuedInboundFds, 3, 'reading stopped with 3 fds waiting')
+  t.is(text, '012', 'the chunks after the limit were not read yet')
+  const received: number[] = []
+  t.teardown(() => closeAll(received))
+  for (let round = 0; round < 20 && received.length < 10; round++) {
+    received.push(...dequeueAll(socket))
+    await sleep(50)
+  }
+  t.is(text, '0123456789')
+  t.is(received.length, 10, 'none lost')
+  t.deepEqual(
+    received.map((fd) => readAt(fd)),
+    set.contents,
+  )
+})
+
+test.serial('fds enqueued after the last chunk are closed when the socket ends (no chunk carries them)', async (t) => {
+  const [raw, peer] = AsyncUnixStream.pair()
+  cleanup(t, peer)
+  const socket = FdSocket.from(raw, { allowHalfOpen: true })
+  cleanup(t, socket)
+  socket.write('last')
+  const orphan = enqueueFifo(t, socket)
+  t.true(orphan.isWriterOpen())
+  socket.end()
+  await onceEvent(socket, 'finish', T)
+  t.false(socket.destroyed, 'still open for reading (allowHalfOpen)')
+  const { data, fds } = await readToEnd(peer)
+  t.is(data.toString(), 'last')
+  t.deepEqual(fds, [])
+  t.false(orphan.isWriterOpen(), 'the fd no chunk carried was closed at end()')
+})
