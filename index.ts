@@ -14,6 +14,7 @@
  * @packageDocumentation
  */
 export type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './lib/interfaces.js'
+export type { PeerCredentials } from './lib/binding.js'
 export { QueueFullError, type CodedError, type SystemError } from './lib/errors.js'
 export { toFd } from './lib/args.js'
 export {

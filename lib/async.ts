@@ -1,5 +1,5 @@
 /** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
-import { binding, WRAP, type Native } from './binding.js'
+import { binding, WRAP, type Native, type PeerCredentials } from './binding.js'
 import { native, nativeAsync } from './errors.js'
 import { toBytes, toFd, validateHow, validateMaxQueuedFds, validatePath, validateReadSize } from './args.js'
 import type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './interfaces.js'
@@ -58,6 +58,14 @@ export class AsyncUnixStream implements EnqueueFd, DequeueFd {
   enqueue(fd: FdLike): void {
     const raw = toFd(fd)
     native(() => this.#native.enqueue(raw))
+  }
+
+  /**
+   * The peer process's `pid`, `uid` and `gid` as the kernel recorded them when it
+   * connected (`SO_PEERCRED`; `getpeereid` on the BSDs, where `pid` may be `null`).
+   */
+  peerCredentials(): PeerCredentials {
+    return native(() => this.#native.peerCredentials())
   }
 
   dequeue(): number | null {

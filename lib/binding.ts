@@ -20,5 +20,8 @@ function loadBinding(): typeof Native {
 export const binding = loadBinding()
 export type { Native }
 
+/** Who is on the other end of a Unix socket. */
+export type PeerCredentials = Native.PeerCredentials
+
 /** Only this package may wrap a native object in a public class. */
 export const WRAP: unique symbol = Symbol('fd-queue.wrap')

@@ -10,9 +10,18 @@
  */
 import { EventEmitter } from 'node:events'
 import { Duplex, type DuplexOptions } from 'node:stream'
-import { binding, type Native } from './binding.js'
+import { binding, type Native, type PeerCredentials } from './binding.js'
 import { AsyncUnixStream, nativeStreamOf } from './async.js'
-import { closedError, codedError, invalidArgType, native, nativeAsync, QueueFullError, shapeError } from './errors.js'
+import {
+  closedError,
+  codedError,
+  invalidArgType,
+  native,
+  nativeAsync,
+  outOfRange,
+  QueueFullError,
+  shapeError,
+} from './errors.js'
 import { toFd, validateCallback, validateMaxQueuedFds, validatePath } from './args.js'
 import type { DequeueFd, EnqueueFd, FdLike } from './interfaces.js'
 
@@ -182,6 +191,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       throw new QueueFullError(`The outbound fd queue is full: one write carries at most ${SCM_MAX_FD} fds`)
     }
     this.#staged.push({ duplicate: native(() => new binding.NativeDuplicate(raw)), chunk: this.#writeCalls })
+  }
+
+  /**
+   * The peer process's `pid`, `uid` and `gid` as the kernel recorded them when it
+   * connected (`SO_PEERCRED`; `getpeereid` on the BSDs, where `pid` may be `null`).
+   */
+  peerCredentials(): PeerCredentials {
+    if (this.destroyed) throw closedError()
+    if (!this.#native) throw codedError(new Error('Socket is not connected'), 'ERR_SOCKET_NOT_CONNECTED')
+    return native(() => this.#native!.peerCredentials())
   }
 
   dequeue(): number | null {
@@ -361,14 +380,21 @@ function wrapNative(inner: Native.NativeAsyncUnixStream, options?: FdSocketOptio
   return socket
 }
 
-/** Options of {@link FdServer}: those of the sockets it accepts. */
-export type FdServerOptions = FdSocketOptions
+/** Options of {@link FdServer}: those of the sockets it accepts, and who may connect. */
+export interface FdServerOptions extends FdSocketOptions {
+  /**
+   * Accept connections only from processes running as one of these uids (checked with
+   * the peer's credentials); others are closed at once and reported by a `refused` event.
+   */
+  allowedUids?: number[]
+}
 
 /**
  * A Unix socket server like `net.Server` whose connections are {@link FdSocket}s.
  *
- * Events: `listening`, `connection` (`(socket)`), `error`, `close` (once closed and every
- * connection has closed).
+ * Events: `listening`, `connection` (`(socket)`), `refused` (`(credentials)`, a
+ * connection from a uid not in `allowedUids`, already closed), `error`, `close` (once
+ * closed and every connection has closed).
  */
 export class FdServer extends EventEmitter {
   #native: Native.NativeAsyncUnixListener | null = null
@@ -376,7 +402,8 @@ export class FdServer extends EventEmitter {
   #connections = new Set<FdSocket>()
   #referenced = true
   #closed = false
-  #options: FdServerOptions
+  #options: FdSocketOptions
+  #allowedUids: Set<number> | null = null
 
   constructor(options?: FdServerOptions | ((socket: FdSocket) => void), onConnection?: (socket: FdSocket) => void) {
     super()
@@ -385,8 +412,19 @@ export class FdServer extends EventEmitter {
       throw invalidArgType('options', 'of type object', options)
     }
     validateCallback(onConnection, 'onConnection')
-    this.#options = { ...options }
+    const { allowedUids, ...socketOptions } = options ?? {}
+    this.#options = socketOptions
     if (this.#options.maxQueuedFds !== undefined) validateMaxQueuedFds(this.#options.maxQueuedFds)
+    if (allowedUids !== undefined) {
+      if (!Array.isArray(allowedUids)) throw invalidArgType('options.allowedUids', 'an array of uids', allowedUids)
+      for (const uid of allowedUids) {
+        if (typeof uid !== 'number') throw invalidArgType('options.allowedUids', 'an array of numbers', uid)
+        if (!Number.isInteger(uid) || uid < 0 || uid > 2 ** 32 - 1) {
+          throw outOfRange('options.allowedUids', 'integers >= 0 and < 2^32', uid)
+        }
+      }
+      this.#allowedUids = new Set(allowedUids)
+    }
     if (onConnection) this.on('connection', onConnection)
   }
 
@@ -421,6 +459,19 @@ export class FdServer extends EventEmitter {
     if (this.#closed) {
       stream.close()
       return
+    }
+    if (this.#allowedUids) {
+      let credentials: PeerCredentials | null = null
+      try {
+        credentials = native(() => stream.peerCredentials())
+      } catch {
+        // A peer that is already gone has no credentials to allow.
+      }
+      if (!credentials || !this.#allowedUids.has(credentials.uid)) {
+        stream.close()
+        if (credentials) this.emit('refused', credentials)
+        return
+      }
     }
     const socket = wrapNative(stream, this.#options)
     this.#connections.add(socket)

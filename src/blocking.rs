@@ -9,6 +9,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, setsockopt, sockopt, Shutdown};
 use nix::sys::time::TimeVal;
 
+use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, Result};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::scm_rights;
@@ -182,6 +183,12 @@ impl UnixStream {
         }
       }
     }
+  }
+
+  /// The peer's pid, uid and gid, as the kernel recorded them at connect time.
+  #[napi]
+  pub fn peer_credentials(&self) -> Result<PeerCredentials> {
+    credentials::peer_credentials(self.sock()?.as_fd())
   }
 
   /// Nothing is buffered in user space, so this only checks the stream is open.

@@ -6,6 +6,7 @@
 //! synchronous and the tokio-driven classes, `turnstile` keeps async calls in order, `error` shapes errors for Node.
 
 mod blocking;
+mod credentials;
 mod error;
 mod fd_info;
 mod nonblocking;

@@ -22,6 +22,7 @@ use tokio::io::Interest;
 use tokio::sync::{watch, Notify};
 
 use crate::blocking::shutdown_how;
+use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, Result};
 use crate::push::{AcceptArgs, Acceptor, ReadArgs, Reader};
 use crate::queue::{InboundQueue, OutboundQueue};
@@ -287,6 +288,12 @@ impl AsyncUnixStream {
       Ok(fd) => Ok(fd.map(IntoRawFd::into_raw_fd)),
       Err(_) => Err(error::truncated()),
     }
+  }
+
+  /// The peer's pid, uid and gid, as the kernel recorded them at connect time.
+  #[napi]
+  pub fn peer_credentials(&self) -> Result<PeerCredentials> {
+    credentials::peer_credentials(self.shared()?.io.get_ref().as_fd())
   }
 
   /// How many received fds wait for `dequeue`.

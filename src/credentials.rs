@@ -1,0 +1,45 @@
+//! Who is on the other end of a Unix socket, as the kernel recorded it at connect time:
+//! `SO_PEERCRED` on Linux, `getpeereid` (and `LOCAL_PEERPID` on macOS) on the BSDs.
+
+use std::os::fd::BorrowedFd;
+
+use napi_derive::napi;
+
+use crate::error::{self, Result};
+
+/// The peer process's credentials when it connected (or created the pair).
+#[napi(object)]
+pub struct PeerCredentials {
+  /// The peer's process id; `null` where the OS does not report it (FreeBSD).
+  pub pid: Option<i32>,
+  pub uid: u32,
+  pub gid: u32,
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn peer_credentials(sock: BorrowedFd<'_>) -> Result<PeerCredentials> {
+  use nix::sys::socket::{getsockopt, sockopt};
+  let creds =
+    getsockopt(&sock, sockopt::PeerCredentials).map_err(|e| error::sys(e, "getsockopt"))?;
+  Ok(PeerCredentials {
+    pid: Some(creds.pid()),
+    uid: creds.uid(),
+    gid: creds.gid(),
+  })
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn peer_credentials(sock: BorrowedFd<'_>) -> Result<PeerCredentials> {
+  let (uid, gid) = nix::unistd::getpeereid(sock).map_err(|e| error::sys(e, "getpeereid"))?;
+  #[cfg(any(target_os = "macos", target_os = "ios"))]
+  let pid = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::LocalPeerPid)
+    .map(|pid| pid as i32)
+    .ok();
+  #[cfg(not(any(target_os = "macos", target_os = "ios")))]
+  let pid = None;
+  Ok(PeerCredentials {
+    pid,
+    uid: uid.as_raw(),
+    gid: gid.as_raw(),
+  })
+}
