@@ -209,6 +209,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     return native(() => this.#native!.dequeue())
   }
 
+  override write(chunk: any, cb?: (error: Error | null | undefined) => void): boolean
+  override write(chunk: any, encoding: BufferEncoding, cb?: (error: Error | null | undefined) => void): boolean
   override write(chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
     const ok = super.write(chunk, encoding as BufferEncoding, cb as Callback)
     const length = (chunk as { length?: unknown } | null)?.length
@@ -221,10 +223,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     return ok
   }
 
+  override end(cb?: () => void): this
+  override end(chunk: any, cb?: () => void): this
+  override end(chunk: any, encoding: BufferEncoding, cb?: () => void): this
   override end(chunk?: unknown, encoding?: unknown, cb?: unknown): this {
     if (typeof chunk === 'function') return super.end(chunk as () => void)
     if (typeof encoding === 'function') [encoding, cb] = [undefined, encoding]
-    if (chunk !== undefined && chunk !== null) this.write(chunk, encoding)
+    if (chunk !== undefined && chunk !== null) {
+      if (encoding === undefined) this.write(chunk)
+      else this.write(chunk, encoding as BufferEncoding)
+    }
     return super.end(cb as () => void)
   }
 

@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{
   within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, Function,
@@ -65,6 +66,24 @@ fn register(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
 pub(crate) async fn closing(closed: &watch::Sender<bool>) {
   let mut rx = closed.subscribe();
   let _ = rx.wait_for(|c| *c).await;
+}
+
+/// Drops the JS object's handle on a closed socket once the futures that shared it have
+/// let go of theirs, so that the fd is closed by the time `close()` returns. They notice
+/// the close signal within microseconds on tokio's workers (none of them waits for the JS
+/// thread); past a short deadline the last of them closes the fd instead.
+fn release<T>(mut shared: Arc<T>) {
+  let deadline = Instant::now() + Duration::from_millis(100);
+  loop {
+    match Arc::try_unwrap(shared) {
+      Ok(last) => return drop(last),
+      Err(still_shared) => shared = still_shared,
+    }
+    if Instant::now() >= deadline {
+      return;
+    }
+    std::thread::sleep(Duration::from_micros(20));
+  }
 }
 
 /// The fd queues of one stream, shared by the JS object and its pending reads.
@@ -458,6 +477,7 @@ impl AsyncUnixStream {
       // The peer sees end-of-stream now, even while pending futures still hold the fd
       // for the moment it takes them to notice the close.
       let _ = socket::shutdown(shared.io.as_raw_fd(), Shutdown::Both);
+      release(shared);
     }
   }
 }
@@ -586,6 +606,7 @@ impl AsyncUnixListener {
       lock(&self.acceptor).take();
       self.file.remove();
       shared.closed.send_replace(true);
+      release(shared);
     }
   }
 }
