@@ -305,9 +305,17 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       } catch (error) {
         return cb(shapeError(error) as Error)
       }
-      nativeAsync(() => inner.write(data)).then(
+      let written: number | Promise<number>
+      try {
+        written = inner.write(data)
+      } catch (error) {
+        return cb(shapeError(error) as Error)
+      }
+      // The native fast path often writes everything at once and answers with the count.
+      if (typeof written === 'number') return next(i + 1)
+      written.then(
         () => next(i + 1),
-        (error: Error) => cb(error),
+        (error: unknown) => cb(shapeError(error) as Error),
       )
     }
     next(0)

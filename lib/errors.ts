@@ -103,9 +103,15 @@ export function native<T>(call: () => T): T {
   }
 }
 
-/** Runs a Promise-returning native call: synchronous throws stay throws, rejections are reshaped. */
-export function nativeAsync<T>(call: () => Promise<T>): Promise<T> {
-  return native(call).catch((error: unknown) => {
+/**
+ * Runs a Promise-returning native call: synchronous throws stay throws, rejections are
+ * reshaped. A native fast path may answer at once with the value itself (a read or write
+ * done on the spot); it is returned as a resolved Promise.
+ */
+export function nativeAsync<T>(call: () => T | Promise<T>): Promise<T> {
+  const result = native(call)
+  if (!(result instanceof Promise)) return Promise.resolve(result)
+  return result.catch((error: unknown) => {
     throw shapeError(error)
   })
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{
-  within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, Function,
+  within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, Either, Function,
 };
 use napi::{Env, Status};
 use napi_derive::napi;
@@ -33,6 +33,11 @@ use crate::turnstile::{Ticket, Turnstile};
 
 /// Largest `read(size)`.
 const MAX_READ_SIZE: u32 = 1 << 30;
+
+thread_local! {
+  // Where reads on the JS thread land before being copied into a Buffer of their size.
+  static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
+}
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
   mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -157,6 +162,24 @@ impl Shared {
     outcome
   }
 
+  /// One non-blocking `recvmsg` on the calling thread; `None` when nothing is ready.
+  fn try_read(&self, size: usize) -> Result<Option<(Vec<u8>, Received)>> {
+    SCRATCH.with_borrow_mut(|scratch| {
+      let mut owned;
+      let buf: &mut [u8] = if size <= scratch.len() {
+        &mut scratch[..size]
+      } else {
+        owned = vec![0u8; size];
+        &mut owned
+      };
+      match scm_rights::recv_with_fds(self.io.get_ref().as_fd(), buf, true) {
+        Ok(received) => Ok(Some((buf[..received.bytes].to_vec(), received))),
+        Err(Errno::EAGAIN | Errno::EINTR) => Ok(None),
+        Err(e) => Err(error::sys(e, "recvmsg")),
+      }
+    })
+  }
+
   /// One `recvmsg` of at most `size` bytes, after the inbound queue has room.
   async fn read(&self, queues: &Queues, size: usize) -> Result<(Vec<u8>, Received)> {
     let mut data = vec![0u8; size];
@@ -186,8 +209,7 @@ impl Shared {
 
   /// Writes every byte; `fds` ride on the first `sendmsg` and are closed once it
   /// succeeded (the kernel holds its own references) or the write failed.
-  async fn write_all(&self, data: &[u8], mut fds: Vec<OwnedFd>) -> Result<u32> {
-    let mut sent = 0;
+  async fn write_all(&self, data: &[u8], mut fds: Vec<OwnedFd>, mut sent: usize) -> Result<u32> {
     while sent < data.len() {
       let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
       let result = self
@@ -330,15 +352,29 @@ impl AsyncUnixStream {
   /// One `recvmsg` of at most `size` bytes, served after every earlier `read`. The fds
   /// that came with the bytes join the inbound queue on the JS thread, just before the
   /// promise resolves. An empty Buffer means end of stream.
-  #[napi(ts_return_type = "Promise<Buffer>")]
-  pub fn read(&self, env: &Env, size: u32) -> napi::Result<AsyncBlock<Buffer>> {
+  ///
+  /// When no earlier read is pending and data is ready, the `recvmsg` happens at once on
+  /// the calling thread and the result comes back directly (the TypeScript layer wraps it
+  /// in a resolved Promise), as libuv reads ready sockets on the loop thread.
+  #[napi(ts_return_type = "Buffer | Promise<Buffer>")]
+  pub fn read(&self, env: &Env, size: u32) -> napi::Result<Either<Buffer, AsyncBlock<Buffer>>> {
     if size == 0 || size > MAX_READ_SIZE {
       return Err(rejection(error::out_of_range("size", size)));
     }
     let shared = match self.shared() {
       Ok(shared) => shared,
-      Err(e) => return Self::rejected(env, e),
+      Err(e) => return Self::rejected(env, e).map(Either::B),
     };
+    if shared.reads.is_idle() && !self.queues.inbound_full() {
+      match shared.try_read(size as usize) {
+        Ok(Some((data, received))) => {
+          lock(&self.queues.inbound).receive(received.fds, received.truncated);
+          return Ok(Either::A(Buffer::from(data)));
+        }
+        Ok(None) => {}
+        Err(e) => return Self::rejected(env, e).map(Either::B),
+      }
+    }
     let ticket = shared.reads.ticket();
     let queues = Arc::clone(&self.queues);
     let reading = Arc::clone(&queues);
@@ -357,36 +393,58 @@ impl AsyncUnixStream {
       lock(&queues.inbound).receive(received.fds, received.truncated);
       Ok(Buffer::from(data))
     })
+    .map(Either::B)
   }
 
   /// Writes every byte of `data`, after every earlier `write`; the fds queued when this
   /// was called ride on its first `sendmsg`. Resolves with the byte count.
-  #[napi(ts_return_type = "Promise<number>")]
-  pub fn write(&self, env: &Env, data: &[u8]) -> napi::Result<AsyncBlock<u32>> {
+  ///
+  /// When no earlier write is pending, the first `sendmsg` happens at once on the calling
+  /// thread; if it wrote everything the byte count comes back directly (the TypeScript
+  /// layer wraps it in a resolved Promise), and otherwise the rest goes on asynchronously.
+  #[napi(ts_return_type = "number | Promise<number>")]
+  pub fn write(&self, env: &Env, data: &[u8]) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
     let shared = match self.shared() {
       Ok(shared) => shared,
-      Err(e) => return Self::rejected(env, e),
+      Err(e) => return Self::rejected(env, e).map(Either::B),
     };
-    let fds = {
+    let mut fds = {
       let mut outbound = lock(&self.queues.outbound);
       if data.is_empty() && !outbound.is_empty() {
         return Err(rejection(error::empty_write()));
       }
       outbound.take()
     };
+    let mut sent = 0;
+    if shared.writes.is_idle() {
+      let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+      match scm_rights::send_with_fds(shared.io.get_ref().as_fd(), data, &raw, true) {
+        Ok(n) => {
+          // The fds went with these bytes; the kernel holds its own references.
+          fds.clear();
+          if n == data.len() {
+            return Ok(Either::A(n as u32));
+          }
+          sent = n;
+        }
+        Err(Errno::EAGAIN | Errno::EINTR) => {}
+        Err(e) => return Self::rejected(env, error::sys(e, "sendmsg")).map(Either::B),
+      }
+    }
     let data = data.to_vec();
     let ticket = shared.writes.ticket();
     AsyncBlockBuilder::new(async move {
       let outcome = shared
         .unless_closed(async {
           ticket.turn().await;
-          shared.write_all(&data, fds).await
+          shared.write_all(&data, fds, sent).await
         })
         .await;
       drop(shared);
       outcome.map_err(rejection)
     })
     .build(env)
+    .map(Either::B)
   }
 
   /// Shuts down one or both directions, after every earlier `write` went out.

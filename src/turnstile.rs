@@ -48,6 +48,12 @@ impl Turnstile {
     }
   }
 
+  /// No ticket is outstanding: nothing drawn is waiting or being served.
+  pub fn is_idle(&self) -> bool {
+    let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+    state.serving == state.next
+  }
+
   fn finish(&self, number: u64) {
     let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
     state.finished_early.insert(number);
