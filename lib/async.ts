@@ -1,6 +1,6 @@
 /** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
 import { binding, WRAP, type Native, type PeerCredentials } from './binding.js'
-import { native, nativeAsync } from './errors.js'
+import { illegalConstructor, native, nativeAsync } from './errors.js'
 import { toBytes, toFd, validateHow, validateMaxQueuedFds, validatePath, validateReadSize } from './args.js'
 import type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './interfaces.js'
 
@@ -22,7 +22,7 @@ export class AsyncUnixStream implements EnqueueFd, DequeueFd {
 
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixStream) {
-    if (token !== WRAP) throw new TypeError('Use AsyncUnixStream.pair(), AsyncUnixStream.connect() or accept()')
+    if (token !== WRAP) throw illegalConstructor('Use AsyncUnixStream.pair(), AsyncUnixStream.connect() or accept()')
     this.#native = inner
     natives.set(this, inner)
   }
@@ -111,7 +111,7 @@ export class AsyncUnixListener {
 
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixListener) {
-    if (token !== WRAP) throw new TypeError('Use AsyncUnixListener.bind()')
+    if (token !== WRAP) throw illegalConstructor('Use AsyncUnixListener.bind()')
     this.#native = inner
   }
 

@@ -1,6 +1,6 @@
 /** The blocking classes: every call runs its syscall on the calling thread. */
 import { binding, WRAP, type Native, type PeerCredentials } from './binding.js'
-import { invalidArgType, native } from './errors.js'
+import { illegalConstructor, invalidArgType, native } from './errors.js'
 import { toBytes, toFd, validateHow, validateMaxQueuedFds, validatePath, validateTimeout } from './args.js'
 import type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './interfaces.js'
 
@@ -14,7 +14,7 @@ export class UnixStream implements EnqueueFd, DequeueFd {
 
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeUnixStream) {
-    if (token !== WRAP) throw new TypeError('Use UnixStream.pair(), UnixStream.connect() or UnixListener.accept()')
+    if (token !== WRAP) throw illegalConstructor('Use UnixStream.pair(), UnixStream.connect() or UnixListener.accept()')
     this.#native = inner
   }
 
@@ -121,7 +121,7 @@ export class UnixListener {
 
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeUnixListener) {
-    if (token !== WRAP) throw new TypeError('Use UnixListener.bind()')
+    if (token !== WRAP) throw illegalConstructor('Use UnixListener.bind()')
     this.#native = inner
   }
 

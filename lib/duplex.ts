@@ -91,8 +91,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** Two connected sockets. */
   static pair(options?: FdSocketOptions): [FdSocket, FdSocket] {
+    // The sockets first, so that bad options throw before any fd exists.
+    const sockets: [FdSocket, FdSocket] = [new FdSocket(options), new FdSocket(options)]
     const [a, b] = native(() => binding.NativeAsyncUnixStream.pair())
-    return [wrapNative(a, options), wrapNative(b, options)]
+    attachNative(sockets[0], a)
+    attachNative(sockets[1], b)
+    return sockets
   }
 
   /**
@@ -430,7 +434,9 @@ export class FdServer extends EventEmitter {
     validateCallback(onConnection, 'onConnection')
     const { allowedUids, ...socketOptions } = options ?? {}
     this.#options = socketOptions
-    if (this.#options.maxQueuedFds !== undefined) validateMaxQueuedFds(this.#options.maxQueuedFds)
+    // The options of the sockets to come are checked now, by making one: a bad option
+    // must throw here, not when a connection arrives.
+    new FdSocket(socketOptions).destroy()
     if (allowedUids !== undefined) {
       if (!Array.isArray(allowedUids)) throw invalidArgType('options.allowedUids', 'an array of uids', allowedUids)
       for (const uid of allowedUids) {
@@ -489,7 +495,14 @@ export class FdServer extends EventEmitter {
         return
       }
     }
-    const socket = wrapNative(stream, this.#options)
+    let socket: FdSocket
+    try {
+      socket = wrapNative(stream, this.#options)
+    } catch (error) {
+      stream.close()
+      this.emit('error', error)
+      return
+    }
     this.#connections.add(socket)
     socket.once('close', () => {
       this.#connections.delete(socket)

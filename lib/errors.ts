@@ -60,6 +60,11 @@ export function outOfRange(name: string, range: string, value: unknown): RangeEr
   )
 }
 
+/** The classes are made by their factories (`pair`, `connect`, `bind`, `accept`), not by `new`. */
+export function illegalConstructor(hint: string): TypeError & CodedError {
+  return codedError(new TypeError(`Illegal constructor. ${hint}`), 'ERR_ILLEGAL_CONSTRUCTOR')
+}
+
 export function closedError(): CodedError {
   return codedError(new Error('Socket is closed'), 'ERR_SOCKET_CLOSED')
 }

@@ -89,6 +89,7 @@ export function toNetSocket(fd: number, options: Omit<net.SocketConstructorOpts,
  * previous process handed over). Resolves once it listens; closing the server closes the fd.
  */
 export function toNetServer(fd: number, options: net.ServerOpts = {}): Promise<net.Server> {
+  toFd(fd) // bad arguments throw; only what the fd turns out to be rejects
   let info: FdInfo
   try {
     info = fdInfo(fd)
