@@ -182,22 +182,20 @@ impl Shared {
 
   /// One `recvmsg` of at most `size` bytes, after the inbound queue has room.
   async fn read(&self, queues: &Queues, size: usize) -> Result<(Vec<u8>, Received)> {
-    let mut data = vec![0u8; size];
+    let mut data = Vec::with_capacity(size);
     queues.wait_for_room().await;
     loop {
       let result = self
         .io
         .async_io(Interest::READABLE, |fd| {
-          scm_rights::recv_with_fds(fd.as_fd(), &mut data, true).map_err(io::Error::from)
+          scm_rights::recv_appending(fd.as_fd(), &mut data, size, true).map_err(io::Error::from)
         })
         .await;
       match result {
         Ok(received) => {
           // A small message must not pin a large allocation in its Buffer.
-          if received.bytes * 2 < data.len() {
-            data = data[..received.bytes].to_vec();
-          } else {
-            data.truncate(received.bytes);
+          if data.len() * 2 < size {
+            data.shrink_to_fit();
           }
           return Ok((data, received));
         }

@@ -159,8 +159,7 @@ async fn pump(
       return;
     };
     queues.wait_for_room().await;
-    let mut data = vec![0u8; CHUNK];
-    let mut filled = 0;
+    let mut data = Vec::with_capacity(CHUNK);
     let mut parts = Vec::new();
     let mut ending = None;
     // The first read waits for readiness; the rest take only what is already there.
@@ -168,7 +167,7 @@ async fn pump(
       let result = shared
         .io
         .async_io(Interest::READABLE, |fd| {
-          scm_rights::recv_with_fds(fd.as_fd(), &mut data, true).map_err(io::Error::from)
+          scm_rights::recv_appending(fd.as_fd(), &mut data, CHUNK, true).map_err(io::Error::from)
         })
         .await;
       match result {
@@ -179,7 +178,6 @@ async fn pump(
     match first {
       Ok(received) if received.bytes == 0 => ending = Some(Delivery::End),
       Ok(received) => {
-        filled = received.bytes;
         queues
           .pending
           .fetch_add(received.fds.len(), Ordering::AcqRel);
@@ -187,14 +185,13 @@ async fn pump(
       }
       Err(e) => ending = Some(Delivery::Failed(error::sys(errno_of(&e), "recvmsg"))),
     }
-    while ending.is_none() && filled > 0 && filled < data.len() && !queues.inbound_full() {
+    while ending.is_none() && !data.is_empty() && data.len() < CHUNK && !queues.inbound_full() {
       let result = shared.io.try_io(Interest::READABLE, |fd| {
-        scm_rights::recv_with_fds(fd.as_fd(), &mut data[filled..], true).map_err(io::Error::from)
+        scm_rights::recv_appending(fd.as_fd(), &mut data, CHUNK, true).map_err(io::Error::from)
       });
       match result {
         Ok(received) if received.bytes == 0 => ending = Some(Delivery::End),
         Ok(received) => {
-          filled += received.bytes;
           queues
             .pending
             .fetch_add(received.fds.len(), Ordering::AcqRel);
@@ -205,9 +202,8 @@ async fn pump(
         Err(e) => ending = Some(Delivery::Failed(error::sys(errno_of(&e), "recvmsg"))),
       }
     }
-    if filled > 0 {
-      data.truncate(filled);
-      if filled * 2 < CHUNK {
+    if !data.is_empty() {
+      if data.len() * 2 < CHUNK {
         data.shrink_to_fit();
       }
       send(

@@ -92,10 +92,42 @@ pub fn recv_with_fds(
   buf: &mut [u8],
   nonblocking: bool,
 ) -> nix::Result<Received> {
+  // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
+  unsafe { recv_raw(sock, buf.as_mut_ptr(), buf.len(), nonblocking) }
+}
+
+/// Like [`recv_with_fds`], reading into the spare capacity of `buf` (at most `max` bytes)
+/// and appending what arrived, so a fresh buffer need not be zeroed first.
+pub fn recv_appending(
+  sock: BorrowedFd<'_>,
+  buf: &mut Vec<u8>,
+  max: usize,
+  nonblocking: bool,
+) -> nix::Result<Received> {
+  let spare = buf.spare_capacity_mut();
+  let len = spare.len().min(max);
+  // SAFETY: the spare capacity is valid for writes of `len` bytes; the kernel only writes
+  // into it, and reads nothing from it.
+  let received = unsafe { recv_raw(sock, spare.as_mut_ptr().cast(), len, nonblocking) }?;
+  // SAFETY: recvmsg initialised exactly `received.bytes <= len` bytes past the old length.
+  unsafe { buf.set_len(buf.len() + received.bytes) };
+  Ok(received)
+}
+
+/// One `recvmsg` into `len` bytes at `data`, with the thread's control buffer.
+///
+/// # Safety
+/// `data` must be valid for writes of `len` bytes for the duration of the call.
+unsafe fn recv_raw(
+  sock: BorrowedFd<'_>,
+  data: *mut u8,
+  len: usize,
+  nonblocking: bool,
+) -> nix::Result<Received> {
   CONTROL.with_borrow_mut(|control| {
     let mut iov = libc::iovec {
-      iov_base: buf.as_mut_ptr().cast(),
-      iov_len: buf.len(),
+      iov_base: data.cast(),
+      iov_len: len,
     };
     // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
@@ -107,8 +139,8 @@ pub fn recv_with_fds(
     if nonblocking {
       flags |= libc::MSG_DONTWAIT;
     }
-    // SAFETY: `msg` points at `iov` (which spans `buf`) and at `control`, both alive and
-    // exclusively borrowed for the duration of the call, with their true lengths.
+    // SAFETY: `msg` points at `iov` (which spans the caller's `len` writable bytes) and at
+    // `control`, both alive for the duration of the call, with their true lengths.
     let n = Errno::result(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) })?;
     // SAFETY: the kernel filled `msg` just now; the walk stays within msg_controllen.
     let fds = unsafe { collect_rights(&msg) };
@@ -243,12 +275,25 @@ mod tests {
   }
 
   #[test]
-  fn dup_of_a_closed_fd_is_ebadf() {
+  fn dup_of_an_fd_that_is_not_open_is_ebadf() {
     assert_eq!(dup_cloexec(-1).map(drop), Err(Errno::EBADF));
-    let (a, _b) = pair();
-    let raw = a.as_raw_fd();
-    drop(a);
-    assert_eq!(dup_cloexec(raw).map(drop), Err(Errno::EBADF));
+    // Not a number closed by this test: tests run in parallel threads and would reuse it.
+    // No process here has an fd table this large.
+    assert_eq!(dup_cloexec(i32::MAX).map(drop), Err(Errno::EBADF));
+  }
+
+  #[test]
+  fn recv_appending_fills_spare_capacity_only() {
+    let (a, b) = pair();
+    send_with_fds(a.as_fd(), b"hello", &[], false).expect("send");
+    let mut buf = Vec::with_capacity(16);
+    buf.extend_from_slice(b">");
+    let got = recv_appending(b.as_fd(), &mut buf, 3, false).expect("recv");
+    assert_eq!(got.bytes, 3);
+    assert_eq!(buf, b">hel");
+    let got = recv_appending(b.as_fd(), &mut buf, 100, false).expect("recv");
+    assert_eq!(got.bytes, 2);
+    assert_eq!(buf, b">hello");
   }
 
   #[test]
