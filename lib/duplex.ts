@@ -43,11 +43,10 @@ export interface FdSocketOptions extends Pick<
   maxQueuedFds?: number
 }
 
-/** An fd duplicated by `enqueue`, waiting for the chunk it rides on. */
-interface StagedFd {
-  duplicate: Native.NativeDuplicate
-  /** Index of the `write()` call whose chunk carries it. */
+/** How many staged fds wait for the chunk of one `write()` call. */
+interface StagedRun {
   chunk: number
+  count: number
 }
 
 type Callback = (error?: Error | null) => void
@@ -69,11 +68,15 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #reading = false
   #referenced = true
   #maxQueuedFds: number
-  #staged: StagedFd[] = []
+  /** The duplicates `enqueue` made, held natively until their chunk is written. */
+  #staged = new binding.NativeStagedFds()
+  /** Oldest first: which write call's chunk the staged fds wait for, and how many. */
+  #stagedRuns: StagedRun[] = []
+  #stagedCount = 0
+  /** Fds staged since the last non-empty `write()`: they ride on the next one. */
+  #ridingNext = 0
   /** Index the next `write()` call gets; chunk indexes in `_write` follow the same count. */
   #writeCalls = 0
-  /** Index of the last `write()` call with a non-empty chunk: staged fds after it ride on the next one. */
-  #lastNonEmptyWrite = -1
   #chunksWritten = 0
   /** `write()` returned false because of buffered fds, so a `drain` is owed. */
   #owesDrain = false
@@ -178,7 +181,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** Fds enqueued and not yet sent. */
   get queuedOutboundFds(): number {
-    return this.#staged.length
+    return this.#stagedCount
   }
 
   /** Received fds not yet dequeued. */
@@ -189,12 +192,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   enqueue(fd: FdLike): void {
     const raw = toFd(fd)
     if (this.destroyed || this.writableEnded) throw closedError()
-    let riding = 0
-    for (const staged of this.#staged) if (staged.chunk > this.#lastNonEmptyWrite) riding++
-    if (riding >= SCM_MAX_FD) {
+    if (this.#ridingNext >= SCM_MAX_FD) {
       throw new QueueFullError(`The outbound fd queue is full: one write carries at most ${SCM_MAX_FD} fds`)
     }
-    this.#staged.push({ duplicate: native(() => new binding.NativeDuplicate(raw)), chunk: this.#writeCalls })
+    const chunk = this.#writeCalls
+    native(() => this.#staged.stage(raw, chunk))
+    this.#ridingNext++
+    this.#stagedCount++
+    const last = this.#stagedRuns.at(-1)
+    if (last && last.chunk === chunk) last.count++
+    else this.#stagedRuns.push({ chunk, count: 1 })
   }
 
   /**
@@ -218,9 +225,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   override write(chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
     const ok = super.write(chunk, encoding as BufferEncoding, cb as Callback)
     const length = (chunk as { length?: unknown } | null)?.length
-    if (typeof length === 'number' && length > 0) this.#lastNonEmptyWrite = this.#writeCalls
+    if (typeof length === 'number' && length > 0) this.#ridingNext = 0
     this.#writeCalls++
-    if (ok && this.#staged.length >= this.#maxQueuedFds) {
+    if (ok && this.#stagedCount >= this.#maxQueuedFds) {
       this.#owesDrain = true
       return false
     }
@@ -248,20 +255,14 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** Moves the staged fds of chunks up to `chunk` into the native outbound queue. */
   #attachFds(inner: Native.NativeAsyncUnixStream, chunk: number): void {
-    let riding = 0
-    while (riding < this.#staged.length && this.#staged[riding].chunk <= chunk) riding++
-    for (const staged of this.#staged.splice(0, riding)) {
-      try {
-        inner.enqueueDuplicate(staged.duplicate)
-      } finally {
-        staged.duplicate.close()
-      }
-    }
+    while (this.#stagedRuns.length > 0 && this.#stagedRuns[0].chunk <= chunk) this.#stagedRuns.shift()
+    const moved = native(() => this.#staged.attachUpTo(inner, chunk))
+    this.#stagedCount -= moved
   }
 
   /** Emits the `drain` that `write()` promised when buffered fds went below the bound. */
   #settleDrain(): void {
-    if (this.#owesDrain && this.#staged.length < this.#maxQueuedFds) {
+    if (this.#owesDrain && this.#stagedCount < this.#maxQueuedFds) {
       this.#owesDrain = false
       if (!this.writableNeedDrain) process.nextTick(() => this.emit('drain'))
     }
@@ -292,7 +293,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     const groups: Array<{ parts: Buffer[]; fdsUpTo: number | null }> = []
     for (const chunk of chunks) {
       const index = this.#chunksWritten++
-      const carries = chunk.length > 0 && this.#staged.length > 0 && this.#staged[0].chunk <= index
+      const carries = chunk.length > 0 && this.#stagedRuns.length > 0 && this.#stagedRuns[0].chunk <= index
       if (carries || groups.length === 0) groups.push({ parts: [], fdsUpTo: carries ? index : null })
       groups[groups.length - 1].parts.push(chunk)
     }
@@ -368,7 +369,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** Closes the fds that no chunk will carry. */
   #releaseStaged(): void {
-    for (const staged of this.#staged.splice(0)) staged.duplicate.close()
+    this.#staged.clear()
+    this.#stagedRuns.length = 0
+    this.#stagedCount = 0
+    this.#ridingNext = 0
     this.#native?.clearOutbound()
   }
 

@@ -182,12 +182,14 @@ impl Shared {
 
   /// One `recvmsg` of at most `size` bytes, after the inbound queue has room.
   async fn read(&self, queues: &Queues, size: usize) -> Result<(Vec<u8>, Received)> {
-    let mut data = Vec::with_capacity(size);
+    // Allocated once data is ready (inside the closure), so a waiting read holds no buffer.
+    let mut data = Vec::new();
     queues.wait_for_room().await;
     loop {
       let result = self
         .io
         .async_io(Interest::READABLE, |fd| {
+          data.reserve(size);
           scm_rights::recv_appending(fd.as_fd(), &mut data, size, true).map_err(io::Error::from)
         })
         .await;
@@ -467,19 +469,6 @@ impl AsyncUnixStream {
     .build(env)
   }
 
-  /// Moves a duplicate made by `NativeDuplicate` into the outbound queue (the stream
-  /// wrappers hold the fds of chunks still buffered this way).
-  #[napi]
-  pub fn enqueue_duplicate(&self, duplicate: &NativeDuplicate) -> Result<()> {
-    self.shared()?;
-    let mut outbound = lock(&self.queues.outbound);
-    if outbound.is_full() {
-      return Err(error::outbound_full());
-    }
-    let fd = lock(&duplicate.fd).take().ok_or_else(error::closed)?;
-    outbound.enqueue(fd).map_err(|_| error::outbound_full())
-  }
-
   /// Starts push delivery: `callback(chunk, fdCount, error)` for every batch read, then
   /// `callback(null, 0, null)` at end of stream. Reading pauses at `maxQueuedFds`.
   #[napi(
@@ -694,26 +683,58 @@ fn internal(e: napi::Error) -> error::Error {
   error::coded("ERR_INTERNAL", e.reason.clone())
 }
 
-/// A close-on-exec duplicate of an fd, made at `enqueue` time and held until the chunk it
-/// rides on is written. Closed by `close()` or when garbage-collected.
+/// The fds an `FdSocket` has duplicated for chunks still in its write buffer, each tagged
+/// with the index of the `write()` call whose chunk will carry it. One object per socket
+/// (not per fd); dropping it closes whatever no chunk took.
 #[napi]
-pub struct NativeDuplicate {
-  fd: Mutex<Option<OwnedFd>>,
+pub struct NativeStagedFds {
+  fds: Mutex<std::collections::VecDeque<(i64, OwnedFd)>>,
 }
 
 #[napi]
-impl NativeDuplicate {
+impl NativeStagedFds {
   #[napi(constructor)]
-  pub fn new(fd: i32) -> Result<Self> {
-    let duplicate = scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
-    Ok(Self {
-      fd: Mutex::new(Some(duplicate)),
-    })
+  pub fn new() -> Self {
+    Self {
+      fds: Mutex::default(),
+    }
   }
 
-  /// Closes the duplicate unless a stream took it.
+  /// Duplicates `fd` (close-on-exec) for the chunk of write call `chunk`.
   #[napi]
-  pub fn close(&self) {
-    lock(&self.fd).take();
+  pub fn stage(&self, fd: i32, chunk: i64) -> Result<()> {
+    let duplicate = scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
+    lock(&self.fds).push_back((chunk, duplicate));
+    Ok(())
+  }
+
+  /// Moves the fds staged for chunks up to `chunk` into `stream`'s outbound queue, so
+  /// that they ride on its next write. Returns how many moved.
+  #[napi]
+  pub fn attach_up_to(&self, stream: &AsyncUnixStream, chunk: i64) -> Result<u32> {
+    stream.shared()?;
+    let mut staged = lock(&self.fds);
+    let mut outbound = lock(&stream.queues.outbound);
+    let mut moved = 0;
+    while staged.front().is_some_and(|(c, _)| *c <= chunk) {
+      let Some((_, fd)) = staged.pop_front() else {
+        break;
+      };
+      outbound.enqueue(fd).map_err(|_| error::outbound_full())?;
+      moved += 1;
+    }
+    Ok(moved)
+  }
+
+  /// Closes every staged fd.
+  #[napi]
+  pub fn clear(&self) {
+    lock(&self.fds).clear();
+  }
+}
+
+impl Default for NativeStagedFds {
+  fn default() -> Self {
+    Self::new()
   }
 }

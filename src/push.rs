@@ -159,7 +159,9 @@ async fn pump(
       return;
     };
     queues.wait_for_room().await;
-    let mut data = Vec::with_capacity(CHUNK);
+    // Allocated once data is ready (inside the closure), so an idle connection holds no
+    // read buffer.
+    let mut data = Vec::new();
     let mut parts = Vec::new();
     let mut ending = None;
     // The first read waits for readiness; the rest take only what is already there.
@@ -167,6 +169,7 @@ async fn pump(
       let result = shared
         .io
         .async_io(Interest::READABLE, |fd| {
+          data.reserve(CHUNK);
           scm_rights::recv_appending(fd.as_fd(), &mut data, CHUNK, true).map_err(io::Error::from)
         })
         .await;
