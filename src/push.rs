@@ -23,8 +23,10 @@ use crate::nonblocking::{
 };
 use crate::scm_rights;
 
-/// Bytes one delivery carries at most.
+/// Bytes one delivery carries at first; a batch that fills it doubles the next one, up
+/// to `MAX_CHUNK`, so bulk transfers make fewer, larger deliveries.
 const CHUNK: usize = 64 * 1024;
+const MAX_CHUNK: usize = 1024 * 1024;
 /// Batches read but not yet handed to JS.
 const IN_FLIGHT: usize = 2;
 
@@ -151,6 +153,7 @@ async fn pump(
   mut wanted: watch::Receiver<bool>,
   credits: Arc<Semaphore>,
 ) {
+  let mut chunk = CHUNK;
   loop {
     if wanted.wait_for(|w| *w).await.is_err() {
       return;
@@ -169,8 +172,8 @@ async fn pump(
       let result = shared
         .io
         .async_io(Interest::READABLE, |fd| {
-          data.reserve(CHUNK);
-          scm_rights::recv_appending(fd.as_fd(), &mut data, CHUNK, true).map_err(io::Error::from)
+          data.reserve(chunk);
+          scm_rights::recv_appending(fd.as_fd(), &mut data, chunk, true).map_err(io::Error::from)
         })
         .await;
       match result {
@@ -188,9 +191,9 @@ async fn pump(
       }
       Err(e) => ending = Some(Delivery::Failed(error::sys(errno_of(&e), "recvmsg"))),
     }
-    while ending.is_none() && !data.is_empty() && data.len() < CHUNK && !queues.inbound_full() {
+    while ending.is_none() && !data.is_empty() && data.len() < chunk && !queues.inbound_full() {
       let result = shared.io.try_io(Interest::READABLE, |fd| {
-        scm_rights::recv_appending(fd.as_fd(), &mut data, CHUNK, true).map_err(io::Error::from)
+        scm_rights::recv_appending(fd.as_fd(), &mut data, chunk, true).map_err(io::Error::from)
       });
       match result {
         Ok(received) if received.bytes == 0 => ending = Some(Delivery::End),
@@ -206,7 +209,8 @@ async fn pump(
       }
     }
     if !data.is_empty() {
-      if data.len() * 2 < CHUNK {
+      let filled = data.len() >= chunk;
+      if data.len() * 2 < chunk {
         data.shrink_to_fit();
       }
       send(
@@ -217,6 +221,11 @@ async fn pump(
           _credit: credit,
         },
       );
+      chunk = if filled {
+        (chunk * 2).min(MAX_CHUNK)
+      } else {
+        CHUNK
+      };
     }
     if let Some(ending) = ending {
       send(callback, ending);
