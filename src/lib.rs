@@ -15,3 +15,20 @@ mod queue;
 mod scm_rights;
 mod socket;
 mod turnstile;
+
+/// One tokio worker: it parks in the reactor itself, so a socket that becomes ready wakes
+/// the thread that reads it, with no handoff between workers. The work per event is a
+/// syscall and a call into JS, which one thread keeps up with; more workers only add
+/// wake-ups (measured: the round trip and the CPU per message both grow with two).
+#[napi_derive::module_init]
+fn init_runtime() {
+  let runtime = tokio::runtime::Builder::new_multi_thread()
+    .worker_threads(1)
+    .thread_name("fd-queue-io")
+    .enable_io()
+    .build();
+  // Without a runtime of our own, napi-rs starts its default one.
+  if let Ok(runtime) = runtime {
+    napi::bindgen_prelude::create_custom_tokio_runtime(runtime);
+  }
+}
