@@ -6,8 +6,8 @@
 import { once as eventsOnce, type EventEmitter } from 'node:events'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import type { AsyncUnixStream, DequeueFd } from '../index.js'
-import { tmpDir } from './helpers.js'
+import { FdSocket, type AsyncUnixStream, type DequeueFd } from '../index.js'
+import { settledOpenFds, tmpDir } from './helpers.js'
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
@@ -169,4 +169,19 @@ export function enqueueFile(stream: { enqueue(fd: number): void }, file: string)
 /** Error code of an unknown thrown value. */
 export function codeOf(error: unknown): unknown {
   return (error as { code?: unknown } | null)?.code
+}
+
+/**
+ * The fd count to compare against at the end of a spec file, taken after one FdSocket
+ * pair has exchanged a chunk and closed: the first async use starts the tokio runtime,
+ * whose epoll and wake fds stay open for the life of the process.
+ */
+export async function warmedUpFdBaseline(): Promise<number> {
+  const [a, b] = FdSocket.pair()
+  a.write('warm')
+  await onceEvent(b, 'data')
+  a.destroy()
+  b.destroy()
+  await Promise.all([onceEvent(a, 'close'), onceEvent(b, 'close')].map((p) => p.catch(() => {})))
+  return settledOpenFds()
 }

@@ -34,17 +34,11 @@ import {
   UnixStream,
 } from '../index.js'
 import { openFds, readAt, ROOT, settledOpenFds, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
-import { dequeueAll, onceEvent, readExactly, sleep, withTimeout } from './async-helpers.js'
+import { dequeueAll, onceEvent, readExactly, sleep, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
 let baseline = 0
 test.before(async () => {
-  const [a, b] = FdSocket.pair()
-  a.write('warm')
-  await onceEvent(b, 'data')
-  a.destroy()
-  b.destroy()
-  await sleep(50)
-  baseline = await settledOpenFds()
+  baseline = await warmedUpFdBaseline()
 })
 test.after.always('no fd of this file leaked', async (t) => {
   t.is(await settledOpenFds(), baseline)

@@ -21,7 +21,7 @@ import {
   type PeerCredentials,
 } from '../index.js'
 import { readAt, settledOpenFds, thrown, tmpDir } from './helpers.js'
-import { dequeueAll, onceEvent, readExactly, sleep, withTimeout } from './async-helpers.js'
+import { dequeueAll, onceEvent, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 import { killDrivers, startAsUser, type Driver } from './fixtures/driver.js'
 
 const NOBODY = 65534
@@ -29,13 +29,7 @@ const ME = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() }
 
 let baseline = 0
 test.before(async () => {
-  const [a, b] = FdSocket.pair()
-  a.write('warm')
-  await onceEvent(b, 'data')
-  a.destroy()
-  b.destroy()
-  await sleep(50)
-  baseline = await settledOpenFds()
+  baseline = await warmedUpFdBaseline()
 })
 /** Servers and sockets of the running test, closed after it whatever happened (assertions throw). */
 const open: Array<{ close(): unknown } | { destroy(): unknown }> = []

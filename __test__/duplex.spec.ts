@@ -44,6 +44,7 @@ import {
   readToEnd,
   sleep,
   syncThrow,
+  warmedUpFdBaseline,
   withTimeout,
 } from './async-helpers.js'
 
@@ -52,14 +53,7 @@ const T = 10_000
 
 let baseline = 0
 test.before(async () => {
-  // Warm up the runtime and the push readers before counting fds.
-  const [a, b] = FdSocket.pair()
-  a.write('warm')
-  await onceEvent(b, 'data')
-  a.destroy()
-  b.destroy()
-  await Promise.all([onceEvent(a, 'close'), onceEvent(b, 'close')].map((p) => p.catch(() => {})))
-  baseline = await settledOpenFds()
+  baseline = await warmedUpFdBaseline()
 })
 test.after.always('no fd of this file leaked', async (t) => {
   t.is(await settledOpenFds(), baseline)

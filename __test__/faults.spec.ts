@@ -40,7 +40,7 @@ import {
   tmpSocketPath,
   type Fifo,
 } from './helpers.js'
-import { codeOf, dequeueAll, onceEvent, rejection, sleep, withTimeout } from './async-helpers.js'
+import { codeOf, dequeueAll, onceEvent, rejection, sleep, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 import { killDrivers, setSocketBuffers, startAsUser, startDriver, type Driver } from './fixtures/driver.js'
 
 const ERRNO = os.constants.errno
@@ -49,14 +49,7 @@ const MESSAGES = 100_000
 
 let baseline = 0
 test.before(async () => {
-  // Warm up the tokio runtime and the push reader before counting fds.
-  const [a, b] = FdSocket.pair()
-  a.write('warm')
-  await onceEvent(b, 'data')
-  a.destroy()
-  b.destroy()
-  await sleep(50)
-  baseline = await settledOpenFds()
+  baseline = await warmedUpFdBaseline()
 })
 test.after.always('every driver is killed', () => {
   killDrivers()

@@ -24,7 +24,7 @@ import {
   type UnixStream,
 } from '../index.js'
 import { openFds, settledOpenFds, tmpSocketPath } from './helpers.js'
-import { codeOf, dequeueAll, onceEvent, sleep, withTimeout } from './async-helpers.js'
+import { codeOf, dequeueAll, onceEvent, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 import { killDrivers, startDriver, type Driver } from './fixtures/driver.js'
 
 /** The fixed seeds; a failure is replayed by running the driver with the same one. */
@@ -39,13 +39,7 @@ const SLACK = 16
 
 let baseline = 0
 test.before(async () => {
-  const [a, b] = FdSocket.pair()
-  a.write('warm')
-  await onceEvent(b, 'data')
-  a.destroy()
-  b.destroy()
-  await sleep(50)
-  baseline = await settledOpenFds()
+  baseline = await warmedUpFdBaseline()
 })
 test.afterEach.always(() => killDrivers())
 test.after.always('no fd of this file leaked', async (t) => {
