@@ -1,5 +1,5 @@
 /** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
-import { binding, WRAP, type Native, type PeerCredentials } from './binding.js'
+import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } from './binding.js'
 import { illegalConstructor, native, nativeAsync } from './errors.js'
 import { toBytes, toFd, validateHow, validateMaxQueuedFds, validatePath, validateReadSize } from './args.js'
 import type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './interfaces.js'
@@ -65,7 +65,7 @@ export class AsyncUnixStream implements EnqueueFd, DequeueFd {
    * connected (`SO_PEERCRED`; `getpeereid` on the BSDs, where `pid` may be `null`).
    */
   peerCredentials(): PeerCredentials {
-    return native(() => this.#native.peerCredentials())
+    return native(() => peerCredentialsOf(this.#native))
   }
 
   dequeue(): number | null {

@@ -20,8 +20,19 @@ function loadBinding(): typeof Native {
 export const binding = loadBinding()
 export type { Native }
 
-/** Who is on the other end of a Unix socket. */
-export type PeerCredentials = Native.PeerCredentials
+/** Who is on the other end of a Unix socket, as the kernel recorded it at connect time. */
+export interface PeerCredentials {
+  /** The peer's process id; `null` where the OS does not report it (FreeBSD). */
+  pid: number | null
+  uid: number
+  gid: number
+}
+
+/** The credentials of the peer of a native stream, in their public shape. */
+export function peerCredentialsOf(inner: { peerCredentials(): Native.PeerCredentials }): PeerCredentials {
+  const { pid, uid, gid } = inner.peerCredentials()
+  return { pid: pid ?? null, uid, gid }
+}
 
 /** Only this package may wrap a native object in a public class. */
 export const WRAP: unique symbol = Symbol('fd-queue.wrap')

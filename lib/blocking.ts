@@ -1,5 +1,5 @@
 /** The blocking classes: every call runs its syscall on the calling thread. */
-import { binding, WRAP, type Native, type PeerCredentials } from './binding.js'
+import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } from './binding.js'
 import { illegalConstructor, invalidArgType, native } from './errors.js'
 import { toBytes, toFd, validateHow, validateMaxQueuedFds, validatePath, validateTimeout } from './args.js'
 import type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './interfaces.js'
@@ -60,7 +60,7 @@ export class UnixStream implements EnqueueFd, DequeueFd {
    * connected (`SO_PEERCRED`; `getpeereid` on the BSDs, where `pid` may be `null`).
    */
   peerCredentials(): PeerCredentials {
-    return native(() => this.#native.peerCredentials())
+    return native(() => peerCredentialsOf(this.#native))
   }
 
   dequeue(): number | null {

@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events'
 import { Duplex, type DuplexOptions } from 'node:stream'
-import { binding, type Native, type PeerCredentials } from './binding.js'
+import { binding, peerCredentialsOf, type Native, type PeerCredentials } from './binding.js'
 import { AsyncUnixStream, nativeStreamOf } from './async.js'
 import {
   closedError,
@@ -49,6 +49,7 @@ interface StagedRun {
   count: number
 }
 
+/** @internal */
 type Callback = (error?: Error | null) => void
 
 let attachNative: (socket: FdSocket, inner: Native.NativeAsyncUnixStream) => void
@@ -211,7 +212,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   peerCredentials(): PeerCredentials {
     if (this.destroyed) throw closedError()
     if (!this.#native) throw codedError(new Error('Socket is not connected'), 'ERR_SOCKET_NOT_CONNECTED')
-    return native(() => this.#native!.peerCredentials())
+    return native(() => peerCredentialsOf(this.#native!))
   }
 
   dequeue(): number | null {
@@ -268,10 +269,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     }
   }
 
+  /** @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: Callback): void {
     this.#whenConnected(() => this.#writeChunks([chunk], cb))
   }
 
+  /** @internal */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: Callback): void {
     this.#whenConnected(() =>
       this.#writeChunks(
@@ -326,6 +329,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     next(0)
   }
 
+  /** @internal */
   override _final(cb: Callback): void {
     this.#whenConnected(() => {
       const inner = this.#native
@@ -340,6 +344,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     })
   }
 
+  /** @internal */
   override _read(): void {
     this.#whenConnected(() => {
       const inner = this.#native
@@ -376,6 +381,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#native?.clearOutbound()
   }
 
+  /** @internal */
   override _destroy(error: Error | null, cb: Callback): void {
     this.#releaseStaged()
     this.#native?.close()
@@ -489,7 +495,7 @@ export class FdServer extends EventEmitter {
     if (this.#allowedUids) {
       let credentials: PeerCredentials | null = null
       try {
-        credentials = native(() => stream.peerCredentials())
+        credentials = native(() => peerCredentialsOf(stream))
       } catch {
         // A peer that is already gone has no credentials to allow.
       }
