@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{
-  within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, Either, Function,
+  within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, BufferSlice, Either, Function,
 };
 use napi::{Env, Status};
 use napi_derive::napi;
@@ -163,7 +163,13 @@ impl Shared {
   }
 
   /// One non-blocking `recvmsg` on the calling thread; `None` when nothing is ready.
-  fn try_read(&self, size: usize) -> Result<Option<(Vec<u8>, Received)>> {
+  /// The bytes are copied straight into a Buffer that V8 owns (no external buffer with a
+  /// finalizer per read).
+  fn try_read<'env>(
+    &self,
+    env: &'env Env,
+    size: usize,
+  ) -> Result<Option<(BufferSlice<'env>, Received)>> {
     SCRATCH.with_borrow_mut(|scratch| {
       let mut owned;
       let buf: &mut [u8] = if size <= scratch.len() {
@@ -173,7 +179,11 @@ impl Shared {
         &mut owned
       };
       match scm_rights::recv_with_fds(self.io.get_ref().as_fd(), buf, true) {
-        Ok(received) => Ok(Some((buf[..received.bytes].to_vec(), received))),
+        Ok(received) => {
+          let bytes = BufferSlice::copy_from(env, &buf[..received.bytes])
+            .map_err(|e| error::coded("ERR_INTERNAL", e.reason.clone()))?;
+          Ok(Some((bytes, received)))
+        }
         Err(Errno::EAGAIN | Errno::EINTR) => Ok(None),
         Err(e) => Err(error::sys(e, "recvmsg")),
       }
@@ -357,7 +367,11 @@ impl AsyncUnixStream {
   /// the calling thread and the result comes back directly (the TypeScript layer wraps it
   /// in a resolved Promise), as libuv reads ready sockets on the loop thread.
   #[napi(ts_return_type = "Buffer | Promise<Buffer>")]
-  pub fn read(&self, env: &Env, size: u32) -> napi::Result<Either<Buffer, AsyncBlock<Buffer>>> {
+  pub fn read<'env>(
+    &self,
+    env: &'env Env,
+    size: u32,
+  ) -> napi::Result<Either<BufferSlice<'env>, AsyncBlock<Buffer>>> {
     if size == 0 || size > MAX_READ_SIZE {
       return Err(rejection(error::out_of_range("size", size)));
     }
@@ -366,10 +380,10 @@ impl AsyncUnixStream {
       Err(e) => return Self::rejected(env, e).map(Either::B),
     };
     if shared.reads.is_idle() && !self.queues.inbound_full() {
-      match shared.try_read(size as usize) {
+      match shared.try_read(env, size as usize) {
         Ok(Some((data, received))) => {
           lock(&self.queues.inbound).receive(received.fds, received.truncated);
-          return Ok(Either::A(Buffer::from(data)));
+          return Ok(Either::A(data));
         }
         Ok(None) => {}
         Err(e) => return Self::rejected(env, e).map(Either::B),
