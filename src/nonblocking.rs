@@ -58,13 +58,26 @@ pub(crate) fn errno_of(e: &io::Error) -> Errno {
 }
 
 /// Registers a non-blocking fd with the tokio reactor (which needs the runtime context).
+///
+/// napi-rs and tokio panic when there is no runtime (a call made while the environment is
+/// being torn down); that panic is caught here and becomes an error, since a panic that
+/// reached Node would abort the process. The fd is closed in that case.
 fn register(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
-  within_runtime_if_available(|| {
-    // SAFETY: an OwnedFd is an open fd that stays the same open file description until the
-    // AsyncFd that owns it drops it.
-    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
-  })
-  .map_err(|e| error::sys(errno_of(&e.into_parts().1), "epoll_ctl"))
+  let registered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    within_runtime_if_available(|| {
+      // SAFETY: an OwnedFd is an open fd that stays the same open file description until
+      // the AsyncFd that owns it drops it.
+      unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+    })
+  }));
+  match registered {
+    Ok(Ok(io)) => Ok(io),
+    Ok(Err(e)) => Err(error::sys(errno_of(&e.into_parts().1), "epoll_ctl")),
+    Err(_) => Err(error::coded(
+      "ERR_FD_QUEUE_NO_RUNTIME",
+      "The async runtime is not running (is the environment shutting down?)",
+    )),
+  }
 }
 
 /// Resolves once `closed` turns true.
