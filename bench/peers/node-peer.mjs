@@ -359,32 +359,40 @@ const socket = {
   async 'rt-client'(count, warmup) {
     const sock = await fdConnected()
     const devnull = fs.openSync('/dev/null', 'r')
-    const samples = new Array(count)
-    let t0 = now()
-    let i = 0
-    let start = 0n
-    await new Promise((resolve) => {
-      const send = () => {
-        if (i === warmup) t0 = now()
-        start = now()
-        sock.enqueue(devnull)
-        sock.write(ONE)
-      }
-      sock.on('data', (chunk) => {
-        for (let k = 0; k < chunk.length; k++) {
-          if (i >= warmup) samples[i - warmup] = Number(now() - start)
-          i++
-        }
-        if (i < warmup + count) send()
-        else resolve()
-      })
-      send()
-    })
-    const elapsedNs = Number(now() - t0)
-    sock.end()
-    await once(sock, 'close')
-    result({ elapsedNs, count, fdsSent: warmup + count, ...percentiles(samples) })
+    await streamRoundTrips(sock, count, warmup, () => sock.enqueue(devnull), warmup + count)
   },
+}
+
+/**
+ * Round trips over a stream socket (FdSocket or net.Socket): `beforeWrite`, one byte out,
+ * wait for the 1-byte ack; the first `warmup` are not timed. Reports the result line.
+ */
+async function streamRoundTrips(sock, count, warmup, beforeWrite, fdsSent) {
+  const samples = new Array(count)
+  let t0 = now()
+  let i = 0
+  let start = 0n
+  await new Promise((resolve) => {
+    const send = () => {
+      if (i === warmup) t0 = now()
+      start = now()
+      beforeWrite()
+      sock.write(ONE)
+    }
+    sock.on('data', (chunk) => {
+      for (let k = 0; k < chunk.length; k++) {
+        if (i >= warmup) samples[i - warmup] = Number(now() - start)
+        i++
+      }
+      if (i < warmup + count) send()
+      else resolve()
+    })
+    send()
+  })
+  const elapsedNs = Number(now() - t0)
+  sock.end()
+  await once(sock, 'close')
+  result({ elapsedNs, count, fdsSent, ...percentiles(samples) })
 }
 
 // ---- bytes, for FdSocket and net.Socket alike ------------------------------------------
@@ -462,31 +470,7 @@ const netSocket = {
     result({ bytes, fdsReceived: 0, fdsClosed: 0, truncated: 0, expected: count })
   },
   async 'rt-client'(count, warmup) {
-    const sock = await netConnected()
-    const samples = new Array(count)
-    let t0 = now()
-    let i = 0
-    let start = 0n
-    await new Promise((resolve) => {
-      const send = () => {
-        if (i === warmup) t0 = now()
-        start = now()
-        sock.write(ONE)
-      }
-      sock.on('data', (chunk) => {
-        for (let k = 0; k < chunk.length; k++) {
-          if (i >= warmup) samples[i - warmup] = Number(now() - start)
-          i++
-        }
-        if (i < warmup + count) send()
-        else resolve()
-      })
-      send()
-    })
-    const elapsedNs = Number(now() - t0)
-    sock.end()
-    await once(sock, 'close')
-    result({ elapsedNs, count, fdsSent: 0, ...percentiles(samples) })
+    await streamRoundTrips(await netConnected(), count, warmup, () => {}, 0)
   },
 }
 
