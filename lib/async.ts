@@ -1,8 +1,9 @@
 /** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
-import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } from './binding.js'
+import { binding, WRAP, type Native } from './binding.js'
 import { illegalConstructor, native, nativeAsync } from './errors.js'
-import { toBytes, toFd, validateHow, validateMaxQueuedFds, validatePath, validateReadSize } from './args.js'
-import type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './interfaces.js'
+import { toBytes, validateHow, validatePath, validateReadSize } from './args.js'
+import type { ShutdownHow } from './interfaces.js'
+import { QueuedStream } from './queued.js'
 
 const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
 
@@ -17,13 +18,11 @@ export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixS
  * An fd enqueued between two `write` calls rides on the later one. It never reads ahead:
  * the fds a `read` brings are dequeue-able right after it resolves, and not before.
  */
-export class AsyncUnixStream implements EnqueueFd, DequeueFd {
-  #native: Native.NativeAsyncUnixStream
-
+export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> {
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixStream) {
     if (token !== WRAP) throw illegalConstructor('Use AsyncUnixStream.pair(), AsyncUnixStream.connect() or accept()')
-    this.#native = inner
+    super(inner)
     natives.set(this, inner)
   }
 
@@ -41,44 +40,13 @@ export class AsyncUnixStream implements EnqueueFd, DequeueFd {
     )
   }
 
-  /** The socket's fd; -1 once closed. */
-  get fd(): number {
-    return this.#native.fd
-  }
-
-  /** Bound of the inbound queue (default 1024): reading pauses while that many fds wait for `dequeue`. */
-  get maxQueuedFds(): number {
-    return this.#native.maxQueuedFds
-  }
-
-  set maxQueuedFds(value: number) {
-    this.#native.maxQueuedFds = validateMaxQueuedFds(value)
-  }
-
-  enqueue(fd: FdLike): void {
-    const raw = toFd(fd)
-    native(() => this.#native.enqueue(raw))
-  }
-
-  /**
-   * The peer process's `pid`, `uid` and `gid` as the kernel recorded them when it
-   * connected (`SO_PEERCRED`; `getpeereid` on the BSDs, where `pid` may be `null`).
-   */
-  peerCredentials(): PeerCredentials {
-    return native(() => peerCredentialsOf(this.#native))
-  }
-
-  dequeue(): number | null {
-    return native(() => this.#native.dequeue())
-  }
-
   /**
    * One `recvmsg` of at most `size` bytes (default 65536, at most 2^30). Resolves with the
    * bytes, or an empty Buffer at end of stream.
    */
   read(size?: number): Promise<Buffer> {
     const checked = validateReadSize(size)
-    return nativeAsync(() => this.#native.read(checked))
+    return nativeAsync(() => this.inner.read(checked))
   }
 
   /**
@@ -87,21 +55,13 @@ export class AsyncUnixStream implements EnqueueFd, DequeueFd {
    */
   write(data: Uint8Array | string): Promise<number> {
     const bytes = toBytes(data)
-    return nativeAsync(() => this.#native.write(bytes))
+    return nativeAsync(() => this.inner.write(bytes))
   }
 
   /** Shuts down one or both directions (default `'both'`) after every earlier write went out. */
   shutdown(how?: ShutdownHow): Promise<void> {
     const checked = validateHow(how)
-    return nativeAsync(() => this.#native.shutdown(checked))
-  }
-
-  /**
-   * Closes the socket, every queued fd, and settles every pending operation with
-   * `ERR_SOCKET_CLOSED`. Idempotent.
-   */
-  close(): void {
-    this.#native.close()
+    return nativeAsync(() => this.inner.shutdown(checked))
   }
 }
 

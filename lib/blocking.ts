@@ -1,21 +1,20 @@
 /** The blocking classes: every call runs its syscall on the calling thread. */
-import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } from './binding.js'
+import { binding, WRAP, type Native } from './binding.js'
 import { illegalConstructor, invalidArgType, native } from './errors.js'
-import { toBytes, toFd, validateHow, validateMaxQueuedFds, validatePath, validateTimeout } from './args.js'
-import type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './interfaces.js'
+import { toBytes, validateHow, validatePath, validateTimeout } from './args.js'
+import type { ShutdownHow } from './interfaces.js'
+import { QueuedStream } from './queued.js'
 
 /**
  * A connected Unix stream socket whose calls block the calling thread (for scripts, CLIs
  * and worker threads). Fds enqueued ride on the next `write`; fds that arrive with a
  * `read` are dequeue-able as soon as it returns. It never reads ahead.
  */
-export class UnixStream implements EnqueueFd, DequeueFd {
-  #native: Native.NativeUnixStream
-
+export class UnixStream extends QueuedStream<Native.NativeUnixStream> {
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeUnixStream) {
     if (token !== WRAP) throw illegalConstructor('Use UnixStream.pair(), UnixStream.connect() or UnixListener.accept()')
-    this.#native = inner
+    super(inner)
   }
 
   /** Two connected streams. */
@@ -33,47 +32,13 @@ export class UnixStream implements EnqueueFd, DequeueFd {
     )
   }
 
-  /** The socket's fd; -1 once closed. */
-  get fd(): number {
-    return this.#native.fd
-  }
-
-  /**
-   * Bound of the inbound queue (default 1024). While that many fds wait for `dequeue`,
-   * `read` throws {@link QueueFullError} without reading.
-   */
-  get maxQueuedFds(): number {
-    return this.#native.maxQueuedFds
-  }
-
-  set maxQueuedFds(value: number) {
-    this.#native.maxQueuedFds = validateMaxQueuedFds(value)
-  }
-
-  enqueue(fd: FdLike): void {
-    const raw = toFd(fd)
-    native(() => this.#native.enqueue(raw))
-  }
-
-  /**
-   * The peer process's `pid`, `uid` and `gid` as the kernel recorded them when it
-   * connected (`SO_PEERCRED`; `getpeereid` on the BSDs, where `pid` may be `null`).
-   */
-  peerCredentials(): PeerCredentials {
-    return native(() => peerCredentialsOf(this.#native))
-  }
-
-  dequeue(): number | null {
-    return native(() => this.#native.dequeue())
-  }
-
   /**
    * Reads once into `buf` (one `recvmsg`). Returns the bytes read, `0` at end of stream.
    * Fds that came with these bytes are dequeue-able when it returns.
    */
   read(buf: Uint8Array): number {
     if (!(buf instanceof Uint8Array)) throw invalidArgType('buf', 'an instance of Buffer or Uint8Array', buf)
-    return native(() => this.#native.read(buf))
+    return native(() => this.inner.read(buf))
   }
 
   /**
@@ -83,35 +48,30 @@ export class UnixStream implements EnqueueFd, DequeueFd {
    */
   write(data: Uint8Array | string): number {
     const bytes = toBytes(data)
-    return native(() => this.#native.write(bytes))
+    return native(() => this.inner.write(bytes))
   }
 
   /** Nothing is buffered in user space; throws only when the stream is closed. */
   flush(): void {
-    native(() => this.#native.flush())
+    native(() => this.inner.flush())
   }
 
   /** Shuts down one or both directions (default `'both'`). */
   shutdown(how?: ShutdownHow): void {
     const checked = validateHow(how)
-    native(() => this.#native.shutdown(checked))
+    native(() => this.inner.shutdown(checked))
   }
 
   /** Read timeout in ms, `null` for none. A timed-out `read` throws `ETIMEDOUT` and loses nothing. */
   setReadTimeout(ms: number | null): void {
     const checked = validateTimeout(ms)
-    native(() => this.#native.setReadTimeout(checked))
+    native(() => this.inner.setReadTimeout(checked))
   }
 
   /** Write timeout in ms, `null` for none. A timed-out `write` throws `ETIMEDOUT`; queued fds stay queued. */
   setWriteTimeout(ms: number | null): void {
     const checked = validateTimeout(ms)
-    native(() => this.#native.setWriteTimeout(checked))
-  }
-
-  /** Closes the socket, every queued outbound fd and every fd not dequeued. Idempotent. */
-  close(): void {
-    this.#native.close()
+    native(() => this.inner.setWriteTimeout(checked))
   }
 }
 
