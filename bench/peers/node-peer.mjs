@@ -276,9 +276,12 @@ const async = {
 
 // ---- FdSocket / FdServer -------------------------------------------------------------
 
-/** Listens with an FdServer; resolves with the first connection. */
-async function fdAcceptOne() {
-  const server = fdCreateServer()
+/**
+ * Listens with a server from `createServer` (FdServer or net.Server); resolves with the
+ * first connection and stops listening.
+ */
+async function acceptOne(createServer) {
+  const server = createServer()
   const accepted = once(server, 'connection')
   server.listen(path)
   await once(server, 'listening')
@@ -289,12 +292,16 @@ async function fdAcceptOne() {
   return socket
 }
 
-async function fdConnected() {
-  const socket = fdConnect(path)
+/** Connects with `connect` (FdSocket's or net's); resolves once connected. */
+async function connected(connect) {
+  const socket = connect(path)
   await once(socket, 'connect')
   markCpu()
   return socket
 }
+
+const fdAcceptOne = () => acceptOne(fdCreateServer)
+const fdConnected = () => connected(fdConnect)
 
 const socket = {
   async 'stream-recv'(msgs, per) {
@@ -435,24 +442,8 @@ function bytesModes(listen, dial) {
 
 Object.assign(socket, bytesModes(fdAcceptOne, fdConnected))
 
-async function netAcceptOne() {
-  const server = net.createServer()
-  const accepted = once(server, 'connection')
-  server.listen(path)
-  await once(server, 'listening')
-  ready()
-  const [sock] = await accepted
-  markCpu()
-  server.close()
-  return sock
-}
-
-async function netConnected() {
-  const sock = net.connect(path)
-  await once(sock, 'connect')
-  markCpu()
-  return sock
-}
+const netAcceptOne = () => acceptOne(() => net.createServer())
+const netConnected = () => connected(net.connect)
 
 const netSocket = {
   ...bytesModes(netAcceptOne, netConnected),
