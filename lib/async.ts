@@ -1,8 +1,8 @@
 /** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
 import { binding, WRAP, type Native } from './binding.js'
-import { illegalConstructor, native, nativeAsync } from './errors.js'
-import { toBytes, validateHow, validatePath, validateReadSize } from './args.js'
-import type { ShutdownHow } from './interfaces.js'
+import { illegalConstructor, native, nativeAsync, shapeError } from './errors.js'
+import { toBytes, toFd, validateHow, validatePath, validateReadSize } from './args.js'
+import type { FdLike, ShutdownHow } from './interfaces.js'
 import { QueuedStream } from './queued.js'
 
 const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
@@ -19,10 +19,14 @@ export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixS
  * the fds a `read` brings are dequeue-able right after it resolves, and not before.
  */
 export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> {
+  /** The native stream's handle for the calls made per message or per fd. */
+  #handle: Native.ExternalObject<'StreamCore'>
+
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixStream) {
     if (token !== WRAP) throw illegalConstructor('Use AsyncUnixStream.pair(), AsyncUnixStream.connect() or accept()')
     super(inner)
+    this.#handle = inner.handle
     natives.set(this, inner)
   }
 
@@ -40,13 +44,30 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     )
   }
 
+  override enqueue(fd: FdLike): void {
+    const raw = toFd(fd)
+    try {
+      binding.streamEnqueue(this.#handle, raw)
+    } catch (error) {
+      throw shapeError(error)
+    }
+  }
+
+  override dequeue(): number | null {
+    try {
+      return binding.streamDequeue(this.#handle)
+    } catch (error) {
+      throw shapeError(error)
+    }
+  }
+
   /**
    * One `recvmsg` of at most `size` bytes (default 65536, at most 2^30). Resolves with the
    * bytes, or an empty Buffer at end of stream.
    */
   read(size?: number): Promise<Buffer> {
     const checked = validateReadSize(size)
-    return nativeAsync(() => this.inner.read(checked))
+    return nativeAsync(() => binding.streamRead(this.#handle, checked))
   }
 
   /**
@@ -55,7 +76,7 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
    */
   write(data: Uint8Array | string): Promise<number> {
     const bytes = toBytes(data)
-    return nativeAsync(() => this.inner.write(bytes))
+    return nativeAsync(() => binding.streamWrite(this.#handle, bytes))
   }
 
   /** Shuts down one or both directions (default `'both'`) after every earlier write went out. */

@@ -4,9 +4,9 @@
  * Reading is pushed from native code through a threadsafe function (no Promise per
  * chunk); the JS side pauses it when `push()` says the buffer is full, and only a reading,
  * ref'd socket keeps the process alive. Fds enqueued on an `FdSocket` are duplicated at
- * once and held here, tagged with the index of the next `write()` call, until that chunk
- * reaches `_write`: so an fd rides on the first chunk written after `enqueue`, however many
- * chunks are still buffered.
+ * once and staged natively; this side counts them per `write()` call, so when that call's
+ * chunk reaches `_write` it says where they ride: on the first chunk written after
+ * `enqueue`, however many chunks are still buffered.
  */
 import { EventEmitter } from 'node:events'
 import { Duplex, type DuplexOptions } from 'node:stream'
@@ -69,11 +69,15 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #reading = false
   #referenced = true
   #maxQueuedFds: number
+  /** The native stream's handle for the per-chunk and per-fd calls. */
+  #handle: Native.ExternalObject<'StreamCore'> | null = null
   /** The duplicates `enqueue` made, held natively until their chunk is written. */
-  #staged = new binding.NativeStagedFds()
+  #staged = binding.stagedFds()
   /** Oldest first: which write call's chunk the staged fds wait for, and how many. */
   #stagedRuns: StagedRun[] = []
   #stagedCount = 0
+  /** Fds of a native write still in progress (the socket was full): buffered all the same. */
+  #sendingCount = 0
   /** Fds staged since the last non-empty `write()`: they ride on the next one. */
   #ridingNext = 0
   /** Index the next `write()` call gets; chunk indexes in `_write` follow the same count. */
@@ -145,6 +149,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   #attach(inner: Native.NativeAsyncUnixStream): void {
     this.#native = inner
+    this.#handle = inner.handle
     inner.maxQueuedFds = this.#maxQueuedFds
     for (const run of this.#onConnect.splice(0)) run()
     // Like net.Socket: a connected socket reads (up to its highWaterMark) so that the
@@ -182,7 +187,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** Fds enqueued and not yet sent. */
   get queuedOutboundFds(): number {
-    return this.#stagedCount
+    return this.#stagedCount + this.#sendingCount
   }
 
   /** Received fds not yet dequeued. */
@@ -197,7 +202,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       throw new QueueFullError(`The outbound fd queue is full: one write carries at most ${SCM_MAX_FD} fds`)
     }
     const chunk = this.#writeCalls
-    native(() => this.#staged.stage(raw, chunk))
+    try {
+      binding.stageFd(this.#staged, raw)
+    } catch (error) {
+      throw shapeError(error)
+    }
     this.#ridingNext++
     this.#stagedCount++
     const last = this.#stagedRuns.at(-1)
@@ -217,8 +226,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   dequeue(): number | null {
     if (this.destroyed) throw closedError()
-    if (!this.#native) return null
-    return native(() => this.#native!.dequeue())
+    if (!this.#handle) return null
+    try {
+      return binding.streamDequeue(this.#handle)
+    } catch (error) {
+      throw shapeError(error)
+    }
   }
 
   override write(chunk: any, cb?: (error: Error | null | undefined) => void): boolean
@@ -228,7 +241,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     const length = (chunk as { length?: unknown } | null)?.length
     if (typeof length === 'number' && length > 0) this.#ridingNext = 0
     this.#writeCalls++
-    if (ok && this.#stagedCount >= this.#maxQueuedFds) {
+    if (ok && this.#stagedCount + this.#sendingCount >= this.#maxQueuedFds) {
       this.#owesDrain = true
       return false
     }
@@ -254,16 +267,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     else this.#onConnect.push(run)
   }
 
-  /** Moves the staged fds of chunks up to `chunk` into the native outbound queue. */
-  #attachFds(inner: Native.NativeAsyncUnixStream, chunk: number): void {
-    while (this.#stagedRuns.length > 0 && this.#stagedRuns[0].chunk <= chunk) this.#stagedRuns.shift()
-    const moved = native(() => this.#staged.attachUpTo(inner, chunk))
-    this.#stagedCount -= moved
-  }
-
   /** Emits the `drain` that `write()` promised when buffered fds went below the bound. */
   #settleDrain(): void {
-    if (this.#owesDrain && this.#stagedCount < this.#maxQueuedFds) {
+    if (this.#owesDrain && this.#stagedCount + this.#sendingCount < this.#maxQueuedFds) {
       this.#owesDrain = false
       if (!this.writableNeedDrain) process.nextTick(() => this.emit('drain'))
     }
@@ -285,48 +291,63 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   /**
-   * Writes buffered chunks in order, joining neighbours into one native write unless a
-   * chunk carries fds (they must ride on its first byte).
+   * Writes buffered chunks in order as one native call: neighbours are joined, and a
+   * chunk that carries fds starts a `sendmsg` of its own (fds ride on its first byte).
+   *
+   * When everything went out at once, `cb` still waits for the next tick: chunks written
+   * meanwhile collect in the Writable's buffer and come to `_writev` together, so a burst
+   * of small writes costs one native call, not one each.
    */
   #writeChunks(chunks: Buffer[], cb: Callback): void {
-    const inner = this.#native
-    if (!inner) return cb(closedError())
-    // Neighbouring chunks go out as one write, except that a chunk carrying fds starts a
-    // new one (fds ride on the first byte of a write).
-    const groups: Array<{ parts: Buffer[]; fdsUpTo: number | null }> = []
+    const handle = this.#handle
+    if (!handle) return cb(closedError())
+    const parts: Buffer[] = []
+    /** Pairs (offset, count): `count` staged fds ride on the byte at `offset`. */
+    const cuts: number[] = []
+    let length = 0
+    let carried = 0
     for (const chunk of chunks) {
       const index = this.#chunksWritten++
-      const carries = chunk.length > 0 && this.#stagedRuns.length > 0 && this.#stagedRuns[0].chunk <= index
-      if (carries || groups.length === 0) groups.push({ parts: [], fdsUpTo: carries ? index : null })
-      groups[groups.length - 1].parts.push(chunk)
+      if (chunk.length === 0) continue
+      let count = 0
+      while (this.#stagedRuns.length > 0 && this.#stagedRuns[0].chunk <= index) {
+        count += this.#stagedRuns.shift()!.count
+      }
+      if (count > 0) cuts.push(length, count)
+      carried += count
+      parts.push(chunk)
+      length += chunk.length
     }
-    const next = (i: number): void => {
-      if (i === groups.length) {
+    this.#stagedCount -= carried
+    if (length === 0) {
+      this.#settleDrain()
+      return cb()
+    }
+    const data = parts.length === 1 ? parts[0] : Buffer.concat(parts, length)
+    let written: number | Promise<number>
+    try {
+      written = binding.sendStaged(this.#staged, handle, data, new Uint32Array(cuts))
+    } catch (error) {
+      return cb(shapeError(error) as Error)
+    }
+    if (typeof written === 'number') {
+      this.#settleDrain()
+      process.nextTick(cb)
+      return
+    }
+    // The rest goes out once the socket has room; its fds still count as buffered.
+    this.#sendingCount = carried
+    written.then(
+      () => {
+        this.#sendingCount = 0
         this.#settleDrain()
-        return cb()
-      }
-      const { parts, fdsUpTo } = groups[i]
-      const data = parts.length === 1 ? parts[0] : Buffer.concat(parts)
-      if (data.length === 0) return next(i + 1)
-      try {
-        if (fdsUpTo !== null) this.#attachFds(inner, fdsUpTo)
-      } catch (error) {
-        return cb(shapeError(error) as Error)
-      }
-      let written: number | Promise<number>
-      try {
-        written = inner.write(data)
-      } catch (error) {
-        return cb(shapeError(error) as Error)
-      }
-      // The native fast path often writes everything at once and answers with the count.
-      if (typeof written === 'number') return next(i + 1)
-      written.then(
-        () => next(i + 1),
-        (error: unknown) => cb(shapeError(error) as Error),
-      )
-    }
-    next(0)
+        cb()
+      },
+      (error: unknown) => {
+        this.#sendingCount = 0
+        cb(shapeError(error) as Error)
+      },
+    )
   }
 
   /** @internal */
@@ -374,9 +395,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** Closes the fds that no chunk will carry. */
   #releaseStaged(): void {
-    this.#staged.clear()
+    binding.clearStaged(this.#staged)
     this.#stagedRuns.length = 0
     this.#stagedCount = 0
+    this.#sendingCount = 0
     this.#ridingNext = 0
     this.#native?.clearOutbound()
   }

@@ -8,12 +8,14 @@
 mod blocking;
 mod credentials;
 mod error;
+mod fast;
 mod fd_info;
 mod nonblocking;
 mod push;
 mod queue;
 mod scm_rights;
 mod socket;
+mod staged;
 mod turnstile;
 
 /// One tokio worker: it parks in the reactor itself, so a socket that becomes ready wakes

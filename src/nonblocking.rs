@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{
-  within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, BufferSlice, Either, Function,
+  within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, BufferSlice, Either,
+  External, Function,
 };
 use napi::{Env, Status};
 use napi_derive::napi;
@@ -49,7 +50,7 @@ pub(crate) fn tagged(e: error::Error) -> String {
   format!("[{}] {}", e.status, e.reason)
 }
 
-fn rejection(e: error::Error) -> napi::Error {
+pub(crate) fn rejection(e: error::Error) -> napi::Error {
   napi::Error::new(Status::GenericFailure, tagged(e))
 }
 
@@ -243,7 +244,7 @@ impl Shared {
         .await;
       match result {
         Ok(n) => {
-          fds.clear();
+          scm_rights::close_all(std::mem::take(&mut fds));
           sent += n;
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -254,83 +255,144 @@ impl Shared {
   }
 }
 
+/// Part of one write that goes out as its own `sendmsg`: the bytes from `start` to the
+/// next message's start, with `fds` on the first of them.
+pub(crate) struct Message {
+  pub(crate) start: usize,
+  pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Where message `i` of a write of `len` bytes ends.
+fn message_end(messages: &[Message], i: usize, len: usize) -> usize {
+  messages.get(i + 1).map_or(len, |m| m.start)
+}
+
 /// A connected Unix stream socket driven by tokio.
 #[napi(js_name = "NativeAsyncUnixStream")]
 pub struct AsyncUnixStream {
+  core: Arc<StreamCore>,
+}
+
+/// A promise that rejects at once (for calls on a closed stream).
+fn rejected<T: Send + 'static + napi::bindgen_prelude::ToNapiValue>(
+  env: &Env,
+  e: error::Error,
+) -> napi::Result<AsyncBlock<T>> {
+  AsyncBlockBuilder::new(async move { Err(rejection(e)) }).build(env)
+}
+
+/// What an `AsyncUnixStream` is, shared with the handle that the TypeScript layer calls
+/// its hot paths through (see `fast`).
+pub struct StreamCore {
   shared: Mutex<Option<Arc<Shared>>>,
   queues: Arc<Queues>,
   reader: Mutex<Option<Reader>>,
 }
 
-impl AsyncUnixStream {
-  pub(crate) fn wrap(fd: OwnedFd) -> Result<Self> {
-    Ok(Self {
-      shared: Mutex::new(Some(Shared::new(fd)?)),
-      queues: Arc::default(),
-      reader: Mutex::new(None),
-    })
-  }
+impl std::ops::Deref for AsyncUnixStream {
+  type Target = StreamCore;
 
-  fn shared(&self) -> Result<Arc<Shared>> {
-    lock(&self.shared).clone().ok_or_else(error::closed)
-  }
-
-  /// A promise that rejects at once (for calls on a closed stream).
-  fn rejected<T: Send + 'static + napi::bindgen_prelude::ToNapiValue>(
-    env: &Env,
-    e: error::Error,
-  ) -> napi::Result<AsyncBlock<T>> {
-    AsyncBlockBuilder::new(async move { Err(rejection(e)) }).build(env)
+  fn deref(&self) -> &StreamCore {
+    &self.core
   }
 }
 
-#[napi]
 impl AsyncUnixStream {
-  /// Two connected streams (`socketpair`).
-  #[napi]
-  pub fn pair() -> Result<Vec<AsyncUnixStream>> {
-    let (a, b) = unix::pair(true)?;
-    Ok(vec![Self::wrap(a)?, Self::wrap(b)?])
+  pub(crate) fn wrap(fd: OwnedFd) -> Result<Self> {
+    Ok(Self {
+      core: Arc::new(StreamCore {
+        shared: Mutex::new(Some(Shared::new(fd)?)),
+        queues: Arc::default(),
+        reader: Mutex::new(None),
+      }),
+    })
   }
 
-  /// Connects to the listener at `path`.
-  #[napi]
-  pub fn connect(env: &Env, path: String) -> napi::Result<AsyncBlock<AsyncUnixStream>> {
+  /// The core, for a handle that outlives no one: closing stays with this object.
+  pub(crate) fn core(&self) -> Arc<StreamCore> {
+    Arc::clone(&self.core)
+  }
+}
+
+impl StreamCore {
+  pub(crate) fn shared(&self) -> Result<Arc<Shared>> {
+    lock(&self.shared).clone().ok_or_else(error::closed)
+  }
+
+  /// The fds waiting in the outbound queue (they ride on the next write).
+  pub(crate) fn take_outbound(&self) -> Vec<OwnedFd> {
+    lock(&self.queues.outbound).take()
+  }
+
+  /// Sends `data` as `messages` (each from its `start` to the next one's, with its fds on
+  /// its first byte; starts ascending, the first at 0), after every earlier write.
+  ///
+  /// When no earlier write is pending, the messages go out at once on the calling thread,
+  /// one `sendmsg` each, until the socket is full; the byte count comes back directly if
+  /// everything went, and otherwise a Promise sends the rest in order.
+  pub(crate) fn send_messages(
+    env: &Env,
+    shared: Arc<Shared>,
+    data: &[u8],
+    mut messages: Vec<Message>,
+  ) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
+    let mut sent = 0;
+    let mut next = 0;
+    if shared.writes.is_idle() {
+      while next < messages.len() {
+        let end = message_end(&messages, next, data.len());
+        if sent == end {
+          next += 1;
+          continue;
+        }
+        let raw: Vec<_> = messages[next].fds.iter().map(AsRawFd::as_raw_fd).collect();
+        match scm_rights::send_with_fds(shared.io.get_ref().as_fd(), &data[sent..end], &raw, true) {
+          Ok(n) => {
+            // The fds went with these bytes; the kernel holds its own references.
+            scm_rights::close_all(std::mem::take(&mut messages[next].fds));
+            sent += n;
+          }
+          Err(Errno::EAGAIN | Errno::EINTR) => break,
+          Err(e) => return rejected(env, error::sys(e, "sendmsg")).map(Either::B),
+        }
+      }
+      if next == messages.len() {
+        return Ok(Either::A(data.len() as u32));
+      }
+    }
+    let rest = data[sent..].to_vec();
+    let mut rest_messages: Vec<Message> = messages
+      .drain(next..)
+      .map(|m| Message {
+        start: m.start.saturating_sub(sent),
+        fds: m.fds,
+      })
+      .collect();
+    let total = data.len() as u32;
+    let ticket = shared.writes.ticket();
     AsyncBlockBuilder::new(async move {
-      let stream = tokio::net::UnixStream::connect(&path)
-        .await
-        .map_err(|e| rejection(error::sys_path(errno_of(&e), "connect", &path)))?;
-      let fd = OwnedFd::from(
-        stream
-          .into_std()
-          .map_err(|e| rejection(error::sys(errno_of(&e), "connect")))?,
-      );
-      AsyncUnixStream::wrap(fd).map_err(rejection)
+      let outcome = shared
+        .unless_closed(async {
+          ticket.turn().await;
+          for i in 0..rest_messages.len() {
+            let end = message_end(&rest_messages, i, rest.len());
+            let start = rest_messages[i].start;
+            let fds = std::mem::take(&mut rest_messages[i].fds);
+            shared.write_all(&rest[start..end], fds, 0).await?;
+          }
+          Ok(total)
+        })
+        .await;
+      drop(shared);
+      outcome.map_err(rejection)
     })
     .build(env)
-  }
-
-  /// The socket's fd, or -1 once closed.
-  #[napi(getter)]
-  pub fn fd(&self) -> i32 {
-    lock(&self.shared).as_ref().map_or(-1, |s| s.io.as_raw_fd())
-  }
-
-  #[napi(getter)]
-  pub fn max_queued_fds(&self) -> u32 {
-    lock(&self.queues.inbound).limit() as u32
-  }
-
-  #[napi(setter)]
-  pub fn set_max_queued_fds(&self, limit: u32) {
-    lock(&self.queues.inbound).set_limit(limit as usize);
-    self.queues.room.notify_waiters();
+    .map(Either::B)
   }
 
   /// Duplicates `fd` (close-on-exec) into the outbound queue; it rides on the next
   /// `write` called after this.
-  #[napi]
-  pub fn enqueue(&self, fd: i32) -> Result<()> {
+  pub(crate) fn enqueue(&self, fd: i32) -> Result<()> {
     self.shared()?;
     let mut outbound = lock(&self.queues.outbound);
     if outbound.is_full() {
@@ -343,8 +405,7 @@ impl AsyncUnixStream {
   }
 
   /// The oldest received fd, now the caller's to close; `null` when none is waiting.
-  #[napi]
-  pub fn dequeue(&self) -> Result<Option<i32>> {
+  pub(crate) fn dequeue(&self) -> Result<Option<i32>> {
     self.shared()?;
     let fd = lock(&self.queues.inbound).dequeue();
     self.queues.room.notify_waiters();
@@ -354,24 +415,6 @@ impl AsyncUnixStream {
     }
   }
 
-  /// The peer's pid, uid and gid, as the kernel recorded them at connect time.
-  #[napi]
-  pub fn peer_credentials(&self) -> Result<PeerCredentials> {
-    credentials::peer_credentials(self.shared()?.io.get_ref().as_fd())
-  }
-
-  /// How many received fds wait for `dequeue`.
-  #[napi(getter)]
-  pub fn queued_inbound(&self) -> u32 {
-    lock(&self.queues.inbound).len() as u32
-  }
-
-  /// How many fds wait to ride on the next `write`.
-  #[napi(getter)]
-  pub fn queued_outbound(&self) -> u32 {
-    lock(&self.queues.outbound).len() as u32
-  }
-
   /// One `recvmsg` of at most `size` bytes, served after every earlier `read`. The fds
   /// that came with the bytes join the inbound queue on the JS thread, just before the
   /// promise resolves. An empty Buffer means end of stream.
@@ -379,8 +422,7 @@ impl AsyncUnixStream {
   /// When no earlier read is pending and data is ready, the `recvmsg` happens at once on
   /// the calling thread and the result comes back directly (the TypeScript layer wraps it
   /// in a resolved Promise), as libuv reads ready sockets on the loop thread.
-  #[napi(ts_return_type = "Buffer | Promise<Buffer>")]
-  pub fn read<'env>(
+  pub(crate) fn read<'env>(
     &self,
     env: &'env Env,
     size: u32,
@@ -390,7 +432,7 @@ impl AsyncUnixStream {
     }
     let shared = match self.shared() {
       Ok(shared) => shared,
-      Err(e) => return Self::rejected(env, e).map(Either::B),
+      Err(e) => return rejected(env, e).map(Either::B),
     };
     if shared.reads.is_idle() && !self.queues.inbound_full() {
       match shared.try_read(env, size as usize) {
@@ -399,7 +441,7 @@ impl AsyncUnixStream {
           return Ok(Either::A(data));
         }
         Ok(None) => {}
-        Err(e) => return Self::rejected(env, e).map(Either::B),
+        Err(e) => return rejected(env, e).map(Either::B),
       }
     }
     let ticket = shared.reads.ticket();
@@ -429,49 +471,118 @@ impl AsyncUnixStream {
   /// When no earlier write is pending, the first `sendmsg` happens at once on the calling
   /// thread; if it wrote everything the byte count comes back directly (the TypeScript
   /// layer wraps it in a resolved Promise), and otherwise the rest goes on asynchronously.
-  #[napi(ts_return_type = "number | Promise<number>")]
-  pub fn write(&self, env: &Env, data: &[u8]) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
+  pub(crate) fn write(&self, env: &Env, data: &[u8]) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
     let shared = match self.shared() {
       Ok(shared) => shared,
-      Err(e) => return Self::rejected(env, e).map(Either::B),
+      Err(e) => return rejected(env, e).map(Either::B),
     };
-    let mut fds = {
+    let fds = {
       let mut outbound = lock(&self.queues.outbound);
       if data.is_empty() && !outbound.is_empty() {
         return Err(rejection(error::empty_write()));
       }
       outbound.take()
     };
-    let mut sent = 0;
-    if shared.writes.is_idle() {
-      let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-      match scm_rights::send_with_fds(shared.io.get_ref().as_fd(), data, &raw, true) {
-        Ok(n) => {
-          // The fds went with these bytes; the kernel holds its own references.
-          fds.clear();
-          if n == data.len() {
-            return Ok(Either::A(n as u32));
-          }
-          sent = n;
-        }
-        Err(Errno::EAGAIN | Errno::EINTR) => {}
-        Err(e) => return Self::rejected(env, error::sys(e, "sendmsg")).map(Either::B),
-      }
-    }
-    let data = data.to_vec();
-    let ticket = shared.writes.ticket();
+    let message = Message { start: 0, fds };
+    Self::send_messages(env, shared, data, vec![message])
+  }
+}
+
+#[napi]
+impl AsyncUnixStream {
+  /// Two connected streams (`socketpair`).
+  #[napi]
+  pub fn pair() -> Result<Vec<AsyncUnixStream>> {
+    let (a, b) = unix::pair(true)?;
+    Ok(vec![Self::wrap(a)?, Self::wrap(b)?])
+  }
+
+  /// Connects to the listener at `path`.
+  #[napi]
+  pub fn connect(env: &Env, path: String) -> napi::Result<AsyncBlock<AsyncUnixStream>> {
     AsyncBlockBuilder::new(async move {
-      let outcome = shared
-        .unless_closed(async {
-          ticket.turn().await;
-          shared.write_all(&data, fds, sent).await
-        })
-        .await;
-      drop(shared);
-      outcome.map_err(rejection)
+      let stream = tokio::net::UnixStream::connect(&path)
+        .await
+        .map_err(|e| rejection(error::sys_path(errno_of(&e), "connect", &path)))?;
+      let fd = OwnedFd::from(
+        stream
+          .into_std()
+          .map_err(|e| rejection(error::sys(errno_of(&e), "connect")))?,
+      );
+      AsyncUnixStream::wrap(fd).map_err(rejection)
     })
     .build(env)
-    .map(Either::B)
+  }
+
+  /// This stream's handle for the functions in `fast`.
+  #[napi(getter, ts_return_type = "ExternalObject<'StreamCore'>")]
+  pub fn handle(&self) -> crate::fast::StreamHandle {
+    External::new(self.core())
+  }
+
+  /// The socket's fd, or -1 once closed.
+  #[napi(getter)]
+  pub fn fd(&self) -> i32 {
+    lock(&self.shared).as_ref().map_or(-1, |s| s.io.as_raw_fd())
+  }
+
+  #[napi(getter)]
+  pub fn max_queued_fds(&self) -> u32 {
+    lock(&self.queues.inbound).limit() as u32
+  }
+
+  #[napi(setter)]
+  pub fn set_max_queued_fds(&self, limit: u32) {
+    lock(&self.queues.inbound).set_limit(limit as usize);
+    self.queues.room.notify_waiters();
+  }
+
+  /// Duplicates `fd` (close-on-exec) into the outbound queue; it rides on the next
+  /// `write` called after this.
+  #[napi]
+  pub fn enqueue(&self, fd: i32) -> Result<()> {
+    self.core.enqueue(fd)
+  }
+
+  /// The oldest received fd, now the caller's to close; `null` when none is waiting.
+  #[napi]
+  pub fn dequeue(&self) -> Result<Option<i32>> {
+    self.core.dequeue()
+  }
+
+  /// The peer's pid, uid and gid, as the kernel recorded them at connect time.
+  #[napi]
+  pub fn peer_credentials(&self) -> Result<PeerCredentials> {
+    credentials::peer_credentials(self.shared()?.io.get_ref().as_fd())
+  }
+
+  /// How many received fds wait for `dequeue`.
+  #[napi(getter)]
+  pub fn queued_inbound(&self) -> u32 {
+    lock(&self.queues.inbound).len() as u32
+  }
+
+  /// How many fds wait to ride on the next `write`.
+  #[napi(getter)]
+  pub fn queued_outbound(&self) -> u32 {
+    lock(&self.queues.outbound).len() as u32
+  }
+
+  /// One `recvmsg` of at most `size` bytes, served after every earlier `read` (see
+  /// `StreamCore::read`).
+  #[napi(ts_return_type = "Buffer | Promise<Buffer>")]
+  pub fn read<'env>(
+    &self,
+    env: &'env Env,
+    size: u32,
+  ) -> napi::Result<Either<BufferSlice<'env>, AsyncBlock<Buffer>>> {
+    self.core.read(env, size)
+  }
+
+  /// Writes every byte of `data` after every earlier `write` (see `StreamCore::write`).
+  #[napi(ts_return_type = "number | Promise<number>")]
+  pub fn write(&self, env: &Env, data: &[u8]) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
+    self.core.write(env, data)
   }
 
   /// Shuts down one or both directions, after every earlier `write` went out.
@@ -480,7 +591,7 @@ impl AsyncUnixStream {
     let how = shutdown_how(&how).map_err(rejection)?;
     let shared = match self.shared() {
       Ok(shared) => shared,
-      Err(e) => return Self::rejected(env, e),
+      Err(e) => return rejected(env, e),
     };
     let ticket = shared.writes.ticket();
     AsyncBlockBuilder::new(async move {
@@ -708,60 +819,4 @@ pub(crate) async fn accept_one(shared: &ListenerShared) -> Result<OwnedFd> {
 /// A napi-rs failure (creating a threadsafe function, ref-counting it).
 fn internal(e: napi::Error) -> error::Error {
   error::coded("ERR_INTERNAL", e.reason.clone())
-}
-
-/// The fds an `FdSocket` has duplicated for chunks still in its write buffer, each tagged
-/// with the index of the `write()` call whose chunk will carry it. One object per socket
-/// (not per fd); dropping it closes whatever no chunk took.
-#[napi]
-pub struct NativeStagedFds {
-  fds: Mutex<std::collections::VecDeque<(i64, OwnedFd)>>,
-}
-
-#[napi]
-impl NativeStagedFds {
-  #[napi(constructor)]
-  pub fn new() -> Self {
-    Self {
-      fds: Mutex::default(),
-    }
-  }
-
-  /// Duplicates `fd` (close-on-exec) for the chunk of write call `chunk`.
-  #[napi]
-  pub fn stage(&self, fd: i32, chunk: i64) -> Result<()> {
-    let duplicate = scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
-    lock(&self.fds).push_back((chunk, duplicate));
-    Ok(())
-  }
-
-  /// Moves the fds staged for chunks up to `chunk` into `stream`'s outbound queue, so
-  /// that they ride on its next write. Returns how many moved.
-  #[napi]
-  pub fn attach_up_to(&self, stream: &AsyncUnixStream, chunk: i64) -> Result<u32> {
-    stream.shared()?;
-    let mut staged = lock(&self.fds);
-    let mut outbound = lock(&stream.queues.outbound);
-    let mut moved = 0;
-    while staged.front().is_some_and(|(c, _)| *c <= chunk) {
-      let Some((_, fd)) = staged.pop_front() else {
-        break;
-      };
-      outbound.enqueue(fd).map_err(|_| error::outbound_full())?;
-      moved += 1;
-    }
-    Ok(moved)
-  }
-
-  /// Closes every staged fd.
-  #[napi]
-  pub fn clear(&self) {
-    lock(&self.fds).clear();
-  }
-}
-
-impl Default for NativeStagedFds {
-  fn default() -> Self {
-    Self::new()
-  }
 }

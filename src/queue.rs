@@ -56,7 +56,7 @@ impl OutboundQueue {
 
   /// Closes every queued fd.
   pub fn clear(&mut self) {
-    self.fds.clear();
+    crate::scm_rights::close_all(std::mem::take(&mut self.fds));
   }
 }
 
