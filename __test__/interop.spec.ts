@@ -445,7 +445,9 @@ test.serial(
       t.is(fs.writeSync(pipe, message), message.length)
       const before = openFds()
       closeAll([file, pipe])
-      t.is(openFds(), before - 2)
+      // At least these two closed (closing the pipe lets the peer finish and hang up,
+      // and this side then lets go of the socket's reactor registration as well).
+      t.true(openFds() <= before - 2)
       const lines = await withTimeout(peer.done, 10_000, 'go exits')
       t.deepEqual(lines.at(-1), { sent: 2, oob: 24, ack: 'k', pipe: message })
     } finally {

@@ -6,9 +6,9 @@
 //! in line (and its outbound fds) synchronously, in call order.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{
@@ -63,12 +63,12 @@ pub(crate) fn errno_of(e: &io::Error) -> Errno {
 /// napi-rs and tokio panic when there is no runtime (a call made while the environment is
 /// being torn down); that panic is caught here and becomes an error, since a panic that
 /// reached Node would abort the process. The fd is closed in that case.
-fn register(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
+fn register(fd: OwnedFd, interest: Interest) -> Result<AsyncFd<OwnedFd>> {
   let registered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
     within_runtime_if_available(|| {
       // SAFETY: an OwnedFd is an open fd that stays the same open file description until
       // the AsyncFd that owns it drops it.
-      unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+      unsafe { AsyncFd::register_with_interest(fd, interest) }
     })
   }));
   match registered {
@@ -143,22 +143,61 @@ impl Queues {
   }
 }
 
-/// What pending futures share: the registered socket and the order of calls.
+/// Readiness of one direction of a stream, registered with the reactor only while an
+/// operation waits for it. A socket that stays registered wakes the reactor thread on
+/// every message that arrives and every time the peer drains a message, even when the JS
+/// thread reads and writes it directly; those wake-ups cost more than the I/O itself.
+///
+/// Each registration owns a duplicate of the socket's fd, so that the two directions
+/// never collide in epoll and a registration can be dropped (`EPOLL_CTL_DEL`) whenever
+/// its last waiter is done, whatever else still uses the socket.
+pub(crate) struct Watch {
+  interest: Interest,
+  current: Mutex<Weak<AsyncFd<OwnedFd>>>,
+}
+
+impl Watch {
+  fn new(interest: Interest) -> Self {
+    Self {
+      interest,
+      current: Mutex::new(Weak::new()),
+    }
+  }
+
+  /// The registration, made now if nobody holds one. Hold it while waiting. It must be
+  /// called on tokio's workers (inside a future), where the reactor is reachable.
+  pub(crate) fn acquire(&self, fd: BorrowedFd<'_>) -> Result<Arc<AsyncFd<OwnedFd>>> {
+    let mut current = lock(&self.current);
+    if let Some(io) = current.upgrade() {
+      return Ok(io);
+    }
+    let duplicate = scm_rights::dup_cloexec(fd.as_raw_fd()).map_err(|e| error::sys(e, "fcntl"))?;
+    let io = Arc::new(register(duplicate, self.interest)?);
+    *current = Arc::downgrade(&io);
+    Ok(io)
+  }
+}
+
+/// What pending futures share: the socket, its readiness and the order of calls.
 pub(crate) struct Shared {
-  pub(crate) io: AsyncFd<OwnedFd>,
+  pub(crate) fd: OwnedFd,
+  pub(crate) readable: Watch,
+  writable: Watch,
   pub(crate) closed: watch::Sender<bool>,
   reads: Arc<Turnstile>,
   writes: Arc<Turnstile>,
 }
 
 impl Shared {
-  fn new(fd: OwnedFd) -> Result<Arc<Self>> {
-    Ok(Arc::new(Self {
-      io: register(fd)?,
+  fn new(fd: OwnedFd) -> Arc<Self> {
+    Arc::new(Self {
+      fd,
+      readable: Watch::new(Interest::READABLE),
+      writable: Watch::new(Interest::WRITABLE),
       closed: watch::Sender::new(false),
       reads: Turnstile::new(),
       writes: Turnstile::new(),
-    }))
+    })
   }
 
   /// Runs `op` until the stream is closed. A close settles the operation with
@@ -192,7 +231,7 @@ impl Shared {
         owned = vec![0u8; size];
         &mut owned
       };
-      match scm_rights::recv_with_fds(self.io.get_ref().as_fd(), buf, true) {
+      match scm_rights::recv_with_fds(self.fd.as_fd(), buf, true) {
         Ok(received) => {
           let bytes = BufferSlice::copy_from(env, &buf[..received.bytes])
             .map_err(|e| error::coded("ERR_INTERNAL", e.reason.clone()))?;
@@ -209,9 +248,9 @@ impl Shared {
     // Allocated once data is ready (inside the closure), so a waiting read holds no buffer.
     let mut data = Vec::new();
     queues.wait_for_room().await;
+    let io = self.readable.acquire(self.fd.as_fd())?;
     loop {
-      let result = self
-        .io
+      let result = io
         .async_io(Interest::READABLE, |fd| {
           data.reserve(size);
           scm_rights::recv_appending(fd.as_fd(), &mut data, size, true).map_err(io::Error::from)
@@ -234,10 +273,10 @@ impl Shared {
   /// Writes every byte; `fds` ride on the first `sendmsg` and are closed once it
   /// succeeded (the kernel holds its own references) or the write failed.
   async fn write_all(&self, data: &[u8], mut fds: Vec<OwnedFd>, mut sent: usize) -> Result<u32> {
+    let io = self.writable.acquire(self.fd.as_fd())?;
     while sent < data.len() {
       let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-      let result = self
-        .io
+      let result = io
         .async_io(Interest::WRITABLE, |fd| {
           scm_rights::send_with_fds(fd.as_fd(), &data[sent..], &raw, true).map_err(io::Error::from)
         })
@@ -301,7 +340,7 @@ impl AsyncUnixStream {
   pub(crate) fn wrap(fd: OwnedFd) -> Result<Self> {
     Ok(Self {
       core: Arc::new(StreamCore {
-        shared: Mutex::new(Some(Shared::new(fd)?)),
+        shared: Mutex::new(Some(Shared::new(fd))),
         queues: Arc::default(),
         reader: Mutex::new(None),
       }),
@@ -346,7 +385,7 @@ impl StreamCore {
           continue;
         }
         let raw: Vec<_> = messages[next].fds.iter().map(AsRawFd::as_raw_fd).collect();
-        match scm_rights::send_with_fds(shared.io.get_ref().as_fd(), &data[sent..end], &raw, true) {
+        match scm_rights::send_with_fds(shared.fd.as_fd(), &data[sent..end], &raw, true) {
           Ok(n) => {
             // The fds went with these bytes; the kernel holds its own references.
             scm_rights::close_all(std::mem::take(&mut messages[next].fds));
@@ -523,7 +562,7 @@ impl AsyncUnixStream {
   /// The socket's fd, or -1 once closed.
   #[napi(getter)]
   pub fn fd(&self) -> i32 {
-    lock(&self.shared).as_ref().map_or(-1, |s| s.io.as_raw_fd())
+    lock(&self.shared).as_ref().map_or(-1, |s| s.fd.as_raw_fd())
   }
 
   #[napi(getter)]
@@ -553,7 +592,7 @@ impl AsyncUnixStream {
   /// The peer's pid, uid and gid, as the kernel recorded them at connect time.
   #[napi]
   pub fn peer_credentials(&self) -> Result<PeerCredentials> {
-    credentials::peer_credentials(self.shared()?.io.get_ref().as_fd())
+    credentials::peer_credentials(self.shared()?.fd.as_fd())
   }
 
   /// How many received fds wait for `dequeue`.
@@ -659,7 +698,7 @@ impl AsyncUnixStream {
       shared.closed.send_replace(true);
       // The peer sees end-of-stream now, even while pending futures still hold the fd
       // for the moment it takes them to notice the close.
-      let _ = socket::shutdown(shared.io.as_raw_fd(), Shutdown::Both);
+      let _ = socket::shutdown(shared.fd.as_raw_fd(), Shutdown::Both);
       release(shared);
     }
   }
@@ -687,7 +726,7 @@ fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
   if *shared.closed.borrow() {
     return Err(error::closed());
   }
-  match socket::shutdown(shared.io.as_raw_fd(), how) {
+  match socket::shutdown(shared.fd.as_raw_fd(), how) {
     Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
     Err(e) => Err(error::sys(e, "shutdown")),
   }
@@ -712,7 +751,7 @@ impl AsyncUnixListener {
   #[napi]
   pub fn bind(path: String) -> Result<AsyncUnixListener> {
     let bound = unix::bind(&path, true)?;
-    let io = match register(bound.fd) {
+    let io = match register(bound.fd, Interest::READABLE) {
       Ok(io) => io,
       Err(e) => {
         bound.file.remove();

@@ -154,6 +154,12 @@ async fn pump(
   credits: Arc<Semaphore>,
 ) {
   let mut chunk = CHUNK;
+  // Registered for readability for as long as the reader runs (it is the one waiting);
+  // a failure (no fd left for the registration's duplicate) ends the stream with it.
+  let io = match shared.readable.acquire(shared.fd.as_fd()) {
+    Ok(io) => io,
+    Err(e) => return send(callback, Delivery::Failed(e)),
+  };
   loop {
     if wanted.wait_for(|w| *w).await.is_err() {
       return;
@@ -169,8 +175,7 @@ async fn pump(
     let mut ending = None;
     // The first read waits for readiness; the rest take only what is already there.
     let first = loop {
-      let result = shared
-        .io
+      let result = io
         .async_io(Interest::READABLE, |fd| {
           data.reserve(chunk);
           scm_rights::recv_appending(fd.as_fd(), &mut data, chunk, true).map_err(io::Error::from)
@@ -192,7 +197,7 @@ async fn pump(
       Err(e) => ending = Some(Delivery::Failed(error::sys(errno_of(&e), "recvmsg"))),
     }
     while ending.is_none() && !data.is_empty() && data.len() < chunk && !queues.inbound_full() {
-      let result = shared.io.try_io(Interest::READABLE, |fd| {
+      let result = io.try_io(Interest::READABLE, |fd| {
         scm_rights::recv_appending(fd.as_fd(), &mut data, chunk, true).map_err(io::Error::from)
       });
       match result {
