@@ -286,6 +286,41 @@ test.serial(
 )
 
 test.serial(
+  'ordering: a burst of 400 small chunks, fds and empty writes on a connected socket goes out in batches, each fd on its chunk',
+  async (t) => {
+    const [a, b] = AsyncUnixStream.pair()
+    cleanup(t, b)
+    const socket = FdSocket.from(a)
+    cleanup(t, socket)
+    const plan = orderingPlan(400, (i) => 5 + (i % 8))
+    t.teardown(plan.remove)
+    const emptyBefore = new Set([7, 123, 311])
+    const fdContents = new Map(plan.fdContents)
+    const extra = new Map<number, string>()
+    for (const i of emptyBefore) {
+      extra.set(i, tmpFile(`empty-${i}`))
+      fdContents.set(i, [`empty-${i}`, ...(plan.fdContents.get(i) ?? [])])
+    }
+    t.teardown(() => {
+      for (const file of extra.values()) fs.rmSync(path.dirname(file), { recursive: true, force: true })
+    })
+    // All in one tick: the first chunk goes out at once, the rest wait in the Writable's
+    // buffer and reach the native side together, as one write with many fd boundaries.
+    for (const [i, chunk] of plan.chunks.entries()) {
+      if (emptyBefore.has(i)) {
+        enqueueFile(socket, extra.get(i)!)
+        socket.write(Buffer.alloc(0))
+      }
+      plan.enqueueFor(socket, i)
+      socket.write(chunk)
+    }
+    t.true(socket.writableLength > 1000, `chunks buffered behind the first: ${socket.writableLength} bytes`)
+    await withTimeout(readChunksByteExact(t, b, plan.chunks, fdContents), 30_000, 'reading 400 chunks')
+    t.is(socket.queuedOutboundFds, 0)
+  },
+)
+
+test.serial(
   "reading side: an 'fds' event with the count, then the chunk, whose fds are dequeue-able in its 'data' handler",
   async (t) => {
     const sock = tmpSocketPath()
