@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{
@@ -143,38 +143,66 @@ impl Queues {
   }
 }
 
-/// Readiness of one direction of a stream, registered with the reactor only while an
-/// operation waits for it. A socket that stays registered wakes the reactor thread on
+/// Readiness of one direction of a stream, registered with the reactor only while that
+/// direction is congested. A socket that stays registered wakes the reactor thread on
 /// every message that arrives and every time the peer drains a message, even when the JS
 /// thread reads and writes it directly; those wake-ups cost more than the I/O itself.
+/// So an operation that has to wait registers (`acquire`), the registration stays while
+/// operations keep waiting, and the first one that finds the socket ready without
+/// waiting lets it go (`release_if_idle`).
 ///
 /// Each registration owns a duplicate of the socket's fd, so that the two directions
-/// never collide in epoll and a registration can be dropped (`EPOLL_CTL_DEL`) whenever
-/// its last waiter is done, whatever else still uses the socket.
+/// never collide in epoll and a registration can be dropped (`EPOLL_CTL_DEL`) at any
+/// time, whatever else still uses the socket.
 pub(crate) struct Watch {
   interest: Interest,
-  current: Mutex<Weak<AsyncFd<OwnedFd>>>,
+  current: Mutex<Option<Arc<AsyncFd<OwnedFd>>>>,
+  /// Whether `current` holds a registration: lets the ready path skip the lock.
+  registered: AtomicBool,
 }
 
 impl Watch {
   fn new(interest: Interest) -> Self {
     Self {
       interest,
-      current: Mutex::new(Weak::new()),
+      current: Mutex::new(None),
+      registered: AtomicBool::new(false),
     }
   }
 
-  /// The registration, made now if nobody holds one. Hold it while waiting. It must be
+  /// The registration, made now if there is none. Hold it while waiting. It must be
   /// called on tokio's workers (inside a future), where the reactor is reachable.
   pub(crate) fn acquire(&self, fd: BorrowedFd<'_>) -> Result<Arc<AsyncFd<OwnedFd>>> {
     let mut current = lock(&self.current);
-    if let Some(io) = current.upgrade() {
-      return Ok(io);
+    if let Some(io) = current.as_ref() {
+      return Ok(Arc::clone(io));
     }
     let duplicate = scm_rights::dup_cloexec(fd.as_raw_fd()).map_err(|e| error::sys(e, "fcntl"))?;
     let io = Arc::new(register(duplicate, self.interest)?);
-    *current = Arc::downgrade(&io);
+    *current = Some(Arc::clone(&io));
+    self.registered.store(true, Ordering::Release);
     Ok(io)
+  }
+
+  /// Drops the registration if no operation holds it: the socket was just found ready
+  /// without waiting.
+  fn release_if_idle(&self) {
+    if !self.registered.load(Ordering::Acquire) {
+      return;
+    }
+    let idle = {
+      let mut current = lock(&self.current);
+      if current
+        .as_ref()
+        .is_some_and(|io| Arc::strong_count(io) == 1)
+      {
+        self.registered.store(false, Ordering::Release);
+        current.take()
+      } else {
+        None
+      }
+    };
+    drop(idle);
   }
 }
 
@@ -396,6 +424,7 @@ impl StreamCore {
         }
       }
       if next == messages.len() {
+        shared.writable.release_if_idle();
         return Ok(Either::A(data.len() as u32));
       }
     }
@@ -476,6 +505,7 @@ impl StreamCore {
     if shared.reads.is_idle() && !self.queues.inbound_full() {
       match shared.try_read(env, size as usize) {
         Ok(Some((data, received))) => {
+          shared.readable.release_if_idle();
           lock(&self.queues.inbound).receive(received.fds, received.truncated);
           return Ok(Either::A(data));
         }
