@@ -16,6 +16,7 @@ import {
   lastJson,
   makeFifo,
   O_CLOEXEC,
+  openFds,
   pathIdentity,
   readAt,
   settledOpenFds,
@@ -918,3 +919,54 @@ test.serial('close() settles a read paused at maxQueuedFds', async (t) => {
   if (settled.ok) t.is(settled.value.length, 0)
   else t.is(codeOf(settled.error), 'ERR_SOCKET_CLOSED')
 })
+
+test.serial(
+  'async streams hold no fd of their own: not while a read waits, not once a write that had to wait is followed by one that did not',
+  async (t) => {
+    const dir = tmpDir('fdq-own-')
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+    const file = tmpFile('own fds', dir)
+    const before = openFds()
+    const [a, b] = AsyncUnixStream.pair()
+    t.teardown(() => {
+      a.close()
+      b.close()
+    })
+    t.is(openFds(), before + 2, 'a pair is two fds')
+
+    const pending = b.read()
+    await sleep(30)
+    t.is(openFds(), before + 2, 'a read waiting for data holds no extra fd')
+    const fd = fs.openSync(file, 'r')
+    a.enqueue(fd)
+    fs.closeSync(fd)
+    await withTimeout(a.write('x'), T, 'write')
+    t.is((await withTimeout(pending, T, 'read')).toString(), 'x')
+    let received = b.dequeue()
+    t.not(received, null)
+    t.teardown(() => closeAll([received]))
+    t.is(readAt(received!), 'own fds')
+    t.is(openFds(), before + 3, 'exactly the fd that arrived')
+
+    // More than the socket holds: the write waits until the reader catches up.
+    const big = crypto.randomBytes(4 << 20)
+    const writing = a.write(big)
+    await sleep(30)
+    const got: Buffer[] = []
+    for (let total = 0; total < big.length;) {
+      const chunk = await withTimeout(b.read(), T, 'read of the big write')
+      got.push(chunk)
+      total += chunk.length
+    }
+    t.is(await withTimeout(writing, T, 'big write'), big.length)
+    t.true(Buffer.concat(got).equals(big))
+    await withTimeout(a.write('y'), T, 'a write that goes through at once')
+    t.is((await withTimeout(b.read(), T, 'read y')).toString(), 'y')
+    t.is(openFds(), before + 3, 'nothing left over from the waits')
+    a.close()
+    b.close()
+    closeAll([received])
+    received = null
+    t.is(openFds(), before)
+  },
+)

@@ -6,7 +6,7 @@
 //! in line (and its outbound fds) synchronously, in call order.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -63,11 +63,14 @@ pub(crate) fn errno_of(e: &io::Error) -> Errno {
 /// napi-rs and tokio panic when there is no runtime (a call made while the environment is
 /// being torn down); that panic is caught here and becomes an error, since a panic that
 /// reached Node would abort the process. The fd is closed in that case.
-fn register(fd: OwnedFd, interest: Interest) -> Result<AsyncFd<OwnedFd>> {
+/// `fd` must keep its fd open, as the same open file description, for as long as the
+/// AsyncFd lives: an `OwnedFd`, or a `Registered` (which shares ownership of one).
+fn register<T: AsRawFd>(fd: T, interest: Interest) -> Result<AsyncFd<T>> {
   let registered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
     within_runtime_if_available(|| {
-      // SAFETY: an OwnedFd is an open fd that stays the same open file description until
-      // the AsyncFd that owns it drops it.
+      // SAFETY: both kinds of `T` passed here own (or share the ownership of) an open fd
+      // that stays the same open file description until the AsyncFd, which owns `T`, is
+      // dropped and has deregistered it.
       unsafe { AsyncFd::register_with_interest(fd, interest) }
     })
   }));
@@ -143,6 +146,22 @@ impl Queues {
   }
 }
 
+/// A stream's fd as registered with the reactor: it shares ownership of the fd, so the fd
+/// cannot be closed (and its number reused) before the registration is gone.
+pub(crate) struct Registered(Arc<OwnedFd>);
+
+impl AsRawFd for Registered {
+  fn as_raw_fd(&self) -> RawFd {
+    self.0.as_raw_fd()
+  }
+}
+
+impl AsFd for Registered {
+  fn as_fd(&self) -> BorrowedFd<'_> {
+    self.0.as_fd()
+  }
+}
+
 /// Readiness of one direction of a stream, registered with the reactor only while that
 /// direction is congested. A socket that stays registered wakes the reactor thread on
 /// every message that arrives and every time the peer drains a message, even when the JS
@@ -151,20 +170,22 @@ impl Queues {
 /// operations keep waiting, and the first one that finds the socket ready without
 /// waiting lets it go (`release_if_idle`).
 ///
-/// Each registration owns a duplicate of the socket's fd, so that the two directions
-/// never collide in epoll and a registration can be dropped (`EPOLL_CTL_DEL`) at any
-/// time, whatever else still uses the socket.
+/// Reads register the socket's own fd. Writes register a duplicate, because epoll takes
+/// an fd number once and the two directions come and go independently; that duplicate
+/// exists only from a write that had to wait until the next one that did not.
 pub(crate) struct Watch {
   interest: Interest,
-  current: Mutex<Option<Arc<AsyncFd<OwnedFd>>>>,
+  duplicate: bool,
+  current: Mutex<Option<Arc<AsyncFd<Registered>>>>,
   /// Whether `current` holds a registration: lets the ready path skip the lock.
   registered: AtomicBool,
 }
 
 impl Watch {
-  fn new(interest: Interest) -> Self {
+  fn new(interest: Interest, duplicate: bool) -> Self {
     Self {
       interest,
+      duplicate,
       current: Mutex::new(None),
       registered: AtomicBool::new(false),
     }
@@ -172,43 +193,45 @@ impl Watch {
 
   /// The registration, made now if there is none. Hold it while waiting. It must be
   /// called on tokio's workers (inside a future), where the reactor is reachable.
-  pub(crate) fn acquire(&self, fd: BorrowedFd<'_>) -> Result<Arc<AsyncFd<OwnedFd>>> {
+  pub(crate) fn acquire(&self, fd: &Arc<OwnedFd>) -> Result<Arc<AsyncFd<Registered>>> {
     let mut current = lock(&self.current);
     if let Some(io) = current.as_ref() {
       return Ok(Arc::clone(io));
     }
-    let duplicate = scm_rights::dup_cloexec(fd.as_raw_fd()).map_err(|e| error::sys(e, "fcntl"))?;
-    let io = Arc::new(register(duplicate, self.interest)?);
+    let fd = if self.duplicate {
+      let duplicate =
+        scm_rights::dup_cloexec(fd.as_raw_fd()).map_err(|e| error::sys(e, "fcntl"))?;
+      Arc::new(duplicate)
+    } else {
+      Arc::clone(fd)
+    };
+    let io = Arc::new(register(Registered(fd), self.interest)?);
     *current = Some(Arc::clone(&io));
     self.registered.store(true, Ordering::Release);
     Ok(io)
   }
 
   /// Drops the registration if no operation holds it: the socket was just found ready
-  /// without waiting.
+  /// without waiting. The deregistration happens under the lock, so that a new
+  /// registration of the same fd cannot come first.
   fn release_if_idle(&self) {
     if !self.registered.load(Ordering::Acquire) {
       return;
     }
-    let idle = {
-      let mut current = lock(&self.current);
-      if current
-        .as_ref()
-        .is_some_and(|io| Arc::strong_count(io) == 1)
-      {
-        self.registered.store(false, Ordering::Release);
-        current.take()
-      } else {
-        None
-      }
-    };
-    drop(idle);
+    let mut current = lock(&self.current);
+    if current
+      .as_ref()
+      .is_some_and(|io| Arc::strong_count(io) == 1)
+    {
+      self.registered.store(false, Ordering::Release);
+      drop(current.take());
+    }
   }
 }
 
 /// What pending futures share: the socket, its readiness and the order of calls.
 pub(crate) struct Shared {
-  pub(crate) fd: OwnedFd,
+  pub(crate) fd: Arc<OwnedFd>,
   pub(crate) readable: Watch,
   writable: Watch,
   pub(crate) closed: watch::Sender<bool>,
@@ -219,9 +242,9 @@ pub(crate) struct Shared {
 impl Shared {
   fn new(fd: OwnedFd) -> Arc<Self> {
     Arc::new(Self {
-      fd,
-      readable: Watch::new(Interest::READABLE),
-      writable: Watch::new(Interest::WRITABLE),
+      fd: Arc::new(fd),
+      readable: Watch::new(Interest::READABLE, false),
+      writable: Watch::new(Interest::WRITABLE, true),
       closed: watch::Sender::new(false),
       reads: Turnstile::new(),
       writes: Turnstile::new(),
@@ -276,7 +299,7 @@ impl Shared {
     // Allocated once data is ready (inside the closure), so a waiting read holds no buffer.
     let mut data = Vec::new();
     queues.wait_for_room().await;
-    let io = self.readable.acquire(self.fd.as_fd())?;
+    let io = self.readable.acquire(&self.fd)?;
     loop {
       let result = io
         .async_io(Interest::READABLE, |fd| {
@@ -301,7 +324,7 @@ impl Shared {
   /// Writes every byte; `fds` ride on the first `sendmsg` and are closed once it
   /// succeeded (the kernel holds its own references) or the write failed.
   async fn write_all(&self, data: &[u8], mut fds: Vec<OwnedFd>, mut sent: usize) -> Result<u32> {
-    let io = self.writable.acquire(self.fd.as_fd())?;
+    let io = self.writable.acquire(&self.fd)?;
     while sent < data.len() {
       let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
       let result = io

@@ -156,7 +156,7 @@ async fn pump(
   let mut chunk = CHUNK;
   // Registered for readability for as long as the reader runs (it is the one waiting);
   // a failure (no fd left for the registration's duplicate) ends the stream with it.
-  let io = match shared.readable.acquire(shared.fd.as_fd()) {
+  let io = match shared.readable.acquire(&shared.fd) {
     Ok(io) => io,
     Err(e) => return send(callback, Delivery::Failed(e)),
   };
