@@ -2,8 +2,10 @@
 //! fd-queue: pass open file descriptors between processes over Unix domain sockets.
 //!
 //! `scm_rights` does the syscalls, `queue` owns the fds in flight, `socket` makes the
-//! sockets, `blocking` and `nonblocking` export the
-//! synchronous and the tokio-driven classes, `turnstile` keeps async calls in order, `error` shapes errors for Node.
+//! sockets, `blocking` and `nonblocking` export the synchronous and the tokio-driven
+//! classes, `push` feeds the stream wrappers, `staged` holds the fds an `FdSocket` has yet
+//! to send, `fast` exposes the per-message calls on handles, `turnstile` keeps async calls
+//! in order, and `error` shapes errors for Node.
 
 mod blocking;
 mod credentials;
