@@ -970,3 +970,38 @@ test.serial(
     t.is(openFds(), before)
   },
 )
+
+test.serial(
+  "a read's fds are the first dequeued after it resolves, even when a later read found data at once meanwhile",
+  async (t) => {
+    const dir = tmpDir('fdq-turn-')
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+    const [x, y] = ['file X', 'file Y'].map((text, i) => tmpFile(text, dir, `f${i}`))
+    const [a, b] = AsyncUnixStream.pair()
+    t.teardown(() => {
+      a.close()
+      b.close()
+    })
+    const first = b.read()
+    enqueueFile(a, x)
+    void a.write('A')
+    // Keep the JS thread busy: the first read's result is ready but not handed over yet.
+    const until = Date.now() + 50
+    while (Date.now() < until);
+    enqueueFile(a, y)
+    void a.write('B')
+    const second = b.read()
+    t.is((await withTimeout(first, T, 'first read')).toString(), 'A')
+    const [fromFirst] = takeAll(t, b)
+    t.is(fromFirst === undefined ? 'nothing' : readAt(fromFirst), 'file X', 'the first read brought X')
+    t.is((await withTimeout(second, T, 'second read')).toString(), 'B')
+    const [fromSecond] = takeAll(t, b)
+    t.is(fromSecond === undefined ? 'nothing' : readAt(fromSecond), 'file Y', 'the second read brought Y')
+  },
+)
+
+function takeAll(t: ExecutionContext, stream: AsyncUnixStream): number[] {
+  const fds = dequeueAll(stream)
+  t.teardown(() => closeAll(fds))
+  return fds
+}

@@ -929,41 +929,72 @@ test.serial(
   },
 )
 
-test.serial('FdSocket: fds carried over an empty write count toward the 253 of the chunk they ride on', async (t) => {
-  // SPEC 3: an fd rides on the first NON-EMPTY chunk written after enqueue; SPEC 5: one
-  // write carries at most 253, and one more enqueue throws QueueFullError, changing nothing.
-  const [raw, peer] = AsyncUnixStream.pair()
-  cleanup(t, peer)
-  const socket = FdSocket.from(raw)
-  cleanup(t, socket)
-  const errors: unknown[] = []
-  socket.on('error', (e) => errors.push(e))
-  const file = tmpFile('carried-over')
-  for (let i = 0; i < 200; i++) enqueueFile(socket, file)
-  socket.write(Buffer.alloc(0))
-  let thrownAt = -1
-  for (let i = 0; i < 100; i++) {
-    try {
-      enqueueFile(socket, file)
-    } catch (error) {
-      thrownAt = 200 + i
-      t.is(codeOf(error), 'ERR_FD_QUEUE_FULL')
-      break
-    }
-  }
-  t.is(thrownAt, 253, 'the enqueue that would make 254 fds on the next chunk throws')
-  socket.write('x')
-  const got = await withTimeout(
-    Promise.race([read(peer), onceEvent(socket, 'close', T).then(() => Buffer.from('<socket closed>'))]),
-    T,
-    'the chunk or the socket closing',
+const emptyWrites: Array<[string, (socket: FdSocket) => void]> = [
+  ['an empty Buffer', (socket) => socket.write(Buffer.alloc(0))],
+  ['a string that decodes to no bytes', (socket) => socket.write('zz', 'hex')],
+]
+for (const [kind, writeEmpty] of emptyWrites) {
+  test.serial(
+    `FdSocket: fds carried over an empty write (${kind}) count toward the 253 of the chunk they ride on`,
+    async (t) => {
+      // SPEC 3: an fd rides on the first NON-EMPTY chunk written after enqueue; SPEC 5: one
+      // write carries at most 253, and one more enqueue throws QueueFullError, changing nothing.
+      const [raw, peer] = AsyncUnixStream.pair()
+      cleanup(t, peer)
+      const socket = FdSocket.from(raw)
+      cleanup(t, socket)
+      const errors: unknown[] = []
+      socket.on('error', (e) => errors.push(e))
+      const file = tmpFile('carried-over')
+      for (let i = 0; i < 200; i++) enqueueFile(socket, file)
+      writeEmpty(socket)
+      let thrownAt = -1
+      for (let i = 0; i < 100; i++) {
+        try {
+          enqueueFile(socket, file)
+        } catch (error) {
+          thrownAt = 200 + i
+          t.is(codeOf(error), 'ERR_FD_QUEUE_FULL')
+          break
+        }
+      }
+      t.is(thrownAt, 253, 'the enqueue that would make 254 fds on the next chunk throws')
+      socket.write('x')
+      const got = await withTimeout(
+        Promise.race([read(peer), onceEvent(socket, 'close', T).then(() => Buffer.from('<socket closed>'))]),
+        T,
+        'the chunk or the socket closing',
+      )
+      t.is(got.toString(), 'x')
+      t.deepEqual(errors, [], 'the socket was not destroyed')
+      const fds = takeFds(t, peer)
+      t.is(fds.length, 253)
+      t.true(fds.every((fd) => readAt(fd) === 'carried-over'))
+    },
   )
-  t.is(got.toString(), 'x')
-  t.deepEqual(errors, [], 'the socket was not destroyed')
-  const fds = takeFds(t, peer)
-  t.is(fds.length, 253)
-  t.true(fds.every((fd) => readAt(fd) === 'carried-over'))
-})
+}
+
+test.serial(
+  'write() of an empty chunk does not report fds that only a later chunk can carry; they go with it',
+  async (t) => {
+    const [a, b] = FdSocket.pair({ maxQueuedFds: 2 })
+    cleanup(t, a, b)
+    const got = new Promise<{ text: string; fds: number[] }>((resolve) =>
+      b.once('data', (chunk: Buffer) => resolve({ text: chunk.toString(), fds: takeFds(t, b) })),
+    )
+    const file = tmpFile('rides later')
+    enqueueFile(a, file)
+    enqueueFile(a, file)
+    t.true(a.write(Buffer.alloc(0)), 'nothing waits in the write buffer: no drain is owed')
+    t.is(a.queuedOutboundFds, 2)
+    a.write('x')
+    const { text, fds } = await withTimeout(got, T, 'the chunk that carries them')
+    t.is(text, 'x')
+    t.is(fds.length, 2)
+    t.true(fds.every((fd) => readAt(fd) === 'rides later'))
+    t.is(a.queuedOutboundFds, 0)
+  },
+)
 
 test.serial('FdSocket reading pauses at maxQueuedFds and resumes on dequeue; all 10 fds arrive', async (t) => {
   const [raw, peer] = AsyncUnixStream.pair()

@@ -40,7 +40,16 @@ import {
   tmpSocketPath,
   type Fifo,
 } from './helpers.js'
-import { codeOf, dequeueAll, onceEvent, rejection, sleep, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+import {
+  codeOf,
+  dequeueAll,
+  onceEvent,
+  readToEnd,
+  rejection,
+  sleep,
+  warmedUpFdBaseline,
+  withTimeout,
+} from './async-helpers.js'
 import { killDrivers, setSocketBuffers, startAsUser, startDriver, type Driver } from './fixtures/driver.js'
 
 const ERRNO = os.constants.errno
@@ -907,6 +916,42 @@ for (const mode of ['async', 'fdsocket'] as const) {
         t.deepEqual(report.second.contents, ['later a', 'later b', 'later c'])
         if (mode === 'fdsocket') t.deepEqual(report.fdsEvents, arrived > 0 ? [arrived, 3] : [3])
         t.is(report.eof, 0)
+      } finally {
+        child.child.kill('SIGKILL')
+        listener.close()
+      }
+      t.is(await settledOpenFds(), baseline)
+    },
+  )
+}
+
+// ---- a writer at its open-file limit -------------------------------------------------------
+
+for (const mode of ['async', 'fdsocket'] as const) {
+  test.serial(
+    `${mode === 'async' ? 'AsyncUnixStream' : 'FdSocket'} with a full fd table: a write that must wait for the reader still completes, every byte in order`,
+    async (t) => {
+      const SIZE = 4 << 20
+      const sock = tmpSocketPath()
+      const listener = AsyncUnixListener.bind(sock)
+      const child = startFixture('full-table-writer', [mode, sock, String(SIZE)], { ulimit: 64 })
+      try {
+        const stream = await withTimeout(listener.accept(), 15_000, 'accept')
+        listener.close()
+        await child.waitForLine(/"filled"/)
+        // Let the write fill the socket and wait, with no fd left to wait with.
+        await sleep(200)
+        const { data: got } = await withTimeout(readToEnd(stream), 30_000, 'reading the write')
+        stream.close()
+        const result = await withTimeout(child.done, 15_000, 'child exit')
+        t.is(result.code, 0, result.stderr + result.stdout)
+        const report = lastJson(result)
+        t.true(report.tableFull, 'the fd table really was full')
+        t.is(report.written, SIZE)
+        t.is(got.length, SIZE)
+        let wrong = 0
+        for (let i = 0; i < got.length; i++) if (got[i] !== i % 251) wrong++
+        t.is(wrong, 0, 'every byte in order')
       } finally {
         child.child.kill('SIGKILL')
         listener.close()

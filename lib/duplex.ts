@@ -237,15 +237,25 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   override write(chunk: any, cb?: (error: Error | null | undefined) => void): boolean
   override write(chunk: any, encoding: BufferEncoding, cb?: (error: Error | null | undefined) => void): boolean
   override write(chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+    // The bytes this call added to the buffer (a string counts once decoded): only a
+    // non-empty chunk carries the fds staged for it.
+    const before = this.writableLength
     const ok = super.write(chunk, encoding as BufferEncoding, cb as Callback)
-    const length = (chunk as { length?: unknown } | null)?.length
-    if (typeof length === 'number' && length > 0) this.#ridingNext = 0
+    if (this.writableLength > before) this.#ridingNext = 0
     this.#writeCalls++
-    if (ok && this.#stagedCount + this.#sendingCount >= this.#maxQueuedFds) {
+    if (ok && this.#bufferedFds() >= this.#maxQueuedFds) {
       this.#owesDrain = true
       return false
     }
     return ok
+  }
+
+  /**
+   * Fds that wait in the write buffer: those of chunks already written (not those waiting
+   * for the next non-empty chunk, which no `drain` could release) and of a send in progress.
+   */
+  #bufferedFds(): number {
+    return this.#stagedCount - this.#ridingNext + this.#sendingCount
   }
 
   override end(cb?: () => void): this
@@ -269,7 +279,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** Emits the `drain` that `write()` promised when buffered fds went below the bound. */
   #settleDrain(): void {
-    if (this.#owesDrain && this.#stagedCount + this.#sendingCount < this.#maxQueuedFds) {
+    if (this.#owesDrain && this.#bufferedFds() < this.#maxQueuedFds) {
       this.#owesDrain = false
       if (!this.writableNeedDrain) process.nextTick(() => this.emit('drain'))
     }
@@ -328,11 +338,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     try {
       written = binding.sendStaged(this.#staged, handle, data, new Uint32Array(cuts))
     } catch (error) {
+      // The socket is destroyed by this error; what was staged goes with it.
+      this.#releaseStaged()
       return cb(shapeError(error) as Error)
     }
     if (typeof written === 'number') {
-      this.#settleDrain()
       process.nextTick(cb)
+      this.#settleDrain()
       return
     }
     // The rest goes out once the socket has room; its fds still count as buffered.

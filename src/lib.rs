@@ -10,6 +10,9 @@
 mod blocking;
 mod credentials;
 mod error;
+// napi-derive registers free functions with Node only outside `cargo test`, so a test
+// build calls none of them.
+#[cfg_attr(test, allow(dead_code))]
 mod fast;
 mod fd_info;
 mod nonblocking;
@@ -30,6 +33,7 @@ fn init_runtime() {
     .worker_threads(1)
     .thread_name("fd-queue-io")
     .enable_io()
+    .enable_time()
     .build();
   // Without a runtime of our own, napi-rs starts its default one.
   if let Ok(runtime) = runtime {

@@ -193,19 +193,24 @@ impl Watch {
 
   /// The registration, made now if there is none. Hold it while waiting. It must be
   /// called on tokio's workers (inside a future), where the reactor is reachable.
-  pub(crate) fn acquire(&self, fd: &Arc<OwnedFd>) -> Result<Arc<AsyncFd<Registered>>> {
+  pub(crate) fn acquire(
+    &self,
+    fd: &Arc<OwnedFd>,
+  ) -> std::result::Result<Arc<AsyncFd<Registered>>, Acquire> {
     let mut current = lock(&self.current);
     if let Some(io) = current.as_ref() {
       return Ok(Arc::clone(io));
     }
     let fd = if self.duplicate {
-      let duplicate =
-        scm_rights::dup_cloexec(fd.as_raw_fd()).map_err(|e| error::sys(e, "fcntl"))?;
-      Arc::new(duplicate)
+      match scm_rights::dup_cloexec(fd.as_raw_fd()) {
+        Ok(duplicate) => Arc::new(duplicate),
+        Err(Errno::EMFILE | Errno::ENFILE) => return Err(Acquire::NoFdLeft),
+        Err(e) => return Err(Acquire::Failed(error::sys(e, "fcntl"))),
+      }
     } else {
       Arc::clone(fd)
     };
-    let io = Arc::new(register(Registered(fd), self.interest)?);
+    let io = Arc::new(register(Registered(fd), self.interest).map_err(Acquire::Failed)?);
     *current = Some(Arc::clone(&io));
     self.registered.store(true, Ordering::Release);
     Ok(io)
@@ -225,6 +230,22 @@ impl Watch {
     {
       self.registered.store(false, Ordering::Release);
       drop(current.take());
+    }
+  }
+}
+
+/// Why `Watch::acquire` gave no registration.
+pub(crate) enum Acquire {
+  /// The duplicate a write registration needs could not be made: no fd left.
+  NoFdLeft,
+  Failed(error::Error),
+}
+
+impl From<Acquire> for error::Error {
+  fn from(e: Acquire) -> Self {
+    match e {
+      Acquire::NoFdLeft => error::sys(Errno::EMFILE, "fcntl"),
+      Acquire::Failed(e) => e,
     }
   }
 }
@@ -299,7 +320,10 @@ impl Shared {
     // Allocated once data is ready (inside the closure), so a waiting read holds no buffer.
     let mut data = Vec::new();
     queues.wait_for_room().await;
-    let io = self.readable.acquire(&self.fd)?;
+    let io = self
+      .readable
+      .acquire(&self.fd)
+      .map_err(error::Error::from)?;
     loop {
       let result = io
         .async_io(Interest::READABLE, |fd| {
@@ -323,21 +347,38 @@ impl Shared {
 
   /// Writes every byte; `fds` ride on the first `sendmsg` and are closed once it
   /// succeeded (the kernel holds its own references) or the write failed.
+  ///
+  /// It tries at once first (an earlier write may have made room by now) and registers
+  /// for writability only when the socket is full. If no fd is left for that registration
+  /// (the process is at its open-file limit), it polls instead, backing off up to 16 ms.
   async fn write_all(&self, data: &[u8], mut fds: Vec<OwnedFd>, mut sent: usize) -> Result<u32> {
-    let io = self.writable.acquire(&self.fd)?;
+    let mut registered: Option<Arc<AsyncFd<Registered>>> = None;
+    let mut backoff = Duration::from_millis(1);
     while sent < data.len() {
       let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-      let result = io
-        .async_io(Interest::WRITABLE, |fd| {
-          scm_rights::send_with_fds(fd.as_fd(), &data[sent..], &raw, true).map_err(io::Error::from)
-        })
-        .await;
+      let send = |fd: BorrowedFd<'_>| {
+        scm_rights::send_with_fds(fd, &data[sent..], &raw, true).map_err(io::Error::from)
+      };
+      let result = match &registered {
+        Some(io) => io.async_io(Interest::WRITABLE, |fd| send(fd.as_fd())).await,
+        None => send(self.fd.as_fd()),
+      };
       match result {
         Ok(n) => {
           scm_rights::close_all(std::mem::take(&mut fds));
           sent += n;
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && registered.is_none() => {
+          match self.writable.acquire(&self.fd) {
+            Ok(io) => registered = Some(io),
+            Err(Acquire::NoFdLeft) => {
+              tokio::time::sleep(backoff).await;
+              backoff = (backoff * 2).min(Duration::from_millis(16));
+            }
+            Err(Acquire::Failed(e)) => return Err(e),
+          }
+        }
         Err(e) => return Err(error::sys(errno_of(&e), "sendmsg")),
       }
     }
@@ -409,9 +450,9 @@ impl StreamCore {
     lock(&self.shared).clone().ok_or_else(error::closed)
   }
 
-  /// The fds waiting in the outbound queue (they ride on the next write).
-  pub(crate) fn take_outbound(&self) -> Vec<OwnedFd> {
-    lock(&self.queues.outbound).take()
+  /// The outbound queue: fds that ride on the next write.
+  pub(crate) fn outbound(&self) -> &Mutex<OutboundQueue> {
+    &self.queues.outbound
   }
 
   /// Sends `data` as `messages` (each from its `start` to the next one's, with its fds on
@@ -546,12 +587,14 @@ impl StreamCore {
       drop(shared);
       outcome.map_err(rejection)
     };
-    AsyncBlockBuilder::build_with_map(env, future, move |_env, (data, received)| {
+    AsyncBlockBuilder::build_with_map(env, future, move |_env, (data, received, ticket)| {
       if queues.closed.load(Ordering::Acquire) {
         // Closed while the result travelled: the fds are dropped (closed) here.
         return Err(rejection(error::closed()));
       }
       lock(&queues.inbound).receive(received.fds, received.truncated);
+      // Only now may the next read go: its fds must queue behind these.
+      drop(ticket);
       Ok(Buffer::from(data))
     })
     .map(Either::B)
@@ -763,16 +806,18 @@ impl Drop for AsyncUnixStream {
   }
 }
 
+/// A read in its turn. The turn is handed back with the result and ends on the JS thread,
+/// once the fds it brought are in the inbound queue: a read called meanwhile (which may
+/// `recvmsg` at once) must not queue its fds first.
 async fn read_in_turn(
   shared: &Shared,
   queues: &Queues,
   ticket: Ticket,
   size: usize,
-) -> Result<(Vec<u8>, Received)> {
+) -> Result<(Vec<u8>, Received, Ticket)> {
   ticket.turn().await;
-  let result = shared.read(queues, size).await;
-  drop(ticket);
-  result
+  let (data, received) = shared.read(queues, size).await?;
+  Ok((data, received, ticket))
 }
 
 fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {

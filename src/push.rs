@@ -154,11 +154,10 @@ async fn pump(
   credits: Arc<Semaphore>,
 ) {
   let mut chunk = CHUNK;
-  // Registered for readability for as long as the reader runs (it is the one waiting);
-  // a failure (no fd left for the registration's duplicate) ends the stream with it.
+  // Registered for readability for as long as the reader runs (it is the one waiting).
   let io = match shared.readable.acquire(&shared.fd) {
     Ok(io) => io,
-    Err(e) => return send(callback, Delivery::Failed(e)),
+    Err(e) => return send(callback, Delivery::Failed(e.into())),
   };
   loop {
     if wanted.wait_for(|w| *w).await.is_err() {

@@ -12,6 +12,7 @@ use napi_derive::napi;
 use crate::error::{self, Result};
 use crate::fast::StreamHandle;
 use crate::nonblocking::{lock, rejection, Message, StreamCore};
+use crate::queue::OutboundQueue;
 use crate::scm_rights::{self, SCM_MAX_FD};
 
 /// Staged duplicates, oldest first. One per socket (not per fd), held by the socket as
@@ -22,12 +23,14 @@ pub struct StagedFds {
 }
 
 /// A new, empty set of staged fds.
+#[cfg_attr(test, allow(dead_code))]
 #[napi(ts_return_type = "ExternalObject<'StagedFds'>")]
 pub fn staged_fds() -> External<StagedFds> {
   External::new(StagedFds::default())
 }
 
 /// Duplicates `fd` (close-on-exec) behind the fds already staged.
+#[cfg_attr(test, allow(dead_code))]
 #[napi(ts_args_type = "staged: ExternalObject<'StagedFds'>, fd: number")]
 pub fn stage_fd(staged: &External<StagedFds>, fd: i32) -> Result<()> {
   let duplicate = scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
@@ -36,6 +39,7 @@ pub fn stage_fd(staged: &External<StagedFds>, fd: i32) -> Result<()> {
 }
 
 /// Closes every staged fd.
+#[cfg_attr(test, allow(dead_code))]
 #[napi(ts_args_type = "staged: ExternalObject<'StagedFds'>")]
 pub fn clear_staged(staged: &External<StagedFds>) {
   lock(&staged.fds).clear();
@@ -45,6 +49,7 @@ pub fn clear_staged(staged: &External<StagedFds>) {
 /// `(offset, count)`, offsets ascending: the next `count` staged fds ride on the byte at
 /// `offset`, which starts a `sendmsg` of its own. Fds still in the stream's outbound queue
 /// ride on the first byte. Returns (or resolves with) the byte count.
+#[cfg_attr(test, allow(dead_code))]
 #[napi(
   ts_args_type = "staged: ExternalObject<'StagedFds'>, stream: ExternalObject<'StreamCore'>, data: Uint8Array, cuts: Uint32Array",
   ts_return_type = "number | Promise<number>"
@@ -58,34 +63,49 @@ pub fn send_staged(
 ) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
   let shared = stream.shared().map_err(rejection)?;
   let messages = staged
-    .messages(stream, data.len(), cuts)
-    .map_err(rejection)?;
+    .messages(stream.outbound(), data.len(), cuts)
+    .map_err(|refused| rejection(refused.into()))?;
   StreamCore::send_messages(env, shared, data, messages)
 }
 
 impl StagedFds {
   /// Splits a write of `len` bytes at `cuts`, taking the staged fds each part carries.
   /// Checks the cuts before taking anything, so a bad call loses no fd.
-  fn messages(&self, stream: &StreamCore, len: usize, cuts: &[u32]) -> Result<Vec<Message>> {
+  fn messages(
+    &self,
+    outbound: &Mutex<OutboundQueue>,
+    len: usize,
+    cuts: &[u32],
+  ) -> std::result::Result<Vec<Message>, Refused> {
     let mut staged = lock(&self.fds);
     let mut needed = 0usize;
     let mut previous = None;
     for pair in cuts.chunks(2) {
       let &[offset, count] = pair else {
-        return Err(bad_cuts("an odd number of entries"));
+        return Err(Refused::BadCuts("an odd number of entries"));
       };
       let offset = offset as usize;
       if offset >= len || previous.is_some_and(|p| offset <= p) {
-        return Err(bad_cuts("offsets out of order or past the data"));
+        return Err(Refused::BadCuts("offsets out of order or past the data"));
       }
       if count == 0 || count as usize > SCM_MAX_FD {
-        return Err(bad_cuts("a count outside 1..=253"));
+        return Err(Refused::BadCuts("a count outside 1..=253"));
       }
       previous = Some(offset);
       needed += count as usize;
     }
     if needed > staged.len() {
-      return Err(bad_cuts("more fds than are staged"));
+      return Err(Refused::BadCuts("more fds than are staged"));
+    }
+    // Fds left in the stream's own outbound queue ride on the first byte too.
+    let waiting = if len > 0 { lock(outbound).len() } else { 0 };
+    let on_first_byte = if cuts.first() == Some(&0) {
+      cuts[1] as usize
+    } else {
+      0
+    };
+    if waiting > 0 && on_first_byte + waiting > SCM_MAX_FD {
+      return Err(Refused::TooManyFds);
     }
     let mut messages = Vec::with_capacity(cuts.len() / 2 + 1);
     if cuts.first().is_none_or(|&offset| offset > 0) {
@@ -102,17 +122,9 @@ impl StagedFds {
       });
     }
     // Nothing is sent for an empty write, so the outbound fds wait for the next one.
-    let outbound = if len > 0 {
-      stream.take_outbound()
-    } else {
-      Vec::new()
-    };
-    if !outbound.is_empty() {
+    if waiting > 0 {
       if let Some(first) = messages.first_mut() {
-        if first.fds.len() + outbound.len() > SCM_MAX_FD {
-          return Err(error::outbound_full());
-        }
-        let mut fds = outbound;
+        let mut fds = lock(outbound).take();
         fds.append(&mut first.fds);
         first.fds = fds;
       }
@@ -121,6 +133,107 @@ impl StagedFds {
   }
 }
 
-fn bad_cuts(what: &str) -> error::Error {
-  error::coded("ERR_INTERNAL", format!("staged fds: {what}"))
+/// Why a write was not split: nothing was taken when this is returned.
+#[derive(Debug)]
+enum Refused {
+  /// The TypeScript layer's bookkeeping and the staged fds disagree (a bug).
+  BadCuts(&'static str),
+  /// More than 253 fds would ride on the first byte.
+  TooManyFds,
+}
+
+impl From<Refused> for error::Error {
+  fn from(refused: Refused) -> Self {
+    match refused {
+      Refused::BadCuts(what) => error::coded("ERR_INTERNAL", format!("staged fds: {what}")),
+      Refused::TooManyFds => error::outbound_full(),
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use std::os::fd::{AsRawFd, OwnedFd};
+
+  /// An fd to duplicate, an outbound queue, and `count` staged duplicates.
+  fn setup(count: usize) -> (OwnedFd, Mutex<OutboundQueue>, StagedFds) {
+    let (fd, _) = std::io::pipe()
+      .map(|(r, w)| (OwnedFd::from(r), w))
+      .expect("pipe");
+    let staged = StagedFds::default();
+    for _ in 0..count {
+      lock(&staged.fds).push_back(scm_rights::dup_cloexec(fd.as_raw_fd()).expect("dup"));
+    }
+    (fd, Mutex::default(), staged)
+  }
+
+  fn queue(outbound: &Mutex<OutboundQueue>, fd: &OwnedFd, count: usize) {
+    for _ in 0..count {
+      let duplicate = scm_rights::dup_cloexec(fd.as_raw_fd()).expect("dup");
+      assert!(lock(outbound).enqueue(duplicate).is_ok());
+    }
+  }
+
+  fn shape(messages: &[Message]) -> Vec<(usize, usize)> {
+    messages.iter().map(|m| (m.start, m.fds.len())).collect()
+  }
+
+  #[test]
+  fn cuts_split_a_write_and_take_the_staged_fds_in_order() {
+    let (_fd, outbound, staged) = setup(5);
+    let first = lock(&staged.fds)[0].as_raw_fd();
+    let messages = staged
+      .messages(&outbound, 10, &[4, 2, 7, 3])
+      .expect("messages");
+    assert_eq!(shape(&messages), vec![(0, 0), (4, 2), (7, 3)]);
+    assert_eq!(
+      messages[1].fds[0].as_raw_fd(),
+      first,
+      "oldest staged fd first"
+    );
+    assert_eq!(lock(&staged.fds).len(), 0);
+  }
+
+  #[test]
+  fn bad_cuts_are_refused_before_any_fd_is_taken() {
+    let (_fd, outbound, staged) = setup(5);
+    let bad: [&[u32]; 6] = [
+      &[1],
+      &[3, 1, 2, 1],
+      &[3, 1, 3, 1],
+      &[10, 1],
+      &[0, 0],
+      &[0, 6],
+    ];
+    for cuts in bad {
+      assert!(
+        staged.messages(&outbound, 10, cuts).is_err(),
+        "cuts {cuts:?}"
+      );
+      assert_eq!(lock(&staged.fds).len(), 5, "cuts {cuts:?} took fds");
+    }
+  }
+
+  #[test]
+  fn fds_left_in_the_outbound_queue_ride_on_the_first_byte() {
+    let (fd, outbound, staged) = setup(1);
+    queue(&outbound, &fd, 2);
+    let messages = staged.messages(&outbound, 3, &[0, 1]).expect("messages");
+    assert_eq!(shape(&messages), vec![(0, 3)]);
+    assert_eq!(lock(&outbound).len(), 0);
+  }
+
+  #[test]
+  fn more_than_253_on_the_first_byte_is_refused_and_nothing_is_taken() {
+    let (fd, outbound, staged) = setup(200);
+    queue(&outbound, &fd, 60);
+    assert!(staged.messages(&outbound, 3, &[0, 200]).is_err());
+    assert_eq!(lock(&staged.fds).len(), 200);
+    assert_eq!(lock(&outbound).len(), 60);
+    // An empty write takes nothing either: the outbound fds wait for the next one.
+    let messages = staged.messages(&outbound, 0, &[]).expect("messages");
+    assert_eq!(shape(&messages), vec![(0, 0)]);
+    assert_eq!(lock(&outbound).len(), 60);
+  }
 }
