@@ -71,6 +71,15 @@ function cleanup(t: ExecutionContext, ...things: Array<FdSocket | FdServer | Asy
   })
 }
 
+/** An FdSocket wrapping one end of an AsyncUnixStream pair, and the other end to read it with. */
+function socketAndPeer(t: ExecutionContext): { socket: FdSocket; peer: AsyncUnixStream } {
+  const [a, peer] = AsyncUnixStream.pair()
+  cleanup(t, peer)
+  const socket = FdSocket.from(a)
+  cleanup(t, socket)
+  return { socket, peer }
+}
+
 function closed(socket: FdSocket): Promise<void> {
   if (socket.closed) return Promise.resolve()
   return withTimeout(new Promise<void>((resolve) => socket.once('close', () => resolve())), T, 'socket close')
@@ -265,10 +274,7 @@ test.serial(
 test.serial(
   'ordering: fds enqueued while 100+ earlier chunks are still buffered ride on the chunk after them',
   async (t) => {
-    const [a, b] = AsyncUnixStream.pair()
-    cleanup(t, b)
-    const socket = FdSocket.from(a)
-    cleanup(t, socket)
+    const { socket, peer: b } = socketAndPeer(t)
     const SIZE = 32 * 1024
     const plan = orderingPlan(150, () => SIZE)
     t.teardown(plan.remove)
@@ -288,10 +294,7 @@ test.serial(
 test.serial(
   'ordering: a burst of 400 small chunks, fds and empty writes on a connected socket goes out in batches, each fd on its chunk',
   async (t) => {
-    const [a, b] = AsyncUnixStream.pair()
-    cleanup(t, b)
-    const socket = FdSocket.from(a)
-    cleanup(t, socket)
+    const { socket, peer: b } = socketAndPeer(t)
     const plan = orderingPlan(400, (i) => 5 + (i % 8))
     t.teardown(plan.remove)
     const emptyBefore = new Set([7, 123, 311])
@@ -900,10 +903,7 @@ test.serial('a socket nobody reads still ends and closes once its peer is gone (
 test.serial(
   'FdSocket: 253 fds ride on one chunk; the 254th enqueue for that chunk throws QueueFullError',
   async (t) => {
-    const [raw, peer] = AsyncUnixStream.pair()
-    cleanup(t, peer)
-    const socket = FdSocket.from(raw)
-    cleanup(t, socket)
+    const { socket, peer } = socketAndPeer(t)
     const set = fileSet(254, 'fds253-')
     t.teardown(set.remove)
     for (let i = 0; i < 253; i++) enqueueFile(socket, set.files[i])
@@ -939,10 +939,7 @@ for (const [kind, writeEmpty] of emptyWrites) {
     async (t) => {
       // SPEC 3: an fd rides on the first NON-EMPTY chunk written after enqueue; SPEC 5: one
       // write carries at most 253, and one more enqueue throws QueueFullError, changing nothing.
-      const [raw, peer] = AsyncUnixStream.pair()
-      cleanup(t, peer)
-      const socket = FdSocket.from(raw)
-      cleanup(t, socket)
+      const { socket, peer } = socketAndPeer(t)
       const errors: unknown[] = []
       socket.on('error', (e) => errors.push(e))
       const file = tmpFile('carried-over')
