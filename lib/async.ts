@@ -1,8 +1,8 @@
 /** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
 import { binding, WRAP, type Native } from './binding.js'
-import { illegalConstructor, native, nativeAsync, shapeError } from './errors.js'
-import { toBytes, toFd, validateHow, validatePath, validateReadSize } from './args.js'
-import type { FdLike, ShutdownHow } from './interfaces.js'
+import { illegalConstructor, native, nativeAsync } from './errors.js'
+import { toBytes, validateHow, validatePath, validateReadSize } from './args.js'
+import type { ShutdownHow } from './interfaces.js'
 import { QueuedStream } from './queued.js'
 
 const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
@@ -44,21 +44,14 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     )
   }
 
-  override enqueue(fd: FdLike): void {
-    const raw = toFd(fd)
-    try {
-      binding.streamEnqueue(this.#handle, raw)
-    } catch (error) {
-      throw shapeError(error)
-    }
+  /** @internal */
+  protected enqueueRaw(fd: number): void {
+    binding.streamEnqueue(this.#handle, fd)
   }
 
-  override dequeue(): number | null {
-    try {
-      return binding.streamDequeue(this.#handle)
-    } catch (error) {
-      throw shapeError(error)
-    }
+  /** @internal */
+  protected dequeueRaw(): number | null {
+    return binding.streamDequeue(this.#handle)
   }
 
   /**

@@ -17,6 +17,16 @@ export class UnixStream extends QueuedStream<Native.NativeUnixStream> {
     super(inner)
   }
 
+  /** @internal */
+  protected enqueueRaw(fd: number): void {
+    this.inner.enqueue(fd)
+  }
+
+  /** @internal */
+  protected dequeueRaw(): number | null {
+    return this.inner.dequeue()
+  }
+
   /** Two connected streams. */
   static pair(): [UnixStream, UnixStream] {
     const [a, b] = native(() => binding.NativeUnixStream.pair())

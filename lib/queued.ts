@@ -1,6 +1,6 @@
 /** What the blocking and the async stream classes share: the fd, both queues, the peer. */
 import { peerCredentialsOf, type Native, type PeerCredentials } from './binding.js'
-import { native } from './errors.js'
+import { native, shapeError } from './errors.js'
 import { toFd, validateMaxQueuedFds } from './args.js'
 import type { DequeueFd, EnqueueFd, FdLike } from './interfaces.js'
 
@@ -8,8 +8,6 @@ import type { DequeueFd, EnqueueFd, FdLike } from './interfaces.js'
 interface NativeQueuedStream {
   readonly fd: number
   maxQueuedFds: number
-  enqueue(fd: number): void
-  dequeue(): number | null
   peerCredentials(): Native.PeerCredentials
   close(): void
 }
@@ -44,12 +42,26 @@ export abstract class QueuedStream<N extends NativeQueuedStream> implements Enqu
 
   enqueue(fd: FdLike): void {
     const raw = toFd(fd)
-    native(() => this.inner.enqueue(raw))
+    try {
+      this.enqueueRaw(raw)
+    } catch (error) {
+      throw shapeError(error)
+    }
   }
 
   dequeue(): number | null {
-    return native(() => this.inner.dequeue())
+    try {
+      return this.dequeueRaw()
+    } catch (error) {
+      throw shapeError(error)
+    }
   }
+
+  /** @internal The native enqueue of an fd number already checked. */
+  protected abstract enqueueRaw(fd: number): void
+
+  /** @internal The native dequeue. */
+  protected abstract dequeueRaw(): number | null
 
   /**
    * The peer process's `pid`, `uid` and `gid` as the kernel recorded them when it

@@ -672,19 +672,6 @@ impl AsyncUnixStream {
     self.queues.room.notify_waiters();
   }
 
-  /// Duplicates `fd` (close-on-exec) into the outbound queue; it rides on the next
-  /// `write` called after this.
-  #[napi]
-  pub fn enqueue(&self, fd: i32) -> Result<()> {
-    self.core.enqueue(fd)
-  }
-
-  /// The oldest received fd, now the caller's to close; `null` when none is waiting.
-  #[napi]
-  pub fn dequeue(&self) -> Result<Option<i32>> {
-    self.core.dequeue()
-  }
-
   /// The peer's pid, uid and gid, as the kernel recorded them at connect time.
   #[napi]
   pub fn peer_credentials(&self) -> Result<PeerCredentials> {
@@ -701,23 +688,6 @@ impl AsyncUnixStream {
   #[napi(getter)]
   pub fn queued_outbound(&self) -> u32 {
     lock(&self.queues.outbound).len() as u32
-  }
-
-  /// One `recvmsg` of at most `size` bytes, served after every earlier `read` (see
-  /// `StreamCore::read`).
-  #[napi(ts_return_type = "Buffer | Promise<Buffer>")]
-  pub fn read<'env>(
-    &self,
-    env: &'env Env,
-    size: u32,
-  ) -> napi::Result<Either<BufferSlice<'env>, AsyncBlock<Buffer>>> {
-    self.core.read(env, size)
-  }
-
-  /// Writes every byte of `data` after every earlier `write` (see `StreamCore::write`).
-  #[napi(ts_return_type = "number | Promise<number>")]
-  pub fn write(&self, env: &Env, data: &[u8]) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
-    self.core.write(env, data)
   }
 
   /// Shuts down one or both directions, after every earlier `write` went out.

@@ -103,17 +103,9 @@ impl Reader {
     self.apply_ref(env)
   }
 
-  #[allow(deprecated)] // napi-rs keeps refer/unref for exactly this: a handle that may idle.
   fn apply_ref(&mut self, env: &Env) -> napi::Result<()> {
     let keep_alive = self.referenced && *self.want.borrow();
-    if let Some(tsfn) = lock(&self.callback).as_mut() {
-      if keep_alive {
-        tsfn.refer(env)?;
-      } else {
-        tsfn.unref(env)?;
-      }
-    }
-    Ok(())
+    set_ref(&self.callback, env, keep_alive)
   }
 }
 
@@ -288,15 +280,25 @@ impl Acceptor {
   }
 
   /// `ref()`/`unref()` of the owning server.
-  #[allow(deprecated)] // napi-rs keeps refer/unref for exactly this: a handle that may idle.
   pub fn set_referenced(&self, env: &Env, referenced: bool) -> napi::Result<()> {
-    if let Some(tsfn) = lock(&self.callback).as_mut() {
-      if referenced {
-        tsfn.refer(env)?;
-      } else {
-        tsfn.unref(env)?;
-      }
-    }
-    Ok(())
+    set_ref(&self.callback, env, referenced)
   }
+}
+
+/// Whether a waiting threadsafe function keeps the event loop alive (a no-op once the
+/// task has released it).
+#[allow(deprecated)] // napi-rs keeps refer/unref for exactly this: a handle that may idle.
+fn set_ref<T: 'static, Args: 'static + napi::bindgen_prelude::JsValuesTupleIntoVec>(
+  callback: &Mutex<Option<ThreadsafeFunction<T, (), Args, Status, false>>>,
+  env: &Env,
+  keep_alive: bool,
+) -> napi::Result<()> {
+  if let Some(tsfn) = lock(callback).as_mut() {
+    if keep_alive {
+      tsfn.refer(env)?;
+    } else {
+      tsfn.unref(env)?;
+    }
+  }
+  Ok(())
 }
