@@ -17,7 +17,7 @@ export type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './lib/interfaces
 export type { PeerCredentials } from './lib/binding.js';
 export { QueueFullError, type CodedError, type SystemError } from './lib/errors.js';
 export { toFd } from './lib/args.js';
-export { fdInfo, toNetServer, toNetSocket, toReadStream, toWriteStream, type FdInfo, type FdKind, } from './lib/handles.js';
+export { closeFd, fdInfo, toNetServer, toNetSocket, toReadStream, toWriteStream, type FdInfo, type FdKind, } from './lib/handles.js';
 export { UnixListener, UnixStream } from './lib/blocking.js';
 export { AsyncUnixListener, AsyncUnixStream } from './lib/async.js';
 export { connect, createServer, FdServer, FdSocket, type FdServerOptions, type FdSocketOptions } from './lib/duplex.js';

@@ -18,6 +18,7 @@ export type { PeerCredentials } from './lib/binding.js'
 export { QueueFullError, type CodedError, type SystemError } from './lib/errors.js'
 export { toFd } from './lib/args.js'
 export {
+  closeFd,
   fdInfo,
   toNetServer,
   toNetSocket,

@@ -432,7 +432,7 @@ test.serial('bad arguments to every method of live objects: typed errors, nothin
     { name: 'toNetSocket(a regular file)', call: () => toNetSocket(readOnly), expect: wrongType },
     { name: 'toNetSocket(a listening socket)', call: () => toNetSocket(ul.fd), expect: wrongType },
     { name: 'toReadStream(a write-only fd)', call: () => toReadStream(writeOnly), expect: wrongType },
-    { name: 'toReadStream(a socket)', call: () => toReadStream(us1.fd), expect: wrongType },
+    { name: 'toReadStream(a listening socket)', call: () => toReadStream(ul.fd), expect: wrongType },
     { name: 'toWriteStream(a read-only fd)', call: () => toWriteStream(readOnly), expect: wrongType },
     { name: 'toWriteStream(a listening socket)', call: () => toWriteStream(al.fd), expect: wrongType },
     {

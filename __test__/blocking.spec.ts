@@ -842,3 +842,56 @@ test.serial('across processes: a child connects to our listener and receives fds
   stream.close()
   listener.close()
 })
+
+// ---------------------------------------------------------------------------------------
+// Timeouts on the calls that wait for another process (SPEC §3): a blocked worker thread
+// can always get out.
+// ---------------------------------------------------------------------------------------
+
+test('accept({ timeout }) throws ETIMEDOUT when nobody connects, loses nothing, and returns a connection that arrives in time', (t) => {
+  const sock = tmpSocketPath()
+  const listener = UnixListener.bind(sock)
+  const error = thrown(() => listener.accept({ timeout: 30 }))
+  t.is(error.code, 'ETIMEDOUT')
+  t.is(error.syscall, 'accept')
+  // A client that connected meanwhile waits in the backlog: the next accept takes it at once.
+  const client = UnixStream.connect(sock)
+  const accepted = listener.accept({ timeout: 60_000 })
+  client.write('after a timeout')
+  const buf = Buffer.alloc(64)
+  t.is(buf.subarray(0, accepted.read(buf)).toString(), 'after a timeout')
+  t.is(thrown(() => listener.accept({ timeout: -1 })).code, 'ERR_OUT_OF_RANGE')
+  t.is(thrown(() => listener.accept({ timeout: '5' as unknown as number })).code, 'ERR_INVALID_ARG_TYPE')
+  t.is(thrown(() => listener.accept(null as unknown as { timeout: number })).code, 'ERR_INVALID_ARG_TYPE')
+  accepted.close()
+  client.close()
+  listener.close()
+})
+
+test('UnixStream.connect(path, { timeout }) to a listener whose backlog is full throws ETIMEDOUT instead of blocking', (t) => {
+  const sock = tmpSocketPath()
+  const listener = UnixListener.bind(sock)
+  // Nobody accepts: fill the backlog (511, Node's default) until a connect would block.
+  const clients: UnixStream[] = []
+  let error: any
+  for (let i = 0; i < 2048 && !error; i++) {
+    try {
+      clients.push(UnixStream.connect(sock, { timeout: 50 }))
+    } catch (caught) {
+      error = caught
+    }
+  }
+  t.truthy(error, 'some connect found the backlog full')
+  t.is(error.code, 'ETIMEDOUT')
+  t.is(error.syscall, 'connect')
+  t.is(error.path, sock)
+  t.true(clients.length >= 511, `${clients.length} connections fit in the backlog first`)
+  // One accept makes room: the next connect with a timeout goes through, and the stream
+  // it made has no timeout left on its writes.
+  listener.accept().close()
+  const last = UnixStream.connect(sock, { timeout: 60_000 })
+  t.is(last.write('x'), 1)
+  last.close()
+  closeAll(clients.map((c) => c.fd))
+  listener.close()
+})

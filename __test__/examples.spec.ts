@@ -5,8 +5,10 @@
 import test from 'ava'
 import { execFile, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
+import * as net from 'node:net'
 import * as path from 'node:path'
 import { promisify } from 'node:util'
+import { AsyncUnixListener } from '../index.js'
 import { ROOT, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
 
 const run = promisify(execFile)
@@ -22,6 +24,8 @@ test('README code blocks that name an example file are that file, verbatim', (t)
   const named = blocks.map((m) => m[2]).sort()
   t.deepEqual(named, [
     'examples/async.mjs',
+    'examples/broker-minimal.mjs',
+    'examples/broker-worker.mjs',
     'examples/pair.mjs',
     'examples/receiver.mjs',
     'examples/sender.mjs',
@@ -78,4 +82,129 @@ test('examples/receiver.mjs and examples/sender.mjs: sizes of the files sent', a
     ['3 bytes', '70000 bytes'],
   )
   t.false(fs.existsSync(socketPath), 'the listener removed its socket file')
+})
+
+/** A process of the README broker, with its output collected. */
+function startBroker(script: string, env: Record<string, string>) {
+  const child = spawn(process.execPath, [example(script)], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let output = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (output += chunk))
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (output += chunk))
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  return {
+    child,
+    exited,
+    output: () => output,
+    async line(pattern: RegExp): Promise<RegExpExecArray> {
+      for (;;) {
+        const match = pattern.exec(output)
+        if (match) return match
+        const code = await Promise.race([
+          new Promise<undefined>((resolve) => child.stdout.once('data', () => resolve(undefined))),
+          new Promise<undefined>((resolve) => child.stderr.once('data', () => resolve(undefined))),
+          exited,
+        ])
+        if (code !== undefined && !pattern.exec(output)) throw new Error(`${script} exited (${code}): ${output}`)
+      }
+    },
+  }
+}
+
+/** One TCP connection to the broker: what came back before the end ('' if it was just closed). */
+function ask(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1')
+    let reply = ''
+    socket.setEncoding('utf8')
+    socket.on('data', (chunk: string) => (reply += chunk))
+    socket.on('error', () => {})
+    socket.on('close', () => resolve(reply))
+  })
+}
+
+/** Asks until a worker answers (workers register asynchronously); returns its pid. */
+async function servedBy(port: number): Promise<number> {
+  for (;;) {
+    const match = /^served by worker (\d+)$/m.exec(await ask(port))
+    if (match) return Number(match[1])
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+test('README broker (broker-minimal.mjs + broker-worker.mjs) survives a worker that dies and its own restart', async (t) => {
+  const env = { BROKER_SOCKET: tmpSocketPath(), PORT: '0' }
+  let broker = startBroker('broker-minimal.mjs', env)
+  const started: Array<ReturnType<typeof startBroker>> = [broker]
+  try {
+    let port = Number((await broker.line(/broker listening on port (\d+)/))[1])
+    const first = startBroker('broker-worker.mjs', env)
+    started.push(first)
+    t.is(await servedBy(port), first.child.pid)
+    // The worker dies: the broker forgets it (no ERR_SOCKET_CLOSED), and a new one takes over.
+    first.child.kill('SIGKILL')
+    await first.exited
+    t.is(await ask(port), '', 'with no worker, a connection is closed')
+    const second = startBroker('broker-worker.mjs', env)
+    started.push(second)
+    t.is(await servedBy(port), second.child.pid)
+    // A second broker on the same socket path refuses to start: the first one is alive.
+    const rival = startBroker('broker-minimal.mjs', { ...env })
+    started.push(rival)
+    t.is(await rival.exited, 1)
+    t.regex(rival.output(), /another broker is listening/)
+    // The broker dies and leaves its socket file behind; a restarted broker takes the path.
+    broker.child.kill('SIGKILL')
+    await broker.exited
+    t.true(fs.existsSync(env.BROKER_SOCKET), 'the dead broker left its socket file')
+    broker = startBroker('broker-minimal.mjs', env)
+    started.push(broker)
+    port = Number((await broker.line(/broker listening on port (\d+)/))[1])
+    const third = startBroker('broker-worker.mjs', env)
+    started.push(third)
+    t.is(await servedBy(port), third.child.pid)
+    t.notRegex(broker.output(), /Error|EADDRINUSE/)
+  } finally {
+    for (const process of started) process.child.kill('SIGKILL')
+  }
+})
+
+test('README Python peer: receives our fds close-on-exec (recvmsg + MSG_CMSG_CLOEXEC) and sends one back', async (t) => {
+  const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8')
+  const block = /```python\n([\s\S]*?)```/.exec(readme)
+  t.truthy(block, 'the README has a Python example')
+  if (!block) return
+  const socketPath = tmpSocketPath()
+  const script = block[1].replace("'/tmp/demo.sock'", JSON.stringify(socketPath))
+  t.not(script, block[1], 'the example connects to /tmp/demo.sock')
+  const dir = tmpDir()
+  const files = [tmpFile('x'.repeat(5), dir, 'a'), tmpFile('y'.repeat(1234), dir, 'b')]
+  const listener = AsyncUnixListener.bind(socketPath)
+  const python = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  python.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+  python.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
+  const exited = new Promise<number | null>((resolve) => python.on('close', resolve))
+  const stream = await listener.accept()
+  for (const file of files) {
+    const fd = fs.openSync(file, 'r')
+    stream.enqueue(fd)
+    fs.closeSync(fd)
+  }
+  await stream.write('two files')
+  // Python -> fd-queue: one byte with the fd of /etc/hostname.
+  let got = 0
+  while (got < 1) got += (await stream.read()).length
+  const fd = stream.dequeue()
+  t.not(fd, null)
+  t.is(fs.fstatSync(fd!).ino, fs.statSync('/etc/hostname').ino)
+  fs.closeSync(fd!)
+  t.is(await exited, 0, stderr)
+  t.deepEqual(stdout.trim().split('\n'), ['5 close-on-exec', '1234 close-on-exec'])
+  stream.close()
+  listener.close()
 })

@@ -17,6 +17,7 @@ import * as net from 'node:net'
 import * as path from 'node:path'
 import {
   AsyncUnixStream,
+  closeFd,
   fdInfo,
   FdSocket,
   toFd,
@@ -35,6 +36,7 @@ import {
   fdIdentity,
   makeFifo,
   O_CLOEXEC,
+  O_PATH,
   pathIdentity,
   readAt,
   ROOT,
@@ -555,6 +557,8 @@ test.serial('a helper given the wrong kind of fd throws ERR_INVALID_FD_TYPE and 
   const fileFd = fs.openSync(file, 'r')
   const devNull = fs.openSync('/dev/null', 'r+')
   const dirFd = fs.openSync(dir, 'r')
+  // O_PATH (Linux): names the file without opening it; a peer can send one.
+  const pathFd = fs.openSync(file, O_PATH)
   type Attempt = (fd: number) => unknown
   const asNetSocket: Attempt = (fd) => toNetSocket(fd)
   const asNetServer: Attempt = (fd) => toNetServer(fd)
@@ -570,13 +574,17 @@ test.serial('a helper given the wrong kind of fd throws ERR_INVALID_FD_TYPE and 
     ['a connected Unix socket', pairA.fd, 'toNetServer', asNetServer],
     ['a regular file', fileFd, 'toNetServer', asNetServer],
     ['a UDP socket', toFd(udp), 'toNetServer', asNetServer],
-    ['a Unix socket', pairA.fd, 'toReadStream', asReadStream],
-    ['a TCP socket', toFd(tcpAccepted), 'toReadStream', asReadStream],
+    ['a listening TCP socket', toFd(tcpServer), 'toReadStream', asReadStream],
+    ['a UDP socket', toFd(udp), 'toReadStream', asReadStream],
     ['a write-only pipe end', fifo.writeFd, 'toReadStream', asReadStream],
     ['a directory', dirFd, 'toReadStream', asReadStream],
     ['a read-only file', fileFd, 'toWriteStream', asWriteStream],
     ['a read-only pipe end', fifo.readFd, 'toWriteStream', asWriteStream],
     ['a listening TCP socket', toFd(tcpServer), 'toWriteStream', asWriteStream],
+    ['an O_PATH fd', pathFd, 'toNetSocket', asNetSocket],
+    ['an O_PATH fd', pathFd, 'toNetServer', asNetServer],
+    ['an O_PATH fd', pathFd, 'toReadStream', asReadStream],
+    ['an O_PATH fd', pathFd, 'toWriteStream', asWriteStream],
   ]
   const received = await transfer('FdSocket', ...cases.map(([, fd]) => fd))
   try {
@@ -621,7 +629,7 @@ test.serial('a helper given the wrong kind of fd throws ERR_INVALID_FD_TYPE and 
     'the reused fd numbers are still open',
   )
   closeAll(reuse)
-  closeAll([fileFd, devNull, dirFd])
+  closeAll([fileFd, devNull, dirFd, pathFd])
   fifo.close()
   pairA.close()
   pairB.close()
@@ -712,4 +720,92 @@ test('examples/zero-downtime.mjs --self-test: the listening socket moves to a ne
   t.regex(result.stdout, /^gen 1 \(pid \d+\) handed over its listening socket/m)
   t.regex(result.stdout, /^gen 2 \(pid \d+\) adopted listening fd \d+ on 127\.0\.0\.1:\d+/m)
   t.regex(result.stdout, /^gen 1 \(pid \d+\) finished \d+ in-flight requests? and exited/m)
+})
+
+// ---------------------------------------------------------------------------------------
+// O_PATH fds, streams that hold no threadpool thread, closing without Node's bookkeeping
+// ---------------------------------------------------------------------------------------
+
+test.serial('fdInfo of a received O_PATH fd: kind "path", neither readable nor writable (not EBADF)', async (t) => {
+  const file = tmpFile('named, not opened')
+  const original = fs.openSync(file, O_PATH)
+  const [fd] = await transfer('AsyncUnixStream', original)
+  fs.closeSync(original)
+  const info = fdInfo(fd)
+  t.is(info.kind, 'path')
+  t.false(info.readable)
+  t.false(info.writable)
+  t.false(info.listening)
+  t.is(fdIdentity(fd), pathIdentity(file), 'it names the file')
+  closeFd(fd)
+})
+
+test.serial(
+  'toReadStream/toWriteStream on a connected Unix socket: a net.Socket each way, fds closed by destroy',
+  async (t) => {
+    const [a, b] = UnixStream.pair()
+    const [readSide, writeSide] = await transfer('UnixStream', a, b)
+    a.close()
+    b.close()
+    const reader = toReadStream(readSide)
+    const writer = toWriteStream(writeSide)
+    t.true(reader instanceof net.Socket)
+    t.true(writer instanceof net.Socket)
+    let text = ''
+    reader.setEncoding('utf8').on('data', (chunk: string) => (text += chunk))
+    const ended = once(reader, 'end')
+    writer.end('through the socket')
+    await withTimeout(ended, 10_000, 'end')
+    t.is(text, 'through the socket')
+    reader.destroy()
+    await once(reader, 'close')
+    await once(writer, 'close').catch(() => {})
+    t.throws(() => fs.fstatSync(readSide), { code: 'EBADF' })
+  },
+)
+
+test('toReadStream on idle pipes holds no threadpool thread: fs calls still complete (UV_THREADPOOL_SIZE=4, 4 pipes)', async (t) => {
+  const child = spawn(
+    process.execPath,
+    [path.join(ROOT, '__test__', 'fixtures', 'threadpool.cjs'), tmpDir('fdq-tp-')],
+    {
+      cwd: ROOT,
+      env: { ...process.env, UV_THREADPOOL_SIZE: '4' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
+  children.add(child)
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
+  // Before the fix the fs call waited forever for a thread; no wait here is close to that.
+  const code = await withTimeout(
+    new Promise<number | null>((resolve) => child.on('close', resolve)),
+    120_000,
+    'the child finishes (an fs call stuck behind 4 idle pipe reads would never finish)',
+  )
+  t.is(code, 0, stderr)
+  const lines = stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line))
+  t.deepEqual(lines, [
+    { fsCall: 'done', kinds: ['pipe', 'pipe', 'pipe', 'pipe'] },
+    { received: ['pipe-0', 'pipe-1', 'pipe-2', 'pipe-3'] },
+  ])
+})
+
+test('closeFd closes a dequeued fd; EBADF when it is not open; bad numbers throw ERR_OUT_OF_RANGE / ERR_INVALID_ARG_TYPE', async (t) => {
+  const fifo = makeFifo()
+  const [fd] = await transfer('FdSocket', fifo.writeFd)
+  fs.closeSync(fifo.writeFd)
+  fifo.writeFd = -1
+  t.true(fifo.isWriterOpen(), 'the received copy holds the pipe open')
+  closeFd(fd)
+  t.false(fifo.isWriterOpen(), 'closeFd closed it')
+  t.is(thrown(() => closeFd(fd)).code, 'EBADF')
+  t.is(thrown(() => closeFd(-1)).code, 'ERR_OUT_OF_RANGE')
+  t.is(thrown(() => closeFd('3' as unknown as number)).code, 'ERR_INVALID_ARG_TYPE')
+  fifo.close()
 })

@@ -107,6 +107,9 @@ export function fdFlags(fd: number): number {
 /** O_CLOEXEC as it shows in fdinfo flags (octal 02000000). */
 export const O_CLOEXEC = 0o2000000
 
+/** Linux's O_PATH (octal 010000000 on x86 and arm), which `fs.constants` does not export. */
+export const O_PATH = 0o10000000
+
 /**
  * A FIFO (a pipe, S_IFIFO) with both ends open non-blocking. `isWriterOpen()` tells
  * whether any write end is still open anywhere: a read of the empty pipe answers EAGAIN

@@ -81,6 +81,11 @@ async function broker(selfTest) {
 
   const control = createServer((socket) => {
     socket.on('error', (error) => console.error(`broker: a worker connection failed: ${error.message}`))
+    // A worker that exits is forgotten: enqueueing on its closed socket would throw.
+    socket.on('close', () => {
+      const at = workers.findIndex((w) => w.socket === socket)
+      if (at >= 0) workers.splice(at, 1)
+    })
     let hello = ''
     socket.on('data', function onHello(chunk) {
       hello += chunk
@@ -111,7 +116,9 @@ async function broker(selfTest) {
 
     let next = 0
     tcp = net.createServer({ pauseOnConnect: true }, (connection) => {
-      const target = workers[next++ % workers.length]
+      const ready = workers.filter((w) => w.socket.writable)
+      if (ready.length === 0) return connection.destroy()
+      const target = ready[next++ % ready.length]
       target.socket.enqueue(connection) // a close-on-exec duplicate of the connection's fd...
       target.socket.write('c') // ...rides on this byte to the worker,
       connection.destroy() // and our own copy goes at once: the worker has the connection now.

@@ -2,6 +2,7 @@
 import * as dgram from 'node:dgram'
 import * as fs from 'node:fs'
 import * as net from 'node:net'
+import { types } from 'node:util'
 import { invalidArgType, invalidArgValue, outOfRange } from './errors.js'
 import type { FdLike, ShutdownHow } from './interfaces.js'
 
@@ -9,7 +10,7 @@ const MAX_FD = 2 ** 31 - 1
 /** Largest async `read(size)`. */
 const MAX_READ_SIZE = 2 ** 30
 
-function validateFdNumber(value: unknown, name: string): number {
+export function validateFdNumber(value: unknown, name: string): number {
   if (typeof value !== 'number') throw invalidArgType(name, 'of type number', value)
   if (!Number.isInteger(value) || value < 0 || value > MAX_FD) {
     throw outOfRange(name, `an integer >= 0 and <= ${MAX_FD}`, value)
@@ -85,11 +86,35 @@ export function validatePath(path: unknown, name = 'path'): string {
   return path
 }
 
+/**
+ * The bytes of a string (UTF-8) or of any typed array or DataView, from this realm or
+ * another (a `vm` context, say: `instanceof` would refuse those).
+ */
 export function toBytes(data: unknown, name = 'data'): Uint8Array {
   if (typeof data === 'string') return Buffer.from(data, 'utf8')
-  if (data instanceof Uint8Array) return data
-  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+  if (types.isUint8Array(data)) return data
+  if (types.isArrayBufferView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
   throw invalidArgType(name, 'of type string or an instance of Buffer or Uint8Array', data)
+}
+
+/** A Uint8Array (Buffer included) from any realm, to read into. */
+export function validateReadBuffer(buf: unknown, name = 'buf'): Uint8Array {
+  if (!types.isUint8Array(buf)) throw invalidArgType(name, 'an instance of Buffer or Uint8Array', buf)
+  return buf
+}
+
+/**
+ * The `timeout` of an options object (`{ timeout?: number }`): milliseconds, or
+ * `undefined` for none.
+ */
+export function validateTimeoutOption(options: unknown, name = 'options'): number | undefined {
+  if (options === undefined) return undefined
+  if (options === null || typeof options !== 'object') throw invalidArgType(name, 'of type object', options)
+  const { timeout } = options as { timeout?: unknown }
+  if (timeout === undefined) return undefined
+  if (typeof timeout !== 'number') throw invalidArgType(`${name}.timeout`, 'of type number', timeout)
+  if (!(timeout > 0 && timeout <= MAX_FD)) throw outOfRange(`${name}.timeout`, `> 0 and <= ${MAX_FD}`, timeout)
+  return timeout
 }
 
 export function validateTimeout(ms: unknown, name = 'ms'): number | null {

@@ -60,7 +60,7 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
    */
   read(size?: number): Promise<Buffer> {
     const checked = validateReadSize(size)
-    return nativeAsync(() => binding.streamRead(this.#handle, checked))
+    return nativeAsync(() => binding.streamRead(this.#handle, checked), this)
   }
 
   /**
@@ -69,13 +69,13 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
    */
   write(data: Uint8Array | string): Promise<number> {
     const bytes = toBytes(data)
-    return nativeAsync(() => binding.streamWrite(this.#handle, bytes))
+    return nativeAsync(() => binding.streamWrite(this.#handle, bytes), this)
   }
 
   /** Shuts down one or both directions (default `'both'`) after every earlier write went out. */
   shutdown(how?: ShutdownHow): Promise<void> {
     const checked = validateHow(how)
-    return nativeAsync(() => this.inner.shutdown(checked))
+    return nativeAsync(() => this.inner.shutdown(checked), this)
   }
 }
 
@@ -110,7 +110,7 @@ export class AsyncUnixListener {
 
   /** Resolves with the next connection; rejects with `ERR_SOCKET_CLOSED` if closed first. */
   accept(): Promise<AsyncUnixStream> {
-    return nativeAsync(() => this.#native.accept()).then((inner) => new AsyncUnixStream(WRAP, inner))
+    return nativeAsync(() => this.#native.accept(), this).then((inner) => new AsyncUnixStream(WRAP, inner))
   }
 
   /** Stops listening, removes the socket file and rejects pending accepts. Idempotent. */

@@ -1,7 +1,14 @@
 /** The blocking classes: every call runs its syscall on the calling thread. */
 import { binding, WRAP, type Native } from './binding.js'
-import { illegalConstructor, invalidArgType, native } from './errors.js'
-import { toBytes, validateHow, validatePath, validateTimeout } from './args.js'
+import { illegalConstructor, native } from './errors.js'
+import {
+  toBytes,
+  validateHow,
+  validatePath,
+  validateReadBuffer,
+  validateTimeout,
+  validateTimeoutOption,
+} from './args.js'
 import type { ShutdownHow } from './interfaces.js'
 import { QueuedStream } from './queued.js'
 
@@ -33,12 +40,17 @@ export class UnixStream extends QueuedStream<Native.NativeUnixStream> {
     return [new UnixStream(WRAP, a), new UnixStream(WRAP, b)]
   }
 
-  /** Connects to the listener at `path`. Throws `ENOENT`, `ECONNREFUSED`, ... */
-  static connect(path: string): UnixStream {
+  /**
+   * Connects to the listener at `path`. Throws `ENOENT`, `ECONNREFUSED`, ... While the
+   * listener's backlog is full, a connect waits (Linux); with `timeout` (ms) it waits at
+   * most that long and throws `ETIMEDOUT`, so a worker thread can never hang on it.
+   */
+  static connect(path: string, options?: { timeout?: number }): UnixStream {
     validatePath(path)
+    const timeout = validateTimeoutOption(options)
     return new UnixStream(
       WRAP,
-      native(() => binding.NativeUnixStream.connect(path)),
+      native(() => binding.NativeUnixStream.connect(path, timeout)),
     )
   }
 
@@ -47,8 +59,8 @@ export class UnixStream extends QueuedStream<Native.NativeUnixStream> {
    * Fds that came with these bytes are dequeue-able when it returns.
    */
   read(buf: Uint8Array): number {
-    if (!(buf instanceof Uint8Array)) throw invalidArgType('buf', 'an instance of Buffer or Uint8Array', buf)
-    return native(() => this.inner.read(buf))
+    const target = validateReadBuffer(buf)
+    return native(() => this.inner.read(target))
   }
 
   /**
@@ -114,11 +126,16 @@ export class UnixListener {
     return this.#native.path ?? ''
   }
 
-  /** Waits for the next connection. */
-  accept(): UnixStream {
+  /**
+   * Waits for the next connection. With `timeout` (ms) it waits at most that long and
+   * throws `ETIMEDOUT`: loop on it to keep a worker thread responsive (a thread blocked in
+   * an endless `accept` cannot be stopped, not even by `worker.terminate()`).
+   */
+  accept(options?: { timeout?: number }): UnixStream {
+    const timeout = validateTimeoutOption(options)
     return new UnixStream(
       WRAP,
-      native(() => this.#native.accept()),
+      native(() => this.#native.accept(timeout)),
     )
   }
 

@@ -16,6 +16,7 @@ import {
   closedError,
   codedError,
   invalidArgType,
+  invalidArgValue,
   native,
   nativeAsync,
   outOfRange,
@@ -92,6 +93,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   constructor(options: FdSocketOptions = {}) {
     if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options)
+    for (const mode of ['objectMode', 'readableObjectMode', 'writableObjectMode'] as const) {
+      // A socket carries bytes (and fds on them), never JS values.
+      if ((options as DuplexOptions)[mode])
+        throw invalidArgValue(`options.${mode}`, 'is not supported: an FdSocket carries bytes')
+    }
     const { maxQueuedFds = DEFAULT_MAX_QUEUED_FDS, allowHalfOpen = false, ...rest } = options
     super({ ...rest, allowHalfOpen, decodeStrings: true, emitClose: true, autoDestroy: true })
     this.#maxQueuedFds = validateMaxQueuedFds(maxQueuedFds)
@@ -457,8 +463,12 @@ export interface FdServerOptions extends FdSocketOptions {
  * A Unix socket server like `net.Server` whose connections are {@link FdSocket}s.
  *
  * Events: `listening`, `connection` (`(socket)`), `refused` (`(credentials)`, a
- * connection from a uid not in `allowedUids`, already closed), `error`, `close` (once
- * closed and every connection has closed).
+ * connection from a uid not in `allowedUids`, already closed), `acceptError` (`(error)`,
+ * accepting failed for lack of fds or memory, `EMFILE`/`ENFILE`/`ENOBUFS`/`ENOMEM`: the
+ * server keeps listening and retries with a backoff of up to 200 ms, leaving waiting
+ * clients in the backlog; emitted once per such episode, never fatal), `error` (accepting
+ * failed for good: the server closes), `close` (once closed and every connection has
+ * closed). A connection accepted before `close()` is closed, never delivered after it.
  */
 export class FdServer extends EventEmitter {
   #native: Native.NativeAsyncUnixListener | null = null
@@ -511,21 +521,36 @@ export class FdServer extends EventEmitter {
     this.#native = inner
     this.#path = path
     this.#closed = false
-    native(() => inner.startAccepting((stream, error) => this.#onConnection(stream, error)))
+    native(() => inner.startAccepting((stream, error, retrying) => this.#onConnection(inner, stream, error, retrying)))
     if (!this.#referenced) native(() => inner.setReferenced(false))
     process.nextTick(() => this.emit('listening'))
     return this
   }
 
-  #onConnection(stream: Native.NativeAsyncUnixStream | null, error: string | null): void {
-    if (error !== null || stream === null) {
-      this.emit('error', shapeError(new Error(error ?? '[ERR_INTERNAL] accept failed')))
+  #onConnection(
+    listener: Native.NativeAsyncUnixListener,
+    stream: Native.NativeAsyncUnixStream | null,
+    error: string | null,
+    retrying: boolean,
+  ): void {
+    // Accepted before close() but delivered after it (or after a new listen()): closed,
+    // never delivered.
+    if (this.#native !== listener) {
+      stream?.close()
       return
     }
-    if (this.#closed) {
-      stream.close()
+    if (error !== null) {
+      const shaped = shapeError(new Error(error)) as Error
+      if (retrying) {
+        this.emit('acceptError', shaped)
+      } else {
+        // Accepting stopped for good: the server says so and stops listening.
+        this.close()
+        this.emit('error', shaped)
+      }
       return
     }
+    if (stream === null) return
     if (this.#allowedUids) {
       let credentials: PeerCredentials | null = null
       try {
@@ -544,7 +569,7 @@ export class FdServer extends EventEmitter {
       socket = wrapNative(stream, this.#options)
     } catch (error) {
       stream.close()
-      this.emit('error', error)
+      this.emit('acceptError', error)
       return
     }
     this.#connections.add(socket)

@@ -69,6 +69,8 @@ export function closedError(): CodedError {
   return codedError(new Error('Socket is closed'), 'ERR_SOCKET_CLOSED')
 }
 
+/** What Node's own codes look like: an errno name, `ERR_*`, or `ABORT_ERR`. */
+const NODE_STYLE_CODE = /^(E[A-Z0-9]+|ERR_[A-Z0-9_]+|ABORT_ERR)$/
 const TAGGED_MESSAGE = /^\[([A-Z][A-Z0-9_]*)\] (.*)$/s
 const SYSTEM_MESSAGE = /^(\S+) (E[A-Z0-9]+)(?: (.*))?$/s
 
@@ -85,6 +87,16 @@ export function shapeError(error: unknown): unknown {
   if (tagged) {
     coded.code = tagged[1]
     error.message = tagged[2]
+  }
+  if (typeof coded.code !== 'string' || !NODE_STYLE_CODE.test(coded.code)) {
+    // A napi-rs status (`InvalidArg`, `StringExpected`, `GenericFailure`, ...) is not a
+    // code a Node user can switch on: name it the way Node would.
+    const status = String(coded.code)
+    if (/Expected$|^InvalidArg$/.test(status)) {
+      return codedError(new TypeError(`${error.message} (${status})`), 'ERR_INVALID_ARG_TYPE')
+    }
+    coded.code = 'ERR_INTERNAL'
+    error.message += ` (${status})`
   }
   if (coded.code === 'ERR_FD_QUEUE_FULL') return new QueueFullError(error.message)
   const errno = coded.code ? (os.constants.errno as Record<string, number>)[coded.code] : undefined
@@ -109,14 +121,41 @@ export function native<T>(call: () => T): T {
 }
 
 /**
+ * Objects with an operation in flight, and how many: held here so that garbage collection
+ * cannot close an object while something waits on it (the caller may keep only the
+ * Promise, and a native Promise holds no reference to the object it came from).
+ */
+const busy = new Map<object, number>()
+
+function release(owner: object): void {
+  const left = busy.get(owner)! - 1
+  if (left === 0) busy.delete(owner)
+  else busy.set(owner, left)
+}
+
+/**
  * Runs a Promise-returning native call: synchronous throws stay throws, rejections are
  * reshaped. A native fast path may answer at once with the value itself (a read or write
- * done on the spot); it is returned as a resolved Promise.
+ * done on the spot); it is returned as a resolved Promise. While a real Promise is
+ * pending, `owner` is kept alive.
  */
-export function nativeAsync<T>(call: () => T | Promise<T>): Promise<T> {
+export function nativeAsync<T>(call: () => T | Promise<T>, owner?: object): Promise<T> {
   const result = native(call)
   if (!(result instanceof Promise)) return Promise.resolve(result)
-  return result.catch((error: unknown) => {
-    throw shapeError(error)
-  })
+  if (owner === undefined) {
+    return result.catch((error: unknown) => {
+      throw shapeError(error)
+    })
+  }
+  busy.set(owner, (busy.get(owner) ?? 0) + 1)
+  return result.then(
+    (value) => {
+      release(owner)
+      return value
+    },
+    (error: unknown) => {
+      release(owner)
+      throw shapeError(error)
+    },
+  )
 }

@@ -1,18 +1,34 @@
 /**
  * Turning a dequeued fd back into a Node object: what it is ({@link fdInfo}), and the
- * `net.Socket`, listening `net.Server` or fs stream that should own it. Every helper
- * checks the fd first and throws `ERR_INVALID_FD_TYPE` on a mismatch without touching
- * the fd, so the caller still owns it and nothing is closed twice.
+ * `net.Socket`, listening `net.Server` or stream that should own it; or closing it
+ * ({@link closeFd}). Every helper checks the fd first and throws `ERR_INVALID_FD_TYPE` on
+ * a mismatch without touching the fd, so the caller still owns it and nothing is closed
+ * twice.
  */
 import * as fs from 'node:fs'
 import * as net from 'node:net'
+import type { Readable, Writable } from 'node:stream'
+import * as tty from 'node:tty'
 import { binding } from './binding.js'
 import { codedError, native } from './errors.js'
-import { toFd } from './args.js'
+import { toFd, validateFdNumber } from './args.js'
 
-/** What an fd refers to. */
+/**
+ * What an fd refers to. `'path'` is an `O_PATH` fd (Linux, FreeBSD): it names a file
+ * without opening it, so it can be neither read nor written.
+ */
 export type FdKind =
-  'file' | 'directory' | 'pipe' | 'unix' | 'tcp' | 'udp' | 'socket' | 'character-device' | 'block-device' | 'unknown'
+  | 'file'
+  | 'directory'
+  | 'pipe'
+  | 'unix'
+  | 'tcp'
+  | 'udp'
+  | 'socket'
+  | 'character-device'
+  | 'block-device'
+  | 'path'
+  | 'unknown'
 
 /** What {@link fdInfo} reports. */
 export interface FdInfo {
@@ -45,7 +61,8 @@ export function fdInfo(fd: number): FdInfo {
   const stat = fs.fstatSync(raw)
   const info = native(() => binding.fdInfo(raw))
   let kind: FdKind = 'unknown'
-  if (stat.isFile()) kind = 'file'
+  if (info.pathOnly) kind = 'path'
+  else if (stat.isFile()) kind = 'file'
   else if (stat.isDirectory()) kind = 'directory'
   else if (stat.isFIFO()) kind = 'pipe'
   else if (stat.isSocket()) kind = socketKind(info.family, info.socketType)
@@ -54,8 +71,8 @@ export function fdInfo(fd: number): FdInfo {
   const result: FdInfo = {
     fd: raw,
     kind,
-    readable: info.access !== 'w',
-    writable: info.access !== 'r',
+    readable: !info.pathOnly && info.access !== 'w',
+    writable: !info.pathOnly && info.access !== 'r',
     listening: info.listening ?? false,
   }
   if (info.family != null) result.family = info.family
@@ -109,20 +126,62 @@ export function toNetServer(fd: number, options: net.ServerOpts = {}): Promise<n
   })
 }
 
-/** An `fs.ReadStream` that owns `fd`, a file or pipe open for reading. Closing it closes the fd. */
-export function toReadStream(fd: number, options: { start?: number; end?: number; highWaterMark?: number } = {}) {
+/** A connected stream socket (Unix or TCP), which libuv reads and writes on the event loop. */
+function isConnectedStream(info: FdInfo): boolean {
+  return (info.kind === 'unix' || info.kind === 'tcp') && info.socketType === 'stream' && !info.listening
+}
+
+/**
+ * A readable stream that owns `fd`, which must be open for reading:
+ * - a pipe or a connected stream socket: a `net.Socket` (read on the event loop: a pipe
+ *   that stays idle holds no thread, unlike an `fs.ReadStream`, whose every pending read
+ *   ties up one of libuv's four threadpool threads and with them every `fs` call);
+ * - a terminal: a `tty.ReadStream`;
+ * - a file or another character device: an `fs.ReadStream` (`start`/`end` apply to files).
+ * Destroying the stream closes the fd.
+ */
+export function toReadStream(
+  fd: number,
+  options: { start?: number; end?: number; highWaterMark?: number } = {},
+): Readable {
   const info = fdInfo(fd)
-  if (!(info.kind === 'file' || info.kind === 'pipe' || info.kind === 'character-device') || !info.readable) {
-    throw wrongType(info, 'a file or pipe open for reading')
+  if (info.readable && (info.kind === 'pipe' || isConnectedStream(info))) {
+    // net.Socket hands its options to stream.Duplex, which takes the high-water mark.
+    const socketOptions = { fd: info.fd, readable: true, writable: false, readableHighWaterMark: options.highWaterMark }
+    return new net.Socket(socketOptions as net.SocketConstructorOpts)
+  }
+  if (info.readable && info.kind === 'character-device' && tty.isatty(info.fd)) return new tty.ReadStream(info.fd)
+  if (!(info.kind === 'file' || info.kind === 'character-device') || !info.readable) {
+    throw wrongType(info, 'a file, pipe or stream socket open for reading')
   }
   return fs.createReadStream('', { ...options, fd: info.fd, autoClose: true })
 }
 
-/** An `fs.WriteStream` that owns `fd`, a file or pipe open for writing. Closing it closes the fd. */
-export function toWriteStream(fd: number, options: { start?: number } = {}) {
+/**
+ * A writable stream that owns `fd`, which must be open for writing: a `net.Socket` for a
+ * pipe or a connected stream socket (written on the event loop, no threadpool thread
+ * blocks on a full pipe), a `tty.WriteStream` for a terminal, an `fs.WriteStream` for a
+ * file or another character device. Destroying the stream closes the fd.
+ */
+export function toWriteStream(fd: number, options: { start?: number } = {}): Writable {
   const info = fdInfo(fd)
-  if (!(info.kind === 'file' || info.kind === 'pipe' || info.kind === 'character-device') || !info.writable) {
-    throw wrongType(info, 'a file or pipe open for writing')
+  if (info.writable && (info.kind === 'pipe' || isConnectedStream(info))) {
+    return new net.Socket({ fd: info.fd, readable: false, writable: true })
+  }
+  if (info.writable && info.kind === 'character-device' && tty.isatty(info.fd)) return new tty.WriteStream(info.fd)
+  if (!(info.kind === 'file' || info.kind === 'character-device') || !info.writable) {
+    throw wrongType(info, 'a file, pipe or stream socket open for writing')
   }
   return fs.createWriteStream('', { ...options, fd: info.fd, autoClose: true })
+}
+
+/**
+ * Closes an fd this process owns (one `dequeue()` handed over, say). Throws `EBADF` if it
+ * is not open. Use it instead of `fs.closeSync` in worker threads: Node warns there
+ * ("closed but not opened in unmanaged mode") about every fd the worker did not open
+ * through `fs` itself.
+ */
+export function closeFd(fd: number): void {
+  const raw = validateFdNumber(fd, 'fd')
+  native(() => binding.closeFd(raw))
 }

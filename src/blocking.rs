@@ -3,14 +3,17 @@
 //! `UnixListener`.
 
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use napi_derive::napi;
 use nix::errno::Errno;
-use nix::sys::socket::{self, setsockopt, sockopt, Shutdown};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
 use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, Result};
+use crate::js::{byte_count, shutdown_how};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::scm_rights;
 use crate::socket::{self as unix, SocketFile};
@@ -40,19 +43,6 @@ impl UnixStream {
 /// A JS `Uint8Array` borrowed for the length of one synchronous call (the alias makes
 /// napi-derive convert it as a typed array rather than as a mutable class reference).
 type BytesMut<'a> = &'a mut [u8];
-
-/// Parses `shutdown`'s `how` argument.
-pub fn shutdown_how(how: &str) -> Result<Shutdown> {
-  match how {
-    "read" => Ok(Shutdown::Read),
-    "write" => Ok(Shutdown::Write),
-    "both" => Ok(Shutdown::Both),
-    other => Err(error::coded(
-      "ERR_INVALID_ARG_VALUE",
-      format!("how must be 'read', 'write' or 'both'; received '{other}'"),
-    )),
-  }
-}
 
 /// A blocking socket answers `EAGAIN` only when its timeout expired.
 fn timed_out(errno: Errno, syscall: &str) -> error::Error {
@@ -85,10 +75,12 @@ impl UnixStream {
     Ok(vec![Self::wrap(a), Self::wrap(b)])
   }
 
-  /// Connects to the listener at `path`.
+  /// Connects to the listener at `path`; with `timeout` (ms), waits at most that long for
+  /// room in a full backlog (`ETIMEDOUT`).
   #[napi]
-  pub fn connect(path: String) -> Result<UnixStream> {
-    unix::connect(&path, false).map(Self::wrap)
+  pub fn connect(path: String, timeout: Option<f64>) -> Result<UnixStream> {
+    let timeout = timeout.map(|ms| timeval(Some(ms))).transpose()?;
+    unix::connect(&path, false, timeout).map(Self::wrap)
   }
 
   /// The socket's fd, or -1 once closed.
@@ -134,39 +126,37 @@ impl UnixStream {
   /// One `recvmsg` into `buf`; the fds that came with these bytes join the inbound queue
   /// before it returns. 0 means end of stream.
   #[napi]
-  pub fn read(&mut self, #[napi(ts_arg_type = "Uint8Array")] buf: BytesMut<'_>) -> Result<u32> {
+  pub fn read(&mut self, #[napi(ts_arg_type = "Uint8Array")] buf: BytesMut<'_>) -> Result<f64> {
     let sock = self.sock.as_ref().ok_or_else(error::closed)?;
     if self.inbound.is_full() {
       return Err(error::inbound_full(self.inbound.limit()));
     }
     if buf.is_empty() {
-      return Ok(0);
+      return Ok(0.0);
     }
-    let len = buf.len().min(u32::MAX as usize);
     let received = loop {
-      match scm_rights::recv_with_fds(sock.as_fd(), &mut buf[..len], false) {
+      match scm_rights::recv_with_fds(sock.as_fd(), buf, false) {
         Err(Errno::EINTR) => continue,
         Err(e) => return Err(timed_out(e, "recvmsg")),
         Ok(received) => break received,
       }
     };
     self.inbound.receive(received.fds, received.truncated);
-    Ok(received.bytes as u32)
+    Ok(byte_count(received.bytes))
   }
 
   /// One `sendmsg` of `data` carrying every queued fd. Returns the bytes written (a
   /// partial write still delivered the fds, so the rest goes without them).
   #[napi]
-  pub fn write(&mut self, data: &[u8]) -> Result<u32> {
+  pub fn write(&mut self, data: &[u8]) -> Result<f64> {
     let sock = self.sock.as_ref().ok_or_else(error::closed)?;
     if data.is_empty() {
       return if self.outbound.is_empty() {
-        Ok(0)
+        Ok(0.0)
       } else {
         Err(error::empty_write())
       };
     }
-    let data = &data[..data.len().min(u32::MAX as usize)];
     let fds = self.outbound.raw_fds();
     loop {
       match scm_rights::send_with_fds(sock.as_fd(), data, &fds, false) {
@@ -174,7 +164,7 @@ impl UnixStream {
         Ok(sent) => {
           // The kernel holds its own references now; close our duplicates.
           self.outbound.clear();
-          return Ok(sent as u32);
+          return Ok(byte_count(sent));
         }
         Err(e) if keeps_fds_queued(e) => return Err(timed_out(e, "sendmsg")),
         Err(e) => {
@@ -225,13 +215,30 @@ impl UnixStream {
   }
 }
 
+/// Waits until `sock` is readable (a connection is pending) or `deadline` passed; `false`
+/// when it passed.
+fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<bool> {
+  loop {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+      return Ok(false);
+    }
+    // Rounded up, so that a wait of less than a millisecond does not spin.
+    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+      Ok(0) | Err(Errno::EINTR) => continue,
+      Ok(_) => return Ok(true),
+      Err(e) => return Err(error::sys(e, "poll")),
+    }
+  }
+}
+
 /// Errors after which queued fds stay queued for the next write: the socket is still
 /// usable (a timeout, or the kernel's per-user limit of fds in flight).
 pub fn keeps_fds_queued(errno: Errno) -> bool {
-  matches!(
-    errno,
-    Errno::EAGAIN | Errno::EINTR | Errno::ETOOMANYREFS | Errno::ENOBUFS | Errno::ENOMEM
-  )
+  matches!(errno, Errno::EAGAIN | Errno::EINTR) || scm_rights::is_transient(errno)
 }
 
 /// A listening Unix socket bound to a path.
@@ -264,11 +271,27 @@ impl UnixListener {
     self.file.as_ref().map(|f| f.path().to_string())
   }
 
-  /// Waits for the next connection.
+  /// Waits for the next connection; with `timeout` (ms), at most that long (`ETIMEDOUT`).
+  ///
+  /// The wait is a `poll` for a pending connection, then `accept`. The listener stays in
+  /// blocking mode (it may be shared), so if another holder of the same listener takes
+  /// the connection between the two, this `accept` waits for the next one.
   #[napi]
-  pub fn accept(&self) -> Result<UnixStream> {
+  pub fn accept(&self, timeout: Option<f64>) -> Result<UnixStream> {
     let sock = self.sock.as_ref().ok_or_else(error::closed)?;
+    let deadline = match timeout {
+      None => None,
+      Some(ms) if ms.is_finite() && ms > 0.0 && ms <= i32::MAX as f64 => {
+        Some(Instant::now() + Duration::from_secs_f64(ms / 1000.0))
+      }
+      Some(ms) => return Err(error::out_of_range("timeout", ms)),
+    };
     loop {
+      if let Some(deadline) = deadline {
+        if !wait_readable(sock, deadline)? {
+          return Err(error::sys(Errno::ETIMEDOUT, "accept"));
+        }
+      }
       match unix::accept(sock.as_fd(), false) {
         Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
         Err(e) => return Err(error::sys(e, "accept")),

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{AsyncBlock, Buffer, BufferSlice, Either, External};
+use napi::bindgen_prelude::{AsyncBlock, Buffer, BufferSlice, Either, External, Uint8ArraySlice};
 use napi::Env;
 use napi_derive::napi;
 
@@ -50,7 +50,7 @@ pub fn stream_read<'env>(
 pub fn stream_write(
   env: &Env,
   stream: &StreamHandle,
-  data: &[u8],
-) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
+  data: Uint8ArraySlice<'_>,
+) -> napi::Result<Either<f64, AsyncBlock<f64>>> {
   stream.write(env, data)
 }

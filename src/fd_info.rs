@@ -1,5 +1,6 @@
 //! Describes what a received fd is, so the TypeScript helpers can turn it into the right
-//! Node object (a `net.Socket`, a listening `net.Server`, an fs stream) or refuse clearly.
+//! Node object (a `net.Socket`, a listening `net.Server`, an fs stream) or refuse clearly;
+//! and closes one that is not wanted, outside Node's own fd bookkeeping.
 
 use std::os::fd::{BorrowedFd, RawFd};
 
@@ -23,6 +24,9 @@ pub struct NativeFdInfo {
   pub socket_type: Option<String>,
   /// Socket fds only: whether it is a listening socket (`SO_ACCEPTCONN`).
   pub listening: Option<bool>,
+  /// An `O_PATH` fd (Linux, FreeBSD): it names a file without opening it, so it can be
+  /// neither read nor written nor queried as a socket.
+  pub path_only: bool,
 }
 
 /// Reports the access mode of `fd` and, for sockets, their family, type and whether
@@ -55,7 +59,14 @@ fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
     family: None,
     socket_type: None,
     listening: None,
+    path_only: false,
   };
+  // Socket queries on an O_PATH fd answer EBADF, as if it were not open.
+  #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+  if flags.contains(OFlag::O_PATH) {
+    info.path_only = true;
+    return Ok(info);
+  }
   let socket_type = match getsockopt(&borrowed, sockopt::SockType) {
     Ok(t) => t,
     Err(Errno::ENOTSOCK) => return Ok(info),
@@ -82,6 +93,22 @@ fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
   );
   info.listening = Some(getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| (e, "getsockopt"))?);
   Ok(info)
+}
+
+/// Closes `fd` (an fd this process owns, such as one `dequeue` handed over). `EBADF` when
+/// it is not open. Unlike `fs.closeSync`, Node's worker threads do not warn about an fd
+/// they did not open themselves.
+#[napi]
+#[cfg_attr(test, allow(dead_code))]
+pub fn close_fd(fd: i32) -> Result<()> {
+  if fd < 0 {
+    return Err(error::sys(Errno::EBADF, "close"));
+  }
+  match nix::unistd::close(fd) {
+    // Linux and the BSDs release the fd even when close is interrupted.
+    Ok(()) | Err(Errno::EINTR) => Ok(()),
+    Err(e) => Err(error::sys(e, "close")),
+  }
 }
 
 #[cfg(test)]
@@ -127,6 +154,17 @@ mod tests {
     let info = query(file.as_raw_fd()).expect("fd_info");
     assert_eq!(info.access, "r");
     assert!(info.family.is_none() && info.listening.is_none());
+  }
+
+  #[test]
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  fn an_o_path_fd_is_reported_not_refused() {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    let fd = open("/", OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).expect("open O_PATH");
+    let info = query(fd.as_raw_fd()).expect("fd_info");
+    assert!(info.path_only);
+    assert!(info.socket_type.is_none());
   }
 
   #[test]

@@ -15,6 +15,8 @@ mod error;
 #[cfg_attr(test, allow(dead_code))]
 mod fast;
 mod fd_info;
+mod handoff;
+mod js;
 mod nonblocking;
 mod push;
 mod queue;

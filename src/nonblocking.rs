@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{
   within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, BufferSlice, Either,
-  External, Function,
+  External, Function, Uint8ArraySlice,
 };
 use napi::{Env, Status};
 use napi_derive::napi;
@@ -23,9 +23,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{watch, Notify};
 
-use crate::blocking::shutdown_how;
 use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, Result};
+use crate::handoff::{self, Home, Parcel};
+use crate::js::{byte_count, shutdown_how};
 use crate::push::{AcceptArgs, Acceptor, ReadArgs, Reader};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::scm_rights::{self, Received};
@@ -66,22 +67,33 @@ pub(crate) fn errno_of(e: &io::Error) -> Errno {
 /// `fd` must keep its fd open, as the same open file description, for as long as the
 /// AsyncFd lives: an `OwnedFd`, or a `Registered` (which shares ownership of one).
 fn register<T: AsRawFd>(fd: T, interest: Interest) -> Result<AsyncFd<T>> {
-  let registered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-    within_runtime_if_available(|| {
-      // SAFETY: both kinds of `T` passed here own (or share the ownership of) an open fd
-      // that stays the same open file description until the AsyncFd, which owns `T`, is
-      // dropped and has deregistered it.
-      unsafe { AsyncFd::register_with_interest(fd, interest) }
-    })
-  }));
+  let register = move || {
+    // SAFETY: both kinds of `T` passed here own (or share the ownership of) an open fd
+    // that stays the same open file description until the AsyncFd, which owns `T`, is
+    // dropped and has deregistered it.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }
+  };
+  let registered = if tokio::runtime::Handle::try_current().is_ok() {
+    // On tokio's own threads the runtime is entered already. napi-rs's helper must not be
+    // used there: after a teardown it may have no runtime, and panic (printing it).
+    Ok(register())
+  } else {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+      within_runtime_if_available(register)
+    }))
+  };
   match registered {
     Ok(Ok(io)) => Ok(io),
     Ok(Err(e)) => Err(error::sys(errno_of(&e.into_parts().1), "epoll_ctl")),
-    Err(_) => Err(error::coded(
-      "ERR_FD_QUEUE_NO_RUNTIME",
-      "The async runtime is not running (is the environment shutting down?)",
-    )),
+    Err(_) => Err(no_runtime()),
   }
+}
+
+fn no_runtime() -> error::Error {
+  error::coded(
+    "ERR_FD_QUEUE_NO_RUNTIME",
+    "The async runtime is not running (is the environment shutting down?)",
+  )
 }
 
 /// Resolves once `closed` turns true.
@@ -143,6 +155,42 @@ impl Queues {
     lock(&self.outbound).clear();
     lock(&self.inbound).clear();
     self.room.notify_waiters();
+  }
+}
+
+/// The fds that reads on tokio's threads brought, one `(fds, truncated)` per message, on
+/// their way to the JS thread's inbound queue: deposited in that thread's home, so that a
+/// teardown closes them (see `handoff`).
+pub(crate) struct Arrival {
+  parcel: Option<Parcel>,
+  /// How many fds arrived.
+  pub(crate) count: usize,
+}
+
+type Arrived = Vec<(Vec<OwnedFd>, bool)>;
+
+impl Arrival {
+  pub(crate) fn deposit(home: &Home, parts: Arrived) -> Self {
+    let count = parts.iter().map(|(fds, _)| fds.len()).sum();
+    let any = parts
+      .iter()
+      .any(|(fds, truncated)| *truncated || !fds.is_empty());
+    let parcel = if any { home.deposit(parts) } else { None };
+    Self { parcel, count }
+  }
+
+  /// On the JS thread: the fds join the inbound queue, or are closed if the stream closed
+  /// meanwhile (then the read fails with `ERR_SOCKET_CLOSED`).
+  pub(crate) fn receive(self, home: &Home, queues: &Queues) -> napi::Result<()> {
+    let parts = self.parcel.and_then(|parcel| home.claim::<Arrived>(parcel));
+    if queues.closed.load(Ordering::Acquire) {
+      return Err(rejection(error::closed()));
+    }
+    let mut inbound = lock(&queues.inbound);
+    for (fds, truncated) in parts.into_iter().flatten() {
+      inbound.receive(fds, truncated);
+    }
+    Ok(())
   }
 }
 
@@ -273,8 +321,7 @@ impl Shared {
   }
 
   /// Runs `op` until the stream is closed. A close settles the operation with
-  /// `ERR_SOCKET_CLOSED` whatever `op` was about to report (the `EPIPE` of a write that
-  /// the close woke, say): the close signal is raised before the socket is shut down.
+  /// `ERR_SOCKET_CLOSED` whatever `op` was about to report.
   async fn unless_closed<T>(&self, op: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     let outcome = tokio::select! {
       biased;
@@ -351,7 +398,10 @@ impl Shared {
   /// It tries at once first (an earlier write may have made room by now) and registers
   /// for writability only when the socket is full. If no fd is left for that registration
   /// (the process is at its open-file limit), it polls instead, backing off up to 16 ms.
-  async fn write_all(&self, data: &[u8], mut fds: Vec<OwnedFd>, mut sent: usize) -> Result<u32> {
+  /// A transient shortage (`ETOOMANYREFS` until the peer takes fds in flight, `ENOBUFS`,
+  /// `ENOMEM`) has no readiness to wait for: the fds stay and the send is retried, backing
+  /// off up to 64 ms.
+  async fn write_all(&self, data: &[u8], mut fds: Vec<OwnedFd>, mut sent: usize) -> Result<usize> {
     let mut registered: Option<Arc<AsyncFd<Registered>>> = None;
     let mut backoff = Duration::from_millis(1);
     while sent < data.len() {
@@ -379,10 +429,14 @@ impl Shared {
             Err(Acquire::Failed(e)) => return Err(e),
           }
         }
+        Err(e) if scm_rights::is_transient(errno_of(&e)) => {
+          tokio::time::sleep(backoff).await;
+          backoff = (backoff * 2).min(Duration::from_millis(64));
+        }
         Err(e) => return Err(error::sys(errno_of(&e), "sendmsg")),
       }
     }
-    Ok(sent as u32)
+    Ok(sent)
   }
 }
 
@@ -460,18 +514,21 @@ impl StreamCore {
   ///
   /// When no earlier write is pending, the messages go out at once on the calling thread,
   /// one `sendmsg` each, until the socket is full; the byte count comes back directly if
-  /// everything went, and otherwise a Promise sends the rest in order.
+  /// everything went, and otherwise a Promise sends the rest in order. The rest is sent
+  /// from the caller's own buffer, which the Promise keeps referenced (no copy), as
+  /// `net.Socket#write` does.
   pub(crate) fn send_messages(
     env: &Env,
     shared: Arc<Shared>,
-    data: &[u8],
+    data: Uint8ArraySlice<'_>,
     mut messages: Vec<Message>,
-  ) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
+  ) -> napi::Result<Either<f64, AsyncBlock<f64>>> {
+    let len = data.len();
     let mut sent = 0;
     let mut next = 0;
     if shared.writes.is_idle() {
       while next < messages.len() {
-        let end = message_end(&messages, next, data.len());
+        let end = message_end(&messages, next, len);
         if sent == end {
           next += 1;
           continue;
@@ -484,35 +541,31 @@ impl StreamCore {
             sent += n;
           }
           Err(Errno::EAGAIN | Errno::EINTR) => break,
+          // Waited out (with the fds kept) by the asynchronous rest below.
+          Err(e) if scm_rights::is_transient(e) => break,
           Err(e) => return rejected(env, error::sys(e, "sendmsg")).map(Either::B),
         }
       }
       if next == messages.len() {
         shared.writable.release_if_idle();
-        return Ok(Either::A(data.len() as u32));
+        return Ok(Either::A(byte_count(len)));
       }
     }
-    let rest = data[sent..].to_vec();
-    let mut rest_messages: Vec<Message> = messages
-      .drain(next..)
-      .map(|m| Message {
-        start: m.start.saturating_sub(sent),
-        fds: m.fds,
-      })
-      .collect();
-    let total = data.len() as u32;
+    let data = data.into_typed_array(env)?;
+    let mut rest: Vec<Message> = messages.drain(next..).collect();
     let ticket = shared.writes.ticket();
     AsyncBlockBuilder::new(async move {
       let outcome = shared
         .unless_closed(async {
           ticket.turn().await;
-          for i in 0..rest_messages.len() {
-            let end = message_end(&rest_messages, i, rest.len());
-            let start = rest_messages[i].start;
-            let fds = std::mem::take(&mut rest_messages[i].fds);
-            shared.write_all(&rest[start..end], fds, 0).await?;
+          let mut from = sent;
+          for i in 0..rest.len() {
+            let end = message_end(&rest, i, len);
+            let fds = std::mem::take(&mut rest[i].fds);
+            shared.write_all(&data[from..end], fds, 0).await?;
+            from = end;
           }
-          Ok(total)
+          Ok(byte_count(len))
         })
         .await;
       drop(shared);
@@ -577,22 +630,27 @@ impl StreamCore {
         Err(e) => return rejected(env, e).map(Either::B),
       }
     }
+    let home = handoff::home(env).map_err(rejection)?;
     let ticket = shared.reads.ticket();
     let queues = Arc::clone(&self.queues);
     let reading = Arc::clone(&queues);
+    let depot = Arc::clone(&home);
     let future = async move {
       let outcome = shared
-        .unless_closed(read_in_turn(&shared, &reading, ticket, size as usize))
+        .unless_closed(read_in_turn(
+          &shared,
+          &reading,
+          &depot,
+          ticket,
+          size as usize,
+        ))
         .await;
       drop(shared);
       outcome.map_err(rejection)
     };
-    AsyncBlockBuilder::build_with_map(env, future, move |_env, (data, received, ticket)| {
-      if queues.closed.load(Ordering::Acquire) {
-        // Closed while the result travelled: the fds are dropped (closed) here.
-        return Err(rejection(error::closed()));
-      }
-      lock(&queues.inbound).receive(received.fds, received.truncated);
+    AsyncBlockBuilder::build_with_map(env, future, move |_env, (data, arrival, ticket)| {
+      // Closed while the result travelled: the fds are closed, not queued.
+      arrival.receive(&home, &queues)?;
       // Only now may the next read go: its fds must queue behind these.
       drop(ticket);
       Ok(Buffer::from(data))
@@ -606,7 +664,11 @@ impl StreamCore {
   /// When no earlier write is pending, the first `sendmsg` happens at once on the calling
   /// thread; if it wrote everything the byte count comes back directly (the TypeScript
   /// layer wraps it in a resolved Promise), and otherwise the rest goes on asynchronously.
-  pub(crate) fn write(&self, env: &Env, data: &[u8]) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
+  pub(crate) fn write(
+    &self,
+    env: &Env,
+    data: Uint8ArraySlice<'_>,
+  ) -> napi::Result<Either<f64, AsyncBlock<f64>>> {
     let shared = match self.shared() {
       Ok(shared) => shared,
       Err(e) => return rejected(env, e).map(Either::B),
@@ -635,7 +697,9 @@ impl AsyncUnixStream {
   /// Connects to the listener at `path`.
   #[napi]
   pub fn connect(env: &Env, path: String) -> napi::Result<AsyncBlock<AsyncUnixStream>> {
-    AsyncBlockBuilder::new(async move {
+    let home = handoff::home(env).map_err(rejection)?;
+    let depot = Arc::clone(&home);
+    let future = async move {
       let stream = tokio::net::UnixStream::connect(&path)
         .await
         .map_err(|e| rejection(error::sys_path(errno_of(&e), "connect", &path)))?;
@@ -644,9 +708,9 @@ impl AsyncUnixStream {
           .into_std()
           .map_err(|e| rejection(error::sys(errno_of(&e), "connect")))?,
       );
-      AsyncUnixStream::wrap(fd).map_err(rejection)
-    })
-    .build(env)
+      Ok(depot.deposit(fd))
+    };
+    AsyncBlockBuilder::build_with_map(env, future, move |_env, parcel| claim_stream(&home, parcel))
   }
 
   /// This stream's handle for the functions in `fast`.
@@ -759,12 +823,10 @@ impl AsyncUnixStream {
     if let Some(shared) = shared {
       lock(&self.reader).take();
       self.queues.close();
-      // Close signal first, so that pending operations settle as closed rather than with
-      // what the shutdown makes their syscalls answer.
+      // Pending operations settle through the close signal alone. The connection itself
+      // is left alone (no `shutdown`): another process may hold this socket too (it was
+      // handed over), and only this descriptor is released.
       shared.closed.send_replace(true);
-      // The peer sees end-of-stream now, even while pending futures still hold the fd
-      // for the moment it takes them to notice the close.
-      let _ = socket::shutdown(shared.fd.as_raw_fd(), Shutdown::Both);
       release(shared);
     }
   }
@@ -782,12 +844,14 @@ impl Drop for AsyncUnixStream {
 async fn read_in_turn(
   shared: &Shared,
   queues: &Queues,
+  home: &Home,
   ticket: Ticket,
   size: usize,
-) -> Result<(Vec<u8>, Received, Ticket)> {
+) -> Result<(Vec<u8>, Arrival, Ticket)> {
   ticket.turn().await;
   let (data, received) = shared.read(queues, size).await?;
-  Ok((data, received, ticket))
+  let arrival = Arrival::deposit(home, vec![(received.fds, received.truncated)]);
+  Ok((data, arrival, ticket))
 }
 
 fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
@@ -851,29 +915,31 @@ impl AsyncUnixListener {
   #[napi(ts_return_type = "Promise<NativeAsyncUnixStream>")]
   pub fn accept(&self, env: &Env) -> napi::Result<AsyncBlock<AsyncUnixStream>> {
     let shared = lock(&self.io).clone();
-    AsyncBlockBuilder::new(async move {
+    let home = handoff::home(env).map_err(rejection)?;
+    let depot = Arc::clone(&home);
+    let future = async move {
       let shared = shared.ok_or_else(|| rejection(error::closed()))?;
       let outcome = tokio::select! {
         biased;
         _ = closing(&shared.closed) => Err(error::closed()),
-        result = accept_one(&shared) => result,
+        result = accept_one(&shared) => result.map_err(|e| error::sys(e, "accept")),
       };
       drop(shared);
-      outcome.and_then(AsyncUnixStream::wrap).map_err(rejection)
-    })
-    .build(env)
+      outcome.map(|fd| depot.deposit(fd)).map_err(rejection)
+    };
+    AsyncBlockBuilder::build_with_map(env, future, move |_env, parcel| claim_stream(&home, parcel))
   }
 
-  /// Starts accepting in a loop: `callback(stream, null)` per connection, or
-  /// `callback(null, "[CODE] message")` when accepting failed for good.
+  /// Starts accepting in a loop: `callback(stream, null, false)` per connection; see
+  /// `AcceptArgs` for the rest.
   #[napi(
-    ts_args_type = "callback: (stream: NativeAsyncUnixStream | null, error: string | null) => void"
+    ts_args_type = "callback: (stream: NativeAsyncUnixStream | null, error: string | null, retrying: boolean) => void"
   )]
-  pub fn start_accepting(&self, callback: Function<'_, AcceptArgs, ()>) -> Result<()> {
+  pub fn start_accepting(&self, env: &Env, callback: Function<'_, AcceptArgs, ()>) -> Result<()> {
     let shared = lock(&self.io).clone().ok_or_else(error::closed)?;
     let mut acceptor = lock(&self.acceptor);
     if acceptor.is_none() {
-      *acceptor = Some(Acceptor::start(shared, callback).map_err(internal)?);
+      *acceptor = Some(Acceptor::start(env, shared, callback).map_err(internal)?);
     }
     Ok(())
   }
@@ -907,7 +973,9 @@ impl Drop for AsyncUnixListener {
   }
 }
 
-pub(crate) async fn accept_one(shared: &ListenerShared) -> Result<OwnedFd> {
+/// The next connection, or why `accept` failed. Running out of fds leaves the listener
+/// readable, so a retry tries again at once.
+pub(crate) async fn accept_one(shared: &ListenerShared) -> std::result::Result<OwnedFd, Errno> {
   loop {
     let result = shared
       .io
@@ -918,9 +986,17 @@ pub(crate) async fn accept_one(shared: &ListenerShared) -> Result<OwnedFd> {
     match result {
       Ok(fd) => return Ok(fd),
       Err(e) if matches!(errno_of(&e), Errno::EINTR | Errno::ECONNABORTED) => continue,
-      Err(e) => return Err(error::sys(errno_of(&e), "accept")),
+      Err(e) => return Err(errno_of(&e)),
     }
   }
+}
+
+/// On the JS thread: the stream around a connection a future deposited (`None`: the
+/// environment went away, and the fd with it).
+fn claim_stream(home: &Home, parcel: Option<Parcel>) -> napi::Result<AsyncUnixStream> {
+  let fd = parcel.and_then(|parcel| home.claim::<OwnedFd>(parcel));
+  let fd = fd.ok_or_else(|| rejection(no_runtime()))?;
+  AsyncUnixStream::wrap(fd).map_err(rejection)
 }
 
 /// A napi-rs failure (creating a threadsafe function, ref-counting it).

@@ -8,18 +8,22 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use napi::bindgen_prelude::{Buffer, FnArgs, Function};
 use napi::threadsafe_function::{
   ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
 use napi::{Env, Status};
+use nix::errno::Errno;
 use tokio::io::Interest;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::error;
+use crate::handoff::{self, Home, Parcel};
 use crate::nonblocking::{
-  accept_one, closing, errno_of, lock, tagged, AsyncUnixStream, ListenerShared, Queues, Shared,
+  accept_one, closing, errno_of, lock, tagged, Arrival, AsyncUnixStream, ListenerShared, Queues,
+  Shared,
 };
 use crate::scm_rights;
 
@@ -35,12 +39,12 @@ const IN_FLIGHT: usize = 2;
 pub type ReadArgs = FnArgs<(Option<Buffer>, u32, Option<String>)>;
 type ReadCallback = ThreadsafeFunction<Delivery, (), ReadArgs, Status, false>;
 
-/// What the reader task sends to JS.
+/// What the reader task sends to JS. It owns no fd: those wait in the JS thread's home.
 pub enum Delivery {
   Data {
     data: Vec<u8>,
     /// The fds of each message in the batch, and whether the kernel truncated them.
-    parts: Vec<(Vec<OwnedFd>, bool)>,
+    arrival: Arrival,
     _credit: tokio::sync::OwnedSemaphorePermit,
   },
   End,
@@ -62,12 +66,14 @@ impl Reader {
     queues: Arc<Queues>,
     callback: Function<'_, ReadArgs, ()>,
   ) -> napi::Result<Self> {
+    let home = handoff::home(env).map_err(|e| napi::Error::from_reason(e.reason))?;
+    let depot = Arc::clone(&home);
     let delivering = Arc::clone(&queues);
     let tsfn: ReadCallback = callback
       .build_threadsafe_function::<Delivery>()
       .callee_handled::<false>()
       .build_callback(move |ctx: ThreadsafeCallContext<Delivery>| {
-        Ok(deliver(&delivering, ctx.value))
+        Ok(deliver(&delivering, &home, ctx.value))
       })?;
     let callback = Arc::new(Mutex::new(Some(tsfn)));
     let (want, wanted) = watch::channel(true);
@@ -77,12 +83,11 @@ impl Reader {
       tokio::select! {
         biased;
         _ = closing(&shared.closed) => {}
-        _ = pump(&shared, &queues, &task_callback, wanted, credits) => {}
+        _ = pump(&shared, &queues, &depot, &task_callback, wanted, credits) => {}
       }
       // Releasing the threadsafe function lets the event loop exit.
       lock(&task_callback).take();
     });
-    let _ = env;
     Ok(Self {
       want,
       callback,
@@ -111,17 +116,13 @@ impl Reader {
 
 /// Runs on the JS thread: the fds of the batch join the inbound queue, then JS gets the
 /// chunk, so they are dequeue-able by the time it is delivered.
-fn deliver(queues: &Queues, delivery: Delivery) -> ReadArgs {
+fn deliver(queues: &Queues, home: &Home, delivery: Delivery) -> ReadArgs {
   match delivery {
-    Delivery::Data { data, parts, .. } => {
-      let count: usize = parts.iter().map(|(fds, _)| fds.len()).sum();
+    Delivery::Data { data, arrival, .. } => {
+      let count = arrival.count;
       queues.pending.fetch_sub(count, Ordering::AcqRel);
-      if queues.closed.load(Ordering::Acquire) {
+      if arrival.receive(home, queues).is_err() {
         return (None, 0, Some(tagged(error::closed()))).into();
-      }
-      let mut inbound = lock(&queues.inbound);
-      for (fds, truncated) in parts {
-        inbound.receive(fds, truncated);
       }
       (Some(Buffer::from(data)), count as u32, None).into()
     }
@@ -141,6 +142,7 @@ fn send(callback: &Mutex<Option<ReadCallback>>, delivery: Delivery) {
 async fn pump(
   shared: &Shared,
   queues: &Queues,
+  home: &Home,
   callback: &Mutex<Option<ReadCallback>>,
   mut wanted: watch::Receiver<bool>,
   credits: Arc<Semaphore>,
@@ -213,7 +215,7 @@ async fn pump(
         callback,
         Delivery::Data {
           data,
-          parts,
+          arrival: Arrival::deposit(home, parts),
           _credit: credit,
         },
       );
@@ -230,10 +232,25 @@ async fn pump(
   }
 }
 
-/// `(stream, error)`: a new connection, or `(null, "[CODE] message")` when accepting
-/// failed for good.
-pub type AcceptArgs = FnArgs<(Option<AsyncUnixStream>, Option<String>)>;
-type AcceptCallback = ThreadsafeFunction<error::Result<OwnedFd>, (), AcceptArgs, Status, false>;
+/// `(stream, error, retrying)`: a new connection; or `(null, "[CODE] message", true)` when
+/// accepting failed for lack of resources (reported once, then retried with a backoff); or
+/// `(null, "[CODE] message", false)` when accepting failed for good; or `(null, null,
+/// false)` for a connection that arrived after the listener closed (already closed).
+pub type AcceptArgs = FnArgs<(Option<AsyncUnixStream>, Option<String>, bool)>;
+type AcceptCallback = ThreadsafeFunction<Accepted, (), AcceptArgs, Status, false>;
+
+/// What the accepting task sends to JS. It owns no fd: connections wait in the home.
+pub enum Accepted {
+  Connection(Parcel, OwnedSemaphorePermit),
+  Busy(error::Error),
+  Failed(error::Error),
+}
+
+/// Connections accepted and not yet handed to JS. Past this the task waits, leaving
+/// further connections in the kernel's backlog.
+const UNDELIVERED: usize = 64;
+/// Longest wait between accepts while the process has no fd (or memory) to spare.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Accepts in a loop until the listener closes, handing each connection to JS.
 pub struct Acceptor {
@@ -242,36 +259,40 @@ pub struct Acceptor {
 
 impl Acceptor {
   pub fn start(
+    env: &Env,
     listener: Arc<ListenerShared>,
     callback: Function<'_, AcceptArgs, ()>,
   ) -> napi::Result<Self> {
+    let home = handoff::home(env).map_err(|e| napi::Error::from_reason(e.reason))?;
+    let depot = Arc::clone(&home);
+    let closed = listener.closed.subscribe();
     let tsfn: AcceptCallback = callback
-      .build_threadsafe_function::<error::Result<OwnedFd>>()
+      .build_threadsafe_function::<Accepted>()
       .callee_handled::<false>()
-      .build_callback(|ctx: ThreadsafeCallContext<error::Result<OwnedFd>>| {
-        // Registering the accepted socket happens here, on the JS thread, inside the runtime.
-        let args = match ctx.value.and_then(AsyncUnixStream::wrap) {
-          Ok(stream) => (Some(stream), None),
-          Err(e) => (None, Some(tagged(e))),
+      .build_callback(move |ctx: ThreadsafeCallContext<Accepted>| {
+        let args = match ctx.value {
+          Accepted::Connection(parcel, _permit) => match home.claim::<OwnedFd>(parcel) {
+            // Accepted, but the listener closed before JS got it: closed, not delivered.
+            _ if *closed.borrow() => (None, None, false),
+            // Registering happens here, on the JS thread, inside the runtime.
+            Some(fd) => match AsyncUnixStream::wrap(fd) {
+              Ok(stream) => (Some(stream), None, false),
+              Err(e) => (None, Some(tagged(e)), true),
+            },
+            None => (None, None, false),
+          },
+          Accepted::Busy(e) => (None, Some(tagged(e)), true),
+          Accepted::Failed(e) => (None, Some(tagged(e)), false),
         };
         Ok(args.into())
       })?;
     let callback = Arc::new(Mutex::new(Some(tsfn)));
     let task_callback = Arc::clone(&callback);
     napi::bindgen_prelude::spawn(async move {
-      loop {
-        let next = tokio::select! {
-          biased;
-          _ = closing(&listener.closed) => break,
-          next = accept_one(&listener) => next,
-        };
-        let failed = next.is_err();
-        if let Some(tsfn) = lock(&task_callback).as_ref() {
-          tsfn.call(next, ThreadsafeFunctionCallMode::NonBlocking);
-        }
-        if failed {
-          break;
-        }
+      tokio::select! {
+        biased;
+        _ = closing(&listener.closed) => {}
+        _ = accept_loop(&listener, &depot, &task_callback) => {}
       }
       drop(listener);
       lock(&task_callback).take();
@@ -283,6 +304,61 @@ impl Acceptor {
   pub fn set_referenced(&self, env: &Env, referenced: bool) -> napi::Result<()> {
     set_ref(&self.callback, env, referenced)
   }
+}
+
+/// Accepts until a fatal error. Running out of fds or memory is not fatal (a peer can
+/// cause it on purpose): it is reported once, and accepting resumes after a backoff,
+/// like `net.Server`, leaving the waiting connections in the backlog meanwhile.
+async fn accept_loop(
+  listener: &ListenerShared,
+  home: &Home,
+  callback: &Mutex<Option<AcceptCallback>>,
+) {
+  let undelivered = Arc::new(Semaphore::new(UNDELIVERED));
+  let mut backoff: Option<Duration> = None;
+  let call = |accepted: Accepted| {
+    if let Some(tsfn) = lock(callback).as_ref() {
+      tsfn.call(accepted, ThreadsafeFunctionCallMode::NonBlocking);
+    }
+  };
+  loop {
+    let Ok(permit) = Arc::clone(&undelivered).acquire_owned().await else {
+      return;
+    };
+    match accept_one(listener).await {
+      Ok(fd) => {
+        backoff = None;
+        // None: the JS environment is gone (the fd was closed); nothing will take more.
+        let Some(parcel) = home.deposit(fd) else {
+          return;
+        };
+        call(Accepted::Connection(parcel, permit));
+      }
+      Err(errno) if exhausted(errno) => {
+        let delay = match backoff {
+          None => {
+            call(Accepted::Busy(error::sys(errno, "accept")));
+            Duration::from_millis(1)
+          }
+          Some(delay) => (delay * 2).min(MAX_ACCEPT_BACKOFF),
+        };
+        backoff = Some(delay);
+        tokio::time::sleep(delay).await;
+      }
+      Err(errno) => {
+        call(Accepted::Failed(error::sys(errno, "accept")));
+        return;
+      }
+    }
+  }
+}
+
+/// Accept errors that only say the process (or system) is out of fds or memory for now.
+pub(crate) fn exhausted(errno: Errno) -> bool {
+  matches!(
+    errno,
+    Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM
+  )
 }
 
 /// Whether a waiting threadsafe function keeps the event loop alive (a no-op once the

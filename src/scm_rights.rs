@@ -48,6 +48,13 @@ pub fn send_with_fds(
   sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None)
 }
 
+/// A send error that passes by itself, with the socket still usable: the kernel's bound
+/// on fds in flight (`ETOOMANYREFS`, until the peer takes some) or a memory shortage. The
+/// fds of such a send must be kept for the retry, never closed.
+pub fn is_transient(errno: Errno) -> bool {
+  matches!(errno, Errno::ETOOMANYREFS | Errno::ENOBUFS | Errno::ENOMEM)
+}
+
 /// Sends with no control message. Node ignores SIGPIPE, and where the OS has
 /// `MSG_NOSIGNAL` a dead peer is reported as `EPIPE` in any host process.
 fn send_flags() -> MsgFlags {

@@ -4,8 +4,11 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+  self, setsockopt, sockopt, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
 use nix::sys::stat;
+use nix::sys::time::TimeVal;
 
 use crate::error::{self, Result};
 
@@ -74,15 +77,30 @@ fn address(path: &str, syscall: &str) -> Result<UnixAddr> {
 
 /// Connects to the listener at `path`. The socket is made non-blocking only after the
 /// connect, so `connect` itself never answers `EINPROGRESS`.
-pub fn connect(path: &str, nonblocking: bool) -> Result<OwnedFd> {
+///
+/// A blocking connect waits while the listener's backlog is full. With a `timeout` it
+/// waits at most that long and fails with `ETIMEDOUT`: the socket's send timeout bounds
+/// that wait on Linux (the BSDs refuse at once with `ECONNREFUSED` instead of waiting).
+pub fn connect(path: &str, nonblocking: bool, timeout: Option<TimeVal>) -> Result<OwnedFd> {
   let addr = address(path, "connect")?;
   let fd = new_socket(false).map_err(|e| error::sys(e, "socket"))?;
+  if let Some(timeout) = &timeout {
+    setsockopt(&fd, sockopt::SendTimeout, timeout).map_err(|e| error::sys(e, "setsockopt"))?;
+  }
   loop {
     match socket::connect(fd.as_raw_fd(), &addr) {
       Ok(()) => break,
       Err(Errno::EINTR) => continue,
+      Err(Errno::EAGAIN | Errno::EINPROGRESS) if timeout.is_some() => {
+        return Err(error::sys_path(Errno::ETIMEDOUT, "connect", path))
+      }
       Err(e) => return Err(error::sys_path(e, "connect", path)),
     }
+  }
+  if timeout.is_some() {
+    // The timeout was for the connect only: writes on the stream block as long as needed.
+    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(0, 0))
+      .map_err(|e| error::sys(e, "setsockopt"))?;
   }
   if nonblocking {
     set_nonblocking(fd.as_fd()).map_err(|e| error::sys(e, "fcntl"))?;

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use napi::bindgen_prelude::{AsyncBlock, Either, External};
+use napi::bindgen_prelude::{AsyncBlock, Either, External, Uint8ArraySlice};
 use napi::Env;
 use napi_derive::napi;
 
@@ -58,9 +58,9 @@ pub fn send_staged(
   env: &Env,
   staged: &External<StagedFds>,
   stream: &StreamHandle,
-  data: &[u8],
+  data: Uint8ArraySlice<'_>,
   cuts: &[u32],
-) -> napi::Result<Either<u32, AsyncBlock<u32>>> {
+) -> napi::Result<Either<f64, AsyncBlock<f64>>> {
   let shared = stream.shared().map_err(rejection)?;
   let messages = staged
     .messages(stream.outbound(), data.len(), cuts)

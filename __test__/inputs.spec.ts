@@ -1,0 +1,117 @@
+/**
+ * Inputs at the edges: bytes from another realm, byte counts past 32 bits, stream options
+ * an fd socket cannot honour, and errors from the binding layer: every error has a
+ * Node-style `code`, and nothing is refused that Node itself would accept.
+ */
+import test from 'ava'
+import { spawn } from 'node:child_process'
+import { constants as bufferConstants } from 'node:buffer'
+import * as vm from 'node:vm'
+import { AsyncUnixStream, FdSocket, UnixStream } from '../index.js'
+import { shapeError } from '../lib/errors.js'
+import { settledOpenFds } from './helpers.js'
+import { onceEvent, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+
+let baseline = 0
+test.before(async () => {
+  baseline = await warmedUpFdBaseline()
+})
+test.after.always('no fd of this file leaked', async (t) => {
+  t.is(await settledOpenFds(), baseline)
+})
+
+/** A Uint8Array made in another realm (a `vm` context): `instanceof Uint8Array` is false here. */
+function foreignBytes(text: string): Uint8Array {
+  const bytes = vm.runInNewContext(`new Uint8Array(${JSON.stringify([...Buffer.from(text)])})`) as Uint8Array
+  if (bytes instanceof Uint8Array) throw new Error('expected a Uint8Array of another realm')
+  return bytes
+}
+
+test('a Uint8Array from another realm is written and read into by every class', async (t) => {
+  const [us1, us2] = UnixStream.pair()
+  t.is(us1.write(foreignBytes('blocking')), 8)
+  const into = vm.runInNewContext('new Uint8Array(16)') as Uint8Array
+  t.is(us2.read(into), 8)
+  t.is(Buffer.from(into.subarray(0, 8)).toString(), 'blocking')
+  us1.close()
+  us2.close()
+
+  const [as1, as2] = AsyncUnixStream.pair()
+  t.is(await as1.write(foreignBytes('async')), 5)
+  t.is((await readExactly(as2, 5)).toString(), 'async')
+  as1.close()
+  as2.close()
+
+  const [fs1, fs2] = FdSocket.pair()
+  fs1.write(foreignBytes('duplex'))
+  t.is(String((await onceEvent(fs2, 'data'))[0]), 'duplex')
+  fs1.destroy()
+  fs2.destroy()
+  await onceEvent(fs2, 'close').catch(() => {})
+})
+
+test('FdSocket refuses object mode up front (it carries bytes), with ERR_INVALID_ARG_VALUE', (t) => {
+  for (const option of ['objectMode', 'readableObjectMode', 'writableObjectMode']) {
+    const error = t.throws(() => FdSocket.pair({ [option]: true } as never))
+    t.is((error as NodeJS.ErrnoException).code, 'ERR_INVALID_ARG_VALUE', option)
+    t.true(error instanceof TypeError)
+  }
+})
+
+test('binding-layer statuses never surface as codes: InvalidArg and friends become Node-style codes', (t) => {
+  const invalid = shapeError(
+    Object.assign(new Error('Failed to convert napi value into rust type `Vec<u8>`'), { code: 'InvalidArg' }),
+  )
+  t.true(invalid instanceof TypeError)
+  t.is((invalid as NodeJS.ErrnoException).code, 'ERR_INVALID_ARG_TYPE')
+  t.regex((invalid as Error).message, /InvalidArg/)
+  const expected = shapeError(Object.assign(new Error('x'), { code: 'StringExpected' }))
+  t.is((expected as NodeJS.ErrnoException).code, 'ERR_INVALID_ARG_TYPE')
+  const generic = shapeError(Object.assign(new Error('y'), { code: 'GenericFailure' }))
+  t.is((generic as NodeJS.ErrnoException).code, 'ERR_INTERNAL')
+  // Node-style codes pass through untouched.
+  for (const code of ['ENOENT', 'ERR_SOCKET_CLOSED', 'ABORT_ERR']) {
+    t.is((shapeError(Object.assign(new Error('z'), { code })) as NodeJS.ErrnoException).code, code)
+  }
+})
+
+test('AsyncUnixStream.write() of a 4 GiB Buffer resolves with 4294967296, every byte delivered', async (t) => {
+  const size = 2 ** 32
+  if (bufferConstants.MAX_LENGTH < size) {
+    t.log(`this Node caps Buffers at ${bufferConstants.MAX_LENGTH} bytes`)
+    t.pass()
+    return
+  }
+  const [writer, reader] = AsyncUnixStream.pair()
+  // The reading end goes to a Python child (fd 3), which counts the bytes to end of stream.
+  const counter = spawn(
+    'python3',
+    [
+      '-c',
+      [
+        'import socket',
+        's = socket.socket(fileno=3)',
+        's.setblocking(True)',
+        'buf = bytearray(1 << 20)',
+        'total = 0',
+        'while True:',
+        '    n = s.recv_into(buf)',
+        '    if n == 0: break',
+        '    total += n',
+        'print(total, buf[0] if total else -1)',
+      ].join('\n'),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe', reader.fd] },
+  )
+  reader.close()
+  let stdout = ''
+  counter.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+  const exited = new Promise<number | null>((resolve) => counter.on('close', resolve))
+  const big = Buffer.allocUnsafe(size)
+  big.fill(7, size - (1 << 20)) // the last MiB is what the child's buffer holds at the end
+  const written = await withTimeout(writer.write(big), 300_000, 'the 4 GiB write')
+  writer.close()
+  t.is(written, size)
+  t.is(await withTimeout(exited, 300_000, 'the counter exits'), 0)
+  t.is(stdout.trim(), `${size} 7`)
+})

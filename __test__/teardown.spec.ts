@@ -1,0 +1,64 @@
+/**
+ * The end of a worker thread loses nothing and prints nothing: what tokio had accepted or
+ * read for the worker's JS thread, but that thread never took (it was busy, then
+ * terminated), is closed with it. Each scenario runs in a child process
+ * (fixtures/teardown.cjs) that counts its own fds.
+ */
+import test from 'ava'
+import { spawn } from 'node:child_process'
+import * as path from 'node:path'
+import { makeFifo, ROOT, tmpSocketPath } from './helpers.js'
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+  report: any
+}
+
+function runTeardown(args: string[]): Promise<Run> {
+  const script = path.join(ROOT, '__test__', 'fixtures', 'teardown.cjs')
+  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
+  return new Promise((resolve, reject) => {
+    child.on('error', reject)
+    child.on('close', (code) => {
+      let report: any = null
+      try {
+        report = JSON.parse(stdout.trim().split('\n').at(-1) ?? '')
+      } catch {
+        // reported below with the output
+      }
+      resolve({ code, stdout, stderr, report })
+    })
+  })
+}
+
+test('worker.terminate() under a connection flood: connections accepted for the busy worker are closed', async (t) => {
+  const run = await runTeardown(['flood', tmpSocketPath()])
+  t.is(run.code, 0, run.stderr)
+  t.is(run.stderr, '')
+  const { before, whileBlocked, after, clients } = run.report
+  t.log(`fds: before ${before}, while the worker was busy ${whileBlocked}, after ${after} (${clients} clients)`)
+  t.true(whileBlocked > before + clients, 'connections were accepted while the worker was busy')
+  t.is(after, before, 'every accepted connection was closed with the worker')
+})
+
+test('worker.terminate() with fd-carrying chunks read for a busy FdSocket: their fds are closed', async (t) => {
+  const fifo = makeFifo()
+  fifo.close() // the fixture opens the FIFO itself
+  const run = await runTeardown(['reader', tmpSocketPath(), fifo.path])
+  t.is(run.code, 0, run.stderr)
+  t.is(run.stderr, '')
+  t.deepEqual(run.report, { writerOpen: false })
+})
+
+test('worker churn (fd-queue loaded by workers only): no panic or other output, no fd left', async (t) => {
+  const run = await runTeardown(['churn', '24'])
+  t.is(run.code, 0, run.stderr)
+  t.is(run.stderr, '', 'nothing printed: no panic message from any thread')
+  t.is(run.report.after, run.report.before)
+})
