@@ -342,7 +342,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     const data = parts.length === 1 ? parts[0] : Buffer.concat(parts, length)
     let written: number | Promise<number>
     try {
-      written = binding.sendStaged(this.#staged, handle, data, new Uint32Array(cuts))
+      written = binding.sendStaged(this.#staged, handle, data, new Float64Array(cuts))
     } catch (error) {
       // The socket is destroyed by this error; what was staged goes with it.
       this.#releaseStaged()

@@ -51,7 +51,7 @@ pub fn clear_staged(staged: &External<StagedFds>) {
 /// ride on the first byte. Returns (or resolves with) the byte count.
 #[cfg_attr(test, allow(dead_code))]
 #[napi(
-  ts_args_type = "staged: ExternalObject<'StagedFds'>, stream: ExternalObject<'StreamCore'>, data: Uint8Array, cuts: Uint32Array",
+  ts_args_type = "staged: ExternalObject<'StagedFds'>, stream: ExternalObject<'StreamCore'>, data: Uint8Array, cuts: Float64Array",
   ts_return_type = "number | Promise<number>"
 )]
 pub fn send_staged(
@@ -59,13 +59,30 @@ pub fn send_staged(
   staged: &External<StagedFds>,
   stream: &StreamHandle,
   data: Uint8ArraySlice<'_>,
-  cuts: &[u32],
+  cuts: &[f64],
 ) -> napi::Result<Either<f64, AsyncBlock<f64>>> {
   let shared = stream.shared().map_err(rejection)?;
-  let messages = staged
-    .messages(stream.outbound(), data.len(), cuts)
+  let messages = cut_pairs(cuts)
+    .and_then(|cuts| staged.messages(stream.outbound(), data.len(), &cuts))
     .map_err(|refused| rejection(refused.into()))?;
   StreamCore::send_messages(env, shared, data, messages)
+}
+
+/// `cuts` as `(offset, count)` pairs. They come as doubles: a write may be longer than
+/// 4 GiB (Node 22 allows such Buffers), so a 32-bit offset could wrap.
+fn cut_pairs(cuts: &[f64]) -> std::result::Result<Vec<(usize, usize)>, Refused> {
+  let index = |value: f64| {
+    (value >= 0.0 && value.fract() == 0.0 && value < usize::MAX as f64).then_some(value as usize)
+  };
+  cuts
+    .chunks(2)
+    .map(|pair| match pair {
+      &[offset, count] => index(offset)
+        .zip(index(count))
+        .ok_or(Refused::BadCuts("an entry that is not an index")),
+      _ => Err(Refused::BadCuts("an odd number of entries")),
+    })
+    .collect()
 }
 
 impl StagedFds {
@@ -75,51 +92,43 @@ impl StagedFds {
     &self,
     outbound: &Mutex<OutboundQueue>,
     len: usize,
-    cuts: &[u32],
+    cuts: &[(usize, usize)],
   ) -> std::result::Result<Vec<Message>, Refused> {
     let mut staged = lock(&self.fds);
     let mut needed = 0usize;
     let mut previous = None;
-    for pair in cuts.chunks(2) {
-      let &[offset, count] = pair else {
-        return Err(Refused::BadCuts("an odd number of entries"));
-      };
-      let offset = offset as usize;
+    for &(offset, count) in cuts {
       if offset >= len || previous.is_some_and(|p| offset <= p) {
         return Err(Refused::BadCuts("offsets out of order or past the data"));
       }
-      if count == 0 || count as usize > SCM_MAX_FD {
+      if count == 0 || count > SCM_MAX_FD {
         return Err(Refused::BadCuts("a count outside 1..=253"));
       }
       previous = Some(offset);
-      needed += count as usize;
+      needed += count;
     }
     if needed > staged.len() {
       return Err(Refused::BadCuts("more fds than are staged"));
     }
     // Fds left in the stream's own outbound queue ride on the first byte too.
     let waiting = if len > 0 { lock(outbound).len() } else { 0 };
-    let on_first_byte = if cuts.first() == Some(&0) {
-      cuts[1] as usize
-    } else {
-      0
+    let on_first_byte = match cuts.first() {
+      Some(&(0, count)) => count,
+      _ => 0,
     };
     if waiting > 0 && on_first_byte + waiting > SCM_MAX_FD {
       return Err(Refused::TooManyFds);
     }
-    let mut messages = Vec::with_capacity(cuts.len() / 2 + 1);
-    if cuts.first().is_none_or(|&offset| offset > 0) {
+    let mut messages = Vec::with_capacity(cuts.len() + 1);
+    if cuts.first().is_none_or(|&(offset, _)| offset > 0) {
       messages.push(Message {
         start: 0,
         fds: Vec::new(),
       });
     }
-    for pair in cuts.chunks_exact(2) {
-      let fds = staged.drain(..pair[1] as usize).collect();
-      messages.push(Message {
-        start: pair[0] as usize,
-        fds,
-      });
+    for &(start, count) in cuts {
+      let fds = staged.drain(..count).collect();
+      messages.push(Message { start, fds });
     }
     // Nothing is sent for an empty write, so the outbound fds wait for the next one.
     if waiting > 0 {
@@ -175,6 +184,16 @@ mod tests {
     }
   }
 
+  /// `send_staged`'s split, without a stream.
+  fn split(
+    staged: &StagedFds,
+    outbound: &Mutex<OutboundQueue>,
+    len: usize,
+    cuts: &[f64],
+  ) -> std::result::Result<Vec<Message>, Refused> {
+    cut_pairs(cuts).and_then(|cuts| staged.messages(outbound, len, &cuts))
+  }
+
   fn shape(messages: &[Message]) -> Vec<(usize, usize)> {
     messages.iter().map(|m| (m.start, m.fds.len())).collect()
   }
@@ -183,9 +202,7 @@ mod tests {
   fn cuts_split_a_write_and_take_the_staged_fds_in_order() {
     let (_fd, outbound, staged) = setup(5);
     let first = lock(&staged.fds)[0].as_raw_fd();
-    let messages = staged
-      .messages(&outbound, 10, &[4, 2, 7, 3])
-      .expect("messages");
+    let messages = split(&staged, &outbound, 10, &[4.0, 2.0, 7.0, 3.0]).expect("messages");
     assert_eq!(shape(&messages), vec![(0, 0), (4, 2), (7, 3)]);
     assert_eq!(
       messages[1].fds[0].as_raw_fd(),
@@ -198,17 +215,20 @@ mod tests {
   #[test]
   fn bad_cuts_are_refused_before_any_fd_is_taken() {
     let (_fd, outbound, staged) = setup(5);
-    let bad: [&[u32]; 6] = [
-      &[1],
-      &[3, 1, 2, 1],
-      &[3, 1, 3, 1],
-      &[10, 1],
-      &[0, 0],
-      &[0, 6],
+    let bad: [&[f64]; 9] = [
+      &[1.0],
+      &[3.0, 1.0, 2.0, 1.0],
+      &[3.0, 1.0, 3.0, 1.0],
+      &[10.0, 1.0],
+      &[0.0, 0.0],
+      &[0.0, 6.0],
+      &[1.5, 1.0],
+      &[-1.0, 1.0],
+      &[f64::NAN, 1.0],
     ];
     for cuts in bad {
       assert!(
-        staged.messages(&outbound, 10, cuts).is_err(),
+        split(&staged, &outbound, 10, cuts).is_err(),
         "cuts {cuts:?}"
       );
       assert_eq!(lock(&staged.fds).len(), 5, "cuts {cuts:?} took fds");
@@ -219,7 +239,7 @@ mod tests {
   fn fds_left_in_the_outbound_queue_ride_on_the_first_byte() {
     let (fd, outbound, staged) = setup(1);
     queue(&outbound, &fd, 2);
-    let messages = staged.messages(&outbound, 3, &[0, 1]).expect("messages");
+    let messages = split(&staged, &outbound, 3, &[0.0, 1.0]).expect("messages");
     assert_eq!(shape(&messages), vec![(0, 3)]);
     assert_eq!(lock(&outbound).len(), 0);
   }
@@ -228,11 +248,11 @@ mod tests {
   fn more_than_253_on_the_first_byte_is_refused_and_nothing_is_taken() {
     let (fd, outbound, staged) = setup(200);
     queue(&outbound, &fd, 60);
-    assert!(staged.messages(&outbound, 3, &[0, 200]).is_err());
+    assert!(split(&staged, &outbound, 3, &[0.0, 200.0]).is_err());
     assert_eq!(lock(&staged.fds).len(), 200);
     assert_eq!(lock(&outbound).len(), 60);
     // An empty write takes nothing either: the outbound fds wait for the next one.
-    let messages = staged.messages(&outbound, 0, &[]).expect("messages");
+    let messages = split(&staged, &outbound, 0, &[]).expect("messages");
     assert_eq!(shape(&messages), vec![(0, 0)]);
     assert_eq!(lock(&outbound).len(), 60);
   }
