@@ -29,6 +29,7 @@ test('README code blocks that name an example file are that file, verbatim', (t)
     'examples/pair.mjs',
     'examples/receiver.mjs',
     'examples/sender.mjs',
+    'examples/spawn-child.mjs',
     'examples/stream.mjs',
   ])
   for (const m of blocks) {
@@ -207,4 +208,12 @@ test('README Python peer: receives our fds close-on-exec (recvmsg + MSG_CMSG_CLO
   t.deepEqual(stdout.trim().split('\n'), ['5 close-on-exec', '1234 close-on-exec'])
   stream.close()
   listener.close()
+})
+
+test('examples/spawn-child.mjs: the child adopts its inherited fd 3; files go both ways', async (t) => {
+  const { stdout } = await node([example('spawn-child.mjs')], 60_000)
+  const [child, parent, ...rest] = stdout.trim().split('\n')
+  t.is(child, 'child got "take this" and read: a file from the parent')
+  t.regex(parent, /^parent got "here is mine" and read: an answer from child \d+$/)
+  t.deepEqual(rest, [])
 })

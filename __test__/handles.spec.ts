@@ -703,7 +703,7 @@ test('examples/broker.mjs --self-test: two workers serve TCP connections handed 
   )
 })
 
-test('examples/zero-downtime.mjs --self-test: the listening socket moves to a new process, 0 failed', async (t) => {
+test('examples/zero-downtime.mjs --self-test: both listening sockets (TCP and fd-queue) move to a new process, 0 failed', async (t) => {
   const result = await runExample('zero-downtime.mjs', ['--self-test'])
   t.log(result.stdout.trim().split('\n').slice(-4).join('\n'))
   t.is(result.code, 0, `stdout: ${result.stdout}\nstderr: ${result.stderr}`)
@@ -720,6 +720,17 @@ test('examples/zero-downtime.mjs --self-test: the listening socket moves to a ne
   t.regex(result.stdout, /^gen 1 \(pid \d+\) handed over its listening socket/m)
   t.regex(result.stdout, /^gen 2 \(pid \d+\) adopted listening fd \d+ on 127\.0\.0\.1:\d+/m)
   t.regex(result.stdout, /^gen 1 \(pid \d+\) finished \d+ in-flight requests? and exited/m)
+  // The fd-queue service listener moved too (setUnlinkOnClose(false) kept its path), and
+  // keep-alive clients were moved over without a failure.
+  t.regex(result.stdout, /^gen 2 \(pid \d+\) adopted service fd \d+ on \/.+\/service\.sock$/m)
+  const service = /^self-test service: (\d+) connections, (\d+) failed, gen 1: (\d+), gen 2: (\d+)/m.exec(result.stdout)
+  t.truthy(service, result.stdout)
+  if (!service) return
+  const [, connections, serviceFailed, service1, service2] = service.map(Number)
+  t.is(serviceFailed, 0)
+  t.true(service1 > 0 && service2 > 0, 'both generations answered service clients')
+  t.is(service1 + service2, connections)
+  t.regex(result.stdout, /^self-test keep-alive: [1-9]\d* requests on reused connections/m)
 })
 
 // ---------------------------------------------------------------------------------------

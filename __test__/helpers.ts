@@ -187,6 +187,8 @@ export interface FixtureOptions {
   ulimit?: number
   /** Extra node flags (e.g. `--expose-gc`). */
   nodeArgs?: string[]
+  /** The child's stdio (default: stdin ignored, stdout and stderr piped); entries past 2 are inherited fds. */
+  stdio?: Array<'ignore' | 'pipe' | number>
 }
 
 export interface RunningFixture {
@@ -203,7 +205,7 @@ export function startFixture(name: string, args: string[], options: FixtureOptio
   const nodeArgv = [...(options.nodeArgs ?? []), '--import', 'tsx', script, ...args]
   const child =
     options.ulimit === undefined
-      ? spawn(process.execPath, nodeArgv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+      ? spawn(process.execPath, nodeArgv, { cwd: ROOT, stdio: options.stdio ?? ['ignore', 'pipe', 'pipe'] })
       : spawn('sh', ['-c', `ulimit -n ${options.ulimit} && exec "$0" "$@"`, process.execPath, ...nodeArgv], {
           cwd: ROOT,
           stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,23 +1,33 @@
-// Zero-downtime restart: a running HTTP server hands its LISTENING socket to its
-// successor process, so that no connection is ever refused while the code is replaced.
+// Zero-downtime restart: a running server hands its LISTENING sockets to its successor
+// process, so that no connection is ever refused while the code is replaced. It has two:
+// an HTTP listener on 127.0.0.1 (a net.Server) and a Unix socket service at a fixed path
+// (an fd-queue FdServer that answers every client with a line and an fd).
 //
-//   node examples/zero-downtime.mjs                    generation 1 listens on 127.0.0.1
+//   node examples/zero-downtime.mjs                    generation 1 listens
 //   node examples/zero-downtime.mjs serve 2 <control>  generation 2 takes over from the
 //                                                      process whose control socket is <control>
-//   node examples/zero-downtime.mjs --self-test        both, with a client loop across the
-//                                                      switch; exits 0 only if 0 requests failed
+//   node examples/zero-downtime.mjs --self-test        both, with clients of both services
+//                                                      across the switch; exits 0 only if
+//                                                      0 requests failed
 //
-// Every generation prints its control socket (an fd-queue FdServer). A successor connects
-// to it; the running process enqueues its listening socket and writes one line for the fd
-// to ride on. The successor adopts the fd with `toNetServer`, starts accepting, and
-// answers `adopted`. Only then does the old process close its listener: that closes its
-// own fd, not the socket, which lives on in the successor. Connections that arrive during
-// the switch wait in the kernel's backlog of that one socket and are accepted by whichever
-// process calls accept(), so none is refused. The old process then finishes the requests
-// it already accepted and exits.
+// Every generation prints its control socket (another FdServer). A successor connects to
+// it; the running process enqueues both listening sockets (`enqueue(server)` works for a
+// net.Server and an FdServer alike) and writes one line for the fds to ride on. The
+// successor adopts them (`toNetServer(fd)`, `createServer().listen({ fd })`), starts
+// accepting, and answers `adopted`. Only then does the old process close its listeners:
+// that closes its own fds, not the sockets, which live on in the successor. Connections
+// that arrive during the switch wait in the kernel's backlog of each socket and are
+// accepted by whichever process calls accept(), so none is refused. The FdServer is closed
+// with `setUnlinkOnClose(false)`: its socket file is the successor's now, and must stay.
 //
-// Each generation answers with a different body (`gen <n> (pid <pid>)`). Responses carry
-// `Connection: close`, so a finished request leaves no idle keep-alive connection behind.
+// Keep-alive: HTTP clients keep their connections open between requests, and a connection
+// stays with the process that accepted it. After the hand-over, the old process answers
+// the requests it still has with `Connection: close` and closes idle connections at once,
+// so clients reconnect, to the successor. A client that sends a request on an idle
+// connection just as it is closed sees a reset and retries (`req.reusedSocket`), as any
+// keep-alive client must. The old process exits once its last connection is done.
+//
+// Each generation answers with a different body (`gen <n> (pid <pid>)`).
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import * as fs from 'node:fs'
@@ -46,31 +56,68 @@ async function serve(generation, previousControl) {
   const controlPath = path.join(dir, 'control.sock')
 
   let inFlight = 0
+  let handedOver = false
+  /**
+   * Requests in progress per connection. A kept-alive connection is one with none in
+   * progress that has served one already (a brand-new connection's first request may be
+   * on its way: it is answered, with `Connection: close`).
+   */
+  const busy = new Map()
+  const keptAlive = (socket) => busy.get(socket)?.active === 0 && busy.get(socket).served > 0
   const app = http.createServer((req, res) => {
     inFlight++
-    res.on('close', () => inFlight--)
+    busy.get(req.socket).active++
+    res.on('close', () => {
+      inFlight--
+      busy.get(req.socket).active--
+      busy.get(req.socket).served++
+      // Handed over: a connection that just went idle is closed, its client reconnects.
+      if (handedOver && keptAlive(req.socket)) req.socket.end()
+    })
     // A little work per request, so that some are in flight during the switch.
     setTimeout(() => {
-      res.writeHead(200, { 'content-type': 'text/plain', connection: 'close' })
+      const headers = { 'content-type': 'text/plain' }
+      if (handedOver) headers.connection = 'close'
+      res.writeHead(200, headers)
       res.end(`gen ${generation} (pid ${process.pid})\n`)
     }, 5)
   })
 
+  /** The Unix socket service: each client gets a line and an fd of this generation's banner. */
+  const banner = bannerFile(`banner of gen ${generation} (pid ${process.pid})`)
+  const service = createServer((client) => {
+    client.on('error', () => {})
+    client.enqueue(banner)
+    client.end(`${name}\n`)
+  })
+
   let listener
   if (previousControl) {
-    let fd
-    ;({ listener, fd } = await takeOver(previousControl))
+    const adopted = await takeOver(previousControl)
+    listener = adopted.listener
     const { address, port } = listener.address()
-    console.log(`${name} adopted listening fd ${fd} on ${address}:${port}`)
+    console.log(`${name} adopted listening fd ${adopted.fd} on ${address}:${port}`)
+    service.listen({ fd: adopted.serviceFd })
+    await once(service, 'listening')
+    console.log(`${name} adopted service fd ${adopted.serviceFd} on ${service.address()}`)
   } else {
     listener = net.createServer()
     await new Promise((resolve, reject) => {
       listener.once('error', reject)
       listener.listen({ host: '127.0.0.1', port: 0 }, resolve)
     })
+    const serviceDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fd-queue-zero-downtime-service-'))
+    await new Promise((resolve, reject) => {
+      service.once('error', reject)
+      service.listen(path.join(serviceDir, 'service.sock'), resolve)
+    })
   }
   // The listener only accepts; the HTTP server (which never listens itself) serves.
-  listener.on('connection', (socket) => app.emit('connection', socket))
+  listener.on('connection', (socket) => {
+    busy.set(socket, { active: 0, served: 0 })
+    socket.on('close', () => busy.delete(socket))
+    app.emit('connection', socket)
+  })
 
   // The control socket a successor connects to.
   const control = createServer((successor) => handOver(successor))
@@ -79,13 +126,18 @@ async function serve(generation, previousControl) {
     control.listen(controlPath, resolve)
   })
   const { port } = listener.address()
-  console.log(`${name} listening on http://127.0.0.1:${port}; control socket ${controlPath}`)
+  console.log(
+    `${name} listening on http://127.0.0.1:${port}; control socket ${controlPath}; service socket ${service.address()}`,
+  )
 
-  let handedOver = false
   const stop = () => {
     if (handedOver) return
     handedOver = true
     control.close()
+    // The last generation removes the service's socket file (and its directory): an
+    // adopted listener never removes a file itself.
+    const servicePath = service.address()
+    service.close(() => fs.rmSync(path.dirname(servicePath), { recursive: true, force: true }))
     finish('stopped')
   }
   process.once('SIGTERM', stop)
@@ -97,8 +149,9 @@ async function serve(generation, previousControl) {
     control.close() // one successor only
     successor.on('error', (error) => console.error(`${name}: control connection: ${error.message}`))
     try {
-      successor.enqueue(listener) // a duplicate of the listening socket's fd...
-      successor.write('listen-fd\n') // ...rides on this line
+      successor.enqueue(listener) // a duplicate of the HTTP listening socket's fd...
+      successor.enqueue(service) // ...and of the service's (an FdServer has an fd too)...
+      successor.write('listen-fds\n') // ...ride on this line
       // Keep accepting until the successor says it accepts too: nothing is ever refused.
       const reply = await withTimeout(readLine(successor), TIMEOUT_MS, 'the successor did not adopt the socket')
       if (reply !== 'adopted') throw new Error(`unexpected reply ${JSON.stringify(reply)}`)
@@ -109,7 +162,14 @@ async function serve(generation, previousControl) {
       return
     }
     successor.end()
-    console.log(`${name} handed over its listening socket`)
+    console.log(`${name} handed over its listening sockets`)
+    // The successor accepts on the service socket now: close our fd, keep its file.
+    service.setUnlinkOnClose(false)
+    service.close()
+    // Keep-alive connections stay with us: close the idle ones now, the busy ones after
+    // their response (which says `Connection: close`). Their clients reconnect to the
+    // successor.
+    for (const socket of busy.keys()) if (keptAlive(socket)) socket.end()
     finish('exited')
   }
 
@@ -122,12 +182,22 @@ async function serve(generation, previousControl) {
     // closed, that is, once every request already accepted has been answered.
     listener.close(() => {
       console.log(`${name} finished ${pending} in-flight request${pending === 1 ? '' : 's'} and ${how}`)
+      fs.closeSync(banner)
       fs.rmSync(dir, { recursive: true, force: true })
     })
   }
 }
 
-/** Connects to the running generation's control socket and adopts its listening socket. */
+/** A file holding `text`, opened for reading; only the fd remains. */
+function bannerFile(text) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fd-queue-banner-'))
+  fs.writeFileSync(path.join(dir, 'banner'), text)
+  const fd = fs.openSync(path.join(dir, 'banner'), 'r')
+  fs.rmSync(dir, { recursive: true })
+  return fd
+}
+
+/** Connects to the running generation's control socket and adopts its listening sockets. */
 async function takeOver(controlPath) {
   const channel = connect(controlPath)
   channel.on('error', (error) => {
@@ -135,13 +205,15 @@ async function takeOver(controlPath) {
     process.exit(1)
   })
   await withTimeout(readLine(channel), TIMEOUT_MS, 'no listening socket arrived')
-  const fd = channel.dequeue() // it rode on the line we just read
-  if (fd === null) throw new Error('the line arrived without an fd')
+  // Both rode on the line we just read, in the order they were enqueued.
+  const fd = channel.dequeue()
+  const serviceFd = channel.dequeue()
+  if (fd === null || serviceFd === null) throw new Error('the line arrived without its two fds')
   const info = fdInfo(fd)
   if (info.kind !== 'tcp' || !info.listening) throw new Error(`fd ${fd} is a ${info.kind}, not a listening TCP socket`)
   const listener = await toNetServer(fd) // the server owns the fd now
-  channel.end('adopted\n') // the old process may close its copy now
-  return { listener, fd }
+  channel.end('adopted\n') // the old process may close its copies now
+  return { listener, fd, serviceFd }
 }
 
 /** The next line a socket receives (bytes after it stay in the socket's buffer). */
@@ -173,17 +245,24 @@ function readLine(socket) {
 async function selfTest() {
   const deadline = Date.now() + 20_000
   const children = []
-  const stats = { total: 0, failed: 0, byGeneration: [0, 0, 0], errors: [] }
+  const stats = { total: 0, failed: 0, byGeneration: [0, 0, 0], errors: [], reused: 0, retried: 0 }
+  const serviceStats = { total: 0, failed: 0, byGeneration: [0, 0, 0], errors: [] }
   let stopClients = false
   let exitCode = 1
   try {
     const gen1 = startGeneration(['serve', '1'], children)
-    const [, port, gen1Control] = await gen1.waitFor(
-      /^gen 1 \(pid \d+\) listening on http:\/\/127\.0\.0\.1:(\d+); control socket (.+)$/,
+    const [, port, gen1Control, servicePath] = await gen1.waitFor(
+      /^gen 1 \(pid \d+\) listening on http:\/\/127\.0\.0\.1:(\d+); control socket (.+); service socket (.+)$/,
     )
 
-    const clients = Array.from({ length: 4 }, async () => {
-      while (!stopClients && Date.now() < deadline) await request(Number(port), stats)
+    // Two HTTP clients without keep-alive, two with (one connection each, reused).
+    const clients = Array.from({ length: 4 }, async (_, i) => {
+      const agent = i < 2 ? false : new http.Agent({ keepAlive: true, maxSockets: 1 })
+      while (!stopClients && Date.now() < deadline) await request(Number(port), stats, agent)
+      if (agent) agent.destroy()
+    })
+    const serviceClients = Array.from({ length: 2 }, async () => {
+      while (!stopClients && Date.now() < deadline) await askService(servicePath, serviceStats)
     })
     const until = async (condition, what) => {
       while (!condition()) {
@@ -198,24 +277,34 @@ async function selfTest() {
     const gen1Exit = await withTimeout(gen1.exited, TIMEOUT_MS, 'gen 1 did not exit after the hand-over')
     const servedBeforeGen1Exit = stats.total
     await until(() => stats.total >= Math.max(300, servedBeforeGen1Exit + 100), 'gen 2 served 100 more requests')
+    await until(() => serviceStats.byGeneration[2] >= 10, 'gen 2 answered 10 service clients')
     stopClients = true
-    await Promise.all(clients)
+    await Promise.all([...clients, ...serviceClients])
 
     gen2.child.kill('SIGTERM')
     const gen2Exit = await withTimeout(gen2.exited, TIMEOUT_MS, 'gen 2 did not exit on SIGTERM')
-    for (const error of stats.errors.slice(0, 5)) console.log(`  failed: ${error}`)
+    for (const error of [...stats.errors, ...serviceStats.errors].slice(0, 5)) console.log(`  failed: ${error}`)
     console.log(
       `self-test: ${stats.total} requests, ${stats.failed} failed, gen 1: ${stats.byGeneration[1]}, gen 2: ${stats.byGeneration[2]}`,
     )
+    console.log(`self-test keep-alive: ${stats.reused} requests on reused connections, ${stats.retried} retried`)
+    console.log(
+      `self-test service: ${serviceStats.total} connections, ${serviceStats.failed} failed, gen 1: ${serviceStats.byGeneration[1]}, gen 2: ${serviceStats.byGeneration[2]}`,
+    )
     const ok =
       stats.failed === 0 &&
+      serviceStats.failed === 0 &&
       stats.byGeneration[1] > 0 &&
       stats.byGeneration[2] > 0 &&
+      serviceStats.byGeneration[1] > 0 &&
+      serviceStats.byGeneration[2] > 0 &&
+      !fs.existsSync(servicePath) &&
       gen1Exit.code === 0 &&
       gen2Exit.code === 0
     exitCode = ok ? 0 : 1
   } catch (error) {
     console.log(`self-test failed: ${error.message}`)
+    console.log(JSON.stringify({ stats, serviceStats }).slice(0, 2000))
   } finally {
     stopClients = true
     for (const { child } of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
@@ -266,8 +355,21 @@ function startGeneration(args, children) {
   return { child, exited, waitFor }
 }
 
-/** One GET without keep-alive; counts the generation that answered, or a failure. */
-function request(port, stats) {
+/**
+ * One GET (on `agent`'s kept-alive connection, or a new one); counts the generation that
+ * answered, or a failure. A request that met a reset on a reused connection (the server
+ * closed it as idle just as we sent) is retried once on a new one, as keep-alive clients
+ * must.
+ */
+async function request(port, stats, agent) {
+  const outcome = await attempt(port, stats, agent)
+  if (outcome === 'retry') {
+    stats.retried++
+    await attempt(port, stats, false)
+  }
+}
+
+function attempt(port, stats, agent) {
   return new Promise((resolve) => {
     let counted = false
     const fail = (why) => {
@@ -278,7 +380,8 @@ function request(port, stats) {
       stats.errors.push(why)
       resolve()
     }
-    const req = http.get({ host: '127.0.0.1', port, path: '/', agent: false, timeout: 5000 }, (res) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', agent, timeout: 5000 }, (res) => {
+      if (req.reusedSocket) stats.reused++
       let body = ''
       res.setEncoding('utf8')
       res.on('data', (text) => (body += text))
@@ -294,8 +397,49 @@ function request(port, stats) {
       })
     })
     req.on('timeout', () => req.destroy(new Error('timed out')))
-    req.on('error', (error) => fail(`${error.code ?? ''} ${error.message}`))
+    req.on('error', (error) => {
+      if (req.reusedSocket && error.code === 'ECONNRESET' && !counted) {
+        counted = true
+        return resolve('retry')
+      }
+      fail(`${error.code ?? ''} ${error.message} (reused ${req.reusedSocket}, agent ${agent ? 'keep-alive' : 'none'})`)
+    })
   })
+}
+
+/** One client of the Unix socket service: the line and the banner fd that came with it. */
+async function askService(servicePath, stats) {
+  const fail = (why) => {
+    stats.total++
+    stats.failed++
+    stats.errors.push(`service: ${why}`)
+  }
+  const client = connect(servicePath)
+  let line = ''
+  let banner = null
+  try {
+    await new Promise((resolve, reject) => {
+      client.on('data', (chunk) => {
+        line += chunk
+        banner ??= client.dequeue()
+      })
+      client.on('end', resolve)
+      client.on('error', reject)
+    })
+  } catch (error) {
+    client.destroy()
+    return fail(`${error.code ?? ''} ${error.message}`)
+  }
+  client.destroy()
+  const match = /^gen (\d) \(pid (\d+)\)\n$/.exec(line)
+  if (!match || banner === null) return fail(`line ${JSON.stringify(line)}, fd ${banner}`)
+  // Read at offset 0: every client's fd shares one open file description (and its offset).
+  const buffer = Buffer.alloc(256)
+  const text = buffer.subarray(0, fs.readSync(banner, buffer, 0, buffer.length, 0)).toString()
+  fs.closeSync(banner)
+  if (text !== `banner of gen ${match[1]} (pid ${match[2]})`) return fail(`banner ${JSON.stringify(text)}`)
+  stats.total++
+  stats.byGeneration[Number(match[1])]++
 }
 
 function withTimeout(promise, ms, message) {

@@ -70,13 +70,34 @@ export function toFd(value: FdLike, name = 'fd'): number {
   )
 }
 
+/**
+ * A socket address: a path, or (Linux) `'\0name'` for the name `name` in the abstract
+ * namespace, as in Node's `net` (no file is created or removed for it).
+ */
 export function validatePath(path: unknown, name = 'path'): string {
   if (typeof path !== 'string') throw invalidArgType(name, 'of type string', path)
   if (path.length === 0) throw invalidArgValue(name, 'must be a non-empty socket path')
-  if (path.includes('\0')) throw invalidArgValue(name, 'must not contain null bytes')
+  const length = Buffer.byteLength(path)
+  if (path.startsWith('\0')) {
+    if (process.platform !== 'linux' && process.platform !== 'android') {
+      throw invalidArgValue(
+        name,
+        `is an abstract socket address ('\\0name'), which ${process.platform} does not have; use a path`,
+      )
+    }
+    // The whole of sun_path (108 bytes) holds the NUL and the name.
+    if (length > 108) {
+      throw invalidArgValue(
+        name,
+        `is ${length} bytes long; an abstract address holds at most 108 (the NUL and 107 of name)`,
+      )
+    }
+    return path
+  }
+  if (path.includes('\0'))
+    throw invalidArgValue(name, 'must not contain null bytes (except a leading one: an abstract address)')
   // sun_path is 108 bytes on Linux and 104 on the BSDs and macOS, with room for a NUL.
   const limit = process.platform === 'linux' ? 107 : 103
-  const length = Buffer.byteLength(path)
   if (length > limit) {
     throw invalidArgValue(
       name,
@@ -84,6 +105,16 @@ export function validatePath(path: unknown, name = 'path'): string {
     )
   }
   return path
+}
+
+/** The `signal` of an options object (`{ signal?: AbortSignal }`), or `undefined`. */
+export function validateSignalOption(options: unknown, name = 'options'): AbortSignal | undefined {
+  if (options === undefined) return undefined
+  if (options === null || typeof options !== 'object') throw invalidArgType(name, 'of type object', options)
+  const { signal } = options as { signal?: unknown }
+  if (signal === undefined) return undefined
+  if (!(signal instanceof AbortSignal)) throw invalidArgType(`${name}.signal`, 'an instance of AbortSignal', signal)
+  return signal
 }
 
 /**

@@ -1,8 +1,9 @@
 /** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
 import { binding, WRAP, type Native } from './binding.js'
-import { illegalConstructor, native, nativeAsync } from './errors.js'
-import { toBytes, validateHow, validatePath, validateReadSize } from './args.js'
+import { illegalConstructor, invalidArgType, native } from './errors.js'
+import { toBytes, validateFdNumber, validateHow, validatePath, validateReadSize, validateSignalOption } from './args.js'
 import type { ShutdownHow } from './interfaces.js'
+import { AbortError, Liveness, operation, setReferenced } from './pending.js'
 import { QueuedStream } from './queued.js'
 
 const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
@@ -12,19 +13,30 @@ export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixS
   return natives.get(stream)
 }
 
+/** `accept` errors that only say the process is out of fds or memory for now. */
+const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
+/** Longest wait between accepts of an async-iterated listener out of fds. */
+const MAX_ACCEPT_BACKOFF_MS = 200
+
 /**
  * A connected Unix stream socket with Promise-returning I/O. Concurrent `read`s are
  * served in call order, so are `write`s, and the bytes of two writes never interleave.
  * An fd enqueued between two `write` calls rides on the later one. It never reads ahead:
  * the fds a `read` brings are dequeue-able right after it resolves, and not before.
+ *
+ * A pending operation keeps the stream alive (garbage collection never closes it) and,
+ * unless `unref()` was called, keeps the process alive.
  */
 export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> {
   /** The native stream's handle for the calls made per message or per fd. */
   #handle: Native.ExternalObject<'StreamCore'>
+  #liveness = new Liveness()
 
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixStream) {
-    if (token !== WRAP) throw illegalConstructor('Use AsyncUnixStream.pair(), AsyncUnixStream.connect() or accept()')
+    if (token !== WRAP) {
+      throw illegalConstructor('Use AsyncUnixStream.pair(), connect(), fromFd() or AsyncUnixListener#accept()')
+    }
     super(inner)
     this.#handle = inner.handle
     natives.set(this, inner)
@@ -36,11 +48,39 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     return [new AsyncUnixStream(WRAP, a), new AsyncUnixStream(WRAP, b)]
   }
 
-  /** Connects to the listener at `path`. Rejects with `ENOENT`, `ECONNREFUSED`, ... */
-  static connect(path: string): Promise<AsyncUnixStream> {
+  /**
+   * Connects to the listener at `path` (`'\0name'`: an abstract address, Linux). Rejects
+   * with `ENOENT`, `ECONNREFUSED`, `EAGAIN` (the listener's backlog is full), ... A Unix
+   * socket connects at once or not at all, so `signal` only matters when it is aborted
+   * already: then the Promise rejects with an `AbortError` and nothing is connected.
+   */
+  static connect(path: string, options?: { signal?: AbortSignal }): Promise<AsyncUnixStream> {
     validatePath(path)
-    return nativeAsync(() => binding.NativeAsyncUnixStream.connect(path)).then(
-      (inner) => new AsyncUnixStream(WRAP, inner),
+    const signal = validateSignalOption(options)
+    if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
+    try {
+      return Promise.resolve(
+        new AsyncUnixStream(
+          WRAP,
+          native(() => binding.NativeAsyncUnixStream.connect(path)),
+        ),
+      )
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /**
+   * Adopts `fd`, a connected Unix stream socket this process holds (inherited from a
+   * parent, received with `dequeue()`, ...): the stream owns it from now on (no
+   * duplicate; `close()` closes it) and makes it close-on-exec. Its `O_NONBLOCK` flag is
+   * left as it is. Any other kind of fd throws `ERR_INVALID_FD_TYPE` and stays yours.
+   */
+  static fromFd(fd: number): AsyncUnixStream {
+    const raw = validateFdNumber(fd, 'fd')
+    return new AsyncUnixStream(
+      WRAP,
+      native(() => binding.NativeAsyncUnixStream.fromFd(raw)),
     )
   }
 
@@ -56,40 +96,77 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
 
   /**
    * One `recvmsg` of at most `size` bytes (default 65536, at most 2^30). Resolves with the
-   * bytes, or an empty Buffer at end of stream.
+   * bytes, or an empty Buffer at end of stream. Aborting `signal` rejects with an
+   * `AbortError` and loses nothing: a read that had not read yet consumes no bytes and no
+   * fds (the next read gets them); one that had read resolves with what it read.
    */
-  read(size?: number): Promise<Buffer> {
+  read(size?: number, options?: { signal?: AbortSignal }): Promise<Buffer> {
     const checked = validateReadSize(size)
-    return nativeAsync(() => binding.streamRead(this.#handle, checked), this)
+    const signal = validateSignalOption(options)
+    return operation(
+      this,
+      this.#liveness,
+      (id, canceller) => binding.streamRead(this.#handle, checked, id, canceller),
+      signal,
+    )
   }
 
   /**
    * Writes every byte of `data` with the fds queued at the time of this call attached to
-   * its first `sendmsg`. Resolves with the byte count.
+   * its first `sendmsg`. Resolves with the byte count. What cannot be sent at once is sent
+   * later from `data` itself: do not change it before the Promise settles.
    */
   write(data: Uint8Array | string): Promise<number> {
     const bytes = toBytes(data)
-    return nativeAsync(() => binding.streamWrite(this.#handle, bytes), this)
+    return operation(this, this.#liveness, (id) => binding.streamWrite(this.#handle, bytes, id))
   }
 
   /** Shuts down one or both directions (default `'both'`) after every earlier write went out. */
   shutdown(how?: ShutdownHow): Promise<void> {
     const checked = validateHow(how)
-    return nativeAsync(() => this.inner.shutdown(checked), this)
+    return operation<void>(this, this.#liveness, (id) => {
+      this.inner.shutdown(checked, id)
+      return null
+    })
+  }
+
+  /** Lets the process exit while operations of this stream are pending (like `net.Socket#unref`). */
+  unref(): this {
+    setReferenced(this.#liveness, false)
+    return this
+  }
+
+  /** Undoes `unref()`. */
+  ref(): this {
+    setReferenced(this.#liveness, true)
+    return this
+  }
+
+  /** `await using stream = ...`: closes the stream. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close()
+    return Promise.resolve()
   }
 }
 
-/** A listening Unix socket with a Promise-returning `accept`. */
+/**
+ * A listening Unix socket with a Promise-returning `accept`, and async-iterable:
+ * `for await (const connection of listener)` yields connections until it is closed.
+ */
 export class AsyncUnixListener {
   #native: Native.NativeAsyncUnixListener
+  #liveness = new Liveness()
 
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixListener) {
-    if (token !== WRAP) throw illegalConstructor('Use AsyncUnixListener.bind()')
+    if (token !== WRAP) throw illegalConstructor('Use AsyncUnixListener.bind() or AsyncUnixListener.fromFd()')
     this.#native = inner
   }
 
-  /** Creates a socket file at `path` and listens on it (synchronous). */
+  /**
+   * Creates a socket file at `path` and listens on it (synchronous); `'\0name'` listens
+   * on an abstract address instead (Linux), with no file.
+   */
   static bind(path: string): AsyncUnixListener {
     validatePath(path)
     return new AsyncUnixListener(
@@ -98,23 +175,108 @@ export class AsyncUnixListener {
     )
   }
 
+  /**
+   * Adopts `fd`, a listening Unix stream socket this process holds (from systemd socket
+   * activation, a predecessor, ...): the listener owns it from now on and makes it
+   * close-on-exec and non-blocking (`O_NONBLOCK` is shared with other holders of the
+   * socket, as with Node's `listen({ fd })`). It never removes a socket file. Any other
+   * kind of fd throws `ERR_INVALID_FD_TYPE` and stays yours.
+   */
+  static fromFd(fd: number): AsyncUnixListener {
+    const raw = validateFdNumber(fd, 'fd')
+    return new AsyncUnixListener(
+      WRAP,
+      native(() => binding.NativeAsyncUnixListener.fromFd(raw)),
+    )
+  }
+
   /** The listening socket's fd; -1 once closed. */
   get fd(): number {
     return this.#native.fd
   }
 
-  /** The path it was bound to. */
+  /** The address it listens on: a path, `'\0name'` for an abstract one, `''` if unnamed. */
   get path(): string {
     return this.#native.path
   }
 
-  /** Resolves with the next connection; rejects with `ERR_SOCKET_CLOSED` if closed first. */
-  accept(): Promise<AsyncUnixStream> {
-    return nativeAsync(() => this.#native.accept(), this).then((inner) => new AsyncUnixStream(WRAP, inner))
+  /**
+   * Whether `close()` removes the socket file this listener created (default `true`).
+   * Pass `false` before handing the listener to a successor, so that its path stays
+   * reachable after this process closes its copy.
+   */
+  setUnlinkOnClose(unlink: boolean): this {
+    if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
+    this.#native.setUnlinkOnClose(unlink)
+    return this
   }
 
-  /** Stops listening, removes the socket file and rejects pending accepts. Idempotent. */
+  /**
+   * Resolves with the next connection; rejects with `ERR_SOCKET_CLOSED` if closed first,
+   * with `EMFILE` (…) when the process is out of fds (the listener stays open: retry), and
+   * with an `AbortError` when `signal` aborts (the connection is left for the next accept).
+   */
+  accept(options?: { signal?: AbortSignal }): Promise<AsyncUnixStream> {
+    const signal = validateSignalOption(options)
+    return operation<Native.NativeAsyncUnixStream>(
+      this,
+      this.#liveness,
+      (id, canceller) => {
+        this.#native.accept(id, canceller)
+        return null
+      },
+      signal,
+    ).then((inner) => new AsyncUnixStream(WRAP, inner))
+  }
+
+  /**
+   * Yields every connection until the listener is closed. Running out of fds does not end
+   * it: it waits (up to 200 ms between tries) and accepts again. Leaving the loop early
+   * leaves the listener open.
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<AsyncUnixStream, void, undefined> {
+    let backoff = 0
+    for (;;) {
+      let connection: AsyncUnixStream
+      try {
+        connection = await this.accept()
+      } catch (error) {
+        const code = (error as { code?: unknown }).code
+        if (code === 'ERR_SOCKET_CLOSED') return
+        if (typeof code !== 'string' || !EXHAUSTED.has(code)) throw error
+        backoff = Math.min(Math.max(1, backoff * 2), MAX_ACCEPT_BACKOFF_MS)
+        await new Promise((resolve) => setTimeout(resolve, backoff))
+        continue
+      }
+      backoff = 0
+      yield connection
+    }
+  }
+
+  /** Lets the process exit while an `accept` is pending. */
+  unref(): this {
+    setReferenced(this.#liveness, false)
+    return this
+  }
+
+  /** Undoes `unref()`. */
+  ref(): this {
+    setReferenced(this.#liveness, true)
+    return this
+  }
+
+  /**
+   * Stops listening (this descriptor: a process it was handed to keeps listening), removes
+   * the socket file it created unless `setUnlinkOnClose(false)`, and rejects pending
+   * accepts. Idempotent.
+   */
   close(): void {
     this.#native.close()
+  }
+
+  /** `await using listener = ...`: closes the listener. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close()
+    return Promise.resolve()
   }
 }

@@ -1,8 +1,9 @@
 /** The blocking classes: every call runs its syscall on the calling thread. */
 import { binding, WRAP, type Native } from './binding.js'
-import { illegalConstructor, native } from './errors.js'
+import { illegalConstructor, invalidArgType, native } from './errors.js'
 import {
   toBytes,
+  validateFdNumber,
   validateHow,
   validatePath,
   validateReadBuffer,
@@ -20,8 +21,28 @@ import { QueuedStream } from './queued.js'
 export class UnixStream extends QueuedStream<Native.NativeUnixStream> {
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeUnixStream) {
-    if (token !== WRAP) throw illegalConstructor('Use UnixStream.pair(), UnixStream.connect() or UnixListener.accept()')
+    if (token !== WRAP) {
+      throw illegalConstructor(
+        'Use UnixStream.pair(), UnixStream.connect(), UnixStream.fromFd() or UnixListener#accept()',
+      )
+    }
     super(inner)
+  }
+
+  /**
+   * Adopts `fd`, a connected Unix stream socket this process holds (inherited from a
+   * parent, received with `dequeue()`, ...): the stream owns it from now on (no
+   * duplicate; `close()` closes it) and makes it close-on-exec. Nothing else changes: a
+   * blocking class never sets `O_NONBLOCK` on a socket others may share, and if the socket
+   * is non-blocking already, its calls wait with `poll` instead. Any other kind of fd
+   * throws `ERR_INVALID_FD_TYPE` and stays yours.
+   */
+  static fromFd(fd: number): UnixStream {
+    const raw = validateFdNumber(fd, 'fd')
+    return new UnixStream(
+      WRAP,
+      native(() => binding.NativeUnixStream.fromFd(raw)),
+    )
   }
 
   /** @internal */
@@ -84,7 +105,11 @@ export class UnixStream extends QueuedStream<Native.NativeUnixStream> {
     native(() => this.inner.shutdown(checked))
   }
 
-  /** Read timeout in ms, `null` for none. A timed-out `read` throws `ETIMEDOUT` and loses nothing. */
+  /**
+   * Read timeout in ms, `null` for none. A timed-out `read` throws `ETIMEDOUT` and loses
+   * nothing. It belongs to this object (a `poll` deadline), not to the socket, which other
+   * processes may share.
+   */
   setReadTimeout(ms: number | null): void {
     const checked = validateTimeout(ms)
     native(() => this.inner.setReadTimeout(checked))
@@ -95,6 +120,11 @@ export class UnixStream extends QueuedStream<Native.NativeUnixStream> {
     const checked = validateTimeout(ms)
     native(() => this.inner.setWriteTimeout(checked))
   }
+
+  /** `using stream = ...`: closes the stream. */
+  [Symbol.dispose](): void {
+    this.close()
+  }
 }
 
 /** A listening Unix socket bound to a path; `accept` blocks the calling thread. */
@@ -103,11 +133,28 @@ export class UnixListener {
 
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeUnixListener) {
-    if (token !== WRAP) throw illegalConstructor('Use UnixListener.bind()')
+    if (token !== WRAP) throw illegalConstructor('Use UnixListener.bind() or UnixListener.fromFd()')
     this.#native = inner
   }
 
-  /** Creates a socket file at `path` and listens on it. Throws `EADDRINUSE` if it exists. */
+  /**
+   * Adopts `fd`, a listening Unix stream socket this process holds (from systemd socket
+   * activation, a predecessor, ...): the listener owns it from now on and makes it
+   * close-on-exec; `O_NONBLOCK` is left as it is. It never removes a socket file. Any other
+   * kind of fd throws `ERR_INVALID_FD_TYPE` and stays yours.
+   */
+  static fromFd(fd: number): UnixListener {
+    const raw = validateFdNumber(fd, 'fd')
+    return new UnixListener(
+      WRAP,
+      native(() => binding.NativeUnixListener.fromFd(raw)),
+    )
+  }
+
+  /**
+   * Creates a socket file at `path` and listens on it; throws `EADDRINUSE` if it exists.
+   * `'\0name'` listens on an abstract address instead (Linux), with no file.
+   */
   static bind(path: string): UnixListener {
     validatePath(path)
     return new UnixListener(
@@ -121,9 +168,20 @@ export class UnixListener {
     return this.#native.fd
   }
 
-  /** The path it was bound to. */
+  /** The address it listens on: a path, `'\0name'` for an abstract one, `''` if unnamed. */
   get path(): string {
-    return this.#native.path ?? ''
+    return this.#native.path
+  }
+
+  /**
+   * Whether `close()` removes the socket file this listener created (default `true`).
+   * Pass `false` before handing the listener to a successor, so that its path stays
+   * reachable after this process closes its copy.
+   */
+  setUnlinkOnClose(unlink: boolean): this {
+    if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
+    this.#native.setUnlinkOnClose(unlink)
+    return this
   }
 
   /**
@@ -139,8 +197,16 @@ export class UnixListener {
     )
   }
 
-  /** Stops listening and removes the socket file it created. Idempotent. */
+  /**
+   * Stops listening (this descriptor: a process it was handed to keeps listening) and
+   * removes the socket file it created, unless `setUnlinkOnClose(false)`. Idempotent.
+   */
   close(): void {
     this.#native.close()
+  }
+
+  /** `using listener = ...`: closes the listener. */
+  [Symbol.dispose](): void {
+    this.close()
   }
 }

@@ -18,12 +18,12 @@ import {
   invalidArgType,
   invalidArgValue,
   native,
-  nativeAsync,
   outOfRange,
   QueueFullError,
   shapeError,
 } from './errors.js'
-import { toFd, validateCallback, validateMaxQueuedFds, validatePath } from './args.js'
+import { toFd, validateCallback, validateFdNumber, validateMaxQueuedFds, validatePath } from './args.js'
+import { Liveness, operation, setReferenced, startOperation } from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike } from './interfaces.js'
 
 /** Most fds one write can carry (the kernel's SCM_MAX_FD). */
@@ -42,6 +42,12 @@ export interface FdSocketOptions extends Pick<
   allowHalfOpen?: boolean
   /** Bound of the inbound queue and of fds buffered for writing (default 1024). */
   maxQueuedFds?: number
+  /**
+   * Adopt this fd, a connected Unix stream socket the process holds (inherited from a
+   * parent, received with `dequeue()`, ...): the socket owns it from now on and makes it
+   * close-on-exec. Any other kind of fd throws `ERR_INVALID_FD_TYPE` and stays yours.
+   */
+  fd?: number
 }
 
 /** How many staged fds wait for the chunk of one `write()` call. */
@@ -69,6 +75,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #onConnect: Array<() => void> = []
   #reading = false
   #referenced = true
+  /** Whether the socket's pending native writes keep the process alive. */
+  #liveness = new Liveness()
   #maxQueuedFds: number
   /** The native stream's handle for the per-chunk and per-fd calls. */
   #handle: Native.ExternalObject<'StreamCore'> | null = null
@@ -98,9 +106,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       if ((options as DuplexOptions)[mode])
         throw invalidArgValue(`options.${mode}`, 'is not supported: an FdSocket carries bytes')
     }
-    const { maxQueuedFds = DEFAULT_MAX_QUEUED_FDS, allowHalfOpen = false, ...rest } = options
+    const { maxQueuedFds = DEFAULT_MAX_QUEUED_FDS, allowHalfOpen = false, fd, ...rest } = options
+    const adopted = fd === undefined ? undefined : validateFdNumber(fd, 'options.fd')
     super({ ...rest, allowHalfOpen, decodeStrings: true, emitClose: true, autoDestroy: true })
     this.#maxQueuedFds = validateMaxQueuedFds(maxQueuedFds)
+    // Last: every other option is checked, so a refusal leaves the fd with the caller.
+    if (adopted !== undefined) this.#attach(native(() => binding.NativeAsyncUnixStream.fromFd(adopted)))
   }
 
   /** Two connected sockets. */
@@ -134,22 +145,27 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     if (this.destroyed) throw closedError()
     if (cb) this.once('connect', cb)
     this.#connecting = true
-    nativeAsync(() => binding.NativeAsyncUnixStream.connect(path)).then(
-      (inner) => {
+    // A Unix socket connects at once or not at all; like net, the outcome is an event.
+    let inner: Native.NativeAsyncUnixStream
+    try {
+      inner = native(() => binding.NativeAsyncUnixStream.connect(path))
+    } catch (error) {
+      process.nextTick(() => {
         this.#connecting = false
-        if (this.destroyed) {
-          inner.close()
-          return
-        }
-        this.#attach(inner)
-        this.emit('connect')
-        this.emit('ready')
-      },
-      (error: Error) => {
-        this.#connecting = false
-        this.destroy(error)
-      },
-    )
+        this.destroy(error as Error)
+      })
+      return this
+    }
+    process.nextTick(() => {
+      this.#connecting = false
+      if (this.destroyed) {
+        inner.close()
+        return
+      }
+      this.#attach(inner)
+      this.emit('connect')
+      this.emit('ready')
+    })
     return this
   }
 
@@ -340,13 +356,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       return cb()
     }
     const data = parts.length === 1 ? parts[0] : Buffer.concat(parts, length)
+    const cutsArray = new Float64Array(cuts)
     let written: number | Promise<number>
     try {
-      written = binding.sendStaged(this.#staged, handle, data, new Float64Array(cuts))
+      written = startOperation(this, this.#liveness, (id) =>
+        binding.sendStaged(this.#staged, handle, data, cutsArray, id),
+      )
     } catch (error) {
       // The socket is destroyed by this error; what was staged goes with it.
       this.#releaseStaged()
-      return cb(shapeError(error) as Error)
+      return cb(error as Error)
     }
     if (typeof written === 'number') {
       process.nextTick(cb)
@@ -363,7 +382,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       },
       (error: unknown) => {
         this.#sendingCount = 0
-        cb(shapeError(error) as Error)
+        cb(error as Error)
       },
     )
   }
@@ -373,7 +392,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#whenConnected(() => {
       const inner = this.#native
       if (!inner) return cb(closedError())
-      nativeAsync(() => inner.shutdown('write')).then(
+      operation(this, this.#liveness, (id) => {
+        inner.shutdown('write', id)
+        return null
+      }).then(
         () => {
           this.#releaseStaged()
           cb()
@@ -432,6 +454,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   /** Lets the process exit while this socket waits for data (like `net.Socket#unref`). */
   unref(): this {
     this.#referenced = false
+    setReferenced(this.#liveness, false)
     if (this.#native && this.#reading) native(() => this.#native!.setReferenced(false))
     return this
   }
@@ -439,6 +462,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   /** Undoes `unref()`. */
   ref(): this {
     this.#referenced = true
+    setReferenced(this.#liveness, true)
     if (this.#native && this.#reading) native(() => this.#native!.setReferenced(true))
     return this
   }
@@ -478,6 +502,7 @@ export class FdServer extends EventEmitter {
   #closed = false
   #options: FdSocketOptions
   #allowedUids: Set<number> | null = null
+  #unlinkOnClose = true
 
   constructor(options?: FdServerOptions | ((socket: FdSocket) => void), onConnection?: (socket: FdSocket) => void) {
     super()
@@ -487,6 +512,9 @@ export class FdServer extends EventEmitter {
     }
     validateCallback(onConnection, 'onConnection')
     const { allowedUids, ...socketOptions } = options ?? {}
+    if (socketOptions.fd !== undefined) {
+      throw invalidArgValue('options.fd', 'is for a socket; adopt a listening fd with server.listen({ fd })')
+    }
     this.#options = socketOptions
     // The options of the sockets to come are checked now, by making one: a bad option
     // must throw here, not when a connection arrives.
@@ -504,53 +532,79 @@ export class FdServer extends EventEmitter {
     if (onConnection) this.on('connection', onConnection)
   }
 
-  /** Binds `path` and accepts connections; `cb` runs on `listening`. Errors go to `error`. */
-  listen(path: string, cb?: () => void): this {
-    validatePath(path)
+  /**
+   * Accepts connections; `cb` runs on `listening`, errors go to `error` (`EADDRINUSE`, …):
+   * - `listen(path)` / `listen({ path })` binds `path` (`'\0name'`: an abstract address);
+   * - `listen({ fd })` adopts `fd`, a listening Unix stream socket this process holds
+   *   (from `listenFds()`, a predecessor, ...): the server owns it from now on, makes it
+   *   close-on-exec and non-blocking, and never removes a socket file for it. Any other
+   *   kind of fd throws `ERR_INVALID_FD_TYPE` (synchronously) and stays yours.
+   */
+  listen(path: string | { path: string } | { fd: number }, cb?: () => void): this {
+    let bind: () => Native.NativeAsyncUnixListener
+    if (typeof path === 'string') {
+      validatePath(path)
+      bind = () => binding.NativeAsyncUnixListener.bind(path)
+    } else if (path !== null && typeof path === 'object' && 'fd' in path && path.fd !== undefined) {
+      const fd = validateFdNumber(path.fd, 'options.fd')
+      bind = () => binding.NativeAsyncUnixListener.fromFd(fd)
+    } else if (path !== null && typeof path === 'object' && 'path' in path) {
+      const where = validatePath(path.path, 'options.path')
+      bind = () => binding.NativeAsyncUnixListener.bind(where)
+    } else {
+      throw invalidArgType('options', 'a path, { path } or { fd }', path)
+    }
     validateCallback(cb)
     if (this.#native)
       throw codedError(new Error('Listen method has been called more than once'), 'ERR_SERVER_ALREADY_LISTEN')
-    if (cb) this.once('listening', cb)
     let inner: Native.NativeAsyncUnixListener
     try {
-      inner = native(() => binding.NativeAsyncUnixListener.bind(path))
+      inner = native(bind)
     } catch (error) {
+      // An fd of the wrong kind is a bad argument, thrown; a failed bind is an event.
+      if ((error as { code?: unknown }).code === 'ERR_INVALID_FD_TYPE') throw error
+      if (cb) this.once('listening', cb)
       process.nextTick(() => this.emit('error', error))
       return this
     }
+    if (cb) this.once('listening', cb)
     this.#native = inner
-    this.#path = path
+    this.#path = inner.path
     this.#closed = false
-    native(() => inner.startAccepting((stream, error, retrying) => this.#onConnection(inner, stream, error, retrying)))
+    if (!this.#unlinkOnClose) inner.setUnlinkOnClose(false)
+    native(() =>
+      inner.startAccepting((streams, error, retrying) => this.#onConnections(inner, streams, error, retrying)),
+    )
     if (!this.#referenced) native(() => inner.setReferenced(false))
     process.nextTick(() => this.emit('listening'))
     return this
   }
 
-  #onConnection(
+  #onConnections(
     listener: Native.NativeAsyncUnixListener,
-    stream: Native.NativeAsyncUnixStream | null,
+    streams: Native.NativeAsyncUnixStream[],
     error: string | null,
     retrying: boolean,
   ): void {
-    // Accepted before close() but delivered after it (or after a new listen()): closed,
-    // never delivered.
+    for (const stream of streams) this.#onConnection(listener, stream)
+    if (error === null || this.#native !== listener) return
+    const shaped = shapeError(new Error(error)) as Error
+    if (retrying) {
+      this.emit('acceptError', shaped)
+    } else {
+      // Accepting stopped for good: the server says so and stops listening.
+      this.close()
+      this.emit('error', shaped)
+    }
+  }
+
+  #onConnection(listener: Native.NativeAsyncUnixListener, stream: Native.NativeAsyncUnixStream): void {
+    // Connections are accepted only while the server listens; one that a 'connection'
+    // listener's close() overtook within the same turn is closed, never delivered.
     if (this.#native !== listener) {
-      stream?.close()
+      stream.close()
       return
     }
-    if (error !== null) {
-      const shaped = shapeError(new Error(error)) as Error
-      if (retrying) {
-        this.emit('acceptError', shaped)
-      } else {
-        // Accepting stopped for good: the server says so and stops listening.
-        this.close()
-        this.emit('error', shaped)
-      }
-      return
-    }
-    if (stream === null) return
     if (this.#allowedUids) {
       let credentials: PeerCredentials | null = null
       try {
@@ -608,9 +662,35 @@ export class FdServer extends EventEmitter {
     }
   }
 
-  /** The socket path while listening, else `null` (like `net.Server#address` for a pipe). */
+  /**
+   * The socket path while listening (`'\0name'` for an abstract one), else `null` (like
+   * `net.Server#address` for a pipe).
+   */
   address(): string | null {
     return this.#native ? this.#path : null
+  }
+
+  /** The listening socket's fd, -1 when not listening: `enqueue(server)` hands it over. */
+  get fd(): number {
+    return this.#native?.fd ?? -1
+  }
+
+  /**
+   * Whether `close()` removes the socket file the server created (default `true`). Pass
+   * `false` before handing the server's socket to a successor, so that its path stays
+   * reachable after this process closes its copy.
+   */
+  setUnlinkOnClose(unlink: boolean): this {
+    if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
+    this.#unlinkOnClose = unlink
+    this.#native?.setUnlinkOnClose(unlink)
+    return this
+  }
+
+  /** `await using server = ...`: closes the server and waits for its `'close'`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    if (!this.#native) return Promise.resolve()
+    return new Promise((resolve) => this.close(() => resolve()))
   }
 
   get listening(): boolean {

@@ -1,6 +1,12 @@
 //! The blocking classes: every call runs its syscall on the calling thread. Meant for
 //! scripts, CLIs and worker threads; the TypeScript layer wraps them as `UnixStream` and
 //! `UnixListener`.
+//!
+//! They never change a socket they adopt (other processes may hold it too): no
+//! `O_NONBLOCK`, no `SO_RCVTIMEO`. Timeouts are `poll` deadlines of this object, and a
+//! socket that another holder made non-blocking is waited for with `poll` as well. Reads
+//! and writes have a per-call `MSG_DONTWAIT`; `accept` has none, so the listeners this
+//! module creates itself are non-blocking from birth and `accept` waits with `poll`.
 
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -8,7 +14,7 @@ use std::time::{Duration, Instant};
 use napi_derive::napi;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{self, setsockopt, sockopt};
+use nix::sys::socket;
 use nix::sys::time::TimeVal;
 
 use crate::credentials::{self, PeerCredentials};
@@ -16,7 +22,7 @@ use crate::error::{self, Result};
 use crate::js::{byte_count, shutdown_how};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::scm_rights;
-use crate::socket::{self as unix, SocketFile};
+use crate::socket::{self as unix, Adopt, SocketFile};
 
 /// A connected Unix stream socket with an outbound and an inbound fd queue.
 #[napi(js_name = "NativeUnixStream")]
@@ -24,6 +30,8 @@ pub struct UnixStream {
   sock: Option<OwnedFd>,
   outbound: OutboundQueue,
   inbound: InboundQueue,
+  read_timeout: Option<Duration>,
+  write_timeout: Option<Duration>,
 }
 
 impl UnixStream {
@@ -32,6 +40,8 @@ impl UnixStream {
       sock: Some(sock),
       outbound: OutboundQueue::default(),
       inbound: InboundQueue::default(),
+      read_timeout: None,
+      write_timeout: None,
     }
   }
 
@@ -44,25 +54,61 @@ impl UnixStream {
 /// napi-derive convert it as a typed array rather than as a mutable class reference).
 type BytesMut<'a> = &'a mut [u8];
 
-/// A blocking socket answers `EAGAIN` only when its timeout expired.
-fn timed_out(errno: Errno, syscall: &str) -> error::Error {
-  if errno == Errno::EAGAIN || errno == Errno::EWOULDBLOCK {
-    error::sys(Errno::ETIMEDOUT, syscall)
+/// A timeout in milliseconds: more than 0, at most `i32::MAX`.
+fn duration(ms: f64) -> Result<Duration> {
+  if ms.is_finite() && ms > 0.0 && ms <= i32::MAX as f64 {
+    Ok(Duration::from_secs_f64(ms / 1000.0).max(Duration::from_micros(1)))
   } else {
-    error::sys(errno, syscall)
+    Err(error::out_of_range("timeout", ms))
   }
 }
 
-/// `None` clears the timeout; otherwise milliseconds, at least one microsecond (a zero
-/// timeval would mean "no timeout").
-fn timeval(ms: Option<f64>) -> Result<TimeVal> {
-  match ms {
-    None => Ok(TimeVal::new(0, 0)),
-    Some(ms) if ms.is_finite() && ms > 0.0 && ms <= i32::MAX as f64 => {
-      let micros = ((ms * 1000.0).round() as i64).max(1);
-      Ok(TimeVal::new(micros / 1_000_000, (micros % 1_000_000) as _))
+/// Runs `op` until it stops answering `EAGAIN`. With a `timeout`, `op` is tried without
+/// waiting and `poll` waits in between, until the deadline (then `ETIMEDOUT`); without
+/// one, `op` may block, and `poll` only waits for a socket that is non-blocking (its open
+/// file description is shared with other holders, which may have set `O_NONBLOCK`).
+fn blocking<T>(
+  sock: &OwnedFd,
+  events: PollFlags,
+  timeout: Option<Duration>,
+  mut op: impl FnMut(bool) -> nix::Result<T>,
+) -> nix::Result<T> {
+  let deadline = timeout.map(|timeout| Instant::now() + timeout);
+  loop {
+    match op(deadline.is_some()) {
+      Err(Errno::EINTR) => continue,
+      Err(Errno::EAGAIN) => {
+        if !wait_for(sock, events, deadline)? {
+          return Err(Errno::ETIMEDOUT);
+        }
+      }
+      other => return other,
     }
-    Some(ms) => Err(error::out_of_range("timeout", ms)),
+  }
+}
+
+/// Waits until `sock` reports `events` or `deadline` passed (`None`: no deadline);
+/// `false` when it passed.
+fn wait_for(sock: &OwnedFd, events: PollFlags, deadline: Option<Instant>) -> nix::Result<bool> {
+  loop {
+    let timeout = match deadline {
+      None => PollTimeout::NONE,
+      Some(deadline) => {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+          return Ok(false);
+        }
+        // Rounded up, so that a wait of less than a millisecond does not spin.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+      }
+    };
+    let mut fds = [PollFd::new(sock.as_fd(), events)];
+    match poll(&mut fds, timeout) {
+      Ok(0) | Err(Errno::EINTR) => continue,
+      Ok(_) => return Ok(true),
+      Err(e) => return Err(e),
+    }
   }
 }
 
@@ -79,8 +125,17 @@ impl UnixStream {
   /// room in a full backlog (`ETIMEDOUT`).
   #[napi]
   pub fn connect(path: String, timeout: Option<f64>) -> Result<UnixStream> {
-    let timeout = timeout.map(|ms| timeval(Some(ms))).transpose()?;
+    let timeout = timeout
+      .map(|ms| duration(ms).map(|d| TimeVal::new(d.as_secs() as _, d.subsec_micros() as _)))
+      .transpose()?;
     unix::connect(&path, false, timeout).map(Self::wrap)
+  }
+
+  /// Takes ownership of `fd`, a connected Unix stream socket (`ERR_INVALID_FD_TYPE`
+  /// otherwise, and the fd is left alone), and makes it close-on-exec.
+  #[napi]
+  pub fn from_fd(fd: i32) -> Result<UnixStream> {
+    unix::adopt(fd, Adopt::Connected).map(Self::wrap)
   }
 
   /// The socket's fd, or -1 once closed.
@@ -134,13 +189,10 @@ impl UnixStream {
     if buf.is_empty() {
       return Ok(0.0);
     }
-    let received = loop {
-      match scm_rights::recv_with_fds(sock.as_fd(), buf, false) {
-        Err(Errno::EINTR) => continue,
-        Err(e) => return Err(timed_out(e, "recvmsg")),
-        Ok(received) => break received,
-      }
-    };
+    let received = blocking(sock, PollFlags::POLLIN, self.read_timeout, |nonblocking| {
+      scm_rights::recv_with_fds(sock.as_fd(), buf, nonblocking)
+    })
+    .map_err(|e| error::sys(e, "recvmsg"))?;
     self.inbound.receive(received.fds, received.truncated);
     Ok(byte_count(received.bytes))
   }
@@ -158,19 +210,25 @@ impl UnixStream {
       };
     }
     let fds = self.outbound.raw_fds();
-    loop {
-      match scm_rights::send_with_fds(sock.as_fd(), data, &fds, false) {
-        Err(Errno::EINTR) => continue,
-        Ok(sent) => {
-          // The kernel holds its own references now; close our duplicates.
-          self.outbound.clear();
-          return Ok(byte_count(sent));
-        }
-        Err(e) if keeps_fds_queued(e) => return Err(timed_out(e, "sendmsg")),
-        Err(e) => {
-          self.outbound.clear();
-          return Err(error::sys(e, "sendmsg"));
-        }
+    let sent = blocking(
+      sock,
+      PollFlags::POLLOUT,
+      self.write_timeout,
+      |nonblocking| scm_rights::send_with_fds(sock.as_fd(), data, &fds, nonblocking),
+    );
+    match sent {
+      Ok(sent) => {
+        // The kernel holds its own references now; close our duplicates.
+        self.outbound.clear();
+        Ok(byte_count(sent))
+      }
+      // A timeout, or a shortage that passes: the fds stay queued for the retry.
+      Err(e) if e == Errno::ETIMEDOUT || scm_rights::is_transient(e) => {
+        Err(error::sys(e, "sendmsg"))
+      }
+      Err(e) => {
+        self.outbound.clear();
+        Err(error::sys(e, "sendmsg"))
       }
     }
   }
@@ -193,20 +251,25 @@ impl UnixStream {
     socket::shutdown(self.sock()?.as_raw_fd(), how).map_err(|e| error::sys(e, "shutdown"))
   }
 
+  /// How long a `read` may wait (ms), `null` for ever. Kept by this object: the socket
+  /// itself (which other processes may hold) is not changed.
   #[napi]
-  pub fn set_read_timeout(&self, ms: Option<f64>) -> Result<()> {
-    let tv = timeval(ms)?;
-    setsockopt(self.sock()?, sockopt::ReceiveTimeout, &tv).map_err(|e| error::sys(e, "setsockopt"))
+  pub fn set_read_timeout(&mut self, ms: Option<f64>) -> Result<()> {
+    self.sock()?;
+    self.read_timeout = ms.map(duration).transpose()?;
+    Ok(())
   }
 
+  /// How long a `write` may wait for room (ms), `null` for ever.
   #[napi]
-  pub fn set_write_timeout(&self, ms: Option<f64>) -> Result<()> {
-    let tv = timeval(ms)?;
-    setsockopt(self.sock()?, sockopt::SendTimeout, &tv).map_err(|e| error::sys(e, "setsockopt"))
+  pub fn set_write_timeout(&mut self, ms: Option<f64>) -> Result<()> {
+    self.sock()?;
+    self.write_timeout = ms.map(duration).transpose()?;
+    Ok(())
   }
 
-  /// Closes the socket, every queued outbound fd and every fd not yet dequeued. A second
-  /// call does nothing.
+  /// Closes this descriptor (never a `shutdown`: another holder of the socket keeps it),
+  /// every queued outbound fd and every fd not yet dequeued. A second call does nothing.
   #[napi]
   pub fn close(&mut self) {
     self.sock = None;
@@ -215,48 +278,43 @@ impl UnixStream {
   }
 }
 
-/// Waits until `sock` is readable (a connection is pending) or `deadline` passed; `false`
-/// when it passed.
-fn wait_readable(sock: &OwnedFd, deadline: Instant) -> Result<bool> {
-  loop {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-      return Ok(false);
-    }
-    // Rounded up, so that a wait of less than a millisecond does not spin.
-    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, timeout) {
-      Ok(0) | Err(Errno::EINTR) => continue,
-      Ok(_) => return Ok(true),
-      Err(e) => return Err(error::sys(e, "poll")),
-    }
-  }
-}
-
-/// Errors after which queued fds stay queued for the next write: the socket is still
-/// usable (a timeout, or the kernel's per-user limit of fds in flight).
-pub fn keeps_fds_queued(errno: Errno) -> bool {
-  matches!(errno, Errno::EAGAIN | Errno::EINTR) || scm_rights::is_transient(errno)
-}
-
-/// A listening Unix socket bound to a path.
+/// A listening Unix socket bound to a path (or an abstract name, or adopted).
 #[napi(js_name = "NativeUnixListener")]
 pub struct UnixListener {
   sock: Option<OwnedFd>,
+  /// The socket file this listener created, removed on close unless told otherwise.
   file: Option<SocketFile>,
+  path: String,
+  unlink_on_close: bool,
 }
 
 #[napi]
 impl UnixListener {
-  /// Creates the socket file at `path` and listens on it.
+  /// Creates the socket file at `path` (or the abstract name `\0name`) and listens on it.
+  /// The socket is non-blocking (`accept` waits with `poll`), so that a timed `accept`
+  /// never blocks past its deadline, even when another process holds the listener too
+  /// and takes a connection first.
   #[napi]
   pub fn bind(path: String) -> Result<UnixListener> {
-    let bound = unix::bind(&path, false)?;
+    let bound = unix::bind(&path, true)?;
     Ok(Self {
       sock: Some(bound.fd),
-      file: Some(bound.file),
+      file: bound.file,
+      path,
+      unlink_on_close: true,
+    })
+  }
+
+  /// Takes ownership of `fd`, a listening Unix stream socket (`ERR_INVALID_FD_TYPE`
+  /// otherwise, and the fd is left alone). An adopted listener never removes a file.
+  #[napi]
+  pub fn from_fd(fd: i32) -> Result<UnixListener> {
+    let sock = unix::adopt(fd, Adopt::Listening)?;
+    Ok(Self {
+      path: unix::local_path(sock.as_fd()),
+      sock: Some(sock),
+      file: None,
+      unlink_on_close: false,
     })
   }
 
@@ -265,45 +323,57 @@ impl UnixListener {
     self.sock.as_ref().map_or(-1, AsRawFd::as_raw_fd)
   }
 
-  /// The path this listener was bound to.
+  /// The address it listens on: a path, `\0name` for an abstract one, or `''` for none.
   #[napi(getter)]
-  pub fn path(&self) -> Option<String> {
-    self.file.as_ref().map(|f| f.path().to_string())
+  pub fn path(&self) -> String {
+    self.path.clone()
+  }
+
+  /// Whether `close()` removes the socket file this listener created (default `true`;
+  /// `false` keeps it for a successor the listener was handed to).
+  #[napi]
+  pub fn set_unlink_on_close(&mut self, unlink: bool) {
+    self.unlink_on_close = unlink;
   }
 
   /// Waits for the next connection; with `timeout` (ms), at most that long (`ETIMEDOUT`).
   ///
-  /// The wait is a `poll` for a pending connection, then `accept`. The listener stays in
-  /// blocking mode (it may be shared), so if another holder of the same listener takes
-  /// the connection between the two, this `accept` waits for the next one.
+  /// A timed wait is a `poll` for a pending connection, then `accept`; a non-blocking
+  /// listener (every bound one) then polls again if another holder took the connection
+  /// first. An adopted listener that is blocking is not changed (others may hold it): if
+  /// another holder takes the connection between the `poll` and the `accept`, that
+  /// `accept` waits for the next connection.
   #[napi]
   pub fn accept(&self, timeout: Option<f64>) -> Result<UnixStream> {
     let sock = self.sock.as_ref().ok_or_else(error::closed)?;
-    let deadline = match timeout {
-      None => None,
-      Some(ms) if ms.is_finite() && ms > 0.0 && ms <= i32::MAX as f64 => {
-        Some(Instant::now() + Duration::from_secs_f64(ms / 1000.0))
-      }
-      Some(ms) => return Err(error::out_of_range("timeout", ms)),
-    };
+    let timeout = timeout.map(duration).transpose()?;
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    let ready =
+      |deadline| wait_for(sock, PollFlags::POLLIN, deadline).map_err(|e| error::sys(e, "poll"));
     loop {
-      if let Some(deadline) = deadline {
-        if !wait_readable(sock, deadline)? {
-          return Err(error::sys(Errno::ETIMEDOUT, "accept"));
-        }
+      if deadline.is_some() && !ready(deadline)? {
+        return Err(error::sys(Errno::ETIMEDOUT, "accept"));
       }
       match unix::accept(sock.as_fd(), false) {
-        Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
+        Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+        // A non-blocking listener (shared with, or adopted from, an event loop) has none
+        // ready: wait for one.
+        Err(Errno::EAGAIN) => {
+          if deadline.is_none() {
+            ready(None)?;
+          }
+        }
         Err(e) => return Err(error::sys(e, "accept")),
         Ok(fd) => return Ok(UnixStream::wrap(fd)),
       }
     }
   }
 
-  /// Stops listening and removes the socket file. A second call does nothing.
+  /// Stops listening (this descriptor) and removes the socket file it created, unless
+  /// `setUnlinkOnClose(false)`. A second call does nothing.
   #[napi]
   pub fn close(&mut self) {
-    if self.sock.take().is_some() {
+    if self.sock.take().is_some() && self.unlink_on_close {
       if let Some(file) = &self.file {
         file.remove();
       }

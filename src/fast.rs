@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{AsyncBlock, Buffer, BufferSlice, Either, External, Uint8ArraySlice};
+use napi::bindgen_prelude::{BufferSlice, External, Uint8ArraySlice};
 use napi::Env;
 use napi_derive::napi;
 
+use crate::cancel::CancelHandle;
 use crate::error::Result;
 use crate::nonblocking::StreamCore;
 
@@ -29,28 +30,31 @@ pub fn stream_dequeue(stream: &StreamHandle) -> Result<Option<i32>> {
   stream.dequeue()
 }
 
-/// `AsyncUnixStream#read`.
+/// `AsyncUnixStream#read`: the bytes now, or `null` and operation `id` settles later.
 #[napi(
-  ts_args_type = "stream: ExternalObject<'StreamCore'>, size: number",
-  ts_return_type = "Buffer | Promise<Buffer>"
+  ts_args_type = "stream: ExternalObject<'StreamCore'>, size: number, id: number, canceller?: ExternalObject<'Canceller'> | undefined | null",
+  ts_return_type = "Buffer | null"
 )]
 pub fn stream_read<'env>(
   env: &'env Env,
   stream: &StreamHandle,
   size: u32,
-) -> napi::Result<Either<BufferSlice<'env>, AsyncBlock<Buffer>>> {
-  stream.read(env, size)
+  id: f64,
+  canceller: Option<&CancelHandle>,
+) -> napi::Result<Option<BufferSlice<'env>>> {
+  stream.read(env, size, id, canceller.map(|c| Arc::clone(c)))
 }
 
-/// `AsyncUnixStream#write`.
+/// `AsyncUnixStream#write`: the byte count now, or `null` and operation `id` settles later.
 #[napi(
-  ts_args_type = "stream: ExternalObject<'StreamCore'>, data: Uint8Array",
-  ts_return_type = "number | Promise<number>"
+  ts_args_type = "stream: ExternalObject<'StreamCore'>, data: Uint8Array, id: number",
+  ts_return_type = "number | null"
 )]
 pub fn stream_write(
   env: &Env,
   stream: &StreamHandle,
   data: Uint8ArraySlice<'_>,
-) -> napi::Result<Either<f64, AsyncBlock<f64>>> {
-  stream.write(env, data)
+  id: f64,
+) -> napi::Result<Option<f64>> {
+  stream.write(env, data, id)
 }

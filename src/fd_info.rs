@@ -38,9 +38,9 @@ pub fn fd_info(fd: i32) -> Result<NativeFdInfo> {
 }
 
 /// A failed query: the errno and the syscall that reported it.
-type QueryError = (Errno, &'static str);
+pub(crate) type QueryError = (Errno, &'static str);
 
-fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
+pub(crate) fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
   if fd < 0 {
     return Err((Errno::EBADF, "fcntl"));
   }

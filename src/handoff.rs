@@ -1,12 +1,18 @@
 //! What tokio's threads hand to a JS thread without losing it at teardown.
 //!
-//! Results travel from tokio to JS through napi-rs threadsafe functions (push delivery and
-//! every Promise). When a JS environment is torn down (`worker.terminate()`, process exit)
-//! with items still queued there, Node calls back with no environment and napi-rs drops
-//! nothing: an fd inside such an item would stay open for good. So nothing that owns an fd
-//! travels that way. It is deposited here instead, in the home of the JS thread that will
-//! take it, and only a [`Parcel`] number travels. When the environment goes, its home
-//! closes everything still deposited, and refuses (closes at once) whatever comes later.
+//! Each JS thread has a home here. Two things wait in it:
+//! - parcels: results the push readers and acceptors hand over through their own
+//!   threadsafe functions. When a JS environment is torn down (`worker.terminate()`,
+//!   process exit) with items still queued in a threadsafe function, Node calls back with
+//!   no environment and napi-rs drops nothing: an fd inside such an item would stay open
+//!   for good. So those items carry only a [`Parcel`] number, and what they own waits here.
+//! - settlements: the outcomes of the async classes' pending operations. One threadsafe
+//!   function per thread (the doorbell) tells JS that some are ready; JS then settles the
+//!   Promise of each by its id. The doorbell is referenced only while a referenced object
+//!   has an operation pending (`ref()`/`unref()`), and rings once for any number of them.
+//!
+//! When the environment goes, its home closes everything still waiting, and refuses
+//! (closes at once) whatever comes later.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -14,24 +20,147 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use napi::Env;
+use napi::bindgen_prelude::{FnArgs, Function, FunctionRef, ToNapiValue};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{sys, Env, Status};
 
 use crate::error::{self, Result};
-use crate::nonblocking::lock;
+use crate::nonblocking::{lock, tagged};
 
 /// The number of something deposited in a [`Home`]; it owns nothing itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Parcel(u64);
+struct Parcel(u64);
+
+/// A claim on something deposited in a home: what travels through a threadsafe function
+/// instead of the thing itself. Claimed on the JS thread; dropped unclaimed (the message
+/// was never delivered: its socket closed, say), it drops the deposit too.
+pub struct Deposit {
+  home: Arc<Home>,
+  parcel: Parcel,
+}
+
+impl Deposit {
+  /// Deposits `value` in `home`. `None` when the environment is gone: `value` is dropped
+  /// (its fds closed) at once.
+  pub fn new<T: Send + 'static>(home: &Arc<Home>, value: T) -> Option<Self> {
+    let parcel = home.parcels.deposit(value)?;
+    Some(Self {
+      home: Arc::clone(home),
+      parcel,
+    })
+  }
+
+  /// Takes the deposit back, on the JS thread. `None` if it is gone (closed at teardown).
+  pub fn claim<T: 'static>(self) -> Option<T> {
+    // Drop then finds nothing left to discard.
+    self.home.parcels.claim(self.parcel)
+  }
+}
+
+impl Drop for Deposit {
+  fn drop(&mut self) {
+    self.home.parcels.discard(self.parcel);
+  }
+}
 
 type Item = Box<dyn Any + Send>;
 
-/// Where results for one JS thread wait to be claimed there.
+/// A JS value made on the JS thread, passed straight on to a JS call in the same scope.
+pub struct RawValue(pub sys::napi_value);
+
+impl ToNapiValue for RawValue {
+  unsafe fn to_napi_value(_env: sys::napi_env, value: Self) -> napi::Result<sys::napi_value> {
+    Ok(value.0)
+  }
+}
+
+/// `(id, error, value)`: pending operation `id` settled, with `value` or with `error`
+/// (`"[CODE] message"`). JS ignores id 0, which the doorbell itself passes.
+pub type SettleArgs = FnArgs<(f64, Option<String>, Option<RawValue>)>;
+type Doorbell = ThreadsafeFunction<(), (), SettleArgs, Status, false>;
+
+/// What a finished operation does on the JS thread, just before its Promise settles:
+/// queue the fds a read brought, hand the turn to the next read, make the JS value. It
+/// owns what the operation produced, so dropping it unrun (at teardown) closes any fd.
+pub type Finish = Box<dyn FnOnce(&Env) -> Result<Settled> + Send>;
+
+/// How a finished operation settles.
+pub enum Settled {
+  /// With this value (`None`: `null`).
+  Value(Option<RawValue>),
+  /// Not yet: it started over (an accept whose connection another holder took first).
+  Later,
+}
+
+struct Settlement {
+  id: f64,
+  finish: Finish,
+}
+
+/// Things deposited for a JS thread, by number, until it claims them or goes.
 #[derive(Default)]
-pub struct Home {
-  parcels: Mutex<HashMap<u64, Item>>,
+struct Parcels {
+  items: Mutex<HashMap<u64, Item>>,
   next: AtomicU64,
   /// Cleared once the environment is being torn down.
   open: AtomicBool,
+}
+
+impl Parcels {
+  fn open() -> Self {
+    Self {
+      open: AtomicBool::new(true),
+      ..Self::default()
+    }
+  }
+
+  fn is_open(&self) -> bool {
+    self.open.load(Ordering::Acquire)
+  }
+
+  fn deposit<T: Send + 'static>(&self, value: T) -> Option<Parcel> {
+    let mut items = lock(&self.items);
+    // Checked under the lock, so a close cannot slip between the check and the insert.
+    if !self.is_open() {
+      drop(items);
+      drop(value);
+      return None;
+    }
+    let number = self.next.fetch_add(1, Ordering::Relaxed);
+    items.insert(number, Box::new(value));
+    Some(Parcel(number))
+  }
+
+  fn claim<T: 'static>(&self, parcel: Parcel) -> Option<T> {
+    let item = lock(&self.items).remove(&parcel.0)?;
+    item.downcast::<T>().ok().map(|boxed| *boxed)
+  }
+
+  /// Drops what `parcel` names, if it is still here (outside the lock: it may close fds).
+  fn discard(&self, parcel: Parcel) {
+    let item = lock(&self.items).remove(&parcel.0);
+    drop(item);
+  }
+
+  fn close(&self) {
+    let items: Vec<Item> = {
+      let mut items = lock(&self.items);
+      self.open.store(false, Ordering::Release);
+      items.drain().map(|(_, item)| item).collect()
+    };
+    // Dropped outside the lock: each drop may close fds.
+    drop(items);
+  }
+}
+
+/// Where results for one JS thread wait to be claimed there.
+pub struct Home {
+  parcels: Parcels,
+  settled: Mutex<Vec<Settlement>>,
+  /// The doorbell has been rung and has not yet run: no need to ring again.
+  rung: AtomicBool,
+  doorbell: Mutex<Option<Doorbell>>,
+  on_settle: Mutex<Option<FunctionRef<SettleArgs, ()>>>,
 }
 
 thread_local! {
@@ -46,8 +175,11 @@ pub fn home(env: &Env) -> Result<Arc<Home>> {
       return Ok(Arc::clone(home));
     }
     let home = Arc::new(Home {
-      open: AtomicBool::new(true),
-      ..Home::default()
+      parcels: Parcels::open(),
+      settled: Mutex::default(),
+      rung: AtomicBool::new(false),
+      doorbell: Mutex::default(),
+      on_settle: Mutex::default(),
     });
     let closing = Arc::clone(&home);
     env
@@ -63,37 +195,104 @@ pub fn home(env: &Env) -> Result<Arc<Home>> {
 }
 
 impl Home {
-  /// Keeps `value` for the JS thread. `None` when the environment is gone: `value` is
-  /// dropped (its fds closed) at once.
-  pub fn deposit<T: Send + 'static>(&self, value: T) -> Option<Parcel> {
-    let mut parcels = lock(&self.parcels);
-    // Checked under the lock, so a close cannot slip between the check and the insert.
-    if !self.open.load(Ordering::Acquire) {
-      drop(parcels);
-      drop(value);
-      return None;
+  /// Queues the outcome of operation `id` (from any thread) and rings the doorbell. When
+  /// the environment is gone, `finish` is dropped at once instead (closing what it owns).
+  pub fn settle(&self, id: f64, finish: Finish) {
+    {
+      let mut settled = lock(&self.settled);
+      if !self.parcels.is_open() {
+        drop(settled);
+        drop(finish);
+        return;
+      }
+      settled.push(Settlement { id, finish });
     }
-    let number = self.next.fetch_add(1, Ordering::Relaxed);
-    parcels.insert(number, Box::new(value));
-    Some(Parcel(number))
+    if !self.rung.swap(true, Ordering::AcqRel) {
+      if let Some(doorbell) = lock(&self.doorbell).as_ref() {
+        doorbell.call((), ThreadsafeFunctionCallMode::NonBlocking);
+      }
+    }
   }
 
-  /// Takes what `parcel` names, on the JS thread. `None` if it is gone (closed at
-  /// teardown) or was of another type (then it is dropped).
-  pub fn claim<T: 'static>(&self, parcel: Parcel) -> Option<T> {
-    let item = lock(&self.parcels).remove(&parcel.0)?;
-    item.downcast::<T>().ok().map(|boxed| *boxed)
+  /// On the JS thread: settles every queued operation through `on_settle`.
+  fn deliver(&self, env: &Env) -> napi::Result<()> {
+    // Cleared first: a settlement queued from now on rings again.
+    self.rung.store(false, Ordering::Release);
+    let settled = std::mem::take(&mut *lock(&self.settled));
+    if settled.is_empty() {
+      return Ok(());
+    }
+    // Borrowed back, not held under the lock: JS may call into the addon from it.
+    let on_settle = match lock(&self.on_settle).as_ref() {
+      Some(on_settle) => on_settle.borrow_back(env)?,
+      None => return Ok(()),
+    };
+    for Settlement { id, finish } in settled {
+      let args = match finish(env) {
+        Ok(Settled::Later) => continue,
+        Ok(Settled::Value(value)) => (id, None, value),
+        Err(e) => (id, Some(tagged(e)), None),
+      };
+      on_settle.call(args.into())?;
+    }
+    Ok(())
+  }
+
+  /// Whether the doorbell keeps the event loop alive: while a referenced object has an
+  /// operation pending (JS counts them).
+  #[allow(deprecated)] // napi-rs keeps refer/unref for exactly this: a handle that may idle.
+  pub fn set_referenced(&self, env: &Env, referenced: bool) -> napi::Result<()> {
+    match lock(&self.doorbell).as_mut() {
+      Some(doorbell) if referenced => doorbell.refer(env),
+      Some(doorbell) => doorbell.unref(env),
+      None => Ok(()),
+    }
   }
 
   fn close(&self) {
-    let items: Vec<Item> = {
-      let mut parcels = lock(&self.parcels);
-      self.open.store(false, Ordering::Release);
-      parcels.drain().map(|(_, item)| item).collect()
+    // Closed under the settlement lock: a settlement queued from now on is refused.
+    let settled = {
+      let mut settled = lock(&self.settled);
+      self.parcels.close();
+      std::mem::take(&mut *settled)
     };
-    // Dropped outside the lock: each drop may close fds.
-    drop(items);
+    drop(settled);
+    lock(&self.on_settle).take();
+    lock(&self.doorbell).take();
   }
+}
+
+/// Starts the settlement of async operations on this JS thread: `onSettle(id, error,
+/// value)` settles the Promise of operation `id`. Called once per thread, when the
+/// TypeScript layer loads; later calls replace the callback.
+#[napi_derive::napi(
+  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown) => void"
+)]
+#[cfg_attr(test, allow(dead_code))]
+pub fn init_settlements(env: Env, on_settle: Function<'_, SettleArgs, ()>) -> napi::Result<()> {
+  let home = home(&env).map_err(|e| napi::Error::from_reason(e.reason))?;
+  let delivering = Arc::clone(&home);
+  let mut doorbell: Doorbell = on_settle
+    .build_threadsafe_function::<()>()
+    .callee_handled::<false>()
+    .build_callback(move |ctx| {
+      delivering.deliver(&ctx.env)?;
+      Ok((0.0, None, None).into())
+    })?;
+  // Nothing is pending yet: the doorbell alone must not keep the process alive.
+  #[allow(deprecated)]
+  doorbell.unref(&env)?;
+  *lock(&home.on_settle) = Some(on_settle.create_ref()?);
+  *lock(&home.doorbell) = Some(doorbell);
+  Ok(())
+}
+
+/// `ref`/`unref` of the settlement doorbell; see `Home::set_referenced`.
+#[napi_derive::napi]
+#[cfg_attr(test, allow(dead_code))]
+pub fn reference_settlements(env: Env, referenced: bool) -> napi::Result<()> {
+  let home = home(&env).map_err(|e| napi::Error::from_reason(e.reason))?;
+  home.set_referenced(&env, referenced)
 }
 
 #[cfg(test)]
@@ -101,12 +300,7 @@ mod tests {
   use super::*;
   use std::os::fd::OwnedFd;
 
-  fn open_home() -> Home {
-    Home {
-      open: AtomicBool::new(true),
-      ..Home::default()
-    }
-  }
+  // The store alone: a whole `Home` holds napi-rs handles, which a test binary cannot link.
 
   fn watched() -> (OwnedFd, std::fs::File) {
     let (reader, writer) = nix::unistd::pipe().expect("pipe");
@@ -120,7 +314,7 @@ mod tests {
 
   #[test]
   fn a_parcel_is_claimed_once_as_its_type() {
-    let home = open_home();
+    let home = Parcels::open();
     let (fd, _reader) = watched();
     let parcel = home.deposit(vec![fd]).expect("open");
     assert!(home.claim::<Vec<OwnedFd>>(parcel).is_some());
@@ -129,7 +323,7 @@ mod tests {
 
   #[test]
   fn closing_closes_what_waits_and_refuses_what_comes_later() {
-    let home = open_home();
+    let home = Parcels::open();
     let (waiting, mut waiting_reader) = watched();
     let (late, mut late_reader) = watched();
     let parcel = home.deposit(waiting).expect("open");

@@ -8,6 +8,7 @@
 //! in order, and `error` shapes errors for Node.
 
 mod blocking;
+mod cancel;
 mod credentials;
 mod error;
 // napi-derive registers free functions with Node only outside `cargo test`, so a test

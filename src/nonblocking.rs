@@ -12,25 +12,26 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{
-  within_runtime_if_available, AsyncBlock, AsyncBlockBuilder, Buffer, BufferSlice, Either,
-  External, Function, Uint8ArraySlice,
+  within_runtime_if_available, BufferSlice, External, Function, JavaScriptClassExt, Uint8ArraySlice,
 };
-use napi::{Env, Status};
+use napi::{Env, JsValue, Status};
 use napi_derive::napi;
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, Shutdown};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{watch, Notify};
 
+use crate::cancel::{self, CancelHandle, Canceller};
 use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, Result};
-use crate::handoff::{self, Home, Parcel};
+use crate::handoff::{self, Deposit, Finish, Home, RawValue, Settled};
 use crate::js::{byte_count, shutdown_how};
 use crate::push::{AcceptArgs, Acceptor, ReadArgs, Reader};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::scm_rights::{self, Received};
-use crate::socket::{self as unix, SocketFile};
+use crate::socket::{self as unix, Adopt, SocketFile};
 use crate::turnstile::{Ticket, Turnstile};
 
 /// Largest `read(size)`.
@@ -162,7 +163,7 @@ impl Queues {
 /// their way to the JS thread's inbound queue: deposited in that thread's home, so that a
 /// teardown closes them (see `handoff`).
 pub(crate) struct Arrival {
-  parcel: Option<Parcel>,
+  deposit: Option<Deposit>,
   /// How many fds arrived.
   pub(crate) count: usize,
 }
@@ -170,28 +171,34 @@ pub(crate) struct Arrival {
 type Arrived = Vec<(Vec<OwnedFd>, bool)>;
 
 impl Arrival {
-  pub(crate) fn deposit(home: &Home, parts: Arrived) -> Self {
+  pub(crate) fn deposit(home: &Arc<Home>, parts: Arrived) -> Self {
     let count = parts.iter().map(|(fds, _)| fds.len()).sum();
     let any = parts
       .iter()
       .any(|(fds, truncated)| *truncated || !fds.is_empty());
-    let parcel = if any { home.deposit(parts) } else { None };
-    Self { parcel, count }
+    let deposit = if any { Deposit::new(home, parts) } else { None };
+    Self { deposit, count }
   }
 
   /// On the JS thread: the fds join the inbound queue, or are closed if the stream closed
   /// meanwhile (then the read fails with `ERR_SOCKET_CLOSED`).
-  pub(crate) fn receive(self, home: &Home, queues: &Queues) -> napi::Result<()> {
-    let parts = self.parcel.and_then(|parcel| home.claim::<Arrived>(parcel));
-    if queues.closed.load(Ordering::Acquire) {
-      return Err(rejection(error::closed()));
-    }
-    let mut inbound = lock(&queues.inbound);
-    for (fds, truncated) in parts.into_iter().flatten() {
-      inbound.receive(fds, truncated);
-    }
-    Ok(())
+  pub(crate) fn receive(self, queues: &Queues) -> Result<()> {
+    let parts = self.deposit.and_then(Deposit::claim::<Arrived>);
+    receive_parts(queues, parts.unwrap_or_default())
   }
+}
+
+/// On the JS thread: what reads brought joins the inbound queue, or is closed (and the
+/// read fails with `ERR_SOCKET_CLOSED`) if the stream closed meanwhile.
+fn receive_parts(queues: &Queues, parts: Arrived) -> Result<()> {
+  if queues.closed.load(Ordering::Acquire) {
+    return Err(error::closed());
+  }
+  let mut inbound = lock(&queues.inbound);
+  for (fds, truncated) in parts {
+    inbound.receive(fds, truncated);
+  }
+  Ok(())
 }
 
 /// A stream's fd as registered with the reactor: it shares ownership of the fd, so the fd
@@ -458,12 +465,48 @@ pub struct AsyncUnixStream {
   core: Arc<StreamCore>,
 }
 
-/// A promise that rejects at once (for calls on a closed stream).
-fn rejected<T: Send + 'static + napi::bindgen_prelude::ToNapiValue>(
-  env: &Env,
-  e: error::Error,
-) -> napi::Result<AsyncBlock<T>> {
-  AsyncBlockBuilder::new(async move { Err(rejection(e)) }).build(env)
+/// Settles operation `id` as failed with `e` (a call on a closed stream, say), and says
+/// "pending" to the caller: the Promise rejects through the normal path.
+fn fail<T>(env: &Env, id: f64, e: error::Error) -> napi::Result<Option<T>> {
+  handoff::home(env)
+    .map_err(rejection)?
+    .settle(id, Box::new(move |_| Err(e)));
+  Ok(None)
+}
+
+/// Runs `op` on tokio and settles operation `id` with what `finish` makes of its outcome on
+/// the JS thread.
+pub(crate) fn settle_later<T: Send + 'static>(
+  home: Arc<Home>,
+  id: f64,
+  op: impl std::future::Future<Output = Result<T>> + Send + 'static,
+  finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
+) {
+  napi::bindgen_prelude::spawn(async move {
+    let settle: Finish = match op.await {
+      Ok(value) => Box::new(move |env| finish(env, value)),
+      Err(e) => Box::new(move |_| Err(e)),
+    };
+    home.settle(id, settle);
+  });
+}
+
+/// A byte count as a JS number value.
+pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
+  let value = env.create_double(n).map_err(internal)?;
+  Ok(Settled::Value(Some(RawValue(value.raw()))))
+}
+
+/// Bytes as a Buffer: a small one copied into V8's memory, a large one handed over.
+fn bytes(env: &Env, data: Vec<u8>) -> Result<Settled> {
+  let buffer = if data.len() <= 16 * 1024 {
+    BufferSlice::copy_from(env, &data)
+  } else {
+    BufferSlice::from_data(env, data)
+  };
+  Ok(Settled::Value(Some(RawValue(
+    buffer.map_err(internal)?.raw(),
+  ))))
 }
 
 /// What an `AsyncUnixStream` is, shared with the handle that the TypeScript layer calls
@@ -514,15 +557,16 @@ impl StreamCore {
   ///
   /// When no earlier write is pending, the messages go out at once on the calling thread,
   /// one `sendmsg` each, until the socket is full; the byte count comes back directly if
-  /// everything went, and otherwise a Promise sends the rest in order. The rest is sent
-  /// from the caller's own buffer, which the Promise keeps referenced (no copy), as
-  /// `net.Socket#write` does.
+  /// everything went, and otherwise a Promise sends the rest in order. The rest is copied
+  /// first: JS may detach, resize or change its buffer meanwhile, and a pointer into it
+  /// could then send freed memory.
   pub(crate) fn send_messages(
     env: &Env,
     shared: Arc<Shared>,
     data: Uint8ArraySlice<'_>,
     mut messages: Vec<Message>,
-  ) -> napi::Result<Either<f64, AsyncBlock<f64>>> {
+    id: f64,
+  ) -> napi::Result<Option<f64>> {
     let len = data.len();
     let mut sent = 0;
     let mut next = 0;
@@ -543,24 +587,31 @@ impl StreamCore {
           Err(Errno::EAGAIN | Errno::EINTR) => break,
           // Waited out (with the fds kept) by the asynchronous rest below.
           Err(e) if scm_rights::is_transient(e) => break,
-          Err(e) => return rejected(env, error::sys(e, "sendmsg")).map(Either::B),
+          Err(e) => return fail(env, id, error::sys(e, "sendmsg")),
         }
       }
       if next == messages.len() {
         shared.writable.release_if_idle();
-        return Ok(Either::A(byte_count(len)));
+        return Ok(Some(byte_count(len)));
       }
     }
-    let data = data.into_typed_array(env)?;
-    let mut rest: Vec<Message> = messages.drain(next..).collect();
+    let home = handoff::home(env).map_err(rejection)?;
+    let data = data[sent..].to_vec();
+    let mut rest: Vec<Message> = messages
+      .drain(next..)
+      .map(|m| Message {
+        start: m.start.saturating_sub(sent),
+        fds: m.fds,
+      })
+      .collect();
     let ticket = shared.writes.ticket();
-    AsyncBlockBuilder::new(async move {
+    let op = async move {
       let outcome = shared
         .unless_closed(async {
           ticket.turn().await;
-          let mut from = sent;
+          let mut from = 0;
           for i in 0..rest.len() {
-            let end = message_end(&rest, i, len);
+            let end = message_end(&rest, i, data.len());
             let fds = std::mem::take(&mut rest[i].fds);
             shared.write_all(&data[from..end], fds, 0).await?;
             from = end;
@@ -569,10 +620,10 @@ impl StreamCore {
         })
         .await;
       drop(shared);
-      outcome.map_err(rejection)
-    })
-    .build(env)
-    .map(Either::B)
+      outcome
+    };
+    settle_later(home, id, op, number);
+    Ok(None)
   }
 
   /// Duplicates `fd` (close-on-exec) into the outbound queue; it rides on the next
@@ -607,55 +658,54 @@ impl StreamCore {
   /// When no earlier read is pending and data is ready, the `recvmsg` happens at once on
   /// the calling thread and the result comes back directly (the TypeScript layer wraps it
   /// in a resolved Promise), as libuv reads ready sockets on the loop thread.
+  ///
+  /// Otherwise it returns `null` and settles operation `id` later; `canceller` (from a JS
+  /// `AbortSignal`) can cancel it until it has read anything.
   pub(crate) fn read<'env>(
     &self,
     env: &'env Env,
     size: u32,
-  ) -> napi::Result<Either<BufferSlice<'env>, AsyncBlock<Buffer>>> {
+    id: f64,
+    canceller: Option<Arc<Canceller>>,
+  ) -> napi::Result<Option<BufferSlice<'env>>> {
     if size == 0 || size > MAX_READ_SIZE {
       return Err(rejection(error::out_of_range("size", size)));
     }
     let shared = match self.shared() {
       Ok(shared) => shared,
-      Err(e) => return rejected(env, e).map(Either::B),
+      Err(e) => return fail(env, id, e),
     };
     if shared.reads.is_idle() && !self.queues.inbound_full() {
       match shared.try_read(env, size as usize) {
         Ok(Some((data, received))) => {
           shared.readable.release_if_idle();
           lock(&self.queues.inbound).receive(received.fds, received.truncated);
-          return Ok(Either::A(data));
+          return Ok(Some(data));
         }
         Ok(None) => {}
-        Err(e) => return rejected(env, e).map(Either::B),
+        Err(e) => return fail(env, id, e),
       }
     }
     let home = handoff::home(env).map_err(rejection)?;
     let ticket = shared.reads.ticket();
     let queues = Arc::clone(&self.queues);
     let reading = Arc::clone(&queues);
-    let depot = Arc::clone(&home);
-    let future = async move {
+    let op = async move {
+      let read = read_in_turn(&shared, &reading, ticket, size as usize);
       let outcome = shared
-        .unless_closed(read_in_turn(
-          &shared,
-          &reading,
-          &depot,
-          ticket,
-          size as usize,
-        ))
+        .unless_closed(cancel::unless_cancelled(canceller, read))
         .await;
       drop(shared);
-      outcome.map_err(rejection)
+      outcome
     };
-    AsyncBlockBuilder::build_with_map(env, future, move |_env, (data, arrival, ticket)| {
+    settle_later(home, id, op, move |env, (data, received, ticket)| {
       // Closed while the result travelled: the fds are closed, not queued.
-      arrival.receive(&home, &queues)?;
+      receive_parts(&queues, vec![(received.fds, received.truncated)])?;
       // Only now may the next read go: its fds must queue behind these.
       drop(ticket);
-      Ok(Buffer::from(data))
-    })
-    .map(Either::B)
+      bytes(env, data)
+    });
+    Ok(None)
   }
 
   /// Writes every byte of `data`, after every earlier `write`; the fds queued when this
@@ -668,10 +718,11 @@ impl StreamCore {
     &self,
     env: &Env,
     data: Uint8ArraySlice<'_>,
-  ) -> napi::Result<Either<f64, AsyncBlock<f64>>> {
+    id: f64,
+  ) -> napi::Result<Option<f64>> {
     let shared = match self.shared() {
       Ok(shared) => shared,
-      Err(e) => return rejected(env, e).map(Either::B),
+      Err(e) => return fail(env, id, e),
     };
     let fds = {
       let mut outbound = lock(&self.queues.outbound);
@@ -681,7 +732,7 @@ impl StreamCore {
       outbound.take()
     };
     let message = Message { start: 0, fds };
-    Self::send_messages(env, shared, data, vec![message])
+    Self::send_messages(env, shared, data, vec![message], id)
   }
 }
 
@@ -694,23 +745,20 @@ impl AsyncUnixStream {
     Ok(vec![Self::wrap(a)?, Self::wrap(b)?])
   }
 
-  /// Connects to the listener at `path`.
+  /// Connects to the listener at `path` (or the abstract name `\0name`). A Unix socket
+  /// connects at once or not at all (a full backlog is `EAGAIN`, as in Node's `net`), so
+  /// this never waits; the TypeScript layer turns the outcome into a Promise.
   #[napi]
-  pub fn connect(env: &Env, path: String) -> napi::Result<AsyncBlock<AsyncUnixStream>> {
-    let home = handoff::home(env).map_err(rejection)?;
-    let depot = Arc::clone(&home);
-    let future = async move {
-      let stream = tokio::net::UnixStream::connect(&path)
-        .await
-        .map_err(|e| rejection(error::sys_path(errno_of(&e), "connect", &path)))?;
-      let fd = OwnedFd::from(
-        stream
-          .into_std()
-          .map_err(|e| rejection(error::sys(errno_of(&e), "connect")))?,
-      );
-      Ok(depot.deposit(fd))
-    };
-    AsyncBlockBuilder::build_with_map(env, future, move |_env, parcel| claim_stream(&home, parcel))
+  pub fn connect(path: String) -> Result<AsyncUnixStream> {
+    unix::connect(&path, true, None).and_then(Self::wrap)
+  }
+
+  /// Takes ownership of `fd`, a connected Unix stream socket (`ERR_INVALID_FD_TYPE`
+  /// otherwise, and the fd is left alone), and makes it close-on-exec. Its `O_NONBLOCK`
+  /// is left as it is: every read and write here is non-blocking by itself.
+  #[napi]
+  pub fn from_fd(fd: i32) -> Result<AsyncUnixStream> {
+    unix::adopt(fd, Adopt::Connected).and_then(Self::wrap)
   }
 
   /// This stream's handle for the functions in `fast`.
@@ -754,16 +802,18 @@ impl AsyncUnixStream {
     lock(&self.queues.outbound).len() as u32
   }
 
-  /// Shuts down one or both directions, after every earlier `write` went out.
-  #[napi(ts_return_type = "Promise<void>")]
-  pub fn shutdown(&self, env: &Env, how: String) -> napi::Result<AsyncBlock<()>> {
+  /// Shuts down one or both directions, after every earlier `write` went out; settles
+  /// operation `id` then.
+  #[napi]
+  pub fn shutdown(&self, env: &Env, how: String, id: f64) -> napi::Result<()> {
     let how = shutdown_how(&how).map_err(rejection)?;
     let shared = match self.shared() {
       Ok(shared) => shared,
-      Err(e) => return rejected(env, e),
+      Err(e) => return fail::<()>(env, id, e).map(drop),
     };
+    let home = handoff::home(env).map_err(rejection)?;
     let ticket = shared.writes.ticket();
-    AsyncBlockBuilder::new(async move {
+    let op = async move {
       let outcome = shared
         .unless_closed(async {
           ticket.turn().await;
@@ -771,9 +821,10 @@ impl AsyncUnixStream {
         })
         .await;
       drop(shared);
-      outcome.map_err(rejection)
-    })
-    .build(env)
+      outcome
+    };
+    settle_later(home, id, op, |_, ()| Ok(Settled::Value(None)));
+    Ok(())
   }
 
   /// Starts push delivery: `callback(chunk, fdCount, error)` for every batch read, then
@@ -844,14 +895,12 @@ impl Drop for AsyncUnixStream {
 async fn read_in_turn(
   shared: &Shared,
   queues: &Queues,
-  home: &Home,
   ticket: Ticket,
   size: usize,
-) -> Result<(Vec<u8>, Arrival, Ticket)> {
+) -> Result<(Vec<u8>, Received, Ticket)> {
   ticket.turn().await;
   let (data, received) = shared.read(queues, size).await?;
-  let arrival = Arrival::deposit(home, vec![(received.fds, received.truncated)]);
-  Ok((data, arrival, ticket))
+  Ok((data, received, ticket))
 }
 
 fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
@@ -868,7 +917,10 @@ fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
 #[napi(js_name = "NativeAsyncUnixListener")]
 pub struct AsyncUnixListener {
   io: Mutex<Option<Arc<ListenerShared>>>,
-  file: SocketFile,
+  /// The socket file this listener created, removed on close unless told otherwise.
+  file: Option<SocketFile>,
+  path: String,
+  unlink_on_close: AtomicBool,
   acceptor: Mutex<Option<Acceptor>>,
 }
 
@@ -877,16 +929,14 @@ pub(crate) struct ListenerShared {
   pub(crate) closed: watch::Sender<bool>,
 }
 
-#[napi]
 impl AsyncUnixListener {
-  /// Creates the socket file at `path` and listens on it.
-  #[napi]
-  pub fn bind(path: String) -> Result<AsyncUnixListener> {
-    let bound = unix::bind(&path, true)?;
-    let io = match register(bound.fd, Interest::READABLE) {
+  fn listening(fd: OwnedFd, file: Option<SocketFile>, path: String) -> Result<Self> {
+    let io = match register(fd, Interest::READABLE) {
       Ok(io) => io,
       Err(e) => {
-        bound.file.remove();
+        if let Some(file) = &file {
+          file.remove();
+        }
         return Err(e);
       }
     };
@@ -895,9 +945,35 @@ impl AsyncUnixListener {
         io,
         closed: watch::Sender::new(false),
       }))),
-      file: bound.file,
+      unlink_on_close: AtomicBool::new(file.is_some()),
+      file,
+      path,
       acceptor: Mutex::new(None),
     })
+  }
+}
+
+#[napi]
+impl AsyncUnixListener {
+  /// Creates the socket file at `path` (or the abstract name `\0name`) and listens on it.
+  #[napi]
+  pub fn bind(path: String) -> Result<AsyncUnixListener> {
+    let bound = unix::bind(&path, true)?;
+    Self::listening(bound.fd, bound.file, path)
+  }
+
+  /// Takes ownership of `fd`, a listening Unix stream socket (`ERR_INVALID_FD_TYPE`
+  /// otherwise, and the fd is left alone), and makes it close-on-exec and non-blocking:
+  /// `O_NONBLOCK` is set on the open file description, which other holders share (as
+  /// Node's `listen({ fd })` does), because `accept` has no per-call non-blocking flag and
+  /// must never block tokio's thread when another holder took the connection first. An
+  /// adopted listener never removes a file.
+  #[napi]
+  pub fn from_fd(fd: i32) -> Result<AsyncUnixListener> {
+    let sock = unix::adopt(fd, Adopt::Listening)?;
+    unix::set_nonblocking(sock.as_fd()).map_err(|e| error::sys(e, "fcntl"))?;
+    let path = unix::local_path(sock.as_fd());
+    Self::listening(sock, None, path)
   }
 
   #[napi(getter)]
@@ -905,41 +981,49 @@ impl AsyncUnixListener {
     lock(&self.io).as_ref().map_or(-1, |s| s.io.as_raw_fd())
   }
 
-  /// The path this listener was bound to.
+  /// The address it listens on: a path, `\0name` for an abstract one, or `''` for none.
   #[napi(getter)]
   pub fn path(&self) -> String {
-    self.file.path().to_string()
+    self.path.clone()
   }
 
-  /// Resolves with the next connection.
-  #[napi(ts_return_type = "Promise<NativeAsyncUnixStream>")]
-  pub fn accept(&self, env: &Env) -> napi::Result<AsyncBlock<AsyncUnixStream>> {
-    let shared = lock(&self.io).clone();
-    let home = handoff::home(env).map_err(rejection)?;
-    let depot = Arc::clone(&home);
-    let future = async move {
-      let shared = shared.ok_or_else(|| rejection(error::closed()))?;
-      let outcome = tokio::select! {
-        biased;
-        _ = closing(&shared.closed) => Err(error::closed()),
-        result = accept_one(&shared) => result.map_err(|e| error::sys(e, "accept")),
-      };
-      drop(shared);
-      outcome.map(|fd| depot.deposit(fd)).map_err(rejection)
+  /// Whether `close()` removes the socket file this listener created (default `true`;
+  /// `false` keeps it for a successor the listener was handed to).
+  #[napi]
+  pub fn set_unlink_on_close(&self, unlink: bool) {
+    self
+      .unlink_on_close
+      .store(unlink && self.file.is_some(), Ordering::Release);
+  }
+
+  /// Accepts the next connection and settles operation `id` with it; `canceller` (from a
+  /// JS `AbortSignal`) can cancel the wait, leaving the connection for the next accept.
+  /// Running out of fds (`EMFILE`, ...) fails this accept only: the listener stays open.
+  ///
+  /// tokio waits until a connection is pending; the `accept` itself happens on the JS
+  /// thread when the Promise settles, so a connection is never taken from the backlog
+  /// unless it is delivered (a `close()` meanwhile leaves it there, for whoever holds the
+  /// listener next).
+  #[napi(ts_args_type = "id: number, canceller?: ExternalObject<'Canceller'> | undefined | null")]
+  pub fn accept(&self, env: &Env, id: f64, canceller: Option<&CancelHandle>) -> napi::Result<()> {
+    let Some(shared) = lock(&self.io).clone() else {
+      return fail::<()>(env, id, error::closed()).map(drop);
     };
-    AsyncBlockBuilder::build_with_map(env, future, move |_env, parcel| claim_stream(&home, parcel))
+    let home = handoff::home(env).map_err(rejection)?;
+    accept_later(home, shared, id, canceller.map(|c| Arc::clone(c)));
+    Ok(())
   }
 
   /// Starts accepting in a loop: `callback(stream, null, false)` per connection; see
   /// `AcceptArgs` for the rest.
   #[napi(
-    ts_args_type = "callback: (stream: NativeAsyncUnixStream | null, error: string | null, retrying: boolean) => void"
+    ts_args_type = "callback: (streams: NativeAsyncUnixStream[], error: string | null, retrying: boolean) => void"
   )]
-  pub fn start_accepting(&self, env: &Env, callback: Function<'_, AcceptArgs, ()>) -> Result<()> {
+  pub fn start_accepting(&self, callback: Function<'_, AcceptArgs, ()>) -> Result<()> {
     let shared = lock(&self.io).clone().ok_or_else(error::closed)?;
     let mut acceptor = lock(&self.acceptor);
     if acceptor.is_none() {
-      *acceptor = Some(Acceptor::start(env, shared, callback).map_err(internal)?);
+      *acceptor = Some(Acceptor::start(shared, callback).map_err(internal)?);
     }
     Ok(())
   }
@@ -953,14 +1037,19 @@ impl AsyncUnixListener {
     }
   }
 
-  /// Stops listening, removes the socket file and rejects pending accepts with
+  /// Stops listening (this descriptor: another holder keeps listening), removes the socket
+  /// file unless `setUnlinkOnClose(false)`, and rejects pending accepts with
   /// `ERR_SOCKET_CLOSED`. A second call does nothing.
   #[napi]
   pub fn close(&self) {
     let shared = lock(&self.io).take();
     if let Some(shared) = shared {
       lock(&self.acceptor).take();
-      self.file.remove();
+      if self.unlink_on_close.load(Ordering::Acquire) {
+        if let Some(file) = &self.file {
+          file.remove();
+        }
+      }
       shared.closed.send_replace(true);
       release(shared);
     }
@@ -973,30 +1062,83 @@ impl Drop for AsyncUnixListener {
   }
 }
 
-/// The next connection, or why `accept` failed. Running out of fds leaves the listener
-/// readable, so a retry tries again at once.
-pub(crate) async fn accept_one(shared: &ListenerShared) -> std::result::Result<OwnedFd, Errno> {
+/// Resolves once a connection is pending on the listener. tokio's readiness may be stale
+/// (JS accepted since, or another holder of the listener did): it is checked with a
+/// zero-timeout `poll`, and cleared when nothing is pending.
+pub(crate) async fn connection_pending(shared: &ListenerShared) -> io::Result<()> {
   loop {
-    let result = shared
-      .io
-      .async_io(Interest::READABLE, |fd| {
-        unix::accept(fd.as_fd(), true).map_err(io::Error::from)
-      })
-      .await;
-    match result {
-      Ok(fd) => return Ok(fd),
-      Err(e) if matches!(errno_of(&e), Errno::EINTR | Errno::ECONNABORTED) => continue,
-      Err(e) => return Err(errno_of(&e)),
+    let mut guard = shared.io.readable().await?;
+    let mut fds = [PollFd::new(shared.io.get_ref().as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+      Ok(0) => guard.clear_ready(),
+      // Pending, or an error that the accept will report.
+      _ => return Ok(()),
     }
   }
 }
 
-/// On the JS thread: the stream around a connection a future deposited (`None`: the
-/// environment went away, and the fd with it).
-fn claim_stream(home: &Home, parcel: Option<Parcel>) -> napi::Result<AsyncUnixStream> {
-  let fd = parcel.and_then(|parcel| home.claim::<OwnedFd>(parcel));
-  let fd = fd.ok_or_else(|| rejection(no_runtime()))?;
-  AsyncUnixStream::wrap(fd).map_err(rejection)
+/// One non-blocking `accept` (on the JS thread): the connection, or `EAGAIN` when none is
+/// pending, or why it failed.
+pub(crate) fn accept_now(shared: &ListenerShared) -> nix::Result<OwnedFd> {
+  loop {
+    match unix::accept(shared.io.get_ref().as_fd(), true) {
+      Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+      other => return other,
+    }
+  }
+}
+
+/// Waits (on tokio) for a connection for operation `id`, then accepts it on the JS thread;
+/// starts over if another holder took it first.
+fn accept_later(
+  home: Arc<Home>,
+  shared: Arc<ListenerShared>,
+  id: f64,
+  canceller: Option<Arc<Canceller>>,
+) {
+  let closed = shared.closed.subscribe();
+  let listener = Arc::downgrade(&shared);
+  let waiting = canceller.clone();
+  let depot = Arc::clone(&home);
+  let op = async move {
+    let pending = async {
+      connection_pending(&shared)
+        .await
+        .map_err(|e| error::sys(errno_of(&e), "accept"))
+    };
+    let outcome = tokio::select! {
+      biased;
+      _ = closing(&shared.closed) => Err(error::closed()),
+      result = cancel::unless_cancelled(waiting, pending) => result,
+    };
+    drop(shared);
+    outcome
+  };
+  settle_later(home, id, op, move |env, ()| {
+    // Closed or aborted before JS got here: nothing was taken from the backlog.
+    if *closed.borrow() {
+      return Err(error::closed());
+    }
+    if canceller.as_ref().is_some_and(|c| c.is_cancelled()) {
+      return Err(cancel::aborted());
+    }
+    let Some(shared) = listener.upgrade() else {
+      return Err(error::closed());
+    };
+    match accept_now(&shared) {
+      Ok(fd) => {
+        // Registered here, on the JS thread, inside the runtime.
+        let stream = AsyncUnixStream::wrap(fd)?;
+        let instance = stream.into_instance(env).map_err(internal)?;
+        Ok(Settled::Value(Some(RawValue(instance.raw()))))
+      }
+      Err(Errno::EAGAIN) => {
+        accept_later(depot, shared, id, canceller);
+        Ok(Settled::Later)
+      }
+      Err(e) => Err(error::sys(e, "accept")),
+    }
+  });
 }
 
 /// A napi-rs failure (creating a threadsafe function, ref-counting it).

@@ -5,8 +5,8 @@
 //! batches are in flight, and the JS side pauses the task when its buffer is full.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,13 +17,13 @@ use napi::threadsafe_function::{
 use napi::{Env, Status};
 use nix::errno::Errno;
 use tokio::io::Interest;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::error;
-use crate::handoff::{self, Home, Parcel};
+use crate::handoff::{self, Home};
 use crate::nonblocking::{
-  accept_one, closing, errno_of, lock, tagged, Arrival, AsyncUnixStream, ListenerShared, Queues,
-  Shared,
+  accept_now, closing, connection_pending, errno_of, lock, tagged, Arrival, AsyncUnixStream,
+  ListenerShared, Queues, Shared,
 };
 use crate::scm_rights;
 
@@ -73,7 +73,7 @@ impl Reader {
       .build_threadsafe_function::<Delivery>()
       .callee_handled::<false>()
       .build_callback(move |ctx: ThreadsafeCallContext<Delivery>| {
-        Ok(deliver(&delivering, &home, ctx.value))
+        Ok(deliver(&delivering, ctx.value))
       })?;
     let callback = Arc::new(Mutex::new(Some(tsfn)));
     let (want, wanted) = watch::channel(true);
@@ -116,12 +116,12 @@ impl Reader {
 
 /// Runs on the JS thread: the fds of the batch join the inbound queue, then JS gets the
 /// chunk, so they are dequeue-able by the time it is delivered.
-fn deliver(queues: &Queues, home: &Home, delivery: Delivery) -> ReadArgs {
+fn deliver(queues: &Queues, delivery: Delivery) -> ReadArgs {
   match delivery {
     Delivery::Data { data, arrival, .. } => {
       let count = arrival.count;
       queues.pending.fetch_sub(count, Ordering::AcqRel);
-      if arrival.receive(home, queues).is_err() {
+      if arrival.receive(queues).is_err() {
         return (None, 0, Some(tagged(error::closed()))).into();
       }
       (Some(Buffer::from(data)), count as u32, None).into()
@@ -142,7 +142,7 @@ fn send(callback: &Mutex<Option<ReadCallback>>, delivery: Delivery) {
 async fn pump(
   shared: &Shared,
   queues: &Queues,
-  home: &Home,
+  home: &Arc<Home>,
   callback: &Mutex<Option<ReadCallback>>,
   mut wanted: watch::Receiver<bool>,
   credits: Arc<Semaphore>,
@@ -232,59 +232,83 @@ async fn pump(
   }
 }
 
-/// `(stream, error, retrying)`: a new connection; or `(null, "[CODE] message", true)` when
-/// accepting failed for lack of resources (reported once, then retried with a backoff); or
-/// `(null, "[CODE] message", false)` when accepting failed for good; or `(null, null,
-/// false)` for a connection that arrived after the listener closed (already closed).
-pub type AcceptArgs = FnArgs<(Option<AsyncUnixStream>, Option<String>, bool)>;
-type AcceptCallback = ThreadsafeFunction<Accepted, (), AcceptArgs, Status, false>;
+/// `(streams, error, retrying)`: the connections accepted on this turn, in order; then, if
+/// accepting failed, `("[CODE] message", true)` for a lack of fds or memory (reported once
+/// per episode; accepting resumes after a backoff) or `("[CODE] message", false)` when it
+/// failed for good.
+pub type AcceptArgs = FnArgs<(Vec<AsyncUnixStream>, Option<String>, bool)>;
+type AcceptCallback = ThreadsafeFunction<(), (), AcceptArgs, Status, false>;
 
-/// What the accepting task sends to JS. It owns no fd: connections wait in the home.
-pub enum Accepted {
-  Connection(Parcel, OwnedSemaphorePermit),
-  Busy(error::Error),
-  Failed(error::Error),
-}
-
-/// Connections accepted and not yet handed to JS. Past this the task waits, leaving
-/// further connections in the kernel's backlog.
-const UNDELIVERED: usize = 64;
+/// Most connections JS accepts in one turn before the event loop gets a say.
+const BATCH: usize = 64;
 /// Longest wait between accepts while the process has no fd (or memory) to spare.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Accepts in a loop until the listener closes, handing each connection to JS.
+/// What one turn of accepting on the JS thread found: the waiting task's next step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Verdict {
+  /// No connection left (`EAGAIN`): wait for the next one.
+  Drained,
+  /// A full batch: ring again at once.
+  More,
+  /// Out of fds or memory: back off, then try again.
+  Exhausted,
+  /// Accepting failed for good.
+  Failed,
+}
+
+/// The handshake between the task that waits for connections and the JS thread that
+/// accepts them.
+#[derive(Default)]
+struct Turn {
+  verdict: AtomicU8,
+  done: Notify,
+  /// An exhaustion episode is under way (reported once).
+  busy: AtomicBool,
+}
+
+/// Accepts in turns until the listener closes, handing the connections to JS. A tokio
+/// task waits until a connection is pending and rings JS, which accepts it on its own
+/// thread: a connection is either still in the kernel's backlog or delivered, never in
+/// between, so a `close()` (a hand-over, say) leaves every waiting connection to whoever
+/// holds the listener next, and nothing is lost when a worker ends.
 pub struct Acceptor {
   callback: Arc<Mutex<Option<AcceptCallback>>>,
 }
 
 impl Acceptor {
   pub fn start(
-    env: &Env,
     listener: Arc<ListenerShared>,
     callback: Function<'_, AcceptArgs, ()>,
   ) -> napi::Result<Self> {
-    let home = handoff::home(env).map_err(|e| napi::Error::from_reason(e.reason))?;
-    let depot = Arc::clone(&home);
-    let closed = listener.closed.subscribe();
+    let turn = Arc::new(Turn::default());
+    let answering = Arc::clone(&turn);
+    // Weak: the JS side must not keep the listener's fd open after `close()`.
+    let accepting = Arc::downgrade(&listener);
     let tsfn: AcceptCallback = callback
-      .build_threadsafe_function::<Accepted>()
+      .build_threadsafe_function::<()>()
       .callee_handled::<false>()
-      .build_callback(move |ctx: ThreadsafeCallContext<Accepted>| {
-        let args = match ctx.value {
-          Accepted::Connection(parcel, _permit) => match home.claim::<OwnedFd>(parcel) {
-            // Accepted, but the listener closed before JS got it: closed, not delivered.
-            _ if *closed.borrow() => (None, None, false),
-            // Registering happens here, on the JS thread, inside the runtime.
-            Some(fd) => match AsyncUnixStream::wrap(fd) {
-              Ok(stream) => (Some(stream), None, false),
-              Err(e) => (None, Some(tagged(e)), true),
-            },
-            None => (None, None, false),
-          },
-          Accepted::Busy(e) => (None, Some(tagged(e)), true),
-          Accepted::Failed(e) => (None, Some(tagged(e)), false),
+      .build_callback(move |_ctx: ThreadsafeCallContext<()>| {
+        let (streams, error, verdict) = match accepting.upgrade() {
+          Some(listener) if !*listener.closed.borrow() => accept_turn(&listener),
+          _ => (Vec::new(), None, Verdict::Drained),
         };
-        Ok(args.into())
+        let retrying = verdict != Verdict::Failed;
+        let report = match verdict {
+          // Once per episode; the episode ends with the next accepted connection.
+          Verdict::Exhausted => !answering.busy.swap(true, Ordering::AcqRel),
+          _ => {
+            if !streams.is_empty() {
+              answering.busy.store(false, Ordering::Release);
+            }
+            true
+          }
+        };
+        answering.verdict.store(verdict as u8, Ordering::Release);
+        answering.done.notify_one();
+        let error = error.filter(|_| report).map(tagged);
+        Ok((streams, error, retrying).into())
       })?;
     let callback = Arc::new(Mutex::new(Some(tsfn)));
     let task_callback = Arc::clone(&callback);
@@ -292,7 +316,7 @@ impl Acceptor {
       tokio::select! {
         biased;
         _ = closing(&listener.closed) => {}
-        _ = accept_loop(&listener, &depot, &task_callback) => {}
+        _ = wait_and_ring(&listener, &turn, &task_callback) => {}
       }
       drop(listener);
       lock(&task_callback).take();
@@ -306,49 +330,56 @@ impl Acceptor {
   }
 }
 
-/// Accepts until a fatal error. Running out of fds or memory is not fatal (a peer can
-/// cause it on purpose): it is reported once, and accepting resumes after a backoff,
-/// like `net.Server`, leaving the waiting connections in the backlog meanwhile.
-async fn accept_loop(
+/// One turn on the JS thread: accepts until no connection is left, a batch is full, or
+/// accepting fails. Running out of fds or memory is not fatal (a peer can cause it on
+/// purpose): the connections wait in the backlog, and the task backs off.
+fn accept_turn(listener: &ListenerShared) -> (Vec<AsyncUnixStream>, Option<error::Error>, Verdict) {
+  let mut streams = Vec::new();
+  while streams.len() < BATCH {
+    match accept_now(listener) {
+      // Registered here, on the JS thread, inside the runtime.
+      Ok(fd) => match AsyncUnixStream::wrap(fd) {
+        Ok(stream) => streams.push(stream),
+        Err(e) => return (streams, Some(e), Verdict::More),
+      },
+      Err(Errno::EAGAIN) => return (streams, None, Verdict::Drained),
+      Err(errno) if exhausted(errno) => {
+        return (
+          streams,
+          Some(error::sys(errno, "accept")),
+          Verdict::Exhausted,
+        )
+      }
+      Err(errno) => return (streams, Some(error::sys(errno, "accept")), Verdict::Failed),
+    }
+  }
+  (streams, None, Verdict::More)
+}
+
+/// Waits for a connection, rings JS to accept it, and waits for JS's verdict; until a
+/// fatal error.
+async fn wait_and_ring(
   listener: &ListenerShared,
-  home: &Home,
+  turn: &Turn,
   callback: &Mutex<Option<AcceptCallback>>,
 ) {
-  let undelivered = Arc::new(Semaphore::new(UNDELIVERED));
-  let mut backoff: Option<Duration> = None;
-  let call = |accepted: Accepted| {
-    if let Some(tsfn) = lock(callback).as_ref() {
-      tsfn.call(accepted, ThreadsafeFunctionCallMode::NonBlocking);
-    }
-  };
+  let mut backoff = Duration::from_millis(1);
   loop {
-    let Ok(permit) = Arc::clone(&undelivered).acquire_owned().await else {
-      return;
+    // An error here (the reactor refused the listener) is left for JS's accept to report.
+    let _ = connection_pending(listener).await;
+    let done = turn.done.notified();
+    match lock(callback).as_ref() {
+      Some(tsfn) => tsfn.call((), ThreadsafeFunctionCallMode::NonBlocking),
+      None => return,
     };
-    match accept_one(listener).await {
-      Ok(fd) => {
-        backoff = None;
-        // None: the JS environment is gone (the fd was closed); nothing will take more.
-        let Some(parcel) = home.deposit(fd) else {
-          return;
-        };
-        call(Accepted::Connection(parcel, permit));
+    done.await;
+    match turn.verdict.load(Ordering::Acquire) {
+      v if v == Verdict::Exhausted as u8 => {
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
       }
-      Err(errno) if exhausted(errno) => {
-        let delay = match backoff {
-          None => {
-            call(Accepted::Busy(error::sys(errno, "accept")));
-            Duration::from_millis(1)
-          }
-          Some(delay) => (delay * 2).min(MAX_ACCEPT_BACKOFF),
-        };
-        backoff = Some(delay);
-        tokio::time::sleep(delay).await;
-      }
-      Err(errno) => {
-        call(Accepted::Failed(error::sys(errno, "accept")));
-        return;
-      }
+      v if v == Verdict::Failed as u8 => return,
+      _ => backoff = Duration::from_millis(1),
     }
   }
 }

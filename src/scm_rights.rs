@@ -1,6 +1,7 @@
 //! The SCM_RIGHTS syscalls: `sendmsg` with fds attached, `recvmsg` that collects them,
-//! and the close-on-exec duplicate that `enqueue` takes. This is the only module with
-//! `unsafe` code.
+//! and the close-on-exec duplicate that `enqueue` takes. Most of the crate's `unsafe` is
+//! here (control buffers); elsewhere only taking or borrowing an fd number (`socket::adopt`,
+//! `fd_info`) and the reactor registration (`nonblocking::register`) need it.
 
 use std::cell::RefCell;
 use std::io::IoSlice;

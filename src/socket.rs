@@ -1,7 +1,8 @@
-//! Unix stream sockets made close-on-exec from birth: pairs, connect, bind and accept.
-//! Shared by the blocking and the async classes.
+//! Unix stream sockets made close-on-exec from birth (pairs, connect, bind and accept), the
+//! addresses they use (paths, and Linux's abstract names), and the checks that let a class
+//! adopt a socket the process already holds. Shared by the blocking and the async classes.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -71,19 +72,44 @@ pub fn pair(nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
   Ok((a, b))
 }
 
+/// The address `path` names: a file system path, or (Linux) a name in the abstract
+/// namespace when it starts with a NUL byte, as in Node's `net`. The name is the bytes
+/// after that NUL, exactly: no padding, so that it matches other programs' use of it.
 fn address(path: &str, syscall: &str) -> Result<UnixAddr> {
-  UnixAddr::new(path).map_err(|e| error::sys_path(e, syscall, path))
+  match path.strip_prefix('\0') {
+    Some(name) => abstract_address(name, path, syscall),
+    None => UnixAddr::new(path).map_err(|e| error::sys_path(e, syscall, path)),
+  }
 }
 
-/// Connects to the listener at `path`. The socket is made non-blocking only after the
-/// connect, so `connect` itself never answers `EINPROGRESS`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn abstract_address(name: &str, path: &str, syscall: &str) -> Result<UnixAddr> {
+  UnixAddr::new_abstract(name.as_bytes()).map_err(|e| error::sys_path(e, syscall, path))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn abstract_address(_name: &str, _path: &str, _syscall: &str) -> Result<UnixAddr> {
+  Err(error::coded(
+    "ERR_INVALID_ARG_VALUE",
+    "Abstract socket addresses ('\\0name') exist only on Linux; use a path",
+  ))
+}
+
+/// Whether `path` names an address in the abstract namespace (no file on disk).
+pub fn is_abstract(path: &str) -> bool {
+  path.starts_with('\0')
+}
+
+/// Connects to the listener at `path`.
 ///
-/// A blocking connect waits while the listener's backlog is full. With a `timeout` it
-/// waits at most that long and fails with `ETIMEDOUT`: the socket's send timeout bounds
-/// that wait on Linux (the BSDs refuse at once with `ECONNREFUSED` instead of waiting).
+/// A blocking connect (`nonblocking` false) waits while the listener's backlog is full.
+/// With a `timeout` it waits at most that long and fails with `ETIMEDOUT`: the new
+/// socket's send timeout bounds that wait on Linux (the BSDs refuse at once with
+/// `ECONNREFUSED` instead of waiting). A non-blocking connect never waits: a full backlog
+/// is `EAGAIN`, as in Node's `net`, and a Unix socket connects at once otherwise.
 pub fn connect(path: &str, nonblocking: bool, timeout: Option<TimeVal>) -> Result<OwnedFd> {
   let addr = address(path, "connect")?;
-  let fd = new_socket(false).map_err(|e| error::sys(e, "socket"))?;
+  let fd = new_socket(nonblocking).map_err(|e| error::sys(e, "socket"))?;
   if let Some(timeout) = &timeout {
     setsockopt(&fd, sockopt::SendTimeout, timeout).map_err(|e| error::sys(e, "setsockopt"))?;
   }
@@ -102,17 +128,14 @@ pub fn connect(path: &str, nonblocking: bool, timeout: Option<TimeVal>) -> Resul
     setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(0, 0))
       .map_err(|e| error::sys(e, "setsockopt"))?;
   }
-  if nonblocking {
-    set_nonblocking(fd.as_fd()).map_err(|e| error::sys(e, "fcntl"))?;
-  }
   Ok(fd)
 }
 
 /// A listening socket at `path`, with the identity of the socket file it created so that
-/// closing can remove that file and no other.
+/// closing can remove that file and no other (none for an abstract name).
 pub struct Bound {
   pub fd: OwnedFd,
-  pub file: SocketFile,
+  pub file: Option<SocketFile>,
 }
 
 /// The socket file a listener created.
@@ -134,25 +157,27 @@ impl SocketFile {
       }
     }
   }
-
-  pub fn path(&self) -> &str {
-    &self.path
-  }
 }
 
 pub fn bind(path: &str, nonblocking: bool) -> Result<Bound> {
   let addr = address(path, "bind")?;
   let fd = new_socket(nonblocking).map_err(|e| error::sys(e, "socket"))?;
   socket::bind(fd.as_raw_fd(), &addr).map_err(|e| error::sys_path(e, "bind", path))?;
-  let identity = stat::lstat(path).map_err(|e| error::sys_path(e, "stat", path))?;
-  let file = SocketFile {
-    path: path.to_string(),
-    dev: identity.st_dev as u64,
-    ino: identity.st_ino as u64,
+  let file = if is_abstract(path) {
+    None
+  } else {
+    let identity = stat::lstat(path).map_err(|e| error::sys_path(e, "stat", path))?;
+    Some(SocketFile {
+      path: path.to_string(),
+      dev: identity.st_dev as u64,
+      ino: identity.st_ino as u64,
+    })
   };
   let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
   if let Err(e) = socket::listen(&fd, backlog) {
-    file.remove();
+    if let Some(file) = &file {
+      file.remove();
+    }
     return Err(error::sys_path(e, "listen", path));
   }
   Ok(Bound { fd, file })
@@ -165,4 +190,147 @@ pub fn accept(listener: BorrowedFd<'_>, nonblocking: bool) -> nix::Result<OwnedF
   #[cfg(any(target_os = "macos", target_os = "ios"))]
   let fd = socket::accept(listener)?;
   finish(fd, nonblocking)
+}
+
+/// The address a socket is bound to, as `bind` takes it: a path, `\0name` for an
+/// abstract name, or `''` for none (a socket pair, an unnamed socket).
+pub fn local_path(sock: BorrowedFd<'_>) -> String {
+  let Ok(addr) = socket::getsockname::<UnixAddr>(sock.as_raw_fd()) else {
+    return String::new();
+  };
+  if let Some(path) = addr.path() {
+    return path.to_string_lossy().into_owned();
+  }
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  if let Some(name) = addr.as_abstract() {
+    return format!("\0{}", String::from_utf8_lossy(name));
+  }
+  String::new()
+}
+
+/// What an adopting class needs the fd to be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Adopt {
+  /// A connected Unix stream socket (`UnixStream.fromFd`, `AsyncUnixStream.fromFd`).
+  Connected,
+  /// A listening Unix stream socket (`UnixListener.fromFd`, `AsyncUnixListener.fromFd`).
+  Listening,
+}
+
+/// Takes ownership of `fd` if it is a Unix stream socket in the state `wanted` (no
+/// duplicate: the fd itself is closed with the object), and makes it close-on-exec. Any
+/// other fd is refused with `ERR_INVALID_FD_TYPE` and left untouched: still open, still
+/// the caller's. `EBADF` when it is not open.
+///
+/// Nothing else is changed: in particular not `O_NONBLOCK`, which belongs to the open file
+/// description that other holders share. The classes that need it set it themselves.
+pub fn adopt(fd: i32, wanted: Adopt) -> Result<OwnedFd> {
+  take(fd, wanted).map_err(|refusal| match refusal {
+    Refusal::Failed(errno, syscall) => error::sys(errno, syscall),
+    Refusal::WrongKind(message) => error::coded("ERR_INVALID_FD_TYPE", message),
+  })
+}
+
+/// Why `take` left an fd alone.
+#[derive(Debug)]
+enum Refusal {
+  Failed(Errno, &'static str),
+  WrongKind(String),
+}
+
+fn take(fd: i32, wanted: Adopt) -> std::result::Result<OwnedFd, Refusal> {
+  let info =
+    crate::fd_info::query(fd).map_err(|(errno, syscall)| Refusal::Failed(errno, syscall))?;
+  let stream_unix =
+    info.family.as_deref() == Some("unix") && info.socket_type.as_deref() == Some("stream");
+  let listening = info.listening == Some(true);
+  let connected = stream_unix && !listening && socket::getpeername::<UnixAddr>(fd).is_ok();
+  let fits = match wanted {
+    Adopt::Connected => stream_unix && connected,
+    Adopt::Listening => stream_unix && listening,
+  };
+  if !fits {
+    let what = describe(&info, connected);
+    let expected = match wanted {
+      Adopt::Connected => "a connected Unix stream socket",
+      Adopt::Listening => "a listening Unix stream socket",
+    };
+    return Err(Refusal::WrongKind(format!(
+      "fd {fd} is {what}, not {expected}; it was left open and is still yours to close"
+    )));
+  }
+  crate::scm_rights::set_cloexec(fd).map_err(|e| Refusal::Failed(e, "fcntl"))?;
+  // SAFETY: `fd` is open and the caller hands its ownership over: from here on only the
+  // returned OwnedFd closes it.
+  Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What a refused fd is, in words.
+fn describe(info: &crate::fd_info::NativeFdInfo, connected: bool) -> String {
+  if info.path_only {
+    return "an O_PATH fd".into();
+  }
+  let Some(family) = info.family.as_deref() else {
+    return "not a socket".into();
+  };
+  let family = match family {
+    "unix" => "Unix",
+    "ipv4" | "ipv6" => "TCP/IP",
+    _ => "non-Unix",
+  };
+  match info.socket_type.as_deref() {
+    Some("stream") if info.listening == Some(true) => format!("a listening {family} stream socket"),
+    Some("stream") if connected => format!("a connected {family} stream socket"),
+    Some("stream") => format!("an unconnected {family} stream socket"),
+    Some("dgram") => format!("a {family} datagram socket"),
+    Some("seqpacket") => format!("a {family} seqpacket socket"),
+    _ => format!("a {family} socket of another type"),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use std::os::fd::IntoRawFd;
+
+  fn flags(fd: i32) -> i32 {
+    // SAFETY: F_GETFD only reads the flags of an fd this test owns.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) }
+  }
+
+  #[test]
+  fn adopting_an_inherited_socket_makes_it_close_on_exec_and_leaves_o_nonblock() {
+    // As a child inherits it: no FD_CLOEXEC.
+    let (a, _b) = socket::socketpair(
+      AddressFamily::Unix,
+      SockType::Stream,
+      None,
+      SockFlag::empty(),
+    )
+    .expect("socketpair");
+    let raw = a.into_raw_fd();
+    assert_eq!(flags(raw) & libc::FD_CLOEXEC, 0);
+    let adopted = take(raw, Adopt::Connected).expect("adopt");
+    assert_eq!(adopted.as_raw_fd(), raw, "the fd itself, no duplicate");
+    assert_eq!(flags(raw) & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+    // SAFETY: F_GETFL only reads the status flags of an open fd.
+    let status = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    assert_eq!(status & libc::O_NONBLOCK, 0, "O_NONBLOCK untouched");
+  }
+
+  #[test]
+  fn a_socket_of_another_kind_is_refused_and_left_as_it_was() {
+    let (a, _b) = socket::socketpair(
+      AddressFamily::Unix,
+      SockType::Datagram,
+      None,
+      SockFlag::empty(),
+    )
+    .expect("socketpair");
+    let refused = take(a.as_raw_fd(), Adopt::Connected).expect_err("a datagram socket");
+    assert!(matches!(refused, Refusal::WrongKind(ref m) if m.contains("datagram")));
+    assert_eq!(flags(a.as_raw_fd()) & libc::FD_CLOEXEC, 0, "untouched");
+    let refused = take(a.as_raw_fd(), Adopt::Listening).expect_err("not listening");
+    assert!(matches!(refused, Refusal::WrongKind(_)));
+  }
 }

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use napi::bindgen_prelude::{AsyncBlock, Either, External, Uint8ArraySlice};
+use napi::bindgen_prelude::{External, Uint8ArraySlice};
 use napi::Env;
 use napi_derive::napi;
 
@@ -51,8 +51,8 @@ pub fn clear_staged(staged: &External<StagedFds>) {
 /// ride on the first byte. Returns (or resolves with) the byte count.
 #[cfg_attr(test, allow(dead_code))]
 #[napi(
-  ts_args_type = "staged: ExternalObject<'StagedFds'>, stream: ExternalObject<'StreamCore'>, data: Uint8Array, cuts: Float64Array",
-  ts_return_type = "number | Promise<number>"
+  ts_args_type = "staged: ExternalObject<'StagedFds'>, stream: ExternalObject<'StreamCore'>, data: Uint8Array, cuts: Float64Array, id: number",
+  ts_return_type = "number | null"
 )]
 pub fn send_staged(
   env: &Env,
@@ -60,12 +60,13 @@ pub fn send_staged(
   stream: &StreamHandle,
   data: Uint8ArraySlice<'_>,
   cuts: &[f64],
-) -> napi::Result<Either<f64, AsyncBlock<f64>>> {
+  id: f64,
+) -> napi::Result<Option<f64>> {
   let shared = stream.shared().map_err(rejection)?;
   let messages = cut_pairs(cuts)
     .and_then(|cuts| staged.messages(stream.outbound(), data.len(), &cuts))
     .map_err(|refused| rejection(refused.into()))?;
-  StreamCore::send_messages(env, shared, data, messages)
+  StreamCore::send_messages(env, shared, data, messages, id)
 }
 
 /// `cuts` as `(offset, count)` pairs. They come as doubles: a write may be longer than

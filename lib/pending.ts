@@ -1,0 +1,125 @@
+/**
+ * The Promises of native operations that could not finish at once. Native code settles
+ * each by its id through one callback per thread; until then the operation keeps its
+ * object alive (a Promise alone holds no reference to it, and garbage collection must
+ * never close an object something waits on), and keeps the process alive only while that
+ * object is ref'd.
+ */
+import { binding, type Native } from './binding.js'
+import { codedError, shapeError } from './errors.js'
+
+/** Whether an object's pending operations keep the process alive, and how many it has. */
+export class Liveness {
+  referenced = true
+  pending = 0
+}
+
+interface Operation {
+  resolve(value: unknown): void
+  reject(error: unknown): void
+  liveness: Liveness
+  /** Held until the operation settles: the object it belongs to. */
+  owner: object
+  signal?: AbortSignal
+  onAbort?: () => void
+}
+
+const operations = new Map<number, Operation>()
+let nextId = 1
+/** Pending operations of ref'd objects; the native doorbell is ref'd while there are any. */
+let referencedPending = 0
+
+function countReferenced(delta: number): void {
+  const before = referencedPending
+  referencedPending += delta
+  if (before === 0 && referencedPending > 0) binding.referenceSettlements(true)
+  else if (before > 0 && referencedPending === 0) binding.referenceSettlements(false)
+}
+
+function settled(liveness: Liveness): void {
+  liveness.pending--
+  if (liveness.referenced) countReferenced(-1)
+}
+
+/** Node's `AbortError` shape: `name`, `code: 'ABORT_ERR'`, the signal's reason as `cause`. */
+export class AbortError extends Error {
+  readonly code = 'ABORT_ERR'
+  constructor(reason?: unknown) {
+    super('The operation was aborted', reason === undefined ? undefined : { cause: reason })
+    this.name = 'AbortError'
+  }
+}
+
+binding.initSettlements((id: number, error: string | null, value: unknown) => {
+  const operation = operations.get(id)
+  if (operation === undefined) return
+  operations.delete(id)
+  settled(operation.liveness)
+  if (operation.onAbort) operation.signal!.removeEventListener('abort', operation.onAbort)
+  if (error === null) return operation.resolve(value)
+  const shaped = shapeError(new Error(error))
+  if ((shaped as { code?: unknown }).code === 'ABORT_ERR') operation.reject(new AbortError(operation.signal?.reason))
+  else operation.reject(shaped)
+})
+
+/** `ref()`/`unref()` of an object: whether its pending operations keep the process alive. */
+export function setReferenced(liveness: Liveness, referenced: boolean): void {
+  if (liveness.referenced === referenced) return
+  liveness.referenced = referenced
+  countReferenced(referenced ? liveness.pending : -liveness.pending)
+}
+
+/**
+ * Starts a native operation: `start(id, canceller)` answers at once with the result, or
+ * `null` for "pending: operation `id` settles later". Synchronous throws stay throws (bad
+ * arguments); an already-aborted `signal` rejects at once without starting anything; a
+ * later abort cancels the operation natively, which rejects with an `AbortError` unless
+ * it had already finished.
+ */
+export function operation<T>(
+  owner: object,
+  liveness: Liveness,
+  start: (id: number, canceller: Native.ExternalObject<'Canceller'> | undefined) => T | null,
+  signal?: AbortSignal,
+): Promise<T> {
+  if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
+  const result = startOperation(owner, liveness, start, signal)
+  return result instanceof Promise ? result : Promise.resolve(result)
+}
+
+/**
+ * {@link operation} without the Promise when the answer is immediate: the value itself,
+ * or a Promise when the operation is pending. For hot paths that act on the spot.
+ */
+export function startOperation<T>(
+  owner: object,
+  liveness: Liveness,
+  start: (id: number, canceller: Native.ExternalObject<'Canceller'> | undefined) => T | null,
+  signal?: AbortSignal,
+): T | Promise<T> {
+  const canceller = signal ? binding.newCanceller() : undefined
+  const id = nextId++
+  let immediate: T | null
+  try {
+    immediate = start(id, canceller)
+  } catch (error) {
+    throw shapeError(error)
+  }
+  if (immediate !== null) return immediate
+  liveness.pending++
+  if (liveness.referenced) countReferenced(1)
+  return new Promise<T>((resolve, reject) => {
+    const pending: Operation = { resolve: resolve as (value: unknown) => void, reject, liveness, owner }
+    if (signal && canceller) {
+      pending.signal = signal
+      pending.onAbort = () => binding.cancel(canceller)
+      signal.addEventListener('abort', pending.onAbort, { once: true })
+    }
+    operations.set(id, pending)
+  })
+}
+
+/** A rejected Promise with the `ERR_SOCKET_CLOSED` error, for calls on closed objects. */
+export function rejectClosed(): Promise<never> {
+  return Promise.reject(codedError(new Error('Socket is closed'), 'ERR_SOCKET_CLOSED'))
+}
