@@ -3,6 +3,9 @@
 //! `"<syscall> <CODE>[ <path>]"`, from which the TypeScript layer adds `errno`, `syscall`
 //! and `path`.
 
+use std::io;
+
+use napi::Status;
 use nix::errno::Errno;
 
 /// An error whose JS `code` is the given string.
@@ -64,4 +67,23 @@ pub fn empty_write() -> Error {
 
 pub fn out_of_range(what: &str, value: impl std::fmt::Display) -> Error {
   coded(ERR_OUT_OF_RANGE, format!("{what} is out of range: {value}"))
+}
+
+/// napi-rs rejects async calls only with its own `Status` codes, so the package code
+/// travels in the message as `[CODE] message`; the TypeScript layer moves it to `code`.
+pub(crate) fn tagged(e: Error) -> String {
+  format!("[{}] {}", e.status, e.reason)
+}
+
+pub(crate) fn rejection(e: Error) -> napi::Error {
+  napi::Error::new(Status::GenericFailure, tagged(e))
+}
+
+pub(crate) fn errno_of(e: &io::Error) -> Errno {
+  e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
+}
+
+/// A napi-rs failure (creating a threadsafe function, ref-counting it).
+pub(crate) fn internal(e: napi::Error) -> Error {
+  coded("ERR_INTERNAL", e.reason.clone())
 }

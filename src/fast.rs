@@ -12,7 +12,7 @@ use napi_derive::napi;
 
 use crate::cancel::CancelHandle;
 use crate::error::Result;
-use crate::nonblocking::StreamCore;
+use crate::nonblocking::stream::StreamCore;
 
 /// A stream's core as JS holds it. Closing stays with the stream object: the handle only
 /// keeps the memory alive, never the socket.

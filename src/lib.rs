@@ -1,11 +1,13 @@
 #![deny(clippy::all)]
 //! fd-queue: pass open file descriptors between processes over Unix domain sockets.
 //!
-//! `scm_rights` does the syscalls, `queue` owns the fds in flight, `socket` makes the
-//! sockets, `blocking` and `nonblocking` export the synchronous and the tokio-driven
-//! classes, `push` feeds the stream wrappers, `staged` holds the fds an `FdSocket` has yet
-//! to send, `fast` exposes the per-message calls on handles, `turnstile` keeps async calls
-//! in order, and `error` shapes errors for Node.
+//! From the syscalls up: `scm_rights` (sendmsg/recvmsg with fds), `socket` (making and
+//! adopting Unix sockets), `queue` (the fds a stream owns), `turnstile` (call order). The
+//! blocking classes are `blocking`; the async ones live in `nonblocking`, on the runtime
+//! that `runtime` chooses, and settle their Promises through `settle`. `staged` holds the
+//! fds an `FdSocket` has yet to send, `fast` exposes the per-message calls on handles,
+//! `cancel` cancels pending operations, `fd_info` says what an fd is, `credentials` who a
+//! peer is, and `error`/`js` shape what crosses into JS.
 
 mod blocking;
 mod cancel;
@@ -16,14 +18,15 @@ mod error;
 #[cfg_attr(test, allow(dead_code))]
 mod fast;
 mod fd_info;
-mod handoff;
 mod js;
 mod nonblocking;
-mod push;
 mod queue;
+mod runtime;
 mod scm_rights;
+mod settle;
 mod socket;
 mod staged;
+mod sync;
 mod turnstile;
 
 /// One tokio worker: it parks in the reactor itself, so a socket that becomes ready wakes

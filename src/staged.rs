@@ -9,11 +9,14 @@ use napi::bindgen_prelude::{External, Uint8ArraySlice};
 use napi::Env;
 use napi_derive::napi;
 
+use crate::error::rejection;
 use crate::error::{self, Result};
 use crate::fast::StreamHandle;
-use crate::nonblocking::{lock, rejection, Message, StreamCore};
+use crate::nonblocking::core::Message;
+use crate::nonblocking::stream::StreamCore;
 use crate::queue::OutboundQueue;
 use crate::scm_rights::{self, SCM_MAX_FD};
+use crate::sync::lock;
 
 /// Staged duplicates, oldest first. One per socket (not per fd), held by the socket as
 /// an External: when it is collected, whatever no chunk took is closed.

@@ -20,12 +20,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{FnArgs, Function, FunctionRef, ToNapiValue};
+use napi::bindgen_prelude::{BufferSlice, FnArgs, Function, FunctionRef, ToNapiValue};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
-use napi::{sys, Env, Status};
+use napi::{sys, Env, JsValue, Status};
 
-use crate::error::{self, Result};
-use crate::nonblocking::{lock, tagged};
+use crate::error::tagged;
+use crate::error::{self, internal, Result};
+use crate::sync::lock;
 
 /// The number of something deposited in a [`Home`]; it owns nothing itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +294,59 @@ pub fn init_settlements(env: Env, on_settle: Function<'_, SettleArgs, ()>) -> na
 pub fn reference_settlements(env: Env, referenced: bool) -> napi::Result<()> {
   let home = home(&env).map_err(|e| napi::Error::from_reason(e.reason))?;
   home.set_referenced(&env, referenced)
+}
+
+/// Runs `op` on tokio and settles operation `id` with what `finish` makes of its outcome on
+/// the JS thread.
+pub(crate) fn settle_later<T: Send + 'static>(
+  home: Arc<Home>,
+  id: f64,
+  op: impl std::future::Future<Output = Result<T>> + Send + 'static,
+  finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
+) {
+  napi::bindgen_prelude::spawn(async move {
+    let settle: Finish = match op.await {
+      Ok(value) => Box::new(move |env| finish(env, value)),
+      Err(e) => Box::new(move |_| Err(e)),
+    };
+    home.settle(id, settle);
+  });
+}
+
+/// A byte count as a JS number value.
+pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
+  let value = env.create_double(n).map_err(internal)?;
+  Ok(Settled::Value(Some(RawValue(value.raw()))))
+}
+
+/// Bytes as a Buffer: a small one copied into V8's memory, a large one handed over.
+pub(crate) fn bytes(env: &Env, data: Vec<u8>) -> Result<Settled> {
+  let buffer = if data.len() <= 16 * 1024 {
+    BufferSlice::copy_from(env, &data)
+  } else {
+    BufferSlice::from_data(env, data)
+  };
+  Ok(Settled::Value(Some(RawValue(
+    buffer.map_err(internal)?.raw(),
+  ))))
+}
+
+/// Whether a waiting threadsafe function keeps the event loop alive (a no-op once the
+/// task has released it).
+#[allow(deprecated)] // napi-rs keeps refer/unref for exactly this: a handle that may idle.
+pub(crate) fn set_ref<T: 'static, Args: 'static + napi::bindgen_prelude::JsValuesTupleIntoVec>(
+  callback: &Mutex<Option<ThreadsafeFunction<T, (), Args, Status, false>>>,
+  env: &Env,
+  keep_alive: bool,
+) -> napi::Result<()> {
+  if let Some(tsfn) = lock(callback).as_mut() {
+    if keep_alive {
+      tsfn.refer(env)?;
+    } else {
+      tsfn.unref(env)?;
+    }
+  }
+  Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,431 @@
+//! What the async classes are made of: a stream's socket with its readiness and the order
+//! of its calls, its fd queues, a listener's socket, and the syscalls they make.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use napi::bindgen_prelude::BufferSlice;
+use napi::Env;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{watch, Notify};
+
+use crate::error::{self, errno_of, Result};
+use crate::queue::{InboundQueue, OutboundQueue};
+use crate::runtime::register;
+use crate::scm_rights::{self, Received};
+use crate::settle::{Deposit, Home};
+use crate::socket as unix;
+use crate::sync::lock;
+use crate::turnstile::Turnstile;
+
+thread_local! {
+  // Where reads on the JS thread land before being copied into a Buffer of their size.
+  static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
+}
+
+/// Resolves once `closed` turns true.
+pub(crate) async fn closing(closed: &watch::Sender<bool>) {
+  let mut rx = closed.subscribe();
+  let _ = rx.wait_for(|c| *c).await;
+}
+
+/// Drops the JS object's handle on a closed socket once the futures that shared it have
+/// let go of theirs, so that the fd is closed by the time `close()` returns. They notice
+/// the close signal within microseconds on tokio's workers (none of them waits for the JS
+/// thread); past a short deadline the last of them closes the fd instead.
+pub(crate) fn release<T>(mut shared: Arc<T>) {
+  let deadline = Instant::now() + Duration::from_millis(100);
+  loop {
+    match Arc::try_unwrap(shared) {
+      Ok(last) => return drop(last),
+      Err(still_shared) => shared = still_shared,
+    }
+    if Instant::now() >= deadline {
+      return;
+    }
+    std::thread::sleep(Duration::from_micros(20));
+  }
+}
+
+/// The fd queues of one stream, shared by the JS object and its pending reads.
+#[derive(Debug, Default)]
+pub(crate) struct Queues {
+  pub(crate) outbound: Mutex<OutboundQueue>,
+  pub(crate) inbound: Mutex<InboundQueue>,
+  /// Fds read by a push reader and on their way to the JS thread, which adds them to
+  /// `inbound`; they count against `maxQueuedFds` already.
+  pub(crate) pending: AtomicUsize,
+  /// Woken when the inbound queue gets room (a dequeue, a larger limit, a close).
+  pub(crate) room: Notify,
+  pub(crate) closed: AtomicBool,
+}
+
+impl Queues {
+  pub(crate) fn inbound_full(&self) -> bool {
+    let inbound = lock(&self.inbound);
+    inbound.len() + self.pending.load(Ordering::Acquire) >= inbound.limit()
+  }
+
+  /// Waits until the inbound queue is below its bound: reading pauses at `maxQueuedFds`.
+  pub(crate) async fn wait_for_room(&self) {
+    loop {
+      let room = self.room.notified();
+      if !self.inbound_full() || self.closed.load(Ordering::Acquire) {
+        return;
+      }
+      room.await;
+    }
+  }
+
+  pub(crate) fn close(&self) {
+    self.closed.store(true, Ordering::Release);
+    lock(&self.outbound).clear();
+    lock(&self.inbound).clear();
+    self.room.notify_waiters();
+  }
+}
+
+/// The fds that reads on tokio's threads brought, one `(fds, truncated)` per message, on
+/// their way to the JS thread's inbound queue: deposited in that thread's home, so that a
+/// teardown closes them (see `handoff`).
+pub(crate) struct Arrival {
+  deposit: Option<Deposit>,
+  /// How many fds arrived.
+  pub(crate) count: usize,
+}
+
+type Arrived = Vec<(Vec<OwnedFd>, bool)>;
+
+impl Arrival {
+  pub(crate) fn deposit(home: &Arc<Home>, parts: Arrived) -> Self {
+    let count = parts.iter().map(|(fds, _)| fds.len()).sum();
+    let any = parts
+      .iter()
+      .any(|(fds, truncated)| *truncated || !fds.is_empty());
+    let deposit = if any { Deposit::new(home, parts) } else { None };
+    Self { deposit, count }
+  }
+
+  /// On the JS thread: the fds join the inbound queue, or are closed if the stream closed
+  /// meanwhile (then the read fails with `ERR_SOCKET_CLOSED`).
+  pub(crate) fn receive(self, queues: &Queues) -> Result<()> {
+    let parts = self.deposit.and_then(Deposit::claim::<Arrived>);
+    receive_parts(queues, parts.unwrap_or_default())
+  }
+}
+
+/// On the JS thread: what reads brought joins the inbound queue, or is closed (and the
+/// read fails with `ERR_SOCKET_CLOSED`) if the stream closed meanwhile.
+pub(crate) fn receive_parts(queues: &Queues, parts: Arrived) -> Result<()> {
+  if queues.closed.load(Ordering::Acquire) {
+    return Err(error::closed());
+  }
+  let mut inbound = lock(&queues.inbound);
+  for (fds, truncated) in parts {
+    inbound.receive(fds, truncated);
+  }
+  Ok(())
+}
+
+/// A stream's fd as registered with the reactor: it shares ownership of the fd, so the fd
+/// cannot be closed (and its number reused) before the registration is gone.
+pub(crate) struct Registered(Arc<OwnedFd>);
+
+impl AsRawFd for Registered {
+  fn as_raw_fd(&self) -> RawFd {
+    self.0.as_raw_fd()
+  }
+}
+
+impl AsFd for Registered {
+  fn as_fd(&self) -> BorrowedFd<'_> {
+    self.0.as_fd()
+  }
+}
+
+/// Readiness of one direction of a stream, registered with the reactor only while that
+/// direction is congested. A socket that stays registered wakes the reactor thread on
+/// every message that arrives and every time the peer drains a message, even when the JS
+/// thread reads and writes it directly; those wake-ups cost more than the I/O itself.
+/// So an operation that has to wait registers (`acquire`), the registration stays while
+/// operations keep waiting, and the first one that finds the socket ready without
+/// waiting lets it go (`release_if_idle`).
+///
+/// Reads register the socket's own fd. Writes register a duplicate, because epoll takes
+/// an fd number once and the two directions come and go independently; that duplicate
+/// exists only from a write that had to wait until the next one that did not.
+pub(crate) struct Watch {
+  pub(crate) interest: Interest,
+  pub(crate) duplicate: bool,
+  pub(crate) current: Mutex<Option<Arc<AsyncFd<Registered>>>>,
+  /// Whether `current` holds a registration: lets the ready path skip the lock.
+  pub(crate) registered: AtomicBool,
+}
+
+impl Watch {
+  pub(crate) fn new(interest: Interest, duplicate: bool) -> Self {
+    Self {
+      interest,
+      duplicate,
+      current: Mutex::new(None),
+      registered: AtomicBool::new(false),
+    }
+  }
+
+  /// The registration, made now if there is none. Hold it while waiting. It must be
+  /// called on tokio's workers (inside a future), where the reactor is reachable.
+  pub(crate) fn acquire(
+    &self,
+    fd: &Arc<OwnedFd>,
+  ) -> std::result::Result<Arc<AsyncFd<Registered>>, Acquire> {
+    let mut current = lock(&self.current);
+    if let Some(io) = current.as_ref() {
+      return Ok(Arc::clone(io));
+    }
+    let fd = if self.duplicate {
+      match scm_rights::dup_cloexec(fd.as_raw_fd()) {
+        Ok(duplicate) => Arc::new(duplicate),
+        Err(Errno::EMFILE | Errno::ENFILE) => return Err(Acquire::NoFdLeft),
+        Err(e) => return Err(Acquire::Failed(error::sys(e, "fcntl"))),
+      }
+    } else {
+      Arc::clone(fd)
+    };
+    let io = Arc::new(register(Registered(fd), self.interest).map_err(Acquire::Failed)?);
+    *current = Some(Arc::clone(&io));
+    self.registered.store(true, Ordering::Release);
+    Ok(io)
+  }
+
+  /// Drops the registration if no operation holds it: the socket was just found ready
+  /// without waiting. The deregistration happens under the lock, so that a new
+  /// registration of the same fd cannot come first.
+  pub(crate) fn release_if_idle(&self) {
+    if !self.registered.load(Ordering::Acquire) {
+      return;
+    }
+    let mut current = lock(&self.current);
+    if current
+      .as_ref()
+      .is_some_and(|io| Arc::strong_count(io) == 1)
+    {
+      self.registered.store(false, Ordering::Release);
+      drop(current.take());
+    }
+  }
+}
+
+/// Why `Watch::acquire` gave no registration.
+pub(crate) enum Acquire {
+  /// The duplicate a write registration needs could not be made: no fd left.
+  NoFdLeft,
+  Failed(error::Error),
+}
+
+impl From<Acquire> for error::Error {
+  fn from(e: Acquire) -> Self {
+    match e {
+      Acquire::NoFdLeft => error::sys(Errno::EMFILE, "fcntl"),
+      Acquire::Failed(e) => e,
+    }
+  }
+}
+
+/// What pending futures share: the socket, its readiness and the order of calls.
+pub(crate) struct Shared {
+  pub(crate) fd: Arc<OwnedFd>,
+  pub(crate) readable: Watch,
+  pub(crate) writable: Watch,
+  pub(crate) closed: watch::Sender<bool>,
+  pub(crate) reads: Arc<Turnstile>,
+  pub(crate) writes: Arc<Turnstile>,
+}
+
+impl Shared {
+  pub(crate) fn new(fd: OwnedFd) -> Arc<Self> {
+    Arc::new(Self {
+      fd: Arc::new(fd),
+      readable: Watch::new(Interest::READABLE, false),
+      writable: Watch::new(Interest::WRITABLE, true),
+      closed: watch::Sender::new(false),
+      reads: Turnstile::new(),
+      writes: Turnstile::new(),
+    })
+  }
+
+  /// Runs `op` until the stream is closed. A close settles the operation with
+  /// `ERR_SOCKET_CLOSED` whatever `op` was about to report.
+  pub(crate) async fn unless_closed<T>(
+    &self,
+    op: impl std::future::Future<Output = Result<T>>,
+  ) -> Result<T> {
+    let outcome = tokio::select! {
+      biased;
+      _ = closing(&self.closed) => Err(error::closed()),
+      result = op => result,
+    };
+    if *self.closed.borrow() {
+      return Err(error::closed());
+    }
+    outcome
+  }
+
+  /// One non-blocking `recvmsg` on the calling thread; `None` when nothing is ready.
+  /// The bytes are copied straight into a Buffer that V8 owns (no external buffer with a
+  /// finalizer per read).
+  pub(crate) fn try_read<'env>(
+    &self,
+    env: &'env Env,
+    size: usize,
+  ) -> Result<Option<(BufferSlice<'env>, Received)>> {
+    SCRATCH.with_borrow_mut(|scratch| {
+      let mut owned;
+      let buf: &mut [u8] = if size <= scratch.len() {
+        &mut scratch[..size]
+      } else {
+        owned = vec![0u8; size];
+        &mut owned
+      };
+      match scm_rights::recv_with_fds(self.fd.as_fd(), buf, true) {
+        Ok(received) => {
+          let bytes = BufferSlice::copy_from(env, &buf[..received.bytes])
+            .map_err(|e| error::coded("ERR_INTERNAL", e.reason.clone()))?;
+          Ok(Some((bytes, received)))
+        }
+        Err(Errno::EAGAIN | Errno::EINTR) => Ok(None),
+        Err(e) => Err(error::sys(e, "recvmsg")),
+      }
+    })
+  }
+
+  /// One `recvmsg` of at most `size` bytes, after the inbound queue has room.
+  pub(crate) async fn read(&self, queues: &Queues, size: usize) -> Result<(Vec<u8>, Received)> {
+    // Allocated once data is ready (inside the closure), so a waiting read holds no buffer.
+    let mut data = Vec::new();
+    queues.wait_for_room().await;
+    let io = self
+      .readable
+      .acquire(&self.fd)
+      .map_err(error::Error::from)?;
+    loop {
+      let result = io
+        .async_io(Interest::READABLE, |fd| {
+          data.reserve(size);
+          scm_rights::recv_appending(fd.as_fd(), &mut data, size, true).map_err(io::Error::from)
+        })
+        .await;
+      match result {
+        Ok(received) => {
+          // A small message must not pin a large allocation in its Buffer.
+          if data.len() * 2 < size {
+            data.shrink_to_fit();
+          }
+          return Ok((data, received));
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        Err(e) => return Err(error::sys(errno_of(&e), "recvmsg")),
+      }
+    }
+  }
+
+  /// Writes every byte; `fds` ride on the first `sendmsg` and are closed once it
+  /// succeeded (the kernel holds its own references) or the write failed.
+  ///
+  /// It tries at once first (an earlier write may have made room by now) and registers
+  /// for writability only when the socket is full. If no fd is left for that registration
+  /// (the process is at its open-file limit), it polls instead, backing off up to 16 ms.
+  /// A transient shortage (`ETOOMANYREFS` until the peer takes fds in flight, `ENOBUFS`,
+  /// `ENOMEM`) has no readiness to wait for: the fds stay and the send is retried, backing
+  /// off up to 64 ms.
+  pub(crate) async fn write_all(
+    &self,
+    data: &[u8],
+    mut fds: Vec<OwnedFd>,
+    mut sent: usize,
+  ) -> Result<usize> {
+    let mut registered: Option<Arc<AsyncFd<Registered>>> = None;
+    let mut backoff = Duration::from_millis(1);
+    while sent < data.len() {
+      let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+      let send = |fd: BorrowedFd<'_>| {
+        scm_rights::send_with_fds(fd, &data[sent..], &raw, true).map_err(io::Error::from)
+      };
+      let result = match &registered {
+        Some(io) => io.async_io(Interest::WRITABLE, |fd| send(fd.as_fd())).await,
+        None => send(self.fd.as_fd()),
+      };
+      match result {
+        Ok(n) => {
+          scm_rights::close_all(std::mem::take(&mut fds));
+          sent += n;
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && registered.is_none() => {
+          match self.writable.acquire(&self.fd) {
+            Ok(io) => registered = Some(io),
+            Err(Acquire::NoFdLeft) => {
+              tokio::time::sleep(backoff).await;
+              backoff = (backoff * 2).min(Duration::from_millis(16));
+            }
+            Err(Acquire::Failed(e)) => return Err(e),
+          }
+        }
+        Err(e) if scm_rights::is_transient(errno_of(&e)) => {
+          tokio::time::sleep(backoff).await;
+          backoff = (backoff * 2).min(Duration::from_millis(64));
+        }
+        Err(e) => return Err(error::sys(errno_of(&e), "sendmsg")),
+      }
+    }
+    Ok(sent)
+  }
+}
+
+/// Part of one write that goes out as its own `sendmsg`: the bytes from `start` to the
+/// next message's start, with `fds` on the first of them.
+pub(crate) struct Message {
+  pub(crate) start: usize,
+  pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Where message `i` of a write of `len` bytes ends.
+pub(crate) fn message_end(messages: &[Message], i: usize, len: usize) -> usize {
+  messages.get(i + 1).map_or(len, |m| m.start)
+}
+
+pub(crate) struct ListenerShared {
+  pub(crate) io: AsyncFd<OwnedFd>,
+  pub(crate) closed: watch::Sender<bool>,
+}
+
+/// Resolves once a connection is pending on the listener. tokio's readiness may be stale
+/// (JS accepted since, or another holder of the listener did): it is checked with a
+/// zero-timeout `poll`, and cleared when nothing is pending.
+pub(crate) async fn connection_pending(shared: &ListenerShared) -> io::Result<()> {
+  loop {
+    let mut guard = shared.io.readable().await?;
+    let mut fds = [PollFd::new(shared.io.get_ref().as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+      Ok(0) => guard.clear_ready(),
+      // Pending, or an error that the accept will report.
+      _ => return Ok(()),
+    }
+  }
+}
+
+/// One non-blocking `accept` (on the JS thread): the connection, or `EAGAIN` when none is
+/// pending, or why it failed.
+pub(crate) fn accept_now(shared: &ListenerShared) -> nix::Result<OwnedFd> {
+  loop {
+    match unix::accept(shared.io.get_ref().as_fd(), true) {
+      Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+      other => return other,
+    }
+  }
+}

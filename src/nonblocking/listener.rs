@@ -1,0 +1,220 @@
+//! `AsyncUnixListener`: a listening Unix socket with a Promise-returning `accept`, and
+//! the push acceptor behind `FdServer`.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use napi::bindgen_prelude::{Function, JavaScriptClassExt};
+use napi::{Env, JsValue};
+use napi_derive::napi;
+use nix::errno::Errno;
+use tokio::io::Interest;
+use tokio::sync::watch;
+
+use crate::cancel::{self, CancelHandle, Canceller};
+use crate::error::{self, errno_of, internal, rejection, Result};
+use crate::nonblocking::acceptor::{AcceptArgs, Acceptor};
+use crate::nonblocking::core::{accept_now, closing, connection_pending, release, ListenerShared};
+use crate::nonblocking::stream::{fail, AsyncUnixStream};
+use crate::runtime::register;
+use crate::settle::{self, settle_later, Home, RawValue, Settled};
+use crate::socket::{self as unix, Adopt, SocketFile};
+use crate::sync::lock;
+
+/// A listening Unix socket driven by tokio.
+#[napi(js_name = "NativeAsyncUnixListener")]
+pub struct AsyncUnixListener {
+  io: Mutex<Option<Arc<ListenerShared>>>,
+  /// The socket file this listener created, removed on close unless told otherwise.
+  file: Option<SocketFile>,
+  path: String,
+  unlink_on_close: AtomicBool,
+  acceptor: Mutex<Option<Acceptor>>,
+}
+
+impl AsyncUnixListener {
+  fn listening(fd: OwnedFd, file: Option<SocketFile>, path: String) -> Result<Self> {
+    let io = match register(fd, Interest::READABLE) {
+      Ok(io) => io,
+      Err(e) => {
+        if let Some(file) = &file {
+          file.remove();
+        }
+        return Err(e);
+      }
+    };
+    Ok(Self {
+      io: Mutex::new(Some(Arc::new(ListenerShared {
+        io,
+        closed: watch::Sender::new(false),
+      }))),
+      unlink_on_close: AtomicBool::new(file.is_some()),
+      file,
+      path,
+      acceptor: Mutex::new(None),
+    })
+  }
+}
+
+#[napi]
+impl AsyncUnixListener {
+  /// Creates the socket file at `path` (or the abstract name `\0name`) and listens on it.
+  #[napi]
+  pub fn bind(path: String) -> Result<AsyncUnixListener> {
+    let bound = unix::bind(&path, true)?;
+    Self::listening(bound.fd, bound.file, path)
+  }
+
+  /// Takes ownership of `fd`, a listening Unix stream socket (`ERR_INVALID_FD_TYPE`
+  /// otherwise, and the fd is left alone), and makes it close-on-exec and non-blocking:
+  /// `O_NONBLOCK` is set on the open file description, which other holders share (as
+  /// Node's `listen({ fd })` does), because `accept` has no per-call non-blocking flag and
+  /// must never block tokio's thread when another holder took the connection first. An
+  /// adopted listener never removes a file.
+  #[napi]
+  pub fn from_fd(fd: i32) -> Result<AsyncUnixListener> {
+    let sock = unix::adopt(fd, Adopt::Listening)?;
+    unix::set_nonblocking(sock.as_fd()).map_err(|e| error::sys(e, "fcntl"))?;
+    let path = unix::local_path(sock.as_fd());
+    Self::listening(sock, None, path)
+  }
+
+  #[napi(getter)]
+  pub fn fd(&self) -> i32 {
+    lock(&self.io).as_ref().map_or(-1, |s| s.io.as_raw_fd())
+  }
+
+  /// The address it listens on: a path, `\0name` for an abstract one, or `''` for none.
+  #[napi(getter)]
+  pub fn path(&self) -> String {
+    self.path.clone()
+  }
+
+  /// Whether `close()` removes the socket file this listener created (default `true`;
+  /// `false` keeps it for a successor the listener was handed to).
+  #[napi]
+  pub fn set_unlink_on_close(&self, unlink: bool) {
+    self
+      .unlink_on_close
+      .store(unlink && self.file.is_some(), Ordering::Release);
+  }
+
+  /// Accepts the next connection and settles operation `id` with it; `canceller` (from a
+  /// JS `AbortSignal`) can cancel the wait, leaving the connection for the next accept.
+  /// Running out of fds (`EMFILE`, ...) fails this accept only: the listener stays open.
+  ///
+  /// tokio waits until a connection is pending; the `accept` itself happens on the JS
+  /// thread when the Promise settles, so a connection is never taken from the backlog
+  /// unless it is delivered (a `close()` meanwhile leaves it there, for whoever holds the
+  /// listener next).
+  #[napi(ts_args_type = "id: number, canceller?: ExternalObject<'Canceller'> | undefined | null")]
+  pub fn accept(&self, env: &Env, id: f64, canceller: Option<&CancelHandle>) -> napi::Result<()> {
+    let Some(shared) = lock(&self.io).clone() else {
+      return fail::<()>(env, id, error::closed()).map(drop);
+    };
+    let home = settle::home(env).map_err(rejection)?;
+    accept_later(home, shared, id, canceller.map(|c| Arc::clone(c)));
+    Ok(())
+  }
+
+  /// Starts accepting in a loop: `callback(stream, null, false)` per connection; see
+  /// `AcceptArgs` for the rest.
+  #[napi(
+    ts_args_type = "callback: (streams: NativeAsyncUnixStream[], error: string | null, retrying: boolean) => void"
+  )]
+  pub fn start_accepting(&self, callback: Function<'_, AcceptArgs, ()>) -> Result<()> {
+    let shared = lock(&self.io).clone().ok_or_else(error::closed)?;
+    let mut acceptor = lock(&self.acceptor);
+    if acceptor.is_none() {
+      *acceptor = Some(Acceptor::start(shared, callback).map_err(internal)?);
+    }
+    Ok(())
+  }
+
+  /// Whether waiting for connections keeps the process alive (`ref()` / `unref()`).
+  #[napi]
+  pub fn set_referenced(&self, env: &Env, referenced: bool) -> Result<()> {
+    match lock(&self.acceptor).as_ref() {
+      Some(acceptor) => acceptor.set_referenced(env, referenced).map_err(internal),
+      None => Ok(()),
+    }
+  }
+
+  /// Stops listening (this descriptor: another holder keeps listening), removes the socket
+  /// file unless `setUnlinkOnClose(false)`, and rejects pending accepts with
+  /// `ERR_SOCKET_CLOSED`. A second call does nothing.
+  #[napi]
+  pub fn close(&self) {
+    let shared = lock(&self.io).take();
+    if let Some(shared) = shared {
+      lock(&self.acceptor).take();
+      if self.unlink_on_close.load(Ordering::Acquire) {
+        if let Some(file) = &self.file {
+          file.remove();
+        }
+      }
+      shared.closed.send_replace(true);
+      release(shared);
+    }
+  }
+}
+
+impl Drop for AsyncUnixListener {
+  fn drop(&mut self) {
+    self.close();
+  }
+}
+
+/// Waits (on tokio) for a connection for operation `id`, then accepts it on the JS thread;
+/// starts over if another holder took it first.
+fn accept_later(
+  home: Arc<Home>,
+  shared: Arc<ListenerShared>,
+  id: f64,
+  canceller: Option<Arc<Canceller>>,
+) {
+  let closed = shared.closed.subscribe();
+  let listener = Arc::downgrade(&shared);
+  let waiting = canceller.clone();
+  let depot = Arc::clone(&home);
+  let op = async move {
+    let pending = async {
+      connection_pending(&shared)
+        .await
+        .map_err(|e| error::sys(errno_of(&e), "accept"))
+    };
+    let outcome = tokio::select! {
+      biased;
+      _ = closing(&shared.closed) => Err(error::closed()),
+      result = cancel::unless_cancelled(waiting, pending) => result,
+    };
+    drop(shared);
+    outcome
+  };
+  settle_later(home, id, op, move |env, ()| {
+    // Closed or aborted before JS got here: nothing was taken from the backlog.
+    if *closed.borrow() {
+      return Err(error::closed());
+    }
+    if canceller.as_ref().is_some_and(|c| c.is_cancelled()) {
+      return Err(cancel::aborted());
+    }
+    let Some(shared) = listener.upgrade() else {
+      return Err(error::closed());
+    };
+    match accept_now(&shared) {
+      Ok(fd) => {
+        // Registered here, on the JS thread, inside the runtime.
+        let stream = AsyncUnixStream::wrap(fd)?;
+        let instance = stream.into_instance(env).map_err(internal)?;
+        Ok(Settled::Value(Some(RawValue(instance.raw()))))
+      }
+      Err(Errno::EAGAIN) => {
+        accept_later(depot, shared, id, canceller);
+        Ok(Settled::Later)
+      }
+      Err(e) => Err(error::sys(e, "accept")),
+    }
+  });
+}

@@ -1,0 +1,10 @@
+//! The async classes, on tokio: `core` (a stream's and a listener's sockets, readiness and
+//! queues), `stream` (`AsyncUnixStream`), `reader` (push delivery for `FdSocket`),
+//! `listener` (`AsyncUnixListener`) and `acceptor` (push accepting for `FdServer`).
+//! Imports run one way: core <- reader <- stream <- acceptor <- listener.
+
+pub(crate) mod acceptor;
+pub(crate) mod core;
+pub(crate) mod listener;
+pub(crate) mod reader;
+pub(crate) mod stream;

@@ -1,0 +1,447 @@
+//! `AsyncUnixStream`: a connected Unix stream socket with Promise-returning I/O. Methods
+//! take `&self` (napi refuses `&mut self` while an async call on the object is pending);
+//! each call draws its place in line (and its outbound fds) synchronously, in call order.
+
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use napi::bindgen_prelude::{BufferSlice, External, Function, Uint8ArraySlice};
+use napi::Env;
+use napi_derive::napi;
+use nix::errno::Errno;
+use nix::sys::socket::{self, Shutdown};
+
+use crate::cancel::{self, Canceller};
+use crate::credentials::{self, PeerCredentials};
+use crate::error::{self, internal, rejection, Result};
+use crate::js::{byte_count, shutdown_how};
+use crate::nonblocking::core::{message_end, receive_parts, release, Message, Queues, Shared};
+use crate::nonblocking::reader::{ReadArgs, Reader};
+use crate::queue::OutboundQueue;
+use crate::scm_rights::{self, Received};
+use crate::settle::{self, bytes, number, settle_later, Settled};
+use crate::socket::{self as unix, Adopt};
+use crate::sync::lock;
+use crate::turnstile::Ticket;
+
+/// Largest `read(size)`.
+const MAX_READ_SIZE: u32 = 1 << 30;
+
+/// A connected Unix stream socket driven by tokio.
+#[napi(js_name = "NativeAsyncUnixStream")]
+pub struct AsyncUnixStream {
+  core: Arc<StreamCore>,
+}
+
+/// Settles operation `id` as failed with `e` (a call on a closed stream, say), and says
+/// "pending" to the caller: the Promise rejects through the normal path.
+pub(crate) fn fail<T>(env: &Env, id: f64, e: error::Error) -> napi::Result<Option<T>> {
+  settle::home(env)
+    .map_err(rejection)?
+    .settle(id, Box::new(move |_| Err(e)));
+  Ok(None)
+}
+
+/// What an `AsyncUnixStream` is, shared with the handle that the TypeScript layer calls
+/// its hot paths through (see `fast`).
+pub struct StreamCore {
+  shared: Mutex<Option<Arc<Shared>>>,
+  queues: Arc<Queues>,
+  reader: Mutex<Option<Reader>>,
+}
+
+impl std::ops::Deref for AsyncUnixStream {
+  type Target = StreamCore;
+
+  fn deref(&self) -> &StreamCore {
+    &self.core
+  }
+}
+
+impl AsyncUnixStream {
+  pub(crate) fn wrap(fd: OwnedFd) -> Result<Self> {
+    Ok(Self {
+      core: Arc::new(StreamCore {
+        shared: Mutex::new(Some(Shared::new(fd))),
+        queues: Arc::default(),
+        reader: Mutex::new(None),
+      }),
+    })
+  }
+
+  /// The core, for a handle that outlives no one: closing stays with this object.
+  pub(crate) fn core(&self) -> Arc<StreamCore> {
+    Arc::clone(&self.core)
+  }
+}
+
+impl StreamCore {
+  pub(crate) fn shared(&self) -> Result<Arc<Shared>> {
+    lock(&self.shared).clone().ok_or_else(error::closed)
+  }
+
+  /// The outbound queue: fds that ride on the next write.
+  pub(crate) fn outbound(&self) -> &Mutex<OutboundQueue> {
+    &self.queues.outbound
+  }
+
+  /// Sends `data` as `messages` (each from its `start` to the next one's, with its fds on
+  /// its first byte; starts ascending, the first at 0), after every earlier write.
+  ///
+  /// When no earlier write is pending, the messages go out at once on the calling thread,
+  /// one `sendmsg` each, until the socket is full; the byte count comes back directly if
+  /// everything went, and otherwise a Promise sends the rest in order. The rest is copied
+  /// first: JS may detach, resize or change its buffer meanwhile, and a pointer into it
+  /// could then send freed memory.
+  pub(crate) fn send_messages(
+    env: &Env,
+    shared: Arc<Shared>,
+    data: Uint8ArraySlice<'_>,
+    mut messages: Vec<Message>,
+    id: f64,
+  ) -> napi::Result<Option<f64>> {
+    let len = data.len();
+    let mut sent = 0;
+    let mut next = 0;
+    if shared.writes.is_idle() {
+      while next < messages.len() {
+        let end = message_end(&messages, next, len);
+        if sent == end {
+          next += 1;
+          continue;
+        }
+        let raw: Vec<_> = messages[next].fds.iter().map(AsRawFd::as_raw_fd).collect();
+        match scm_rights::send_with_fds(shared.fd.as_fd(), &data[sent..end], &raw, true) {
+          Ok(n) => {
+            // The fds went with these bytes; the kernel holds its own references.
+            scm_rights::close_all(std::mem::take(&mut messages[next].fds));
+            sent += n;
+          }
+          Err(Errno::EAGAIN | Errno::EINTR) => break,
+          // Waited out (with the fds kept) by the asynchronous rest below.
+          Err(e) if scm_rights::is_transient(e) => break,
+          Err(e) => return fail(env, id, error::sys(e, "sendmsg")),
+        }
+      }
+      if next == messages.len() {
+        shared.writable.release_if_idle();
+        return Ok(Some(byte_count(len)));
+      }
+    }
+    let home = settle::home(env).map_err(rejection)?;
+    let data = data[sent..].to_vec();
+    let mut rest: Vec<Message> = messages
+      .drain(next..)
+      .map(|m| Message {
+        start: m.start.saturating_sub(sent),
+        fds: m.fds,
+      })
+      .collect();
+    let ticket = shared.writes.ticket();
+    let op = async move {
+      let outcome = shared
+        .unless_closed(async {
+          ticket.turn().await;
+          let mut from = 0;
+          for i in 0..rest.len() {
+            let end = message_end(&rest, i, data.len());
+            let fds = std::mem::take(&mut rest[i].fds);
+            shared.write_all(&data[from..end], fds, 0).await?;
+            from = end;
+          }
+          Ok(byte_count(len))
+        })
+        .await;
+      drop(shared);
+      outcome
+    };
+    settle_later(home, id, op, number);
+    Ok(None)
+  }
+
+  /// Duplicates `fd` (close-on-exec) into the outbound queue; it rides on the next
+  /// `write` called after this.
+  pub(crate) fn enqueue(&self, fd: i32) -> Result<()> {
+    self.shared()?;
+    let mut outbound = lock(&self.queues.outbound);
+    if outbound.is_full() {
+      return Err(error::outbound_full());
+    }
+    let duplicate = scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
+    outbound
+      .enqueue(duplicate)
+      .map_err(|_| error::outbound_full())
+  }
+
+  /// The oldest received fd, now the caller's to close; `null` when none is waiting.
+  pub(crate) fn dequeue(&self) -> Result<Option<i32>> {
+    self.shared()?;
+    let fd = lock(&self.queues.inbound).dequeue();
+    self.queues.room.notify_waiters();
+    match fd {
+      Ok(fd) => Ok(fd.map(IntoRawFd::into_raw_fd)),
+      Err(_) => Err(error::truncated()),
+    }
+  }
+
+  /// One `recvmsg` of at most `size` bytes, served after every earlier `read`. The fds
+  /// that came with the bytes join the inbound queue on the JS thread, just before the
+  /// promise resolves. An empty Buffer means end of stream.
+  ///
+  /// When no earlier read is pending and data is ready, the `recvmsg` happens at once on
+  /// the calling thread and the result comes back directly (the TypeScript layer wraps it
+  /// in a resolved Promise), as libuv reads ready sockets on the loop thread.
+  ///
+  /// Otherwise it returns `null` and settles operation `id` later; `canceller` (from a JS
+  /// `AbortSignal`) can cancel it until it has read anything.
+  pub(crate) fn read<'env>(
+    &self,
+    env: &'env Env,
+    size: u32,
+    id: f64,
+    canceller: Option<Arc<Canceller>>,
+  ) -> napi::Result<Option<BufferSlice<'env>>> {
+    if size == 0 || size > MAX_READ_SIZE {
+      return Err(rejection(error::out_of_range("size", size)));
+    }
+    let shared = match self.shared() {
+      Ok(shared) => shared,
+      Err(e) => return fail(env, id, e),
+    };
+    if shared.reads.is_idle() && !self.queues.inbound_full() {
+      match shared.try_read(env, size as usize) {
+        Ok(Some((data, received))) => {
+          shared.readable.release_if_idle();
+          lock(&self.queues.inbound).receive(received.fds, received.truncated);
+          return Ok(Some(data));
+        }
+        Ok(None) => {}
+        Err(e) => return fail(env, id, e),
+      }
+    }
+    let home = settle::home(env).map_err(rejection)?;
+    let ticket = shared.reads.ticket();
+    let queues = Arc::clone(&self.queues);
+    let reading = Arc::clone(&queues);
+    let op = async move {
+      let read = read_in_turn(&shared, &reading, ticket, size as usize);
+      let outcome = shared
+        .unless_closed(cancel::unless_cancelled(canceller, read))
+        .await;
+      drop(shared);
+      outcome
+    };
+    settle_later(home, id, op, move |env, (data, received, ticket)| {
+      // Closed while the result travelled: the fds are closed, not queued.
+      receive_parts(&queues, vec![(received.fds, received.truncated)])?;
+      // Only now may the next read go: its fds must queue behind these.
+      drop(ticket);
+      bytes(env, data)
+    });
+    Ok(None)
+  }
+
+  /// Writes every byte of `data`, after every earlier `write`; the fds queued when this
+  /// was called ride on its first `sendmsg`. Resolves with the byte count.
+  ///
+  /// When no earlier write is pending, the first `sendmsg` happens at once on the calling
+  /// thread; if it wrote everything the byte count comes back directly (the TypeScript
+  /// layer wraps it in a resolved Promise), and otherwise the rest goes on asynchronously.
+  pub(crate) fn write(
+    &self,
+    env: &Env,
+    data: Uint8ArraySlice<'_>,
+    id: f64,
+  ) -> napi::Result<Option<f64>> {
+    let shared = match self.shared() {
+      Ok(shared) => shared,
+      Err(e) => return fail(env, id, e),
+    };
+    let fds = {
+      let mut outbound = lock(&self.queues.outbound);
+      if data.is_empty() && !outbound.is_empty() {
+        return Err(rejection(error::empty_write()));
+      }
+      outbound.take()
+    };
+    let message = Message { start: 0, fds };
+    Self::send_messages(env, shared, data, vec![message], id)
+  }
+}
+
+#[napi]
+impl AsyncUnixStream {
+  /// Two connected streams (`socketpair`).
+  #[napi]
+  pub fn pair() -> Result<Vec<AsyncUnixStream>> {
+    let (a, b) = unix::pair(true)?;
+    Ok(vec![Self::wrap(a)?, Self::wrap(b)?])
+  }
+
+  /// Connects to the listener at `path` (or the abstract name `\0name`). A Unix socket
+  /// connects at once or not at all (a full backlog is `EAGAIN`, as in Node's `net`), so
+  /// this never waits; the TypeScript layer turns the outcome into a Promise.
+  #[napi]
+  pub fn connect(path: String) -> Result<AsyncUnixStream> {
+    unix::connect(&path, true, None).and_then(Self::wrap)
+  }
+
+  /// Takes ownership of `fd`, a connected Unix stream socket (`ERR_INVALID_FD_TYPE`
+  /// otherwise, and the fd is left alone), and makes it close-on-exec. Its `O_NONBLOCK`
+  /// is left as it is: every read and write here is non-blocking by itself.
+  #[napi]
+  pub fn from_fd(fd: i32) -> Result<AsyncUnixStream> {
+    unix::adopt(fd, Adopt::Connected).and_then(Self::wrap)
+  }
+
+  /// This stream's handle for the functions in `fast`.
+  #[napi(getter, ts_return_type = "ExternalObject<'StreamCore'>")]
+  pub fn handle(&self) -> crate::fast::StreamHandle {
+    External::new(self.core())
+  }
+
+  /// The socket's fd, or -1 once closed.
+  #[napi(getter)]
+  pub fn fd(&self) -> i32 {
+    lock(&self.shared).as_ref().map_or(-1, |s| s.fd.as_raw_fd())
+  }
+
+  #[napi(getter)]
+  pub fn max_queued_fds(&self) -> u32 {
+    lock(&self.queues.inbound).limit() as u32
+  }
+
+  #[napi(setter)]
+  pub fn set_max_queued_fds(&self, limit: u32) {
+    lock(&self.queues.inbound).set_limit(limit as usize);
+    self.queues.room.notify_waiters();
+  }
+
+  /// The peer's pid, uid and gid, as the kernel recorded them at connect time.
+  #[napi]
+  pub fn peer_credentials(&self) -> Result<PeerCredentials> {
+    credentials::peer_credentials(self.shared()?.fd.as_fd())
+  }
+
+  /// How many received fds wait for `dequeue`.
+  #[napi(getter)]
+  pub fn queued_inbound(&self) -> u32 {
+    lock(&self.queues.inbound).len() as u32
+  }
+
+  /// How many fds wait to ride on the next `write`.
+  #[napi(getter)]
+  pub fn queued_outbound(&self) -> u32 {
+    lock(&self.queues.outbound).len() as u32
+  }
+
+  /// Shuts down one or both directions, after every earlier `write` went out; settles
+  /// operation `id` then.
+  #[napi]
+  pub fn shutdown(&self, env: &Env, how: String, id: f64) -> napi::Result<()> {
+    let how = shutdown_how(&how).map_err(rejection)?;
+    let shared = match self.shared() {
+      Ok(shared) => shared,
+      Err(e) => return fail::<()>(env, id, e).map(drop),
+    };
+    let home = settle::home(env).map_err(rejection)?;
+    let ticket = shared.writes.ticket();
+    let op = async move {
+      let outcome = shared
+        .unless_closed(async {
+          ticket.turn().await;
+          shutdown_now(&shared, how)
+        })
+        .await;
+      drop(shared);
+      outcome
+    };
+    settle_later(home, id, op, |_, ()| Ok(Settled::Value(None)));
+    Ok(())
+  }
+
+  /// Starts push delivery: `callback(chunk, fdCount, error)` for every batch read, then
+  /// `callback(null, 0, null)` at end of stream. Reading pauses at `maxQueuedFds`.
+  #[napi(
+    ts_args_type = "callback: (chunk: Buffer | null, fdCount: number, error: string | null) => void"
+  )]
+  pub fn start_reading(&self, env: &Env, callback: Function<'_, ReadArgs, ()>) -> Result<()> {
+    let shared = self.shared()?;
+    let mut reader = lock(&self.reader);
+    if reader.is_none() {
+      let started = Reader::start(env, shared, Arc::clone(&self.queues), callback);
+      *reader = Some(started.map_err(internal)?);
+    }
+    Ok(())
+  }
+
+  /// Pauses (`false`) or resumes (`true`) push delivery.
+  #[napi]
+  pub fn set_reading(&self, env: &Env, wanted: bool) -> Result<()> {
+    match lock(&self.reader).as_mut() {
+      Some(reader) => reader.set_wanted(env, wanted).map_err(internal),
+      None => Ok(()),
+    }
+  }
+
+  /// Whether a waiting push reader keeps the process alive (`ref()` / `unref()`).
+  #[napi]
+  pub fn set_referenced(&self, env: &Env, referenced: bool) -> Result<()> {
+    match lock(&self.reader).as_mut() {
+      Some(reader) => reader.set_referenced(env, referenced).map_err(internal),
+      None => Ok(()),
+    }
+  }
+
+  /// Closes every fd waiting in the outbound queue (nothing will carry them).
+  #[napi]
+  pub fn clear_outbound(&self) {
+    lock(&self.queues.outbound).clear();
+  }
+
+  /// Closes the socket and every queued fd, and settles every pending operation with
+  /// `ERR_SOCKET_CLOSED`. A second call does nothing.
+  #[napi]
+  pub fn close(&self) {
+    let shared = lock(&self.shared).take();
+    if let Some(shared) = shared {
+      lock(&self.reader).take();
+      self.queues.close();
+      // Pending operations settle through the close signal alone. The connection itself
+      // is left alone (no `shutdown`): another process may hold this socket too (it was
+      // handed over), and only this descriptor is released.
+      shared.closed.send_replace(true);
+      release(shared);
+    }
+  }
+}
+
+impl Drop for AsyncUnixStream {
+  fn drop(&mut self) {
+    self.close();
+  }
+}
+
+/// A read in its turn. The turn is handed back with the result and ends on the JS thread,
+/// once the fds it brought are in the inbound queue: a read called meanwhile (which may
+/// `recvmsg` at once) must not queue its fds first.
+async fn read_in_turn(
+  shared: &Shared,
+  queues: &Queues,
+  ticket: Ticket,
+  size: usize,
+) -> Result<(Vec<u8>, Received, Ticket)> {
+  ticket.turn().await;
+  let (data, received) = shared.read(queues, size).await?;
+  Ok((data, received, ticket))
+}
+
+fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
+  if *shared.closed.borrow() {
+    return Err(error::closed());
+  }
+  match socket::shutdown(shared.fd.as_raw_fd(), how) {
+    Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+    Err(e) => Err(error::sys(e, "shutdown")),
+  }
+}
