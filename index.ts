@@ -16,6 +16,7 @@
 export type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './lib/interfaces.js'
 export type { PeerCredentials } from './lib/binding.js'
 export { QueueFullError, type CodedError, type SystemError } from './lib/errors.js'
+export { runtimeInfo, type RuntimeInfo } from './lib/runtime.js'
 export { toFd } from './lib/args.js'
 export {
   closeFd,

@@ -18,6 +18,15 @@ function loadBinding(): typeof Native {
 }
 
 export const binding = loadBinding()
+
+/**
+ * How this JS thread runs the async work: on the thread itself, driven by its event loop
+ * (`'libuv'`), or on a tokio worker thread (`'threads'`, the fallback: where the host has no
+ * libuv, as in Bun, on systems other than Linux, or when `FD_QUEUE_DRIVER=threads`).
+ */
+export const runtime = binding.initRuntime(
+  process.env.FD_QUEUE_DRIVER === 'threads' || 'bun' in process.versions ? 'threads' : 'auto',
+)
 export type { Native }
 
 /** Who is on the other end of a Unix socket, as the kernel recorded it at connect time. */

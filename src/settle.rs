@@ -20,7 +20,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{BufferSlice, FnArgs, Function, FunctionRef, ToNapiValue};
+use napi::bindgen_prelude::{
+  BufferSlice, FnArgs, Function, FunctionRef, JsValuesTupleIntoVec, ToNapiValue,
+};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{sys, Env, JsValue, Status};
 
@@ -98,6 +100,10 @@ struct Settlement {
   finish: Finish,
 }
 
+/// A JS call made on the JS thread when the home delivers (push deliveries on the
+/// JS-thread runtime). Dropped unrun at teardown, with what it owns.
+pub type Posted = Box<dyn FnOnce(&Env) -> napi::Result<()> + Send>;
+
 /// Things deposited for a JS thread, by number, until it claims them or goes.
 #[derive(Default)]
 struct Parcels {
@@ -158,6 +164,7 @@ impl Parcels {
 pub struct Home {
   parcels: Parcels,
   settled: Mutex<Vec<Settlement>>,
+  posted: Mutex<Vec<Posted>>,
   /// The doorbell has been rung and has not yet run: no need to ring again.
   rung: AtomicBool,
   doorbell: Mutex<Option<Doorbell>>,
@@ -178,6 +185,7 @@ pub fn home(env: &Env) -> Result<Arc<Home>> {
     let home = Arc::new(Home {
       parcels: Parcels::open(),
       settled: Mutex::default(),
+      posted: Mutex::default(),
       rung: AtomicBool::new(false),
       doorbell: Mutex::default(),
       on_settle: Mutex::default(),
@@ -208,6 +216,10 @@ impl Home {
       }
       settled.push(Settlement { id, finish });
     }
+    // On the JS-thread runtime, JS gets them right after the drive that produced them.
+    if crate::runtime::deliver_later(deliver_here) {
+      return;
+    }
     if !self.rung.swap(true, Ordering::AcqRel) {
       if let Some(doorbell) = lock(&self.doorbell).as_ref() {
         doorbell.call((), ThreadsafeFunctionCallMode::NonBlocking);
@@ -215,28 +227,57 @@ impl Home {
     }
   }
 
-  /// On the JS thread: settles every queued operation through `on_settle`.
+  /// Queues a JS call for the JS thread's next delivery (on the JS-thread runtime only,
+  /// from its own thread, where a delivery follows every drive). When the environment is
+  /// gone, `call` is dropped at once instead.
+  pub fn post(&self, call: Posted) {
+    {
+      let mut posted = lock(&self.posted);
+      if !self.parcels.is_open() {
+        drop(posted);
+        drop(call);
+        return;
+      }
+      posted.push(call);
+    }
+    crate::runtime::deliver_later(deliver_here);
+  }
+
+  /// On the JS thread: settles every queued operation through `on_settle`, then makes the
+  /// posted calls. A JS callback that throws is reported as uncaught (as Node does for an
+  /// I/O callback), and the rest are still delivered.
   fn deliver(&self, env: &Env) -> napi::Result<()> {
     // Cleared first: a settlement queued from now on rings again.
     self.rung.store(false, Ordering::Release);
+    // Every one is delivered even if a call fails; the first failure is returned.
+    let mut outcome = Ok(());
     let settled = std::mem::take(&mut *lock(&self.settled));
-    if settled.is_empty() {
-      return Ok(());
-    }
-    // Borrowed back, not held under the lock: JS may call into the addon from it.
-    let on_settle = match lock(&self.on_settle).as_ref() {
-      Some(on_settle) => on_settle.borrow_back(env)?,
-      None => return Ok(()),
-    };
-    for Settlement { id, finish } in settled {
-      let args = match finish(env) {
-        Ok(Settled::Later) => continue,
-        Ok(Settled::Value(value)) => (id, None, value),
-        Err(e) => (id, Some(tagged(e)), None),
+    if !settled.is_empty() {
+      // Borrowed back, not held under the lock: JS may call into the addon from it.
+      let on_settle = match lock(&self.on_settle).as_ref() {
+        Some(on_settle) => Some(on_settle.borrow_back(env)?),
+        None => None,
       };
-      on_settle.call(args.into())?;
+      for Settlement { id, finish } in settled {
+        let called = crate::runtime::as_io_callback(env, || {
+          let args = match finish(env) {
+            Ok(Settled::Later) => return Ok(()),
+            Ok(Settled::Value(value)) => (id, None, value),
+            Err(e) => (id, Some(tagged(e)), None),
+          };
+          match on_settle.as_ref() {
+            Some(on_settle) => call_js(env, on_settle, args.into()),
+            None => Ok(()),
+          }
+        });
+        outcome = outcome.and(called);
+      }
     }
-    Ok(())
+    let posted = std::mem::take(&mut *lock(&self.posted));
+    for call in posted {
+      outcome = outcome.and(crate::runtime::as_io_callback(env, || call(env)));
+    }
+    outcome
   }
 
   /// Whether the doorbell keeps the event loop alive: while a referenced object has an
@@ -258,8 +299,69 @@ impl Home {
       std::mem::take(&mut *settled)
     };
     drop(settled);
+    let posted = std::mem::take(&mut *lock(&self.posted));
+    drop(posted);
     lock(&self.on_settle).take();
     lock(&self.doorbell).take();
+  }
+}
+
+/// Calls `function` as Node calls an event handler from an I/O callback: what it throws
+/// goes to `process.on('uncaughtException')` (or ends the process, as any uncaught
+/// exception would), and the caller carries on. Only a failure to make the call is an
+/// error.
+pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
+  env: &Env,
+  function: &Function<'_, Args, ()>,
+  args: Args,
+) -> napi::Result<()> {
+  let argv = args.into_vec(env.raw())?;
+  let mut this = std::ptr::null_mut();
+  let mut result = std::ptr::null_mut();
+  // SAFETY: plain N-API calls on the calling JS thread's live environment: `function` and
+  // `argv` are values of this environment, the out-pointers are locals.
+  unsafe {
+    let status = sys::napi_get_undefined(env.raw(), &mut this);
+    if status != sys::Status::napi_ok {
+      return Err(napi::Error::new(
+        napi::Status::from(status),
+        "napi_get_undefined",
+      ));
+    }
+    let status = sys::napi_call_function(
+      env.raw(),
+      this,
+      function.raw(),
+      argv.len(),
+      argv.as_ptr(),
+      &mut result,
+    );
+    if status == sys::Status::napi_pending_exception {
+      let mut thrown = std::ptr::null_mut();
+      if sys::napi_get_and_clear_last_exception(env.raw(), &mut thrown) == sys::Status::napi_ok {
+        sys::napi_fatal_exception(env.raw(), thrown);
+      }
+      return Ok(());
+    }
+    if status != sys::Status::napi_ok {
+      return Err(napi::Error::new(
+        napi::Status::from(status),
+        "napi_call_function",
+      ));
+    }
+  }
+  Ok(())
+}
+
+/// Settles what waits in this thread's home (called by the JS-thread runtime, in a
+/// callback scope).
+fn deliver_here(env: &Env) {
+  let home = HOME.try_with(|slot| slot.borrow().clone()).ok().flatten();
+  if let Some(home) = home {
+    if let Err(e) = home.deliver(env) {
+      // Only a failure to call JS gets here (the callback itself does not throw).
+      let _ = env.throw_error(&e.reason, None);
+    }
   }
 }
 
@@ -304,7 +406,7 @@ pub(crate) fn settle_later<T: Send + 'static>(
   op: impl std::future::Future<Output = Result<T>> + Send + 'static,
   finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
 ) {
-  napi::bindgen_prelude::spawn(async move {
+  crate::runtime::spawn(async move {
     let settle: Finish = match op.await {
       Ok(value) => Box::new(move |env| finish(env, value)),
       Err(e) => Box::new(move |_| Err(e)),
@@ -319,16 +421,22 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
   Ok(Settled::Value(Some(RawValue(value.raw()))))
 }
 
-/// Bytes as a Buffer: a small one copied into V8's memory, a large one handed over.
-pub(crate) fn bytes(env: &Env, data: Vec<u8>) -> Result<Settled> {
-  let buffer = if data.len() <= 16 * 1024 {
+/// Bytes as a Buffer value: a small one copied into V8's memory (cheaper than an external
+/// buffer, whose finalizer costs more than the copy), a large one handed over.
+pub(crate) fn buffer_value(env: &Env, data: Vec<u8>) -> napi::Result<RawValue> {
+  let buffer = if data.len() <= 32 * 1024 {
     BufferSlice::copy_from(env, &data)
   } else {
     BufferSlice::from_data(env, data)
   };
-  Ok(Settled::Value(Some(RawValue(
-    buffer.map_err(internal)?.raw(),
-  ))))
+  Ok(RawValue(buffer?.raw()))
+}
+
+/// Bytes as the value of a settlement (see [`buffer_value`]).
+pub(crate) fn bytes(env: &Env, data: Vec<u8>) -> Result<Settled> {
+  Ok(Settled::Value(Some(
+    buffer_value(env, data).map_err(internal)?,
+  )))
 }
 
 /// Whether a waiting threadsafe function keeps the event loop alive (a no-op once the

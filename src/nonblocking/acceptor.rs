@@ -99,7 +99,7 @@ impl Acceptor {
       })?;
     let callback = Arc::new(Mutex::new(Some(tsfn)));
     let task_callback = Arc::clone(&callback);
-    napi::bindgen_prelude::spawn(async move {
+    crate::runtime::spawn(async move {
       tokio::select! {
         biased;
         _ = closing(&listener.closed) => {}
@@ -162,7 +162,7 @@ async fn wait_and_ring(
     done.await;
     match turn.verdict.load(Ordering::Acquire) {
       v if v == Verdict::Exhausted as u8 => {
-        tokio::time::sleep(backoff).await;
+        crate::runtime::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
       }
       v if v == Verdict::Failed as u8 => return,

@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::BufferSlice;
@@ -40,6 +41,11 @@ pub(crate) async fn closing(closed: &watch::Sender<bool>) {
 /// the close signal within microseconds on tokio's workers (none of them waits for the JS
 /// thread); past a short deadline the last of them closes the fd instead.
 pub(crate) fn release<T>(mut shared: Arc<T>) {
+  // On the JS-thread runtime the futures run here and now.
+  crate::runtime::run_woken();
+  if !crate::runtime::runs_elsewhere() {
+    return drop(shared);
+  }
   let deadline = Instant::now() + Duration::from_millis(100);
   loop {
     match Arc::try_unwrap(shared) {
@@ -292,7 +298,7 @@ impl Shared {
         owned = vec![0u8; size];
         &mut owned
       };
-      match scm_rights::recv_with_fds(self.fd.as_fd(), buf, true) {
+      match self.recv_now(buf) {
         Ok(received) => {
           let bytes = BufferSlice::copy_from(env, &buf[..received.bytes])
             .map_err(|e| error::coded("ERR_INTERNAL", e.reason.clone()))?;
@@ -302,6 +308,36 @@ impl Shared {
         Err(e) => Err(error::sys(e, "recvmsg")),
       }
     })
+  }
+
+  /// One `recvmsg` on the JS thread. While the socket is registered, readiness the reactor
+  /// recorded before this call is cleared when the socket turns out empty, so the read
+  /// that waits next does not try once more before the next event (the guard clears only
+  /// the readiness it saw: an event recorded meanwhile stays).
+  fn recv_now(&self, buf: &mut [u8]) -> nix::Result<Received> {
+    let registered = self
+      .readable
+      .registered
+      .load(Ordering::Acquire)
+      .then(|| lock(&self.readable.current).clone())
+      .flatten();
+    let Some(io) = registered else {
+      return scm_rights::recv_with_fds(self.fd.as_fd(), buf, true);
+    };
+    // The waker is never needed: nothing waits through this poll.
+    let mut cx = Context::from_waker(Waker::noop());
+    match io.poll_read_ready(&mut cx) {
+      Poll::Ready(Ok(mut guard)) => {
+        match guard
+          .try_io(|fd| scm_rights::recv_with_fds(fd.as_fd(), buf, true).map_err(io::Error::from))
+        {
+          Ok(result) => result.map_err(|e| errno_of(&e)),
+          // Cleared by the guard.
+          Err(_would_block) => Err(Errno::EAGAIN),
+        }
+      }
+      _ => scm_rights::recv_with_fds(self.fd.as_fd(), buf, true),
+    }
   }
 
   /// One `recvmsg` of at most `size` bytes, after the inbound queue has room.
@@ -370,14 +406,14 @@ impl Shared {
           match self.writable.acquire(&self.fd) {
             Ok(io) => registered = Some(io),
             Err(Acquire::NoFdLeft) => {
-              tokio::time::sleep(backoff).await;
+              crate::runtime::sleep(backoff).await;
               backoff = (backoff * 2).min(Duration::from_millis(16));
             }
             Err(Acquire::Failed(e)) => return Err(e),
           }
         }
         Err(e) if scm_rights::is_transient(errno_of(&e)) => {
-          tokio::time::sleep(backoff).await;
+          crate::runtime::sleep(backoff).await;
           backoff = (backoff * 2).min(Duration::from_millis(64));
         }
         Err(e) => return Err(error::sys(errno_of(&e), "sendmsg")),

@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{Buffer, FnArgs, Function};
+use napi::bindgen_prelude::{FnArgs, Function, FunctionRef};
 use napi::threadsafe_function::{
   ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::error::{self, errno_of, tagged};
 use crate::nonblocking::core::{closing, Arrival, Queues, Shared};
 use crate::scm_rights;
-use crate::settle::{self, set_ref, Home};
+use crate::settle::{self, buffer_value, set_ref, Home, RawValue};
 use crate::sync::lock;
 
 /// Bytes one delivery carries at first; a batch that fills it doubles the next one, up
@@ -32,7 +32,7 @@ const IN_FLIGHT: usize = 2;
 
 /// `(chunk, fdCount, error)`: a chunk with the number of fds that arrived with it (already
 /// dequeue-able), or `(null, 0, null)` at end of stream, or `(null, 0, "[CODE] message")`.
-pub type ReadArgs = FnArgs<(Option<Buffer>, u32, Option<String>)>;
+pub type ReadArgs = FnArgs<(Option<RawValue>, u32, Option<String>)>;
 type ReadCallback = ThreadsafeFunction<Delivery, (), ReadArgs, Status, false>;
 
 /// What the reader task sends to JS. It owns no fd: those wait in the JS thread's home.
@@ -69,17 +69,32 @@ impl Reader {
       .build_threadsafe_function::<Delivery>()
       .callee_handled::<false>()
       .build_callback(move |ctx: ThreadsafeCallContext<Delivery>| {
-        Ok(deliver(&delivering, ctx.value))
+        deliver(&ctx.env, &delivering, ctx.value)
       })?;
+    // On the JS-thread runtime the task calls JS itself, right after the drive that read
+    // the data; the threadsafe function then only keeps the loop alive (ref/unref).
+    let direct = if crate::runtime::runs_elsewhere() {
+      None
+    } else {
+      Some(Arc::new(Direct {
+        callback: callback.create_ref()?,
+        queues: Arc::clone(&queues),
+      }))
+    };
     let callback = Arc::new(Mutex::new(Some(tsfn)));
     let (want, wanted) = watch::channel(true);
     let task_callback = Arc::clone(&callback);
-    napi::bindgen_prelude::spawn(async move {
+    crate::runtime::spawn(async move {
       let credits = Arc::new(Semaphore::new(IN_FLIGHT));
+      let sink = Sink {
+        callback: &task_callback,
+        direct,
+        home: &depot,
+      };
       tokio::select! {
         biased;
         _ = closing(&shared.closed) => {}
-        _ = pump(&shared, &queues, &depot, &task_callback, wanted, credits) => {}
+        _ = pump(&shared, &queues, &sink, wanted, credits) => {}
       }
       // Releasing the threadsafe function lets the event loop exit.
       lock(&task_callback).take();
@@ -112,42 +127,70 @@ impl Reader {
 
 /// Runs on the JS thread: the fds of the batch join the inbound queue, then JS gets the
 /// chunk, so they are dequeue-able by the time it is delivered.
-fn deliver(queues: &Queues, delivery: Delivery) -> ReadArgs {
-  match delivery {
+fn deliver(env: &Env, queues: &Queues, delivery: Delivery) -> napi::Result<ReadArgs> {
+  Ok(match delivery {
     Delivery::Data { data, arrival, .. } => {
       let count = arrival.count;
       queues.pending.fetch_sub(count, Ordering::AcqRel);
       if arrival.receive(queues).is_err() {
-        return (None, 0, Some(tagged(error::closed()))).into();
+        return Ok((None, 0, Some(tagged(error::closed()))).into());
       }
-      (Some(Buffer::from(data)), count as u32, None).into()
+      (Some(buffer_value(env, data)?), count as u32, None).into()
     }
     Delivery::End => (None, 0, None).into(),
     Delivery::Failed(e) => (None, 0, Some(tagged(e))).into(),
-  }
+  })
 }
 
-fn send(callback: &Mutex<Option<ReadCallback>>, delivery: Delivery) {
-  if let Some(tsfn) = lock(callback).as_ref() {
-    // Unbounded queue, so NonBlocking never fails for lack of room; if JS is gone, the
-    // delivery (and any fds in it) is dropped, which closes them.
-    tsfn.call(delivery, ThreadsafeFunctionCallMode::NonBlocking);
+/// The JS callback, for a reader on the JS-thread runtime.
+struct Direct {
+  callback: FunctionRef<ReadArgs, ()>,
+  queues: Arc<Queues>,
+}
+
+/// Where a reader's deliveries go.
+struct Sink<'a> {
+  callback: &'a Mutex<Option<ReadCallback>>,
+  direct: Option<Arc<Direct>>,
+  home: &'a Arc<Home>,
+}
+
+impl Sink<'_> {
+  fn send(&self, delivery: Delivery) {
+    match &self.direct {
+      // Stopped: dropping the delivery closes any fd in it.
+      _ if lock(self.callback).is_none() => drop(delivery),
+      Some(direct) => {
+        let direct = Arc::clone(direct);
+        self.home.post(Box::new(move |env| {
+          let args = deliver(env, &direct.queues, delivery)?;
+          settle::call_js(env, &direct.callback.borrow_back(env)?, args)
+        }));
+      }
+      None => {
+        if let Some(tsfn) = lock(self.callback).as_ref() {
+          // Unbounded queue, so NonBlocking never fails for lack of room; if JS is gone,
+          // the delivery (and any fds in it) is dropped, which closes them.
+          tsfn.call(delivery, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+      }
+    }
   }
 }
 
 async fn pump(
   shared: &Shared,
   queues: &Queues,
-  home: &Arc<Home>,
-  callback: &Mutex<Option<ReadCallback>>,
+  sink: &Sink<'_>,
   mut wanted: watch::Receiver<bool>,
   credits: Arc<Semaphore>,
 ) {
+  let home = sink.home;
   let mut chunk = CHUNK;
   // Registered for readability for as long as the reader runs (it is the one waiting).
   let io = match shared.readable.acquire(&shared.fd) {
     Ok(io) => io,
-    Err(e) => return send(callback, Delivery::Failed(e.into())),
+    Err(e) => return sink.send(Delivery::Failed(e.into())),
   };
   loop {
     if wanted.wait_for(|w| *w).await.is_err() {
@@ -207,14 +250,11 @@ async fn pump(
       if data.len() * 2 < chunk {
         data.shrink_to_fit();
       }
-      send(
-        callback,
-        Delivery::Data {
-          data,
-          arrival: Arrival::deposit(home, parts),
-          _credit: credit,
-        },
-      );
+      sink.send(Delivery::Data {
+        data,
+        arrival: Arrival::deposit(home, parts),
+        _credit: credit,
+      });
       chunk = if filled {
         (chunk * 2).min(MAX_CHUNK)
       } else {
@@ -222,7 +262,7 @@ async fn pump(
       };
     }
     if let Some(ending) = ending {
-      send(callback, ending);
+      sink.send(ending);
       return;
     }
   }

@@ -1,14 +1,233 @@
 //! Where the async work runs.
+//!
+//! On Node, each JS thread (the main one and every worker) gets a current-thread tokio
+//! runtime of its own, driven by that thread's libuv loop: a poll handle watches the
+//! runtime's reactor (its epoll fd), and when it is readable, or a task was woken from the
+//! JS thread, the addon runs the runtime until it is idle, on the JS thread itself. A
+//! socket that becomes ready then costs one wake-up of the JS thread, as a `net.Socket`
+//! does. tokio still owns readiness and I/O (`AsyncFd` on its reactor), nix the syscalls.
+//!
+//! tokio has no public accessor for its reactor fd (tokio-rs/tokio#7348): the epoll fd is
+//! found among the fds that appear while the runtime is built, and trusted only once a pipe
+//! registered with the runtime makes exactly that fd readable.
+//!
+//! Where that cannot be done (a host without libuv, such as Bun; a system other than Linux,
+//! where a nested kqueue may never report; a failed check) or `FD_QUEUE_DRIVER=threads`
+//! asks for it, the work runs on one tokio worker thread instead (napi-rs's runtime), and
+//! results reach JS through threadsafe functions. `runtimeInfo()` says which, and why.
 
-use std::os::fd::AsRawFd;
+mod uv;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::ThreadId;
+use std::time::Duration;
 
 use napi::bindgen_prelude::within_runtime_if_available;
+use napi::{sys, Env};
+use napi_derive::napi;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::error::{self, errno_of, Result};
+use crate::sync::lock;
 
-/// Registers a non-blocking fd with the tokio reactor (which needs the runtime context).
+/// How the calling JS thread runs its async work, and why.
+#[napi(object)]
+pub struct RuntimeInfo {
+  /// `"libuv"`: on the JS thread, driven by its event loop; `"threads"`: on a tokio
+  /// worker thread, with results handed over through threadsafe functions.
+  pub driver: String,
+  /// Why this driver (for `"threads"`: what ruled the other one out).
+  pub reason: String,
+}
+
+/// The JS-thread runtime of this thread, once chosen.
+struct Local {
+  runtime: tokio::runtime::Runtime,
+  shared: Arc<Shared>,
+  env: sys::napi_env,
+  /// The async context JS is called in after a drive (for async hooks and microtasks).
+  context: sys::napi_async_context,
+  /// Results are waiting for JS: `deliver` runs once the current loop callback's drive is
+  /// done (or from the timer, when they came from a call JS made).
+  deliver: Cell<Option<fn(&Env)>>,
+  /// A loop callback is running (it delivers when its drive is done).
+  in_callback: Cell<bool>,
+  /// Results are being handed to JS (each call gets a callback scope of its own).
+  delivering: Cell<bool>,
+  poll: RefCell<Option<uv::Handle>>,
+  timer: RefCell<Option<uv::Handle>>,
+  driving: Cell<bool>,
+  /// The timer is set to drive soon.
+  scheduled: Cell<bool>,
+  /// Tasks in a `sleep`: the timer ticks while there are any.
+  sleeping: Cell<usize>,
+  /// Tasks to spawn, and wakes to pass on, inside the next drive: done from inside the
+  /// runtime, they go straight to its run queue (from outside, tokio would also write to
+  /// its wake-up eventfd).
+  spawns: RefCell<Vec<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+  wakes: RefCell<Vec<Waker>>,
+}
+
+/// What the wakers of this thread's tasks share (they may be called from any thread).
+struct Shared {
+  /// Tasks woken and not yet polled: a drive goes on while there are any (tokio runs only
+  /// so many tasks per `block_on` round, and says nothing of the ones left queued).
+  woken: AtomicUsize,
+  owner: ThreadId,
+  /// The async handle that wakes the loop from another thread (None once closed).
+  wakeup: Mutex<Option<WakeupHandle>>,
+}
+
+/// An async handle, which `uv_async_send` may wake from any thread.
+struct WakeupHandle(uv::Handle);
+
+// SAFETY: the only call made on it from other threads is uv_async_send, which libuv
+// documents as thread-safe; it is closed on the loop's thread under the same lock.
+unsafe impl Send for WakeupHandle {}
+
+enum Driver {
+  Libuv(Rc<Local>),
+  Threads,
+}
+
+thread_local! {
+  static DRIVER: RefCell<Option<(Driver, String)>> = const { RefCell::new(None) };
+}
+
+/// Most rounds of one drive before JS gets a turn (a drive that still has work then goes
+/// on at the next loop iteration).
+const MAX_ROUNDS: usize = 64;
+
+/// Chooses this JS thread's driver (`wanted`: `"auto"`, `"libuv"` or `"threads"`). Called
+/// once per thread when the TypeScript layer loads; later calls only report.
+#[napi]
+#[cfg_attr(test, allow(dead_code))]
+pub fn init_runtime(env: Env, wanted: String) -> RuntimeInfo {
+  DRIVER.with_borrow_mut(|driver| {
+    if driver.is_none() {
+      *driver = Some(match wanted.as_str() {
+        "threads" => (
+          Driver::Threads,
+          "FD_QUEUE_DRIVER=threads (or a host without libuv)".into(),
+        ),
+        _ => match Local::start(&env) {
+          Ok(local) => (
+            Driver::Libuv(local),
+            "the reactor fd of the thread's runtime is watched by its event loop".into(),
+          ),
+          Err(why) => (Driver::Threads, why),
+        },
+      });
+    }
+    info(driver.as_ref())
+  })
+}
+
+/// How this thread runs its async work (`runtimeInfo()` in JS).
+#[napi]
+#[cfg_attr(test, allow(dead_code))]
+pub fn runtime_info() -> RuntimeInfo {
+  DRIVER.with_borrow(|driver| info(driver.as_ref()))
+}
+
+fn info(driver: Option<&(Driver, String)>) -> RuntimeInfo {
+  match driver {
+    Some((Driver::Libuv(_), reason)) => RuntimeInfo {
+      driver: "libuv".into(),
+      reason: reason.clone(),
+    },
+    Some((Driver::Threads, reason)) => RuntimeInfo {
+      driver: "threads".into(),
+      reason: reason.clone(),
+    },
+    None => RuntimeInfo {
+      driver: "threads".into(),
+      reason: "not initialised on this thread".into(),
+    },
+  }
+}
+
+fn local() -> Option<Rc<Local>> {
+  DRIVER
+    .try_with(|driver| match driver.try_borrow().ok()?.as_ref()? {
+      (Driver::Libuv(local), _) => Some(Rc::clone(local)),
+      _ => None,
+    })
+    .ok()
+    .flatten()
+}
+
+/// Runs `future` to completion on this thread's runtime. On the JS-thread runtime it
+/// starts at once (it runs until it waits).
+pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {
+  match local() {
+    Some(local) => {
+      let tracked = Tracked::new(future, Arc::clone(&local.shared));
+      local.spawns.borrow_mut().push(Box::pin(tracked));
+      local.drive(false);
+    }
+    None => drop(napi::bindgen_prelude::spawn(future)),
+  }
+}
+
+/// Lets pending tasks that a JS-thread call just woke (a `close()`) run now, so that they
+/// let go of what they hold before the call returns. A no-op on the threaded runtime,
+/// whose workers run them anyway.
+pub(crate) fn run_woken() {
+  if let Some(local) = local() {
+    local.drive(false);
+  }
+}
+
+/// Whether woken tasks run elsewhere (the threaded runtime): then a caller may wait for
+/// them; on the JS-thread runtime, `run_woken` runs them instead.
+pub(crate) fn runs_elsewhere() -> bool {
+  local().is_none()
+}
+
+/// `tokio::time::sleep`, with the JS-thread runtime driven while it lasts (tokio's timers
+/// fire only when its driver turns, and libuv does not know them).
+pub(crate) async fn sleep(duration: Duration) {
+  let ticking = SleepTick::start();
+  tokio::time::sleep(duration).await;
+  drop(ticking);
+}
+
+/// Keeps the JS-thread runtime's timer ticking while a sleep is pending (`true`: counted
+/// in this thread's `sleeping`).
+struct SleepTick(bool);
+
+impl SleepTick {
+  fn start() -> Self {
+    match local() {
+      Some(local) => {
+        local.sleeping.set(local.sleeping.get() + 1);
+        local.arm(1);
+        Self(true)
+      }
+      None => Self(false),
+    }
+  }
+}
+
+impl Drop for SleepTick {
+  fn drop(&mut self) {
+    // A JS-thread task is dropped on its JS thread (or with its runtime, gone already).
+    if let (true, Some(local)) = (self.0, local()) {
+      local.sleeping.set(local.sleeping.get().saturating_sub(1));
+    }
+  }
+}
+
+/// Registers a non-blocking fd with this thread's reactor.
 ///
 /// napi-rs and tokio panic when there is no runtime (a call made while the environment is
 /// being torn down); that panic is caught here and becomes an error, since a panic that
@@ -23,8 +242,11 @@ pub(crate) fn register<T: AsRawFd>(fd: T, interest: Interest) -> Result<AsyncFd<
     unsafe { AsyncFd::register_with_interest(fd, interest) }
   };
   let registered = if tokio::runtime::Handle::try_current().is_ok() {
-    // On tokio's own threads the runtime is entered already. napi-rs's helper must not be
-    // used there: after a teardown it may have no runtime, and panic (printing it).
+    // Inside a task the runtime is entered already. napi-rs's helper must not be used on
+    // its threads: after a teardown it may have no runtime, and panic (printing it).
+    Ok(register())
+  } else if let Some(local) = local() {
+    let _entered = local.runtime.enter();
     Ok(register())
   } else {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -43,4 +265,496 @@ pub(crate) fn no_runtime() -> error::Error {
     "ERR_FD_QUEUE_NO_RUNTIME",
     "The async runtime is not running (is the environment shutting down?)",
   )
+}
+
+impl Local {
+  /// Builds the runtime, finds and checks its reactor fd, and hooks it into the loop.
+  fn start(env: &Env) -> std::result::Result<Rc<Self>, String> {
+    if !cfg!(any(target_os = "linux", target_os = "android")) {
+      return Err("not Linux: a kqueue nested in libuv's may never report".into());
+    }
+    let api = uv::api().ok_or("the host exports no libuv (uv_poll_init, ...)")?;
+    let event_loop = env
+      .get_uv_event_loop()
+      .map_err(|e| format!("no event loop: {}", e.reason))?;
+    let before = epoll_fds();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+      .enable_io()
+      .enable_time()
+      .build()
+      .map_err(|e| format!("building the runtime: {e}"))?;
+    let reactor = epoll_fds()
+      .into_iter()
+      .filter(|fd| !before.contains(fd))
+      .find(|&fd| is_reactor_of(&runtime, fd))
+      .ok_or("the runtime's reactor fd was not found (or did not pass the check)")?;
+    let shared = Arc::new(Shared {
+      woken: AtomicUsize::new(0),
+      owner: std::thread::current().id(),
+      wakeup: Mutex::new(None),
+    });
+    let poll = uv::Handle::poll(api, event_loop, reactor, std::ptr::null_mut(), on_reactor)
+      .ok_or("uv_poll_init on the reactor fd failed")?;
+    let timer =
+      uv::Handle::timer(api, event_loop, std::ptr::null_mut()).ok_or("uv_timer_init failed")?;
+    let wakeup = uv::Handle::wakeup(api, event_loop, std::ptr::null_mut(), on_wakeup)
+      .ok_or("uv_async_init failed")?;
+    *lock(&shared.wakeup) = Some(WakeupHandle(wakeup));
+    let context = async_context(env).map_err(|e| format!("napi_async_init: {e}"))?;
+    let local = Rc::new(Self {
+      runtime,
+      shared,
+      env: env.raw(),
+      context,
+      deliver: Cell::new(None),
+      in_callback: Cell::new(false),
+      delivering: Cell::new(false),
+      poll: RefCell::new(Some(poll)),
+      timer: RefCell::new(Some(timer)),
+      driving: Cell::new(false),
+      scheduled: Cell::new(false),
+      sleeping: Cell::new(0),
+      spawns: RefCell::new(Vec::new()),
+      wakes: RefCell::new(Vec::new()),
+    });
+    stop_with_environment(env).map_err(|e| format!("no cleanup hook: {e}"))?;
+    Ok(local)
+  }
+
+  /// Runs the runtime until no task is woken: every task waits for something that has
+  /// not happened yet.
+  ///
+  /// `turn`: whether the reactor must be turned even with no task woken (it reported
+  /// events, or a timer may be due); otherwise a drive with nothing woken does nothing.
+  fn drive(&self, turn: bool) {
+    if !turn && !self.has_work() {
+      return;
+    }
+    if self.driving.replace(true) {
+      return;
+    }
+    self.scheduled.set(false);
+    let mut quiet = false;
+    for _ in 0..MAX_ROUNDS {
+      let spawns = std::mem::take(&mut *self.spawns.borrow_mut());
+      let wakes = std::mem::take(&mut *self.wakes.borrow_mut());
+      // One round: new tasks and wakes go in, every ready task runs, then the reactor is
+      // turned without waiting.
+      self.runtime.block_on(async move {
+        for task in spawns {
+          drop(tokio::spawn(task));
+        }
+        for waker in wakes {
+          waker.wake();
+        }
+        tokio::task::yield_now().await;
+      });
+      let idle = self.spawns.borrow().is_empty() && self.wakes.borrow().is_empty();
+      if idle && self.shared.woken.load(Ordering::Acquire) == 0 {
+        quiet = true;
+        break;
+      }
+    }
+    self.driving.set(false);
+    if !quiet {
+      self.arm(0);
+    }
+  }
+
+  /// Whether a task waits to run (woken, or spawned or woken from JS since the last drive).
+  fn has_work(&self) -> bool {
+    self.shared.woken.load(Ordering::Acquire) > 0
+      || !self.spawns.borrow().is_empty()
+      || !self.wakes.borrow().is_empty()
+  }
+
+  /// A loop callback: drives, then hands what is ready to JS, in a callback scope (so that
+  /// the Promises' reactions run, as after any I/O callback).
+  fn on_loop_callback(&self, ticking: bool) {
+    self.in_callback.set(true);
+    self.drive(true);
+    for _ in 0..MAX_ROUNDS {
+      let Some(deliver) = self.deliver.take() else {
+        break;
+      };
+      self.delivering.set(true);
+      // SAFETY: `env` is this thread's, alive until the environment ends, which closes
+      // these handles first (no loop callback runs after that).
+      unsafe { in_handle_scope(self.env, deliver) };
+      self.delivering.set(false);
+      // JS may have started more work; run it before giving the loop back.
+      self.drive(false);
+    }
+    self.in_callback.set(false);
+    if ticking && self.sleeping.get() > 0 {
+      self.arm(1);
+    }
+    if self.deliver.get().is_some() {
+      self.arm(0);
+    }
+  }
+
+  /// Drives at the next loop iteration (a wake from the JS thread outside a drive).
+  fn schedule(&self) {
+    if !self.driving.get() && !self.scheduled.replace(true) {
+      self.arm(0);
+    }
+  }
+
+  /// Starts the timer: a drive in `ms` ms.
+  fn arm(&self, ms: u64) {
+    if let Some(timer) = self.timer.borrow().as_ref() {
+      timer.start_timer(on_timer, ms, 0);
+    }
+  }
+
+  /// Tears down: closes the handles, and drops the runtime with every task (and so every
+  /// fd a task held). `done` runs once libuv has let go of the last handle.
+  fn stop(&self, done: uv::AfterClose) {
+    if let Some(poll) = self.poll.borrow_mut().take() {
+      poll.close(uv::Kind::Poll, None);
+    }
+    if let Some(timer) = self.timer.borrow_mut().take() {
+      timer.stop_timer();
+      timer.close(uv::Kind::Timer, None);
+    }
+    match lock(&self.shared.wakeup).take() {
+      Some(WakeupHandle(wakeup)) => wakeup.close(uv::Kind::Async, Some(done)),
+      None => done(),
+    }
+  }
+}
+
+/// The epoll fds open in this process (Linux: `/proc/self/fd` links).
+fn epoll_fds() -> Vec<RawFd> {
+  let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+    return Vec::new();
+  };
+  entries
+    .filter_map(|entry| {
+      let entry = entry.ok()?;
+      let link = std::fs::read_link(entry.path()).ok()?;
+      (link.as_os_str() == "anon_inode:[eventpoll]")
+        .then(|| entry.file_name().to_str()?.parse().ok())?
+    })
+    .collect()
+}
+
+/// Whether `fd` is the epoll fd of `runtime`'s reactor: a pipe registered with the runtime
+/// makes it readable once the pipe has data, and it was not readable before.
+fn is_reactor_of(runtime: &tokio::runtime::Runtime, fd: RawFd) -> bool {
+  let readable = |fd: RawFd| {
+    // SAFETY: the borrow lasts for this zero-timeout poll only; `fd` was just listed as
+    // open (a poll on an fd closed meanwhile answers POLLNVAL, not readable).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut fds = [nix::poll::PollFd::new(
+      borrowed,
+      nix::poll::PollFlags::POLLIN,
+    )];
+    matches!(
+      nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+      Ok(1)
+    ) && fds[0]
+      .revents()
+      .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN))
+  };
+  let Ok((reader, writer)) = nix::unistd::pipe() else {
+    return false;
+  };
+  let registered = {
+    let _entered = runtime.enter();
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open until it is
+    // dropped and has deregistered it.
+    unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE) }
+  };
+  let Ok(registered) = registered else {
+    return false;
+  };
+  let quiet_before = !readable(fd);
+  let wrote = nix::unistd::write(writer.as_fd(), b"!").is_ok();
+  let ready_after = readable(fd);
+  drop(registered);
+  // Consume the event the check left in the reactor.
+  runtime.block_on(tokio::task::yield_now());
+  quiet_before && wrote && ready_after
+}
+
+/// Closes this thread's JS-thread runtime when its environment ends (a worker's end,
+/// process exit): an async cleanup hook, so that Node waits for the handles to close.
+fn stop_with_environment(env: &Env) -> std::result::Result<(), String> {
+  let mut handle: sys::napi_async_cleanup_hook_handle = std::ptr::null_mut();
+  // SAFETY: `env` is this thread's live environment; the hook and its (unused) data
+  // pointer stay valid for the life of the process.
+  let status = unsafe {
+    sys::napi_add_async_cleanup_hook(
+      env.raw(),
+      Some(on_environment_end),
+      std::ptr::null_mut(),
+      &mut handle,
+    )
+  };
+  if status == sys::Status::napi_ok {
+    Ok(())
+  } else {
+    Err(format!("napi_add_async_cleanup_hook: status {status}"))
+  }
+}
+
+unsafe extern "C" fn on_environment_end(
+  handle: sys::napi_async_cleanup_hook_handle,
+  _data: *mut std::ffi::c_void,
+) {
+  let _ = std::panic::catch_unwind(|| {
+    let driver = DRIVER
+      .try_with(|driver| driver.borrow_mut().take())
+      .ok()
+      .flatten();
+    let done: uv::AfterClose = Box::new(move || {
+      // SAFETY: the handle Node gave this hook, removed once, after the last close.
+      unsafe { sys::napi_remove_async_cleanup_hook(handle) };
+    });
+    match driver {
+      Some((Driver::Libuv(local), _)) => {
+        local.stop(done);
+        // The runtime goes with the last reference: every task is dropped, and what it
+        // held (sockets, fds on their way) is closed.
+        drop(local);
+      }
+      _ => done(),
+    }
+  });
+}
+
+fn with_local(run: impl FnOnce(&Local)) {
+  let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    if let Some(local) = local() {
+      run(&local);
+    }
+  }));
+}
+
+unsafe extern "C" fn on_reactor(
+  _handle: *mut uv::RawHandle,
+  _status: std::ffi::c_int,
+  _events: std::ffi::c_int,
+) {
+  with_local(|local| local.on_loop_callback(false));
+}
+
+unsafe extern "C" fn on_timer(_handle: *mut uv::RawHandle) {
+  with_local(|local| local.on_loop_callback(true));
+}
+
+unsafe extern "C" fn on_wakeup(_handle: *mut uv::RawHandle) {
+  with_local(|local| local.on_loop_callback(false));
+}
+
+/// Results are ready for JS on this thread: `deliver` hands them over after the current
+/// loop callback's drive, or at the next loop iteration. `false` when this thread has no
+/// JS-thread runtime (or this is not its JS thread): the caller rings JS another way.
+pub(crate) fn deliver_later(deliver: fn(&Env)) -> bool {
+  let Some(local) = local() else {
+    return false;
+  };
+  local.deliver.set(Some(deliver));
+  if !local.in_callback.get() {
+    local.arm(0);
+  }
+  true
+}
+
+/// An async context for the JS calls made after a drive.
+fn async_context(env: &Env) -> std::result::Result<sys::napi_async_context, String> {
+  let mut name = std::ptr::null_mut();
+  let mut context = std::ptr::null_mut();
+  // SAFETY: plain N-API calls on this thread's live environment, with out-pointers to
+  // locals; the context lives as long as the environment.
+  let status = unsafe {
+    let named = sys::napi_create_string_utf8(env.raw(), c"fd-queue".as_ptr(), 8, &mut name);
+    if named != sys::Status::napi_ok {
+      named
+    } else {
+      sys::napi_async_init(env.raw(), std::ptr::null_mut(), name, &mut context)
+    }
+  };
+  if status == sys::Status::napi_ok {
+    Ok(context)
+  } else {
+    Err(format!("status {status}"))
+  }
+}
+
+/// Runs `deliver` in a handle scope; each JS call it makes runs as an I/O callback of its
+/// own (`as_io_callback`).
+///
+/// # Safety
+/// `env` must be this thread's live environment, and no JS may be running on the thread
+/// (this is called from a libuv callback).
+unsafe fn in_handle_scope(env: sys::napi_env, deliver: fn(&Env)) {
+  // SAFETY: as promised by the caller; the scope opened is closed.
+  unsafe {
+    let mut handles = std::ptr::null_mut();
+    if sys::napi_open_handle_scope(env, &mut handles) != sys::Status::napi_ok {
+      return;
+    }
+    deliver(&Env::from_raw(env));
+    sys::napi_close_handle_scope(env, handles);
+  }
+}
+
+/// Runs `call` (which calls into JS) as Node runs an I/O callback: in a handle scope and
+/// a callback scope, whose close runs `process.nextTick` callbacks and microtasks (the
+/// reactions of a Promise just settled, the code after an `await once(...)`) before the
+/// next call, as between two reads of a `net.Socket`. Outside a delivery of the
+/// JS-thread runtime (a threadsafe function's call, which has its scope), it just runs.
+pub(crate) fn as_io_callback<R>(env: &Env, call: impl FnOnce() -> R) -> R {
+  let Some(local) = local().filter(|local| local.delivering.get()) else {
+    return call();
+  };
+  let env = env.raw();
+  let mut handles = std::ptr::null_mut();
+  let mut resource = std::ptr::null_mut();
+  let mut scope = std::ptr::null_mut();
+  // SAFETY: `env` is this thread's live environment and `local.context` an async context
+  // of it; a delivery runs from a libuv callback, with no JS on the stack. Every scope
+  // opened is closed, in reverse order.
+  unsafe {
+    if sys::napi_open_handle_scope(env, &mut handles) != sys::Status::napi_ok {
+      return call();
+    }
+    let scoped = sys::napi_create_object(env, &mut resource) == sys::Status::napi_ok
+      && sys::napi_open_callback_scope(env, resource, local.context, &mut scope)
+        == sys::Status::napi_ok;
+    let result = call();
+    if scoped {
+      sys::napi_close_callback_scope(env, scope);
+    }
+    sys::napi_close_handle_scope(env, handles);
+    result
+  }
+}
+
+impl Shared {
+  /// A task was woken from another thread: wake the loop, which drives.
+  fn wake_from_elsewhere(&self) {
+    if let Some(WakeupHandle(wakeup)) = lock(&self.wakeup).as_ref() {
+      wakeup.send();
+    }
+  }
+}
+
+/// Where a task of the JS-thread runtime stands, for `Shared::woken`.
+const IDLE: u8 = 0;
+const WOKEN: u8 = 1;
+const DONE: u8 = 2;
+
+/// A task's state, shared by the task and its wakers.
+struct TaskState {
+  state: AtomicU8,
+  shared: Arc<Shared>,
+}
+
+impl TaskState {
+  /// Counts the task as woken (once until its next poll; never once it is gone).
+  fn woken(&self) {
+    if self
+      .state
+      .compare_exchange(IDLE, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+      .is_ok()
+    {
+      self.shared.woken.fetch_add(1, Ordering::AcqRel);
+    }
+  }
+
+  /// The task is being polled (`to`: `IDLE`), or is gone (`DONE`): no longer waiting to run.
+  fn leave_woken(&self, to: u8) {
+    if self.state.swap(to, Ordering::AcqRel) == WOKEN {
+      self.shared.woken.fetch_sub(1, Ordering::AcqRel);
+    }
+  }
+}
+
+/// A waker that counts the wake and gets the task driven, around tokio's own.
+struct Counting {
+  inner: Waker,
+  task: Arc<TaskState>,
+  shared: Arc<Shared>,
+}
+
+impl Wake for Counting {
+  fn wake(self: Arc<Self>) {
+    self.wake_by_ref();
+  }
+
+  fn wake_by_ref(self: &Arc<Self>) {
+    self.task.woken();
+    if std::thread::current().id() == self.shared.owner {
+      if let Some(local) = local() {
+        if local.driving.get() {
+          // Inside the runtime: straight to its run queue.
+          self.inner.wake_by_ref();
+        } else {
+          // From JS (a close, a dequeue): passed on inside the next drive.
+          local.wakes.borrow_mut().push(self.inner.clone());
+          local.schedule();
+        }
+        return;
+      }
+    }
+    self.inner.wake_by_ref();
+    self.shared.wake_from_elsewhere();
+  }
+}
+
+/// A task of the JS-thread runtime: whether it waits to run is counted (see
+/// `Local::drive`).
+struct Tracked<F> {
+  inner: Pin<Box<F>>,
+  task: Arc<TaskState>,
+  /// tokio's waker and ours around it, from the last poll.
+  waker: Option<(Waker, Waker)>,
+}
+
+impl<F> Tracked<F> {
+  /// A task that is about to be spawned: counted as woken until its first poll.
+  fn new(future: F, shared: Arc<Shared>) -> Self {
+    let task = Arc::new(TaskState {
+      state: AtomicU8::new(IDLE),
+      shared,
+    });
+    task.woken();
+    Self {
+      inner: Box::pin(future),
+      task,
+      waker: None,
+    }
+  }
+}
+
+impl<F> Drop for Tracked<F> {
+  fn drop(&mut self) {
+    self.task.leave_woken(DONE);
+  }
+}
+
+impl<F: Future> Future for Tracked<F> {
+  type Output = F::Output;
+
+  fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    let this = &mut *self;
+    this.task.leave_woken(IDLE);
+    let ours = match &this.waker {
+      Some((theirs, ours)) if theirs.will_wake(cx.waker()) => ours.clone(),
+      _ => {
+        let ours = Waker::from(Arc::new(Counting {
+          inner: cx.waker().clone(),
+          task: Arc::clone(&this.task),
+          shared: Arc::clone(&this.task.shared),
+        }));
+        this.waker = Some((cx.waker().clone(), ours.clone()));
+        ours
+      }
+    };
+    this.inner.as_mut().poll(&mut Context::from_waker(&ours))
+  }
 }

@@ -1,0 +1,248 @@
+/**
+ * Where the async work runs (issue 13): on Linux under Node each JS thread drives its own
+ * tokio runtime from its libuv loop; `FD_QUEUE_DRIVER=threads` (and hosts without libuv)
+ * fall back to a tokio worker thread. Both must deliver every event, however many become
+ * ready at once, on the main thread and in workers.
+ */
+import test from 'ava'
+import { execFile } from 'node:child_process'
+import { once } from 'node:events'
+import * as fs from 'node:fs'
+import { promisify } from 'node:util'
+import { Worker } from 'node:worker_threads'
+import { AsyncUnixStream, connect, FdSocket, runtimeInfo } from '../index.js'
+import { fdIdentity, pathIdentity, ROOT, settledOpenFds, startFixture, tmpFile, tmpSocketPath } from './helpers.js'
+import { withTimeout } from './async-helpers.js'
+
+const T = 30_000
+const expected = process.env.FD_QUEUE_DRIVER === 'threads' ? 'threads' : 'libuv'
+
+let baseline = 0
+test.before(async () => {
+  const [a, b] = AsyncUnixStream.pair()
+  await a.write('warm')
+  await b.read()
+  a.close()
+  b.close()
+  baseline = await settledOpenFds()
+})
+test.after.always('no fd of this file leaked', async (t) => {
+  t.is(await settledOpenFds(), baseline)
+})
+
+test('runtimeInfo(): the JS-thread driver on Linux, the threaded one when FD_QUEUE_DRIVER=threads asks', async (t) => {
+  const here = runtimeInfo()
+  t.is(here.driver, expected)
+  t.true(here.reason.length > 0)
+  const probe = `const { runtimeInfo } = require(${JSON.stringify(ROOT)}); console.log(JSON.stringify(runtimeInfo()))`
+  for (const [driver, env] of [
+    ['threads', { FD_QUEUE_DRIVER: 'threads' }],
+    ['libuv', { FD_QUEUE_DRIVER: '' }],
+  ] as const) {
+    const { stdout } = await promisify(execFile)(process.execPath, ['-e', probe], {
+      env: { ...process.env, ...env },
+      timeout: T,
+    })
+    t.is(JSON.parse(stdout.trim()).driver, driver)
+  }
+})
+
+/** `n` pairs, each with a read waiting, then every peer writes in one JS turn. */
+async function manyReadyAtOnce(n: number, file: string): Promise<number> {
+  const fd = fs.openSync(file, 'r')
+  const pairs = Array.from({ length: n }, () => AsyncUnixStream.pair())
+  try {
+    const reads = pairs.map(([, b]) => b.read())
+    // Every socket becomes readable before the runtime runs again: one reactor turn finds
+    // them all, more than tokio runs in one round.
+    const writes = pairs.map(([a]) => {
+      a.enqueue(fd)
+      return a.write('x')
+    })
+    await withTimeout(Promise.all(writes), T, 'writes')
+    const chunks = await withTimeout(Promise.all(reads), T, `${n} reads`)
+    let good = 0
+    for (const [i, chunk] of chunks.entries()) {
+      const received = pairs[i][1].dequeue()
+      if (chunk.toString() === 'x' && received !== null && fdIdentity(received) === pathIdentity(file)) good++
+      if (received !== null) fs.closeSync(received)
+    }
+    return good
+  } finally {
+    fs.closeSync(fd)
+    for (const [a, b] of pairs) {
+      a.close()
+      b.close()
+    }
+  }
+}
+
+test('AsyncUnixStream: 600 reads that become ready in the same instant all resolve, each with its fd', async (t) => {
+  const file = tmpFile('many')
+  t.is(await manyReadyAtOnce(600, file), 600)
+})
+
+test('FdSocket: 600 sockets that become readable in the same instant all deliver their chunk and fd', async (t) => {
+  const file = tmpFile('many-duplex')
+  const fd = fs.openSync(file, 'r')
+  const pairs = Array.from({ length: 600 }, () => FdSocket.pair())
+  try {
+    const arrived = pairs.map(
+      ([, b]) =>
+        new Promise<boolean>((resolve, reject) => {
+          b.once('data', (chunk: Buffer) => {
+            const received = b.dequeue()
+            const same = received !== null && fdIdentity(received) === pathIdentity(file)
+            if (received !== null) fs.closeSync(received)
+            resolve(chunk.toString() === 'y' && same)
+          })
+          b.once('error', reject)
+        }),
+    )
+    for (const [a] of pairs) {
+      a.enqueue(fd)
+      a.write('y')
+    }
+    const results = await withTimeout(Promise.all(arrived), T, '600 chunks')
+    t.is(results.filter(Boolean).length, 600)
+  } finally {
+    fs.closeSync(fd)
+    await Promise.all(
+      pairs.flat().map(
+        (s) =>
+          new Promise((resolve) => {
+            s.once('close', resolve)
+            s.destroy()
+          }),
+      ),
+    )
+  }
+})
+
+test('a worker thread drives its own runtime: its streams work, and so do ours meanwhile', async (t) => {
+  const file = tmpFile('worker')
+  const worker = new Worker(
+    `
+    const { parentPort } = require('node:worker_threads')
+    const fs = require('node:fs')
+    const { AsyncUnixStream, closeFd, runtimeInfo } = require(${JSON.stringify(ROOT)})
+    ;(async () => {
+      const fd = fs.openSync(${JSON.stringify(file)}, 'r')
+      const [a, b] = AsyncUnixStream.pair()
+      const read = b.read()
+      a.enqueue(fd)
+      await a.write('w')
+      await read
+      const got = b.dequeue()
+      const st = fs.fstatSync(got)
+      closeFd(got) // not fs.closeSync: this worker did not open it through fs
+      fs.closeSync(fd)
+      a.close()
+      b.close()
+      parentPort.postMessage({ info: runtimeInfo(), ino: st.ino, dev: st.dev })
+    })().catch((e) => parentPort.postMessage({ error: String(e && e.stack) }))
+    `,
+    { eval: true },
+  )
+  const [a, b] = AsyncUnixStream.pair()
+  try {
+    const ours = b.read()
+    const message = await withTimeout(
+      new Promise<any>((resolve, reject) => {
+        worker.once('message', resolve)
+        worker.once('error', reject)
+      }),
+      T,
+      'the worker',
+    )
+    t.falsy(message.error, message.error)
+    t.is(message.info.driver, expected)
+    const st = fs.statSync(file)
+    t.is(`${message.dev}:${message.ino}`, `${st.dev}:${st.ino}`)
+    await a.write('main')
+    t.is((await withTimeout(ours, T, 'our read')).toString(), 'main')
+  } finally {
+    a.close()
+    b.close()
+    await worker.terminate()
+  }
+})
+
+test('1000 FdSocket connections to an FdServer in another process: 25 acked messages with 4 fds each, none stalls', async (t) => {
+  // Every ack makes its socket readable at about the same time: most reactor turns wake
+  // hundreds of tasks, and every one of them must run without a further event.
+  const conns = 1000
+  const rounds = 25
+  const size = 16
+  const socketPath = tmpSocketPath()
+  const server = startFixture('ack-server', [socketPath, String(conns), String(size)], { timeoutMs: 120_000 })
+  const devnull = fs.openSync('/dev/null', 'r')
+  const sockets: FdSocket[] = []
+  try {
+    await server.waitForLine(/^listening$/)
+    let next = 0
+    await withTimeout(
+      Promise.all(
+        Array.from({ length: 32 }, async () => {
+          while (next < conns) {
+            next++
+            const socket = connect(socketPath)
+            sockets.push(socket)
+            await once(socket, 'connect')
+          }
+        }),
+      ),
+      T,
+      'connecting',
+    )
+    const message = Buffer.alloc(size, 'm')
+    const stalled = new Set(sockets)
+    await withTimeout(
+      Promise.all(
+        sockets.map(
+          (socket) =>
+            new Promise<void>((resolve, reject) => {
+              let sent = 0
+              let acked = 0
+              const send = () => {
+                while (sent < rounds && sent - acked < 2) {
+                  for (let i = 0; i < 4; i++) socket.enqueue(devnull)
+                  socket.write(message)
+                  sent++
+                }
+              }
+              socket.on('data', (chunk: Buffer) => {
+                acked += chunk.length
+                if (acked < rounds) return send()
+                stalled.delete(socket)
+                resolve()
+              })
+              socket.on('error', reject)
+              send()
+            }),
+        ),
+      ),
+      T,
+      'the acks',
+    ).catch((error) => {
+      throw new Error(`${error.message}; ${stalled.size} connections stalled`)
+    })
+    await Promise.all(
+      sockets.map((socket) => {
+        const closed = once(socket, 'close')
+        socket.end()
+        return closed
+      }),
+    )
+    const result = await server.done
+    t.deepEqual(JSON.parse(result.stdout.trim().split('\n').pop()!), {
+      accepted: conns,
+      bytes: conns * rounds * size,
+      fds: conns * rounds * 4,
+    })
+  } finally {
+    fs.closeSync(devnull)
+    for (const socket of sockets) socket.destroy()
+    server.child.kill()
+  }
+})
