@@ -35,7 +35,7 @@ test.before(async () => {
   baseline = await settledOpenFds()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** One read, as a string (streams from `pair()` have a read timeout as a safety net). */

@@ -37,15 +37,15 @@ function track<T extends { close(): unknown } | { destroy(): unknown }>(thing: T
   open.push(thing)
   return thing
 }
-test.afterEach.always(() => {
-  killDrivers()
+test.afterEach.always(async () => {
+  await killDrivers()
   for (const thing of open.splice(0)) {
     if ('destroy' in thing) thing.destroy()
     else thing.close()
   }
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** A directory uid 65534 can enter and create in, with a world-readable file to pass. */
@@ -131,7 +131,8 @@ for (const [who, uid] of users) {
     stream.close()
     t.like(await child.waitFor((l) => l.end !== undefined), { end: 'eof' })
     listener.close()
-    t.is(await settledOpenFds(), baseline)
+    await child.exited // its stdio pipes are ours until it is gone
+    t.is(await settledOpenFds(baseline), baseline)
   })
 
   test.serial(`AsyncUnixStream.peerCredentials() is the connecting child's (${who})`, async (t) => {
@@ -154,7 +155,8 @@ for (const [who, uid] of users) {
     stream.close()
     t.like(await child.waitFor((l) => l.end !== undefined), { end: 'eof' })
     listener.close()
-    t.is(await settledOpenFds(), baseline)
+    await child.exited // its stdio pipes are ours until it is gone
+    t.is(await settledOpenFds(baseline), baseline)
   })
 
   test.serial(`FdSocket.peerCredentials() is the connecting child's (${who})`, async (t) => {
@@ -182,7 +184,8 @@ for (const [who, uid] of users) {
     socket.destroy()
     server.close()
     await onceEvent(server, 'close')
-    t.is(await settledOpenFds(), baseline)
+    await child.exited
+    t.is(await settledOpenFds(baseline), baseline)
   })
 }
 
@@ -229,7 +232,8 @@ test.serial('allowedUids: an allowed uid (65534) connects and passes an fd; root
   socket.destroy()
   server.close()
   await onceEvent(server, 'close')
-  t.is(await settledOpenFds(), baseline)
+  await child.exited
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial(
@@ -263,7 +267,7 @@ test.serial(
     socket.destroy()
     server.close()
     await onceEvent(server, 'close')
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -326,5 +330,5 @@ test.serial('peerCredentials() on closed or unconnected streams: typed errors', 
   e.destroy()
   t.is(thrown(() => e.peerCredentials()).code, 'ERR_SOCKET_CLOSED')
   f.destroy()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })

@@ -56,7 +56,7 @@ test.before(async () => {
   baseline = await warmedUpFdBaseline()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** Destroys the sockets (and closes the servers) when the test ends. */
@@ -435,7 +435,7 @@ test.serial(
       t.deepEqual(verified.get(c), [content(c, 0), content(c, 1), content(c, 2)], `client ${c}`)
     }
     await withTimeout(new Promise<void>((resolve) => server.close(() => resolve())), T, 'server close')
-    t.is(await settledOpenFds(), before, 'every socket and fd closed again')
+    t.is(await settledOpenFds(before), before, 'every socket and fd closed again')
   },
 )
 
@@ -669,7 +669,7 @@ test.serial('destroy() is idempotent and closes everything: the socket, unsent f
   }
   listener.close()
   for (const fifo of [unsent, undequeued, staged, behind]) fifo.close()
-  t.is(await settledOpenFds(), before, 'fd count back to where it was')
+  t.is(await settledOpenFds(before), before, 'fd count back to where it was')
 })
 
 test.serial("fds of a chunk are dequeue-able in its 'data' handler, announced by 'fds' first (pair)", async (t) => {

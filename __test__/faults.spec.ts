@@ -60,16 +60,14 @@ let baseline = 0
 test.before(async () => {
   baseline = await warmedUpFdBaseline()
 })
-test.after.always('every driver is killed', () => {
-  killDrivers()
-})
+test.after.always('every driver is killed', () => killDrivers())
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 /** FIFOs of the running test, closed after it whatever happened (assertions throw in ava 7). */
 const fifos: Fifo[] = []
-test.afterEach.always(() => {
-  killDrivers()
+test.afterEach.always(async () => {
+  await killDrivers()
   for (const fifo of fifos.splice(0)) fifo.close()
 })
 
@@ -175,7 +173,7 @@ async function afterKill(t: any, fifo: Fifo & { closeOurWriteEnd(): void }, chec
   t.is(checker.lateFds, 0, 'each fd came with its message')
   t.true(await writerGone(fifo), 'no copy of the FIFO write end is left: every fd received was closed')
   fifo.close()
-  t.is(await settledOpenFds(), baseline, 'fd count back to baseline')
+  t.is(await settledOpenFds(baseline), baseline, 'fd count back to baseline')
   t.log(`${checker.fds} fds received before and after the SIGKILL, all closed`)
 }
 
@@ -311,7 +309,7 @@ test.serial(
     stream.close()
     t.true(await writerGone(fifo), 'closing the stream released every fd in flight')
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -361,7 +359,7 @@ test.serial(
     t.true(await writerGone(fifo), 'every duplicate (queued, in a failed write, in flight) is closed before close()')
     stream.close()
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -402,7 +400,7 @@ test.serial(
     )
     stream.close()
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -440,7 +438,7 @@ test.serial(
     fifo.closeOurWriteEnd()
     t.true(await writerGone(fifo), 'no duplicate survives')
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -463,7 +461,7 @@ test.serial('EPIPE on a blocking write with fds queued: typed error, the duplica
   t.is(a.dequeue(), null)
   a.close()
   fifo.close()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial(
@@ -481,7 +479,7 @@ test.serial(
     t.false(fifo.isWriterOpen(), 'the failed write closed the duplicates, before close()')
     a.close()
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -507,7 +505,7 @@ test.serial(
     t.true(a.destroyed)
     t.false(fifo.isWriterOpen(), 'the duplicates are closed')
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -530,7 +528,7 @@ test.serial(
     t.is(a.read(Buffer.alloc(16)), 0, 'then end of stream')
     a.close()
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -550,7 +548,7 @@ test.serial('ECONNRESET with fds queued: async read rejects, the write fails, no
   t.is((await a.read()).length, 0, 'then end of stream')
   a.close()
   fifo.close()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial("ECONNRESET with fds staged: FdSocket emits 'error' ECONNRESET and closes the staged fds", async (t) => {
@@ -579,7 +577,7 @@ test.serial("ECONNRESET with fds staged: FdSocket emits 'error' ECONNRESET and c
   t.true(a.destroyed)
   t.false(fifo.isWriterOpen(), 'the staged duplicates are closed')
   fifo.close()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 // ---- EAGAIN under backpressure: 100k messages, every fd checked -------------------------
@@ -614,7 +612,7 @@ test.serial(
     t.true(result.pauses >= 3)
     t.true(longestWait >= 100, 'writes waited for the paused receiver: the sends met EAGAIN and were retried')
     seq.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -655,7 +653,7 @@ test.serial(`EAGAIN with a tiny SO_SNDBUF: FdSocket sends ${MESSAGES} fds, none 
   t.true(longestDrain >= 100, 'the sends waited for the paused receiver (EAGAIN)')
   socket.destroy()
   seq.close()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** Consumes the connection the driver makes, checking every byte and fd with `checker`. */
@@ -755,12 +753,12 @@ async function listenBlocking(sock: string): Promise<Consume> {
 
 test.serial(`a peer sending through a tiny SO_SNDBUF: AsyncUnixStream receives ${MESSAGES} fds in order`, async (t) => {
   await receiveSequence(t, MESSAGES, 10_000, 20_000, listenAsync)
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial(`a peer sending through a tiny SO_SNDBUF: FdSocket receives ${MESSAGES} fds in order`, async (t) => {
   await receiveSequence(t, MESSAGES, 10_000, 20_000, listenFdSocket)
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 // ---- EINTR: a signal storm at the receiving process --------------------------------------
@@ -799,7 +797,7 @@ for (const [name, listen] of [
     await underSignalStorm(t, async () => {
       await receiveSequence(t, STORM_MESSAGES, 200, 2000, listen)
     })
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   })
 }
 
@@ -863,7 +861,7 @@ test.serial(
       checkReceived(t, await driver2.waitFor((l) => l.result === 'received'), STORM_MESSAGES)
     })
     seq.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -920,7 +918,7 @@ for (const mode of ['async', 'fdsocket'] as const) {
         child.child.kill('SIGKILL')
         listener.close()
       }
-      t.is(await settledOpenFds(), baseline)
+      t.is(await settledOpenFds(baseline), baseline)
     },
   )
 }
@@ -956,7 +954,7 @@ for (const mode of ['async', 'fdsocket'] as const) {
         child.child.kill('SIGKILL')
         listener.close()
       }
-      t.is(await settledOpenFds(), baseline)
+      t.is(await settledOpenFds(baseline), baseline)
     },
   )
 }
@@ -1025,7 +1023,7 @@ test.serial(
       for (const listener of listeners) listener.close()
     }
     t.log(`${cases} permission faults, all EACCES with syscall and path`)
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -1085,7 +1083,7 @@ test.serial(
     peer.close()
     listener.close()
     t.false(fs.existsSync(sock))
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -1130,6 +1128,6 @@ test.serial(
     stream.close()
     listener.close()
     t.log(`${cases} over-long paths refused`)
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )

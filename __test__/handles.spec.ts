@@ -57,7 +57,7 @@ test.after.always('kill examples that are still running', () => {
 })
 
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -448,7 +448,7 @@ test.serial(
       }
     }
     unbound.close()
-    t.is(await settledOpenFds(), before, 'no fd was opened, duplicated or leaked by the refusals')
+    t.is(await settledOpenFds(before), before, 'no fd was opened, duplicated or leaked by the refusals')
   },
 )
 

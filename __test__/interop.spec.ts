@@ -85,7 +85,7 @@ test.after.always('kill peers that are still running', () => {
 })
 
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {

@@ -15,7 +15,7 @@ test.before(async () => {
   baseline = await settledOpenFds()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** A child needs ~0.5 s to start with tsx; it gets this long from spawn to exit. */
