@@ -33,7 +33,7 @@ import {
   UnixListener,
   UnixStream,
 } from '../index.js'
-import { openFds, readAt, ROOT, settledOpenFds, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
+import { openFds, readAt, ROOT, scaled, settledOpenFds, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
 import { dequeueAll, onceEvent, readExactly, sleep, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
 let baseline = 0
@@ -965,7 +965,7 @@ function runNode(
     let stderr = ''
     child.stdout.on('data', (c) => (stdout += c))
     child.stderr.on('data', (c) => (stderr += c))
-    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+    const timer = setTimeout(() => child.kill('SIGKILL'), scaled(15_000))
     child.on('error', reject)
     child.on('close', (code, signal) => {
       clearTimeout(timer)

@@ -896,7 +896,7 @@ test.serial('a socket nobody reads still ends and closes once its peer is gone (
   const [data] = await onceEvent(client, 'data', T)
   t.is(String(data), 'hello')
   client.destroy()
-  await withTimeout(closed(sides[0]), 3000, "the unread server-side socket's 'close'")
+  await withTimeout(closed(sides[0]), T, "the unread server-side socket's 'close'")
   t.is(sides[0].fd, -1)
 })
 

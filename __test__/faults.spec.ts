@@ -32,6 +32,7 @@ import {
   openFds,
   pathIdentity,
   ROOT,
+  scaled,
   settledOpenFds,
   startFixture,
   thrown,
@@ -132,9 +133,9 @@ function watchedFifo(): Fifo & { closeOurWriteEnd(): void } {
   })
 }
 
-/** Polls until every write end of the FIFO is closed (the kernel releases in-flight fds at once, but give it 2 s). */
+/** Polls until every write end of the FIFO is closed (the kernel releases in-flight fds at once, but give it 10 s, scaled). */
 async function writerGone(fifo: Fifo): Promise<boolean> {
-  for (const deadline = Date.now() + 2000; Date.now() < deadline;) {
+  for (const deadline = Date.now() + scaled(10_000); Date.now() < deadline;) {
     if (!fifo.isWriterOpen()) return true
     await sleep(10)
   }

@@ -38,6 +38,7 @@ import {
   pathIdentity,
   readAt,
   ROOT,
+  scaled,
   settledOpenFds,
   thrown,
   tmpDir,
@@ -60,7 +61,9 @@ test.after.always('no fd of this file leaked', async (t) => {
   t.is(await settledOpenFds(baseline), baseline)
 })
 
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+/** A hang guard: `promise`, or a rejection once `budgetMs` (scaled by FDQ_TIME_SCALE) passed. */
+function withTimeout<T>(promise: Promise<T>, budgetMs: number, what: string): Promise<T> {
+  const ms = scaled(budgetMs)
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
@@ -651,7 +654,7 @@ function runExample(script: string, args: string[], timeoutMs = 60_000): Promise
   let stderr = ''
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
+  const timer = setTimeout(() => child.kill('SIGKILL'), scaled(timeoutMs))
   return new Promise((resolve, reject) => {
     child.on('error', reject)
     child.on('close', (code, signal) => {
