@@ -80,6 +80,11 @@ function socketAndPeer(t: ExecutionContext): { socket: FdSocket; peer: AsyncUnix
   return { socket, peer }
 }
 
+/** Resolves once `condition()` holds, checking every 5 ms (wrap it in withTimeout). */
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await sleep(5)
+}
+
 function closed(socket: FdSocket): Promise<void> {
   if (socket.closed) return Promise.resolve()
   return withTimeout(new Promise<void>((resolve) => socket.once('close', () => resolve())), T, 'socket close')
@@ -1009,15 +1014,26 @@ test.serial('FdSocket reading pauses at maxQueuedFds and resumes on dequeue; all
     writes.push(peer.write(String(i)))
   }
   await withTimeout(Promise.all(writes), T, 'ten one-fd writes')
+  await withTimeout(
+    until(() => text.length >= 3),
+    T,
+    'the chunks up to the limit',
+  )
+  // Reading must stop here. A short wait cannot prove that it never goes on: on a slow
+  // machine it can only miss a bug, never fail a good build.
   await sleep(300)
   t.is(socket.queuedInboundFds, 3, 'reading stopped with 3 fds waiting')
   t.is(text, '012', 'the chunks after the limit were not read yet')
   const received: number[] = []
   t.teardown(() => closeAll(received))
-  for (let round = 0; round < 20 && received.length < 10; round++) {
-    received.push(...dequeueAll(socket))
-    await sleep(50)
-  }
+  await withTimeout(
+    until(() => {
+      received.push(...dequeueAll(socket))
+      return received.length >= 10 && text.length >= 10
+    }),
+    T,
+    'every chunk and fd, dequeueing as they come',
+  )
   t.is(text, '0123456789')
   t.is(received.length, 10, 'none lost')
   t.deepEqual(
