@@ -302,8 +302,8 @@ test.serial(
     const [fd] = dequeueAll(stream)
     t.is(fdIdentity(fd), pathIdentity(fifo.path))
     fs.closeSync(fd)
-    // let the driver fill the socket buffer with fd-carrying messages, then kill it
-    await sleep(100)
+    // let the driver put more fd-carrying messages into the socket buffer, then kill it
+    await driver.waitFor((l) => l.sent !== undefined)
     driver.kill()
     await driver.exited
     t.true(fifo.isWriterOpen(), 'fds are in flight in our receive queue')
@@ -329,6 +329,9 @@ test.serial(
     const driver = startRecvNone(sock)
     const stream = await withTimeout(listener.accept(), 10_000, 'accept')
     listener.close()
+    // A minimal send buffer holds a few messages: the 64 writes before the first check cannot
+    // all fit, so a write still pending there is pending for good (however slow we are).
+    await setSocketBuffers(stream.fd, 1, 0)
     // Stream fd-carrying writes until one stays pending (the socket buffer is full).
     const outcomes: Array<Promise<{ ok: boolean; error?: any }>> = []
     let stalled = false
