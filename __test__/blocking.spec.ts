@@ -411,22 +411,25 @@ test.serial('setReadTimeout: reads that time out while a peer process is slow lo
   const file = tmpFile('sent late by a child')
   const socketPath = tmpSocketPath()
   const listener = UnixListener.bind(socketPath)
+  // The child sends only once it got a byte from us, which we write after two timeouts.
   const child = startFixture('send-fds', [
-    JSON.stringify({ connect: socketPath, messages: [{ data: 'late data', files: [file], delayMs: 400 }] }),
+    JSON.stringify({ connect: socketPath, messages: [{ data: 'late data', files: [file], afterByte: true }] }),
   ])
   await child.waitForLine(/^connected$/)
   const stream = listener.accept()
   stream.setReadTimeout(50)
   let timeouts = 0
   let data = ''
-  const deadline = Date.now() + 10_000
-  while (Date.now() < deadline) {
+  const deadline = Date.now() + scaled(10_000)
+  while (data.length < 'late data'.length && Date.now() < deadline) {
     try {
-      data = readString(stream)
-      break
+      const part = readString(stream)
+      if (part === '') break // end of stream: the child failed (its stderr says why)
+      data += part
     } catch (error) {
       if ((error as { code?: string }).code !== 'ETIMEDOUT') throw error
       timeouts += 1
+      if (timeouts === 2) stream.write('!')
     }
   }
   t.true(timeouts >= 2, `only ${timeouts} timeouts before the data`)
