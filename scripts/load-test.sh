@@ -73,7 +73,7 @@ stop_background() {
 trap 'stop_background; exit 130' INT TERM
 trap stop_background EXIT
 
-echo "load test: $RUNS runs of 'ava $*' while a second copy of the suite runs alongside ($(nproc) cores, FDQ_TIME_SCALE=${FDQ_TIME_SCALE:-1}); logs in $LOGS"
+echo "load test: $RUNS runs of 'ava${*:+ $*}' while a second copy of the suite runs alongside ($(nproc) cores, FDQ_TIME_SCALE=${FDQ_TIME_SCALE:-1}); logs in $LOGS"
 failed=0
 total_start=$SECONDS
 for i in $(seq 1 "$RUNS"); do
