@@ -10,6 +10,13 @@ import type { Readable } from 'node:stream'
 import { FdSocket, type AsyncUnixStream, type DequeueFd } from '../index.js'
 import { scaled, settledOpenFds, tmpDir } from './helpers.js'
 
+/**
+ * Never synchronisation that a result depends on: to wait for something, wait for its
+ * event. Only a short wait before checking that something did NOT happen (a read stays
+ * paused, no 'close' yet), which on a slow machine can miss a bug but cannot fail a good
+ * build, or a chance for something to get going (a read to be pending) where the test
+ * passes either way.
+ */
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
