@@ -170,13 +170,15 @@ test.serial(
     let peak = base
     let maxWritable = 0
     let maxReadable = 0
-    const sampler = setInterval(() => {
+    // One sample per MiB received, at the end of the consumer's pause (when the buffers are
+    // fullest), not one per 40 ms: a full gc() on a clock takes the whole CPU of a slow
+    // machine and starved the transfer (it timed out at about 10x slower).
+    const sample = () => {
       gc()
       peak = Math.max(peak, process.memoryUsage().rss)
       maxWritable = Math.max(maxWritable, a.writableLength)
       maxReadable = Math.max(maxReadable, b.readableLength)
-    }, 40)
-    t.teardown(() => clearInterval(sampler))
+    }
     // A consumer slower than the file: without backpressure the file would pile up in memory.
     const hash = crypto.createHash('sha256')
     let received = 0
@@ -185,8 +187,12 @@ test.serial(
         hash.update(chunk)
         const before = received
         received += chunk.length
-        if (Math.floor(received / (1 << 20)) !== Math.floor(before / (1 << 20))) setTimeout(cb, 4)
-        else cb()
+        if (Math.floor(received / (1 << 20)) !== Math.floor(before / (1 << 20))) {
+          setTimeout(() => {
+            sample()
+            cb()
+          }, 4)
+        } else cb()
       },
     })
     await withTimeout(
@@ -194,7 +200,6 @@ test.serial(
       60_000,
       '64 MiB transfer',
     )
-    clearInterval(sampler)
     t.is(received, SIZE)
     t.is(hash.digest('hex'), expected.digest('hex'))
     const growth = (peak - base) / 2 ** 20
