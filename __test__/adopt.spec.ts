@@ -41,7 +41,7 @@ test.before(async () => {
   baseline = await warmedUpFdBaseline()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** A second fd of the same socket or file, ours to own (as a peer would send it). */

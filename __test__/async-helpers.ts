@@ -6,15 +6,27 @@
 import { once as eventsOnce, type EventEmitter } from 'node:events'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
+import type { Readable } from 'node:stream'
 import { FdSocket, type AsyncUnixStream, type DequeueFd } from '../index.js'
-import { settledOpenFds, tmpDir } from './helpers.js'
+import { scaled, settledOpenFds, tmpDir } from './helpers.js'
 
+/**
+ * Never synchronisation that a result depends on: to wait for something, wait for its
+ * event. Only a short wait before checking that something did NOT happen (a read stays
+ * paused, no 'close' yet), which on a slow machine can miss a bug but cannot fail a good
+ * build, or a chance for something to get going (a read to be pending) where the test
+ * passes either way.
+ */
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
-/** `promise`, or a rejection naming `what` once `ms` passed (so no test can hang). */
-export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+/**
+ * `promise`, or a rejection naming `what` once `budgetMs` (scaled by FDQ_TIME_SCALE) passed,
+ * so no test can hang. Only a hang guard: never use it to decide that something did not happen.
+ */
+export function withTimeout<T>(promise: Promise<T>, budgetMs: number, what: string): Promise<T> {
+  const ms = scaled(budgetMs)
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
@@ -107,6 +119,33 @@ export async function readExactly(stream: AsyncUnixStream, n: number, ms = 10_00
     got += part.length
   }
   return Buffer.concat(parts)
+}
+
+/**
+ * The next `n` bytes of a Readable's 'data' events, however many chunks they come in; fails
+ * if the stream ends or errors first. It leaves the stream flowing.
+ */
+export function receiveExactly(stream: Readable, n: number, ms = 10_000): Promise<Buffer> {
+  const parts: Buffer[] = []
+  let got = 0
+  let stop = () => {}
+  const all = new Promise<Buffer>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      parts.push(chunk)
+      got += chunk.length
+      if (got >= n) resolve(Buffer.concat(parts))
+    }
+    const onEnd = () => reject(new Error(`end of stream after ${got} of ${n} bytes`))
+    stream.on('data', onData)
+    stream.on('end', onEnd)
+    stream.on('error', reject)
+    stop = () => {
+      stream.off('data', onData)
+      stream.off('end', onEnd)
+      stream.off('error', reject)
+    }
+  })
+  return withTimeout(all, ms, `${n} bytes`).finally(() => stop())
 }
 
 /** Reads until the empty Buffer of end of stream; the fds that arrived are dequeued as they come. */

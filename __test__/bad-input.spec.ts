@@ -33,7 +33,7 @@ import {
   UnixListener,
   UnixStream,
 } from '../index.js'
-import { openFds, readAt, ROOT, settledOpenFds, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
+import { openFds, readAt, ROOT, scaled, settledOpenFds, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
 import { dequeueAll, onceEvent, readExactly, sleep, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
 let baseline = 0
@@ -41,7 +41,7 @@ test.before(async () => {
   baseline = await warmedUpFdBaseline()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 let casesTried = 0
@@ -611,7 +611,7 @@ test.serial('bad arguments to every method of live objects: typed errors, nothin
   al.close()
   server.close()
   t.log(`${cases.length} cases on live objects`)
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial(
@@ -728,7 +728,7 @@ test.serial(
     t.is(server.address(), again)
     server.close()
     t.log(`${cases.length} cases on closed objects`)
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -852,7 +852,7 @@ for (const event of ['data', 'fds', 'end'] as const) {
       a.destroy()
       await onceEvent(a, 'close').catch(() => {})
       await sleep(20)
-      t.is(await settledOpenFds(), baseline, 'the fds that arrived and were not dequeued were closed')
+      t.is(await settledOpenFds(baseline), baseline, 'the fds that arrived and were not dequeued were closed')
     })
   }
 }
@@ -898,7 +898,7 @@ test.serial(
     other.listen(tmpSocketPath())
     await withTimeout(onceEvent(other, 'close'), 5000, "'close' after closing in 'listening'")
     casesTried += 2
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -948,7 +948,7 @@ test.serial(
     peer.close()
     casesTried += 2
     await sleep(20)
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -965,7 +965,7 @@ function runNode(
     let stderr = ''
     child.stdout.on('data', (c) => (stdout += c))
     child.stderr.on('data', (c) => (stderr += c))
-    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+    const timer = setTimeout(() => child.kill('SIGKILL'), scaled(15_000))
     child.on('error', reject)
     child.on('close', (code, signal) => {
       clearTimeout(timer)

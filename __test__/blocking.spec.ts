@@ -21,6 +21,7 @@ import {
   pathIdentity,
   settledOpenFds,
   readAt,
+  scaled,
   startFixture,
   thrown,
   tmpDir,
@@ -35,7 +36,7 @@ test.before(async () => {
   baseline = await settledOpenFds()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** One read, as a string (streams from `pair()` have a read timeout as a safety net). */
@@ -387,7 +388,7 @@ test.serial('setReadTimeout: a read with no data throws ETIMEDOUT and loses noth
   t.is(error.code, 'ETIMEDOUT')
   t.is(error.errno, -ERRNO.ETIMEDOUT)
   t.is(error.syscall, 'recvmsg')
-  t.true(elapsed >= 50 && elapsed < 3000, `timed out after ${elapsed} ms`)
+  t.true(elapsed >= 50 && elapsed < scaled(3000), `timed out after ${elapsed} ms`)
 
   fd = fs.openSync(late, 'r')
   a.enqueue(fd)
@@ -410,22 +411,25 @@ test.serial('setReadTimeout: reads that time out while a peer process is slow lo
   const file = tmpFile('sent late by a child')
   const socketPath = tmpSocketPath()
   const listener = UnixListener.bind(socketPath)
+  // The child sends only once it got a byte from us, which we write after two timeouts.
   const child = startFixture('send-fds', [
-    JSON.stringify({ connect: socketPath, messages: [{ data: 'late data', files: [file], delayMs: 400 }] }),
+    JSON.stringify({ connect: socketPath, messages: [{ data: 'late data', files: [file], afterByte: true }] }),
   ])
   await child.waitForLine(/^connected$/)
   const stream = listener.accept()
   stream.setReadTimeout(50)
   let timeouts = 0
   let data = ''
-  const deadline = Date.now() + 10_000
-  while (Date.now() < deadline) {
+  const deadline = Date.now() + scaled(10_000)
+  while (data.length < 'late data'.length && Date.now() < deadline) {
     try {
-      data = readString(stream)
-      break
+      const part = readString(stream)
+      if (part === '') break // end of stream: the child failed (its stderr says why)
+      data += part
     } catch (error) {
       if ((error as { code?: string }).code !== 'ETIMEDOUT') throw error
       timeouts += 1
+      if (timeouts === 2) stream.write('!')
     }
   }
   t.true(timeouts >= 2, `only ${timeouts} timeouts before the data`)

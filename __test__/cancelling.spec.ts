@@ -14,7 +14,7 @@ test.before(async () => {
   baseline = await warmedUpFdBaseline()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 function assertAbortError(t: { is: Function; true: Function }, error: any, reason?: unknown): void {

@@ -20,8 +20,8 @@ import {
   UnixStream,
   type PeerCredentials,
 } from '../index.js'
-import { readAt, settledOpenFds, thrown, tmpDir } from './helpers.js'
-import { dequeueAll, onceEvent, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+import { readAt, readExactlySync, scaled, settledOpenFds, thrown, tmpDir } from './helpers.js'
+import { dequeueAll, onceEvent, readExactly, receiveExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 import { killDrivers, startAsUser, type Driver } from './fixtures/driver.js'
 
 const NOBODY = 65534
@@ -37,15 +37,15 @@ function track<T extends { close(): unknown } | { destroy(): unknown }>(thing: T
   open.push(thing)
   return thing
 }
-test.afterEach.always(() => {
-  killDrivers()
+test.afterEach.always(async () => {
+  await killDrivers()
   for (const thing of open.splice(0)) {
     if ('destroy' in thing) thing.destroy()
     else thing.close()
   }
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** A directory uid 65534 can enter and create in, with a world-readable file to pass. */
@@ -114,15 +114,15 @@ for (const [who, uid] of users) {
     const child = startAsUser(['creds', 'blocking', place.sock, place.file], { uid, gid: uid })
     await child.waitFor((l) => l.pid !== undefined)
     const stream = listener.accept()
-    stream.setReadTimeout(10_000)
+    stream.setReadTimeout(scaled(10_000))
     await checkChild(
       t,
       child,
       stream,
       async () => {
         await child.waitFor((l) => l.sent !== undefined)
-        const buf = Buffer.alloc(64)
-        const data = buf.subarray(0, stream.read(buf)).toString()
+        // as many reads as it takes: a stream socket need not return the message in one
+        const data = readExactlySync(stream, `from ${child.child.pid}`.length).toString()
         return { data, fds: dequeueAll(stream) }
       },
       uid,
@@ -131,7 +131,8 @@ for (const [who, uid] of users) {
     stream.close()
     t.like(await child.waitFor((l) => l.end !== undefined), { end: 'eof' })
     listener.close()
-    t.is(await settledOpenFds(), baseline)
+    await child.exited // its stdio pipes are ours until it is gone
+    t.is(await settledOpenFds(baseline), baseline)
   })
 
   test.serial(`AsyncUnixStream.peerCredentials() is the connecting child's (${who})`, async (t) => {
@@ -154,7 +155,8 @@ for (const [who, uid] of users) {
     stream.close()
     t.like(await child.waitFor((l) => l.end !== undefined), { end: 'eof' })
     listener.close()
-    t.is(await settledOpenFds(), baseline)
+    await child.exited // its stdio pipes are ours until it is gone
+    t.is(await settledOpenFds(baseline), baseline)
   })
 
   test.serial(`FdSocket.peerCredentials() is the connecting child's (${who})`, async (t) => {
@@ -171,7 +173,7 @@ for (const [who, uid] of users) {
       child,
       socket,
       async () => {
-        const [data] = (await onceEvent(socket, 'data')) as [Buffer]
+        const data = await receiveExactly(socket, `from ${child.child.pid}`.length)
         return { data: data.toString(), fds: dequeueAll(socket) }
       },
       uid,
@@ -182,7 +184,8 @@ for (const [who, uid] of users) {
     socket.destroy()
     server.close()
     await onceEvent(server, 'close')
-    t.is(await settledOpenFds(), baseline)
+    await child.exited
+    t.is(await settledOpenFds(baseline), baseline)
   })
 }
 
@@ -199,7 +202,7 @@ test.serial('allowedUids: an allowed uid (65534) connects and passes an fd; root
   track(socket)
   const hello = await child.waitFor((l) => l.pid !== undefined)
   t.deepEqual(socket.peerCredentials(), { pid: hello.pid, uid: NOBODY, gid: NOBODY })
-  const [data] = (await onceEvent(socket, 'data')) as [Buffer]
+  const data = await receiveExactly(socket, `from ${hello.pid}`.length)
   t.is(data.toString(), `from ${hello.pid}`)
   const [fd] = dequeueAll(socket)
   t.is(readAt(fd), place.content)
@@ -229,7 +232,8 @@ test.serial('allowedUids: an allowed uid (65534) connects and passes an fd; root
   socket.destroy()
   server.close()
   await onceEvent(server, 'close')
-  t.is(await settledOpenFds(), baseline)
+  await child.exited
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial(
@@ -263,7 +267,7 @@ test.serial(
     socket.destroy()
     server.close()
     await onceEvent(server, 'close')
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -326,5 +330,5 @@ test.serial('peerCredentials() on closed or unconnected streams: typed errors', 
   e.destroy()
   t.is(thrown(() => e.peerCredentials()).code, 'ERR_SOCKET_CLOSED')
   f.destroy()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })

@@ -56,7 +56,7 @@ test.before(async () => {
   baseline = await warmedUpFdBaseline()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** Destroys the sockets (and closes the servers) when the test ends. */
@@ -78,6 +78,11 @@ function socketAndPeer(t: ExecutionContext): { socket: FdSocket; peer: AsyncUnix
   const socket = FdSocket.from(a)
   cleanup(t, socket)
   return { socket, peer }
+}
+
+/** Resolves once `condition()` holds, checking every 5 ms (wrap it in withTimeout). */
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await sleep(5)
 }
 
 function closed(socket: FdSocket): Promise<void> {
@@ -165,13 +170,15 @@ test.serial(
     let peak = base
     let maxWritable = 0
     let maxReadable = 0
-    const sampler = setInterval(() => {
+    // One sample per MiB received, at the end of the consumer's pause (when the buffers are
+    // fullest), not one per 40 ms: a full gc() on a clock takes the whole CPU of a slow
+    // machine and starved the transfer (it timed out at about 10x slower).
+    const sample = () => {
       gc()
       peak = Math.max(peak, process.memoryUsage().rss)
       maxWritable = Math.max(maxWritable, a.writableLength)
       maxReadable = Math.max(maxReadable, b.readableLength)
-    }, 40)
-    t.teardown(() => clearInterval(sampler))
+    }
     // A consumer slower than the file: without backpressure the file would pile up in memory.
     const hash = crypto.createHash('sha256')
     let received = 0
@@ -180,8 +187,12 @@ test.serial(
         hash.update(chunk)
         const before = received
         received += chunk.length
-        if (Math.floor(received / (1 << 20)) !== Math.floor(before / (1 << 20))) setTimeout(cb, 4)
-        else cb()
+        if (Math.floor(received / (1 << 20)) !== Math.floor(before / (1 << 20))) {
+          setTimeout(() => {
+            sample()
+            cb()
+          }, 4)
+        } else cb()
       },
     })
     await withTimeout(
@@ -189,7 +200,6 @@ test.serial(
       60_000,
       '64 MiB transfer',
     )
-    clearInterval(sampler)
     t.is(received, SIZE)
     t.is(hash.digest('hex'), expected.digest('hex'))
     const growth = (peak - base) / 2 ** 20
@@ -435,7 +445,7 @@ test.serial(
       t.deepEqual(verified.get(c), [content(c, 0), content(c, 1), content(c, 2)], `client ${c}`)
     }
     await withTimeout(new Promise<void>((resolve) => server.close(() => resolve())), T, 'server close')
-    t.is(await settledOpenFds(), before, 'every socket and fd closed again')
+    t.is(await settledOpenFds(before), before, 'every socket and fd closed again')
   },
 )
 
@@ -669,7 +679,7 @@ test.serial('destroy() is idempotent and closes everything: the socket, unsent f
   }
   listener.close()
   for (const fifo of [unsent, undequeued, staged, behind]) fifo.close()
-  t.is(await settledOpenFds(), before, 'fd count back to where it was')
+  t.is(await settledOpenFds(before), before, 'fd count back to where it was')
 })
 
 test.serial("fds of a chunk are dequeue-able in its 'data' handler, announced by 'fds' first (pair)", async (t) => {
@@ -896,7 +906,7 @@ test.serial('a socket nobody reads still ends and closes once its peer is gone (
   const [data] = await onceEvent(client, 'data', T)
   t.is(String(data), 'hello')
   client.destroy()
-  await withTimeout(closed(sides[0]), 3000, "the unread server-side socket's 'close'")
+  await withTimeout(closed(sides[0]), T, "the unread server-side socket's 'close'")
   t.is(sides[0].fd, -1)
 })
 
@@ -1009,15 +1019,26 @@ test.serial('FdSocket reading pauses at maxQueuedFds and resumes on dequeue; all
     writes.push(peer.write(String(i)))
   }
   await withTimeout(Promise.all(writes), T, 'ten one-fd writes')
+  await withTimeout(
+    until(() => text.length >= 3),
+    T,
+    'the chunks up to the limit',
+  )
+  // Reading must stop here. A short wait cannot prove that it never goes on: on a slow
+  // machine it can only miss a bug, never fail a good build.
   await sleep(300)
   t.is(socket.queuedInboundFds, 3, 'reading stopped with 3 fds waiting')
   t.is(text, '012', 'the chunks after the limit were not read yet')
   const received: number[] = []
   t.teardown(() => closeAll(received))
-  for (let round = 0; round < 20 && received.length < 10; round++) {
-    received.push(...dequeueAll(socket))
-    await sleep(50)
-  }
+  await withTimeout(
+    until(() => {
+      received.push(...dequeueAll(socket))
+      return received.length >= 10 && text.length >= 10
+    }),
+    T,
+    'every chunk and fd, dequeueing as they come',
+  )
   t.is(text, '0123456789')
   t.is(received.length, 10, 'none lost')
   t.deepEqual(

@@ -14,7 +14,7 @@ test.before(async () => {
   baseline = await settledOpenFds()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 type ErrorClass = typeof TypeError | typeof RangeError

@@ -9,13 +9,13 @@ import * as net from 'node:net'
 import * as path from 'node:path'
 import { promisify } from 'node:util'
 import { AsyncUnixListener } from '../index.js'
-import { ROOT, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
+import { ROOT, scaled, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
 
 const run = promisify(execFile)
 const example = (name: string) => path.join(ROOT, 'examples', name)
 
 async function node(args: string[], timeout = 20_000) {
-  return run(process.execPath, args, { cwd: ROOT, timeout })
+  return run(process.execPath, args, { cwd: ROOT, timeout: scaled(timeout) })
 }
 
 test('README code blocks that name an example file are that file, verbatim', (t) => {
@@ -67,7 +67,7 @@ test('examples/receiver.mjs and examples/sender.mjs: sizes of the files sent', a
   let stdout = ''
   receiver.stdout.on('data', (chunk) => (stdout += chunk))
   const exited = new Promise<number | null>((resolve) => receiver.on('exit', resolve))
-  const deadline = Date.now() + 10_000
+  const deadline = Date.now() + scaled(10_000)
   while (!fs.existsSync(socketPath) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
   try {
     await node([example('sender.mjs'), socketPath, ...files])

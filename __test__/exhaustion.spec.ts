@@ -16,7 +16,7 @@ test.before(async () => {
   baseline = await warmedUpFdBaseline()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** A child process driven by stdin lines that answers with JSON lines on stdout. */

@@ -32,6 +32,7 @@ import {
   openFds,
   pathIdentity,
   ROOT,
+  scaled,
   settledOpenFds,
   startFixture,
   thrown,
@@ -60,16 +61,14 @@ let baseline = 0
 test.before(async () => {
   baseline = await warmedUpFdBaseline()
 })
-test.after.always('every driver is killed', () => {
-  killDrivers()
-})
+test.after.always('every driver is killed', () => killDrivers())
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 /** FIFOs of the running test, closed after it whatever happened (assertions throw in ava 7). */
 const fifos: Fifo[] = []
-test.afterEach.always(() => {
-  killDrivers()
+test.afterEach.always(async () => {
+  await killDrivers()
   for (const fifo of fifos.splice(0)) fifo.close()
 })
 
@@ -134,9 +133,9 @@ function watchedFifo(): Fifo & { closeOurWriteEnd(): void } {
   })
 }
 
-/** Polls until every write end of the FIFO is closed (the kernel releases in-flight fds at once, but give it 2 s). */
+/** Polls until every write end of the FIFO is closed (the kernel releases in-flight fds at once, but give it 10 s, scaled). */
 async function writerGone(fifo: Fifo): Promise<boolean> {
-  for (const deadline = Date.now() + 2000; Date.now() < deadline;) {
+  for (const deadline = Date.now() + scaled(10_000); Date.now() < deadline;) {
     if (!fifo.isWriterOpen()) return true
     await sleep(10)
   }
@@ -175,7 +174,7 @@ async function afterKill(t: any, fifo: Fifo & { closeOurWriteEnd(): void }, chec
   t.is(checker.lateFds, 0, 'each fd came with its message')
   t.true(await writerGone(fifo), 'no copy of the FIFO write end is left: every fd received was closed')
   fifo.close()
-  t.is(await settledOpenFds(), baseline, 'fd count back to baseline')
+  t.is(await settledOpenFds(baseline), baseline, 'fd count back to baseline')
   t.log(`${checker.fds} fds received before and after the SIGKILL, all closed`)
 }
 
@@ -303,15 +302,15 @@ test.serial(
     const [fd] = dequeueAll(stream)
     t.is(fdIdentity(fd), pathIdentity(fifo.path))
     fs.closeSync(fd)
-    // let the driver fill the socket buffer with fd-carrying messages, then kill it
-    await sleep(100)
+    // let the driver put more fd-carrying messages into the socket buffer, then kill it
+    await driver.waitFor((l) => l.sent !== undefined)
     driver.kill()
     await driver.exited
     t.true(fifo.isWriterOpen(), 'fds are in flight in our receive queue')
     stream.close()
     t.true(await writerGone(fifo), 'closing the stream released every fd in flight')
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -330,6 +329,9 @@ test.serial(
     const driver = startRecvNone(sock)
     const stream = await withTimeout(listener.accept(), 10_000, 'accept')
     listener.close()
+    // A minimal send buffer holds a few messages: the 64 writes before the first check cannot
+    // all fit, so a write still pending there is pending for good (however slow we are).
+    await setSocketBuffers(stream.fd, 1, 0)
     // Stream fd-carrying writes until one stays pending (the socket buffer is full).
     const outcomes: Array<Promise<{ ok: boolean; error?: any }>> = []
     let stalled = false
@@ -361,7 +363,7 @@ test.serial(
     t.true(await writerGone(fifo), 'every duplicate (queued, in a failed write, in flight) is closed before close()')
     stream.close()
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -402,7 +404,7 @@ test.serial(
     )
     stream.close()
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -440,7 +442,7 @@ test.serial(
     fifo.closeOurWriteEnd()
     t.true(await writerGone(fifo), 'no duplicate survives')
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -463,7 +465,7 @@ test.serial('EPIPE on a blocking write with fds queued: typed error, the duplica
   t.is(a.dequeue(), null)
   a.close()
   fifo.close()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial(
@@ -481,7 +483,7 @@ test.serial(
     t.false(fifo.isWriterOpen(), 'the failed write closed the duplicates, before close()')
     a.close()
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -507,7 +509,7 @@ test.serial(
     t.true(a.destroyed)
     t.false(fifo.isWriterOpen(), 'the duplicates are closed')
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -530,7 +532,7 @@ test.serial(
     t.is(a.read(Buffer.alloc(16)), 0, 'then end of stream')
     a.close()
     fifo.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -550,7 +552,7 @@ test.serial('ECONNRESET with fds queued: async read rejects, the write fails, no
   t.is((await a.read()).length, 0, 'then end of stream')
   a.close()
   fifo.close()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial("ECONNRESET with fds staged: FdSocket emits 'error' ECONNRESET and closes the staged fds", async (t) => {
@@ -579,7 +581,7 @@ test.serial("ECONNRESET with fds staged: FdSocket emits 'error' ECONNRESET and c
   t.true(a.destroyed)
   t.false(fifo.isWriterOpen(), 'the staged duplicates are closed')
   fifo.close()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 // ---- EAGAIN under backpressure: 100k messages, every fd checked -------------------------
@@ -614,7 +616,7 @@ test.serial(
     t.true(result.pauses >= 3)
     t.true(longestWait >= 100, 'writes waited for the paused receiver: the sends met EAGAIN and were retried')
     seq.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -655,7 +657,7 @@ test.serial(`EAGAIN with a tiny SO_SNDBUF: FdSocket sends ${MESSAGES} fds, none 
   t.true(longestDrain >= 100, 'the sends waited for the paused receiver (EAGAIN)')
   socket.destroy()
   seq.close()
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** Consumes the connection the driver makes, checking every byte and fd with `checker`. */
@@ -755,12 +757,12 @@ async function listenBlocking(sock: string): Promise<Consume> {
 
 test.serial(`a peer sending through a tiny SO_SNDBUF: AsyncUnixStream receives ${MESSAGES} fds in order`, async (t) => {
   await receiveSequence(t, MESSAGES, 10_000, 20_000, listenAsync)
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial(`a peer sending through a tiny SO_SNDBUF: FdSocket receives ${MESSAGES} fds in order`, async (t) => {
   await receiveSequence(t, MESSAGES, 10_000, 20_000, listenFdSocket)
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 // ---- EINTR: a signal storm at the receiving process --------------------------------------
@@ -799,7 +801,7 @@ for (const [name, listen] of [
     await underSignalStorm(t, async () => {
       await receiveSequence(t, STORM_MESSAGES, 200, 2000, listen)
     })
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   })
 }
 
@@ -863,7 +865,7 @@ test.serial(
       checkReceived(t, await driver2.waitFor((l) => l.result === 'received'), STORM_MESSAGES)
     })
     seq.close()
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -920,7 +922,7 @@ for (const mode of ['async', 'fdsocket'] as const) {
         child.child.kill('SIGKILL')
         listener.close()
       }
-      t.is(await settledOpenFds(), baseline)
+      t.is(await settledOpenFds(baseline), baseline)
     },
   )
 }
@@ -956,7 +958,7 @@ for (const mode of ['async', 'fdsocket'] as const) {
         child.child.kill('SIGKILL')
         listener.close()
       }
-      t.is(await settledOpenFds(), baseline)
+      t.is(await settledOpenFds(baseline), baseline)
     },
   )
 }
@@ -1025,7 +1027,7 @@ test.serial(
       for (const listener of listeners) listener.close()
     }
     t.log(`${cases} permission faults, all EACCES with syscall and path`)
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -1085,7 +1087,7 @@ test.serial(
     peer.close()
     listener.close()
     t.false(fs.existsSync(sock))
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )
 
@@ -1130,6 +1132,6 @@ test.serial(
     stream.close()
     listener.close()
     t.log(`${cases} over-long paths refused`)
-    t.is(await settledOpenFds(), baseline)
+    t.is(await settledOpenFds(baseline), baseline)
   },
 )

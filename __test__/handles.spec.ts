@@ -40,6 +40,7 @@ import {
   pathIdentity,
   readAt,
   ROOT,
+  scaled,
   settledOpenFds,
   thrown,
   tmpDir,
@@ -59,10 +60,12 @@ test.after.always('kill examples that are still running', () => {
 })
 
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+/** A hang guard: `promise`, or a rejection once `budgetMs` (scaled by FDQ_TIME_SCALE) passed. */
+function withTimeout<T>(promise: Promise<T>, budgetMs: number, what: string): Promise<T> {
+  const ms = scaled(budgetMs)
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
@@ -450,7 +453,7 @@ test.serial(
       }
     }
     unbound.close()
-    t.is(await settledOpenFds(), before, 'no fd was opened, duplicated or leaked by the refusals')
+    t.is(await settledOpenFds(before), before, 'no fd was opened, duplicated or leaked by the refusals')
   },
 )
 
@@ -659,7 +662,7 @@ function runExample(script: string, args: string[], timeoutMs = 60_000): Promise
   let stderr = ''
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
+  const timer = setTimeout(() => child.kill('SIGKILL'), scaled(timeoutMs))
   return new Promise((resolve, reject) => {
     child.on('error', reject)
     child.on('close', (code, signal) => {

@@ -12,6 +12,22 @@ import { fileURLToPath } from 'node:url'
 /** The package root (where package.json and node_modules are). */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 
+/**
+ * Multiplier for every wall-clock budget of the suite: `FDQ_TIME_SCALE=10` under emulation
+ * or on a very slow machine. The budgets are hang guards, each many times what its wait
+ * takes on an idle machine, so the default of 1 already rides out a busy one; no test
+ * passes or fails on how fast something happened, only on whether it happened.
+ */
+export const TIME_SCALE = (() => {
+  const value = Number(process.env.FDQ_TIME_SCALE ?? 1)
+  return Number.isFinite(value) && value > 0 ? value : 1
+})()
+
+/** `ms` times {@link TIME_SCALE}: the budget to give a wait that is only a hang guard. */
+export function scaled(ms: number): number {
+  return Math.round(ms * TIME_SCALE)
+}
+
 /** Number of fds open in this process (the directory handle readdir uses counts once, every time). */
 export function openFds(): number {
   return fs.readdirSync('/proc/self/fd').length
@@ -21,9 +37,22 @@ export function openFds(): number {
  * `openFds()` once it stopped changing (tsx writes its compile cache asynchronously right
  * after loading a changed file, which holds an fd open for a moment): polls until three
  * readings 25 ms apart agree, for at most 3 s. Use it for the per-file baseline.
+ *
+ * With `expected` (a leak check: `t.is(await settledOpenFds(baseline), baseline)`), it
+ * polls until the count is `expected` instead, for up to 10 s (scaled): fds that are let go
+ * of a moment after the event that ends their use (a child's stdio pipes after it exited,
+ * a native reader after 'close') may take that long on a busy machine, and a leak never
+ * comes back down, so it still fails, with the last count.
  */
-export async function settledOpenFds(): Promise<number> {
+export async function settledOpenFds(expected?: number): Promise<number> {
   let last = openFds()
+  if (expected !== undefined) {
+    for (const deadline = Date.now() + scaled(10_000); last !== expected && Date.now() < deadline;) {
+      await new Promise((resolve) => setTimeout(resolve, 10))
+      last = openFds()
+    }
+    return last
+  }
   let same = 0
   for (const deadline = Date.now() + 3000; same < 3 && Date.now() < deadline;) {
     await new Promise((resolve) => setTimeout(resolve, 25))
@@ -82,6 +111,20 @@ export function readAt(fd: number, length = 4096, position: number | null = 0): 
   const buf = Buffer.alloc(length)
   const n = fs.readSync(fd, buf, 0, length, position)
   return buf.subarray(0, n).toString('utf8')
+}
+
+/**
+ * Reads exactly `n` bytes from a blocking stream, as many reads as it takes (a stream socket
+ * may return a message in parts); fails at end of stream before that.
+ */
+export function readExactlySync(stream: { read(buf: Uint8Array): number }, n: number): Buffer {
+  const buf = Buffer.alloc(n)
+  for (let got = 0; got < n;) {
+    const count = stream.read(buf.subarray(got))
+    if (count === 0) throw new Error(`end of stream after ${got} of ${n} bytes`)
+    got += count
+  }
+  return buf
 }
 
 /** `dev:ino` of an open fd, exact (bigint stat). */
@@ -181,7 +224,7 @@ export interface ChildResult {
 }
 
 export interface FixtureOptions {
-  /** Kill the child after this long (default 20 s). */
+  /** Kill the child after this long (default 20 s; scaled by FDQ_TIME_SCALE). */
   timeoutMs?: number
   /** Run under `ulimit -n <n>` (through sh). */
   ulimit?: number
@@ -193,7 +236,7 @@ export interface FixtureOptions {
 
 export interface RunningFixture {
   child: ChildProcess
-  /** Resolves with the first stdout line matching `pattern`; rejects if the child ends first. */
+  /** Resolves with the first stdout line matching `pattern`; rejects if the child ends first (or after `timeoutMs`, default 15 s, scaled). */
   waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>
   /** Resolves once the child exited and its stdio closed. */
   done: Promise<ChildResult>
@@ -224,10 +267,11 @@ export function startFixture(name: string, args: string[], options: FixtureOptio
   child.stderr!.on('data', (chunk: string) => {
     stderr += chunk
   })
+  const killAfter = scaled(options.timeoutMs ?? 20_000)
   const timer = setTimeout(() => {
     timedOut = true
     child.kill('SIGKILL')
-  }, options.timeoutMs ?? 20_000)
+  }, killAfter)
   const done = new Promise<ChildResult>((resolve, reject) => {
     child.on('error', reject)
     child.on('close', (code, signal) => {
@@ -237,7 +281,8 @@ export function startFixture(name: string, args: string[], options: FixtureOptio
       resolve({ code, signal, stdout, stderr, timedOut })
     })
   })
-  function waitForLine(pattern: RegExp, timeoutMs = 15_000): Promise<string> {
+  function waitForLine(pattern: RegExp, budgetMs = 15_000): Promise<string> {
+    const timeoutMs = scaled(budgetMs)
     return new Promise((resolve, reject) => {
       const giveUp = setTimeout(() => {
         waiters.delete(check)

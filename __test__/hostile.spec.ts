@@ -43,7 +43,7 @@ test.before(async () => {
 })
 test.afterEach.always(() => killDrivers())
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** Byte `pos` of connection `conn` (the driver's pattern()). */
@@ -213,7 +213,7 @@ test.serial(`hostile peer vs AsyncUnixStream: ${ROUNDS} rounds, bounded, nothing
   )
   listener.close()
   await verify(t, run, seed, () => true)
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial(`hostile peer vs FdSocket: ${ROUNDS} rounds, bounded, nothing lost or leaked`, async (t) => {
@@ -280,7 +280,7 @@ test.serial(`hostile peer vs FdSocket: ${ROUNDS} rounds, bounded, nothing lost o
   server.close()
   // a lazy connection that was reset loses the fds it had not dequeued yet: destroy closed them
   await verify(t, run, seed, (conn, how) => conn.id % 2 === 0 || how !== 'rst')
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test.serial(`hostile peer vs blocking UnixStream: ${ROUNDS} rounds, bounded, nothing lost or leaked`, async (t) => {
@@ -334,5 +334,5 @@ test.serial(`hostile peer vs blocking UnixStream: ${ROUNDS} rounds, bounded, not
   )
   listener.close()
   await verify(t, run, seed, () => true)
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })

@@ -17,7 +17,7 @@ test.before(async () => {
   baseline = await warmedUpFdBaseline()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 /** A Uint8Array made in another realm (a `vm` context): `instanceof Uint8Array` is false here. */

@@ -21,6 +21,7 @@ import {
   pathIdentity,
   readAt,
   ROOT,
+  scaled,
   settledOpenFds,
   tmpDir,
   tmpFile,
@@ -85,10 +86,12 @@ test.after.always('kill peers that are still running', () => {
 })
 
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+/** A hang guard: `promise`, or a rejection once `budgetMs` (scaled by FDQ_TIME_SCALE) passed. */
+function withTimeout<T>(promise: Promise<T>, budgetMs: number, what: string): Promise<T> {
+  const ms = scaled(budgetMs)
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
@@ -104,7 +107,7 @@ interface Peer {
   done: Promise<any[]>
 }
 
-/** Starts a peer whose stdout is one JSON value per line. Killed after 20 s at the latest. */
+/** Starts a peer whose stdout is one JSON value per line. Killed after 20 s (scaled) at the latest. */
 function startPeer(command: string, args: string[]): Peer {
   const child = spawn(command, args, { cwd: PEERS, stdio: ['ignore', 'pipe', 'pipe'] })
   children.add(child)
@@ -119,7 +122,7 @@ function startPeer(command: string, args: string[]): Peer {
     if (stdout.includes('"connected"')) onConnected()
   })
   child.stderr!.on('data', (chunk: string) => (stderr += chunk))
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
+  const timer = setTimeout(() => child.kill('SIGKILL'), scaled(20_000))
   const done = new Promise<any[]>((resolve, reject) => {
     child.on('error', reject)
     child.on('close', (code, signal) => {

@@ -25,7 +25,7 @@ test.before(async () => {
   baseline = await settledOpenFds()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 function pair(): [UnixStream, UnixStream] {

@@ -27,7 +27,7 @@ test.before(async () => {
   baseline = await settledOpenFds()
 })
 test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(), baseline)
+  t.is(await settledOpenFds(baseline), baseline)
 })
 
 test('runtimeInfo(): the JS-thread driver on Linux, the threaded one when FD_QUEUE_DRIVER=threads asks', async (t) => {

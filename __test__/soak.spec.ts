@@ -8,7 +8,7 @@
 import test from 'ava'
 import { spawn } from 'node:child_process'
 import * as path from 'node:path'
-import { ROOT } from './helpers.js'
+import { ROOT, scaled } from './helpers.js'
 
 const FDS = 50_000
 /** Default maxQueuedFds + one message of 253 + a few of the runtime's own. */
@@ -26,7 +26,7 @@ test('soak: 50k fds through FdSocket between two processes, RSS and fd count bou
   let stderr = ''
   child.stdout.on('data', (c) => (stdout += c))
   child.stderr.on('data', (c) => (stderr += c))
-  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000)
+  const timer = setTimeout(() => child.kill('SIGKILL'), scaled(60_000))
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
   clearTimeout(timer)
   t.is(code, 0, stderr)
