@@ -429,7 +429,18 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       this.read(0)
       return
     }
-    if (fdCount > 0) this.emit('fds', fdCount)
+    if (fdCount > 0) {
+      // A listener that throws must not cost the chunk: it is pushed anyway, and the
+      // exception goes on to 'uncaughtException' as from any event handler.
+      try {
+        this.emit('fds', fdCount)
+      } finally {
+        this.#pushChunk(chunk)
+      }
+    } else this.#pushChunk(chunk)
+  }
+
+  #pushChunk(chunk: Buffer): void {
     if (!this.push(chunk) && this.#native) native(() => this.#native!.setReading(false))
   }
 
