@@ -511,3 +511,41 @@ test('AsyncUnixListener: close() with accepts pending and connections waiting le
   successor.close()
   fs.rmSync(sock)
 })
+
+test("FdServer: a 'connection' listener that closes the server leaves every other waiting connection to the successor", async (t) => {
+  const sock = tmpSocketPath()
+  const successor = UnixListener.bind(sock)
+  successor.setUnlinkOnClose(false)
+  // Five connections wait in the backlog before the server takes its first turn.
+  const clients = [0, 1, 2, 3, 4].map((i) => {
+    const client = UnixStream.connect(sock)
+    client.write(`c${i}`)
+    return client
+  })
+  const server = new FdServer()
+  const first = new Promise<string>((resolve, reject) => {
+    server.once('connection', (socket: FdSocket) => {
+      server.close()
+      socket.once('data', (chunk: Buffer) => {
+        resolve(chunk.toString())
+        socket.destroy()
+      })
+      socket.once('error', reject)
+    })
+  })
+  server.listen({ fd: copyOf(successor) })
+  const taken = await withTimeout(first, 10_000, 'the first connection')
+  const names = [taken]
+  for (let i = 1; i < clients.length; i++) {
+    const accepted = successor.accept({ timeout: 60_000 })
+    const buf = Buffer.alloc(4)
+    let name = ''
+    while (name.length < 2) name += buf.subarray(0, accepted.read(buf)).toString()
+    names.push(name)
+    accepted.close()
+  }
+  t.deepEqual(names.sort(), ['c0', 'c1', 'c2', 'c3', 'c4'])
+  for (const client of clients) client.close()
+  successor.close()
+  fs.rmSync(sock)
+})

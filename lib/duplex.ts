@@ -22,7 +22,7 @@ import {
   QueueFullError,
   shapeError,
 } from './errors.js'
-import { toFd, validateCallback, validateFdNumber, validateMaxQueuedFds, validatePath } from './args.js'
+import { holdsFd, toFd, validateCallback, validateFdNumber, validateMaxQueuedFds, validatePath } from './args.js'
 import { Liveness, operation, setReferenced, startOperation } from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike } from './interfaces.js'
 
@@ -505,12 +505,26 @@ export interface FdServerOptions extends FdSocketOptions {
  * failed for good: the server closes), `close` (once closed and every connection has
  * closed). A connection accepted before `close()` is closed, never delivered after it.
  */
+/** How a turn of accepting ended (`endAcceptTurn`). */
+const enum AcceptVerdict {
+  Drained = 0,
+  More = 1,
+  Exhausted = 2,
+  Failed = 3,
+}
+/** Most connections taken in one turn before the event loop gets a say. */
+const ACCEPT_BATCH = 64
+/** Accept errors that only say the process (or system) is out of fds or memory for now. */
+const OUT_OF_RESOURCES = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
+
 export class FdServer extends EventEmitter {
   #native: Native.NativeAsyncUnixListener | null = null
   #path: string | null = null
   #connections = new Set<FdSocket>()
   #referenced = true
   #closed = false
+  /** An episode of running out of fds or memory is under way (reported once). */
+  #exhausted = false
   #options: FdSocketOptions
   #allowedUids: Set<number> | null = null
   #unlinkOnClose = true
@@ -583,30 +597,60 @@ export class FdServer extends EventEmitter {
     this.#path = inner.path
     this.#closed = false
     if (!this.#unlinkOnClose) inner.setUnlinkOnClose(false)
-    native(() =>
-      inner.startAccepting((streams, error, retrying) => this.#onConnections(inner, streams, error, retrying)),
-    )
+    native(() => inner.startAccepting(() => this.#acceptTurn(inner)))
     if (!this.#referenced) native(() => inner.setReferenced(false))
     process.nextTick(() => this.emit('listening'))
     return this
   }
 
-  #onConnections(
-    listener: Native.NativeAsyncUnixListener,
-    streams: Native.NativeAsyncUnixStream[],
-    error: string | null,
-    retrying: boolean,
-  ): void {
-    for (const stream of streams) this.#onConnection(listener, stream)
-    if (error === null || this.#native !== listener) return
-    const shaped = shapeError(new Error(error)) as Error
-    if (retrying) {
-      this.emit('acceptError', shaped)
-    } else {
-      // Accepting stopped for good: the server says so and stops listening.
-      this.close()
-      this.emit('error', shaped)
+  /**
+   * Connections are pending: takes them one by one, each handed to the `'connection'`
+   * listeners before the next is taken (a listener that closes the server leaves the rest
+   * in the backlog, for whoever holds the listener next), at most a batch per turn.
+   */
+  #acceptTurn(listener: Native.NativeAsyncUnixListener): void {
+    let verdict = AcceptVerdict.More
+    try {
+      for (let taken = 0; taken < ACCEPT_BATCH; taken++) {
+        if (this.#native !== listener) {
+          verdict = AcceptVerdict.Drained
+          return
+        }
+        let stream: Native.NativeAsyncUnixStream | null
+        try {
+          stream = native(() => listener.acceptNext())
+        } catch (error) {
+          verdict = this.#acceptFailed(error as Error)
+          return
+        }
+        if (stream === null) {
+          verdict = AcceptVerdict.Drained
+          return
+        }
+        this.#exhausted = false
+        this.#onConnection(listener, stream)
+      }
+    } finally {
+      // Also when a 'connection' listener threw: the turn goes on at once (verdict More).
+      listener.endAcceptTurn(verdict)
     }
+  }
+
+  /**
+   * Out of fds or memory: `'acceptError'` once per episode, and accepting goes on after a
+   * backoff (a peer can cause this on purpose). Anything else stops the server.
+   */
+  #acceptFailed(error: Error): AcceptVerdict {
+    if (OUT_OF_RESOURCES.has((error as { code?: string }).code ?? '')) {
+      if (!this.#exhausted) {
+        this.#exhausted = true
+        this.emit('acceptError', error)
+      }
+      return AcceptVerdict.Exhausted
+    }
+    this.close()
+    this.emit('error', error)
+    return AcceptVerdict.Failed
   }
 
   #onConnection(listener: Native.NativeAsyncUnixListener, stream: Native.NativeAsyncUnixStream): void {
@@ -737,3 +781,6 @@ export function connect(path: string, options?: FdSocketOptions | (() => void), 
   if (typeof options === 'function') [options, cb] = [undefined, options]
   return new FdSocket(options).connect(path, cb)
 }
+
+holdsFd(FdSocket)
+holdsFd(FdServer)

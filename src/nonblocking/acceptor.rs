@@ -1,180 +1,169 @@
 //! Push accepting for `FdServer`: a tokio task waits until a connection is pending and
-//! rings JS, which accepts on its own thread.
+//! rings JS, which then accepts them one by one (`acceptNext()`), handing each to its
+//! `'connection'` listeners before it takes the next, and says how the turn ended
+//! (`endAcceptTurn()`). Nothing is taken from the backlog except by a JS call: a server
+//! closed by a `'connection'` listener leaves the rest to whoever holds the listener next,
+//! and a worker torn down with a ring still queued takes nothing.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use napi::bindgen_prelude::{FnArgs, Function};
+use napi::bindgen_prelude::{Function, FunctionRef};
 use napi::threadsafe_function::{
   ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
 use napi::{Env, Status};
-use nix::errno::Errno;
 use tokio::sync::Notify;
 
-use crate::error::{self, tagged};
-use crate::nonblocking::core::{accept_now, closing, connection_pending, ListenerShared};
-use crate::nonblocking::stream::AsyncUnixStream;
-use crate::settle::set_ref;
+use crate::nonblocking::core::{closing, connection_pending, ListenerShared};
+use crate::settle::{self, set_ref, Home};
 use crate::sync::lock;
 
-/// `(streams, error, retrying)`: the connections accepted on this turn, in order; then, if
-/// accepting failed, `("[CODE] message", true)` for a lack of fds or memory (reported once
-/// per episode; accepting resumes after a backoff) or `("[CODE] message", false)` when it
-/// failed for good.
-pub type AcceptArgs = FnArgs<(Vec<AsyncUnixStream>, Option<String>, bool)>;
-type AcceptCallback = ThreadsafeFunction<(), (), AcceptArgs, Status, false>;
+type AcceptCallback = ThreadsafeFunction<(), (), (), Status, false>;
 
-/// Most connections JS accepts in one turn before the event loop gets a say.
-const BATCH: usize = 64;
 /// Longest wait between accepts while the process has no fd (or memory) to spare.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 
-/// What one turn of accepting on the JS thread found: the waiting task's next step.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Verdict {
-  /// No connection left (`EAGAIN`): wait for the next one.
+/// How JS's turn of accepting ended (`endAcceptTurn(verdict)`): the waiting task's next
+/// step.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Verdict {
+  /// No connection left (`EAGAIN`), or the server stopped: wait for the next one.
   Drained,
-  /// A full batch: ring again at once.
+  /// JS stopped before the backlog was empty (a full batch, a listener that threw): ring
+  /// again at once.
   More,
-  /// Out of fds or memory: back off, then try again.
+  /// Out of fds or memory: back off, then ring again.
   Exhausted,
   /// Accepting failed for good.
   Failed,
 }
 
-/// The handshake between the task that waits for connections and the JS thread that
-/// accepts them.
-#[derive(Default)]
-struct Turn {
-  verdict: AtomicU8,
-  done: Notify,
-  /// An exhaustion episode is under way (reported once).
-  busy: AtomicBool,
+impl Verdict {
+  pub fn from_js(value: u32) -> Self {
+    match value {
+      0 => Self::Drained,
+      2 => Self::Exhausted,
+      3 => Self::Failed,
+      _ => Self::More,
+    }
+  }
 }
 
-/// Accepts in turns until the listener closes, handing the connections to JS. A tokio
-/// task waits until a connection is pending and rings JS, which accepts it on its own
-/// thread: a connection is either still in the kernel's backlog or delivered, never in
-/// between, so a `close()` (a hand-over, say) leaves every waiting connection to whoever
-/// holds the listener next, and nothing is lost when a worker ends.
+/// The handshake between the task that waits for connections and JS's turn.
+#[derive(Default)]
+struct Turn {
+  verdict: Mutex<Option<Verdict>>,
+  done: Notify,
+}
+
+/// Rings JS whenever a connection is pending, until the listener closes.
 pub struct Acceptor {
   callback: Arc<Mutex<Option<AcceptCallback>>>,
+  turn: Arc<Turn>,
 }
 
 impl Acceptor {
   pub fn start(
+    env: &Env,
     listener: Arc<ListenerShared>,
-    callback: Function<'_, AcceptArgs, ()>,
+    callback: Function<'_, (), ()>,
   ) -> napi::Result<Self> {
-    let turn = Arc::new(Turn::default());
-    let answering = Arc::clone(&turn);
-    // Weak: the JS side must not keep the listener's fd open after `close()`.
-    let accepting = Arc::downgrade(&listener);
+    let home = settle::home(env).map_err(|e| napi::Error::from_reason(e.reason))?;
+    // On the JS-thread runtime the task calls JS itself, right after the drive that saw the
+    // connection; the threadsafe function then only keeps the loop alive (ref/unref).
+    let direct = if crate::runtime::runs_elsewhere() {
+      None
+    } else {
+      Some(Arc::new(callback.create_ref()?))
+    };
     let tsfn: AcceptCallback = callback
       .build_threadsafe_function::<()>()
       .callee_handled::<false>()
-      .build_callback(move |_ctx: ThreadsafeCallContext<()>| {
-        let (streams, error, verdict) = match accepting.upgrade() {
-          Some(listener) if !*listener.closed.borrow() => accept_turn(&listener),
-          _ => (Vec::new(), None, Verdict::Drained),
-        };
-        let retrying = verdict != Verdict::Failed;
-        let report = match verdict {
-          // Once per episode; the episode ends with the next accepted connection.
-          Verdict::Exhausted => !answering.busy.swap(true, Ordering::AcqRel),
-          _ => {
-            if !streams.is_empty() {
-              answering.busy.store(false, Ordering::Release);
-            }
-            true
-          }
-        };
-        answering.verdict.store(verdict as u8, Ordering::Release);
-        answering.done.notify_one();
-        let error = error.filter(|_| report).map(tagged);
-        Ok((streams, error, retrying).into())
-      })?;
+      .build_callback(|_ctx: ThreadsafeCallContext<()>| Ok(()))?;
     let callback = Arc::new(Mutex::new(Some(tsfn)));
-    let task_callback = Arc::clone(&callback);
+    let turn = Arc::new(Turn::default());
+    let ring = Ring {
+      callback: Arc::clone(&callback),
+      direct,
+      home,
+    };
+    let waiting = Arc::clone(&turn);
     crate::runtime::spawn(async move {
       tokio::select! {
         biased;
         _ = closing(&listener.closed) => {}
-        _ = wait_and_ring(&listener, &turn, &task_callback) => {}
+        _ = wait_and_ring(&listener, &waiting, &ring) => {}
       }
       drop(listener);
-      lock(&task_callback).take();
+      lock(&ring.callback).take();
     });
-    Ok(Self { callback })
+    Ok(Self { callback, turn })
   }
 
   /// `ref()`/`unref()` of the owning server.
   pub fn set_referenced(&self, env: &Env, referenced: bool) -> napi::Result<()> {
     set_ref(&self.callback, env, referenced)
   }
-}
 
-/// One turn on the JS thread: accepts until no connection is left, a batch is full, or
-/// accepting fails. Running out of fds or memory is not fatal (a peer can cause it on
-/// purpose): the connections wait in the backlog, and the task backs off.
-fn accept_turn(listener: &ListenerShared) -> (Vec<AsyncUnixStream>, Option<error::Error>, Verdict) {
-  let mut streams = Vec::new();
-  while streams.len() < BATCH {
-    match accept_now(listener) {
-      // Registered here, on the JS thread, inside the runtime.
-      Ok(fd) => match AsyncUnixStream::wrap(fd) {
-        Ok(stream) => streams.push(stream),
-        Err(e) => return (streams, Some(e), Verdict::More),
-      },
-      Err(Errno::EAGAIN) => return (streams, None, Verdict::Drained),
-      Err(errno) if exhausted(errno) => {
-        return (
-          streams,
-          Some(error::sys(errno, "accept")),
-          Verdict::Exhausted,
-        )
-      }
-      Err(errno) => return (streams, Some(error::sys(errno, "accept")), Verdict::Failed),
-    }
+  /// JS's turn is over (see [`Verdict`]).
+  pub fn end_turn(&self, verdict: Verdict) {
+    *lock(&self.turn.verdict) = Some(verdict);
+    self.turn.done.notify_one();
   }
-  (streams, None, Verdict::More)
 }
 
-/// Waits for a connection, rings JS to accept it, and waits for JS's verdict; until a
-/// fatal error.
-async fn wait_and_ring(
-  listener: &ListenerShared,
-  turn: &Turn,
-  callback: &Mutex<Option<AcceptCallback>>,
-) {
+/// How the task tells JS that connections are pending.
+struct Ring {
+  callback: Arc<Mutex<Option<AcceptCallback>>>,
+  direct: Option<Arc<FunctionRef<(), ()>>>,
+  home: Arc<Home>,
+}
+
+impl Ring {
+  /// `false` once the acceptor is stopped.
+  fn ring(&self) -> bool {
+    let callback = lock(&self.callback);
+    let Some(tsfn) = callback.as_ref() else {
+      return false;
+    };
+    match &self.direct {
+      Some(direct) => {
+        let direct = Arc::clone(direct);
+        self.home.post(Box::new(move |env| {
+          settle::call_js(env, &direct.borrow_back(env)?, ())
+        }));
+      }
+      None => {
+        tsfn.call((), ThreadsafeFunctionCallMode::NonBlocking);
+      }
+    }
+    true
+  }
+}
+
+/// Waits for a connection, rings JS, and waits for the end of its turn; until accepting
+/// fails for good.
+async fn wait_and_ring(listener: &ListenerShared, turn: &Turn, ring: &Ring) {
   let mut backoff = Duration::from_millis(1);
   loop {
     // An error here (the reactor refused the listener) is left for JS's accept to report.
     let _ = connection_pending(listener).await;
     let done = turn.done.notified();
-    match lock(callback).as_ref() {
-      Some(tsfn) => tsfn.call((), ThreadsafeFunctionCallMode::NonBlocking),
-      None => return,
-    };
+    *lock(&turn.verdict) = None;
+    if !ring.ring() {
+      return;
+    }
     done.await;
-    match turn.verdict.load(Ordering::Acquire) {
-      v if v == Verdict::Exhausted as u8 => {
+    // Set by `end_turn` before it notifies.
+    let verdict = lock(&turn.verdict).take().unwrap_or(Verdict::More);
+    match verdict {
+      Verdict::Exhausted => {
         crate::runtime::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
       }
-      v if v == Verdict::Failed as u8 => return,
-      _ => backoff = Duration::from_millis(1),
+      Verdict::Failed => return,
+      Verdict::Drained | Verdict::More => backoff = Duration::from_millis(1),
     }
   }
-}
-
-/// Accept errors that only say the process (or system) is out of fds or memory for now.
-pub(crate) fn exhausted(errno: Errno) -> bool {
-  matches!(
-    errno,
-    Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM
-  )
 }

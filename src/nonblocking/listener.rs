@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::cancel::{self, CancelHandle, Canceller};
 use crate::error::{self, errno_of, internal, rejection, Result};
-use crate::nonblocking::acceptor::{AcceptArgs, Acceptor};
+use crate::nonblocking::acceptor::{Acceptor, Verdict};
 use crate::nonblocking::core::{accept_now, closing, connection_pending, release, ListenerShared};
 use crate::nonblocking::stream::{fail, AsyncUnixStream};
 use crate::runtime::register;
@@ -118,18 +118,38 @@ impl AsyncUnixListener {
     Ok(())
   }
 
-  /// Starts accepting in a loop: `callback(stream, null, false)` per connection; see
-  /// `AcceptArgs` for the rest.
-  #[napi(
-    ts_args_type = "callback: (streams: NativeAsyncUnixStream[], error: string | null, retrying: boolean) => void"
-  )]
-  pub fn start_accepting(&self, callback: Function<'_, AcceptArgs, ()>) -> Result<()> {
+  /// Starts ringing: `callback()` whenever connections are pending. JS then takes them with
+  /// `acceptNext()` and ends its turn with `endAcceptTurn()`.
+  #[napi(ts_args_type = "callback: () => void")]
+  pub fn start_accepting(&self, env: &Env, callback: Function<'_, (), ()>) -> Result<()> {
     let shared = lock(&self.io).clone().ok_or_else(error::closed)?;
     let mut acceptor = lock(&self.acceptor);
     if acceptor.is_none() {
-      *acceptor = Some(Acceptor::start(shared, callback).map_err(internal)?);
+      *acceptor = Some(Acceptor::start(env, shared, callback).map_err(internal)?);
     }
     Ok(())
+  }
+
+  /// One connection from the backlog, now, on this thread: `null` when there is none.
+  #[napi]
+  pub fn accept_next(&self) -> Result<Option<AsyncUnixStream>> {
+    let shared = lock(&self.io).clone().ok_or_else(error::closed)?;
+    match accept_now(&shared) {
+      // Registered here, on the JS thread, inside the runtime.
+      Ok(fd) => AsyncUnixStream::wrap(fd).map(Some),
+      Err(Errno::EAGAIN) => Ok(None),
+      Err(e) => Err(error::sys(e, "accept")),
+    }
+  }
+
+  /// Ends JS's turn of accepting: `0` the backlog is empty (or the server stopped), `1` JS
+  /// stopped early (ring again), `2` out of fds or memory (back off), `3` accepting failed
+  /// for good.
+  #[napi]
+  pub fn end_accept_turn(&self, verdict: u32) {
+    if let Some(acceptor) = lock(&self.acceptor).as_ref() {
+      acceptor.end_turn(Verdict::from_js(verdict));
+    }
   }
 
   /// Whether waiting for connections keeps the process alive (`ref()` / `unref()`).
