@@ -7,7 +7,7 @@ import test from 'ava'
 import { spawn } from 'node:child_process'
 import { constants as bufferConstants } from 'node:buffer'
 import * as vm from 'node:vm'
-import { AsyncUnixStream, FdSocket, UnixStream } from '../index.js'
+import { AsyncUnixListener, AsyncUnixStream, FdServer, FdSocket, UnixStream } from '../index.js'
 import { shapeError } from '../lib/errors.js'
 import { settledOpenFds } from './helpers.js'
 import { onceEvent, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
@@ -48,6 +48,32 @@ test('a Uint8Array from another realm is written and read into by every class', 
   fs1.destroy()
   fs2.destroy()
   await onceEvent(fs2, 'close').catch(() => {})
+})
+
+test("enqueue() of this package's own objects once they hold no fd: ERR_INVALID_ARG_VALUE naming the class", (t) => {
+  const [a, b] = UnixStream.pair()
+  const [c, d] = AsyncUnixStream.pair()
+  c.close()
+  d.close()
+  const server = new FdServer() // not listening
+  const listener = AsyncUnixListener.bind(`\0fdq-inputs-${process.pid}`)
+  listener.close()
+  for (const [holder, name] of [
+    [c, 'AsyncUnixStream'],
+    [server, 'FdServer'],
+    [listener, 'AsyncUnixListener'],
+  ] as const) {
+    const error = t.throws(() => a.enqueue(holder))
+    t.is((error as { code?: string }).code, 'ERR_INVALID_ARG_VALUE', name)
+    t.regex(error!.message, new RegExp(name))
+  }
+  // An open one is enqueued as any fd is.
+  const [e, f] = FdSocket.pair()
+  t.notThrows(() => a.enqueue(e))
+  a.close()
+  b.close()
+  e.destroy()
+  f.destroy()
 })
 
 test('FdSocket refuses object mode up front (it carries bytes), with ERR_INVALID_ARG_VALUE', (t) => {

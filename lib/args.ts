@@ -38,6 +38,14 @@ function isFileHandle(value: object): boolean {
   return value.constructor?.name === 'FileHandle'
 }
 
+/** Marks this package's classes, whose `fd` is -1 once closed (or before it is connected). */
+const FD_HOLDER: unique symbol = Symbol('fd-queue.fdHolder')
+
+/** Declares that instances of `holder` have an `fd` that is -1 while they hold none. */
+export function holdsFd(holder: { prototype: object }): void {
+  Object.defineProperty(holder.prototype, FD_HOLDER, { value: true })
+}
+
 /** Resolves an {@link FdLike} to the fd number it names, without taking ownership. */
 export function toFd(value: FdLike, name = 'fd'): number {
   if (typeof value === 'number') return validateFdNumber(value, name)
@@ -60,6 +68,12 @@ export function toFd(value: FdLike, name = 'fd'): number {
     const handle = value instanceof fs.ReadStream || value instanceof fs.WriteStream || isFileHandle(value)
     if (handle && (fd === null || fd === undefined || fd === -1)) {
       throw invalidArgValue(name, `is a ${value.constructor.name} that is not open (yet), or is closed: it has no fd`)
+    }
+    if ((value as { [FD_HOLDER]?: boolean })[FD_HOLDER] === true && fd === -1) {
+      throw invalidArgValue(
+        name,
+        `is a ${value.constructor.name} that is closed (or not connected or listening yet): it has no fd`,
+      )
     }
     return validateFdNumber(fd, `${name}.fd`)
   }

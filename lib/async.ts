@@ -1,7 +1,15 @@
 /** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
 import { binding, WRAP, type Native } from './binding.js'
 import { illegalConstructor, invalidArgType, native } from './errors.js'
-import { toBytes, validateFdNumber, validateHow, validatePath, validateReadSize, validateSignalOption } from './args.js'
+import {
+  holdsFd,
+  toBytes,
+  validateFdNumber,
+  validateHow,
+  validatePath,
+  validateReadSize,
+  validateSignalOption,
+} from './args.js'
 import type { ShutdownHow } from './interfaces.js'
 import { AbortError, Liveness, operation, setReferenced } from './pending.js'
 import { QueuedStream } from './queued.js'
@@ -280,3 +288,6 @@ export class AsyncUnixListener {
     return Promise.resolve()
   }
 }
+
+holdsFd(AsyncUnixStream)
+holdsFd(AsyncUnixListener)

@@ -2,6 +2,7 @@
 import { binding, WRAP, type Native } from './binding.js'
 import { illegalConstructor, invalidArgType, native } from './errors.js'
 import {
+  holdsFd,
   toBytes,
   validateFdNumber,
   validateHow,
@@ -210,3 +211,6 @@ export class UnixListener {
     this.close()
   }
 }
+
+holdsFd(UnixStream)
+holdsFd(UnixListener)
