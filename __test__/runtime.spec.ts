@@ -246,3 +246,19 @@ test('1000 FdSocket connections to an FdServer in another process: 25 acked mess
     server.child.kill()
   }
 })
+
+for (const variant of ['js', 'addon-too'] as const) {
+  test(`two copies of the package on one thread (a test runner's fresh registry${variant === 'js' ? '' : ', addon included'}): each settles its own operations`, async (t) => {
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      [`${ROOT}/__test__/fixtures/two-copies.cjs`, variant],
+      {
+        timeout: T,
+      },
+    )
+    t.deepEqual(JSON.parse(stdout.trim().split('\n').pop()!), {
+      reads: ['one', 'two'],
+      closes: ['ERR_SOCKET_CLOSED', 'ERR_SOCKET_CLOSED'],
+    })
+  })
+}

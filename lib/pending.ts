@@ -25,7 +25,22 @@ interface Operation {
 }
 
 const operations = new Map<number, Operation>()
-let nextId = 1
+/**
+ * Operation ids are `n * COPIES + copy`: a thread may hold several copies of this layer
+ * (a test runner loads it again per test file), which share the native side's home. `n`
+ * wraps before the ids leave the integers a double holds exactly.
+ */
+const COPIES = 65536
+const WRAP = 2 ** 36
+let nextOp = 1
+function newId(): number {
+  let id: number
+  do {
+    id = nextOp * COPIES + copy
+    nextOp = nextOp >= WRAP ? 1 : nextOp + 1
+  } while (operations.has(id))
+  return id
+}
 /** Pending operations of ref'd objects; the native doorbell is ref'd while there are any. */
 let referencedPending = 0
 
@@ -50,7 +65,7 @@ export class AbortError extends Error {
   }
 }
 
-binding.initSettlements((id: number, error: string | null, value: unknown) => {
+const copy = binding.initSettlements((id: number, error: string | null, value: unknown) => {
   const operation = operations.get(id)
   if (operation === undefined) return
   operations.delete(id)
@@ -98,7 +113,7 @@ export function startOperation<T>(
   signal?: AbortSignal,
 ): T | Promise<T> {
   const canceller = signal ? binding.newCanceller() : undefined
-  const id = nextId++
+  const id = newId()
   let immediate: T | null
   try {
     immediate = start(id, canceller)

@@ -168,7 +168,11 @@ pub struct Home {
   /// The doorbell has been rung and has not yet run: no need to ring again.
   rung: AtomicBool,
   doorbell: Mutex<Option<Doorbell>>,
-  on_settle: Mutex<Option<FunctionRef<SettleArgs, ()>>>,
+  /// The settling callback of each copy of the JS layer loaded on this thread (a test
+  /// runner may load it again per test file): operation ids name their copy.
+  on_settle: Mutex<Vec<FunctionRef<SettleArgs, ()>>>,
+  /// Copies of the JS layer that have a referenced operation pending.
+  referenced: Mutex<u32>,
 }
 
 thread_local! {
@@ -189,6 +193,7 @@ pub fn home(env: &Env) -> Result<Arc<Home>> {
       rung: AtomicBool::new(false),
       doorbell: Mutex::default(),
       on_settle: Mutex::default(),
+      referenced: Mutex::default(),
     });
     let closing = Arc::clone(&home);
     env
@@ -254,10 +259,10 @@ impl Home {
     let settled = std::mem::take(&mut *lock(&self.settled));
     if !settled.is_empty() {
       // Borrowed back, not held under the lock: JS may call into the addon from it.
-      let on_settle = match lock(&self.on_settle).as_ref() {
-        Some(on_settle) => Some(on_settle.borrow_back(env)?),
-        None => None,
-      };
+      let on_settle = lock(&self.on_settle)
+        .iter()
+        .map(|on_settle| on_settle.borrow_back(env))
+        .collect::<napi::Result<Vec<_>>>()?;
       for Settlement { id, finish } in settled {
         let called = crate::runtime::as_io_callback(env, || {
           let args = match finish(env) {
@@ -265,7 +270,7 @@ impl Home {
             Ok(Settled::Value(value)) => (id, None, value),
             Err(e) => (id, Some(tagged(e)), None),
           };
-          match on_settle.as_ref() {
+          match on_settle.get(copy_of(id)) {
             Some(on_settle) => call_js(env, on_settle, args.into()),
             None => Ok(()),
           }
@@ -281,13 +286,21 @@ impl Home {
   }
 
   /// Whether the doorbell keeps the event loop alive: while a referenced object has an
-  /// operation pending (JS counts them).
+  /// operation pending. Each copy of the JS layer counts its own and says when its count
+  /// leaves or reaches 0; the doorbell is referenced while any copy says so.
   #[allow(deprecated)] // napi-rs keeps refer/unref for exactly this: a handle that may idle.
   pub fn set_referenced(&self, env: &Env, referenced: bool) -> napi::Result<()> {
+    let mut count = lock(&self.referenced);
+    let before = *count;
+    *count = if referenced {
+      before + 1
+    } else {
+      before.saturating_sub(1)
+    };
     match lock(&self.doorbell).as_mut() {
-      Some(doorbell) if referenced => doorbell.refer(env),
-      Some(doorbell) => doorbell.unref(env),
-      None => Ok(()),
+      Some(doorbell) if before == 0 && *count > 0 => doorbell.refer(env),
+      Some(doorbell) if before > 0 && *count == 0 => doorbell.unref(env),
+      _ => Ok(()),
     }
   }
 
@@ -301,7 +314,7 @@ impl Home {
     drop(settled);
     let posted = std::mem::take(&mut *lock(&self.posted));
     drop(posted);
-    lock(&self.on_settle).take();
+    lock(&self.on_settle).clear();
     lock(&self.doorbell).take();
   }
 }
@@ -366,14 +379,27 @@ fn deliver_here(env: &Env) {
 }
 
 /// Starts the settlement of async operations on this JS thread: `onSettle(id, error,
-/// value)` settles the Promise of operation `id`. Called once per thread, when the
-/// TypeScript layer loads; later calls replace the callback.
+/// value)` settles the Promise of operation `id`. Called by each copy of the TypeScript
+/// layer when it loads; returns the copy's number `c`, and its operation ids are
+/// `n * 65536 + c`.
 #[napi_derive::napi(
   ts_args_type = "onSettle: (id: number, error: string | null, value: unknown) => void"
 )]
 #[cfg_attr(test, allow(dead_code))]
-pub fn init_settlements(env: Env, on_settle: Function<'_, SettleArgs, ()>) -> napi::Result<()> {
+pub fn init_settlements(env: Env, on_settle: Function<'_, SettleArgs, ()>) -> napi::Result<u32> {
   let home = home(&env).map_err(|e| napi::Error::from_reason(e.reason))?;
+  let mut callbacks = lock(&home.on_settle);
+  let copy = callbacks.len();
+  if copy >= COPIES {
+    return Err(napi::Error::from_reason(format!(
+      "fd-queue was loaded more than {COPIES} times on this thread"
+    )));
+  }
+  callbacks.push(on_settle.create_ref()?);
+  drop(callbacks);
+  if lock(&home.doorbell).is_some() {
+    return Ok(copy as u32);
+  }
   let delivering = Arc::clone(&home);
   let mut doorbell: Doorbell = on_settle
     .build_threadsafe_function::<()>()
@@ -385,9 +411,16 @@ pub fn init_settlements(env: Env, on_settle: Function<'_, SettleArgs, ()>) -> na
   // Nothing is pending yet: the doorbell alone must not keep the process alive.
   #[allow(deprecated)]
   doorbell.unref(&env)?;
-  *lock(&home.on_settle) = Some(on_settle.create_ref()?);
   *lock(&home.doorbell) = Some(doorbell);
-  Ok(())
+  Ok(copy as u32)
+}
+
+/// Copies of the JS layer one thread can hold: an operation id is `n * COPIES + copy`.
+const COPIES: usize = 1 << 16;
+
+/// The copy of the JS layer that operation `id` belongs to.
+fn copy_of(id: f64) -> usize {
+  (id as u64 % COPIES as u64) as usize
 }
 
 /// `ref`/`unref` of the settlement doorbell; see `Home::set_referenced`.
