@@ -186,9 +186,19 @@ test('1000 FdSocket connections to an FdServer in another process: 25 acked mess
         Array.from({ length: 32 }, async () => {
           while (next < conns) {
             next++
-            const socket = connect(socketPath)
-            sockets.push(socket)
-            await once(socket, 'connect')
+            for (;;) {
+              const socket = connect(socketPath)
+              try {
+                await once(socket, 'connect')
+                sockets.push(socket)
+                break
+              } catch (error) {
+                // The server's backlog is full (it is busy accepting): EAGAIN, as with
+                // net. Try again once it has had a moment.
+                if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
+                await new Promise((resolve) => setTimeout(resolve, 5))
+              }
+            }
           }
         }),
       ),

@@ -60,5 +60,8 @@ test('worker churn (fd-queue loaded by workers only): no panic or other output, 
   const run = await runTeardown(['churn', '24'])
   t.is(run.code, 0, run.stderr)
   t.is(run.stderr, '', 'nothing printed: no panic message from any thread')
+  // A fd the worker had dequeued but not yet closed when terminate() fell is the user's,
+  // not the package's: the fixture closes it (and counts it) before the final count.
+  if (run.report.userHeld > 0) t.log(`${run.report.userHeld} dequeued fd(s) were in the worker's hand at terminate()`)
   t.is(run.report.after, run.report.before)
 })
