@@ -252,6 +252,8 @@ export function startFixture(name: string, args: string[], options: FixtureOptio
       : spawn('sh', ['-c', `ulimit -n ${options.ulimit} && exec "$0" "$@"`, process.execPath, ...nodeArgv], {
           cwd: ROOT,
           stdio: ['ignore', 'pipe', 'pipe'],
+          // tsx's cache writes hold fds it closes later, which would move the child's count.
+          env: { ...process.env, TSX_DISABLE_CACHE: '1' },
         })
   let stdout = ''
   let stderr = ''
