@@ -22,3 +22,5 @@ export { closeFd, fdInfo, toNetServer, toNetSocket, toReadStream, toWriteStream,
 export { UnixListener, UnixStream } from './lib/blocking.js';
 export { AsyncUnixListener, AsyncUnixStream } from './lib/async.js';
 export { connect, createServer, FdServer, FdSocket, type FdServerOptions, type FdSocketOptions } from './lib/duplex.js';
+export { DatagramSocket, SeqpacketListener, SeqpacketSocket, type Message } from './lib/message.js';
+export { listenFds, sdNotify, type ListenFd } from './lib/systemd.js';

@@ -217,3 +217,21 @@ test('examples/spawn-child.mjs: the child adopts its inherited fd 3; files go bo
   t.regex(parent, /^parent got "here is mine" and read: an answer from child \d+$/)
   t.deepEqual(rest, [])
 })
+
+test('examples/seqpacket-service.mjs: a client process gets a file opened for it and has its own file counted', async (t) => {
+  const { stdout } = await node([example('seqpacket-service.mjs')])
+  t.is(stdout.trim(), 'open motd: ok, read through the fd: hello from the service\nlines of notes.txt: 3')
+})
+
+test('examples/fd-store.mjs: the listening socket survives a restart in the fd store; a client between generations is served', async (t) => {
+  const { stdout } = await node([example('fd-store.mjs')])
+  const lines = stdout.trim().split('\n')
+  const first = /^manager: generation 1 is listening on port (\d+); the fd store holds: http$/.exec(lines[0])
+  t.truthy(first, stdout)
+  t.regex(lines[1], /^client: generation 1 \(pid \d+\)$/)
+  t.is(lines[2], `manager: generation 2 is listening on port ${first![1]}`, 'the same socket, so the same port')
+  const second = /^client that connected between generations: generation 2 \(pid (\d+)\)$/.exec(lines[3])
+  t.truthy(second, stdout)
+  t.is(lines[4], `client: generation 2 (pid ${second![1]})`)
+  t.is(lines.length, 5)
+})

@@ -22,7 +22,7 @@ use crate::error::{self, Result};
 use crate::js::{byte_count, shutdown_how};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::scm_rights;
-use crate::socket::{self as unix, Adopt, SocketFile};
+use crate::socket::{self as unix, Adopt, Kind, SocketFile};
 
 /// A connected Unix stream socket with an outbound and an inbound fd queue.
 #[napi(js_name = "NativeUnixStream")]
@@ -135,7 +135,7 @@ impl UnixStream {
   /// otherwise, and the fd is left alone), and makes it close-on-exec.
   #[napi]
   pub fn from_fd(fd: i32) -> Result<UnixStream> {
-    unix::adopt(fd, Adopt::Connected).map(Self::wrap)
+    unix::adopt(fd, Adopt::Connected(Kind::Stream)).map(Self::wrap)
   }
 
   /// The socket's fd, or -1 once closed.
@@ -309,7 +309,7 @@ impl UnixListener {
   /// otherwise, and the fd is left alone). An adopted listener never removes a file.
   #[napi]
   pub fn from_fd(fd: i32) -> Result<UnixListener> {
-    let sock = unix::adopt(fd, Adopt::Listening)?;
+    let sock = unix::adopt(fd, Adopt::Listening(Kind::Stream))?;
     Ok(Self {
       path: unix::local_path(sock.as_fd()),
       sock: Some(sock),

@@ -27,6 +27,7 @@ mod settle;
 mod socket;
 mod staged;
 mod sync;
+mod systemd;
 mod turnstile;
 
 /// One tokio worker: it parks in the reactor itself, so a socket that becomes ready wakes

@@ -165,6 +165,92 @@ unsafe fn recv_raw(
   })
 }
 
+/// One message of a seqpacket or datagram socket, as `recvmsg` returned it.
+#[derive(Debug)]
+pub struct Datagram {
+  /// Bytes of the message written into the caller's buffer.
+  pub bytes: usize,
+  /// Its fds, close-on-exec and owned here.
+  pub fds: Vec<OwnedFd>,
+  /// `MSG_CTRUNC`: some of its fds were lost (those that arrived are in `fds`).
+  pub fds_cut: bool,
+  /// `MSG_TRUNC`: the message was longer than the buffer, and the rest is lost.
+  pub bytes_cut: bool,
+  /// The sender's address (datagram sockets): a path, `\0name`, or `None` when unnamed.
+  pub from: Option<String>,
+}
+
+/// Receives one whole message into `buf` with its fds and the sender's address.
+pub fn recv_message(sock: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<Datagram> {
+  CONTROL.with_borrow_mut(|control| {
+    let mut iov = libc::iovec {
+      iov_base: buf.as_mut_ptr().cast(),
+      iov_len: buf.len(),
+    };
+    // SAFETY: both are plain C structs for which all-zero is a valid value.
+    let mut name: libc::sockaddr_un = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_un).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = (control.len() * mem::size_of::<u64>()) as _;
+    // SAFETY: `msg` points at `name`, `iov` (spanning `buf`) and `control`, all alive for
+    // the duration of the call, with their true lengths.
+    let n = Errno::result(unsafe {
+      libc::recvmsg(
+        sock.as_raw_fd(),
+        &mut msg,
+        RECV_CLOEXEC | libc::MSG_DONTWAIT,
+      )
+    })?;
+    // SAFETY: the kernel filled `msg` just now; the walk stays within msg_controllen.
+    let fds = unsafe { collect_rights(&msg) };
+    if RECV_CLOEXEC == 0 {
+      for fd in &fds {
+        set_cloexec(fd.as_raw_fd())?;
+      }
+    }
+    // SAFETY: `name` holds the `msg_namelen` bytes of address the kernel wrote.
+    let from = unsafe {
+      <nix::sys::socket::UnixAddr as nix::sys::socket::SockaddrLike>::from_raw(
+        (&name as *const libc::sockaddr_un).cast(),
+        Some(msg.msg_namelen),
+      )
+    }
+    .and_then(|addr| crate::socket::address_name(&addr));
+    Ok(Datagram {
+      bytes: (n as usize).min(buf.len()),
+      fds,
+      fds_cut: msg.msg_flags & libc::MSG_CTRUNC != 0,
+      bytes_cut: msg.msg_flags & libc::MSG_TRUNC != 0,
+      from,
+    })
+  })
+}
+
+/// Sends `data` with `fds` as one message (to `to` on an unconnected datagram socket),
+/// never waiting.
+pub fn send_message(
+  sock: BorrowedFd<'_>,
+  data: &[u8],
+  fds: &[RawFd],
+  to: Option<&nix::sys::socket::UnixAddr>,
+) -> nix::Result<usize> {
+  let iov = [IoSlice::new(data)];
+  let rights = [ControlMessage::ScmRights(fds)];
+  let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+  sendmsg(
+    sock.as_raw_fd(),
+    &iov,
+    cmsgs,
+    send_flags() | MsgFlags::MSG_DONTWAIT,
+    to,
+  )
+}
+
 /// Takes ownership of every fd in the SCM_RIGHTS messages of `msg`.
 ///
 /// # Safety

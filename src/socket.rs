@@ -1,6 +1,7 @@
-//! Unix stream sockets made close-on-exec from birth (pairs, connect, bind and accept), the
-//! addresses they use (paths, and Linux's abstract names), and the checks that let a class
-//! adopt a socket the process already holds. Shared by the blocking and the async classes.
+//! Unix sockets made close-on-exec from birth (pairs, connect, bind and accept) of the three
+//! kinds (stream, seqpacket, datagram), the addresses they use (paths, and Linux's abstract
+//! names), and the checks that let a class adopt a socket the process already holds.
+//! Shared by the blocking, the async and the message classes.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -15,6 +16,42 @@ use crate::error::{self, Result};
 
 /// Node's default listen backlog.
 const BACKLOG: i32 = 511;
+
+/// The kinds of Unix socket.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+  Stream,
+  Seqpacket,
+  Datagram,
+}
+
+impl Kind {
+  fn sock_type(self) -> SockType {
+    match self {
+      Self::Stream => SockType::Stream,
+      Self::Seqpacket => SockType::SeqPacket,
+      Self::Datagram => SockType::Datagram,
+    }
+  }
+
+  /// As `fd_info` names it.
+  fn name(self) -> &'static str {
+    match self {
+      Self::Stream => "stream",
+      Self::Seqpacket => "seqpacket",
+      Self::Datagram => "dgram",
+    }
+  }
+
+  /// In words, for messages.
+  fn words(self) -> &'static str {
+    match self {
+      Self::Stream => "stream",
+      Self::Seqpacket => "seqpacket",
+      Self::Datagram => "datagram",
+    }
+  }
+}
 
 #[cfg(not(any(target_os = "macos", target_os = "ios")))]
 fn socket_flags(nonblocking: bool) -> SockFlag {
@@ -48,21 +85,31 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
   fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
 }
 
-fn new_socket(nonblocking: bool) -> nix::Result<OwnedFd> {
+fn new_socket(kind: Kind, nonblocking: bool) -> nix::Result<OwnedFd> {
   let fd = socket::socket(
     AddressFamily::Unix,
-    SockType::Stream,
+    kind.sock_type(),
     socket_flags(nonblocking),
     None,
   )?;
   finish(fd, nonblocking)
 }
 
+/// An unbound socket of `kind` (a datagram socket that only sends, say).
+pub fn unbound(kind: Kind, nonblocking: bool) -> Result<OwnedFd> {
+  new_socket(kind, nonblocking).map_err(|e| error::sys(e, "socket"))
+}
+
 /// Two connected stream sockets.
 pub fn pair(nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
+  pair_of(Kind::Stream, nonblocking)
+}
+
+/// Two connected sockets of `kind`.
+pub fn pair_of(kind: Kind, nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
   let (a, b) = socket::socketpair(
     AddressFamily::Unix,
-    SockType::Stream,
+    kind.sock_type(),
     None,
     socket_flags(nonblocking),
   )
@@ -75,7 +122,7 @@ pub fn pair(nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
 /// The address `path` names: a file system path, or (Linux) a name in the abstract
 /// namespace when it starts with a NUL byte, as in Node's `net`. The name is the bytes
 /// after that NUL, exactly: no padding, so that it matches other programs' use of it.
-fn address(path: &str, syscall: &str) -> Result<UnixAddr> {
+pub fn address(path: &str, syscall: &str) -> Result<UnixAddr> {
   match path.strip_prefix('\0') {
     Some(name) => abstract_address(name, path, syscall),
     None => UnixAddr::new(path).map_err(|e| error::sys_path(e, syscall, path)),
@@ -108,8 +155,18 @@ pub fn is_abstract(path: &str) -> bool {
 /// `ECONNREFUSED` instead of waiting). A non-blocking connect never waits: a full backlog
 /// is `EAGAIN`, as in Node's `net`, and a Unix socket connects at once otherwise.
 pub fn connect(path: &str, nonblocking: bool, timeout: Option<TimeVal>) -> Result<OwnedFd> {
+  connect_kind(Kind::Stream, path, nonblocking, timeout)
+}
+
+/// [`connect`] with a socket of `kind`.
+pub fn connect_kind(
+  kind: Kind,
+  path: &str,
+  nonblocking: bool,
+  timeout: Option<TimeVal>,
+) -> Result<OwnedFd> {
   let addr = address(path, "connect")?;
-  let fd = new_socket(nonblocking).map_err(|e| error::sys(e, "socket"))?;
+  let fd = new_socket(kind, nonblocking).map_err(|e| error::sys(e, "socket"))?;
   if let Some(timeout) = &timeout {
     setsockopt(&fd, sockopt::SendTimeout, timeout).map_err(|e| error::sys(e, "setsockopt"))?;
   }
@@ -160,8 +217,13 @@ impl SocketFile {
 }
 
 pub fn bind(path: &str, nonblocking: bool) -> Result<Bound> {
+  bind_kind(Kind::Stream, path, nonblocking)
+}
+
+/// A socket of `kind` bound at `path`: listening, unless it is a datagram socket.
+pub fn bind_kind(kind: Kind, path: &str, nonblocking: bool) -> Result<Bound> {
   let addr = address(path, "bind")?;
-  let fd = new_socket(nonblocking).map_err(|e| error::sys(e, "socket"))?;
+  let fd = new_socket(kind, nonblocking).map_err(|e| error::sys(e, "socket"))?;
   socket::bind(fd.as_raw_fd(), &addr).map_err(|e| error::sys_path(e, "bind", path))?;
   let file = if is_abstract(path) {
     None
@@ -173,6 +235,9 @@ pub fn bind(path: &str, nonblocking: bool) -> Result<Bound> {
       ino: identity.st_ino as u64,
     })
   };
+  if kind == Kind::Datagram {
+    return Ok(Bound { fd, file });
+  }
   let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
   if let Err(e) = socket::listen(&fd, backlog) {
     if let Some(file) = &file {
@@ -195,26 +260,33 @@ pub fn accept(listener: BorrowedFd<'_>, nonblocking: bool) -> nix::Result<OwnedF
 /// The address a socket is bound to, as `bind` takes it: a path, `\0name` for an
 /// abstract name, or `''` for none (a socket pair, an unnamed socket).
 pub fn local_path(sock: BorrowedFd<'_>) -> String {
-  let Ok(addr) = socket::getsockname::<UnixAddr>(sock.as_raw_fd()) else {
-    return String::new();
-  };
+  socket::getsockname::<UnixAddr>(sock.as_raw_fd())
+    .ok()
+    .and_then(|addr| address_name(&addr))
+    .unwrap_or_default()
+}
+
+/// An address as `bind` takes it: a path or `\0name`; `None` for an unnamed socket.
+pub fn address_name(addr: &UnixAddr) -> Option<String> {
   if let Some(path) = addr.path() {
-    return path.to_string_lossy().into_owned();
+    return Some(path.to_string_lossy().into_owned());
   }
   #[cfg(any(target_os = "linux", target_os = "android"))]
   if let Some(name) = addr.as_abstract() {
-    return format!("\0{}", String::from_utf8_lossy(name));
+    return Some(format!("\0{}", String::from_utf8_lossy(name)));
   }
-  String::new()
+  None
 }
 
 /// What an adopting class needs the fd to be.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Adopt {
-  /// A connected Unix stream socket (`UnixStream.fromFd`, `AsyncUnixStream.fromFd`).
-  Connected,
-  /// A listening Unix stream socket (`UnixListener.fromFd`, `AsyncUnixListener.fromFd`).
-  Listening,
+  /// A connected Unix socket of that kind (`UnixStream.fromFd`, `SeqpacketSocket.fromFd`).
+  Connected(Kind),
+  /// A listening Unix socket of that kind (`UnixListener.fromFd`, `SeqpacketListener.fromFd`).
+  Listening(Kind),
+  /// A Unix socket of that kind, bound or not, connected or not (`DatagramSocket.fromFd`).
+  Any(Kind),
 }
 
 /// Takes ownership of `fd` if it is a Unix stream socket in the state `wanted` (no
@@ -241,19 +313,23 @@ enum Refusal {
 fn take(fd: i32, wanted: Adopt) -> std::result::Result<OwnedFd, Refusal> {
   let info =
     crate::fd_info::query(fd).map_err(|(errno, syscall)| Refusal::Failed(errno, syscall))?;
-  let stream_unix =
-    info.family.as_deref() == Some("unix") && info.socket_type.as_deref() == Some("stream");
+  let (Adopt::Connected(kind) | Adopt::Listening(kind) | Adopt::Any(kind)) = wanted;
+  let unix = info.family.as_deref() == Some("unix");
+  let of_kind = unix && info.socket_type.as_deref() == Some(kind.name());
   let listening = info.listening == Some(true);
-  let connected = stream_unix && !listening && socket::getpeername::<UnixAddr>(fd).is_ok();
-  let fits = match wanted {
-    Adopt::Connected => stream_unix && connected,
-    Adopt::Listening => stream_unix && listening,
-  };
+  let connected = unix && !listening && socket::getpeername::<UnixAddr>(fd).is_ok();
+  let fits = of_kind
+    && match wanted {
+      Adopt::Connected(_) => connected,
+      Adopt::Listening(_) => listening,
+      Adopt::Any(_) => true,
+    };
   if !fits {
     let what = describe(&info, connected);
     let expected = match wanted {
-      Adopt::Connected => "a connected Unix stream socket",
-      Adopt::Listening => "a listening Unix stream socket",
+      Adopt::Connected(_) => format!("a connected Unix {} socket", kind.words()),
+      Adopt::Listening(_) => format!("a listening Unix {} socket", kind.words()),
+      Adopt::Any(_) => format!("a Unix {} socket", kind.words()),
     };
     return Err(Refusal::WrongKind(format!(
       "fd {fd} is {what}, not {expected}; it was left open and is still yours to close"
@@ -283,7 +359,11 @@ fn describe(info: &crate::fd_info::NativeFdInfo, connected: bool) -> String {
     Some("stream") if connected => format!("a connected {family} stream socket"),
     Some("stream") => format!("an unconnected {family} stream socket"),
     Some("dgram") => format!("a {family} datagram socket"),
-    Some("seqpacket") => format!("a {family} seqpacket socket"),
+    Some("seqpacket") if info.listening == Some(true) => {
+      format!("a listening {family} seqpacket socket")
+    }
+    Some("seqpacket") if connected => format!("a connected {family} seqpacket socket"),
+    Some("seqpacket") => format!("an unconnected {family} seqpacket socket"),
     _ => format!("a {family} socket of another type"),
   }
 }
@@ -310,7 +390,7 @@ mod tests {
     .expect("socketpair");
     let raw = a.into_raw_fd();
     assert_eq!(flags(raw) & libc::FD_CLOEXEC, 0);
-    let adopted = take(raw, Adopt::Connected).expect("adopt");
+    let adopted = take(raw, Adopt::Connected(Kind::Stream)).expect("adopt");
     assert_eq!(adopted.as_raw_fd(), raw, "the fd itself, no duplicate");
     assert_eq!(flags(raw) & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     // SAFETY: F_GETFL only reads the status flags of an open fd.
@@ -327,10 +407,11 @@ mod tests {
       SockFlag::empty(),
     )
     .expect("socketpair");
-    let refused = take(a.as_raw_fd(), Adopt::Connected).expect_err("a datagram socket");
+    let refused =
+      take(a.as_raw_fd(), Adopt::Connected(Kind::Stream)).expect_err("a datagram socket");
     assert!(matches!(refused, Refusal::WrongKind(ref m) if m.contains("datagram")));
     assert_eq!(flags(a.as_raw_fd()) & libc::FD_CLOEXEC, 0, "untouched");
-    let refused = take(a.as_raw_fd(), Adopt::Listening).expect_err("not listening");
+    let refused = take(a.as_raw_fd(), Adopt::Listening(Kind::Stream)).expect_err("not listening");
     assert!(matches!(refused, Refusal::WrongKind(_)));
   }
 }

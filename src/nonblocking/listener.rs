@@ -16,10 +16,11 @@ use crate::cancel::{self, CancelHandle, Canceller};
 use crate::error::{self, errno_of, internal, rejection, Result};
 use crate::nonblocking::acceptor::{Acceptor, Verdict};
 use crate::nonblocking::core::{accept_now, closing, connection_pending, release, ListenerShared};
+use crate::nonblocking::message::MessageSocket;
 use crate::nonblocking::stream::{fail, AsyncUnixStream};
 use crate::runtime::register;
 use crate::settle::{self, settle_later, Home, RawValue, Settled};
-use crate::socket::{self as unix, Adopt, SocketFile};
+use crate::socket::{self as unix, Adopt, Kind, SocketFile};
 use crate::sync::lock;
 
 /// A listening Unix socket driven by tokio.
@@ -31,10 +32,21 @@ pub struct AsyncUnixListener {
   path: String,
   unlink_on_close: AtomicBool,
   acceptor: Mutex<Option<Acceptor>>,
+  /// Stream (connections are `NativeAsyncUnixStream`s) or seqpacket (`NativeMessageSocket`s).
+  kind: Kind,
 }
 
 impl AsyncUnixListener {
-  fn listening(fd: OwnedFd, file: Option<SocketFile>, path: String) -> Result<Self> {
+  /// Takes ownership of `fd`, a listening Unix socket of `kind` (`ERR_INVALID_FD_TYPE`
+  /// otherwise, and the fd is left alone), and makes it close-on-exec and non-blocking.
+  fn adopt(fd: i32, kind: Kind) -> Result<Self> {
+    let sock = unix::adopt(fd, Adopt::Listening(kind))?;
+    unix::set_nonblocking(sock.as_fd()).map_err(|e| error::sys(e, "fcntl"))?;
+    let path = unix::local_path(sock.as_fd());
+    Self::listening(sock, None, path, kind)
+  }
+
+  fn listening(fd: OwnedFd, file: Option<SocketFile>, path: String, kind: Kind) -> Result<Self> {
     let io = match register(fd, Interest::READABLE) {
       Ok(io) => io,
       Err(e) => {
@@ -53,6 +65,7 @@ impl AsyncUnixListener {
       file,
       path,
       acceptor: Mutex::new(None),
+      kind,
     })
   }
 }
@@ -63,7 +76,20 @@ impl AsyncUnixListener {
   #[napi]
   pub fn bind(path: String) -> Result<AsyncUnixListener> {
     let bound = unix::bind(&path, true)?;
-    Self::listening(bound.fd, bound.file, path)
+    Self::listening(bound.fd, bound.file, path, Kind::Stream)
+  }
+
+  /// A seqpacket listener at `path`: its `accept` settles with `NativeMessageSocket`s.
+  #[napi]
+  pub fn bind_seqpacket(path: String) -> Result<AsyncUnixListener> {
+    let bound = unix::bind_kind(Kind::Seqpacket, &path, true)?;
+    Self::listening(bound.fd, bound.file, path, Kind::Seqpacket)
+  }
+
+  /// Adopts a listening seqpacket socket, as `fromFd` does a stream one.
+  #[napi]
+  pub fn from_fd_seqpacket(fd: i32) -> Result<AsyncUnixListener> {
+    Self::adopt(fd, Kind::Seqpacket)
   }
 
   /// Takes ownership of `fd`, a listening Unix stream socket (`ERR_INVALID_FD_TYPE`
@@ -74,10 +100,7 @@ impl AsyncUnixListener {
   /// adopted listener never removes a file.
   #[napi]
   pub fn from_fd(fd: i32) -> Result<AsyncUnixListener> {
-    let sock = unix::adopt(fd, Adopt::Listening)?;
-    unix::set_nonblocking(sock.as_fd()).map_err(|e| error::sys(e, "fcntl"))?;
-    let path = unix::local_path(sock.as_fd());
-    Self::listening(sock, None, path)
+    Self::adopt(fd, Kind::Stream)
   }
 
   #[napi(getter)]
@@ -114,7 +137,13 @@ impl AsyncUnixListener {
       return fail::<()>(env, id, error::closed()).map(drop);
     };
     let home = settle::home(env).map_err(rejection)?;
-    accept_later(home, shared, id, canceller.map(|c| Arc::clone(c)));
+    accept_later(
+      home,
+      shared,
+      id,
+      canceller.map(|c| Arc::clone(c)),
+      self.kind,
+    );
     Ok(())
   }
 
@@ -134,6 +163,9 @@ impl AsyncUnixListener {
   #[napi]
   pub fn accept_next(&self) -> Result<Option<AsyncUnixStream>> {
     let shared = lock(&self.io).clone().ok_or_else(error::closed)?;
+    if self.kind != Kind::Stream {
+      return Err(error::coded("ERR_INVALID_FD_TYPE", "not a stream listener"));
+    }
     match accept_now(&shared) {
       // Registered here, on the JS thread, inside the runtime.
       Ok(fd) => AsyncUnixStream::wrap(fd).map(Some),
@@ -193,6 +225,7 @@ fn accept_later(
   shared: Arc<ListenerShared>,
   id: f64,
   canceller: Option<Arc<Canceller>>,
+  kind: Kind,
 ) {
   let closed = shared.closed.subscribe();
   let listener = Arc::downgrade(&shared);
@@ -224,14 +257,19 @@ fn accept_later(
       return Err(error::closed());
     };
     match accept_now(&shared) {
+      // Registered here, on the JS thread, inside the runtime.
+      Ok(fd) if kind == Kind::Seqpacket => {
+        let socket = MessageSocket::wrap(fd, Kind::Seqpacket, None)?;
+        let instance = socket.into_instance(env).map_err(internal)?;
+        Ok(Settled::Value(Some(RawValue(instance.raw()))))
+      }
       Ok(fd) => {
-        // Registered here, on the JS thread, inside the runtime.
         let stream = AsyncUnixStream::wrap(fd)?;
         let instance = stream.into_instance(env).map_err(internal)?;
         Ok(Settled::Value(Some(RawValue(instance.raw()))))
       }
       Err(Errno::EAGAIN) => {
-        accept_later(depot, shared, id, canceller);
+        accept_later(depot, shared, id, canceller, kind);
         Ok(Settled::Later)
       }
       Err(e) => Err(error::sys(e, "accept")),

@@ -20,7 +20,7 @@ use crate::nonblocking::reader::{ReadArgs, Reader};
 use crate::queue::OutboundQueue;
 use crate::scm_rights::{self, Received};
 use crate::settle::{self, bytes, number, settle_later, Settled};
-use crate::socket::{self as unix, Adopt};
+use crate::socket::{self as unix, Adopt, Kind};
 use crate::sync::lock;
 use crate::turnstile::Ticket;
 
@@ -291,7 +291,7 @@ impl AsyncUnixStream {
   /// is left as it is: every read and write here is non-blocking by itself.
   #[napi]
   pub fn from_fd(fd: i32) -> Result<AsyncUnixStream> {
-    unix::adopt(fd, Adopt::Connected).and_then(Self::wrap)
+    unix::adopt(fd, Adopt::Connected(Kind::Stream)).and_then(Self::wrap)
   }
 
   /// This stream's handle for the functions in `fast`.

@@ -1,0 +1,666 @@
+/**
+ * Message sockets (SPEC §9): SOCK_SEQPACKET and SOCK_DGRAM keep message boundaries, so the
+ * fds of a message belong to that message alone. Every received fd is checked by dev:ino
+ * and by reading through it, and for close-on-exec; every test leaves the fd count where
+ * the file found it.
+ */
+import test from 'ava'
+import { spawn, spawnSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import {
+  DatagramSocket,
+  FdSocket,
+  QueueFullError,
+  SeqpacketListener,
+  SeqpacketSocket,
+  UnixListener,
+  UnixStream,
+  type Message,
+} from '../index.js'
+import {
+  closeAll,
+  fdFlags,
+  fdIdentity,
+  O_CLOEXEC,
+  pathIdentity,
+  readAt,
+  settledOpenFds,
+  tmpDir,
+  tmpFile,
+  tmpSocketPath,
+} from './helpers.js'
+import { codeOf, rejection, syncThrow, warmedUpFdBaseline } from './async-helpers.js'
+
+let baseline = 0
+test.before(async () => {
+  baseline = await warmedUpFdBaseline()
+})
+test.after.always('no fd of this file leaked', async (t) => {
+  t.is(await settledOpenFds(baseline), baseline)
+})
+
+const files = (n: number) => {
+  const dir = tmpDir('fdq-msg-')
+  return Array.from({ length: n }, (_, i) => tmpFile(`file ${i}`, dir, `f${i}`))
+}
+
+/** Checks that `fds` are, in order, the files `expected` (by inode and content), close-on-exec; closes them. */
+function checkAndClose(t: any, fds: number[], expected: string[]): void {
+  try {
+    t.deepEqual(
+      fds.map((fd) => fdIdentity(fd)),
+      expected.map((file) => pathIdentity(file)),
+    )
+    for (const [i, fd] of fds.entries()) {
+      t.is(readAt(fd), fs.readFileSync(expected[i], 'utf8'))
+      t.truthy(fdFlags(fd) & O_CLOEXEC, `fd ${fd} is close-on-exec`)
+    }
+  } finally {
+    closeAll(fds)
+  }
+}
+
+async function sendFiles(send: (fds: number[]) => Promise<number>, list: string[]): Promise<number> {
+  const fds = list.map((file) => fs.openSync(file, 'r'))
+  try {
+    return await send(fds)
+  } finally {
+    closeAll(fds)
+  }
+}
+
+const KINDS = [
+  ['SeqpacketSocket', () => SeqpacketSocket.pair()],
+  ['DatagramSocket', () => DatagramSocket.pair()],
+] as const
+
+for (const [kind, pair] of KINDS) {
+  test(`${kind}: each message keeps its boundaries and exactly its own fds, close-on-exec`, async (t) => {
+    const [a, b] = pair()
+    const list = files(4)
+    try {
+      // Message i carries files 0..i; sent back to back, before any receive.
+      for (let i = 0; i < list.length; i++) {
+        t.is(await sendFiles((fds) => a.send(`msg${i}`, fds), list.slice(0, i + 1)), 4)
+      }
+      await a.send('no fds')
+      for (let i = 0; i < list.length; i++) {
+        const message = (await b.receive())!
+        t.is(message.data.toString(), `msg${i}`)
+        t.false(message.truncated)
+        t.is(message.from, undefined, 'a pair is unnamed')
+        checkAndClose(t, message.fds, list.slice(0, i + 1))
+      }
+      const last = (await b.receive())!
+      t.deepEqual([last.data.toString(), last.fds], ['no fds', []])
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+
+  test(`${kind}: a zero-byte message with fds arrives as its own message`, async (t) => {
+    const [a, b] = pair()
+    const [file] = files(1)
+    try {
+      t.is(await sendFiles((fds) => a.send('', fds), [file]), 0)
+      await a.send('after')
+      const empty = (await b.receive())!
+      t.is(empty.data.length, 0)
+      checkAndClose(t, empty.fds, [file])
+      t.is((await b.receive())!.data.toString(), 'after')
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+
+  test(`${kind}: 253 fds in one message arrive in order; 254 throw QueueFullError and send nothing`, async (t) => {
+    const [a, b] = pair()
+    const [file] = files(1)
+    const fd = fs.openSync(file, 'r')
+    try {
+      const error = syncThrow(() => a.send('too many', new Array(254).fill(fd)))
+      t.true(error instanceof QueueFullError, String(error))
+      t.is(error.code, 'ERR_FD_QUEUE_FULL')
+      await a.send('253', new Array(253).fill(fd))
+      const message = (await b.receive())!
+      t.is(message.data.toString(), '253', 'the refused send sent nothing')
+      t.is(message.fds.length, 253)
+      t.is(new Set(message.fds).size, 253, 'each a distinct fd')
+      checkAndClose(t, message.fds, new Array(253).fill(file))
+    } finally {
+      fs.closeSync(fd)
+      a.close()
+      b.close()
+    }
+  })
+
+  test(`${kind}: enqueue()d fds ride on the next send, and only on it`, async (t) => {
+    const [a, b] = pair()
+    const list = files(3)
+    try {
+      for (const file of list.slice(0, 2)) {
+        const fd = fs.openSync(file, 'r')
+        a.enqueue(fd)
+        fs.closeSync(fd) // enqueue duplicated it
+      }
+      await sendFiles((fds) => a.send('first', fds), [list[2]])
+      await a.send('second')
+      const first = (await b.receive())!
+      t.is(first.data.toString(), 'first')
+      checkAndClose(t, first.fds, [list[0], list[1], list[2]])
+      t.deepEqual((await b.receive())!.fds, [])
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+
+  test(`${kind}: receives settle in call order; close() settles a pending receive with ERR_SOCKET_CLOSED`, async (t) => {
+    const [a, b] = pair()
+    try {
+      const pending = [b.receive(), b.receive(), b.receive()]
+      for (const word of ['one', 'two', 'three']) await a.send(word)
+      t.deepEqual(
+        (await Promise.all(pending)).map((m) => m!.data.toString()),
+        ['one', 'two', 'three'],
+      )
+      const waiting = b.receive()
+      b.close()
+      t.is(codeOf(await rejection(waiting)), 'ERR_SOCKET_CLOSED')
+      t.is(codeOf(await rejection(b.receive())), 'ERR_SOCKET_CLOSED')
+      t.is(b.fd, -1)
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+
+  test(`${kind}: an aborted receive() takes nothing: the message and its fds go to the next one`, async (t) => {
+    const [a, b] = pair()
+    const [file] = files(1)
+    try {
+      const controller = new AbortController()
+      const aborted = b.receive({ signal: controller.signal })
+      controller.abort()
+      const error = await rejection(aborted)
+      t.is(error.name, 'AbortError')
+      t.is(error.code, 'ABORT_ERR')
+      await sendFiles((fds) => a.send('kept', fds), [file])
+      const message = (await b.receive())!
+      t.is(message.data.toString(), 'kept')
+      checkAndClose(t, message.fds, [file])
+      const already = AbortSignal.abort()
+      t.is((await rejection(b.receive({ signal: already }))).name, 'AbortError')
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+
+  // Serial: it counts this process's fds, which concurrent tests would move.
+  test.serial(`${kind}: close() with fds enqueued closes them and the socket`, async (t) => {
+    const [a, b] = pair()
+    const [file] = files(1)
+    const fd = fs.openSync(file, 'r')
+    const before = await settledOpenFds()
+    a.enqueue(fd)
+    a.enqueue(fd)
+    t.is(await settledOpenFds(), before + 2, 'two duplicates queued')
+    a.close()
+    t.is(await settledOpenFds(), before - 1, 'the socket and both duplicates closed')
+    fs.closeSync(fd)
+    // The peer never sees them: a seqpacket peer reads the end at once.
+    if (kind === 'SeqpacketSocket') t.is(await b.receive(), null)
+    b.close()
+  })
+}
+
+test('SeqpacketSocket: a 200 KiB message arrives whole in one receive, not truncated', async (t) => {
+  const [a, b] = SeqpacketSocket.pair()
+  try {
+    const big = Buffer.alloc(200 * 1024)
+    for (let i = 0; i < big.length; i++) big[i] = (i * 7) % 251
+    const receiving = b.receive()
+    t.is(await a.send(big), big.length)
+    const message = (await receiving)!
+    t.false(message.truncated)
+    t.is(message.data.length, big.length)
+    t.true(message.data.equals(big))
+  } finally {
+    a.close()
+    b.close()
+  }
+})
+
+test('SeqpacketSocket: the peer closing ends receive() with null, and async iteration ends', async (t) => {
+  const [a, b] = SeqpacketSocket.pair()
+  const [c, d] = SeqpacketSocket.pair()
+  try {
+    const pending = b.receive()
+    a.close()
+    t.is(await pending, null)
+    t.is(await b.receive(), null, 'and again')
+    for (const word of ['x', 'y']) await c.send(word)
+    c.close()
+    const seen: string[] = []
+    for await (const message of d) seen.push(message.data.toString())
+    t.deepEqual(seen, ['x', 'y'])
+  } finally {
+    for (const s of [a, b, c, d]) s.close()
+  }
+})
+
+test('SeqpacketListener: accept(), async iteration, peerCredentials(), unlink on close', async (t) => {
+  const socketPath = tmpSocketPath()
+  const listener = SeqpacketListener.bind(socketPath)
+  t.is(listener.path, socketPath)
+  t.true(fs.statSync(socketPath).isSocket())
+  const [file] = files(1)
+  const accepted = listener.accept()
+  const client = await SeqpacketSocket.connect(socketPath)
+  const server = await accepted
+  try {
+    t.true(server instanceof SeqpacketSocket)
+    t.like(server.peerCredentials(), { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() })
+    t.like(client.peerCredentials(), { pid: process.pid })
+    await sendFiles((fds) => client.send('request', fds), [file])
+    const request = (await server.receive())!
+    t.is(request.data.toString(), 'request')
+    checkAndClose(t, request.fds, [file])
+    await server.send('reply')
+    t.is((await client.receive())!.data.toString(), 'reply')
+
+    // Iteration yields each connection until the listener closes.
+    const clients = await Promise.all([1, 2, 3].map(() => SeqpacketSocket.connect(socketPath)))
+    const served: SeqpacketSocket[] = []
+    for await (const connection of listener) {
+      served.push(connection)
+      if (served.length === 3) listener.close()
+    }
+    t.is(served.length, 3)
+    for (const s of [...clients, ...served]) s.close()
+    t.false(fs.existsSync(socketPath), 'close() removed the socket file')
+    t.is(codeOf(await rejection(listener.accept())), 'ERR_SOCKET_CLOSED')
+  } finally {
+    client.close()
+    server.close()
+    listener.close()
+  }
+})
+
+test('SeqpacketListener: an abstract address; a pending accept() settles on close(); { signal } aborts it', async (t) => {
+  const name = `\0fdq-sp-${process.pid}-${Date.now()}`
+  const listener = SeqpacketListener.bind(name)
+  try {
+    t.is(listener.path, name)
+    const client = await SeqpacketSocket.connect(name)
+    const server = await listener.accept()
+    await client.send('abstract')
+    t.is((await server.receive())!.data.toString(), 'abstract')
+    client.close()
+    server.close()
+    const controller = new AbortController()
+    const aborted = listener.accept({ signal: controller.signal })
+    controller.abort()
+    t.is((await rejection(aborted)).name, 'AbortError')
+    const pending = listener.accept()
+    listener.close()
+    t.is(codeOf(await rejection(pending)), 'ERR_SOCKET_CLOSED')
+  } finally {
+    listener.close()
+  }
+})
+
+test('SeqpacketSocket.connect(): ENOENT and ECONNREFUSED name the path; a stream listener is EPROTOTYPE or ECONNREFUSED', async (t) => {
+  const missing = path.join(tmpDir(), 'none.sock')
+  const error = await rejection(SeqpacketSocket.connect(missing))
+  t.is(error.code, 'ENOENT')
+  t.is(error.syscall, 'connect')
+  t.is(error.path, missing)
+  const streamPath = tmpSocketPath()
+  const stream = UnixListener.bind(streamPath)
+  try {
+    const wrongKind = await rejection(SeqpacketSocket.connect(streamPath))
+    t.true(['EPROTOTYPE', 'ECONNREFUSED'].includes(wrongKind.code), wrongKind.code)
+  } finally {
+    stream.close()
+  }
+})
+
+test('DatagramSocket: bind(path) receives from a bound sender (from = its path) and an unbound one (no from)', async (t) => {
+  const dir = tmpDir('fdq-dg-')
+  const serverPath = path.join(dir, 'server')
+  const clientPath = path.join(dir, 'client')
+  const server = DatagramSocket.bind(serverPath)
+  const named = DatagramSocket.bind(clientPath)
+  const anonymous = DatagramSocket.bind()
+  const [file] = files(1)
+  try {
+    t.is(server.path, serverPath)
+    t.is(anonymous.path, '')
+    await sendFiles((fds) => named.sendTo(serverPath, 'from named', fds), [file])
+    await anonymous.sendTo(serverPath, 'from anonymous')
+    const first = (await server.receive())!
+    t.is(first.data.toString(), 'from named')
+    t.is(first.from, clientPath)
+    checkAndClose(t, first.fds, [file])
+    const second = (await server.receive())!
+    t.is(second.data.toString(), 'from anonymous')
+    t.is(second.from, undefined)
+    // A reply to `from`.
+    await server.sendTo(first.from!, 'reply')
+    t.is((await named.receive())!.from, serverPath)
+    // connect(): send() without a destination.
+    anonymous.connect(serverPath)
+    await anonymous.send('connected')
+    t.is((await server.receive())!.data.toString(), 'connected')
+  } finally {
+    server.close()
+    named.close()
+    anonymous.close()
+  }
+  t.false(fs.existsSync(serverPath), 'close() removes the socket file it bound')
+  t.false(fs.existsSync(clientPath))
+})
+
+test('DatagramSocket: setUnlinkOnClose(false) keeps the file; an abstract name works; fromFd adopts a bound socket', async (t) => {
+  const socketPath = tmpSocketPath()
+  const kept = DatagramSocket.bind(socketPath).setUnlinkOnClose(false)
+  kept.close()
+  t.true(fs.statSync(socketPath).isSocket(), 'the file stays')
+  fs.unlinkSync(socketPath)
+
+  const name = `\0fdq-dg-${process.pid}-${Date.now()}`
+  const server = DatagramSocket.bind(name)
+  const sender = DatagramSocket.bind()
+  try {
+    await sender.sendTo(name, 'to abstract')
+    t.is((await server.receive())!.data.toString(), 'to abstract')
+    // Another holder's copy of the bound socket (as listenFds or a peer would hand it over).
+    const [a, b] = FdSocket.pair()
+    const copy = await new Promise<number>((resolve, reject) => {
+      b.once('data', () => resolve(b.dequeue()!)).once('error', reject)
+      a.enqueue(server)
+      a.write('!')
+    })
+    a.destroy()
+    b.destroy()
+    const adopted = DatagramSocket.fromFd(copy)
+    t.is(adopted.fd, copy)
+    await sender.sendTo(name, 'to the adopted copy')
+    t.is((await adopted.receive())!.data.toString(), 'to the adopted copy')
+    adopted.close()
+  } finally {
+    server.close()
+    sender.close()
+  }
+})
+
+test('DatagramSocket: sendTo() a missing path rejects ENOENT with the path; one that is not listening ECONNREFUSED', async (t) => {
+  const sender = DatagramSocket.bind()
+  const missing = path.join(tmpDir(), 'gone')
+  try {
+    const error = await rejection(sender.sendTo(missing, 'x'))
+    t.is(error.code, 'ENOENT')
+    t.is(error.path, missing)
+    const stale = tmpSocketPath()
+    DatagramSocket.bind(stale).setUnlinkOnClose(false).close()
+    t.is(codeOf(await rejection(sender.sendTo(stale, 'x'))), 'ECONNREFUSED')
+    fs.unlinkSync(stale)
+    t.is(codeOf(syncThrow(() => sender.connect(missing))), 'ENOENT')
+  } finally {
+    sender.close()
+  }
+})
+
+test('DatagramSocket: sends to a receiver whose queue is full wait for room; none is lost and fds stay with their message', async (t) => {
+  const receiverPath = tmpSocketPath()
+  const receiver = DatagramSocket.bind(receiverPath)
+  const sender = DatagramSocket.bind()
+  const [file] = files(1)
+  const fd = fs.openSync(file, 'r')
+  try {
+    const count = 600 // far past net.unix.max_dgram_qlen (10 by default)
+    const sends = Array.from({ length: count }, (_, i) =>
+      sender.sendTo(receiverPath, `m${i}`, i % 50 === 0 ? [fd] : []),
+    )
+    const got: Message[] = []
+    while (got.length < count) got.push((await receiver.receive())!)
+    await Promise.all(sends)
+    t.deepEqual(
+      got.map((m) => m.data.toString()),
+      Array.from({ length: count }, (_, i) => `m${i}`),
+    )
+    for (const [i, m] of got.entries()) {
+      t.is(m.fds.length, i % 50 === 0 ? 1 : 0, `message ${i}`)
+      checkAndClose(t, m.fds, m.fds.length ? [file] : [])
+    }
+  } finally {
+    fs.closeSync(fd)
+    receiver.close()
+    sender.close()
+  }
+})
+
+test('fromFd() checks the kind: ERR_INVALID_FD_TYPE, and the fd stays open and the caller’s', (t) => {
+  const [s1, s2] = UnixStream.pair()
+  const [q1, q2] = SeqpacketSocket.pair()
+  const [d1, d2] = DatagramSocket.pair()
+  const file = fs.openSync(files(1)[0], 'r')
+  try {
+    const cases: [string, () => unknown, number][] = [
+      ['SeqpacketSocket.fromFd(stream)', () => SeqpacketSocket.fromFd(s1.fd), s1.fd],
+      ['SeqpacketSocket.fromFd(datagram)', () => SeqpacketSocket.fromFd(d1.fd), d1.fd],
+      ['DatagramSocket.fromFd(seqpacket)', () => DatagramSocket.fromFd(q1.fd), q1.fd],
+      ['SeqpacketListener.fromFd(connected seqpacket)', () => SeqpacketListener.fromFd(q1.fd), q1.fd],
+      ['SeqpacketSocket.fromFd(file)', () => SeqpacketSocket.fromFd(file), file],
+      ['DatagramSocket.fromFd(file)', () => DatagramSocket.fromFd(file), file],
+    ]
+    for (const [what, call, fd] of cases) {
+      const error = syncThrow(call)
+      t.is(codeOf(error), 'ERR_INVALID_FD_TYPE', `${what}: ${error}`)
+      t.notThrows(() => fs.fstatSync(fd), `${what} left the fd open`)
+    }
+    t.is(codeOf(syncThrow(() => SeqpacketSocket.fromFd(-1))), 'ERR_OUT_OF_RANGE')
+    t.is(codeOf(syncThrow(() => DatagramSocket.fromFd(1.5 as any))), 'ERR_OUT_OF_RANGE')
+  } finally {
+    fs.closeSync(file)
+    for (const s of [s1, s2, q1, q2, d1, d2]) s.close()
+  }
+})
+
+test('bad input is a typed error before anything is sent', async (t) => {
+  const [a, b] = SeqpacketSocket.pair()
+  const [c, d] = DatagramSocket.pair()
+  try {
+    t.is(codeOf(syncThrow(() => a.send(42 as any))), 'ERR_INVALID_ARG_TYPE')
+    t.is(codeOf(syncThrow(() => a.send('x', 3 as any))), 'ERR_INVALID_ARG_TYPE')
+    t.is(codeOf(syncThrow(() => a.send('x', [-1]))), 'ERR_OUT_OF_RANGE')
+    t.is(codeOf(syncThrow(() => a.send('x', ['3' as any]))), 'ERR_INVALID_ARG_TYPE')
+    t.is(codeOf(syncThrow(() => a.receive({ signal: 'no' as any }))), 'ERR_INVALID_ARG_TYPE')
+    t.is(codeOf(syncThrow(() => a.enqueue(-5))), 'ERR_OUT_OF_RANGE')
+    t.is(codeOf(syncThrow(() => c.sendTo(7 as any, 'x'))), 'ERR_INVALID_ARG_TYPE')
+    t.is(codeOf(syncThrow(() => c.sendTo('x'.repeat(200), 'x'))), 'ERR_INVALID_ARG_VALUE')
+    t.is(codeOf(syncThrow(() => DatagramSocket.bind(5 as any))), 'ERR_INVALID_ARG_TYPE')
+    t.is(codeOf(syncThrow(() => SeqpacketListener.bind(''))), 'ERR_INVALID_ARG_VALUE')
+    t.is(codeOf(syncThrow(() => new (SeqpacketSocket as any)())), 'ERR_ILLEGAL_CONSTRUCTOR')
+    a.close()
+    t.is(codeOf(syncThrow(() => b.enqueue(a))), 'ERR_INVALID_ARG_VALUE', 'a closed socket holds no fd')
+    t.is(codeOf(await rejection(a.send('closed'))), 'ERR_SOCKET_CLOSED')
+    t.is(await b.receive(), null, 'nothing was sent by any refused call')
+  } finally {
+    for (const s of [a, b, c, d]) s.close()
+  }
+})
+
+// ---------------------------------------------------------------------------------------
+// Interop: a Python peer on the stdlib's socket.sendmsg / recvmsg (interop/message_peer.py).
+
+const PEER = path.join(path.dirname(new URL(import.meta.url).pathname), 'interop', 'message_peer.py')
+
+/** Runs the Python peer; `line(match)` waits for a JSON line of its stdout. */
+function python(args: string[]) {
+  const child = spawn('python3', [PEER, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const lines: any[] = []
+  let stderr = ''
+  let buffered = ''
+  const wakers = new Set<() => void>()
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    buffered += chunk
+    const complete = buffered.split('\n')
+    buffered = complete.pop()!
+    for (const l of complete) if (l.trim()) lines.push(JSON.parse(l))
+    for (const wake of wakers) wake()
+  })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve))
+  return {
+    exited,
+    async line(match: (l: any) => boolean): Promise<any> {
+      for (;;) {
+        const found = lines.find(match)
+        if (found) return found
+        const code = await Promise.race([
+          new Promise<undefined>((resolve) => wakers.add(() => resolve(undefined))),
+          exited,
+        ])
+        if (code !== undefined) throw new Error(`python exited (${code}): ${JSON.stringify(lines)} ${stderr}`)
+      }
+    },
+  }
+}
+
+/** What the Python sender sends for `list`: message i with files 0..i, a zero-byte one with file 0, "END". */
+async function checkFromPython(t: any, next: () => Promise<Message | null>, list: string[], from?: string) {
+  for (let i = 0; i < list.length; i++) {
+    const message = (await next())!
+    t.is(message.data.toString(), `msg${i}`)
+    t.is(message.from, from)
+    checkAndClose(t, message.fds, list.slice(0, i + 1))
+  }
+  const empty = (await next())!
+  t.is(empty.data.length, 0)
+  checkAndClose(t, empty.fds, [list[0]])
+  const end = (await next())!
+  t.deepEqual([end.data.toString(), end.fds], ['END', []])
+}
+
+test('interop: Python (sendmsg, SOCK_SEQPACKET) → SeqpacketListener: each message with its own fds', async (t) => {
+  const socketPath = tmpSocketPath()
+  const listener = SeqpacketListener.bind(socketPath)
+  const list = files(3)
+  const peer = python(['seqpacket', 'send', socketPath, ...list])
+  const connection = await listener.accept()
+  try {
+    await checkFromPython(t, () => connection.receive(), list)
+    t.deepEqual(await peer.line((l) => 'sent' in l), { sent: 5 })
+    t.is(await connection.receive(), null, 'then the end')
+    t.is(await peer.exited, 0)
+  } finally {
+    connection.close()
+    listener.close()
+  }
+})
+
+test('interop: Python (sendmsg, SOCK_DGRAM, bound) → DatagramSocket: each message with its own fds and its sender', async (t) => {
+  const socketPath = tmpSocketPath()
+  const socket = DatagramSocket.bind(socketPath)
+  const list = files(3)
+  try {
+    const peer = python(['dgram', 'send', socketPath, ...list])
+    await checkFromPython(t, () => socket.receive(), list, `${socketPath}.py`)
+    t.is(await peer.exited, 0)
+  } finally {
+    socket.close()
+  }
+})
+
+for (const kind of ['seqpacket', 'dgram'] as const) {
+  test(`interop: ${kind === 'seqpacket' ? 'SeqpacketSocket' : 'DatagramSocket'} → Python (recvmsg, SOCK_${kind.toUpperCase()}): boundaries, fds by inode and content`, async (t) => {
+    // The datagram peer at an abstract address ("@name" for Python's command line).
+    const name = `fdq-py-${process.pid}-${Date.now()}`
+    const socketPath = kind === 'seqpacket' ? tmpSocketPath() : `\0${name}`
+    const list = files(4)
+    const peer = python([kind, 'recv', kind === 'seqpacket' ? socketPath : `@${name}`, '4'])
+    await peer.line((l) => 'listening' in l)
+    const ourPath = tmpSocketPath()
+    const socket = kind === 'seqpacket' ? await SeqpacketSocket.connect(socketPath) : DatagramSocket.bind(ourPath)
+    const send = (data: string, fds: number[]) =>
+      socket instanceof DatagramSocket ? socket.sendTo(socketPath, data, fds) : socket.send(data, fds)
+    try {
+      await sendFiles((fds) => send('one', fds), [list[0]])
+      await sendFiles((fds) => send('', fds), [list[1]])
+      await sendFiles((fds) => send('three', fds), [list[2], list[3], list[0]])
+      await send('four', [])
+      const { messages } = await peer.line((l) => 'messages' in l)
+      const described = (files: string[]) =>
+        files.map((f) => {
+          const [dev, ino] = pathIdentity(f).split(':')
+          return { dev, ino, content: fs.readFileSync(f, 'utf8') }
+        })
+      const from = kind === 'dgram' ? ourPath : null
+      t.deepEqual(messages, [
+        { data: 'one', from, fds: described([list[0]]), truncated: false },
+        { data: '', from, fds: described([list[1]]), truncated: false },
+        { data: 'three', from, fds: described([list[2], list[3], list[0]]), truncated: false },
+        { data: 'four', from, fds: [], truncated: false },
+      ])
+      t.is(await peer.exited, 0)
+    } finally {
+      socket.close()
+    }
+  })
+}
+
+test('garbage collection of message sockets closes them and every fd they held: unread in a message, enqueued (child with --expose-gc)', async (t) => {
+  const dir = tmpDir('fdq-msg-gc-')
+  const fifo = path.join(dir, 'fifo')
+  spawnSync('mkfifo', [fifo])
+  const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-gc.cjs')
+  const result = spawnSync(process.execPath, ['--expose-gc', script, fifo], { encoding: 'utf8' })
+  t.is(result.status, 0, result.stderr)
+  const report = JSON.parse(result.stdout.trim())
+  t.true(report.writerOpenWhileAlive, 'copies of the write end were held while the sockets lived')
+  t.false(report.writerOpenAfterGc, 'no copy of the write end survives the collection')
+  t.is(report.after, report.before)
+})
+
+test('DatagramSocket: close() rejects sends still waiting for a full receiver (ERR_SOCKET_CLOSED) and closes their fds', async (t) => {
+  const qlen = Number(fs.readFileSync('/proc/sys/net/unix/max_dgram_qlen', 'utf8'))
+  const receiverPath = tmpSocketPath()
+  const receiver = DatagramSocket.bind(receiverPath)
+  const sender = DatagramSocket.bind()
+  const [file] = files(1)
+  const fd = fs.openSync(file, 'r')
+  try {
+    const sends = Array.from({ length: qlen + 20 }, (_, i) => sender.sendTo(receiverPath, `m${i}`, [fd]))
+    await Promise.all(sends.slice(0, qlen)) // these fit in the receiver's queue
+    sender.close()
+    const outcomes = await Promise.allSettled(sends)
+    const sent = outcomes.filter((o) => o.status === 'fulfilled').length
+    const refused = outcomes.filter((o) => o.status === 'rejected')
+    t.true(sent >= qlen)
+    t.true(refused.length > 0, 'some were still waiting')
+    t.deepEqual(
+      new Set(refused.map((o) => codeOf((o as PromiseRejectedResult).reason))),
+      new Set(['ERR_SOCKET_CLOSED']),
+    )
+    t.deepEqual(
+      outcomes.map((o) => o.status),
+      [...new Array(sent).fill('fulfilled'), ...new Array(refused.length).fill('rejected')],
+      'in call order',
+    )
+    for (let i = 0; i < sent; i++) {
+      const message = (await receiver.receive())!
+      t.is(message.data.toString(), `m${i}`)
+      checkAndClose(t, message.fds, [file])
+    }
+  } finally {
+    fs.closeSync(fd)
+    sender.close()
+    receiver.close()
+  }
+})

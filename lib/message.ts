@@ -1,0 +1,422 @@
+/**
+ * Message sockets: Unix `SOCK_SEQPACKET` and `SOCK_DGRAM`. They keep message boundaries,
+ * so the fds of a message belong to that message alone: `send(data, fds)` is one
+ * `sendmsg`, `receive()` one whole message with its fds.
+ */
+import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } from './binding.js'
+import { illegalConstructor, invalidArgType, native, QueueFullError } from './errors.js'
+import { holdsFd, toBytes, toFd, validateFdNumber, validatePath, validateSignalOption } from './args.js'
+import type { EnqueueFd, FdLike } from './interfaces.js'
+import { AbortError, Liveness, operation, setReferenced } from './pending.js'
+
+/** Most fds one message carries (Linux's `SCM_MAX_FD`). */
+const SCM_MAX_FD = 253
+/** `accept` errors that only say the process is out of fds or memory for now. */
+const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
+const MAX_ACCEPT_BACKOFF_MS = 200
+
+/** One received message. */
+export interface Message {
+  /** The message's bytes, all of them (see `truncated`). */
+  data: Buffer
+  /** The fds that came with it, in the order they were attached; yours to close. */
+  fds: number[]
+  /**
+   * Something of the message was lost on the way in: fds the kernel could not install
+   * (`MSG_CTRUNC`: this process was at its open-file limit; the fds that did arrive are in
+   * `fds`), or bytes past the largest message this system lets an unprivileged sender make
+   * (`MSG_TRUNC`; only a sender with `CAP_NET_ADMIN` can exceed it).
+   */
+  truncated: boolean
+  /** The sender's address (a datagram socket's sender that is bound): a path or `'\0name'`. */
+  from?: string
+}
+
+function validateFds(fds: unknown): number[] {
+  if (fds === undefined) return []
+  if (!Array.isArray(fds)) throw invalidArgType('fds', 'an array of fds', fds)
+  if (fds.length > SCM_MAX_FD) {
+    throw new QueueFullError(`One message carries at most ${SCM_MAX_FD} fds; got ${fds.length}`)
+  }
+  return fds.map((fd, i) => toFd(fd as FdLike, `fds[${i}]`))
+}
+
+/** What both message socket classes share. */
+abstract class MessageSocket implements EnqueueFd {
+  /** @internal */
+  protected readonly inner: Native.NativeMessageSocket
+  #liveness = new Liveness()
+
+  /** @internal */
+  protected constructor(inner: Native.NativeMessageSocket) {
+    this.inner = inner
+  }
+
+  /** The socket's fd; -1 once closed. */
+  get fd(): number {
+    return this.inner.fd
+  }
+
+  /** The address it is bound to (`'\0name'` for an abstract one); `''` when unbound. */
+  get path(): string {
+    return this.inner.path
+  }
+
+  /** Duplicates `fd` now; the duplicate rides on the next `send` (at most 253 per message). */
+  enqueue(fd: FdLike): void {
+    const raw = toFd(fd)
+    native(() => this.inner.enqueue(raw))
+  }
+
+  /** @internal */
+  protected sendMessage(data: Uint8Array | string, fds: unknown, to: string | undefined): Promise<number> {
+    const bytes = toBytes(data)
+    const raw = validateFds(fds)
+    return operation(this, this.#liveness, (id) => this.inner.send(bytes, raw, to, id) ?? null)
+  }
+
+  /**
+   * Resolves with the next whole message and its fds (yours to close), in call order;
+   * with `null` once a seqpacket peer has closed. Aborting `signal` rejects with an
+   * `AbortError` and loses nothing: the message stays for the next `receive`.
+   */
+  receive(options?: { signal?: AbortSignal }): Promise<Message | null> {
+    const signal = validateSignalOption(options)
+    return operation<Message | typeof END>(
+      this,
+      this.#liveness,
+      (id, canceller) => {
+        // `null`: pending; `false`: the end, at once; a settled end is `null`.
+        const now = this.inner.receive(id, canceller)
+        return now === false ? END : (now as Message | null)
+      },
+      signal,
+    ).then((message) => (message === END || message == null ? null : message))
+  }
+
+  /**
+   * The peer process's `pid`, `uid` and `gid` (a connected socket: a seqpacket connection,
+   * a pair).
+   */
+  peerCredentials(): PeerCredentials {
+    return native(() => peerCredentialsOf(this.inner))
+  }
+
+  /** Lets the process exit while operations of this socket are pending. */
+  unref(): this {
+    setReferenced(this.#liveness, false)
+    return this
+  }
+
+  /** Undoes `unref()`. */
+  ref(): this {
+    setReferenced(this.#liveness, true)
+    return this
+  }
+
+  /**
+   * Closes the socket and the fds queued for the next send, and settles pending
+   * operations with `ERR_SOCKET_CLOSED`. Idempotent.
+   */
+  close(): void {
+    this.inner.close()
+  }
+
+  /** `using socket = ...`: closes the socket. */
+  [Symbol.dispose](): void {
+    this.close()
+  }
+
+  /** `await using socket = ...`: closes the socket. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close()
+    return Promise.resolve()
+  }
+}
+
+/** The end of a seqpacket connection, when `receive` finds it at once (`null` means pending there). */
+const END = Symbol('fd-queue.end')
+
+/**
+ * A connected Unix seqpacket socket: reliable, ordered messages with their fds, on a
+ * connection (`pair()`, `connect()`, or `SeqpacketListener#accept()`).
+ */
+export class SeqpacketSocket extends MessageSocket {
+  /** @internal */
+  constructor(token: typeof WRAP, inner: Native.NativeMessageSocket) {
+    if (token !== WRAP) {
+      throw illegalConstructor('Use SeqpacketSocket.pair(), connect(), fromFd() or SeqpacketListener#accept()')
+    }
+    super(inner)
+  }
+
+  /** Two connected seqpacket sockets (synchronous). */
+  static pair(): [SeqpacketSocket, SeqpacketSocket] {
+    const [a, b] = native(() => binding.NativeMessageSocket.pair(false))
+    return [new SeqpacketSocket(WRAP, a), new SeqpacketSocket(WRAP, b)]
+  }
+
+  /**
+   * Connects to the seqpacket listener at `path` (`'\0name'`: abstract, Linux). A Unix
+   * socket connects at once or not at all (`EAGAIN`: the backlog is full), so `signal` only
+   * matters when it is aborted already.
+   */
+  static connect(path: string, options?: { signal?: AbortSignal }): Promise<SeqpacketSocket> {
+    validatePath(path)
+    const signal = validateSignalOption(options)
+    if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
+    try {
+      return Promise.resolve(
+        new SeqpacketSocket(
+          WRAP,
+          native(() => binding.NativeMessageSocket.connectSeqpacket(path)),
+        ),
+      )
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /**
+   * Adopts `fd`, a connected Unix seqpacket socket this process holds: the socket owns it
+   * from now on and makes it close-on-exec and non-blocking. Any other kind of fd throws
+   * `ERR_INVALID_FD_TYPE` and stays yours.
+   */
+  static fromFd(fd: number): SeqpacketSocket {
+    const raw = validateFdNumber(fd, 'fd')
+    return new SeqpacketSocket(
+      WRAP,
+      native(() => binding.NativeMessageSocket.fromFd(raw, false)),
+    )
+  }
+
+  /**
+   * Sends `data` as one message, with the queued fds and then `fds` (duplicated at the
+   * call) attached. Resolves with the byte count. A message may be empty.
+   */
+  send(data: Uint8Array | string, fds?: FdLike[]): Promise<number> {
+    return this.sendMessage(data, fds, undefined)
+  }
+
+  /** Yields every message until the peer closes. */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Message, void, undefined> {
+    for (let message = await this.receive(); message !== null; message = await this.receive()) yield message
+  }
+}
+
+/**
+ * A Unix datagram socket: bound to a path (`bind(path)`) or not (`bind()`), connected to
+ * one peer (`connect(path)`, `pair()`) or sending to any (`sendTo`). Every datagram
+ * carries its own fds.
+ */
+export class DatagramSocket extends MessageSocket {
+  /** @internal */
+  constructor(token: typeof WRAP, inner: Native.NativeMessageSocket) {
+    if (token !== WRAP) throw illegalConstructor('Use DatagramSocket.bind(), pair() or fromFd()')
+    super(inner)
+  }
+
+  /**
+   * A datagram socket bound at `path` (a socket file is created, and removed by `close()`
+   * unless `setUnlinkOnClose(false)`; `'\0name'`: abstract, Linux), or unbound with no
+   * `path` (it can send, and receive replies only on a pair or after `connect`).
+   */
+  static bind(path?: string): DatagramSocket {
+    if (path !== undefined) validatePath(path)
+    return new DatagramSocket(
+      WRAP,
+      native(() => binding.NativeMessageSocket.bindDatagram(path ?? null)),
+    )
+  }
+
+  /** Two connected datagram sockets (synchronous). */
+  static pair(): [DatagramSocket, DatagramSocket] {
+    const [a, b] = native(() => binding.NativeMessageSocket.pair(true))
+    return [new DatagramSocket(WRAP, a), new DatagramSocket(WRAP, b)]
+  }
+
+  /**
+   * Adopts `fd`, a Unix datagram socket this process holds (bound or not, connected or
+   * not): the socket owns it from now on and makes it close-on-exec and non-blocking. Any
+   * other kind of fd throws `ERR_INVALID_FD_TYPE` and stays yours.
+   */
+  static fromFd(fd: number): DatagramSocket {
+    const raw = validateFdNumber(fd, 'fd')
+    return new DatagramSocket(
+      WRAP,
+      native(() => binding.NativeMessageSocket.fromFd(raw, true)),
+    )
+  }
+
+  /**
+   * Sends to `path` by default from now on (`connect(2)`), and receives only from there.
+   * Throws `ENOENT`, `ECONNREFUSED`, ... at once.
+   */
+  connect(path: string): this {
+    validatePath(path)
+    native(() => this.inner.connect(path))
+    return this
+  }
+
+  /** Sends `data` with its fds to the connected peer (see `connect`, `pair`). */
+  send(data: Uint8Array | string, fds?: FdLike[]): Promise<number> {
+    return this.sendMessage(data, fds, undefined)
+  }
+
+  /**
+   * Sends `data` with the queued fds and `fds` to the datagram socket at `path`. A
+   * receiver whose queue is full is retried (up to 64 ms apart) until it has room.
+   */
+  sendTo(path: string, data: Uint8Array | string, fds?: FdLike[]): Promise<number> {
+    validatePath(path)
+    return this.sendMessage(data, fds, path)
+  }
+
+  /**
+   * Whether `close()` removes the socket file `bind(path)` created (default `true`).
+   */
+  setUnlinkOnClose(unlink: boolean): this {
+    if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
+    this.inner.setUnlinkOnClose(unlink)
+    return this
+  }
+
+  /** Yields every datagram until the socket is closed. */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Message, void, undefined> {
+    for (;;) {
+      let message: Message | null
+      try {
+        message = await this.receive()
+      } catch (error) {
+        if ((error as { code?: unknown }).code === 'ERR_SOCKET_CLOSED') return
+        throw error
+      }
+      if (message === null) return
+      yield message
+    }
+  }
+}
+
+/**
+ * A listening Unix seqpacket socket with a Promise-returning `accept`, and
+ * async-iterable: `for await (const connection of listener)` until it is closed.
+ */
+export class SeqpacketListener {
+  #native: Native.NativeAsyncUnixListener
+  #liveness = new Liveness()
+
+  /** @internal */
+  constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixListener) {
+    if (token !== WRAP) throw illegalConstructor('Use SeqpacketListener.bind() or SeqpacketListener.fromFd()')
+    this.#native = inner
+  }
+
+  /** Creates a socket file at `path` and listens on it; `'\0name'`: abstract (Linux). */
+  static bind(path: string): SeqpacketListener {
+    validatePath(path)
+    return new SeqpacketListener(
+      WRAP,
+      native(() => binding.NativeAsyncUnixListener.bindSeqpacket(path)),
+    )
+  }
+
+  /**
+   * Adopts `fd`, a listening Unix seqpacket socket this process holds (from `listenFds()`,
+   * a predecessor, ...); it never removes a socket file. Any other kind of fd throws
+   * `ERR_INVALID_FD_TYPE` and stays yours.
+   */
+  static fromFd(fd: number): SeqpacketListener {
+    const raw = validateFdNumber(fd, 'fd')
+    return new SeqpacketListener(
+      WRAP,
+      native(() => binding.NativeAsyncUnixListener.fromFdSeqpacket(raw)),
+    )
+  }
+
+  /** The listening socket's fd; -1 once closed. */
+  get fd(): number {
+    return this.#native.fd
+  }
+
+  /** The address it listens on: a path, `'\0name'` for an abstract one, `''` if unnamed. */
+  get path(): string {
+    return this.#native.path
+  }
+
+  /** Whether `close()` removes the socket file this listener created (default `true`). */
+  setUnlinkOnClose(unlink: boolean): this {
+    if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
+    this.#native.setUnlinkOnClose(unlink)
+    return this
+  }
+
+  /**
+   * Resolves with the next connection; rejects with `ERR_SOCKET_CLOSED` if closed first,
+   * `EMFILE` (…) when the process is out of fds (the listener stays open), an `AbortError`
+   * when `signal` aborts (the connection is left for the next accept).
+   */
+  accept(options?: { signal?: AbortSignal }): Promise<SeqpacketSocket> {
+    const signal = validateSignalOption(options)
+    return operation<Native.NativeMessageSocket>(
+      this,
+      this.#liveness,
+      (id, canceller) => {
+        this.#native.accept(id, canceller)
+        return null
+      },
+      signal,
+    ).then((inner) => new SeqpacketSocket(WRAP, inner))
+  }
+
+  /** Yields every connection until the listener is closed (waiting out a lack of fds). */
+  async *[Symbol.asyncIterator](): AsyncGenerator<SeqpacketSocket, void, undefined> {
+    let backoff = 0
+    for (;;) {
+      let connection: SeqpacketSocket
+      try {
+        connection = await this.accept()
+      } catch (error) {
+        const code = (error as { code?: unknown }).code
+        if (code === 'ERR_SOCKET_CLOSED') return
+        if (typeof code !== 'string' || !EXHAUSTED.has(code)) throw error
+        backoff = Math.min(Math.max(1, backoff * 2), MAX_ACCEPT_BACKOFF_MS)
+        await new Promise((resolve) => setTimeout(resolve, backoff))
+        continue
+      }
+      backoff = 0
+      yield connection
+    }
+  }
+
+  /** Lets the process exit while an `accept` is pending. */
+  unref(): this {
+    setReferenced(this.#liveness, false)
+    return this
+  }
+
+  /** Undoes `unref()`. */
+  ref(): this {
+    setReferenced(this.#liveness, true)
+    return this
+  }
+
+  /** Stops listening, removes the socket file unless told otherwise, rejects pending accepts. */
+  close(): void {
+    this.#native.close()
+  }
+
+  /** `using listener = ...`: closes the listener. */
+  [Symbol.dispose](): void {
+    this.close()
+  }
+
+  /** `await using listener = ...`: closes the listener. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close()
+    return Promise.resolve()
+  }
+}
+
+holdsFd(SeqpacketSocket)
+holdsFd(DatagramSocket)
+holdsFd(SeqpacketListener)

@@ -1,0 +1,539 @@
+//! `SeqpacketSocket` and `DatagramSocket` (one native class): Unix sockets that keep message
+//! boundaries, so the fds of a message belong to it alone. Each `send` is one `sendmsg`
+//! with its fds; each `receive` is one whole message with its fds, owned by the caller.
+//! Calls are served in call order, on the same async core as the streams: at once on the
+//! calling thread when the socket is ready, otherwise once tokio's reactor says so.
+
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use napi::bindgen_prelude::{BufferSlice, ToNapiValue, Uint8ArraySlice};
+use napi::{Env, JsValue};
+use napi_derive::napi;
+use nix::errno::Errno;
+use nix::sys::socket::UnixAddr;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::watch;
+
+use crate::cancel::{self, CancelHandle, Canceller};
+use crate::credentials::{self, PeerCredentials};
+use crate::error::{self, errno_of, rejection, Result};
+use crate::js::byte_count;
+use crate::nonblocking::core::{closing, release};
+use crate::nonblocking::stream::fail;
+use crate::queue::OutboundQueue;
+use crate::runtime::register;
+use crate::scm_rights::{self, Datagram, SCM_MAX_FD};
+use crate::settle::{self, number, settle_later, RawValue, Settled};
+use crate::socket::{self as unix, Adopt, Kind, SocketFile};
+use crate::sync::lock;
+use crate::turnstile::Turnstile;
+
+/// Longest wait between two tries of a `sendTo` whose receiver's queue is full (the
+/// kernel reports no readiness for that: it is the other socket that is full).
+const MAX_SEND_BACKOFF: Duration = Duration::from_millis(64);
+
+/// What pending operations share.
+struct Shared {
+  io: AsyncFd<OwnedFd>,
+  kind: Kind,
+  closed: watch::Sender<bool>,
+  sends: Arc<Turnstile>,
+  receives: Arc<Turnstile>,
+}
+
+impl Shared {
+  fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    self.io.get_ref().as_fd()
+  }
+
+  /// Runs `op` unless (or until) the socket is closed, which settles it with
+  /// `ERR_SOCKET_CLOSED`.
+  async fn unless_closed<T>(&self, op: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let outcome = tokio::select! {
+      biased;
+      _ = closing(&self.closed) => Err(error::closed()),
+      result = op => result,
+    };
+    if *self.closed.borrow() {
+      return Err(error::closed());
+    }
+    outcome
+  }
+}
+
+/// A message as received, before it reaches JS (its fds owned until then).
+struct Received {
+  data: Vec<u8>,
+  fds: Vec<OwnedFd>,
+  truncated: bool,
+  from: Option<String>,
+}
+
+/// What one receive found: a message, or (seqpacket) the end of the connection.
+enum Outcome {
+  Message(Received),
+  End,
+}
+
+/// The largest message this system lets a sender make: twice `wmem_max` (the kernel
+/// doubles `SO_SNDBUF`), at least 256 KiB. Only a sender with `CAP_NET_ADMIN` (which can
+/// force a larger buffer) can send more, and such a message is reported `truncated`.
+fn largest_message() -> usize {
+  static LARGEST: OnceLock<usize> = OnceLock::new();
+  *LARGEST.get_or_init(|| {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+      .ok()
+      .and_then(|text| text.trim().parse::<usize>().ok())
+      .unwrap_or(0);
+    (2 * wmem_max).max(256 * 1024)
+  })
+}
+
+thread_local! {
+  // A receive lands here, then is copied into a buffer of its size. Pages the kernel never
+  // writes are never touched, so the size costs address space, not memory.
+  static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One non-blocking receive. `Ok(None)`: nothing is waiting.
+fn receive_now(fd: std::os::fd::BorrowedFd<'_>, kind: Kind) -> nix::Result<Option<Outcome>> {
+  SCRATCH.with_borrow_mut(|scratch| {
+    if scratch.is_empty() {
+      scratch.resize(largest_message(), 0);
+    }
+    let got: Datagram = match scm_rights::recv_message(fd, scratch) {
+      Ok(got) => got,
+      Err(Errno::EAGAIN | Errno::EINTR) => return Ok(None),
+      Err(e) => return Err(e),
+    };
+    if kind == Kind::Seqpacket
+      && got.bytes == 0
+      && got.fds.is_empty()
+      && !got.bytes_cut
+      && hung_up(fd)
+    {
+      return Ok(Some(Outcome::End));
+    }
+    Ok(Some(Outcome::Message(Received {
+      data: scratch[..got.bytes].to_vec(),
+      fds: got.fds,
+      truncated: got.fds_cut || got.bytes_cut,
+      from: got.from,
+    })))
+  })
+}
+
+/// Whether the peer of a seqpacket socket is gone (an empty read then means the end, not
+/// an empty message).
+fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+  // A peer that shut down only its writing side shows POLLRDHUP (Linux), which nix's
+  // PollFlags does not model (its `revents` would be unreadable): plain poll(2).
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  let ended = libc::POLLHUP | libc::POLLRDHUP;
+  #[cfg(not(any(target_os = "linux", target_os = "android")))]
+  let ended = libc::POLLHUP;
+  let mut pollfd = libc::pollfd {
+    fd: fd.as_raw_fd(),
+    events: libc::POLLIN | ended,
+    revents: 0,
+  };
+  // SAFETY: one pollfd on the stack, valid for the call; a zero timeout never blocks.
+  let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+  ready == 1 && pollfd.revents & ended != 0
+}
+
+/// The JS value of a received message: `{ data, fds, truncated, from? }`, or `null` at the
+/// end. The fds become the caller's only once everything else is made.
+fn message_value(env: &Env, outcome: Outcome) -> napi::Result<Settled> {
+  let Outcome::Message(message) = outcome else {
+    return Ok(Settled::Value(None));
+  };
+  let mut object = napi::bindgen_prelude::Object::new(env)?;
+  object.set("data", BufferSlice::copy_from(env, &message.data)?)?;
+  object.set("truncated", message.truncated)?;
+  if let Some(from) = message.from {
+    object.set("from", from)?;
+  }
+  let mut fds = env.create_array(message.fds.len() as u32)?;
+  for (i, fd) in message.fds.iter().enumerate() {
+    fds.set(i as u32, fd.as_raw_fd())?;
+  }
+  object.set("fds", fds)?;
+  // Made: the numbers are the caller's from here on.
+  message.fds.into_iter().for_each(|fd| {
+    let _ = fd.into_raw_fd();
+  });
+  Ok(Settled::Value(Some(RawValue(object.raw()))))
+}
+
+/// A Unix seqpacket or datagram socket with Promise-returning `send` and `receive`.
+#[napi(js_name = "NativeMessageSocket")]
+pub struct MessageSocket {
+  shared: Mutex<Option<Arc<Shared>>>,
+  outbound: Mutex<OutboundQueue>,
+  kind: Kind,
+  /// The socket file a bound datagram socket created.
+  file: Option<SocketFile>,
+  unlink_on_close: AtomicBool,
+  path: String,
+}
+
+impl MessageSocket {
+  /// Wraps a socket of `kind`, made non-blocking, registered with the reactor.
+  pub(crate) fn wrap(fd: OwnedFd, kind: Kind, file: Option<SocketFile>) -> Result<Self> {
+    let path = unix::local_path(fd.as_fd());
+    let io = match register(fd, Interest::READABLE | Interest::WRITABLE) {
+      Ok(io) => io,
+      Err(e) => {
+        if let Some(file) = &file {
+          file.remove();
+        }
+        return Err(e);
+      }
+    };
+    Ok(Self {
+      shared: Mutex::new(Some(Arc::new(Shared {
+        io,
+        kind,
+        closed: watch::Sender::new(false),
+        sends: Turnstile::new(),
+        receives: Turnstile::new(),
+      }))),
+      outbound: Mutex::new(OutboundQueue::default()),
+      kind,
+      unlink_on_close: AtomicBool::new(file.is_some()),
+      file,
+      path,
+    })
+  }
+
+  fn shared(&self) -> Result<Arc<Shared>> {
+    lock(&self.shared).clone().ok_or_else(error::closed)
+  }
+
+  fn adopt(fd: i32, wanted: Adopt, kind: Kind) -> Result<Self> {
+    let sock = unix::adopt(fd, wanted)?;
+    unix::set_nonblocking(sock.as_fd()).map_err(|e| error::sys(e, "fcntl"))?;
+    Self::wrap(sock, kind, None)
+  }
+}
+
+#[napi]
+impl MessageSocket {
+  /// Two connected seqpacket (`datagram` false) or datagram sockets.
+  #[napi]
+  pub fn pair(datagram: bool) -> Result<Vec<MessageSocket>> {
+    let kind = if datagram {
+      Kind::Datagram
+    } else {
+      Kind::Seqpacket
+    };
+    let (a, b) = unix::pair_of(kind, true)?;
+    Ok(vec![Self::wrap(a, kind, None)?, Self::wrap(b, kind, None)?])
+  }
+
+  /// Connects a seqpacket socket to the listener at `path` (at once, or `EAGAIN` when its
+  /// backlog is full).
+  #[napi]
+  pub fn connect_seqpacket(path: String) -> Result<MessageSocket> {
+    let fd = unix::connect_kind(Kind::Seqpacket, &path, true, None)?;
+    Self::wrap(fd, Kind::Seqpacket, None)
+  }
+
+  /// A datagram socket bound at `path` (a file, or `\0name`), or unbound (`null`).
+  #[napi]
+  pub fn bind_datagram(path: Option<String>) -> Result<MessageSocket> {
+    match path {
+      Some(path) => {
+        let bound = unix::bind_kind(Kind::Datagram, &path, true)?;
+        Self::wrap(bound.fd, Kind::Datagram, bound.file)
+      }
+      None => Self::wrap(unix::unbound(Kind::Datagram, true)?, Kind::Datagram, None),
+    }
+  }
+
+  /// Adopts a connected seqpacket socket (`datagram` false) or any datagram socket; any
+  /// other fd is refused with `ERR_INVALID_FD_TYPE` and left alone.
+  #[napi]
+  pub fn from_fd(fd: i32, datagram: bool) -> Result<MessageSocket> {
+    if datagram {
+      Self::adopt(fd, Adopt::Any(Kind::Datagram), Kind::Datagram)
+    } else {
+      Self::adopt(fd, Adopt::Connected(Kind::Seqpacket), Kind::Seqpacket)
+    }
+  }
+
+  /// Sets the default destination of a datagram socket (`connect(2)`): `send` goes there,
+  /// and only messages from there are received.
+  #[napi]
+  pub fn connect(&self, path: String) -> Result<()> {
+    let shared = self.shared()?;
+    let addr = unix::address(&path, "connect")?;
+    nix::sys::socket::connect(shared.fd().as_raw_fd(), &addr)
+      .map_err(|e| error::sys_path(e, "connect", &path))
+  }
+
+  #[napi(getter)]
+  pub fn fd(&self) -> i32 {
+    lock(&self.shared)
+      .as_ref()
+      .map_or(-1, |s| s.fd().as_raw_fd())
+  }
+
+  /// The address it is bound to (`\0name` for an abstract one), or `''`.
+  #[napi(getter)]
+  pub fn path(&self) -> String {
+    self.path.clone()
+  }
+
+  #[napi(getter)]
+  pub fn is_datagram(&self) -> bool {
+    self.kind == Kind::Datagram
+  }
+
+  /// Whether `close()` removes the socket file `bind` created (default `true`).
+  #[napi]
+  pub fn set_unlink_on_close(&self, unlink: bool) {
+    self
+      .unlink_on_close
+      .store(unlink && self.file.is_some(), Ordering::Release);
+  }
+
+  /// Duplicates `fd` (close-on-exec) into the outbound queue: it rides on the next send.
+  #[napi]
+  pub fn enqueue(&self, fd: i32) -> Result<()> {
+    self.shared()?;
+    let mut outbound = lock(&self.outbound);
+    if outbound.is_full() {
+      return Err(error::outbound_full());
+    }
+    let duplicate = scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
+    outbound
+      .enqueue(duplicate)
+      .map_err(|_| error::outbound_full())
+  }
+
+  /// How many fds wait to ride on the next send.
+  #[napi(getter)]
+  pub fn queued_outbound(&self) -> u32 {
+    lock(&self.outbound).len() as u32
+  }
+
+  /// Sends `data` as one message, with the queued fds and then `fds` (duplicated now)
+  /// attached, to `to` when given (an unconnected datagram socket). Resolves with the byte
+  /// count: directly when it went at once, otherwise operation `id` settles later.
+  #[napi(
+    ts_args_type = "data: Uint8Array, fds: number[], to: string | undefined | null, id: number"
+  )]
+  pub fn send(
+    &self,
+    env: &Env,
+    data: Uint8ArraySlice<'_>,
+    fds: Vec<i32>,
+    to: Option<String>,
+    id: f64,
+  ) -> napi::Result<Option<f64>> {
+    let shared = match self.shared() {
+      Ok(shared) => shared,
+      Err(e) => return fail(env, id, e),
+    };
+    let address = match &to {
+      Some(path) => Some(unix::address(path, "sendmsg").map_err(rejection)?),
+      None => None,
+    };
+    let attached = {
+      let mut outbound = lock(&self.outbound);
+      if outbound.len() + fds.len() > SCM_MAX_FD {
+        return Err(rejection(error::outbound_full()));
+      }
+      let mut duplicates = Vec::with_capacity(fds.len());
+      for fd in &fds {
+        // A bad fd throws with nothing sent; the duplicates made so far are closed.
+        duplicates
+          .push(scm_rights::dup_cloexec(*fd).map_err(|e| rejection(error::sys(e, "fcntl")))?);
+      }
+      let mut attached = outbound.take();
+      attached.extend(duplicates);
+      attached
+    };
+    let raw: Vec<RawFd> = attached.iter().map(AsRawFd::as_raw_fd).collect();
+    let len = data.len();
+    if shared.sends.is_idle() {
+      match scm_rights::send_message(shared.fd(), &data, &raw, address.as_ref()) {
+        Ok(n) => {
+          scm_rights::close_all(attached);
+          return Ok(Some(byte_count(n)));
+        }
+        Err(Errno::EAGAIN | Errno::EINTR) => {}
+        Err(e) if scm_rights::is_transient(e) => {}
+        Err(e) => return fail(env, id, send_error(e, to.as_deref())),
+      }
+    }
+    // JS may change or detach its buffer meanwhile: the message is copied.
+    let data = data.to_vec();
+    let home = settle::home(env).map_err(rejection)?;
+    let ticket = shared.sends.ticket();
+    let op = async move {
+      let send = async {
+        ticket.turn().await;
+        send_later(&shared, &data, &raw, address.as_ref(), to.as_deref()).await
+      };
+      let outcome = shared.unless_closed(send).await;
+      // Sent or not, this process's duplicates go: the kernel holds its own references.
+      scm_rights::close_all(attached);
+      drop(shared);
+      outcome.map(|_| byte_count(len))
+    };
+    settle_later(home, id, op, number);
+    Ok(None)
+  }
+
+  /// Receives the next message (after every earlier `receive`): `{ data, fds, truncated,
+  /// from? }`, or the end of a seqpacket connection (`false` when answered at once, `null`
+  /// when settled). Directly when one is waiting and no earlier receive is (`null` means
+  /// pending); otherwise operation `id` settles later, and `canceller` can cancel it until
+  /// it has received.
+  #[napi(
+    ts_args_type = "id: number, canceller?: ExternalObject<'Canceller'> | undefined | null",
+    ts_return_type = "{ data: Buffer, fds: number[], truncated: boolean, from?: string } | false | null"
+  )]
+  pub fn receive(
+    &self,
+    env: &Env,
+    id: f64,
+    canceller: Option<&CancelHandle>,
+  ) -> napi::Result<Option<RawValue>> {
+    let shared = match self.shared() {
+      Ok(shared) => shared,
+      Err(e) => return fail(env, id, e),
+    };
+    if shared.receives.is_idle() {
+      match receive_now(shared.fd(), shared.kind) {
+        Ok(Some(outcome)) => {
+          return match message_value(env, outcome)? {
+            Settled::Value(Some(value)) => Ok(Some(value)),
+            // `null` says "pending": the end of a seqpacket connection is `false` here.
+            // SAFETY: a value made in this environment, on its thread.
+            _ => Ok(Some(RawValue(unsafe {
+              bool::to_napi_value(env.raw(), false)?
+            }))),
+          };
+        }
+        Ok(None) => {}
+        Err(e) => return fail(env, id, error::sys(e, "recvmsg")),
+      }
+    }
+    let home = settle::home(env).map_err(rejection)?;
+    let ticket = shared.receives.ticket();
+    let canceller: Option<Arc<Canceller>> = canceller.map(|c| Arc::clone(c));
+    let op = async move {
+      let receive = async {
+        ticket.turn().await;
+        receive_later(&shared).await
+      };
+      let outcome = shared
+        .unless_closed(cancel::unless_cancelled(canceller, receive))
+        .await;
+      drop(shared);
+      outcome
+    };
+    settle_later(home, id, op, |env, outcome| {
+      message_value(env, outcome).map_err(error::internal)
+    });
+    Ok(None)
+  }
+
+  /// The peer's credentials (connected sockets: a seqpacket connection, a pair).
+  #[napi]
+  pub fn peer_credentials(&self) -> Result<PeerCredentials> {
+    credentials::peer_credentials(self.shared()?.fd())
+  }
+
+  /// Closes the socket and the fds queued to ride on the next send, settles every pending
+  /// operation with `ERR_SOCKET_CLOSED`, and removes the socket file `bind` created unless
+  /// `setUnlinkOnClose(false)`. A second call does nothing.
+  #[napi]
+  pub fn close(&self) {
+    let shared = lock(&self.shared).take();
+    if let Some(shared) = shared {
+      lock(&self.outbound).clear();
+      if self.unlink_on_close.load(Ordering::Acquire) {
+        if let Some(file) = &self.file {
+          file.remove();
+        }
+      }
+      shared.closed.send_replace(true);
+      release(shared);
+    }
+  }
+}
+
+impl Drop for MessageSocket {
+  fn drop(&mut self) {
+    self.close();
+  }
+}
+
+/// A send error, with the destination when there is one (`ENOENT`, `ECONNREFUSED`, ...).
+fn send_error(e: Errno, to: Option<&str>) -> error::Error {
+  match to {
+    Some(path) => error::sys_path(e, "sendmsg", path),
+    None => error::sys(e, "sendmsg"),
+  }
+}
+
+/// Sends once the socket can take the message. A connected socket waits for the reactor
+/// (the kernel wakes a datagram sender when its peer's queue drains); a `sendTo` whose
+/// receiver is full is retried with a backoff, since nothing reports when that changes.
+async fn send_later(
+  shared: &Shared,
+  data: &[u8],
+  fds: &[RawFd],
+  address: Option<&UnixAddr>,
+  to: Option<&str>,
+) -> Result<usize> {
+  let mut backoff = Duration::from_millis(1);
+  loop {
+    let result = if address.is_some() {
+      scm_rights::send_message(shared.fd(), data, fds, address).map_err(std::io::Error::from)
+    } else {
+      shared
+        .io
+        .async_io(Interest::WRITABLE, |fd| {
+          scm_rights::send_message(fd.as_fd(), data, fds, None).map_err(std::io::Error::from)
+        })
+        .await
+    };
+    match result {
+      Ok(n) => return Ok(n),
+      Err(e) => match errno_of(&e) {
+        Errno::EINTR => continue,
+        errno if errno == Errno::EAGAIN || scm_rights::is_transient(errno) => {
+          crate::runtime::sleep(backoff).await;
+          backoff = (backoff * 2).min(MAX_SEND_BACKOFF);
+        }
+        errno => return Err(send_error(errno, to)),
+      },
+    }
+  }
+}
+
+/// Receives once a message is waiting.
+async fn receive_later(shared: &Shared) -> Result<Outcome> {
+  loop {
+    let mut guard = shared
+      .io
+      .readable()
+      .await
+      .map_err(|e| error::sys(errno_of(&e), "recvmsg"))?;
+    match receive_now(shared.fd(), shared.kind) {
+      Ok(Some(outcome)) => return Ok(outcome),
+      Ok(None) => guard.clear_ready(),
+      Err(e) => return Err(error::sys(e, "recvmsg")),
+    }
+  }
+}
