@@ -21,7 +21,7 @@ const BUILD_DIR = path.join(HERE, '.build')
 const RESULTS_DIR = path.join(HERE, 'results')
 const PEERS_DIR = path.join(HERE, 'peers')
 
-const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,scale] [--runs=N] [--peers=c,python,unix,async,socket,net] [--cross] [--out=FILE]
+const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,scale,seqfd1,seqrt] [--runs=N] [--peers=c,python,unix,async,socket,net,seqpacket] [--cross] [--out=FILE]
 
   --quick     smoke run: one run of each workload with small counts
   --only      workloads to run (default: all)
@@ -33,7 +33,7 @@ const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,sca
 
 Counts (environment): BENCH_FD1_MSGS, BENCH_FD16_MSGS, BENCH_RT_COUNT, BENCH_RT_WARMUP,
 BENCH_BYTES_MIB, BENCH_BYTES_CHUNK, BENCH_SCALE_CONNS (e.g. 250,500,1000),
-BENCH_SCALE_ROUNDS, BENCH_SCALE_FDS, BENCH_SCALE_MSG_BYTES, BENCH_SCALE_WINDOW,
+BENCH_SCALE_ROUNDS, BENCH_SCALE_FDS, BENCH_SEQ_FD1_MSGS, BENCH_SEQ_RT_COUNT, BENCH_SCALE_MSG_BYTES, BENCH_SCALE_WINDOW,
 BENCH_TIMEOUT_S (per child), BENCH_ASYNC_WRITE_WINDOW, BENCH_ASYNC_READ_WINDOW, CC, PYTHON.`
 
 // ---- options ---------------------------------------------------------------------------
@@ -84,12 +84,14 @@ const config = {
   timeoutS: envInt('BENCH_TIMEOUT_S', 300, 60),
   asyncWriteWindow: envInt('BENCH_ASYNC_WRITE_WINDOW', 1, 1),
   asyncReadWindow: envInt('BENCH_ASYNC_READ_WINDOW', 1, 1),
+  seqFd1Msgs: envInt('BENCH_SEQ_FD1_MSGS', 100_000, 5_000),
+  seqRtCount: envInt('BENCH_SEQ_RT_COUNT', 30_000, 500),
 }
 if (config.scaleConns.some((n) => !Number.isInteger(n) || n <= 0)) {
   console.error('BENCH_SCALE_CONNS must be a comma-separated list of positive integers')
   process.exit(2)
 }
-const WORKLOADS = ['fd1', 'fd16', 'rt', 'bytes', 'scale']
+const WORKLOADS = ['fd1', 'fd16', 'rt', 'bytes', 'scale', 'seqfd1', 'seqrt']
 const selected = options.only ?? WORKLOADS
 for (const name of selected) {
   if (!WORKLOADS.includes(name)) {
@@ -143,6 +145,7 @@ function startChild(label, command, args, timeoutMs) {
       BENCH_ASYNC_WRITE_WINDOW: String(config.asyncWriteWindow),
       BENCH_ASYNC_READ_WINDOW: String(config.asyncReadWindow),
       BENCH_PEER_TIMEOUT_S: String(Math.ceil(timeoutMs / 1000) + 5),
+      BENCH_SOCK_TYPE: sockType,
     },
   })
   live.add(child)
@@ -192,6 +195,9 @@ function startChild(label, command, args, timeoutMs) {
   return { child, ready, done, kill: () => child.kill('SIGKILL') }
 }
 
+/** The socket type of the workload running: `stream`, or `seqpacket` (the C and Python peers read BENCH_SOCK_TYPE). */
+let sockType = 'stream'
+
 let socketSeq = 0
 const socketPath = () => path.join(tmpDir, `${++socketSeq}.sock`)
 
@@ -231,6 +237,7 @@ const PEERS = {
   async: { name: 'AsyncUnixStream', short: 'AsyncUnixStream' },
   socket: { name: 'FdSocket', short: 'FdSocket' },
   net: { name: 'net.Socket', short: 'net.Socket', rtName: 'net.Socket, 1 byte without fd (libuv reference)' },
+  seqpacket: { name: 'SeqpacketSocket', short: 'SeqpacketSocket' },
 }
 const available = new Set()
 const skipped = {}
@@ -280,7 +287,7 @@ function detectPeers() {
   const py = versionOf(pythonCommand, ['-c', 'import socket,sys; socket.send_fds; print(sys.version.split()[0])'])
   if (py) available.add('python')
   else skipped.python = `${pythonCommand} with socket.send_fds (3.9+) not found`
-  for (const name of ['unix', 'async', 'socket', 'net']) available.add(name)
+  for (const name of ['unix', 'async', 'socket', 'net', 'seqpacket']) available.add(name)
   if (options.peers) {
     for (const name of Object.keys(PEERS)) {
       if (!options.peers.includes(name) && available.delete(name)) skipped[name] = 'not selected (--peers)'
@@ -384,18 +391,23 @@ async function interleave(workload, peers, trial) {
 }
 
 /** a. fd streaming: MSGS one-byte messages, PER fds each; the receiver closes every fd. */
-async function fdStreaming(workload, msgs, per) {
-  const peers = ['c', 'cdup', 'python', 'unix', 'async', 'socket'].filter((p) => available.has(p))
+async function fdStreaming(workload, msgs, per, seqpacket = false) {
+  const peers = (seqpacket ? ['c', 'python', 'seqpacket'] : ['c', 'cdup', 'python', 'unix', 'async', 'socket']).filter(
+    (p) => available.has(p),
+  )
+  sockType = seqpacket ? 'seqpacket' : 'stream'
   // Cross pairs (optional): name "sender>receiver".
   const pairs = peers.map((p) => [p, p])
-  if (options.cross && available.has('c')) {
+  if (options.cross && available.has('c') && !seqpacket) {
     for (const p of ['unix', 'async', 'socket', 'python'].filter((q) => available.has(q))) {
       pairs.push([p, 'c'], ['c', p])
     }
   }
   const names = pairs.map(([s, r]) => (s === r ? s : `${s}>${r}`))
   const pairOf = Object.fromEntries(names.map((n, i) => [n, pairs[i]]))
-  log(`\n[${workload}] fd streaming: ${msgs} messages x (1 byte + ${per} fd${per > 1 ? 's' : ''}), ${config.runs} runs`)
+  log(
+    `\n[${workload}] fd ${seqpacket ? 'messages (SOCK_SEQPACKET)' : 'streaming'}: ${msgs} messages x (1 byte + ${per} fd${per > 1 ? 's' : ''}), ${config.runs} runs`,
+  )
   const byPeer = await interleave(workload, names, async (name) => {
     const [sender, receiver] = pairOf[name]
     const [rx, tx] = await pairRun(side(receiver, 'stream-recv', [msgs, per]), side(sender, 'stream-send', [msgs, per]))
@@ -423,16 +435,24 @@ async function fdStreaming(workload, msgs, per) {
     m.summary = `${fmt(m.msgsPerSec, 0)} msgs/s (${seconds.toFixed(2)} s)`
     return m
   })
-  results.workloads[workload] = { msgs, fdsPerMsg: per, peers: byPeer }
+  results.workloads[workload] = { msgs, fdsPerMsg: per, sockType, peers: byPeer }
+  sockType = 'stream'
 }
 
 /** b. round trip: 1 byte + 1 fd, wait for a 1-byte ack. */
-async function roundTrip() {
+async function roundTrip(workload = 'rt') {
+  const seqpacket = workload === 'seqrt'
   // net.Socket carries no fds: its row is a reference for Node's own libuv round trip.
-  const peers = ['c', 'python', 'unix', 'async', 'socket', 'net'].filter((p) => available.has(p))
-  const { rtCount: count, rtWarmup: warmup } = config
-  log(`\n[rt] round trip: ${count} timed round trips (+${warmup} warm-up), ${config.runs} runs`)
-  const byPeer = await interleave('rt', peers, async (peer) => {
+  const peers = (seqpacket ? ['c', 'python', 'seqpacket'] : ['c', 'python', 'unix', 'async', 'socket', 'net']).filter(
+    (p) => available.has(p),
+  )
+  sockType = seqpacket ? 'seqpacket' : 'stream'
+  const { rtWarmup: warmup } = config
+  const count = seqpacket ? config.seqRtCount : config.rtCount
+  log(
+    `\n[${workload}] round trip${seqpacket ? ' (SOCK_SEQPACKET)' : ''}: ${count} timed round trips (+${warmup} warm-up), ${config.runs} runs`,
+  )
+  const byPeer = await interleave(workload, peers, async (peer) => {
     const [server, client] = await pairRun(
       side(peer, 'rt-server', [count + warmup]),
       side(peer, 'rt-client', [count, warmup]),
@@ -454,7 +474,8 @@ async function roundTrip() {
     m.summary = `p50 ${m.p50Us.toFixed(1)} µs, mean ${m.meanUs.toFixed(1)} µs`
     return m
   })
-  results.workloads.rt = { count, warmup, peers: byPeer }
+  results.workloads[workload] = { count, warmup, sockType, peers: byPeer }
+  sockType = 'stream'
 }
 
 /** c. bytes: TOTAL bytes in CHUNK-byte writes. */
@@ -618,6 +639,36 @@ function computeRatios() {
       })
     }
   }
+  // Issue #14: seqpacket messages against C and Python on the same socket type (no target set).
+  if (w.seqfd1?.peers.seqpacket?.runs.length) {
+    for (const [other, label] of [
+      ['c', 'C'],
+      ['python', 'Python'],
+    ]) {
+      addRatio(
+        `seqfd1.seqpacket.vs${label}`,
+        `SeqpacketSocket 1-fd messages vs ${label}`,
+        rate('seqfd1', 'seqpacket'),
+        rate('seqfd1', other),
+        { paired: pairedRatio(stream('seqfd1', 'seqpacket'), stream('seqfd1', other), 'msgsPerSec') },
+      )
+    }
+  }
+  if (w.seqrt?.peers.seqpacket?.runs.length) {
+    const p = w.seqrt.peers
+    for (const [other, label] of [
+      ['c', 'C'],
+      ['python', 'Python'],
+    ]) {
+      addRatio(
+        `seqrt.seqpacket.vs${label}`,
+        `SeqpacketSocket round trip vs ${label} (µs, lower is better)`,
+        p.seqpacket.median.p50Us,
+        p[other]?.median.p50Us,
+        { lowerIsBetter: true, paired: pairedRatio(p.seqpacket, p[other], 'p50Us') },
+      )
+    }
+  }
   if (w.bytes) {
     const p = w.bytes.peers
     if (p.socket?.runs.length) {
@@ -709,6 +760,7 @@ function render() {
   for (const [workload, title] of [
     ['fd1', 'a. fd streaming, 1 byte + 1 fd per message'],
     ['fd16', 'a. fd streaming, 1 byte + 16 fds per message'],
+    ['seqfd1', 'e. seqpacket messages (SOCK_SEQPACKET), 1 byte + 1 fd per message'],
   ]) {
     const wl = results.workloads[workload]
     if (!wl) continue
@@ -757,13 +809,13 @@ function render() {
         'F_DUPFD_CLOEXEC + close per fd that enqueue() must do: the floor for fd-queue senders.',
     )
   }
-  if (results.workloads.rt) {
-    const wl = results.workloads.rt
-    out.push(
-      '',
-      `## b. round trip: 1 byte + 1 fd, 1-byte ack (${wl.count.toLocaleString('en-US')} round trips per run)`,
-      '',
-    )
+  for (const [workload, title] of [
+    ['rt', 'b. round trip: 1 byte + 1 fd, 1-byte ack'],
+    ['seqrt', 'f. seqpacket round trip (SOCK_SEQPACKET): a 1-byte message with 1 fd, a 1-byte reply'],
+  ]) {
+    const wl = results.workloads[workload]
+    if (!wl) continue
+    out.push('', `## ${title} (${wl.count.toLocaleString('en-US')} round trips per run)`, '')
     const py = wl.peers.python?.median.p50Us
     const c = wl.peers.c?.median.p50Us
     const rows = Object.entries(wl.peers).map(([name, entry]) => [
@@ -773,7 +825,7 @@ function render() {
       fmt(entry.median.p99Us, 1),
       `${fmt(entry.median.clientCpuUsPerRt, 1)} / ${fmt(entry.median.serverCpuUsPerRt, 1)}`,
       fmt(entry.median.p50Us / c) + '×',
-      ratioCell(`rt.${name}.vsPython`) || fmt(entry.median.p50Us / py) + '×',
+      ratioCell(`${workload}.${name}.vsPython`) || fmt(entry.median.p50Us / py) + '×',
       mib(entry.median.clientRssKiB),
       mib(entry.median.serverRssKiB),
       runList(entry.runs, 'p50Us', 1),
@@ -954,6 +1006,8 @@ async function main() {
   if (selected.includes('rt')) await roundTrip()
   if (selected.includes('bytes')) await bytes()
   if (selected.includes('scale')) await scale()
+  if (selected.includes('seqfd1')) await fdStreaming('seqfd1', config.seqFd1Msgs, 1, true)
+  if (selected.includes('seqrt')) await roundTrip('seqrt')
 
   results.meta.loadEnd = os.loadavg().map((l) => l.toFixed(2))
   computeRatios()

@@ -3,7 +3,9 @@
 //   node node-peer.mjs API MODE PATH ARGS...
 //
 // API: unix (UnixStream), async (AsyncUnixStream), socket (FdSocket), net (net.Socket:
-// bytes, and a round trip without fds as a reference). MODE and ARGS as in peer.c:
+// bytes, and a round trip without fds as a reference), seqpacket (SeqpacketSocket: one
+// message per send, its fds attached; the C and Python peers use SOCK_SEQPACKET when
+// BENCH_SOCK_TYPE=seqpacket). MODE and ARGS as in peer.c:
 // stream-recv/stream-send PATH MSGS FDS,
 // rt-server PATH COUNT, rt-client PATH COUNT WARMUP, bytes-recv PATH TOTAL,
 // bytes-send PATH TOTAL CHUNK. Prints "READY" once listening and one "RESULT {json}" line
@@ -16,6 +18,8 @@ import {
   AsyncUnixStream,
   connect as fdConnect,
   createServer as fdCreateServer,
+  SeqpacketListener,
+  SeqpacketSocket,
   UnixListener,
   UnixStream,
 } from 'fd-queue'
@@ -632,13 +636,109 @@ Object.assign(socket, {
   },
 })
 
+// ---- SeqpacketSocket: one message per send, its fds attached --------------------------
+
+/** Accepts the one connection of a seqpacket workload. */
+async function seqpacketAccept() {
+  const listener = SeqpacketListener.bind(path)
+  ready()
+  const socket = await listener.accept()
+  markCpu()
+  listener.close()
+  return socket
+}
+
+const seqpacket = {
+  async 'stream-recv'(msgs, per) {
+    const socket = await seqpacketAccept()
+    let bytes = 0
+    let reads = 0
+    let fds = 0
+    // READ_WINDOW receives in flight (settled in call order), never more than the messages
+    // still to come.
+    let inFlight = 0
+    await new Promise((resolve, reject) => {
+      const issue = () => {
+        while (inFlight < READ_WINDOW && reads + inFlight < msgs) {
+          inFlight++
+          socket.receive().then(onMessage, reject)
+        }
+        if (reads >= msgs && inFlight === 0) resolve()
+      }
+      const onMessage = (message) => {
+        inFlight--
+        if (message === null) return reject(new Error(`the sender closed after ${reads} messages`))
+        bytes += message.data.length
+        reads++
+        for (const fd of message.fds) fs.closeSync(fd)
+        fds += message.fds.length
+        issue()
+      }
+      issue()
+    })
+    await socket.send(ACK)
+    while ((await socket.receive()) !== null);
+    socket.close()
+    result({ bytes, reads, fdsReceived: fds, fdsClosed: fds, expectedFds: msgs * per })
+  },
+  async 'stream-send'(msgs, per) {
+    const socket = await SeqpacketSocket.connect(path)
+    markCpu()
+    const devnull = fs.openSync('/dev/null', 'r')
+    const fds = new Array(per).fill(devnull)
+    const window = new Array(WRITE_WINDOW)
+    const t0 = now()
+    for (let i = 0; i < msgs; i++) {
+      const slot = i % WRITE_WINDOW
+      if (window[slot]) await window[slot]
+      window[slot] = socket.send(ONE, fds)
+    }
+    await Promise.all(window)
+    if ((await socket.receive()) === null) fail('no ack: the receiver closed early')
+    const elapsedNs = Number(now() - t0)
+    socket.close()
+    result({ elapsedNs, msgs, fdsSent: msgs * per, writeWindow: WRITE_WINDOW })
+  },
+  async 'rt-server'(count) {
+    const socket = await seqpacketAccept()
+    let bytes = 0
+    let fds = 0
+    for (let message; (message = await socket.receive()) !== null;) {
+      bytes += message.data.length
+      for (const fd of message.fds) fs.closeSync(fd)
+      fds += message.fds.length
+      await socket.send(ACK)
+    }
+    socket.close()
+    result({ bytes, fdsReceived: fds, fdsClosed: fds, expected: count })
+  },
+  async 'rt-client'(count, warmup) {
+    const socket = await SeqpacketSocket.connect(path)
+    markCpu()
+    const devnull = fs.openSync('/dev/null', 'r')
+    const fds = [devnull]
+    const samples = new Array(count)
+    let t0 = now()
+    for (let i = 0; i < warmup + count; i++) {
+      if (i === warmup) t0 = now()
+      const start = now()
+      await socket.send(ONE, fds)
+      if ((await socket.receive()) === null) fail('no ack: the server closed early')
+      if (i >= warmup) samples[i - warmup] = Number(now() - start)
+    }
+    const elapsedNs = Number(now() - t0)
+    socket.close()
+    result({ elapsedNs, count, fdsSent: warmup + count, ...percentiles(samples) })
+  },
+}
+
 // ---- main ------------------------------------------------------------------------------
 
 // A watchdog in case the harness itself dies (it cannot fire while a blocking call waits).
 if (process.env.BENCH_PEER_TIMEOUT_S) {
   setTimeout(() => fail('watchdog timeout'), Number(process.env.BENCH_PEER_TIMEOUT_S) * 1000).unref()
 }
-const apis = { unix, async, socket, net: netSocket }
+const apis = { unix, async, socket, net: netSocket, seqpacket }
 const run = apis[api]?.[mode]
 if (!run) fail(`unknown api/mode`)
 try {

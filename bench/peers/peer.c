@@ -66,6 +66,12 @@ static void print_usage_and_end(void) {
   printf(",\"maxRssKiB\":%ld,\"cpuUs\":%lld}\n", ru.ru_maxrss, cpu_us() - cpu_start);
 }
 
+/* BENCH_SOCK_TYPE=seqpacket: the same modes on SOCK_SEQPACKET (one message per send). */
+static int sock_type(void) {
+  const char *type = getenv("BENCH_SOCK_TYPE");
+  return type && !strcmp(type, "seqpacket") ? SOCK_SEQPACKET : SOCK_STREAM;
+}
+
 static struct sockaddr_un address(const char *path) {
   struct sockaddr_un addr;
   memset(&addr, 0, sizeof addr);
@@ -78,7 +84,7 @@ static struct sockaddr_un address(const char *path) {
 /* Binds, listens, says READY, accepts one connection. */
 static int accept_one(const char *path) {
   struct sockaddr_un addr = address(path);
-  int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int lfd = socket(AF_UNIX, sock_type() | SOCK_CLOEXEC, 0);
   if (lfd < 0) die("socket");
   if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0) die("bind");
   if (listen(lfd, 16) < 0) die("listen");
@@ -96,7 +102,7 @@ static int accept_one(const char *path) {
 
 static int connect_to(const char *path) {
   struct sockaddr_un addr = address(path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, sock_type() | SOCK_CLOEXEC, 0);
   if (fd < 0) die("socket");
   if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect");
   cpu_start = cpu_us();

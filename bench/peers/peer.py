@@ -38,8 +38,12 @@ def usage():
     return {"maxRssKiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "cpuUs": cpu_us() - cpu_start}
 
 
+# BENCH_SOCK_TYPE=seqpacket: the same modes on SOCK_SEQPACKET (one message per send).
+SOCK_TYPE = socket.SOCK_SEQPACKET if os.environ.get("BENCH_SOCK_TYPE") == "seqpacket" else socket.SOCK_STREAM
+
+
 def accept_one(path):
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = socket.socket(socket.AF_UNIX, SOCK_TYPE)
     listener.bind(path)
     listener.listen(16)
     print("READY", flush=True)
@@ -51,7 +55,7 @@ def accept_one(path):
 
 
 def connect_to(path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, SOCK_TYPE)
     sock.connect(path)
     mark_cpu()
     return sock
