@@ -13,7 +13,7 @@
  *
  * @packageDocumentation
  */
-export type { DequeueFd, EnqueueFd, FdLike, ShutdownHow } from './lib/interfaces.js';
+export type { DequeueFd, EnqueueFd, FdLike, FdsArrived, ShutdownHow } from './lib/interfaces.js';
 export type { PeerCredentials } from './lib/binding.js';
 export { QueueFullError, type CodedError, type SystemError } from './lib/errors.js';
 export { runtimeInfo, type RuntimeInfo } from './lib/runtime.js';

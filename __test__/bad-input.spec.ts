@@ -830,7 +830,9 @@ for (const event of ['data', 'fds', 'end'] as const) {
       const file = tmpFile('re-entrant')
       const [a, b] = FdSocket.pair()
       let calls = 0
-      b.on(event, () => {
+      b.on(event, (handed?: unknown) => {
+        // An 'fds' listener owns the fds it is handed.
+        if (event === 'fds') for (const fd of handed as number[]) fs.closeSync(fd)
         calls++
         if (calls > 1) return
         if (how === 'dequeue+destroy' && !b.destroyed) for (const fd of dequeueAll(b)) fs.closeSync(fd)

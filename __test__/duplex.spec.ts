@@ -21,10 +21,13 @@ import {
   FdServer,
   FdSocket,
   QueueFullError,
+  type FdsArrived,
 } from '../index.js'
 import {
   closeAll,
+  fdFlags,
   fdIdentity,
+  O_CLOEXEC,
   makeFifo,
   pathIdentity,
   readAt,
@@ -334,27 +337,30 @@ test.serial(
 )
 
 test.serial(
-  "reading side: an 'fds' event with the count, then the chunk, whose fds are dequeue-able in its 'data' handler",
+  "reading side: an 'fds' event hands its listener the fds of the chunk whose 'data' follows, in order; none are queued",
   async (t) => {
     const sock = tmpSocketPath()
     const plan = orderingPlan(150, (i) => 8 + ((i * 13) % 300))
     t.teardown(plan.remove)
-    const deliveries: { start: number; end: number; announced: number; fds: string[] }[] = []
+    const deliveries: { start: number; end: number; fds: string[] }[] = []
     let text = ''
-    let announced = 0
+    let handed: number[] | null = null
     const problems: string[] = []
     const done = new Promise<void>((resolve, reject) => {
       const server = createServer((socket) => {
-        socket.on('fds', (count: number) => {
-          if (announced !== 0) problems.push(`two 'fds' events before one chunk`)
-          announced = count
+        socket.on('fds', (fds: FdsArrived) => {
+          if (handed !== null) problems.push(`two 'fds' events before one chunk`)
+          if (fds.truncated !== false) problems.push(`truncated is ${fds.truncated}`)
+          if (fds.length === 0) problems.push(`an 'fds' event with no fds`)
+          handed = [...fds]
         })
         socket.on('data', (chunk: Buffer) => {
-          const fds = dequeueAll(socket)
+          if (socket.queuedInboundFds !== 0) problems.push(`${socket.queuedInboundFds} fds queued as well`)
+          const fds = handed ?? []
+          handed = null
           const contents = fds.map((fd) => readAt(fd))
           closeAll(fds)
-          deliveries.push({ start: text.length, end: text.length + chunk.length, announced, fds: contents })
-          announced = 0
+          deliveries.push({ start: text.length, end: text.length + chunk.length, fds: contents })
           text += chunk.toString('latin1')
         })
         socket.on('end', resolve)
@@ -383,7 +389,6 @@ test.serial(
       return s
     })
     for (const d of deliveries) {
-      t.is(d.announced, d.fds.length, `'fds' announced the count of delivery [${d.start}, ${d.end})`)
       const expected = plan.chunks
         .map((_, i) => i)
         .filter((i) => starts[i] >= d.start && starts[i] < d.end)
@@ -636,7 +641,7 @@ test.serial('destroy() is idempotent and closes everything: the socket, unsent f
   // 1. Received by b, never dequeued.
   const undequeued = enqueueFifo(t, a)
   a.write('x')
-  await onceEvent(b, 'fds', T)
+  await onceEvent(b, 'data', T)
   t.is(b.queuedInboundFds, 1)
   // 2. Connected, fd enqueued, never written.
   const unsent = enqueueFifo(t, a)
@@ -682,33 +687,111 @@ test.serial('destroy() is idempotent and closes everything: the socket, unsent f
   t.is(await settledOpenFds(before), before, 'fd count back to where it was')
 })
 
-test.serial("fds of a chunk are dequeue-able in its 'data' handler, announced by 'fds' first (pair)", async (t) => {
+test.serial(
+  "without an 'fds' listener, the fds of a chunk wait in the queue, dequeue-able in its 'data' handler (pair)",
+  async (t) => {
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    const set = fileSet(2, 'in-handler-')
+    t.teardown(set.remove)
+    const fds: number[] = []
+    t.teardown(() => closeAll(fds))
+    const got = new Promise<string>((resolve) =>
+      b.once('data', (chunk: Buffer) => {
+        fds.push(...dequeueAll(b))
+        resolve(chunk.toString())
+      }),
+    )
+    enqueueFile(a, set.files[0])
+    enqueueFile(a, set.files[1])
+    a.write('two')
+    t.is(await withTimeout(got, T, 'data'), 'two')
+    t.deepEqual(
+      fds.map((fd) => readAt(fd)),
+      set.contents,
+    )
+    t.deepEqual(
+      fds.map((fd) => fdIdentity(fd)),
+      set.files.map(pathIdentity),
+    )
+  },
+)
+
+test.serial(
+  "'fds' listeners own what they are handed; once the last is removed, fds queue for dequeue() again (pair)",
+  async (t) => {
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    const set = fileSet(3, 'handed-')
+    t.teardown(set.remove)
+    const order: string[] = []
+    const owned: number[] = []
+    t.teardown(() => closeAll(owned))
+    const onFds = (fds: FdsArrived) => {
+      order.push(`fds:${fds.length}:${b.queuedInboundFds}:${fds.truncated}`)
+      owned.push(...fds)
+    }
+    b.on('fds', onFds)
+    const first = new Promise<string>((resolve) =>
+      b.once('data', (chunk: Buffer) => {
+        order.push(`data:${b.dequeue()}`)
+        resolve(chunk.toString())
+      }),
+    )
+    enqueueFile(a, set.files[0])
+    enqueueFile(a, set.files[1])
+    a.write('two')
+    t.is(await withTimeout(first, T, 'data'), 'two')
+    t.deepEqual(order, ['fds:2:0:false', 'data:null'], 'handed to the listener, nothing queued')
+    t.deepEqual(
+      owned.map((fd) => fdIdentity(fd)),
+      set.files.slice(0, 2).map(pathIdentity),
+    )
+    t.true(
+      owned.every((fd) => (fdFlags(fd) & O_CLOEXEC) !== 0),
+      'close-on-exec',
+    )
+    b.off('fds', onFds)
+    const second = new Promise<number | null>((resolve) => b.once('data', () => resolve(b.dequeue())))
+    enqueueFile(a, set.files[2])
+    a.write('one')
+    const queued = await withTimeout(second, T, 'data')
+    t.not(queued, null)
+    owned.push(queued!)
+    t.is(fdIdentity(queued!), pathIdentity(set.files[2]))
+  },
+)
+
+test.serial('writeWithFds(data, fds, cb): the fds ride on the first byte of data, all or none', async (t) => {
   const [a, b] = FdSocket.pair()
   cleanup(t, a, b)
-  const set = fileSet(2, 'in-handler-')
+  const set = fileSet(2, 'with-fds-')
   t.teardown(set.remove)
-  const order: string[] = []
-  const fds: number[] = []
-  t.teardown(() => closeAll(fds))
-  b.on('fds', (count: number) => order.push(`fds:${count}:${b.queuedInboundFds}`))
-  const got = new Promise<string>((resolve) =>
-    b.once('data', (chunk: Buffer) => {
-      fds.push(...dequeueAll(b))
-      order.push('data')
-      resolve(chunk.toString())
-    }),
+  const opened = set.files.map((f) => fs.openSync(f, 'r'))
+  t.teardown(() => closeAll(opened))
+  const handed: number[][] = []
+  t.teardown(() => closeAll(handed.flat()))
+  b.on('fds', (fds: FdsArrived) => handed.push([...fds]))
+  const data: string[] = []
+  b.on('data', (chunk: Buffer) => data.push(chunk.toString()))
+  const written = new Promise<void>((resolve, reject) =>
+    a.writeWithFds(Buffer.from('message one'), opened, (error) => (error ? reject(error) : resolve())),
   )
-  enqueueFile(a, set.files[0])
-  enqueueFile(a, set.files[1])
-  a.write('two')
-  t.is(await withTimeout(got, T, 'data'), 'two')
-  t.deepEqual(order, ['fds:2:2', 'data'])
+  t.is(typeof a.writeWithFds('message two', []), 'boolean')
+  await withTimeout(written, T, 'the write callback')
+  // Refused whole: nothing enqueued, nothing written.
+  t.is(codeOf(syncThrow(() => a.writeWithFds('x', new Array(254).fill(opened[0])))), 'ERR_FD_QUEUE_FULL')
+  t.is(codeOf(syncThrow(() => a.writeWithFds('', [opened[0]]))), 'ERR_FD_EMPTY_WRITE')
+  t.is(codeOf(syncThrow(() => a.writeWithFds('x', [opened[0], 1e9]))), 'EBADF')
+  t.is(codeOf(syncThrow(() => a.writeWithFds('x', opened[0] as any))), 'ERR_INVALID_ARG_TYPE')
+  t.is(codeOf(syncThrow(() => a.writeWithFds(42 as any, [opened[0]]))), 'ERR_INVALID_ARG_TYPE')
+  t.is(a.queuedOutboundFds, 0)
+  a.end('end')
+  await withTimeout(onceEvent(b, 'end', T), T, 'end')
+  t.is(data.join(''), 'message onemessage twoend')
+  t.is(handed.length, 1)
   t.deepEqual(
-    fds.map((fd) => readAt(fd)),
-    set.contents,
-  )
-  t.deepEqual(
-    fds.map((fd) => fdIdentity(fd)),
+    handed[0].map((fd) => fdIdentity(fd)),
     set.files.map(pathIdentity),
   )
 })
@@ -1062,4 +1145,25 @@ test.serial('fds enqueued after the last chunk are closed when the socket ends (
   t.is(data.toString(), 'last')
   t.deepEqual(fds, [])
   t.false(orphan.isWriterOpen(), 'the fd no chunk carried was closed at end()')
+})
+
+test.serial('closeFds(fds): the transport hook closes each fd (all of them, then the first error)', async (t) => {
+  const [a, b] = FdSocket.pair()
+  cleanup(t, a, b)
+  const fifo = makeFifo()
+  t.teardown(() => fifo.close())
+  const copies = [0, 1].map(() => fs.openSync(`/proc/self/fd/${fifo.writeFd}`, 'w'))
+  fs.closeSync(fifo.writeFd)
+  fifo.writeFd = -1
+  t.true(fifo.isWriterOpen())
+  b.closeFds(copies)
+  t.false(fifo.isWriterOpen(), 'both copies closed')
+  const file = fs.openSync(fifo.path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+  const closed = fs.openSync(fifo.path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+  fs.closeSync(closed)
+  // One not open: the other is closed all the same, then EBADF.
+  t.is(codeOf(syncThrow(() => b.closeFds([closed, file]))), 'EBADF')
+  t.throws(() => fs.fstatSync(file), { code: 'EBADF' })
+  t.is(codeOf(syncThrow(() => b.closeFds([-1]))), 'ERR_OUT_OF_RANGE')
+  t.is(codeOf(syncThrow(() => b.closeFds(3 as any))), 'ERR_INVALID_ARG_TYPE')
 })

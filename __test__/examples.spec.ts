@@ -235,3 +235,12 @@ test('examples/fd-store.mjs: the listening socket survives a restart in the fd s
   t.is(lines[4], `client: generation 2 (pid ${second![1]})`)
   t.is(lines.length, 5)
 })
+
+test('examples/dbus-fd.mjs: fds go both ways through a real dbus-daemon, with dbus-native on FdSocket', async (t) => {
+  const { stdout } = await node([example('dbus-fd.mjs')])
+  const lines = fs.readFileSync(example('dbus-fd.mjs'), 'utf8').split('\n').length - 1
+  t.is(
+    stdout.trim(),
+    `Open('motd') → fd, read through it: hello through dbus-daemon\nCountLines(this file's fd) → ${lines} lines`,
+  )
+})

@@ -871,9 +871,13 @@ test.serial(
 
 // ---- a receiver at its open-file limit ----------------------------------------------------
 
-for (const mode of ['async', 'fdsocket'] as const) {
+for (const mode of ['async', 'fdsocket', 'fdsocket-fds'] as const) {
+  const name = { async: 'AsyncUnixStream', fdsocket: 'FdSocket', 'fdsocket-fds': "FdSocket with an 'fds' listener" }[
+    mode
+  ]
+  const truncation = mode === 'fdsocket-fds' ? 'fds.truncated' : 'ERR_FD_TRUNCATED once'
   test.serial(
-    `${mode === 'async' ? 'AsyncUnixStream' : 'FdSocket'} at its open-file limit: ERR_FD_TRUNCATED once, bytes intact, recovery once fds are closed`,
+    `${name} at its open-file limit: ${truncation}, bytes intact, recovery once fds are closed`,
     async (t) => {
       const dir = tmpDir()
       const big = tmpFile('one of 253', dir, 'big')
@@ -916,7 +920,13 @@ for (const mode of ['async', 'fdsocket'] as const) {
         t.is(report.secondData, 'second message')
         t.deepEqual(report.second.errors, [], 'recovered: nothing lost once fds were closed')
         t.deepEqual(report.second.contents, ['later a', 'later b', 'later c'])
-        if (mode === 'fdsocket') t.deepEqual(report.fdsEvents, arrived > 0 ? [arrived, 3] : [3])
+        if (mode === 'fdsocket-fds') {
+          t.deepEqual(report.fdsEvents, [
+            { count: arrived, truncated: true },
+            { count: 3, truncated: false },
+          ])
+          t.is(report.queuedAfterFirst, 0, 'handed to the listener, none queued')
+        }
         t.is(report.eof, 0)
       } finally {
         child.child.kill('SIGKILL')

@@ -12,10 +12,9 @@ const socketPath = path.join(dir, 'server.sock')
 for (const name of ['a.txt', 'b.txt']) fs.writeFileSync(path.join(dir, name), `contents of ${name}\n`)
 
 const server = createServer((socket) => {
-  // 'fds' fires before the 'data' of the chunk that brought them; they are dequeue-able then.
-  socket.on('fds', async (count) => {
-    for (let i = 0; i < count; i++) {
-      const fd = socket.dequeue()
+  // 'fds' hands over the fds that came with the chunk whose 'data' follows: ours now.
+  socket.on('fds', async (fds) => {
+    for (const fd of fds) {
       const upper = new Transform({ transform: (chunk, _, done) => done(null, chunk.toString().toUpperCase()) })
       await pipeline(fs.createReadStream('', { fd }), upper, socket, { end: false })
     }

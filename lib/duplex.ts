@@ -22,9 +22,17 @@ import {
   QueueFullError,
   shapeError,
 } from './errors.js'
-import { holdsFd, toFd, validateCallback, validateFdNumber, validateMaxQueuedFds, validatePath } from './args.js'
+import {
+  holdsFd,
+  toBytes,
+  toFd,
+  validateCallback,
+  validateFdNumber,
+  validateMaxQueuedFds,
+  validatePath,
+} from './args.js'
 import { Liveness, operation, setReferenced, startOperation } from './pending.js'
-import type { DequeueFd, EnqueueFd, FdLike } from './interfaces.js'
+import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
 
 /** Most fds one write can carry (the kernel's SCM_MAX_FD). */
 const SCM_MAX_FD = 253
@@ -114,6 +122,43 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     if (adopted !== undefined) this.#attach(native(() => binding.NativeAsyncUnixStream.fromFd(adopted)))
   }
 
+  // While there are 'fds' listeners, the fds of each chunk go to them, not to dequeue().
+  // Tracked here rather than with 'newListener'/'removeListener', which a stream's emitter
+  // does not always emit (nor keep, after removeAllListeners()).
+  override on(event: string | symbol, listener: (...args: any[]) => void): this {
+    super.on(event, listener)
+    if (event === 'fds') this.#native?.setHandingFds(true)
+    return this
+  }
+
+  override addListener(event: string | symbol, listener: (...args: any[]) => void): this {
+    return this.on(event, listener)
+  }
+
+  override prependListener(event: string | symbol, listener: (...args: any[]) => void): this {
+    super.prependListener(event, listener)
+    if (event === 'fds') this.#native?.setHandingFds(true)
+    return this
+  }
+
+  override removeListener(event: string | symbol, listener: (...args: any[]) => void): this {
+    super.removeListener(event, listener)
+    if (event === 'fds') this.#native?.setHandingFds(this.listenerCount('fds') > 0)
+    return this
+  }
+
+  override off(event: string | symbol, listener: (...args: any[]) => void): this {
+    return this.removeListener(event, listener)
+  }
+
+  override removeAllListeners(event?: string | symbol): this {
+    // Its arity matters: no argument removes every listener.
+    if (event === undefined) super.removeAllListeners()
+    else super.removeAllListeners(event)
+    if (event === undefined || event === 'fds') this.#native?.setHandingFds(this.listenerCount('fds') > 0)
+    return this
+  }
+
   /** Two connected sockets. */
   static pair(options?: FdSocketOptions): [FdSocket, FdSocket] {
     // The sockets first, so that bad options throw before any fd exists.
@@ -173,6 +218,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#native = inner
     this.#handle = inner.handle
     inner.maxQueuedFds = this.#maxQueuedFds
+    inner.setHandingFds(this.listenerCount('fds') > 0)
     for (const run of this.#onConnect.splice(0)) run()
     // Like net.Socket: a connected socket reads (up to its highWaterMark) so that the
     // peer's end is noticed and 'end'/'close' follow without a consumer.
@@ -218,22 +264,67 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   enqueue(fd: FdLike): void {
-    const raw = toFd(fd)
+    this.#stage([toFd(fd)])
+  }
+
+  /**
+   * Duplicates every fd of `fds` now and sends them with the first byte of `data`: as
+   * `enqueue()` of each, then `write(data, cb)`, whose result it returns. All of them or
+   * none: more than 253 fds for one write throw `QueueFullError`, and nothing is enqueued.
+   * This and the `'fds'` event are the seam fd-capable protocol libraries (D-Bus clients)
+   * expect of a transport stream.
+   */
+  writeWithFds(data: Uint8Array | string, fds: FdLike[], cb?: (error?: Error | null) => void): boolean {
+    if (!Array.isArray(fds)) throw invalidArgType('fds', 'an array of fds', fds)
+    const raw = fds.map((fd, i) => toFd(fd, `fds[${i}]`))
+    validateCallback(cb)
+    const bytes = toBytes(data)
+    if (raw.length > 0 && bytes.byteLength === 0) {
+      throw codedError(new Error('fds need at least one byte of data to ride on'), 'ERR_FD_EMPTY_WRITE')
+    }
+    this.#stage(raw)
+    return this.write(bytes, cb as Callback)
+  }
+
+  /**
+   * Closes fds that an `'fds'` event handed over and nothing claimed: the hook a protocol
+   * library calls when the connection goes with fds it never matched to a message
+   * (dbus-native does). Closes every one; then throws the first error, if any (`EBADF`: one
+   * was not open).
+   */
+  closeFds(fds: number[]): void {
+    if (!Array.isArray(fds)) throw invalidArgType('fds', 'an array of fds', fds)
+    const raw = fds.map((fd, i) => validateFdNumber(fd, `fds[${i}]`))
+    let first: unknown = null
+    for (const fd of raw) {
+      try {
+        binding.closeFd(fd)
+      } catch (error) {
+        first ??= shapeError(error)
+      }
+    }
+    if (first !== null) throw first
+  }
+
+  /** Duplicates `raw` onto the next non-empty chunk written: all of them or none. */
+  #stage(raw: number[]): void {
     if (this.destroyed || this.writableEnded) throw closedError()
-    if (this.#ridingNext >= SCM_MAX_FD) {
+    if (this.#ridingNext + raw.length > SCM_MAX_FD) {
       throw new QueueFullError(`The outbound fd queue is full: one write carries at most ${SCM_MAX_FD} fds`)
     }
+    if (raw.length === 0) return
     const chunk = this.#writeCalls
     try {
-      binding.stageFd(this.#staged, raw)
+      if (raw.length === 1) binding.stageFd(this.#staged, raw[0])
+      else binding.stageFds(this.#staged, raw)
     } catch (error) {
       throw shapeError(error)
     }
-    this.#ridingNext++
-    this.#stagedCount++
+    this.#ridingNext += raw.length
+    this.#stagedCount += raw.length
     const last = this.#stagedRuns.at(-1)
-    if (last && last.chunk === chunk) last.count++
-    else this.#stagedRuns.push({ chunk, count: 1 })
+    if (last && last.chunk === chunk) last.count += raw.length
+    else this.#stagedRuns.push({ chunk, count: raw.length })
   }
 
   /**
@@ -412,13 +503,17 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       if (!inner || this.destroyed) return
       if (this.#reading) return native(() => inner.setReading(true))
       this.#reading = true
-      native(() => inner.startReading((chunk, fdCount, error) => this.#onChunk(chunk, fdCount, error)))
+      native(() => inner.startReading((chunk, fdCount, handed, error) => this.#onChunk(chunk, fdCount, handed, error)))
       if (!this.#referenced) native(() => inner.setReferenced(false))
     })
   }
 
-  #onChunk(chunk: Buffer | null, fdCount: number, error: string | null): void {
-    if (this.destroyed) return
+  #onChunk(chunk: Buffer | null, fdCount: number, handed: FdsArrived | null, error: string | null): void {
+    if (this.destroyed) {
+      // Nobody will own these now.
+      if (handed) for (const fd of handed) closeFdQuietly(fd)
+      return
+    }
     if (error !== null) {
       this.destroy(shapeError(new Error(error)) as Error)
       return
@@ -429,11 +524,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       this.read(0)
       return
     }
-    if (fdCount > 0) {
+    if (handed) {
       // A listener that throws must not cost the chunk: it is pushed anyway, and the
       // exception goes on to 'uncaughtException' as from any event handler.
       try {
-        this.emit('fds', fdCount)
+        // The listeners own the fds from here on (were they all removed meanwhile, the
+        // fds would have nobody to close them: closed here instead).
+        if (!this.emit('fds', handed)) for (const fd of handed) closeFdQuietly(fd)
       } finally {
         this.#pushChunk(chunk)
       }
@@ -505,6 +602,15 @@ export interface FdServerOptions extends FdSocketOptions {
  * failed for good: the server closes), `close` (once closed and every connection has
  * closed). A connection accepted before `close()` is closed, never delivered after it.
  */
+/** Closes an fd that nobody will own, ignoring `EBADF` and the like. */
+function closeFdQuietly(fd: number): void {
+  try {
+    binding.closeFd(fd)
+  } catch {
+    // not open: nothing to do
+  }
+}
+
 /** How a turn of accepting ended (`endAcceptTurn`). */
 const enum AcceptVerdict {
   Drained = 0,

@@ -38,5 +38,12 @@ export interface DequeueFd {
   dequeue(): number | null
 }
 
+/**
+ * The fds an `FdSocket`'s `'fds'` event hands its listeners: those that arrived with the
+ * chunk whose `'data'` follows, in order, now owned by the listeners. `truncated` is true
+ * when the kernel dropped fds of that chunk (this process was at its open-file limit).
+ */
+export type FdsArrived = number[] & { truncated: boolean }
+
 /** Which direction `shutdown` closes. */
 export type ShutdownHow = 'read' | 'write' | 'both'

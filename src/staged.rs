@@ -32,6 +32,19 @@ pub fn staged_fds() -> External<StagedFds> {
   External::new(StagedFds::default())
 }
 
+/// Duplicates every fd of `fds` (close-on-exec) and stages them, in order, behind the fds
+/// already staged: all of them, or (if one cannot be duplicated) none.
+#[cfg_attr(test, allow(dead_code))]
+#[napi(ts_args_type = "staged: ExternalObject<'StagedFds'>, fds: number[]")]
+pub fn stage_fds(staged: &External<StagedFds>, fds: Vec<i32>) -> Result<()> {
+  let duplicates = fds
+    .into_iter()
+    .map(|fd| scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl")))
+    .collect::<Result<Vec<_>>>()?;
+  lock(&staged.fds).extend(duplicates);
+  Ok(())
+}
+
 /// Duplicates `fd` (close-on-exec) behind the fds already staged.
 #[cfg_attr(test, allow(dead_code))]
 #[napi(ts_args_type = "staged: ExternalObject<'StagedFds'>, fd: number")]

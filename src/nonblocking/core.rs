@@ -70,6 +70,9 @@ pub(crate) struct Queues {
   /// Woken when the inbound queue gets room (a dequeue, a larger limit, a close).
   pub(crate) room: Notify,
   pub(crate) closed: AtomicBool,
+  /// A push reader hands the fds of each chunk to JS with it (an `'fds'` listener owns
+  /// them) instead of adding them to `inbound`.
+  pub(crate) hand_fds: AtomicBool,
 }
 
 impl Queues {
@@ -123,6 +126,16 @@ impl Arrival {
   pub(crate) fn receive(self, queues: &Queues) -> Result<()> {
     let parts = self.deposit.and_then(Deposit::claim::<Arrived>);
     receive_parts(queues, parts.unwrap_or_default())
+  }
+
+  /// On the JS thread: the fds themselves, in order, and whether the kernel dropped any
+  /// (`MSG_CTRUNC`); `None` when none arrived and none were dropped. They are closed (and
+  /// `ERR_SOCKET_CLOSED` returned) if the stream closed meanwhile.
+  pub(crate) fn hand_over(self) -> Option<(Vec<OwnedFd>, bool)> {
+    let parts = self.deposit.and_then(Deposit::claim::<Arrived>)?;
+    let truncated = parts.iter().any(|(_, truncated)| *truncated);
+    let fds: Vec<OwnedFd> = parts.into_iter().flat_map(|(fds, _)| fds).collect();
+    Some((fds, truncated))
   }
 }
 

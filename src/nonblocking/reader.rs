@@ -5,7 +5,7 @@
 //! batches are in flight, and the JS side pauses the task when its buffer is full.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +13,7 @@ use napi::bindgen_prelude::{FnArgs, Function, FunctionRef};
 use napi::threadsafe_function::{
   ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
-use napi::{Env, Status};
+use napi::{Env, JsValue, Status};
 use tokio::io::Interest;
 use tokio::sync::{watch, Semaphore};
 
@@ -30,9 +30,11 @@ const MAX_CHUNK: usize = 1024 * 1024;
 /// Batches read but not yet handed to JS.
 const IN_FLIGHT: usize = 2;
 
-/// `(chunk, fdCount, error)`: a chunk with the number of fds that arrived with it (already
-/// dequeue-able), or `(null, 0, null)` at end of stream, or `(null, 0, "[CODE] message")`.
-pub type ReadArgs = FnArgs<(Option<RawValue>, u32, Option<String>)>;
+/// `(chunk, fdCount, handed, error)`: a chunk with the number of fds that arrived with it
+/// (already dequeue-able), or, while JS asks for them (`'fds'` listeners), the fds
+/// themselves in `handed` (an array with a `truncated` flag; fdCount is then 0); or
+/// `(null, 0, null, null)` at end of stream, or `(null, 0, null, "[CODE] message")`.
+pub type ReadArgs = FnArgs<(Option<RawValue>, u32, Option<RawValue>, Option<String>)>;
 type ReadCallback = ThreadsafeFunction<Delivery, (), ReadArgs, Status, false>;
 
 /// What the reader task sends to JS. It owns no fd: those wait in the JS thread's home.
@@ -132,14 +134,41 @@ fn deliver(env: &Env, queues: &Queues, delivery: Delivery) -> napi::Result<ReadA
     Delivery::Data { data, arrival, .. } => {
       let count = arrival.count;
       queues.pending.fetch_sub(count, Ordering::AcqRel);
-      if arrival.receive(queues).is_err() {
-        return Ok((None, 0, Some(tagged(error::closed()))).into());
+      let closed = || Ok((None, 0, None, Some(tagged(error::closed()))).into());
+      if queues.hand_fds.load(Ordering::Acquire) {
+        let handed = match arrival.hand_over() {
+          _ if queues.closed.load(Ordering::Acquire) => return closed(),
+          Some((fds, truncated)) => Some(fd_array(env, fds, truncated)?),
+          None => None,
+        };
+        return Ok((Some(buffer_value(env, data)?), 0, handed, None).into());
       }
-      (Some(buffer_value(env, data)?), count as u32, None).into()
+      if arrival.receive(queues).is_err() {
+        return closed();
+      }
+      // Counts fit: a batch is at most MAX_CHUNK bytes, each carrying at most 253 fds.
+      let count = u32::try_from(count).unwrap_or(u32::MAX);
+      (Some(buffer_value(env, data)?), count, None, None).into()
     }
-    Delivery::End => (None, 0, None).into(),
-    Delivery::Failed(e) => (None, 0, Some(tagged(e))).into(),
+    Delivery::End => (None, 0, None, None).into(),
+    Delivery::Failed(e) => (None, 0, None, Some(tagged(e))).into(),
   })
+}
+
+/// `fds` as a JS array of fd numbers with `truncated` set; the numbers are JS's once it is
+/// made (until then, an error closes them).
+fn fd_array(env: &Env, fds: Vec<OwnedFd>, truncated: bool) -> napi::Result<RawValue> {
+  let length = u32::try_from(fds.len()).unwrap_or(u32::MAX);
+  let mut array = env.create_array(length)?;
+  for (i, fd) in (0u32..).zip(fds.iter()) {
+    array.set(i, fd.as_raw_fd())?;
+  }
+  let mut object = array.coerce_to_object()?;
+  object.set("truncated", truncated)?;
+  for fd in fds {
+    let _ = fd.into_raw_fd();
+  }
+  Ok(RawValue(object.raw()))
 }
 
 /// The JS callback, for a reader on the JS-thread runtime.

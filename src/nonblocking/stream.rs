@@ -3,6 +3,7 @@
 //! each call draws its place in line (and its outbound fds) synchronously, in call order.
 
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::{BufferSlice, External, Function, Uint8ArraySlice};
@@ -360,10 +361,11 @@ impl AsyncUnixStream {
     Ok(())
   }
 
-  /// Starts push delivery: `callback(chunk, fdCount, error)` for every batch read, then
-  /// `callback(null, 0, null)` at end of stream. Reading pauses at `maxQueuedFds`.
+  /// Starts push delivery: `callback(chunk, fdCount, handed, error)` for every batch
+  /// read, then `callback(null, 0, null, null)` at end of stream. Reading pauses at
+  /// `maxQueuedFds` (fds handed to JS do not count).
   #[napi(
-    ts_args_type = "callback: (chunk: Buffer | null, fdCount: number, error: string | null) => void"
+    ts_args_type = "callback: (chunk: Buffer | null, fdCount: number, handed: (number[] & { truncated: boolean }) | null, error: string | null) => void"
   )]
   pub fn start_reading(&self, env: &Env, callback: Function<'_, ReadArgs, ()>) -> Result<()> {
     let shared = self.shared()?;
@@ -373,6 +375,13 @@ impl AsyncUnixStream {
       *reader = Some(started.map_err(internal)?);
     }
     Ok(())
+  }
+
+  /// Whether push delivery hands each chunk's fds to JS with it (`true`: JS has `'fds'`
+  /// listeners, which own them) or adds them to the inbound queue for `dequeue()`.
+  #[napi]
+  pub fn set_handing_fds(&self, handing: bool) {
+    self.queues.hand_fds.store(handing, Ordering::Release);
   }
 
   /// Pauses (`false`) or resumes (`true`) push delivery.
