@@ -5,6 +5,7 @@
  * of each chunk on its own.
  */
 import test, { type ExecutionContext } from 'ava'
+import { spawn } from 'node:child_process'
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -31,6 +32,7 @@ import {
   makeFifo,
   pathIdentity,
   readAt,
+  ROOT,
   settledOpenFds,
   tmpDir,
   tmpFile,
@@ -1167,3 +1169,37 @@ test.serial('closeFds(fds): the transport hook closes each fd (all of them, then
   t.is(codeOf(syncThrow(() => b.closeFds([-1]))), 'ERR_OUT_OF_RANGE')
   t.is(codeOf(syncThrow(() => b.closeFds(3 as any))), 'ERR_INVALID_ARG_TYPE')
 })
+
+test.serial(
+  "'fds' listeners: fds handed over do not count against maxQueuedFds, so reading never stalls on them",
+  async (t) => {
+    // Far more fds than the bound (1024) arrive back to back from another process; the
+    // listener closes each as it gets them.
+    const total = 5000
+    const sock = tmpSocketPath()
+    let handed = 0
+    let bytes = 0
+    const done = new Promise<FdSocket>((resolve, reject) => {
+      const server = createServer((socket) => {
+        socket.on('fds', (fds: FdsArrived) => {
+          for (const fd of fds) fs.closeSync(fd)
+          handed += fds.length
+        })
+        socket.on('data', (chunk: Buffer) => (bytes += chunk.length))
+        socket.on('end', () => resolve(socket))
+        socket.on('error', reject)
+        server.close()
+      })
+      cleanup(t, server)
+      server.listen(sock, () => {
+        const script = path.join(ROOT, '__test__', 'fixtures', 'fd-flood.mjs')
+        const child = spawn(process.execPath, [script, sock, String(total)], { stdio: 'ignore' })
+        child.on('error', reject)
+      })
+    })
+    const socket = await withTimeout(done, T, `the end of ${total} bytes (${bytes} so far, ${handed} fds handed)`)
+    t.is(bytes, total)
+    t.is(handed, total)
+    t.is(socket.queuedInboundFds, 0)
+  },
+)

@@ -136,6 +136,11 @@ fn deliver(env: &Env, queues: &Queues, delivery: Delivery) -> napi::Result<ReadA
       queues.pending.fetch_sub(count, Ordering::AcqRel);
       let closed = || Ok((None, 0, None, Some(tagged(error::closed()))).into());
       if queues.hand_fds.load(Ordering::Acquire) {
+        // Handed over, they no longer count against the bound: a reader waiting for room
+        // goes on (no dequeue() will tell it).
+        if count > 0 {
+          queues.room.notify_waiters();
+        }
         let handed = match arrival.hand_over() {
           _ if queues.closed.load(Ordering::Acquire) => return closed(),
           Some((fds, truncated)) => Some(fd_array(env, fds, truncated)?),
