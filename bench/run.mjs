@@ -21,7 +21,7 @@ const BUILD_DIR = path.join(HERE, '.build')
 const RESULTS_DIR = path.join(HERE, 'results')
 const PEERS_DIR = path.join(HERE, 'peers')
 
-const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,scale,seqfd1,seqrt] [--runs=N] [--peers=c,python,unix,async,socket,net,seqpacket] [--cross] [--out=FILE]
+const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,scale,seqfd1,seqrt,dbus] [--runs=N] [--peers=c,python,unix,async,socket,net,seqpacket] [--cross] [--out=FILE]
 
   --quick     smoke run: one run of each workload with small counts
   --only      workloads to run (default: all)
@@ -33,7 +33,7 @@ const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,sca
 
 Counts (environment): BENCH_FD1_MSGS, BENCH_FD16_MSGS, BENCH_RT_COUNT, BENCH_RT_WARMUP,
 BENCH_BYTES_MIB, BENCH_BYTES_CHUNK, BENCH_SCALE_CONNS (e.g. 250,500,1000),
-BENCH_SCALE_ROUNDS, BENCH_SCALE_FDS, BENCH_SEQ_FD1_MSGS, BENCH_SEQ_RT_COUNT, BENCH_SCALE_MSG_BYTES, BENCH_SCALE_WINDOW,
+BENCH_SCALE_ROUNDS, BENCH_SCALE_FDS, BENCH_SEQ_FD1_MSGS, BENCH_SEQ_RT_COUNT, BENCH_DBUS_CALLS, BENCH_SCALE_MSG_BYTES, BENCH_SCALE_WINDOW,
 BENCH_TIMEOUT_S (per child), BENCH_ASYNC_WRITE_WINDOW, BENCH_ASYNC_READ_WINDOW, CC, PYTHON.`
 
 // ---- options ---------------------------------------------------------------------------
@@ -86,12 +86,13 @@ const config = {
   asyncReadWindow: envInt('BENCH_ASYNC_READ_WINDOW', 1, 1),
   seqFd1Msgs: envInt('BENCH_SEQ_FD1_MSGS', 100_000, 5_000),
   seqRtCount: envInt('BENCH_SEQ_RT_COUNT', 30_000, 500),
+  dbusCalls: envInt('BENCH_DBUS_CALLS', 10_000, 300),
 }
 if (config.scaleConns.some((n) => !Number.isInteger(n) || n <= 0)) {
   console.error('BENCH_SCALE_CONNS must be a comma-separated list of positive integers')
   process.exit(2)
 }
-const WORKLOADS = ['fd1', 'fd16', 'rt', 'bytes', 'scale', 'seqfd1', 'seqrt']
+const WORKLOADS = ['fd1', 'fd16', 'rt', 'bytes', 'scale', 'seqfd1', 'seqrt', 'dbus']
 const selected = options.only ?? WORKLOADS
 for (const name of selected) {
   if (!WORKLOADS.includes(name)) {
@@ -478,6 +479,98 @@ async function roundTrip(workload = 'rt') {
   sockType = 'stream'
 }
 
+/**
+ * g. D-Bus method calls through a private dbus-daemon with dbus-native (issue #15): one fd
+ * per call on an FdSocket transport, against the same calls without an fd on dbus-native's
+ * own net.Socket transport. Each run starts a service process, then a client process that
+ * awaits each call before the next.
+ */
+async function dbusCalls() {
+  const version = versionOf('dbus-daemon', ['--version'])
+  if (!version) {
+    skipped.dbus = 'dbus-daemon not found (Debian: apt-get install dbus-daemon)'
+    log(`\n[dbus] skipped: ${skipped.dbus}`)
+    return
+  }
+  try {
+    await import('dbus-native')
+  } catch {
+    skipped.dbus = 'dbus-native is not installed (npm install)'
+    log(`\n[dbus] skipped: ${skipped.dbus}`)
+    return
+  }
+  const busPath = path.join(tmpDir, 'bus')
+  const busConfig = path.join(tmpDir, 'bus.conf')
+  fs.writeFileSync(
+    busConfig,
+    `<busconfig><type>session</type><listen>unix:path=${busPath}</listen><auth>EXTERNAL</auth>` +
+      '<policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/>' +
+      '<allow own="*"/></policy></busconfig>',
+  )
+  const daemon = spawn('dbus-daemon', [`--config-file=${busConfig}`, '--nofork', '--print-address'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  })
+  live.add(daemon)
+  await new Promise((resolve, reject) => {
+    daemon.stdout.once('data', resolve)
+    daemon.once('exit', (code) => reject(new RunError(`dbus-daemon exited (${code})`)))
+  })
+  const count = config.dbusCalls
+  const warmup = Math.min(500, count)
+  const peer = path.join(PEERS_DIR, 'dbus-peer.mjs')
+  const timeoutMs = config.timeoutS * 1000
+  let name = 0
+  log(`\n[dbus] D-Bus method calls through dbus-daemon: ${count} timed calls (+${warmup} warm-up), ${config.runs} runs`)
+  try {
+    const byPeer = await interleave('dbus', ['fdqueue', 'net'], async (transport) => {
+      const bus = `org.fdqueue.Bench.R${++name}`
+      const service = startChild(
+        `dbus service ${transport}`,
+        process.execPath,
+        [peer, 'service', busPath, transport, bus],
+        timeoutMs,
+      )
+      try {
+        await Promise.race([
+          service.ready,
+          service.done.then(() => Promise.reject(new RunError('the dbus service exited before READY'))),
+        ])
+        const client = startChild(
+          `dbus client ${transport}`,
+          process.execPath,
+          [peer, 'client', busPath, transport, bus, count, warmup],
+          timeoutMs,
+        )
+        const c = await client.done
+        service.child.kill('SIGTERM')
+        const s = await service.done
+        const withFds = transport === 'fdqueue'
+        check(s.calls === count + warmup, `the service answered ${s.calls} calls, expected ${count + warmup}`)
+        check(
+          s.fdsReceived === (withFds ? count + warmup : 0) && s.fdsClosed === s.fdsReceived,
+          `the service got ${s.fdsReceived} fds and closed ${s.fdsClosed}`,
+        )
+        const m = {
+          callsPerSec: count / (c.elapsedNs / 1e9),
+          p50Us: c.p50Ns / 1e3,
+          p99Us: c.p99Ns / 1e3,
+          clientCpuUsPerCall: c.cpuUs / count,
+          serviceCpuUsPerCall: s.cpuUs / (count + warmup),
+          clientRssKiB: c.maxRssKiB,
+        }
+        m.summary = `${fmt(m.callsPerSec, 0)} calls/s, p50 ${m.p50Us.toFixed(1)} µs`
+        return m
+      } finally {
+        service.kill()
+      }
+    })
+    results.workloads.dbus = { count, warmup, daemon: version, peers: byPeer }
+  } finally {
+    daemon.kill()
+    live.delete(daemon)
+  }
+}
+
 /** c. bytes: TOTAL bytes in CHUNK-byte writes. */
 async function bytes() {
   const peers = ['c', 'net', 'socket'].filter((p) => available.has(p))
@@ -668,6 +761,16 @@ function computeRatios() {
         { lowerIsBetter: true, paired: pairedRatio(p.seqpacket, p[other], 'p50Us') },
       )
     }
+  }
+  if (w.dbus?.peers.fdqueue?.runs.length) {
+    const p = w.dbus.peers
+    addRatio(
+      'dbus.fdqueue.vsNet',
+      'D-Bus call with 1 fd (fd-queue) vs without fd (net.Socket), p50 µs (lower is better)',
+      p.fdqueue.median.p50Us,
+      p.net?.median.p50Us,
+      { lowerIsBetter: true, paired: pairedRatio(p.fdqueue, p.net, 'p50Us') },
+    )
   }
   if (w.bytes) {
     const p = w.bytes.peers
@@ -935,6 +1038,44 @@ function render() {
       )
     }
   }
+  if (results.workloads.dbus) {
+    const wl = results.workloads.dbus
+    out.push(
+      '',
+      `## g. D-Bus method calls through ${wl.daemon} with dbus-native (${wl.count.toLocaleString('en-US')} calls per run, each awaited)`,
+      '',
+    )
+    const label = {
+      fdqueue: 'FdSocket transport, 1 fd per call (`h`)',
+      net: "dbus-native's net.Socket transport, no fd (`s`)",
+    }
+    const net = wl.peers.net?.median.p50Us
+    const rows = Object.entries(wl.peers).map(([name, entry]) => [
+      label[name] + failedNote(entry),
+      fmt(entry.median.callsPerSec, 0),
+      fmt(entry.median.p50Us, 1),
+      fmt(entry.median.p99Us, 1),
+      `${fmt(entry.median.clientCpuUsPerCall, 1)} / ${fmt(entry.median.serviceCpuUsPerCall, 1)}`,
+      mib(entry.median.clientRssKiB),
+      fmt(entry.median.p50Us / net) + '×',
+      runList(entry.runs, 'p50Us', 1),
+    ])
+    out.push(
+      table(
+        [
+          'transport',
+          'calls/s',
+          'median µs',
+          'p99 µs',
+          'CPU µs/call client / service',
+          'client RSS MiB',
+          'vs net',
+          'runs (median µs)',
+        ],
+        rows,
+      ),
+    )
+  }
   const targets = results.ratios.filter((r) => r.target != null)
   if (targets.length || results.workloads.scale) {
     out.push('', '## Targets', '')
@@ -963,7 +1104,7 @@ function render() {
   }
   if (Object.keys(skipped).length) {
     out.push('', '## Skipped peers', '')
-    for (const [peer, why] of Object.entries(skipped)) out.push(`- ${PEERS[peer].name}: ${why}`)
+    for (const [peer, why] of Object.entries(skipped)) out.push(`- ${PEERS[peer]?.name ?? peer}: ${why}`)
   }
   if (results.errors.length) {
     out.push('', '## Errors', '')
@@ -1008,6 +1149,7 @@ async function main() {
   if (selected.includes('scale')) await scale()
   if (selected.includes('seqfd1')) await fdStreaming('seqfd1', config.seqFd1Msgs, 1, true)
   if (selected.includes('seqrt')) await roundTrip('seqrt')
+  if (selected.includes('dbus')) await dbusCalls()
 
   results.meta.loadEnd = os.loadavg().map((l) => l.toFixed(2))
   computeRatios()

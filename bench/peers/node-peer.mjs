@@ -75,21 +75,11 @@ function drainFds(stream, counts) {
   }
 }
 
-/** Dequeues and closes the `count` fds an 'fds' event announced. */
-function dequeueCount(stream, count, counts) {
-  for (let i = 0; i < count; i++) {
-    let fd
-    try {
-      fd = stream.dequeue()
-    } catch (error) {
-      if (error.code !== 'ERR_FD_TRUNCATED') throw error
-      counts.truncated++
-      continue
-    }
-    if (fd === null) throw new Error(`'fds' announced ${count} fds, only ${i} were queued`)
-    fs.closeSync(fd)
-    counts.fds++
-  }
+/** Closes the fds an 'fds' event handed over (counting a truncated arrival). */
+function closeHanded(fds, counts) {
+  if (fds.truncated) counts.truncated++
+  for (const fd of fds) fs.closeSync(fd)
+  counts.fds += fds.length
 }
 
 // ---- blocking UnixStream -------------------------------------------------------------
@@ -314,10 +304,10 @@ const socket = {
     let bytes = 0
     let chunks = 0
     let fdEvents = 0
-    // 'fds' says how many arrived with the next chunk; they are dequeue-able now.
-    sock.on('fds', (count) => {
+    // 'fds' hands over the fds that arrived with the next chunk.
+    sock.on('fds', (fds) => {
       fdEvents++
-      dequeueCount(sock, count, counts)
+      closeHanded(fds, counts)
     })
     sock.on('data', (chunk) => {
       bytes += chunk.length
@@ -358,7 +348,7 @@ const socket = {
     const sock = await fdAcceptOne()
     const counts = { fds: 0, truncated: 0 }
     let bytes = 0
-    sock.on('fds', (count) => dequeueCount(sock, count, counts))
+    sock.on('fds', (fds) => closeHanded(fds, counts))
     sock.on('data', (chunk) => {
       bytes += chunk.length
       sock.write(chunk.length === 1 ? ACK : Buffer.alloc(chunk.length, 'A'))
@@ -513,7 +503,7 @@ Object.assign(socket, {
         accepted++
         maxLive = Math.max(maxLive, accepted - closed)
         let mine = 0
-        sock.on('fds', (count) => dequeueCount(sock, count, counts))
+        sock.on('fds', (fds) => closeHanded(fds, counts))
         sock.on('data', (chunk) => {
           const before = Math.floor(mine / msgBytes)
           mine += chunk.length
