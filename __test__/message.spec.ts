@@ -664,3 +664,125 @@ test('DatagramSocket: close() rejects sends still waiting for a full receiver (E
     receiver.close()
   }
 })
+
+// ---------------------------------------------------------------------------------------
+// Found by a hostile review: each of these failed before its fix.
+
+test('SeqpacketSocket: an empty message followed by others, all sent before the peer closed, is a message, not the end', async (t) => {
+  const [a, b] = SeqpacketSocket.pair()
+  const [c, d] = SeqpacketSocket.pair()
+  try {
+    for (const socket of [a, c]) {
+      for (const word of ['first', '', 'last']) await socket.send(word)
+      socket.close()
+    }
+    const got: (string | null)[] = []
+    for (let i = 0; i < 5; i++) got.push((await b.receive())?.data.toString() ?? null)
+    t.deepEqual(got, ['first', '', 'last', null, null])
+    const iterated: string[] = []
+    for await (const message of d) iterated.push(message.data.toString())
+    t.deepEqual(iterated, ['first', '', 'last'])
+  } finally {
+    for (const s of [a, b, c, d]) s.close()
+  }
+})
+
+test('SeqpacketSocket: a zero-byte message whose fds the kernel dropped (receiver at its fd limit) is truncated, not the end', async (t) => {
+  const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-ctrunc.mjs')
+  const result = spawnSync('sh', ['-c', 'ulimit -n 100 && exec "$0" "$@"', process.execPath, script], {
+    encoding: 'utf8',
+  })
+  t.is(result.status, 0, result.stderr)
+  t.deepEqual(JSON.parse(result.stdout.trim()), [
+    { data: '', fds: 0, truncated: true },
+    { data: 'plain', fds: 0, truncated: false },
+    null,
+  ])
+})
+
+for (const [kind, pair] of KINDS) {
+  test(`${kind}: a receive called while earlier ones are settling still settles after them`, async (t) => {
+    const [a, b] = pair()
+    try {
+      const order: string[] = []
+      const receive = (i: number) => b.receive().then((m) => order.push(`r${i}:${m!.data}`))
+      const r0 = receive(0) // pending: nothing there yet
+      for (const word of ['m0', 'm1', 'm2']) void a.send(word)
+      const r1 = receive(1)
+      await new Promise((resolve) => setImmediate(resolve))
+      const r2 = receive(2) // called last: must not overtake r0 and r1
+      await Promise.all([r0, r1, r2])
+      t.deepEqual(order, ['r0:m0', 'r1:m1', 'r2:m2'])
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+}
+
+test('a send the kernel can never allocate (ENOBUFS every time) is rejected, not retried forever', async (t) => {
+  // A datagram socket with the largest send buffer an unprivileged process may set (as
+  // systemd's SendBuffer= does), made by Python and passed here; a 5 MiB message then
+  // fails ENOBUFS every time (or EMSGSIZE where wmem_max is small).
+  const receiverPath = path.join(tmpDir('fdq-enobufs-'), 'r')
+  const receiver = DatagramSocket.bind(receiverPath)
+  let socket: DatagramSocket | null = null
+  try {
+    const script =
+      'import array, socket, sys\n' +
+      'a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n' +
+      "wmem_max = int(open('/proc/sys/net/core/wmem_max').read())\n" +
+      'a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wmem_max)\n' +
+      's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n' +
+      "rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [a.fileno()]))]\n" +
+      "s.sendmsg([b'x'], rights, 0, sys.argv[1])\n"
+    const python = spawnSync('python3', ['-c', script, receiverPath], { encoding: 'utf8' })
+    t.is(python.status, 0, python.stderr)
+    const message = (await receiver.receive())!
+    socket = DatagramSocket.fromFd(message.fds[0])
+    const error = await rejection(socket.send(Buffer.alloc(5 << 20)), 30_000, 'the rejection')
+    t.true(['ENOBUFS', 'EMSGSIZE'].includes(error.code), error.code)
+    t.is(error.syscall, 'sendmsg')
+  } finally {
+    socket?.close()
+    receiver.close()
+  }
+})
+
+test('fromFd() of an fd another fd-queue object already owns: EEXIST, and the fd stays open and working', async (t) => {
+  const [a, b] = SeqpacketSocket.pair()
+  try {
+    const error = syncThrow(() => SeqpacketSocket.fromFd(a.fd))
+    t.is(codeOf(error), 'EEXIST')
+    t.notThrows(() => fs.fstatSync(a.fd), 'not closed by the refusal')
+    await a.send('still works')
+    t.is((await b.receive())!.data.toString(), 'still works')
+  } finally {
+    a.close()
+    b.close()
+  }
+})
+
+test('peerCredentials() of a datagram socket with no peer recorded throws ENOTCONN (no made-up credentials)', (t) => {
+  const unbound = DatagramSocket.bind()
+  const bound = DatagramSocket.bind(tmpSocketPath())
+  const connected = DatagramSocket.bind()
+  const [p, q] = DatagramSocket.pair()
+  try {
+    connected.connect(bound.path)
+    for (const socket of [unbound, bound, connected])
+      t.is(codeOf(syncThrow(() => socket.peerCredentials())), 'ENOTCONN')
+    t.like(p.peerCredentials(), { pid: process.pid, uid: process.getuid!() })
+  } finally {
+    for (const s of [unbound, bound, connected, p, q]) s.close()
+  }
+})
+
+test('the first receive on a thread does not make its receive buffer resident (RSS grows by far less than wmem_max)', (t) => {
+  const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-rss.mjs')
+  const result = spawnSync(process.execPath, [script], { encoding: 'utf8' })
+  t.is(result.status, 0, result.stderr)
+  const { growthKiB, wmemMaxKiB } = JSON.parse(result.stdout.trim())
+  t.log(`RSS growth ${growthKiB} KiB for a 1-byte message; the buffer is ${2 * wmemMaxKiB} KiB of address space`)
+  t.true(growthKiB < 1024, `${growthKiB} KiB`)
+})

@@ -150,6 +150,10 @@ test('listenFds(): names default to "unknown"; LISTEN_PID of another process or 
   } finally {
     fs.closeSync(fd)
   }
+  // A count past what fd numbers can hold (it wrapped modulo 2^32 on its way to native code).
+  const huge = activate('report', { env: { LISTEN_FDS: String(2 ** 32 + 3) }, fds: [] })
+  t.deepEqual(await huge.line((l) => 'error' in l), { error: 'ERR_OUT_OF_RANGE', after: {} })
+  t.is(await huge.exited, 0)
   // In this process: nothing was passed.
   t.deepEqual(listenFds(), [])
 })

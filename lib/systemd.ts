@@ -38,6 +38,10 @@ export function listenFds(): ListenFd[] {
   }
   const n = Number(count)
   if (n === 0) return []
+  // As sd_listen_fds: the fds must fit below INT_MAX.
+  if (n > 0x7fffffff - LISTEN_FDS_START) {
+    throw codedError(new RangeError(`LISTEN_FDS is out of range: ${count}`), 'ERR_OUT_OF_RANGE')
+  }
   native(() => binding.claimInheritedFds(LISTEN_FDS_START, n))
   const named = names === undefined ? [] : names.split(':')
   return Array.from({ length: n }, (_, i) => ({ fd: LISTEN_FDS_START + i, name: named[i] || 'unknown' }))

@@ -21,6 +21,11 @@ pub fn peer_credentials(sock: BorrowedFd<'_>) -> Result<PeerCredentials> {
   use nix::sys::socket::{getsockopt, sockopt};
   let creds =
     getsockopt(&sock, sockopt::PeerCredentials).map_err(|e| error::sys(e, "getsockopt"))?;
+  // A socket the kernel recorded no peer for (an unconnected datagram socket, or one
+  // connected with connect(), which records none) reports pid 0 and uid/gid -1.
+  if creds.pid() == 0 {
+    return Err(error::sys(nix::errno::Errno::ENOTCONN, "getsockopt"));
+  }
   Ok(PeerCredentials {
     pid: Some(creds.pid()),
     uid: creds.uid(),

@@ -17,6 +17,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -265,15 +266,20 @@ impl Home {
         .collect::<napi::Result<Vec<_>>>()?;
       for Settlement { id, finish } in settled {
         let called = crate::runtime::as_io_callback(env, || {
-          let args = match finish(env) {
-            Ok(Settled::Later) => return Ok(()),
-            Ok(Settled::Value(value)) => (id, None, value),
-            Err(e) => (id, Some(tagged(e)), None),
-          };
-          match on_settle.get(copy_of(id)) {
-            Some(on_settle) => call_js(env, on_settle, args.into()),
-            None => Ok(()),
-          }
+          let args = guarded_build(|| match finish(env) {
+            Ok(Settled::Later) => None,
+            Ok(Settled::Value(value)) => Some((id, None, value)),
+            Err(e) => Some((id, Some(tagged(e)), None)),
+          });
+          // Our settling callback resolves the Promise and returns: a value is taken only
+          // if it returned.
+          args.call(
+            |how| how == Called::Returned,
+            |args| match (args, on_settle.get(copy_of(id))) {
+              (Some(args), Some(on_settle)) => call_js(env, on_settle, args.into()),
+              _ => Ok(Called::Returned),
+            },
+          )
         });
         outcome = outcome.and(called);
       }
@@ -319,15 +325,77 @@ impl Home {
   }
 }
 
+thread_local! {
+  // Fds whose numbers go into a JS value being made for a call (see `guarded_build`).
+  static LIMBO: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+}
+
+/// Fds whose numbers are in a JS value just made: theirs once JS has them. Inside
+/// [`guarded_build`] they wait for the call (closed if JS never ran, as when a worker is
+/// being torn down); anywhere else (a value returned to JS directly) they are released now.
+pub(crate) fn give_to_js(fds: Vec<OwnedFd>) {
+  LIMBO.with_borrow_mut(|limbo| match limbo {
+    Some(kept) => kept.extend(fds),
+    None => fds.into_iter().for_each(|fd| {
+      let _ = fd.into_raw_fd();
+    }),
+  });
+}
+
+/// How a call into JS went.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Called {
+  /// It returned.
+  Returned,
+  /// It threw (reported as uncaught): it ran, at least in part.
+  Threw,
+  /// JS could not run, or was terminated (a worker being torn down).
+  NotRun,
+}
+
+/// Arguments made by [`guarded_build`], with the fds given to JS in them.
+pub(crate) struct Guarded<T> {
+  args: T,
+  fds: Vec<OwnedFd>,
+}
+
+/// Makes the arguments of a JS call, holding back the fds [`give_to_js`] is given meanwhile.
+pub(crate) fn guarded_build<T>(build: impl FnOnce() -> T) -> Guarded<T> {
+  let outer = LIMBO.with_borrow_mut(|limbo| limbo.replace(Vec::new()));
+  let args = build();
+  let fds = LIMBO
+    .with_borrow_mut(|limbo| std::mem::replace(limbo, outer))
+    .unwrap_or_default();
+  Guarded { args, fds }
+}
+
+impl<T> Guarded<T> {
+  /// Makes the call; the fds are JS's if it went as `taken` says they were taken, and are
+  /// closed otherwise. (Outside the build, JS calling back in gets its own fds.)
+  pub(crate) fn call(
+    self,
+    taken: impl Fn(Called) -> bool,
+    call: impl FnOnce(T) -> napi::Result<Called>,
+  ) -> napi::Result<()> {
+    let called = call(self.args);
+    if matches!(called, Ok(how) if taken(how)) {
+      for fd in self.fds {
+        let _ = fd.into_raw_fd();
+      }
+    }
+    called.map(drop)
+  }
+}
+
 /// Calls `function` as Node calls an event handler from an I/O callback: what it throws
 /// goes to `process.on('uncaughtException')` (or ends the process, as any uncaught
 /// exception would), and the caller carries on. Only a failure to make the call is an
-/// error.
+/// error; otherwise it says how the call went.
 pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
   env: &Env,
   function: &Function<'_, Args, ()>,
   args: Args,
-) -> napi::Result<()> {
+) -> napi::Result<Called> {
   let argv = args.into_vec(env.raw())?;
   let mut this = std::ptr::null_mut();
   let mut result = std::ptr::null_mut();
@@ -350,11 +418,24 @@ pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
       &mut result,
     );
     if status == sys::Status::napi_pending_exception {
+      // Node reports "cannot run JS" (a worker being torn down) as a pending exception
+      // with none recorded: `undefined` here. A function that ran and threw left its
+      // exception (a plain `throw undefined` is read as not having run).
       let mut thrown = std::ptr::null_mut();
-      if sys::napi_get_and_clear_last_exception(env.raw(), &mut thrown) == sys::Status::napi_ok {
-        sys::napi_fatal_exception(env.raw(), thrown);
+      if sys::napi_get_and_clear_last_exception(env.raw(), &mut thrown) != sys::Status::napi_ok {
+        return Ok(Called::NotRun);
       }
-      return Ok(());
+      // Termination shows as `undefined` (nothing recorded) or `null`; a plain `throw
+      // undefined` or `throw null` is read the same way.
+      let mut kind = sys::ValueType::napi_undefined;
+      let threw = sys::napi_typeof(env.raw(), thrown, &mut kind) == sys::Status::napi_ok
+        && kind != sys::ValueType::napi_undefined
+        && kind != sys::ValueType::napi_null;
+      if !threw {
+        return Ok(Called::NotRun);
+      }
+      sys::napi_fatal_exception(env.raw(), thrown);
+      return Ok(Called::Threw);
     }
     if status != sys::Status::napi_ok {
       return Err(napi::Error::new(
@@ -363,7 +444,7 @@ pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
       ));
     }
   }
-  Ok(())
+  Ok(Called::Returned)
 }
 
 /// Settles what waits in this thread's home (called by the JS-thread runtime, in a
@@ -439,10 +520,28 @@ pub(crate) fn settle_later<T: Send + 'static>(
   op: impl std::future::Future<Output = Result<T>> + Send + 'static,
   finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
 ) {
+  settle_later_keeping(home, id, op, finish, ());
+}
+
+/// [`settle_later`], keeping `keep` until the outcome is delivered to JS (or dropped
+/// undelivered): a [`crate::turnstile::Undelivered`], say.
+pub(crate) fn settle_later_keeping<T: Send + 'static, K: Send + 'static>(
+  home: Arc<Home>,
+  id: f64,
+  op: impl std::future::Future<Output = Result<T>> + Send + 'static,
+  finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
+  keep: K,
+) {
   crate::runtime::spawn(async move {
     let settle: Finish = match op.await {
-      Ok(value) => Box::new(move |env| finish(env, value)),
-      Err(e) => Box::new(move |_| Err(e)),
+      Ok(value) => Box::new(move |env| {
+        let _kept = keep;
+        finish(env, value)
+      }),
+      Err(e) => Box::new(move |_| {
+        let _kept = keep;
+        Err(e)
+      }),
     };
     home.settle(id, settle);
   });

@@ -4,6 +4,7 @@
 //! keep call order.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
@@ -12,6 +13,8 @@ use tokio::sync::watch;
 pub struct Turnstile {
   state: Mutex<State>,
   serving: watch::Sender<u64>,
+  /// Operations done here whose outcome JS has not been given yet (see [`Undelivered`]).
+  undelivered: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -20,6 +23,17 @@ struct State {
   serving: u64,
   /// Tickets dropped before their turn came (their operation was cancelled).
   finished_early: BTreeSet<u64>,
+}
+
+/// An operation whose outcome JS has not been given yet: [`Turnstile::is_idle`] is false
+/// while one lives.
+#[derive(Debug)]
+pub struct Undelivered(Arc<Turnstile>);
+
+impl Drop for Undelivered {
+  fn drop(&mut self) {
+    self.0.undelivered.fetch_sub(1, Ordering::AcqRel);
+  }
 }
 
 /// A place in line. Dropping it, served or not, lets the next one through.
@@ -34,6 +48,7 @@ impl Turnstile {
     Arc::new(Self {
       state: Mutex::new(State::default()),
       serving: watch::Sender::new(0),
+      undelivered: AtomicUsize::new(0),
     })
   }
 
@@ -48,10 +63,18 @@ impl Turnstile {
     }
   }
 
-  /// No ticket is outstanding: nothing drawn is waiting or being served.
+  /// No ticket is outstanding (nothing drawn is waiting or being served) and every
+  /// outcome has reached JS: an operation answered at once now cannot overtake one whose
+  /// settlement is still on its way.
   pub fn is_idle(&self) -> bool {
     let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-    state.serving == state.next
+    state.serving == state.next && self.undelivered.load(Ordering::Acquire) == 0
+  }
+
+  /// Counts an operation until its outcome is delivered to JS (the guard is dropped then).
+  pub fn undelivered(self: &Arc<Self>) -> Undelivered {
+    self.undelivered.fetch_add(1, Ordering::AcqRel);
+    Undelivered(Arc::clone(self))
   }
 
   fn finish(&self, number: u64) {

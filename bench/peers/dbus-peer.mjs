@@ -86,6 +86,19 @@ if (mode === 'service') {
     bus.connection.once('error', reject)
   })
   if (transport === 'fdqueue' && !bus.connection.unixFdsAgreed) fail('the bus did not agree to pass fds')
+  // A round trip before the first fd: dbus-daemon reads the authentication with read(2),
+  // which drops the fds of a message that reaches it together with BEGIN.
+  await new Promise((resolve, reject) =>
+    bus.invoke(
+      {
+        destination: 'org.freedesktop.DBus',
+        path: '/org/freedesktop/DBus',
+        interface: 'org.freedesktop.DBus',
+        member: 'GetId',
+      },
+      (error) => (error ? reject(error) : resolve()),
+    ),
+  )
   const devnull = fs.openSync('/dev/null', 'r')
   const message =
     transport === 'fdqueue' ? { signature: 'h', body: [0], fds: [devnull] } : { signature: 's', body: ['x'] }

@@ -1,7 +1,7 @@
 //! `AsyncUnixListener`: a listening Unix socket with a Promise-returning `accept`, and
 //! the push acceptor behind `FdServer`.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +18,7 @@ use crate::nonblocking::acceptor::{Acceptor, Verdict};
 use crate::nonblocking::core::{accept_now, closing, connection_pending, release, ListenerShared};
 use crate::nonblocking::message::MessageSocket;
 use crate::nonblocking::stream::{fail, AsyncUnixStream};
-use crate::runtime::register;
+use crate::runtime::register_or_return;
 use crate::settle::{self, settle_later, Home, RawValue, Settled};
 use crate::socket::{self as unix, Adopt, Kind, SocketFile};
 use crate::sync::lock;
@@ -41,17 +41,35 @@ impl AsyncUnixListener {
   /// otherwise, and the fd is left alone), and makes it close-on-exec and non-blocking.
   fn adopt(fd: i32, kind: Kind) -> Result<Self> {
     let sock = unix::adopt(fd, Adopt::Listening(kind))?;
-    unix::set_nonblocking(sock.as_fd()).map_err(|e| error::sys(e, "fcntl"))?;
+    if let Err(e) = unix::set_nonblocking(sock.as_fd()) {
+      let _ = sock.into_raw_fd(); // still the caller's
+      return Err(error::sys(e, "fcntl"));
+    }
     let path = unix::local_path(sock.as_fd());
-    Self::listening(sock, None, path, kind)
+    Self::registered(sock, None, path, kind, true)
   }
 
   fn listening(fd: OwnedFd, file: Option<SocketFile>, path: String, kind: Kind) -> Result<Self> {
-    let io = match register(fd, Interest::READABLE) {
+    Self::registered(fd, file, path, kind, false)
+  }
+
+  /// Registers `fd` with the reactor; if that fails, an `adopted` fd is left open (it is
+  /// still its owner's), and one of ours is closed with its socket file removed.
+  fn registered(
+    fd: OwnedFd,
+    file: Option<SocketFile>,
+    path: String,
+    kind: Kind,
+    adopted: bool,
+  ) -> Result<Self> {
+    let io = match register_or_return(fd, Interest::READABLE) {
       Ok(io) => io,
-      Err(e) => {
+      Err((e, fd)) => {
         if let Some(file) = &file {
           file.remove();
+        }
+        if let (true, Some(fd)) = (adopted, fd) {
+          let _ = fd.into_raw_fd();
         }
         return Err(e);
       }

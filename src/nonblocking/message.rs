@@ -25,9 +25,9 @@ use crate::js::byte_count;
 use crate::nonblocking::core::{closing, release};
 use crate::nonblocking::stream::fail;
 use crate::queue::OutboundQueue;
-use crate::runtime::register;
+use crate::runtime::register_or_return;
 use crate::scm_rights::{self, Datagram, SCM_MAX_FD};
-use crate::settle::{self, number, settle_later, RawValue, Settled};
+use crate::settle::{self, number, settle_later_keeping, RawValue, Settled};
 use crate::socket::{self as unix, Adopt, Kind, SocketFile};
 use crate::sync::lock;
 use crate::turnstile::Turnstile;
@@ -35,6 +35,9 @@ use crate::turnstile::Turnstile;
 /// Longest wait between two tries of a `sendTo` whose receiver's queue is full (the
 /// kernel reports no readiness for that: it is the other socket that is full).
 const MAX_SEND_BACKOFF: Duration = Duration::from_millis(64);
+/// How long a send that finds no memory for its message (`ENOBUFS`, `ENOMEM`) is retried
+/// before it is rejected with that error.
+const MEMORY_RETRY_BUDGET: Duration = Duration::from_secs(2);
 
 /// What pending operations share.
 struct Shared {
@@ -103,18 +106,25 @@ thread_local! {
 fn receive_now(fd: std::os::fd::BorrowedFd<'_>, kind: Kind) -> nix::Result<Option<Outcome>> {
   SCRATCH.with_borrow_mut(|scratch| {
     if scratch.is_empty() {
-      scratch.resize(largest_message(), 0);
+      // Zeroed by the allocator (fresh pages from the kernel), not written: only the pages
+      // messages land in become resident.
+      *scratch = vec![0; largest_message()];
     }
     let got: Datagram = match scm_rights::recv_message(fd, scratch) {
       Ok(got) => got,
       Err(Errno::EAGAIN | Errno::EINTR) => return Ok(None),
       Err(e) => return Err(e),
     };
+    // Linux reads an empty message and the end alike (0 bytes): it is the end only once the
+    // peer is gone and nothing else waits (an empty message with fds, or whose fds were
+    // dropped, or followed by others, is a message).
     if kind == Kind::Seqpacket
       && got.bytes == 0
       && got.fds.is_empty()
       && !got.bytes_cut
+      && !got.fds_cut
       && hung_up(fd)
+      && queued_bytes(fd) == 0
     {
       return Ok(Some(Outcome::End));
     }
@@ -125,6 +135,19 @@ fn receive_now(fd: std::os::fd::BorrowedFd<'_>, kind: Kind) -> nix::Result<Optio
       from: got.from,
     })))
   })
+}
+
+/// The bytes of every message waiting on a seqpacket socket (`FIONREAD`); 0 if unknown.
+fn queued_bytes(fd: std::os::fd::BorrowedFd<'_>) -> libc::c_int {
+  let mut queued: libc::c_int = 0;
+  // SAFETY: FIONREAD writes one c_int through the pointer, to a local that outlives the
+  // call; `fd` is open for its duration.
+  let status = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD as _, &mut queued) };
+  if status == -1 {
+    0
+  } else {
+    queued
+  }
 }
 
 /// Whether the peer of a seqpacket socket is gone (an empty read then means the end, not
@@ -163,10 +186,8 @@ fn message_value(env: &Env, outcome: Outcome) -> napi::Result<Settled> {
     fds.set(i as u32, fd.as_raw_fd())?;
   }
   object.set("fds", fds)?;
-  // Made: the numbers are the caller's from here on.
-  message.fds.into_iter().for_each(|fd| {
-    let _ = fd.into_raw_fd();
-  });
+  // Made: the numbers are JS's once it has the value.
+  settle::give_to_js(message.fds);
   Ok(Settled::Value(Some(RawValue(object.raw()))))
 }
 
@@ -185,12 +206,21 @@ pub struct MessageSocket {
 impl MessageSocket {
   /// Wraps a socket of `kind`, made non-blocking, registered with the reactor.
   pub(crate) fn wrap(fd: OwnedFd, kind: Kind, file: Option<SocketFile>) -> Result<Self> {
+    Self::registered(fd, kind, file, false)
+  }
+
+  /// [`Self::wrap`]; if the reactor refuses the fd, an `adopted` one is left open (it is
+  /// still its owner's), and one of ours is closed with its socket file removed.
+  fn registered(fd: OwnedFd, kind: Kind, file: Option<SocketFile>, adopted: bool) -> Result<Self> {
     let path = unix::local_path(fd.as_fd());
-    let io = match register(fd, Interest::READABLE | Interest::WRITABLE) {
+    let io = match register_or_return(fd, Interest::READABLE | Interest::WRITABLE) {
       Ok(io) => io,
-      Err(e) => {
+      Err((e, fd)) => {
         if let Some(file) = &file {
           file.remove();
+        }
+        if let (true, Some(fd)) = (adopted, fd) {
+          let _ = fd.into_raw_fd();
         }
         return Err(e);
       }
@@ -217,8 +247,11 @@ impl MessageSocket {
 
   fn adopt(fd: i32, wanted: Adopt, kind: Kind) -> Result<Self> {
     let sock = unix::adopt(fd, wanted)?;
-    unix::set_nonblocking(sock.as_fd()).map_err(|e| error::sys(e, "fcntl"))?;
-    Self::wrap(sock, kind, None)
+    if let Err(e) = unix::set_nonblocking(sock.as_fd()) {
+      let _ = sock.into_raw_fd(); // still the caller's
+      return Err(error::sys(e, "fcntl"));
+    }
+    Self::registered(sock, kind, None, true)
   }
 }
 
@@ -377,6 +410,7 @@ impl MessageSocket {
     let data = data.to_vec();
     let home = settle::home(env).map_err(rejection)?;
     let ticket = shared.sends.ticket();
+    let undelivered = shared.sends.undelivered();
     let op = async move {
       let send = async {
         ticket.turn().await;
@@ -388,7 +422,7 @@ impl MessageSocket {
       drop(shared);
       outcome.map(|_| byte_count(len))
     };
-    settle_later(home, id, op, number);
+    settle_later_keeping(home, id, op, number, undelivered);
     Ok(None)
   }
 
@@ -429,6 +463,7 @@ impl MessageSocket {
     }
     let home = settle::home(env).map_err(rejection)?;
     let ticket = shared.receives.ticket();
+    let undelivered = shared.receives.undelivered();
     let canceller: Option<Arc<Canceller>> = canceller.map(|c| Arc::clone(c));
     let op = async move {
       let receive = async {
@@ -441,9 +476,13 @@ impl MessageSocket {
       drop(shared);
       outcome
     };
-    settle_later(home, id, op, |env, outcome| {
-      message_value(env, outcome).map_err(error::internal)
-    });
+    settle_later_keeping(
+      home,
+      id,
+      op,
+      |env, outcome| message_value(env, outcome).map_err(error::internal),
+      undelivered,
+    );
     Ok(None)
   }
 
@@ -497,6 +536,7 @@ async fn send_later(
   to: Option<&str>,
 ) -> Result<usize> {
   let mut backoff = Duration::from_millis(1);
+  let started = std::time::Instant::now();
   loop {
     let result = if address.is_some() {
       scm_rights::send_message(shared.fd(), data, fds, address).map_err(std::io::Error::from)
@@ -512,6 +552,15 @@ async fn send_later(
       Ok(n) => return Ok(n),
       Err(e) => match errno_of(&e) {
         Errno::EINTR => continue,
+        // No memory for the message: retried for a while, then reported, since a message
+        // the kernel can never allocate (a huge one on a socket with a huge SO_SNDBUF)
+        // fails this way every time.
+        errno
+          if matches!(errno, Errno::ENOBUFS | Errno::ENOMEM)
+            && started.elapsed() >= MEMORY_RETRY_BUDGET =>
+        {
+          return Err(send_error(errno, to))
+        }
         errno if errno == Errno::EAGAIN || scm_rights::is_transient(errno) => {
           crate::runtime::sleep(backoff).await;
           backoff = (backoff * 2).min(MAX_SEND_BACKOFF);

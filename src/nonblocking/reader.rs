@@ -5,7 +5,7 @@
 //! batches are in flight, and the JS side pauses the task when its buffer is full.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -170,9 +170,7 @@ fn fd_array(env: &Env, fds: Vec<OwnedFd>, truncated: bool) -> napi::Result<RawVa
   }
   let mut object = array.coerce_to_object()?;
   object.set("truncated", truncated)?;
-  for fd in fds {
-    let _ = fd.into_raw_fd();
-  }
+  settle::give_to_js(fds);
   Ok(RawValue(object.raw()))
 }
 
@@ -197,8 +195,13 @@ impl Sink<'_> {
       Some(direct) => {
         let direct = Arc::clone(direct);
         self.home.post(Box::new(move |env| {
-          let args = deliver(env, &direct.queues, delivery)?;
-          settle::call_js(env, &direct.callback.borrow_back(env)?, args)
+          let made = settle::guarded_build(|| deliver(env, &direct.queues, delivery));
+          let callback = direct.callback.borrow_back(env)?;
+          // 'fds' listeners (user code) may throw after taking their fds: those are theirs.
+          made.call(
+            |how| how != settle::Called::NotRun,
+            |args| settle::call_js(env, &callback, args?),
+          )
         }));
       }
       None => {

@@ -20,7 +20,7 @@ use crate::nonblocking::core::{message_end, receive_parts, release, Message, Que
 use crate::nonblocking::reader::{ReadArgs, Reader};
 use crate::queue::OutboundQueue;
 use crate::scm_rights::{self, Received};
-use crate::settle::{self, bytes, number, settle_later, Settled};
+use crate::settle::{self, bytes, number, settle_later_keeping, Settled};
 use crate::socket::{self as unix, Adopt, Kind};
 use crate::sync::lock;
 use crate::turnstile::Ticket;
@@ -139,6 +139,7 @@ impl StreamCore {
       })
       .collect();
     let ticket = shared.writes.ticket();
+    let undelivered = shared.writes.undelivered();
     let op = async move {
       let outcome = shared
         .unless_closed(async {
@@ -156,7 +157,7 @@ impl StreamCore {
       drop(shared);
       outcome
     };
-    settle_later(home, id, op, number);
+    settle_later_keeping(home, id, op, number, undelivered);
     Ok(None)
   }
 
@@ -222,6 +223,7 @@ impl StreamCore {
     }
     let home = settle::home(env).map_err(rejection)?;
     let ticket = shared.reads.ticket();
+    let undelivered = shared.reads.undelivered();
     let queues = Arc::clone(&self.queues);
     let reading = Arc::clone(&queues);
     let op = async move {
@@ -232,13 +234,19 @@ impl StreamCore {
       drop(shared);
       outcome
     };
-    settle_later(home, id, op, move |env, (data, received, ticket)| {
-      // Closed while the result travelled: the fds are closed, not queued.
-      receive_parts(&queues, vec![(received.fds, received.truncated)])?;
-      // Only now may the next read go: its fds must queue behind these.
-      drop(ticket);
-      bytes(env, data)
-    });
+    settle_later_keeping(
+      home,
+      id,
+      op,
+      move |env, (data, received, ticket)| {
+        // Closed while the result travelled: the fds are closed, not queued.
+        receive_parts(&queues, vec![(received.fds, received.truncated)])?;
+        // Only now may the next read go: its fds must queue behind these.
+        drop(ticket);
+        bytes(env, data)
+      },
+      undelivered,
+    );
     Ok(None)
   }
 
@@ -347,6 +355,7 @@ impl AsyncUnixStream {
     };
     let home = settle::home(env).map_err(rejection)?;
     let ticket = shared.writes.ticket();
+    let undelivered = shared.writes.undelivered();
     let op = async move {
       let outcome = shared
         .unless_closed(async {
@@ -357,7 +366,7 @@ impl AsyncUnixStream {
       drop(shared);
       outcome
     };
-    settle_later(home, id, op, |_, ()| Ok(Settled::Value(None)));
+    settle_later_keeping(home, id, op, |_, ()| Ok(Settled::Value(None)), undelivered);
     Ok(())
   }
 

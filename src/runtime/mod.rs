@@ -235,6 +235,15 @@ impl Drop for SleepTick {
 /// `fd` must keep its fd open, as the same open file description, for as long as the
 /// AsyncFd lives: an `OwnedFd`, or a `Registered` (which shares ownership of one).
 pub(crate) fn register<T: AsRawFd>(fd: T, interest: Interest) -> Result<AsyncFd<T>> {
+  register_or_return(fd, interest).map_err(|(e, _)| e)
+}
+
+/// [`register`], giving `fd` back when the reactor refused it (`EEXIST`: another object
+/// of this thread has that fd registered), so that an adopted fd can stay its owner's.
+pub(crate) fn register_or_return<T: AsRawFd>(
+  fd: T,
+  interest: Interest,
+) -> std::result::Result<AsyncFd<T>, (error::Error, Option<T>)> {
   let register = move || {
     // SAFETY: both kinds of `T` passed here own (or share the ownership of) an open fd
     // that stays the same open file description until the AsyncFd, which owns `T`, is
@@ -255,8 +264,11 @@ pub(crate) fn register<T: AsRawFd>(fd: T, interest: Interest) -> Result<AsyncFd<
   };
   match registered {
     Ok(Ok(io)) => Ok(io),
-    Ok(Err(e)) => Err(error::sys(errno_of(&e.into_parts().1), "epoll_ctl")),
-    Err(_) => Err(no_runtime()),
+    Ok(Err(e)) => {
+      let (fd, e) = e.into_parts();
+      Err((error::sys(errno_of(&e), "epoll_ctl"), Some(fd)))
+    }
+    Err(_) => Err((no_runtime(), None)),
   }
 }
 
