@@ -786,3 +786,13 @@ test('the first receive on a thread does not make its receive buffer resident (R
   t.log(`RSS growth ${growthKiB} KiB for a 1-byte message; the buffer is ${2 * wmemMaxKiB} KiB of address space`)
   t.true(growthKiB < 1024, `${growthKiB} KiB`)
 })
+
+test('unref(): a pending receive or accept does not keep the process alive; a referenced one does until close()', (t) => {
+  const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-unref.mjs')
+  for (const mode of ['receive', 'accept', 'datagram', 'ref-then-close']) {
+    const result = spawnSync(process.execPath, [script, mode], { encoding: 'utf8', timeout: 60_000 })
+    t.is(result.signal, null, `${mode}: exited by itself`)
+    t.is(result.status, 0, `${mode}: ${result.stderr}`)
+    if (mode === 'ref-then-close') t.is(result.stdout.trim(), 'ERR_SOCKET_CLOSED')
+  }
+})
