@@ -66,11 +66,13 @@ async function serve(generation, previousControl) {
   const keptAlive = (socket) => busy.get(socket)?.active === 0 && busy.get(socket).served > 0
   const app = http.createServer((req, res) => {
     inFlight++
-    busy.get(req.socket).active++
+    // Held here: the connection's own 'close' may run (and forget it) before this one's.
+    const connection = busy.get(req.socket) ?? { active: 0, served: 0 }
+    connection.active++
     res.on('close', () => {
       inFlight--
-      busy.get(req.socket).active--
-      busy.get(req.socket).served++
+      connection.active--
+      connection.served++
       // Handed over: a connection that just went idle is closed, its client reconnects.
       if (handedOver && keptAlive(req.socket)) req.socket.end()
     })
