@@ -3,6 +3,7 @@
  * timeouts around every wait, chunk-exact reading from an AsyncUnixStream, and temp files
  * with distinct content whose fds can be checked by reading through them.
  */
+import type { ChildProcess } from 'node:child_process'
 import { once as eventsOnce, type EventEmitter } from 'node:events'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -223,4 +224,43 @@ export async function warmedUpFdBaseline(): Promise<number> {
   b.destroy()
   await Promise.all([onceEvent(a, 'close'), onceEvent(b, 'close')].map((p) => p.catch(() => {})))
   return settledOpenFds()
+}
+
+/**
+ * The JSON lines a child process prints on stdout (its stdout and stderr piped):
+ * `line(match, what)` resolves with the first one, from the start, that `match` accepts,
+ * and rejects (with everything it printed) once the child has exited without printing it.
+ * No deadline: the test's timeout is the net.
+ */
+export function jsonLines(child: ChildProcess) {
+  const lines: any[] = []
+  let stderr = ''
+  let buffered = ''
+  const wakers = new Set<() => void>()
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+    buffered += chunk
+    const complete = buffered.split('\n')
+    buffered = complete.pop()!
+    for (const l of complete) if (l.trim()) lines.push(JSON.parse(l))
+    for (const wake of wakers) wake()
+  })
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve))
+  return {
+    exited,
+    stderr: () => stderr,
+    async line(match: (line: any) => boolean, what = 'the line'): Promise<any> {
+      for (;;) {
+        const found = lines.find(match)
+        if (found) return found
+        let wake = (): void => {}
+        const woken = new Promise<undefined>((resolve) => (wake = () => resolve(undefined)))
+        wakers.add(wake)
+        const code = await Promise.race([woken, exited])
+        wakers.delete(wake)
+        if (code !== undefined)
+          throw new Error(`the child exited (${code}) before ${what}: ${JSON.stringify(lines)} ${stderr}`)
+      }
+    },
+  }
 }

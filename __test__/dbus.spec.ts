@@ -24,7 +24,7 @@ import {
   tmpDir,
   tmpFile,
 } from './helpers.js'
-import { warmedUpFdBaseline } from './async-helpers.js'
+import { jsonLines, warmedUpFdBaseline } from './async-helpers.js'
 
 const SERVICE = 'org.fdqueue.Test'
 
@@ -34,38 +34,6 @@ let busPath = ''
 /** What the daemon said on stderr (why it dropped a connection, say). */
 let daemonLog = ''
 const children = new Set<ChildProcess>()
-
-/** Lines of JSON from a child's stdout, waited for by predicate. */
-function lines(child: ChildProcess) {
-  const seen: any[] = []
-  let buffered = ''
-  let stderr = ''
-  const wakers = new Set<() => void>()
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-    buffered += chunk
-    const complete = buffered.split('\n')
-    buffered = complete.pop()!
-    for (const l of complete) if (l.trim()) seen.push(JSON.parse(l))
-    for (const wake of wakers) wake()
-  })
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  const exited = new Promise<number | null>((resolve) => child.on('close', resolve))
-  return {
-    exited,
-    stderr: () => stderr,
-    async line(match: (l: any) => boolean, what: string): Promise<any> {
-      for (;;) {
-        const found = seen.find(match)
-        if (found) return found
-        const code = await Promise.race([
-          new Promise<undefined>((resolve) => wakers.add(() => resolve(undefined))),
-          exited,
-        ])
-        if (code !== undefined) throw new Error(`exited (${code}) before ${what}: ${JSON.stringify(seen)} ${stderr}`)
-      }
-    },
-  }
-}
 
 test.before(async () => {
   const version = spawnSync('dbus-daemon', ['--version'], { encoding: 'utf8' })
@@ -125,7 +93,7 @@ async function startService(name: string) {
   const child = spawn(process.execPath, [script, busPath, name], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   children.add(child)
   child.on('close', () => children.delete(child))
-  const out = lines(child)
+  const out = jsonLines(child)
   await out.line((l) => 'ready' in l, 'the service owns its name')
   return { child, ...out }
 }

@@ -9,7 +9,7 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { createServer, FdSocket, UnixListener, UnixStream } from '../index.js'
 import { ROOT, settledOpenFds, tmpSocketPath } from './helpers.js'
-import { onceEvent, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+import { jsonLines, onceEvent, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
 let baseline = 0
 test.before(async () => {
@@ -21,37 +21,10 @@ test.after.always('no fd of this file leaked', async (t) => {
 
 /** A child process driven by stdin lines that answers with JSON lines on stdout. */
 function drive(child: ChildProcess) {
-  const lines: any[] = []
-  let stderr = ''
-  let buffered = ''
-  const wakers = new Set<() => void>()
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-    buffered += chunk
-    const complete = buffered.split('\n')
-    buffered = complete.pop()!
-    for (const line of complete) if (line.trim()) lines.push(JSON.parse(line))
-    for (const wake of wakers) wake()
-  })
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  const exited = new Promise<number | null>((resolve) => child.on('close', resolve))
   return {
-    exited,
-    stderr: () => stderr,
+    ...jsonLines(child),
     send(line: string) {
       child.stdin!.write(`${line}\n`)
-    },
-    /** The first line (from the start) that `match` accepts. */
-    async line(match: (line: any) => boolean, what: string): Promise<any> {
-      for (;;) {
-        const found = lines.find(match)
-        if (found) return found
-        const code = await Promise.race([
-          new Promise<undefined>((resolve) => wakers.add(() => resolve(undefined))),
-          exited,
-        ])
-        if (code !== undefined)
-          throw new Error(`the child exited (${code}) before ${what}: ${JSON.stringify(lines)} ${stderr}`)
-      }
     },
   }
 }

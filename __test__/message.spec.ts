@@ -30,7 +30,7 @@ import {
   tmpFile,
   tmpSocketPath,
 } from './helpers.js'
-import { codeOf, rejection, syncThrow, warmedUpFdBaseline } from './async-helpers.js'
+import { codeOf, jsonLines, rejection, syncThrow, warmedUpFdBaseline } from './async-helpers.js'
 
 let baseline = 0
 test.before(async () => {
@@ -503,34 +503,7 @@ const PEER = path.join(path.dirname(new URL(import.meta.url).pathname), 'interop
 
 /** Runs the Python peer; `line(match)` waits for a JSON line of its stdout. */
 function python(args: string[]) {
-  const child = spawn('python3', [PEER, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  const lines: any[] = []
-  let stderr = ''
-  let buffered = ''
-  const wakers = new Set<() => void>()
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    buffered += chunk
-    const complete = buffered.split('\n')
-    buffered = complete.pop()!
-    for (const l of complete) if (l.trim()) lines.push(JSON.parse(l))
-    for (const wake of wakers) wake()
-  })
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  const exited = new Promise<number | null>((resolve) => child.on('close', resolve))
-  return {
-    exited,
-    async line(match: (l: any) => boolean): Promise<any> {
-      for (;;) {
-        const found = lines.find(match)
-        if (found) return found
-        const code = await Promise.race([
-          new Promise<undefined>((resolve) => wakers.add(() => resolve(undefined))),
-          exited,
-        ])
-        if (code !== undefined) throw new Error(`python exited (${code}): ${JSON.stringify(lines)} ${stderr}`)
-      }
-    },
-  }
+  return jsonLines(spawn('python3', [PEER, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }))
 }
 
 /** What the Python sender sends for `list`: message i with files 0..i, a zero-byte one with file 0, "END". */

@@ -20,7 +20,7 @@ import {
   tmpFile,
   tmpSocketPath,
 } from './helpers.js'
-import { codeOf, rejection, warmedUpFdBaseline } from './async-helpers.js'
+import { codeOf, jsonLines, rejection, warmedUpFdBaseline } from './async-helpers.js'
 
 let baseline = 0
 test.before(async () => {
@@ -46,35 +46,7 @@ function activate(mode: string, { env, fds, pid }: Activation) {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe', ...fds],
   })
-  const lines: any[] = []
-  let stderr = ''
-  let buffered = ''
-  const wakers = new Set<() => void>()
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    buffered += chunk
-    const complete = buffered.split('\n')
-    buffered = complete.pop()!
-    for (const l of complete) if (l.trim()) lines.push(JSON.parse(l))
-    for (const wake of wakers) wake()
-  })
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  const exited = new Promise<number | null>((resolve) => child.on('close', resolve))
-  return {
-    child,
-    exited,
-    stderr: () => stderr,
-    async line(match: (l: any) => boolean): Promise<any> {
-      for (;;) {
-        const found = lines.find(match)
-        if (found) return found
-        const code = await Promise.race([
-          new Promise<undefined>((resolve) => wakers.add(() => resolve(undefined))),
-          exited,
-        ])
-        if (code !== undefined) throw new Error(`the child exited (${code}): ${JSON.stringify(lines)} ${stderr}`)
-      }
-    },
-  }
+  return { child, ...jsonLines(child) }
 }
 
 test('listenFds(): the activated sockets from fd 3 with their names, close-on-exec, variables unset; each can be adopted', async (t) => {

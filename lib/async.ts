@@ -12,6 +12,7 @@ import {
 } from './args.js'
 import type { ShutdownHow } from './interfaces.js'
 import { AbortError, Liveness, operation, setReferenced } from './pending.js'
+import { PromiseListener } from './listener.js'
 import { QueuedStream } from './queued.js'
 
 const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
@@ -20,11 +21,6 @@ const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
 export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixStream | undefined {
   return natives.get(stream)
 }
-
-/** `accept` errors that only say the process is out of fds or memory for now. */
-const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
-/** Longest wait between accepts of an async-iterated listener out of fds. */
-const MAX_ACCEPT_BACKOFF_MS = 200
 
 /**
  * A connected Unix stream socket with Promise-returning I/O. Concurrent `read`s are
@@ -161,14 +157,11 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
  * A listening Unix socket with a Promise-returning `accept`, and async-iterable:
  * `for await (const connection of listener)` yields connections until it is closed.
  */
-export class AsyncUnixListener {
-  #native: Native.NativeAsyncUnixListener
-  #liveness = new Liveness()
-
+export class AsyncUnixListener extends PromiseListener<AsyncUnixStream> {
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixListener) {
     if (token !== WRAP) throw illegalConstructor('Use AsyncUnixListener.bind() or AsyncUnixListener.fromFd()')
-    this.#native = inner
+    super(inner)
   }
 
   /**
@@ -198,94 +191,9 @@ export class AsyncUnixListener {
     )
   }
 
-  /** The listening socket's fd; -1 once closed. */
-  get fd(): number {
-    return this.#native.fd
-  }
-
-  /** The address it listens on: a path, `'\0name'` for an abstract one, `''` if unnamed. */
-  get path(): string {
-    return this.#native.path
-  }
-
-  /**
-   * Whether `close()` removes the socket file this listener created (default `true`).
-   * Pass `false` before handing the listener to a successor, so that its path stays
-   * reachable after this process closes its copy.
-   */
-  setUnlinkOnClose(unlink: boolean): this {
-    if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
-    this.#native.setUnlinkOnClose(unlink)
-    return this
-  }
-
-  /**
-   * Resolves with the next connection; rejects with `ERR_SOCKET_CLOSED` if closed first,
-   * with `EMFILE` (…) when the process is out of fds (the listener stays open: retry), and
-   * with an `AbortError` when `signal` aborts (the connection is left for the next accept).
-   */
-  accept(options?: { signal?: AbortSignal }): Promise<AsyncUnixStream> {
-    const signal = validateSignalOption(options)
-    return operation<Native.NativeAsyncUnixStream>(
-      this,
-      this.#liveness,
-      (id, canceller) => {
-        this.#native.accept(id, canceller)
-        return null
-      },
-      signal,
-    ).then((inner) => new AsyncUnixStream(WRAP, inner))
-  }
-
-  /**
-   * Yields every connection until the listener is closed. Running out of fds does not end
-   * it: it waits (up to 200 ms between tries) and accepts again. Leaving the loop early
-   * leaves the listener open.
-   */
-  async *[Symbol.asyncIterator](): AsyncGenerator<AsyncUnixStream, void, undefined> {
-    let backoff = 0
-    for (;;) {
-      let connection: AsyncUnixStream
-      try {
-        connection = await this.accept()
-      } catch (error) {
-        const code = (error as { code?: unknown }).code
-        if (code === 'ERR_SOCKET_CLOSED') return
-        if (typeof code !== 'string' || !EXHAUSTED.has(code)) throw error
-        backoff = Math.min(Math.max(1, backoff * 2), MAX_ACCEPT_BACKOFF_MS)
-        await new Promise((resolve) => setTimeout(resolve, backoff))
-        continue
-      }
-      backoff = 0
-      yield connection
-    }
-  }
-
-  /** Lets the process exit while an `accept` is pending. */
-  unref(): this {
-    setReferenced(this.#liveness, false)
-    return this
-  }
-
-  /** Undoes `unref()`. */
-  ref(): this {
-    setReferenced(this.#liveness, true)
-    return this
-  }
-
-  /**
-   * Stops listening (this descriptor: a process it was handed to keeps listening), removes
-   * the socket file it created unless `setUnlinkOnClose(false)`, and rejects pending
-   * accepts. Idempotent.
-   */
-  close(): void {
-    this.#native.close()
-  }
-
-  /** `await using listener = ...`: closes the listener. */
-  [Symbol.asyncDispose](): Promise<void> {
-    this.close()
-    return Promise.resolve()
+  /** @internal */
+  protected wrapConnection(inner: unknown): AsyncUnixStream {
+    return new AsyncUnixStream(WRAP, inner as Native.NativeAsyncUnixStream)
   }
 }
 

@@ -7,13 +7,11 @@ import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } f
 import { illegalConstructor, invalidArgType, native, QueueFullError } from './errors.js'
 import { holdsFd, toBytes, toFd, validateFdNumber, validatePath, validateSignalOption } from './args.js'
 import type { EnqueueFd, FdLike } from './interfaces.js'
+import { PromiseListener } from './listener.js'
 import { AbortError, Liveness, operation, setReferenced } from './pending.js'
 
 /** Most fds one message carries (Linux's `SCM_MAX_FD`). */
 const SCM_MAX_FD = 253
-/** `accept` errors that only say the process is out of fds or memory for now. */
-const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
-const MAX_ACCEPT_BACKOFF_MS = 200
 
 /** One received message. */
 export interface Message {
@@ -301,14 +299,11 @@ export class DatagramSocket extends MessageSocket {
  * A listening Unix seqpacket socket with a Promise-returning `accept`, and
  * async-iterable: `for await (const connection of listener)` until it is closed.
  */
-export class SeqpacketListener {
-  #native: Native.NativeAsyncUnixListener
-  #liveness = new Liveness()
-
+export class SeqpacketListener extends PromiseListener<SeqpacketSocket> {
   /** @internal */
   constructor(token: typeof WRAP, inner: Native.NativeAsyncUnixListener) {
     if (token !== WRAP) throw illegalConstructor('Use SeqpacketListener.bind() or SeqpacketListener.fromFd()')
-    this.#native = inner
+    super(inner)
   }
 
   /** Creates a socket file at `path` and listens on it; `'\0name'`: abstract (Linux). */
@@ -333,87 +328,9 @@ export class SeqpacketListener {
     )
   }
 
-  /** The listening socket's fd; -1 once closed. */
-  get fd(): number {
-    return this.#native.fd
-  }
-
-  /** The address it listens on: a path, `'\0name'` for an abstract one, `''` if unnamed. */
-  get path(): string {
-    return this.#native.path
-  }
-
-  /** Whether `close()` removes the socket file this listener created (default `true`). */
-  setUnlinkOnClose(unlink: boolean): this {
-    if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
-    this.#native.setUnlinkOnClose(unlink)
-    return this
-  }
-
-  /**
-   * Resolves with the next connection; rejects with `ERR_SOCKET_CLOSED` if closed first,
-   * `EMFILE` (…) when the process is out of fds (the listener stays open), an `AbortError`
-   * when `signal` aborts (the connection is left for the next accept).
-   */
-  accept(options?: { signal?: AbortSignal }): Promise<SeqpacketSocket> {
-    const signal = validateSignalOption(options)
-    return operation<Native.NativeMessageSocket>(
-      this,
-      this.#liveness,
-      (id, canceller) => {
-        this.#native.accept(id, canceller)
-        return null
-      },
-      signal,
-    ).then((inner) => new SeqpacketSocket(WRAP, inner))
-  }
-
-  /** Yields every connection until the listener is closed (waiting out a lack of fds). */
-  async *[Symbol.asyncIterator](): AsyncGenerator<SeqpacketSocket, void, undefined> {
-    let backoff = 0
-    for (;;) {
-      let connection: SeqpacketSocket
-      try {
-        connection = await this.accept()
-      } catch (error) {
-        const code = (error as { code?: unknown }).code
-        if (code === 'ERR_SOCKET_CLOSED') return
-        if (typeof code !== 'string' || !EXHAUSTED.has(code)) throw error
-        backoff = Math.min(Math.max(1, backoff * 2), MAX_ACCEPT_BACKOFF_MS)
-        await new Promise((resolve) => setTimeout(resolve, backoff))
-        continue
-      }
-      backoff = 0
-      yield connection
-    }
-  }
-
-  /** Lets the process exit while an `accept` is pending. */
-  unref(): this {
-    setReferenced(this.#liveness, false)
-    return this
-  }
-
-  /** Undoes `unref()`. */
-  ref(): this {
-    setReferenced(this.#liveness, true)
-    return this
-  }
-
-  /** Stops listening, removes the socket file unless told otherwise, rejects pending accepts. */
-  close(): void {
-    this.#native.close()
-  }
-
-  /** `using listener = ...`: closes the listener. */
-  [Symbol.dispose](): void {
-    this.close()
-  }
-
-  /** `await using listener = ...`: closes the listener. */
-  [Symbol.asyncDispose](): Promise<void> {
-    this.close()
-    return Promise.resolve()
+  /** @internal */
+  protected wrapConnection(inner: unknown): SeqpacketSocket {
+    return new SeqpacketSocket(WRAP, inner as Native.NativeMessageSocket)
   }
 }
 
