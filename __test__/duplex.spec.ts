@@ -1203,3 +1203,147 @@ test.serial(
     t.is(socket.queuedInboundFds, 0)
   },
 )
+
+// From a hostile review of the 'fds' event: each failed before its fix.
+
+test.serial(
+  "'fds' comes right before the 'data' of its chunk even when the chunk waited (paused, pipe backpressure)",
+  async (t) => {
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    const set = fileSet(3, 'paused-')
+    t.teardown(set.remove)
+    const opened = set.files.map((f) => fs.openSync(f, 'r'))
+    t.teardown(() => closeAll(opened))
+    const log: string[] = []
+    b.on('fds', (fds: FdsArrived) => {
+      log.push(`fds:${fds.map((fd) => readAt(fd)).join(',')}`)
+      closeAll(fds)
+    })
+    b.pause()
+    for (let i = 0; i < 3; i++) {
+      a.writeWithFds(`msg${i};`, [opened[i]])
+      // Each chunk arrives and waits in the readable buffer, with its fds.
+      await withTimeout(
+        (async () => {
+          while (b.readableLength < (i + 1) * 5) await sleep(5)
+        })(),
+        T,
+        `chunk ${i} buffered`,
+      )
+    }
+    t.deepEqual(log, [], 'nothing handed over before its data')
+    const done = new Promise<void>((resolve) =>
+      b.on('data', (chunk: Buffer) => {
+        log.push(`data:${chunk}`)
+        if (
+          log
+            .filter((l) => l.startsWith('data'))
+            .join('')
+            .includes('msg2')
+        )
+          resolve()
+      }),
+    )
+    b.resume()
+    await withTimeout(done, T, 'the data')
+    t.is(
+      log
+        .filter((l) => l.startsWith('data:'))
+        .map((l) => l.slice(5))
+        .join(''),
+      'msg0;msg1;msg2;',
+    )
+    // Each fds entry comes before the data event that holds its chunk's first byte.
+    const order = log.map((l) => (l.startsWith('fds') ? l : 'data'))
+    t.is(order[0], `fds:${set.contents[0]}`)
+    let seen = ''
+    for (const entry of log) {
+      if (entry.startsWith('data:')) seen += entry.slice(5)
+      else {
+        const i = set.contents.indexOf(entry.slice(4))
+        t.false(seen.includes(`msg${i};`), `fds of msg${i} before its data`)
+      }
+    }
+  },
+)
+
+test.serial(
+  "'fds' listeners and a paused socket: fds waiting with their chunks stop reading at maxQueuedFds",
+  async (t) => {
+    const [a, b] = FdSocket.pair({ maxQueuedFds: 64 })
+    cleanup(t, a, b)
+    const devnull = fs.openSync('/dev/null', 'r')
+    t.teardown(() => fs.closeSync(devnull))
+    let handed = 0
+    b.on('fds', (fds: FdsArrived) => {
+      handed += fds.length
+      closeAll(fds)
+    })
+    b.pause()
+    const base = await settledOpenFds()
+    for (let i = 0; i < 400; i++) a.writeWithFds('x', [devnull])
+    // Reading stops once the fds of unread chunks reach the bound (and one batch more).
+    const held = (await settledOpenFds()) - base
+    t.true(held <= 64 + 253 + 16, `held ${held} fds while paused`)
+    t.is(handed, 0)
+    let bytes = 0
+    const all = new Promise<void>((resolve) =>
+      b.on('data', (chunk: Buffer) => {
+        bytes += chunk.length
+        if (bytes === 400) resolve()
+      }),
+    )
+    b.resume()
+    await withTimeout(all, T, `400 bytes (${bytes} so far)`)
+    t.is(handed, 400)
+  },
+)
+
+test.serial(
+  'writes waiting for a connection that never comes fail with ERR_SOCKET_CLOSED_BEFORE_CONNECTION (no hang)',
+  async (t) => {
+    const socket = new FdSocket()
+    socket.on('error', () => {})
+    const callbacks = [0, 1, 2].map(
+      (i) =>
+        new Promise<unknown>((resolve) =>
+          i === 1 ? socket.writeWithFds('b', [0], resolve) : socket.write(`${i}`, resolve),
+        ),
+    )
+    socket.destroy()
+    const errors = await withTimeout(Promise.all(callbacks), T, 'the write callbacks')
+    t.deepEqual(
+      errors.map((e) => codeOf(e)),
+      [
+        'ERR_SOCKET_CLOSED_BEFORE_CONNECTION',
+        'ERR_SOCKET_CLOSED_BEFORE_CONNECTION',
+        'ERR_SOCKET_CLOSED_BEFORE_CONNECTION',
+      ],
+    )
+  },
+)
+
+test.serial(
+  'closeFds() closes every valid fd even when others are invalid; removeAllListeners(undefined) removes nothing else; holes in fds are typed errors',
+  (t) => {
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    const fifo = makeFifo()
+    t.teardown(() => fifo.close())
+    const copy = fs.openSync(`/proc/self/fd/${fifo.writeFd}`, 'w')
+    fs.closeSync(fifo.writeFd)
+    fifo.writeFd = -1
+    t.is(codeOf(syncThrow(() => b.closeFds([copy, -1]))), 'ERR_OUT_OF_RANGE')
+    t.false(fifo.isWriterOpen(), 'the valid fd was closed all the same')
+    const onError = () => {}
+    b.on('error', onError)
+    b.removeAllListeners(undefined)
+    t.is(b.listenerCount('error'), 1, 'an explicit undefined names the event undefined, as for any emitter')
+    // eslint-disable-next-line no-sparse-arrays
+    const error = syncThrow(() => a.writeWithFds('x', [0, , 0] as any))
+    t.is(codeOf(error), 'ERR_INVALID_ARG_TYPE')
+    t.regex(String(error.message), /fds\[1\]/)
+    t.is(a.queuedOutboundFds, 0)
+  },
+)

@@ -80,7 +80,14 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #native: Native.NativeAsyncUnixStream | null = null
   #connecting = false
   /** Work that waits for `connect`: a `_write`, `_final` or `_read`. */
-  #onConnect: Array<() => void> = []
+  #onConnect: Array<{ run: () => void; fail?: Callback }> = []
+  /** Fds handed over with chunks not yet emitted as 'data': `at` is the chunk's first byte. */
+  #fdsAhead: Array<{ at: number; fds: FdsArrived }> = []
+  /** Bytes pushed into the readable side, and bytes emitted as 'data' so far. */
+  #bytesPushed = 0
+  #bytesEmitted = 0
+  /** The fds in `#fdsAhead`. */
+  #fdsAheadCount = 0
   #reading = false
   #referenced = true
   /** Whether the socket's pending native writes keep the process alive. */
@@ -151,11 +158,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     return this.removeListener(event, listener)
   }
 
-  override removeAllListeners(event?: string | symbol): this {
-    // Its arity matters: no argument removes every listener.
-    if (event === undefined) super.removeAllListeners()
-    else super.removeAllListeners(event)
-    if (event === undefined || event === 'fds') this.#native?.setHandingFds(this.listenerCount('fds') > 0)
+  override removeAllListeners(...args: [event?: string | symbol]): this {
+    // Its arity matters, as for any emitter: no argument removes every listener, an
+    // explicit `undefined` those of the event `undefined`.
+    super.removeAllListeners(...args)
+    this.#native?.setHandingFds(this.listenerCount('fds') > 0)
     return this
   }
 
@@ -219,7 +226,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#handle = inner.handle
     inner.maxQueuedFds = this.#maxQueuedFds
     inner.setHandingFds(this.listenerCount('fds') > 0)
-    for (const run of this.#onConnect.splice(0)) run()
+    for (const { run } of this.#onConnect.splice(0)) run()
     // Like net.Socket: a connected socket reads (up to its highWaterMark) so that the
     // peer's end is noticed and 'end'/'close' follow without a consumer.
     if (!this.destroyed) this.read(0)
@@ -276,7 +283,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    */
   writeWithFds(data: Uint8Array | string, fds: FdLike[], cb?: (error?: Error | null) => void): boolean {
     if (!Array.isArray(fds)) throw invalidArgType('fds', 'an array of fds', fds)
-    const raw = fds.map((fd, i) => toFd(fd, `fds[${i}]`))
+    const raw = Array.from(fds, (fd: FdLike, i) => toFd(fd, `fds[${i}]`))
     validateCallback(cb)
     const bytes = toBytes(data)
     if (raw.length > 0 && bytes.byteLength === 0) {
@@ -294,13 +301,17 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    */
   closeFds(fds: number[]): void {
     if (!Array.isArray(fds)) throw invalidArgType('fds', 'an array of fds', fds)
-    const raw = fds.map((fd, i) => validateFdNumber(fd, `fds[${i}]`))
     let first: unknown = null
-    for (const fd of raw) {
+    for (let i = 0; i < fds.length; i++) {
       try {
-        binding.closeFd(fd)
+        const fd = validateFdNumber(fds[i], `fds[${i}]`)
+        try {
+          binding.closeFd(fd)
+        } catch (error) {
+          throw shapeError(error)
+        }
       } catch (error) {
-        first ??= shapeError(error)
+        first ??= error
       }
     }
     if (first !== null) throw first
@@ -384,10 +395,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     return super.end(cb as () => void)
   }
 
-  /** Waits for `connect` when there is no native stream yet. */
-  #whenConnected(run: () => void): void {
+  /**
+   * Waits for `connect` when there is no native stream yet; `fail` (a write's callback)
+   * hears of a destroy that comes first.
+   */
+  #whenConnected(run: () => void, fail?: Callback): void {
     if (this.#native) run()
-    else this.#onConnect.push(run)
+    else this.#onConnect.push({ run, fail })
   }
 
   /** Emits the `drain` that `write()` promised when buffered fds went below the bound. */
@@ -400,16 +414,18 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: Callback): void {
-    this.#whenConnected(() => this.#writeChunks([chunk], cb))
+    this.#whenConnected(() => this.#writeChunks([chunk], cb), cb)
   }
 
   /** @internal */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: Callback): void {
-    this.#whenConnected(() =>
-      this.#writeChunks(
-        chunks.map((c) => c.chunk),
-        cb,
-      ),
+    this.#whenConnected(
+      () =>
+        this.#writeChunks(
+          chunks.map((c) => c.chunk),
+          cb,
+        ),
+      cb,
     )
   }
 
@@ -493,7 +509,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         },
         (error: Error) => cb(error),
       )
-    })
+    }, cb)
   }
 
   /** @internal */
@@ -501,7 +517,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#whenConnected(() => {
       const inner = this.#native
       if (!inner || this.destroyed) return
-      if (this.#reading) return native(() => inner.setReading(true))
+      if (this.#reading) {
+        if (this.#fdsAheadCount < this.#maxQueuedFds) native(() => inner.setReading(true))
+        return
+      }
       this.#reading = true
       native(() => inner.startReading((chunk, fdCount, handed, error) => this.#onChunk(chunk, fdCount, handed, error)))
       if (!this.#referenced) native(() => inner.setReferenced(false))
@@ -524,21 +543,57 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       this.read(0)
       return
     }
+    // Handed over right before the 'data' that holds the chunk's first byte (see emit()),
+    // however long the chunk waits in the readable buffer.
     if (handed) {
-      // A listener that throws must not cost the chunk: it is pushed anyway, and the
-      // exception goes on to 'uncaughtException' as from any event handler.
+      this.#fdsAhead.push({ at: this.#bytesPushed, fds: handed })
+      this.#fdsAheadCount += handed.length
+    }
+    this.#bytesPushed += chunk.length
+    this.#pushChunk(chunk)
+  }
+
+  /** @internal Emits the `'fds'` of the chunks a `'data'` event starts, right before it. */
+  override emit(event: string | symbol, ...args: any[]): boolean {
+    if (event !== 'data') return super.emit(event, ...args)
+    const data = args[0] as Buffer | string
+    this.#bytesEmitted += typeof data === 'string' ? Buffer.byteLength(data) : data.length
+    // A listener that throws must not cost the chunk or later fds: everything is handed
+    // over and emitted, then the first exception goes on (to 'uncaughtException', as from
+    // any event handler).
+    let failure: { error: unknown } | null = null
+    while (this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < this.#bytesEmitted) {
+      const { fds } = this.#fdsAhead.shift()!
+      this.#fdsAheadCount -= fds.length
       try {
         // The listeners own the fds from here on (were they all removed meanwhile, the
         // fds would have nobody to close them: closed here instead).
-        if (!this.emit('fds', handed)) for (const fd of handed) closeFdQuietly(fd)
-      } finally {
-        this.#pushChunk(chunk)
+        if (!super.emit('fds', fds)) for (const fd of fds) closeFdQuietly(fd)
+      } catch (error) {
+        failure ??= { error }
       }
-    } else this.#pushChunk(chunk)
+    }
+    const listened = super.emit(event, ...args)
+    // Below the bound again: reading goes on if the readable side wants more.
+    if (
+      this.#reading &&
+      this.#native &&
+      this.#fdsAheadCount < this.#maxQueuedFds &&
+      this.readableLength < this.readableHighWaterMark
+    ) {
+      native(() => this.#native!.setReading(true))
+    }
+    if (failure) throw failure.error
+    return listened
   }
 
   #pushChunk(chunk: Buffer): void {
-    if (!this.push(chunk) && this.#native) native(() => this.#native!.setReading(false))
+    // Reading pauses while the readable buffer is full, and while the fds of unread chunks
+    // reach maxQueuedFds (fds handed to 'fds' listeners wait with their chunk).
+    const full = !this.push(chunk)
+    if ((full || this.#fdsAheadCount >= this.#maxQueuedFds) && this.#native) {
+      native(() => this.#native!.setReading(false))
+    }
   }
 
   /** Closes the fds that no chunk will carry. */
@@ -553,10 +608,24 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** @internal */
   override _destroy(error: Error | null, cb: Callback): void {
+    // Fds of chunks that will never be emitted: nobody owns them.
+    for (const { fds } of this.#fdsAhead.splice(0)) for (const fd of fds) closeFdQuietly(fd)
+    this.#fdsAheadCount = 0
     this.#releaseStaged()
     this.#native?.close()
-    this.#onConnect.length = 0
+    // Writes that waited for a connection that never came fail, as net's do.
+    const waiting = this.#onConnect.splice(0)
     cb(error)
+    for (const { fail } of waiting) {
+      if (fail)
+        process.nextTick(
+          fail,
+          codedError(
+            new Error('Socket closed before the connection was established'),
+            'ERR_SOCKET_CLOSED_BEFORE_CONNECTION',
+          ),
+        )
+    }
   }
 
   /** Lets the process exit while this socket waits for data (like `net.Socket#unref`). */

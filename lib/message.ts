@@ -36,7 +36,7 @@ function validateFds(fds: unknown): number[] {
   if (fds.length > SCM_MAX_FD) {
     throw new QueueFullError(`One message carries at most ${SCM_MAX_FD} fds; got ${fds.length}`)
   }
-  return fds.map((fd, i) => toFd(fd as FdLike, `fds[${i}]`))
+  return Array.from(fds, (fd: unknown, i) => toFd(fd as FdLike, `fds[${i}]`))
 }
 
 /** What both message socket classes share. */

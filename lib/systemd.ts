@@ -81,7 +81,7 @@ export async function sdNotify(
 ): Promise<boolean> {
   const text = notifyText(state)
   if (fds !== undefined && !Array.isArray(fds)) throw invalidArgType('fds', 'an array of fds', fds)
-  const raw = (fds ?? []).map((fd, i) => toFd(fd, `fds[${i}]`))
+  const raw = Array.from(fds ?? [], (fd: FdLike, i) => toFd(fd, `fds[${i}]`))
   const target = process.env.NOTIFY_SOCKET
   if (!target) return false
   let path: string

@@ -349,7 +349,8 @@ pub(crate) enum Called {
   Returned,
   /// It threw (reported as uncaught): it ran, at least in part.
   Threw,
-  /// JS could not run, or was terminated (a worker being torn down).
+  /// JS could not run, or was terminated (a worker being torn down), or it threw
+  /// `undefined`/`null` (reported all the same): whether it ran is unknown.
   NotRun,
 }
 
@@ -425,17 +426,14 @@ pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
       if sys::napi_get_and_clear_last_exception(env.raw(), &mut thrown) != sys::Status::napi_ok {
         return Ok(Called::NotRun);
       }
-      // Termination shows as `undefined` (nothing recorded) or `null`; a plain `throw
-      // undefined` or `throw null` is read the same way.
+      // Termination shows as `undefined` (nothing recorded) or `null`; so does a plain
+      // `throw undefined` or `throw null`, which is still reported.
       let mut kind = sys::ValueType::napi_undefined;
       let threw = sys::napi_typeof(env.raw(), thrown, &mut kind) == sys::Status::napi_ok
         && kind != sys::ValueType::napi_undefined
         && kind != sys::ValueType::napi_null;
-      if !threw {
-        return Ok(Called::NotRun);
-      }
       sys::napi_fatal_exception(env.raw(), thrown);
-      return Ok(Called::Threw);
+      return Ok(if threw { Called::Threw } else { Called::NotRun });
     }
     if status != sys::Status::napi_ok {
       return Err(napi::Error::new(

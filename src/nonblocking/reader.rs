@@ -195,13 +195,11 @@ impl Sink<'_> {
       Some(direct) => {
         let direct = Arc::clone(direct);
         self.home.post(Box::new(move |env| {
-          let made = settle::guarded_build(|| deliver(env, &direct.queues, delivery));
-          let callback = direct.callback.borrow_back(env)?;
-          // 'fds' listeners (user code) may throw after taking their fds: those are theirs.
-          made.call(
-            |how| how != settle::Called::NotRun,
-            |args| settle::call_js(env, &callback, args?),
-          )
+          // The fds handed over are JS's as soon as the call starts: 'fds' listeners (user
+          // code) may pass them on and then throw, or be cut off by a worker's teardown, so
+          // they are never closed behind the listeners' back.
+          let args = deliver(env, &direct.queues, delivery)?;
+          settle::call_js(env, &direct.callback.borrow_back(env)?, args).map(drop)
         }));
       }
       None => {
