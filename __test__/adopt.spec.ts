@@ -18,6 +18,7 @@ import {
   UnixStream,
 } from '../index.js'
 import {
+  copyOf,
   fdFlags,
   fdIdentity,
   lastJson,
@@ -43,18 +44,6 @@ test.before(async () => {
 test.after.always('no fd of this file leaked', async (t) => {
   t.is(await settledOpenFds(baseline), baseline)
 })
-
-/** A second fd of the same socket or file, ours to own (as a peer would send it). */
-function copyOf(fd: number | { fd: number }): number {
-  const [a, b] = UnixStream.pair()
-  a.enqueue(fd)
-  a.write('!')
-  b.read(Buffer.alloc(1))
-  const copy = b.dequeue()!
-  a.close()
-  b.close()
-  return copy
-}
 
 function isOpen(fd: number): boolean {
   try {

@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { createServer, FdSocket, UnixListener, UnixStream } from '../index.js'
-import { ROOT, settledOpenFds, tmpSocketPath } from './helpers.js'
+import { copyOf, ROOT, settledOpenFds, tmpSocketPath } from './helpers.js'
 import { jsonLines, onceEvent, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
 let baseline = 0
@@ -81,18 +81,6 @@ for (const mode of ['server', 'listener'] as const) {
     t.is(await peer.exited, 0, peer.stderr())
     t.notRegex(peer.stderr(), /panicked|Error/)
   })
-}
-
-/** A second fd of `socket`, ours to own (as another process would hold it). */
-function copyOf(socket: { fd: number }): number {
-  const [a, b] = UnixStream.pair()
-  a.enqueue(socket)
-  a.write('!')
-  b.read(Buffer.alloc(1))
-  const copy = b.dequeue()!
-  a.close()
-  b.close()
-  return copy
 }
 
 test('FdServer.close(): connections waiting at close are never delivered, and a successor holding the listener gets every one', async (t) => {

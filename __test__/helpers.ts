@@ -8,6 +8,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { UnixStream } from '../index.js'
 
 /** The package root (where package.json and node_modules are). */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -335,4 +336,16 @@ export function thrown(call: () => unknown): any {
     return error
   }
   throw new Error('expected the call to throw')
+}
+
+/** A second fd of the same socket or file, ours to own (as a peer would send it over). */
+export function copyOf(fd: number | { fd: number }): number {
+  const [a, b] = UnixStream.pair()
+  a.enqueue(fd)
+  a.write('!')
+  b.read(Buffer.alloc(1))
+  const copy = b.dequeue()!
+  a.close()
+  b.close()
+  return copy
 }

@@ -10,7 +10,6 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import {
   DatagramSocket,
-  FdSocket,
   QueueFullError,
   SeqpacketListener,
   SeqpacketSocket,
@@ -20,6 +19,7 @@ import {
 } from '../index.js'
 import {
   closeAll,
+  copyOf,
   fdFlags,
   fdIdentity,
   O_CLOEXEC,
@@ -380,14 +380,7 @@ test('DatagramSocket: setUnlinkOnClose(false) keeps the file; an abstract name w
     await sender.sendTo(name, 'to abstract')
     t.is((await server.receive())!.data.toString(), 'to abstract')
     // Another holder's copy of the bound socket (as listenFds or a peer would hand it over).
-    const [a, b] = FdSocket.pair()
-    const copy = await new Promise<number>((resolve, reject) => {
-      b.once('data', () => resolve(b.dequeue()!)).once('error', reject)
-      a.enqueue(server)
-      a.write('!')
-    })
-    a.destroy()
-    b.destroy()
+    const copy = copyOf(server)
     const adopted = DatagramSocket.fromFd(copy)
     t.is(adopted.fd, copy)
     await sender.sendTo(name, 'to the adopted copy')

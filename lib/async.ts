@@ -11,7 +11,7 @@ import {
   validateSignalOption,
 } from './args.js'
 import type { ShutdownHow } from './interfaces.js'
-import { AbortError, Liveness, operation, setReferenced } from './pending.js'
+import { connectedNow, Liveness, operation, setReferenced } from './pending.js'
 import { PromiseListener } from './listener.js'
 import { QueuedStream } from './queued.js'
 
@@ -61,17 +61,14 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
   static connect(path: string, options?: { signal?: AbortSignal }): Promise<AsyncUnixStream> {
     validatePath(path)
     const signal = validateSignalOption(options)
-    if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
-    try {
-      return Promise.resolve(
+    return connectedNow(
+      signal,
+      () =>
         new AsyncUnixStream(
           WRAP,
           native(() => binding.NativeAsyncUnixStream.connect(path)),
         ),
-      )
-    } catch (error) {
-      return Promise.reject(error)
-    }
+    )
   }
 
   /**

@@ -88,6 +88,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #bytesEmitted = 0
   /** The fds in `#fdsAhead`. */
   #fdsAheadCount = 0
+  /** Reading was paused because `#fdsAheadCount` reached maxQueuedFds. */
+  #pausedForFds = false
   #reading = false
   #referenced = true
   /** Whether the socket's pending native writes keep the process alive. */
@@ -574,14 +576,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       }
     }
     const listened = super.emit(event, ...args)
-    // Below the bound again: reading goes on if the readable side wants more.
-    if (
-      this.#reading &&
-      this.#native &&
-      this.#fdsAheadCount < this.#maxQueuedFds &&
-      this.readableLength < this.readableHighWaterMark
-    ) {
-      native(() => this.#native!.setReading(true))
+    // Paused for the fds bound and below it again: reading goes on if the readable side
+    // wants more (otherwise its next _read() resumes it).
+    if (this.#pausedForFds && this.#fdsAheadCount < this.#maxQueuedFds) {
+      this.#pausedForFds = false
+      if (this.#native && this.readableLength < this.readableHighWaterMark) {
+        native(() => this.#native!.setReading(true))
+      }
     }
     if (failure) throw failure.error
     return listened
@@ -591,7 +592,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // Reading pauses while the readable buffer is full, and while the fds of unread chunks
     // reach maxQueuedFds (fds handed to 'fds' listeners wait with their chunk).
     const full = !this.push(chunk)
-    if ((full || this.#fdsAheadCount >= this.#maxQueuedFds) && this.#native) {
+    if (!this.#native) return
+    if (full) native(() => this.#native!.setReading(false))
+    else if (this.#fdsAheadCount >= this.#maxQueuedFds) {
+      this.#pausedForFds = true
       native(() => this.#native!.setReading(false))
     }
   }

@@ -8,7 +8,7 @@ import { illegalConstructor, invalidArgType, native, QueueFullError } from './er
 import { holdsFd, toBytes, toFd, validateFdNumber, validatePath, validateSignalOption } from './args.js'
 import type { EnqueueFd, FdLike } from './interfaces.js'
 import { PromiseListener } from './listener.js'
-import { AbortError, Liveness, operation, setReferenced } from './pending.js'
+import { connectedNow, Liveness, operation, setReferenced } from './pending.js'
 
 /** Most fds one message carries (Linux's `SCM_MAX_FD`). */
 const SCM_MAX_FD = 253
@@ -162,17 +162,14 @@ export class SeqpacketSocket extends MessageSocket {
   static connect(path: string, options?: { signal?: AbortSignal }): Promise<SeqpacketSocket> {
     validatePath(path)
     const signal = validateSignalOption(options)
-    if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
-    try {
-      return Promise.resolve(
+    return connectedNow(
+      signal,
+      () =>
         new SeqpacketSocket(
           WRAP,
           native(() => binding.NativeMessageSocket.connectSeqpacket(path)),
         ),
-      )
-    } catch (error) {
-      return Promise.reject(error)
-    }
+    )
   }
 
   /**

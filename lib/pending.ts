@@ -91,6 +91,19 @@ export function setReferenced(liveness: Liveness, referenced: boolean): void {
  * later abort cancels the operation natively, which rejects with an `AbortError` unless
  * it had already finished.
  */
+/**
+ * The Promise of a connect that a Unix socket makes at once or not at all: `connect()`'s
+ * outcome, or an `AbortError` when `signal` is aborted already.
+ */
+export function connectedNow<T>(signal: AbortSignal | undefined, connect: () => T): Promise<T> {
+  if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
+  try {
+    return Promise.resolve(connect())
+  } catch (error) {
+    return Promise.reject(error)
+  }
+}
+
 export function operation<T>(
   owner: object,
   liveness: Liveness,
