@@ -672,12 +672,15 @@ for (const [kind, pair] of KINDS) {
     try {
       const order: string[] = []
       const receive = (i: number) => b.receive().then((m) => order.push(`r${i}:${m!.data}`))
-      const r0 = receive(0) // pending: nothing there yet
-      for (const word of ['m0', 'm1', 'm2']) void a.send(word)
+      // r0 and r1 wait; one wake-up completes both, and r0 is delivered first. Called from
+      // r0's reaction, while r1's result is still on its way, r2 finds m2 waiting: it must
+      // not overtake r1.
+      let r2: Promise<unknown> = Promise.resolve()
+      const r0 = receive(0).then(() => (r2 = receive(2)))
       const r1 = receive(1)
-      await new Promise((resolve) => setImmediate(resolve))
-      const r2 = receive(2) // called last: must not overtake r0 and r1
-      await Promise.all([r0, r1, r2])
+      for (const word of ['m0', 'm1', 'm2']) void a.send(word)
+      await Promise.all([r0, r1])
+      await r2
       t.deepEqual(order, ['r0:m0', 'r1:m1', 'r2:m2'])
     } finally {
       a.close()
