@@ -37,9 +37,7 @@ pub fn peer_credentials(sock: BorrowedFd<'_>) -> Result<PeerCredentials> {
 pub fn peer_credentials(sock: BorrowedFd<'_>) -> Result<PeerCredentials> {
   let (uid, gid) = nix::unistd::getpeereid(sock).map_err(|e| error::sys(e, "getpeereid"))?;
   #[cfg(any(target_os = "macos", target_os = "ios"))]
-  let pid = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::LocalPeerPid)
-    .map(|pid| pid as i32)
-    .ok();
+  let pid = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::LocalPeerPid).ok();
   #[cfg(not(any(target_os = "macos", target_os = "ios")))]
   let pid = None;
   Ok(PeerCredentials {

@@ -125,7 +125,7 @@ mod tests {
       AddressFamily::Unix,
       SockType::Stream,
       None,
-      SockFlag::SOCK_CLOEXEC,
+      SockFlag::empty(),
     )
     .expect("socketpair");
     let info = query(a.as_raw_fd()).expect("fd_info");
@@ -140,7 +140,7 @@ mod tests {
     let sock = socket(
       AddressFamily::Inet,
       SockType::Stream,
-      SockFlag::SOCK_CLOEXEC,
+      SockFlag::empty(),
       None,
     )
     .expect("socket");

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::io::IoSlice;
 use std::mem;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 use nix::errno::Errno;
@@ -327,7 +327,7 @@ pub fn close_all(fds: Vec<OwnedFd>) {
       };
       if closed == 0 {
         fds.into_iter().for_each(|fd| {
-          let _ = fd.into_raw_fd();
+          let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
         });
         return;
       }
@@ -355,14 +355,9 @@ mod tests {
       AddressFamily::Unix,
       SockType::Stream,
       None,
-      SockFlag::SOCK_CLOEXEC,
+      SockFlag::empty(),
     )
     .expect("socketpair")
-  }
-
-  fn is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only reads the fd's flags; an fd that is not open gives EBADF.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
   }
 
   fn is_cloexec(fd: RawFd) -> bool {
@@ -408,27 +403,49 @@ mod tests {
     );
   }
 
+  /// A pipe whose read end tells whether any write end is still open anywhere: an empty
+  /// pipe reads EOF once every writer is closed and EAGAIN while one is open. Unlike
+  /// probing fd numbers, this cannot be fooled by a test on another thread reusing them.
+  fn writers_probe() -> (OwnedFd, OwnedFd) {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    fcntl(&read, FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).expect("O_NONBLOCK");
+    (read, write)
+  }
+
+  fn any_writer_open(read: &OwnedFd) -> bool {
+    match nix::unistd::read(read, &mut [0u8; 1]) {
+      Ok(0) => false,
+      Err(Errno::EAGAIN) => true,
+      other => panic!("unexpected read of an empty pipe: {other:?}"),
+    }
+  }
+
   #[test]
   fn close_all_closes_neighbouring_and_scattered_fds_alike() {
-    let (a, _b) = pair();
+    // Neighbours: 16 consecutive duplicates of one pipe's write end.
+    let (neighbours_read, neighbours_write) = writers_probe();
     let neighbours: Vec<OwnedFd> = (0..16)
-      .map(|_| dup_cloexec(a.as_raw_fd()).unwrap())
+      .map(|_| dup_cloexec(neighbours_write.as_raw_fd()).unwrap())
       .collect();
-    let mut scattered: Vec<OwnedFd> = (0..6)
-      .map(|_| dup_cloexec(a.as_raw_fd()).unwrap())
-      .collect();
-    // Keep every other one open, so the rest have gaps between them.
-    let kept: Vec<OwnedFd> = (0..3).map(|i| scattered.remove(i)).collect();
-    for fds in [neighbours, scattered] {
-      let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    drop(neighbours_write);
+    // Scattered: duplicates of one pipe's write end, each followed by one of another pipe
+    // that stays open, so the ones closed have gaps between them.
+    let (scattered_read, scattered_write) = writers_probe();
+    let (kept_read, kept_write) = writers_probe();
+    let mut scattered = Vec::new();
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+      scattered.push(dup_cloexec(scattered_write.as_raw_fd()).unwrap());
+      kept.push(dup_cloexec(kept_write.as_raw_fd()).unwrap());
+    }
+    drop((scattered_write, kept_write));
+    for (fds, read) in [(neighbours, &neighbours_read), (scattered, &scattered_read)] {
+      assert!(any_writer_open(read));
       close_all(fds);
-      for fd in raw {
-        assert!(!is_open(fd), "fd {fd} still open");
-      }
+      assert!(!any_writer_open(read), "a write end is still open");
     }
-    for fd in &kept {
-      assert!(is_open(fd.as_raw_fd()), "a kept fd was closed");
-    }
+    assert!(any_writer_open(&kept_read), "a kept fd was closed");
+    drop(kept);
   }
 
   #[test]
