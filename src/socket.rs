@@ -6,9 +6,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-  self, setsockopt, sockopt, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
-};
+use nix::sys::socket::{self, setsockopt, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::stat;
 use nix::sys::time::TimeVal;
 
@@ -238,14 +236,24 @@ pub fn bind_kind(kind: Kind, path: &str, nonblocking: bool) -> Result<Bound> {
   if kind == Kind::Datagram {
     return Ok(Bound { fd, file });
   }
-  let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
-  if let Err(e) = socket::listen(&fd, backlog) {
+  if let Err(e) = listen(fd.as_fd()) {
     if let Some(file) = &file {
       file.remove();
     }
     return Err(error::sys_path(e, "listen", path));
   }
   Ok(Bound { fd, file })
+}
+
+/// `listen(fd, 511)`, Node's backlog, on every platform. nix's `Backlog` refuses values
+/// above the C library's `SOMAXCONN` constant, which is 128 in musl, macOS and FreeBSD (4096
+/// in glibc), so through it a musl build silently listened with 128 (found running the suite
+/// on linux-x64-musl). The kernel caps the value at its own limit (`net.core.somaxconn`,
+/// `kern.ipc.somaxconn`) as it does for Node.
+fn listen(fd: BorrowedFd<'_>) -> nix::Result<()> {
+  // SAFETY: listen(2) takes an fd that the borrow keeps open for the call and an integer;
+  // it touches no memory of ours.
+  Errno::result(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) }).map(drop)
 }
 
 /// Accepts one connection, close-on-exec (and non-blocking when asked) from birth.
