@@ -4,6 +4,7 @@
  * fixture script.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import * as dns from 'node:dns'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -28,6 +29,12 @@ export const TIME_SCALE = (() => {
 export function scaled(ms: number): number {
   return Math.round(ms * TIME_SCALE)
 }
+
+// Node's DNS resolver (c-ares) opens /dev/urandom the first time it is used (a listen or
+// connect with a host name or address does) and keeps it for the life of the process, on
+// builds whose c-ares has no getrandom (Node 20.18's musl and manylinux builds). Used
+// now, before any test takes its baseline, that fd is no test's leak.
+dns.getServers()
 
 /** Number of fds open in this process (the directory handle readdir uses counts once, every time). */
 export function openFds(): number {
