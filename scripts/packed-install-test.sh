@@ -13,6 +13,13 @@
 # the platform package: the root package must ship none, and without the platform package
 # loading must fail.
 #
+# Another target than the host's (npm run test:targets sets these):
+#   FDQ_TARGET=<abi>          the platform suffix (linux-arm64-gnu, linux-x64-musl, …)
+#   FDQ_BINARY_DIR=<dir>      where fd-queue.<abi>.node is (default: the repository root)
+#   FDQ_TARGET_NODE=<node>    the Node.js that runs the probes (default: node on PATH)
+#   FDQ_TIME_SCALE=<n>        multiplies the probes' hang guards (emulated targets: 10)
+# npm installs the platform package as if on that platform (--os, --cpu, --libc, --force).
+#
 # Works offline. Prints `packed-install: N passed, M failed` last.
 set -euo pipefail
 
@@ -43,34 +50,48 @@ check() {
   fi
 }
 
-# --- The host target: its napi triple and platform suffix (linux-x64-gnu, darwin-arm64, …)
+# --- The target: its napi triple and platform suffix (linux-x64-gnu, darwin-arm64, …), by
+# default the host's.
 # shellcheck disable=SC2016 # the ${…} below are JavaScript's
 host=$(
-  node -e '
+  FDQ_TARGET="${FDQ_TARGET:-}" node -e '
     const { parseTriple } = require("@napi-rs/cli")
     const { napi } = require("./package.json")
-    const { platform, arch } = process
-    let libc = ""
-    if (platform === "linux") libc = process.report.getReport().header.glibcVersionRuntime ? "gnu" : "musl"
-    const abi = [platform, arch, libc].filter(Boolean).join("-")
+    let abi = process.env.FDQ_TARGET
+    if (!abi) {
+      const { platform, arch } = process
+      let libc = ""
+      if (platform === "linux") libc = process.report.getReport().header.glibcVersionRuntime ? "gnu" : "musl"
+      abi = [platform, arch, libc].filter(Boolean).join("-")
+    }
     const triple = napi.targets.find((t) => parseTriple(t).platformArchABI === abi)
     if (!triple) throw new Error(`no configured napi target builds for ${abi}`)
-    console.log(napi.binaryName, triple, abi)
+    const { platform, arch, abi: libc } = parseTriple(triple)
+    const libcFlag = libc === "gnu" ? "glibc" : libc === "musl" ? "musl" : ""
+    console.log(napi.binaryName, triple, abi, platform, arch, libcFlag)
   '
-) || die 'cannot tell the host target'
-read -r binary_name host_triple host_abi <<<"$host"
+) || die 'cannot tell the target'
+read -r binary_name host_triple host_abi target_os target_cpu target_libc <<<"$host"
 binary="${binary_name}.${host_abi}.node"
+binary_dir=${FDQ_BINARY_DIR:-$root}
+target_node=${FDQ_TARGET_NODE:-$(command -v node)}
+time_scale=${FDQ_TIME_SCALE:-1}
+platform_flags=("--os=${target_os}" "--cpu=${target_cpu}")
+if [[ -n $target_libc ]]; then platform_flags+=("--libc=${target_libc}"); fi
+# npm refuses a package named on the command line whose os/cpu/libc is not the host's
+# (EBADPLATFORM) whatever those flags say; for another target, --force is the way through.
+if [[ -n ${FDQ_TARGET:-} ]]; then platform_flags+=(--force); fi
 platform_dir="npm/${host_abi}"
-[[ -f $binary ]] || die "no ${binary} in the repository root: run npm run build first"
+[[ -f $binary_dir/$binary ]] || die "no ${binary} in ${binary_dir}: run npm run build (or npm run build:all) first"
 [[ -f $platform_dir/package.json ]] || die "no ${platform_dir}/package.json (napi create-npm-dirs)"
 platform_package=$(node -p "require('./${platform_dir}/package.json').name")
 root_package=$(node -p "require('./package.json').name")
-echo "host target ${host_triple}: ${binary} -> ${platform_package}"
+echo "target ${host_triple}: ${binary} -> ${platform_package}, probes run by ${target_node}"
 
 # --- Place the binary with napi artifacts, in a scratch copy of the package.
 stage="$work/stage"
 mkdir -p "$work/artifacts" "$work/tarballs" "$work/project" "$stage/npm"
-cp -- "$binary" "$work/artifacts/"
+cp -- "$binary_dir/$binary" "$work/artifacts/"
 cp -R -- "$platform_dir" "$stage/npm/"
 node -e '
   const fs = require("fs")
@@ -81,7 +102,7 @@ node -e '
 ' package.json "$stage/package.json" "$host_triple"
 node_modules/.bin/napi artifacts --cwd "$stage" --output-dir "$work/artifacts" --npm-dir npm ||
   die 'napi artifacts failed'
-cmp -s -- "$binary" "$stage/$platform_dir/$binary" || die "napi artifacts did not place ${binary} in ${platform_dir}/"
+cmp -s -- "$binary_dir/$binary" "$stage/$platform_dir/$binary" || die "napi artifacts did not place ${binary} in ${platform_dir}/"
 
 # --- Pack both packages (--ignore-scripts: `prepare` would rebuild the addon).
 npm pack --ignore-scripts --silent --pack-destination "$work/tarballs" . >/dev/null
@@ -92,10 +113,10 @@ shopt -u nullglob
 [[ ${#tarballs[@]} -eq 2 ]] || die "expected 2 tarballs, got: ${tarballs[*]:-none}"
 
 # --- A PATH with node and the base system only: nothing can build Rust from here on.
-node_dir=$(dirname -- "$(command -v node)")
+node_dir=$(dirname -- "$target_node")
 probe_path=/usr/bin:/bin
 case ":${probe_path}:" in *":${node_dir}:"*) ;; *) probe_path="${node_dir}:${probe_path}" ;; esac
-probe_env=(env -i "PATH=${probe_path}" "HOME=${work}/home" "TMPDIR=${work}" "npm_config_cache=${work}/npm-cache")
+probe_env=(env -i "PATH=${probe_path}" "HOME=${work}/home" "TMPDIR=${work}" "npm_config_cache=${work}/npm-cache" "FDQ_TIME_SCALE=${time_scale}")
 mkdir -p "$work/home"
 for tool in cargo rustc; do
   if "${probe_env[@]}" bash -c "command -v ${tool}" >/dev/null; then
@@ -109,12 +130,24 @@ echo "probe PATH: ${probe_path} (no cargo, no rustc)"
 cd "$work/project"
 printf '{ "name": "fd-queue-packed-install-probe", "version": "0.0.0", "private": true }\n' >package.json
 cp -- "$root"/scripts/packed-install/*.cjs "$root"/scripts/packed-install/*.mjs .
-"${probe_env[@]}" npm install --offline --no-audit --no-fund --no-update-notifier --loglevel=error "${tarballs[@]}" ||
+# npm itself runs on the host's Node (the target's may be emulated or have no npm).
+env -i "PATH=$(dirname -- "$(command -v node)"):/usr/bin:/bin" "HOME=${work}/home" "TMPDIR=${work}" "npm_config_cache=${work}/npm-cache" \
+  npm install --offline "${platform_flags[@]}" --no-audit --no-fund --no-update-notifier --loglevel=error "${tarballs[@]}" ||
   die 'the offline install of the tarballs failed'
 installed_platform_dir=$(realpath "node_modules/${platform_package}")
 
+# napi-rs's loader tells musl from glibc by reading /usr/bin/ldd first: a musl Node run on
+# a glibc host (test:targets) would be sent to the gnu package. There the probes name the
+# installed platform package's binary with the loader's own override; the layout check
+# still proves that npm put it there.
+loader_override=()
+if [[ $target_libc == musl ]] && ! grep -qs musl /usr/bin/ldd; then
+  loader_override=("NAPI_RS_NATIVE_LIBRARY_PATH=${installed_platform_dir}/${binary}")
+  echo "a musl target on a glibc host: the probes load ${installed_platform_dir}/${binary} by NAPI_RS_NATIVE_LIBRARY_PATH"
+fi
+
 probe() {
-  "${probe_env[@]}" "FD_QUEUE_PLATFORM_DIR=${installed_platform_dir}" timeout 120 node "$@"
+  "${probe_env[@]}" "${loader_override[@]}" "FD_QUEUE_PLATFORM_DIR=${installed_platform_dir}" timeout "$((120 * time_scale))" "$target_node" "$@"
 }
 
 layout() {
@@ -136,7 +169,9 @@ layout() {
 without_platform_package() {
   cp -a "$work/project" "$work/project-without-binary" || return 1
   rm -rf -- "$work/project-without-binary/node_modules/${platform_package}" || return 1
-  (cd "$work/project-without-binary" && probe require-without-binary.cjs)
+  # (the loader override, if any, names the removed package's path in this copy)
+  local copy_binary="$work/project-without-binary/node_modules/${platform_package}/${binary}"
+  (cd "$work/project-without-binary" && loader_override=("${loader_override[@]/#*/NAPI_RS_NATIVE_LIBRARY_PATH=${copy_binary}}") && probe require-without-binary.cjs)
 }
 
 check 'the binary comes from the platform package' layout

@@ -8,7 +8,8 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 
-const TIMEOUT_MS = 20_000
+// A hang guard, scaled like the test suite's (FDQ_TIME_SCALE=10 under emulation).
+const TIMEOUT_MS = 20_000 * (Number(process.env.FDQ_TIME_SCALE) || 1)
 
 /**
  * @param {{ UnixStream: any, UnixListener: any }} fdQueue the installed package's exports

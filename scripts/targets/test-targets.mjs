@@ -1,0 +1,137 @@
+// npm run test:targets [-- --smoke] [-- --only=abi,abi]: tests the binaries of the Linux
+// targets this machine can run besides its own, the way users get them:
+//   linux-arm64-gnu   under qemu-user, with the official Node.js arm64 build
+//   linux-x64-musl    natively, with a musl build of Node.js
+//   linux-arm64-musl  under qemu-user, with a musl build of Node.js
+// For each: the packed-install test (root tarball + that target's platform package,
+// installed offline, an fd passed through require and import), then the whole ava suite
+// with that Node.js and that binary. `--smoke` runs the packed-install test only (what
+// .ci/run does). A binary missing from artifacts/ is built first (build-all.mjs); the
+// Node.js builds, C libraries and emulator are installed by tools.mjs.
+// States per target: passed / failed / not runnable here (and why); exits non-zero if any
+// target failed.
+import { spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+
+import { ARTIFACTS, buildTargets } from './build-all.mjs'
+import { TARGETS, selectTargets } from './targets.mjs'
+import { ROOT, ensureArm64Emulation, ensureNode, ensurePythonTools, log } from './tools.mjs'
+
+const argv = process.argv.slice(2)
+const smoke = argv.includes('--smoke')
+const targets = selectTargets(argv)
+
+// Emulation runs everything about 10× slower: every hang guard of the suite is scaled
+// (FDQ_TIME_SCALE, see __test__/helpers.ts), and so is ava's own per-test timeout.
+const SCALE = { qemu: 10, native: 2 }
+
+function hostEsbuild() {
+  const dir = path.join(ROOT, 'node_modules', '@esbuild')
+  const platform = fs.existsSync(dir) ? fs.readdirSync(dir).find((d) => d.startsWith(`${process.platform}-`)) : null
+  return platform ? path.join(dir, platform, 'bin', 'esbuild') : null
+}
+
+function lastMatch(text, pattern) {
+  const all = [...text.matchAll(pattern)]
+  return all.at(-1)
+}
+
+async function testTarget(target) {
+  const binary = path.join(ARTIFACTS, `fd-queue.${target.abi}.node`)
+  if (!fs.existsSync(binary)) {
+    log(`no ${path.relative(ROOT, binary)}: building it`)
+    const [built] = buildTargets([target])
+    if (!built.ok) return { status: 'failed', detail: `build: ${built.text}` }
+  }
+  if (target.run.how === 'qemu') {
+    const emulation = ensureArm64Emulation()
+    if (!emulation.ok) return { status: 'not runnable here', detail: emulation.why }
+  }
+  const node = await ensureNode(target)
+  const scale = SCALE[target.run.how]
+  const env = {
+    ...process.env,
+    FDQ_TARGET: target.abi,
+    FDQ_BINARY_DIR: ARTIFACTS,
+    FDQ_TARGET_NODE: node,
+    FDQ_TIME_SCALE: String(scale),
+  }
+  log(`${target.abi}: packed-install test with ${node}`)
+  const packed = spawnSync('bash', [path.join(ROOT, 'scripts', 'packed-install-test.sh')], {
+    cwd: ROOT,
+    env,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  process.stdout.write(packed.stdout)
+  const packedLine =
+    lastMatch(packed.stdout, /packed-install: (\d+) passed, (\d+) failed/g)?.[0] ?? 'packed-install: no result'
+  const details = [packedLine]
+  if (packed.status !== 0) return { status: 'failed', detail: details.join('; ') }
+  if (smoke) return { status: 'passed', detail: details.join('; ') }
+
+  log(`${target.abi}: the ava suite with ${node} (FDQ_TIME_SCALE=${scale})`)
+  const suiteEnv = {
+    ...env,
+    // The suite's child processes run `node` and process.execPath: both are the target's.
+    PATH: `${path.dirname(node)}:${process.env.PATH}`,
+    // napi-rs's loader looks for the binary next to binding.js or in the platform package;
+    // the suite runs from the repository, so it is named directly.
+    NAPI_RS_NATIVE_LIBRARY_PATH: binary,
+  }
+  // tsx compiles the TypeScript with esbuild's native binary, a separate process that only
+  // exchanges text with Node: the host's serves an emulated Node as well.
+  const esbuild = hostEsbuild()
+  if (target.run.how === 'qemu' && esbuild) suiteEnv.ESBUILD_BINARY_PATH = esbuild
+  const started = Date.now()
+  const ava = spawnSync(
+    node,
+    [path.join(ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.mjs'), `--timeout=${2 * scale}m`],
+    {
+      cwd: ROOT,
+      env: suiteEnv,
+      encoding: 'utf8',
+      maxBuffer: 1 << 28,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
+  const output = `${ava.stdout}${ava.stderr}`
+  fs.mkdirSync(path.join(ROOT, 'target'), { recursive: true })
+  const logFile = path.join(ROOT, 'target', `test-targets-${target.abi}.log`)
+  fs.writeFileSync(logFile, output)
+  process.stdout.write(output.split('\n').slice(-40).join('\n') + '\n')
+  const passed = lastMatch(output, /(\d+) tests? passed/g)?.[1] ?? '0'
+  const failed = lastMatch(output, /(\d+) tests? failed/g)?.[1] ?? (ava.status === 0 ? '0' : '?')
+  const known = lastMatch(output, /(\d+) known failures?/g)?.[1]
+  const minutes = ((Date.now() - started) / 60000).toFixed(1)
+  details.push(
+    `ava: ${passed} passed, ${failed} failed${known ? `, ${known} known failures` : ''} in ${minutes} min (log: ${path.relative(ROOT, logFile)})`,
+  )
+  return { status: ava.status === 0 ? 'passed' : 'failed', detail: details.join('; ') }
+}
+
+const results = []
+for (const target of targets) {
+  if (target.run.how === 'host') {
+    results.push({ target, status: 'host', detail: target.run.note })
+    continue
+  }
+  if (target.run.how === 'none') {
+    results.push({ target, status: 'not runnable here', detail: target.run.why })
+    continue
+  }
+  try {
+    ensurePythonTools()
+    results.push({ target, ...(await testTarget(target)) })
+  } catch (error) {
+    results.push({ target, status: 'failed', detail: error.message })
+  }
+}
+
+console.log(`\ntest:targets${smoke ? ' --smoke' : ''}`)
+for (const { target, status, detail } of results) {
+  console.log(`${target.abi.padEnd(16)} ${status}: ${detail}`)
+}
+const failed = results.filter((r) => r.status === 'failed').length
+process.exitCode = failed === 0 ? 0 : 1

