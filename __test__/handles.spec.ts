@@ -9,6 +9,7 @@
  * The examples that hand over live connections and servers run here as written.
  */
 import test, { type ExecutionContext } from 'ava'
+import { linuxSerialTest } from './platform.js'
 import { spawn, type ChildProcess } from 'node:child_process'
 import * as dgram from 'node:dgram'
 import { once } from 'node:events'
@@ -506,8 +507,19 @@ test.serial('fdInfo names every kind of received fd, with its direction', async 
     for (const [i, [label, original, info]] of expected.entries()) {
       const fd = received[i]
       t.is(fdIdentity(fd), fdIdentity(original), `${label}: arrived in order`)
-      t.deepEqual(fdInfo(fd), { fd, ...info }, `${label}: received fd`)
-      t.deepEqual(fdInfo(original), { fd: original, ...info }, `${label}: original fd`)
+      // O_NONBLOCK belongs to the open file the two fds share; only the received one is
+      // sure to be close-on-exec.
+      const sent = fdInfo(original)
+      t.deepEqual(
+        fdInfo(fd),
+        { fd, ...info, closeOnExec: true, nonBlocking: sent.nonBlocking },
+        `${label}: received fd`,
+      )
+      t.deepEqual(
+        sent,
+        { fd: original, ...info, closeOnExec: sent.closeOnExec, nonBlocking: sent.nonBlocking },
+        `${label}: original fd`,
+      )
     }
   } finally {
     closeAll(received)
@@ -549,7 +561,7 @@ test.serial('toNetSocket on a received pipe end takes its direction from the acc
 // Mismatches: ERR_INVALID_FD_TYPE, and the fd stays open and ours
 // ---------------------------------------------------------------------------------------
 
-test.serial('a helper given the wrong kind of fd throws ERR_INVALID_FD_TYPE and leaves the fd open', async (t) => {
+linuxSerialTest('a helper given the wrong kind of fd throws ERR_INVALID_FD_TYPE and leaves the fd open', async (t) => {
   const dir = tmpDir()
   const file = tmpFile('not a socket\n', dir)
   const fifo = makeFifo()
@@ -740,7 +752,7 @@ test('examples/zero-downtime.mjs --self-test: both listening sockets (TCP and fd
 // O_PATH fds, streams that hold no threadpool thread, closing without Node's bookkeeping
 // ---------------------------------------------------------------------------------------
 
-test.serial('fdInfo of a received O_PATH fd: kind "path", neither readable nor writable (not EBADF)', async (t) => {
+linuxSerialTest('fdInfo of a received O_PATH fd: kind "path", neither readable nor writable (not EBADF)', async (t) => {
   const file = tmpFile('named, not opened')
   const original = fs.openSync(file, O_PATH)
   const [fd] = await transfer('AsyncUnixStream', original)
@@ -822,4 +834,42 @@ test('closeFd closes a dequeued fd; EBADF when it is not open; bad numbers throw
   t.is(thrown(() => closeFd(-1)).code, 'ERR_OUT_OF_RANGE')
   t.is(thrown(() => closeFd('3' as unknown as number)).code, 'ERR_INVALID_ARG_TYPE')
   fifo.close()
+})
+
+test('fdInfo reports close-on-exec and O_NONBLOCK as the kernel has them (on Linux, as /proc/self/fdinfo shows them)', async (t) => {
+  const file = fs.openSync(tmpFile('flags'), 'r')
+  const [blockingA, blockingB] = UnixStream.pair()
+  const [asyncA, asyncB] = AsyncUnixStream.pair()
+  try {
+    t.like(fdInfo(file), { closeOnExec: true, nonBlocking: false }, 'a file Node opened')
+    t.like(fdInfo(blockingA.fd), { closeOnExec: true, nonBlocking: false }, 'a blocking UnixStream')
+    t.like(fdInfo(asyncA.fd), { closeOnExec: true, nonBlocking: true }, 'an AsyncUnixStream')
+  } finally {
+    fs.closeSync(file)
+    for (const s of [blockingA, blockingB]) s.close()
+    for (const s of [asyncA, asyncB]) await s.close()
+  }
+  // The independent account: a child compares fdInfo with /proc/self/fdinfo for its fds 0
+  // to 3 (its stdio and a pipe spawn handed it). Both states of each flag are also set and
+  // read back by the Rust unit tests of fd_info.
+  if (process.platform !== 'linux') return
+  const script = `
+    const fs = require('node:fs')
+    const { fdInfo } = require(${JSON.stringify(path.join(ROOT, 'index.js'))})
+    const report = [0, 1, 2, 3].map((fd) => {
+      const flags = parseInt(/^flags:\\s+([0-7]+)$/m.exec(fs.readFileSync('/proc/self/fdinfo/' + fd, 'utf8'))[1], 8)
+      const info = fdInfo(fd)
+      return { fd, info: [info.closeOnExec, info.nonBlocking], kernel: [(flags & 0o2000000) !== 0, (flags & fs.constants.O_NONBLOCK) !== 0] }
+    })
+    console.log(JSON.stringify(report))`
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout!.on('data', (chunk) => (out += chunk))
+  child.stderr!.on('data', (chunk) => (err += chunk))
+  const [code] = await once(child, 'close')
+  t.is(code, 0, err)
+  const report: Array<{ fd: number; info: boolean[]; kernel: boolean[] }> = JSON.parse(out)
+  for (const { fd, info, kernel } of report)
+    t.deepEqual(info, kernel, `fd ${fd} of the child: [closeOnExec, nonBlocking]`)
 })

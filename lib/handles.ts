@@ -40,6 +40,16 @@ export interface FdInfo {
   writable: boolean
   /** Sockets only: a listening socket, ready for `net.createServer().listen({ fd })`. */
   listening: boolean
+  /**
+   * `FD_CLOEXEC` is set: a program this process `exec`s does not inherit the fd. Every fd
+   * fd-queue hands over (received, dequeued, adopted) has it.
+   */
+  closeOnExec: boolean
+  /**
+   * `O_NONBLOCK` is set: reads and writes answer `EAGAIN` instead of waiting. It belongs to
+   * the open file, so every duplicate of the fd (in any process) shares it.
+   */
+  nonBlocking: boolean
   /** Sockets only: `'unix'`, `'ipv4'`, `'ipv6'` or `'other'`. */
   family?: string
   /** Sockets only: `'stream'`, `'dgram'`, `'seqpacket'` or `'other'`. */
@@ -74,6 +84,8 @@ export function fdInfo(fd: number): FdInfo {
     readable: !info.pathOnly && info.access !== 'w',
     writable: !info.pathOnly && info.access !== 'r',
     listening: info.listening ?? false,
+    closeOnExec: info.closeOnExec,
+    nonBlocking: info.nonBlocking,
   }
   if (info.family != null) result.family = info.family
   if (info.socketType != null) result.socketType = info.socketType

@@ -6,7 +6,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use napi_derive::napi;
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{
   getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
 };
@@ -27,6 +27,10 @@ pub struct NativeFdInfo {
   /// An `O_PATH` fd (Linux, FreeBSD): it names a file without opening it, so it can be
   /// neither read nor written nor queried as a socket.
   pub path_only: bool,
+  /// `FD_CLOEXEC` is set: a program this process `exec`s does not inherit the fd.
+  pub close_on_exec: bool,
+  /// `O_NONBLOCK` is set on the open file (shared by every duplicate of the fd).
+  pub non_blocking: bool,
 }
 
 /// Reports the access mode of `fd` and, for sockets, their family, type and whether
@@ -49,6 +53,8 @@ pub(crate) fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
   let borrowed = unsafe { BorrowedFd::borrow_raw(fd as RawFd) };
   let flags =
     OFlag::from_bits_truncate(fcntl(borrowed, FcntlArg::F_GETFL).map_err(|e| (e, "fcntl"))?);
+  let fd_flags =
+    FdFlag::from_bits_truncate(fcntl(borrowed, FcntlArg::F_GETFD).map_err(|e| (e, "fcntl"))?);
   let access = match flags & OFlag::O_ACCMODE {
     OFlag::O_WRONLY => "w",
     OFlag::O_RDWR => "rw",
@@ -60,6 +66,8 @@ pub(crate) fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
     socket_type: None,
     listening: None,
     path_only: false,
+    close_on_exec: fd_flags.contains(FdFlag::FD_CLOEXEC),
+    non_blocking: flags.contains(OFlag::O_NONBLOCK),
   };
   // Socket queries on an O_PATH fd answer EBADF, as if it were not open.
   #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
@@ -133,6 +141,36 @@ mod tests {
     assert_eq!(info.family.as_deref(), Some("unix"));
     assert_eq!(info.socket_type.as_deref(), Some("stream"));
     assert_eq!(info.listening, Some(false));
+    assert!(!info.close_on_exec);
+  }
+
+  #[test]
+  fn close_on_exec_is_read_from_fd_cloexec() {
+    let (a, _b) = socketpair(
+      AddressFamily::Unix,
+      SockType::Stream,
+      None,
+      SockFlag::empty(),
+    )
+    .expect("socketpair");
+    fcntl(&a, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("F_SETFD");
+    assert!(query(a.as_raw_fd()).expect("fd_info").close_on_exec);
+    fcntl(&a, FcntlArg::F_SETFD(FdFlag::empty())).expect("F_SETFD");
+    assert!(!query(a.as_raw_fd()).expect("fd_info").close_on_exec);
+  }
+
+  #[test]
+  fn non_blocking_is_read_from_o_nonblock() {
+    let (a, _b) = socketpair(
+      AddressFamily::Unix,
+      SockType::Stream,
+      None,
+      SockFlag::empty(),
+    )
+    .expect("socketpair");
+    assert!(!query(a.as_raw_fd()).expect("fd_info").non_blocking);
+    fcntl(&a, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("F_SETFL");
+    assert!(query(a.as_raw_fd()).expect("fd_info").non_blocking);
   }
 
   #[test]
