@@ -3,6 +3,7 @@
  * (SPEC §3 "Adopting what a process already holds", "Closing and handing over").
  */
 import test, { type ExecutionContext } from 'ava'
+import { linuxTest } from './platform.js'
 import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as net from 'node:net'
@@ -136,7 +137,7 @@ async function oddSockets(t: ExecutionContext): Promise<Map<string, number>> {
   return sockets
 }
 
-test('fromFd refuses every fd of another kind with ERR_INVALID_FD_TYPE and leaves it untouched', async (t) => {
+linuxTest('fromFd refuses every fd of another kind with ERR_INVALID_FD_TYPE and leaves it untouched', async (t) => {
   const odd = await oddSockets(t)
   const file = fs.openSync(tmpFile('a file'), 'r')
   const pathOnly = fs.openSync(tmpDir(), O_PATH)
@@ -381,79 +382,82 @@ test('listen(path), listen({ path }) and listen({ fd }) with bad arguments throw
 // Abstract addresses (Linux)
 // ---------------------------------------------------------------------------------------
 
-test('abstract addresses: every bind and connect takes "\\0name", no file appears, and Node’s net interoperates', async (t) => {
-  if (process.platform !== 'linux') {
-    t.is(thrown(() => UnixListener.bind('\0x')).code, 'ERR_INVALID_ARG_VALUE')
-    return
-  }
-  // fd-queue listeners, fd-queue clients of each kind.
-  const name = abstractName()
-  const listener = AsyncUnixListener.bind(name)
-  t.is(listener.path, name)
-  const blocking = UnixStream.connect(name)
-  const asyncClient = await AsyncUnixStream.connect(name)
-  const duplex = connect(name)
-  await onceEvent(duplex, 'connect')
-  const accepted = await Promise.all([listener.accept(), listener.accept(), listener.accept()])
-  t.is(accepted.length, 3)
-  // A file fd rides across an abstract connection like any other.
-  const file = tmpFile('over an abstract address')
-  const fd = fs.openSync(file, 'r')
-  blocking.enqueue(fd)
-  fs.closeSync(fd)
-  blocking.write('!')
-  // Which accepted stream is the blocking client's: the one its byte arrives on.
-  const controller = new AbortController()
-  const got = await Promise.race(
-    accepted.map(async (s) => ({ s, data: await s.read(1, { signal: controller.signal }) })),
-  )
-  controller.abort()
-  t.is(got.data.toString(), '!')
-  const received = got.s.dequeue()
-  t.not(received, null)
-  t.is(fdIdentity(received!), pathIdentity(file))
-  fs.closeSync(received!)
-  // Node's net connects to our abstract listener, and we connect to Node's (with the name
-  // spelled as this Node's net spells it).
-  const forNet = AsyncUnixListener.bind(asNetSpellsIt(abstractName()))
-  const viaNet = net.connect(forNet.path)
-  await onceEvent(viaNet, 'connect')
-  const fromNet = await forNet.accept()
-  viaNet.write('net to fd-queue')
-  t.is((await readExactly(fromNet, 15)).toString(), 'net to fd-queue')
-  const netName = abstractName()
-  const netServer = net.createServer((socket) => socket.end('net server'))
-  await new Promise<void>((resolve) => netServer.listen(netName, resolve))
-  // (Async clients: the servers answer on this same thread.)
-  const toNet = await AsyncUnixStream.connect(asNetSpellsIt(netName))
-  t.is((await readExactly(toNet, 10)).toString(), 'net server')
-  // FdServer and UnixListener on abstract names too.
-  const serverName = abstractName()
-  const server = createServer((socket: FdSocket) => socket.end('fd server'))
-  server.listen(serverName)
-  await onceEvent(server, 'listening')
-  t.is(server.address(), serverName)
-  const toServer = await AsyncUnixStream.connect(serverName)
-  t.is((await readExactly(toServer, 9)).toString(), 'fd server')
-  const blockingListener = UnixListener.bind(abstractName())
-  t.is(blockingListener.path.charCodeAt(0), 0)
-  // No file anywhere: the names are not paths.
-  t.false(fs.existsSync(name.slice(1)))
-  t.is(thrown(() => UnixListener.bind(`\0${'x'.repeat(108)}`)).code, 'ERR_INVALID_ARG_VALUE')
-  t.is(thrown(() => UnixListener.bind(name)).code, 'EADDRINUSE')
-  blocking.close()
-  for (const s of [asyncClient, fromNet, toNet, toServer, ...accepted]) s.close()
-  duplex.destroy()
-  viaNet.destroy()
-  listener.close()
-  forNet.close()
-  blockingListener.close()
-  server.close()
-  await onceEvent(server, 'close')
-  await new Promise((resolve) => netServer.close(resolve))
-})
+linuxTest(
+  'abstract addresses: every bind and connect takes "\\0name", no file appears, and Node’s net interoperates',
+  async (t) => {
+    if (process.platform !== 'linux') {
+      t.is(thrown(() => UnixListener.bind('\0x')).code, 'ERR_INVALID_ARG_VALUE')
+      return
+    }
+    // fd-queue listeners, fd-queue clients of each kind.
+    const name = abstractName()
+    const listener = AsyncUnixListener.bind(name)
+    t.is(listener.path, name)
+    const blocking = UnixStream.connect(name)
+    const asyncClient = await AsyncUnixStream.connect(name)
+    const duplex = connect(name)
+    await onceEvent(duplex, 'connect')
+    const accepted = await Promise.all([listener.accept(), listener.accept(), listener.accept()])
+    t.is(accepted.length, 3)
+    // A file fd rides across an abstract connection like any other.
+    const file = tmpFile('over an abstract address')
+    const fd = fs.openSync(file, 'r')
+    blocking.enqueue(fd)
+    fs.closeSync(fd)
+    blocking.write('!')
+    // Which accepted stream is the blocking client's: the one its byte arrives on.
+    const controller = new AbortController()
+    const got = await Promise.race(
+      accepted.map(async (s) => ({ s, data: await s.read(1, { signal: controller.signal }) })),
+    )
+    controller.abort()
+    t.is(got.data.toString(), '!')
+    const received = got.s.dequeue()
+    t.not(received, null)
+    t.is(fdIdentity(received!), pathIdentity(file))
+    fs.closeSync(received!)
+    // Node's net connects to our abstract listener, and we connect to Node's (with the name
+    // spelled as this Node's net spells it).
+    const forNet = AsyncUnixListener.bind(asNetSpellsIt(abstractName()))
+    const viaNet = net.connect(forNet.path)
+    await onceEvent(viaNet, 'connect')
+    const fromNet = await forNet.accept()
+    viaNet.write('net to fd-queue')
+    t.is((await readExactly(fromNet, 15)).toString(), 'net to fd-queue')
+    const netName = abstractName()
+    const netServer = net.createServer((socket) => socket.end('net server'))
+    await new Promise<void>((resolve) => netServer.listen(netName, resolve))
+    // (Async clients: the servers answer on this same thread.)
+    const toNet = await AsyncUnixStream.connect(asNetSpellsIt(netName))
+    t.is((await readExactly(toNet, 10)).toString(), 'net server')
+    // FdServer and UnixListener on abstract names too.
+    const serverName = abstractName()
+    const server = createServer((socket: FdSocket) => socket.end('fd server'))
+    server.listen(serverName)
+    await onceEvent(server, 'listening')
+    t.is(server.address(), serverName)
+    const toServer = await AsyncUnixStream.connect(serverName)
+    t.is((await readExactly(toServer, 9)).toString(), 'fd server')
+    const blockingListener = UnixListener.bind(abstractName())
+    t.is(blockingListener.path.charCodeAt(0), 0)
+    // No file anywhere: the names are not paths.
+    t.false(fs.existsSync(name.slice(1)))
+    t.is(thrown(() => UnixListener.bind(`\0${'x'.repeat(108)}`)).code, 'ERR_INVALID_ARG_VALUE')
+    t.is(thrown(() => UnixListener.bind(name)).code, 'EADDRINUSE')
+    blocking.close()
+    for (const s of [asyncClient, fromNet, toNet, toServer, ...accepted]) s.close()
+    duplex.destroy()
+    viaNet.destroy()
+    listener.close()
+    forNet.close()
+    blockingListener.close()
+    server.close()
+    await onceEvent(server, 'close')
+    await new Promise((resolve) => netServer.close(resolve))
+  },
+)
 
-test('abstract addresses interoperate with Python on the same name', async (t) => {
+linuxTest('abstract addresses interoperate with Python on the same name', async (t) => {
   if (process.platform !== 'linux') return t.pass()
   const name = abstractName()
   const listener = AsyncUnixListener.bind(name)

@@ -1154,7 +1154,7 @@ test.serial('closeFds(fds): the transport hook closes each fd (all of them, then
   cleanup(t, a, b)
   const fifo = makeFifo()
   t.teardown(() => fifo.close())
-  const copies = [0, 1].map(() => fs.openSync(`/proc/self/fd/${fifo.writeFd}`, 'w'))
+  const copies = [0, 1].map(() => fs.openSync(fifo.path, 'w'))
   fs.closeSync(fifo.writeFd)
   fifo.writeFd = -1
   t.true(fifo.isWriterOpen())
@@ -1331,7 +1331,7 @@ test.serial(
     cleanup(t, a, b)
     const fifo = makeFifo()
     t.teardown(() => fifo.close())
-    const copy = fs.openSync(`/proc/self/fd/${fifo.writeFd}`, 'w')
+    const copy = fs.openSync(fifo.path, 'w')
     fs.closeSync(fifo.writeFd)
     fifo.writeFd = -1
     t.is(codeOf(syncThrow(() => b.closeFds([copy, -1]))), 'ERR_OUT_OF_RANGE')

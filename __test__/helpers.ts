@@ -6,6 +6,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import * as dns from 'node:dns'
 import * as fs from 'node:fs'
+import { createRequire } from 'node:module'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -36,9 +37,22 @@ export function scaled(ms: number): number {
 // now, before any test takes its baseline, that fd is no test's leak.
 dns.getServers()
 
-/** Number of fds open in this process (the directory handle readdir uses counts once, every time). */
+/** The portable fd inspection the fixtures share (fixtures/fd-state.cjs). */
+const fdState = createRequire(import.meta.url)('./fixtures/fd-state.cjs') as {
+  O_CLOEXEC: number
+  openFdCount(): number
+  openFdNumbers(): number[]
+  fdFlags(fd: number): number
+  isCloseOnExec(fd: number): boolean
+  openFileLimit(): number
+}
+
+/**
+ * Number of fds open in this process (the directory handle readdir uses counts once, every
+ * time): /proc/self/fd on Linux, /dev/fd on macOS, procstat on FreeBSD without fdescfs.
+ */
 export function openFds(): number {
-  return fs.readdirSync('/proc/self/fd').length
+  return fdState.openFdCount()
 }
 
 /**
@@ -72,20 +86,7 @@ export async function settledOpenFds(expected?: number): Promise<number> {
 }
 
 /** The fd numbers open in this process (without the one readdir used and closed again). */
-export function openFdNumbers(): number[] {
-  return fs
-    .readdirSync('/proc/self/fd')
-    .map(Number)
-    .filter((fd) => {
-      try {
-        fs.fstatSync(fd)
-        return true
-      } catch {
-        return false
-      }
-    })
-    .sort((a, b) => a - b)
-}
+export const openFdNumbers = fdState.openFdNumbers
 
 const createdDirs: string[] = []
 process.on('exit', () => {
@@ -147,16 +148,21 @@ export function pathIdentity(file: string): string {
   return `${st.dev}:${st.ino}`
 }
 
-/** The `flags:` of /proc/self/fdinfo/<fd> (octal in the file). */
-export function fdFlags(fd: number): number {
-  const info = fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8')
-  const match = /^flags:\s+([0-7]+)$/m.exec(info)
-  if (!match) throw new Error(`no flags line in fdinfo of ${fd}: ${info}`)
-  return parseInt(match[1], 8)
-}
+/**
+ * The file status flags of `fd` with close-on-exec as {@link O_CLOEXEC}: on Linux the
+ * `flags:` of /proc/self/fdinfo/<fd>, read independently of fd-queue; elsewhere the access
+ * mode, `fs.constants.O_NONBLOCK` and O_CLOEXEC from fd-queue's `fdInfo`.
+ */
+export const fdFlags = fdState.fdFlags
 
-/** O_CLOEXEC as it shows in fdinfo flags (octal 02000000). */
-export const O_CLOEXEC = 0o2000000
+/** Whether `fd` is close-on-exec (see {@link fdFlags}). */
+export const isCloseOnExec = fdState.isCloseOnExec
+
+/** This process's soft limit on open files, which children inherit. */
+export const openFileLimit = fdState.openFileLimit
+
+/** O_CLOEXEC as it shows in Linux's fdinfo flags (octal 02000000); {@link fdFlags} uses it everywhere. */
+export const O_CLOEXEC = fdState.O_CLOEXEC
 
 /** Linux's O_PATH (octal 010000000 on x86 and arm), which `fs.constants` does not export. */
 export const O_PATH = 0o10000000

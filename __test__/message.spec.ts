@@ -5,6 +5,7 @@
  * the file found it.
  */
 import test from 'ava'
+import { linuxTest, peerPid, seqpacketTest } from './platform.js'
 import { spawn, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -70,10 +71,13 @@ async function sendFiles(send: (fds: number[]) => Promise<number>, list: string[
   }
 }
 
-const KINDS = [
-  ['SeqpacketSocket', () => SeqpacketSocket.pair()],
-  ['DatagramSocket', () => DatagramSocket.pair()],
-] as const
+// macOS has no SOCK_SEQPACKET Unix sockets (see platform.ts): there, datagrams only.
+const KINDS = (
+  [
+    ['SeqpacketSocket', () => SeqpacketSocket.pair()],
+    ['DatagramSocket', () => DatagramSocket.pair()],
+  ] as const
+).filter(([kind]) => process.platform !== 'darwin' || kind === 'DatagramSocket')
 
 for (const [kind, pair] of KINDS) {
   test(`${kind}: each message keeps its boundaries and exactly its own fds, close-on-exec`, async (t) => {
@@ -218,7 +222,7 @@ for (const [kind, pair] of KINDS) {
   })
 }
 
-test('SeqpacketSocket: a 200 KiB message arrives whole in one receive, not truncated', async (t) => {
+seqpacketTest('SeqpacketSocket: a 200 KiB message arrives whole in one receive, not truncated', async (t) => {
   const [a, b] = SeqpacketSocket.pair()
   try {
     const big = Buffer.alloc(200 * 1024)
@@ -235,7 +239,7 @@ test('SeqpacketSocket: a 200 KiB message arrives whole in one receive, not trunc
   }
 })
 
-test('SeqpacketSocket: the peer closing ends receive() with null, and async iteration ends', async (t) => {
+seqpacketTest('SeqpacketSocket: the peer closing ends receive() with null, and async iteration ends', async (t) => {
   const [a, b] = SeqpacketSocket.pair()
   const [c, d] = SeqpacketSocket.pair()
   try {
@@ -253,7 +257,7 @@ test('SeqpacketSocket: the peer closing ends receive() with null, and async iter
   }
 })
 
-test('SeqpacketListener: accept(), async iteration, peerCredentials(), unlink on close', async (t) => {
+seqpacketTest('SeqpacketListener: accept(), async iteration, peerCredentials(), unlink on close', async (t) => {
   const socketPath = tmpSocketPath()
   const listener = SeqpacketListener.bind(socketPath)
   t.is(listener.path, socketPath)
@@ -264,8 +268,8 @@ test('SeqpacketListener: accept(), async iteration, peerCredentials(), unlink on
   const server = await accepted
   try {
     t.true(server instanceof SeqpacketSocket)
-    t.like(server.peerCredentials(), { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() })
-    t.like(client.peerCredentials(), { pid: process.pid })
+    t.like(server.peerCredentials(), { pid: peerPid(process.pid), uid: process.getuid!(), gid: process.getgid!() })
+    t.like(client.peerCredentials(), { pid: peerPid(process.pid) })
     await sendFiles((fds) => client.send('request', fds), [file])
     const request = (await server.receive())!
     t.is(request.data.toString(), 'request')
@@ -291,44 +295,50 @@ test('SeqpacketListener: accept(), async iteration, peerCredentials(), unlink on
   }
 })
 
-test('SeqpacketListener: an abstract address; a pending accept() settles on close(); { signal } aborts it', async (t) => {
-  const name = `\0fdq-sp-${process.pid}-${Date.now()}`
-  const listener = SeqpacketListener.bind(name)
-  try {
-    t.is(listener.path, name)
-    const client = await SeqpacketSocket.connect(name)
-    const server = await listener.accept()
-    await client.send('abstract')
-    t.is((await server.receive())!.data.toString(), 'abstract')
-    client.close()
-    server.close()
-    const controller = new AbortController()
-    const aborted = listener.accept({ signal: controller.signal })
-    controller.abort()
-    t.is((await rejection(aborted)).name, 'AbortError')
-    const pending = listener.accept()
-    listener.close()
-    t.is(codeOf(await rejection(pending)), 'ERR_SOCKET_CLOSED')
-  } finally {
-    listener.close()
-  }
-})
+linuxTest(
+  'SeqpacketListener: an abstract address; a pending accept() settles on close(); { signal } aborts it',
+  async (t) => {
+    const name = `\0fdq-sp-${process.pid}-${Date.now()}`
+    const listener = SeqpacketListener.bind(name)
+    try {
+      t.is(listener.path, name)
+      const client = await SeqpacketSocket.connect(name)
+      const server = await listener.accept()
+      await client.send('abstract')
+      t.is((await server.receive())!.data.toString(), 'abstract')
+      client.close()
+      server.close()
+      const controller = new AbortController()
+      const aborted = listener.accept({ signal: controller.signal })
+      controller.abort()
+      t.is((await rejection(aborted)).name, 'AbortError')
+      const pending = listener.accept()
+      listener.close()
+      t.is(codeOf(await rejection(pending)), 'ERR_SOCKET_CLOSED')
+    } finally {
+      listener.close()
+    }
+  },
+)
 
-test('SeqpacketSocket.connect(): ENOENT and ECONNREFUSED name the path; a stream listener is EPROTOTYPE or ECONNREFUSED', async (t) => {
-  const missing = path.join(tmpDir(), 'none.sock')
-  const error = await rejection(SeqpacketSocket.connect(missing))
-  t.is(error.code, 'ENOENT')
-  t.is(error.syscall, 'connect')
-  t.is(error.path, missing)
-  const streamPath = tmpSocketPath()
-  const stream = UnixListener.bind(streamPath)
-  try {
-    const wrongKind = await rejection(SeqpacketSocket.connect(streamPath))
-    t.true(['EPROTOTYPE', 'ECONNREFUSED'].includes(wrongKind.code), wrongKind.code)
-  } finally {
-    stream.close()
-  }
-})
+seqpacketTest(
+  'SeqpacketSocket.connect(): ENOENT and ECONNREFUSED name the path; a stream listener is EPROTOTYPE or ECONNREFUSED',
+  async (t) => {
+    const missing = path.join(tmpDir(), 'none.sock')
+    const error = await rejection(SeqpacketSocket.connect(missing))
+    t.is(error.code, 'ENOENT')
+    t.is(error.syscall, 'connect')
+    t.is(error.path, missing)
+    const streamPath = tmpSocketPath()
+    const stream = UnixListener.bind(streamPath)
+    try {
+      const wrongKind = await rejection(SeqpacketSocket.connect(streamPath))
+      t.true(['EPROTOTYPE', 'ECONNREFUSED'].includes(wrongKind.code), wrongKind.code)
+    } finally {
+      stream.close()
+    }
+  },
+)
 
 test('DatagramSocket: bind(path) receives from a bound sender (from = its path) and an unbound one (no from)', async (t) => {
   const dir = tmpDir('fdq-dg-')
@@ -366,31 +376,34 @@ test('DatagramSocket: bind(path) receives from a bound sender (from = its path) 
   t.false(fs.existsSync(clientPath))
 })
 
-test('DatagramSocket: setUnlinkOnClose(false) keeps the file; an abstract name works; fromFd adopts a bound socket', async (t) => {
-  const socketPath = tmpSocketPath()
-  const kept = DatagramSocket.bind(socketPath).setUnlinkOnClose(false)
-  kept.close()
-  t.true(fs.statSync(socketPath).isSocket(), 'the file stays')
-  fs.unlinkSync(socketPath)
+linuxTest(
+  'DatagramSocket: setUnlinkOnClose(false) keeps the file; an abstract name works; fromFd adopts a bound socket',
+  async (t) => {
+    const socketPath = tmpSocketPath()
+    const kept = DatagramSocket.bind(socketPath).setUnlinkOnClose(false)
+    kept.close()
+    t.true(fs.statSync(socketPath).isSocket(), 'the file stays')
+    fs.unlinkSync(socketPath)
 
-  const name = `\0fdq-dg-${process.pid}-${Date.now()}`
-  const server = DatagramSocket.bind(name)
-  const sender = DatagramSocket.bind()
-  try {
-    await sender.sendTo(name, 'to abstract')
-    t.is((await server.receive())!.data.toString(), 'to abstract')
-    // Another holder's copy of the bound socket (as listenFds or a peer would hand it over).
-    const copy = copyOf(server)
-    const adopted = DatagramSocket.fromFd(copy)
-    t.is(adopted.fd, copy)
-    await sender.sendTo(name, 'to the adopted copy')
-    t.is((await adopted.receive())!.data.toString(), 'to the adopted copy')
-    adopted.close()
-  } finally {
-    server.close()
-    sender.close()
-  }
-})
+    const name = `\0fdq-dg-${process.pid}-${Date.now()}`
+    const server = DatagramSocket.bind(name)
+    const sender = DatagramSocket.bind()
+    try {
+      await sender.sendTo(name, 'to abstract')
+      t.is((await server.receive())!.data.toString(), 'to abstract')
+      // Another holder's copy of the bound socket (as listenFds or a peer would hand it over).
+      const copy = copyOf(server)
+      const adopted = DatagramSocket.fromFd(copy)
+      t.is(adopted.fd, copy)
+      await sender.sendTo(name, 'to the adopted copy')
+      t.is((await adopted.receive())!.data.toString(), 'to the adopted copy')
+      adopted.close()
+    } finally {
+      server.close()
+      sender.close()
+    }
+  },
+)
 
 test('DatagramSocket: sendTo() a missing path rejects ENOENT with the path; one that is not listening ECONNREFUSED', async (t) => {
   const sender = DatagramSocket.bind()
@@ -409,36 +422,39 @@ test('DatagramSocket: sendTo() a missing path rejects ENOENT with the path; one 
   }
 })
 
-test('DatagramSocket: sends to a receiver whose queue is full wait for room; none is lost and fds stay with their message', async (t) => {
-  const receiverPath = tmpSocketPath()
-  const receiver = DatagramSocket.bind(receiverPath)
-  const sender = DatagramSocket.bind()
-  const [file] = files(1)
-  const fd = fs.openSync(file, 'r')
-  try {
-    const count = 600 // far past net.unix.max_dgram_qlen (10 by default)
-    const sends = Array.from({ length: count }, (_, i) =>
-      sender.sendTo(receiverPath, `m${i}`, i % 50 === 0 ? [fd] : []),
-    )
-    const got: Message[] = []
-    while (got.length < count) got.push((await receiver.receive())!)
-    await Promise.all(sends)
-    t.deepEqual(
-      got.map((m) => m.data.toString()),
-      Array.from({ length: count }, (_, i) => `m${i}`),
-    )
-    for (const [i, m] of got.entries()) {
-      t.is(m.fds.length, i % 50 === 0 ? 1 : 0, `message ${i}`)
-      checkAndClose(t, m.fds, m.fds.length ? [file] : [])
+linuxTest(
+  'DatagramSocket: sends to a receiver whose queue is full wait for room; none is lost and fds stay with their message',
+  async (t) => {
+    const receiverPath = tmpSocketPath()
+    const receiver = DatagramSocket.bind(receiverPath)
+    const sender = DatagramSocket.bind()
+    const [file] = files(1)
+    const fd = fs.openSync(file, 'r')
+    try {
+      const count = 600 // far past net.unix.max_dgram_qlen (10 by default)
+      const sends = Array.from({ length: count }, (_, i) =>
+        sender.sendTo(receiverPath, `m${i}`, i % 50 === 0 ? [fd] : []),
+      )
+      const got: Message[] = []
+      while (got.length < count) got.push((await receiver.receive())!)
+      await Promise.all(sends)
+      t.deepEqual(
+        got.map((m) => m.data.toString()),
+        Array.from({ length: count }, (_, i) => `m${i}`),
+      )
+      for (const [i, m] of got.entries()) {
+        t.is(m.fds.length, i % 50 === 0 ? 1 : 0, `message ${i}`)
+        checkAndClose(t, m.fds, m.fds.length ? [file] : [])
+      }
+    } finally {
+      fs.closeSync(fd)
+      receiver.close()
+      sender.close()
     }
-  } finally {
-    fs.closeSync(fd)
-    receiver.close()
-    sender.close()
-  }
-})
+  },
+)
 
-test('fromFd() checks the kind: ERR_INVALID_FD_TYPE, and the fd stays open and the caller’s', (t) => {
+seqpacketTest('fromFd() checks the kind: ERR_INVALID_FD_TYPE, and the fd stays open and the caller’s', (t) => {
   const [s1, s2] = UnixStream.pair()
   const [q1, q2] = SeqpacketSocket.pair()
   const [d1, d2] = DatagramSocket.pair()
@@ -465,7 +481,7 @@ test('fromFd() checks the kind: ERR_INVALID_FD_TYPE, and the fd stays open and t
   }
 })
 
-test('bad input is a typed error before anything is sent', async (t) => {
+seqpacketTest('bad input is a typed error before anything is sent', async (t) => {
   const [a, b] = SeqpacketSocket.pair()
   const [c, d] = DatagramSocket.pair()
   try {
@@ -514,22 +530,25 @@ async function checkFromPython(t: any, next: () => Promise<Message | null>, list
   t.deepEqual([end.data.toString(), end.fds], ['END', []])
 }
 
-test('interop: Python (sendmsg, SOCK_SEQPACKET) → SeqpacketListener: each message with its own fds', async (t) => {
-  const socketPath = tmpSocketPath()
-  const listener = SeqpacketListener.bind(socketPath)
-  const list = files(3)
-  const peer = python(['seqpacket', 'send', socketPath, ...list])
-  const connection = await listener.accept()
-  try {
-    await checkFromPython(t, () => connection.receive(), list)
-    t.deepEqual(await peer.line((l) => 'sent' in l), { sent: 5 })
-    t.is(await connection.receive(), null, 'then the end')
-    t.is(await peer.exited, 0)
-  } finally {
-    connection.close()
-    listener.close()
-  }
-})
+seqpacketTest(
+  'interop: Python (sendmsg, SOCK_SEQPACKET) → SeqpacketListener: each message with its own fds',
+  async (t) => {
+    const socketPath = tmpSocketPath()
+    const listener = SeqpacketListener.bind(socketPath)
+    const list = files(3)
+    const peer = python(['seqpacket', 'send', socketPath, ...list])
+    const connection = await listener.accept()
+    try {
+      await checkFromPython(t, () => connection.receive(), list)
+      t.deepEqual(await peer.line((l) => 'sent' in l), { sent: 5 })
+      t.is(await connection.receive(), null, 'then the end')
+      t.is(await peer.exited, 0)
+    } finally {
+      connection.close()
+      listener.close()
+    }
+  },
+)
 
 test('interop: Python (sendmsg, SOCK_DGRAM, bound) → DatagramSocket: each message with its own fds and its sender', async (t) => {
   const socketPath = tmpSocketPath()
@@ -544,7 +563,7 @@ test('interop: Python (sendmsg, SOCK_DGRAM, bound) → DatagramSocket: each mess
   }
 })
 
-for (const kind of ['seqpacket', 'dgram'] as const) {
+for (const kind of (['seqpacket', 'dgram'] as const).filter((k) => process.platform !== 'darwin' || k === 'dgram')) {
   test(`interop: ${kind === 'seqpacket' ? 'SeqpacketSocket' : 'DatagramSocket'} → Python (recvmsg, SOCK_${kind.toUpperCase()}): boundaries, fds by inode and content`, async (t) => {
     // The datagram peer at an abstract address ("@name" for Python's command line).
     const name = `fdq-py-${process.pid}-${Date.now()}`
@@ -581,18 +600,21 @@ for (const kind of ['seqpacket', 'dgram'] as const) {
   })
 }
 
-test('garbage collection of message sockets closes them and every fd they held: unread in a message, enqueued (child with --expose-gc)', async (t) => {
-  const dir = tmpDir('fdq-msg-gc-')
-  const fifo = path.join(dir, 'fifo')
-  spawnSync('mkfifo', [fifo])
-  const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-gc.cjs')
-  const result = spawnSync(process.execPath, ['--expose-gc', script, fifo], { encoding: 'utf8' })
-  t.is(result.status, 0, result.stderr)
-  const report = JSON.parse(result.stdout.trim())
-  t.true(report.writerOpenWhileAlive, 'copies of the write end were held while the sockets lived')
-  t.false(report.writerOpenAfterGc, 'no copy of the write end survives the collection')
-  t.is(report.after, report.before)
-})
+seqpacketTest(
+  'garbage collection of message sockets closes them and every fd they held: unread in a message, enqueued (child with --expose-gc)',
+  async (t) => {
+    const dir = tmpDir('fdq-msg-gc-')
+    const fifo = path.join(dir, 'fifo')
+    spawnSync('mkfifo', [fifo])
+    const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-gc.cjs')
+    const result = spawnSync(process.execPath, ['--expose-gc', script, fifo], { encoding: 'utf8' })
+    t.is(result.status, 0, result.stderr)
+    const report = JSON.parse(result.stdout.trim())
+    t.true(report.writerOpenWhileAlive, 'copies of the write end were held while the sockets lived')
+    t.false(report.writerOpenAfterGc, 'no copy of the write end survives the collection')
+    t.is(report.after, report.before)
+  },
+)
 
 test('DatagramSocket: close() rejects sends still waiting for a full receiver (ERR_SOCKET_CLOSED) and closes their fds', async (t) => {
   const qlen = Number(fs.readFileSync('/proc/sys/net/unix/max_dgram_qlen', 'utf8'))
@@ -634,37 +656,43 @@ test('DatagramSocket: close() rejects sends still waiting for a full receiver (E
 // ---------------------------------------------------------------------------------------
 // Found by a hostile review: each of these failed before its fix.
 
-test('SeqpacketSocket: an empty message followed by others, all sent before the peer closed, is a message, not the end', async (t) => {
-  const [a, b] = SeqpacketSocket.pair()
-  const [c, d] = SeqpacketSocket.pair()
-  try {
-    for (const socket of [a, c]) {
-      for (const word of ['first', '', 'last']) await socket.send(word)
-      socket.close()
+seqpacketTest(
+  'SeqpacketSocket: an empty message followed by others, all sent before the peer closed, is a message, not the end',
+  async (t) => {
+    const [a, b] = SeqpacketSocket.pair()
+    const [c, d] = SeqpacketSocket.pair()
+    try {
+      for (const socket of [a, c]) {
+        for (const word of ['first', '', 'last']) await socket.send(word)
+        socket.close()
+      }
+      const got: (string | null)[] = []
+      for (let i = 0; i < 5; i++) got.push((await b.receive())?.data.toString() ?? null)
+      t.deepEqual(got, ['first', '', 'last', null, null])
+      const iterated: string[] = []
+      for await (const message of d) iterated.push(message.data.toString())
+      t.deepEqual(iterated, ['first', '', 'last'])
+    } finally {
+      for (const s of [a, b, c, d]) s.close()
     }
-    const got: (string | null)[] = []
-    for (let i = 0; i < 5; i++) got.push((await b.receive())?.data.toString() ?? null)
-    t.deepEqual(got, ['first', '', 'last', null, null])
-    const iterated: string[] = []
-    for await (const message of d) iterated.push(message.data.toString())
-    t.deepEqual(iterated, ['first', '', 'last'])
-  } finally {
-    for (const s of [a, b, c, d]) s.close()
-  }
-})
+  },
+)
 
-test('SeqpacketSocket: a zero-byte message whose fds the kernel dropped (receiver at its fd limit) is truncated, not the end', async (t) => {
-  const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-ctrunc.mjs')
-  const result = spawnSync('sh', ['-c', 'ulimit -n 100 && exec "$0" "$@"', process.execPath, script], {
-    encoding: 'utf8',
-  })
-  t.is(result.status, 0, result.stderr)
-  t.deepEqual(JSON.parse(result.stdout.trim()), [
-    { data: '', fds: 0, truncated: true },
-    { data: 'plain', fds: 0, truncated: false },
-    null,
-  ])
-})
+seqpacketTest(
+  'SeqpacketSocket: a zero-byte message whose fds the kernel dropped (receiver at its fd limit) is truncated, not the end',
+  async (t) => {
+    const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-ctrunc.mjs')
+    const result = spawnSync('sh', ['-c', 'ulimit -n 100 && exec "$0" "$@"', process.execPath, script], {
+      encoding: 'utf8',
+    })
+    t.is(result.status, 0, result.stderr)
+    t.deepEqual(JSON.parse(result.stdout.trim()), [
+      { data: '', fds: 0, truncated: true },
+      { data: 'plain', fds: 0, truncated: false },
+      null,
+    ])
+  },
+)
 
 for (const [kind, pair] of KINDS) {
   test(`${kind}: a receive called while earlier ones are settling still settles after them`, async (t) => {
@@ -689,7 +717,7 @@ for (const [kind, pair] of KINDS) {
   })
 }
 
-test('a send the kernel can never allocate (ENOBUFS every time) is rejected, not retried forever', async (t) => {
+linuxTest('a send the kernel can never allocate (ENOBUFS every time) is rejected, not retried forever', async (t) => {
   // A datagram socket with the largest send buffer an unprivileged process may set (as
   // systemd's SendBuffer= does), made by Python and passed here; a 5 MiB message then
   // fails ENOBUFS every time (or EMSGSIZE where wmem_max is small).
@@ -718,19 +746,22 @@ test('a send the kernel can never allocate (ENOBUFS every time) is rejected, not
   }
 })
 
-test('fromFd() of an fd another fd-queue object already owns: EEXIST, and the fd stays open and working', async (t) => {
-  const [a, b] = SeqpacketSocket.pair()
-  try {
-    const error = syncThrow(() => SeqpacketSocket.fromFd(a.fd))
-    t.is(codeOf(error), 'EEXIST')
-    t.notThrows(() => fs.fstatSync(a.fd), 'not closed by the refusal')
-    await a.send('still works')
-    t.is((await b.receive())!.data.toString(), 'still works')
-  } finally {
-    a.close()
-    b.close()
-  }
-})
+seqpacketTest(
+  'fromFd() of an fd another fd-queue object already owns: EEXIST, and the fd stays open and working',
+  async (t) => {
+    const [a, b] = SeqpacketSocket.pair()
+    try {
+      const error = syncThrow(() => SeqpacketSocket.fromFd(a.fd))
+      t.is(codeOf(error), 'EEXIST')
+      t.notThrows(() => fs.fstatSync(a.fd), 'not closed by the refusal')
+      await a.send('still works')
+      t.is((await b.receive())!.data.toString(), 'still works')
+    } finally {
+      a.close()
+      b.close()
+    }
+  },
+)
 
 test('peerCredentials() of a datagram socket with no peer recorded throws ENOTCONN (no made-up credentials)', (t) => {
   const unbound = DatagramSocket.bind()
@@ -741,27 +772,33 @@ test('peerCredentials() of a datagram socket with no peer recorded throws ENOTCO
     connected.connect(bound.path)
     for (const socket of [unbound, bound, connected])
       t.is(codeOf(syncThrow(() => socket.peerCredentials())), 'ENOTCONN')
-    t.like(p.peerCredentials(), { pid: process.pid, uid: process.getuid!() })
+    t.like(p.peerCredentials(), { pid: peerPid(process.pid), uid: process.getuid!() })
   } finally {
     for (const s of [unbound, bound, connected, p, q]) s.close()
   }
 })
 
-test('the first receive on a thread does not make its receive buffer resident (RSS grows by far less than wmem_max)', (t) => {
-  const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-rss.mjs')
-  const result = spawnSync(process.execPath, [script], { encoding: 'utf8' })
-  t.is(result.status, 0, result.stderr)
-  const { growthKiB, wmemMaxKiB } = JSON.parse(result.stdout.trim())
-  t.log(`RSS growth ${growthKiB} KiB for a 1-byte message; the buffer is ${2 * wmemMaxKiB} KiB of address space`)
-  t.true(growthKiB < 1024, `${growthKiB} KiB`)
-})
+linuxTest(
+  'the first receive on a thread does not make its receive buffer resident (RSS grows by far less than wmem_max)',
+  (t) => {
+    const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-rss.mjs')
+    const result = spawnSync(process.execPath, [script], { encoding: 'utf8' })
+    t.is(result.status, 0, result.stderr)
+    const { growthKiB, wmemMaxKiB } = JSON.parse(result.stdout.trim())
+    t.log(`RSS growth ${growthKiB} KiB for a 1-byte message; the buffer is ${2 * wmemMaxKiB} KiB of address space`)
+    t.true(growthKiB < 1024, `${growthKiB} KiB`)
+  },
+)
 
-test('unref(): a pending receive or accept does not keep the process alive; a referenced one does until close()', (t) => {
-  const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-unref.mjs')
-  for (const mode of ['receive', 'accept', 'datagram', 'ref-then-close']) {
-    const result = spawnSync(process.execPath, [script, mode], { encoding: 'utf8', timeout: 60_000 })
-    t.is(result.signal, null, `${mode}: exited by itself`)
-    t.is(result.status, 0, `${mode}: ${result.stderr}`)
-    if (mode === 'ref-then-close') t.is(result.stdout.trim(), 'ERR_SOCKET_CLOSED')
-  }
-})
+seqpacketTest(
+  'unref(): a pending receive or accept does not keep the process alive; a referenced one does until close()',
+  (t) => {
+    const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-unref.mjs')
+    for (const mode of ['receive', 'accept', 'datagram', 'ref-then-close']) {
+      const result = spawnSync(process.execPath, [script, mode], { encoding: 'utf8', timeout: 60_000 })
+      t.is(result.signal, null, `${mode}: exited by itself`)
+      t.is(result.status, 0, `${mode}: ${result.stderr}`)
+      if (mode === 'ref-then-close') t.is(result.stdout.trim(), 'ERR_SOCKET_CLOSED')
+    }
+  },
+)

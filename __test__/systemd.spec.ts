@@ -4,6 +4,7 @@
  * sd_notify datagrams to $NOTIFY_SOCKET, with the fd store's FDSTORE=1 and its fds.
  */
 import test from 'ava'
+import { linuxSerialTest } from './platform.js'
 import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as net from 'node:net'
@@ -163,7 +164,7 @@ test.serial('sdNotify(): one datagram to $NOTIFY_SOCKET (a path), state as text 
   }
 })
 
-test.serial(
+linuxSerialTest(
   'sdNotify(): FDSTORE=1 with fds: the manager gets duplicates of exactly those fds, with FDNAME',
   async (t) => {
     const name = `fdq-notify-${process.pid}-${Date.now()}`

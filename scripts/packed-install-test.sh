@@ -18,6 +18,7 @@
 #   FDQ_BINARY_DIR=<dir>      where fd-queue.<abi>.node is (default: the repository root)
 #   FDQ_TARGET_NODE=<node>    the Node.js that runs the probes (default: node on PATH)
 #   FDQ_TIME_SCALE=<n>        multiplies the probes' hang guards (emulated targets: 10)
+#   QEMU_LD_PREFIX=<dir>      passed on to the probes (an emulated target's C library)
 # npm installs the platform package as if on that platform (--os, --cpu, --libc, --force).
 #
 # Works offline. Prints `packed-install: N passed, M failed` last.
@@ -117,6 +118,8 @@ node_dir=$(dirname -- "$target_node")
 probe_path=/usr/bin:/bin
 case ":${probe_path}:" in *":${node_dir}:"*) ;; *) probe_path="${node_dir}:${probe_path}" ;; esac
 probe_env=(env -i "PATH=${probe_path}" "HOME=${work}/home" "TMPDIR=${work}" "npm_config_cache=${work}/npm-cache" "FDQ_TIME_SCALE=${time_scale}")
+# An emulated target's C library, when it is not in the host's / (test:targets sets it).
+if [[ -n ${QEMU_LD_PREFIX:-} ]]; then probe_env+=("QEMU_LD_PREFIX=${QEMU_LD_PREFIX}"); fi
 mkdir -p "$work/home"
 for tool in cargo rustc; do
   if "${probe_env[@]}" bash -c "command -v ${tool}" >/dev/null; then

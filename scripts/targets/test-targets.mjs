@@ -48,10 +48,11 @@ async function testTarget(target) {
     const emulation = ensureArm64Emulation()
     if (!emulation.ok) return { status: 'not runnable here', detail: emulation.why }
   }
-  const node = await ensureNode(target)
+  const { node, env: nodeEnv } = await ensureNode(target)
   const scale = SCALE[target.run.how]
   const env = {
     ...process.env,
+    ...nodeEnv,
     FDQ_TARGET: target.abi,
     FDQ_BINARY_DIR: ARTIFACTS,
     FDQ_TARGET_NODE: node,

