@@ -10,7 +10,7 @@
 // Node.js builds, C libraries and emulator are installed by tools.mjs.
 // States per target: passed / failed / not runnable here (and why); exits non-zero if any
 // target failed.
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 
@@ -86,22 +86,28 @@ async function testTarget(target) {
   const esbuild = hostEsbuild()
   if (target.run.how === 'qemu' && esbuild) suiteEnv.ESBUILD_BINARY_PATH = esbuild
   const started = Date.now()
-  const ava = spawnSync(
-    node,
-    [path.join(ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.mjs'), `--timeout=${2 * scale}m`],
-    {
-      cwd: ROOT,
-      env: suiteEnv,
-      encoding: 'utf8',
-      maxBuffer: 1 << 28,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  )
-  const output = `${ava.stdout}${ava.stderr}`
+  // Streamed as it runs (an emulated suite takes a while), and kept for the summary.
+  const ava = await new Promise((resolve, reject) => {
+    const child = spawn(
+      node,
+      [path.join(ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.mjs'), `--timeout=${2 * scale}m`],
+      { cwd: ROOT, env: suiteEnv, stdio: ['ignore', 'pipe', 'pipe'] },
+    )
+    let text = ''
+    for (const stream of [child.stdout, child.stderr]) {
+      stream.setEncoding('utf8')
+      stream.on('data', (chunk) => {
+        text += chunk
+        process.stdout.write(chunk)
+      })
+    }
+    child.on('error', reject)
+    child.on('close', (status) => resolve({ status, text }))
+  })
+  const output = ava.text
   fs.mkdirSync(path.join(ROOT, 'target'), { recursive: true })
   const logFile = path.join(ROOT, 'target', `test-targets-${target.abi}.log`)
   fs.writeFileSync(logFile, output)
-  process.stdout.write(output.split('\n').slice(-40).join('\n') + '\n')
   const passed = lastMatch(output, /(\d+) tests? passed/g)?.[1] ?? '0'
   const failed = lastMatch(output, /(\d+) tests? failed/g)?.[1] ?? (ava.status === 0 ? '0' : '?')
   const known = lastMatch(output, /(\d+) known failures?/g)?.[1]
