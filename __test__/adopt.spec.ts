@@ -33,6 +33,7 @@ import {
   tmpDir,
   tmpFile,
   tmpSocketPath,
+  scaled,
 } from './helpers.js'
 import { onceEvent, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
@@ -266,7 +267,7 @@ test('UnixListener.fromFd and AsyncUnixListener.fromFd accept on an adopted list
   const adoptedCopy = UnixListener.fromFd(copyOf(original))
   t.is(adoptedCopy.path, sock)
   const client = UnixStream.connect(sock)
-  const served = adoptedCopy.accept({ timeout: 60_000 })
+  const served = adoptedCopy.accept({ timeout: scaled(60_000) })
   client.write('one')
   const buf = Buffer.alloc(8)
   t.is(buf.subarray(0, served.read(buf)).toString(), 'one')
@@ -293,7 +294,7 @@ test('UnixListener.fromFd and AsyncUnixListener.fromFd accept on an adopted list
   t.regex(blocking.path, /^\0fdq-odd-\d+-0$/)
   t.regex(adopted.path, /^\0fdq-odd-\d+-1$/)
   const c1 = UnixStream.connect(blocking.path)
-  const s1 = blocking.accept({ timeout: 60_000 })
+  const s1 = blocking.accept({ timeout: scaled(60_000) })
   const accepting = adopted.accept()
   const c2 = UnixStream.connect(adopted.path)
   const s2 = await withTimeout(accepting, 10_000, 'accept on the adopted async listener')
@@ -316,7 +317,7 @@ test('setUnlinkOnClose(false): the path stays reachable for the successor after 
     old.close()
     t.true(fs.existsSync(sock), `${old.constructor.name}: the socket file stays`)
     const client = UnixStream.connect(sock)
-    const served = successor.accept({ timeout: 60_000 })
+    const served = successor.accept({ timeout: scaled(60_000) })
     client.write('to the successor')
     const buf = Buffer.alloc(32)
     t.is(buf.subarray(0, served.read(buf)).toString(), 'to the successor')
@@ -492,7 +493,7 @@ test('AsyncUnixListener: close() with accepts pending and connections waiting le
   t.deepEqual(await Promise.all(pending), ['ERR_SOCKET_CLOSED', 'ERR_SOCKET_CLOSED'])
   const names: string[] = []
   for (let i = 0; i < clients.length; i++) {
-    const accepted = successor.accept({ timeout: 60_000 })
+    const accepted = successor.accept({ timeout: scaled(60_000) })
     const buf = Buffer.alloc(4)
     let name = ''
     while (name.length < 2) name += buf.subarray(0, accepted.read(buf)).toString()
@@ -530,7 +531,7 @@ test("FdServer: a 'connection' listener that closes the server leaves every othe
   const taken = await withTimeout(first, 10_000, 'the first connection')
   const names = [taken]
   for (let i = 1; i < clients.length; i++) {
-    const accepted = successor.accept({ timeout: 60_000 })
+    const accepted = successor.accept({ timeout: scaled(60_000) })
     const buf = Buffer.alloc(4)
     let name = ''
     while (name.length < 2) name += buf.subarray(0, accepted.read(buf)).toString()

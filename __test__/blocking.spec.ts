@@ -862,7 +862,7 @@ test('accept({ timeout }) throws ETIMEDOUT when nobody connects, loses nothing, 
   t.is(error.syscall, 'accept')
   // A client that connected meanwhile waits in the backlog: the next accept takes it at once.
   const client = UnixStream.connect(sock)
-  const accepted = listener.accept({ timeout: 60_000 })
+  const accepted = listener.accept({ timeout: scaled(60_000) })
   client.write('after a timeout')
   const buf = Buffer.alloc(64)
   t.is(buf.subarray(0, accepted.read(buf)).toString(), 'after a timeout')
@@ -895,7 +895,7 @@ test('UnixStream.connect(path, { timeout }) to a listener whose backlog is full 
   // One accept makes room: the next connect with a timeout goes through, and the stream
   // it made has no timeout left on its writes.
   listener.accept().close()
-  const last = UnixStream.connect(sock, { timeout: 60_000 })
+  const last = UnixStream.connect(sock, { timeout: scaled(60_000) })
   t.is(last.write('x'), 1)
   last.close()
   closeAll(clients.map((c) => c.fd))

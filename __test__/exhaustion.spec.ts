@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { createServer, FdSocket, UnixListener, UnixStream } from '../index.js'
-import { copyOf, ROOT, settledOpenFds, tmpSocketPath } from './helpers.js'
+import { copyOf, ROOT, settledOpenFds, tmpSocketPath, scaled } from './helpers.js'
 import { jsonLines, onceEvent, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
 let baseline = 0
@@ -109,7 +109,7 @@ test('FdServer.close(): connections waiting at close are never delivered, and a 
   // Nothing was taken from the backlog: the successor accepts all of them.
   const names: string[] = []
   for (let i = 0; i < clients.length; i++) {
-    const accepted = successor.accept({ timeout: 60_000 })
+    const accepted = successor.accept({ timeout: scaled(60_000) })
     const buf = Buffer.alloc(16)
     let name = ''
     while (name.length < 9) name += buf.subarray(0, accepted.read(buf)).toString()

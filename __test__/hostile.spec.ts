@@ -23,7 +23,7 @@ import {
   UnixListener,
   type UnixStream,
 } from '../index.js'
-import { openFds, settledOpenFds, tmpSocketPath } from './helpers.js'
+import { openFds, settledOpenFds, tmpSocketPath, scaled } from './helpers.js'
 import { codeOf, dequeueAll, onceEvent, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 import { killDrivers, startDriver, type Driver } from './fixtures/driver.js'
 
@@ -258,7 +258,7 @@ test.serial(`hostile peer vs FdSocket: ${ROUNDS} rounds, bounded, nothing lost o
           for (const fd of dequeueAll(socket)) conn.fd(fd)
         }
         const timer = eager ? undefined : setInterval(drain, 5)
-        const giveUp = setTimeout(() => reject(new Error(`connection ${id} did not end`)), 30_000)
+        const giveUp = setTimeout(() => reject(new Error(`connection ${id} did not end`)), scaled(30_000))
         socket.on('data', (data: Buffer) => {
           if (eager) drain()
           conn.chunk(data)

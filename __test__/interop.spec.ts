@@ -47,7 +47,7 @@ const children = new Set<ChildProcess>()
 
 /** Runs a build step; fails the whole file (not a skip) with its output if it fails. */
 function build(command: string, args: string[], env: NodeJS.ProcessEnv = process.env): void {
-  const result = spawnSync(command, args, { cwd: PEERS, env, encoding: 'utf8', timeout: 180_000 })
+  const result = spawnSync(command, args, { cwd: PEERS, env, encoding: 'utf8', timeout: scaled(180_000) })
   if (result.error) throw result.error
   if (result.status !== 0) {
     throw new Error(`${command} ${args.join(' ')} failed (${result.status}):\n${result.stdout}\n${result.stderr}`)

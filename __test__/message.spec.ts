@@ -30,6 +30,7 @@ import {
   tmpDir,
   tmpFile,
   tmpSocketPath,
+  scaled,
 } from './helpers.js'
 import { codeOf, jsonLines, rejection, syncThrow, warmedUpFdBaseline } from './async-helpers.js'
 
@@ -795,7 +796,7 @@ seqpacketTest(
   (t) => {
     const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-unref.mjs')
     for (const mode of ['receive', 'accept', 'datagram', 'ref-then-close']) {
-      const result = spawnSync(process.execPath, [script, mode], { encoding: 'utf8', timeout: 60_000 })
+      const result = spawnSync(process.execPath, [script, mode], { encoding: 'utf8', timeout: scaled(60_000) })
       t.is(result.signal, null, `${mode}: exited by itself`)
       t.is(result.status, 0, `${mode}: ${result.stderr}`)
       if (mode === 'ref-then-close') t.is(result.stdout.trim(), 'ERR_SOCKET_CLOSED')
