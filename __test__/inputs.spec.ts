@@ -9,7 +9,7 @@ import { constants as bufferConstants } from 'node:buffer'
 import * as vm from 'node:vm'
 import { AsyncUnixListener, AsyncUnixStream, FdServer, FdSocket, UnixStream } from '../index.js'
 import { shapeError } from '../lib/errors.js'
-import { settledOpenFds } from './helpers.js'
+import { settledOpenFds, tmpSocketPath } from './helpers.js'
 import { onceEvent, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
 let baseline = 0
@@ -56,7 +56,7 @@ test("enqueue() of this package's own objects once they hold no fd: ERR_INVALID_
   c.close()
   d.close()
   const server = new FdServer() // not listening
-  const listener = AsyncUnixListener.bind(`\0fdq-inputs-${process.pid}`)
+  const listener = AsyncUnixListener.bind(tmpSocketPath())
   listener.close()
   for (const [holder, name] of [
     [c, 'AsyncUnixStream'],

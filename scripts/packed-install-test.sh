@@ -142,15 +142,21 @@ installed_platform_dir=$(realpath "node_modules/${platform_package}")
 # napi-rs's loader tells musl from glibc by reading /usr/bin/ldd first: a musl Node run on
 # a glibc host (test:targets) would be sent to the gnu package. There the probes name the
 # installed platform package's binary with the loader's own override; the layout check
-# still proves that npm put it there.
-loader_override=()
+# still proves that npm put it there. (A scalar, not an array: bash 3.2's `set -u` refuses
+# an empty one.)
+loader_override=''
 if [[ $target_libc == musl ]] && ! grep -qs musl /usr/bin/ldd; then
-  loader_override=("NAPI_RS_NATIVE_LIBRARY_PATH=${installed_platform_dir}/${binary}")
-  echo "a musl target on a glibc host: the probes load ${installed_platform_dir}/${binary} by NAPI_RS_NATIVE_LIBRARY_PATH"
+  loader_override="${installed_platform_dir}/${binary}"
+  echo "a musl target on a glibc host: the probes load ${loader_override} by NAPI_RS_NATIVE_LIBRARY_PATH"
 fi
 
 probe() {
-  "${probe_env[@]}" "${loader_override[@]}" "FD_QUEUE_PLATFORM_DIR=${installed_platform_dir}" timeout "$((120 * time_scale))" "$target_node" "$@"
+  local timeout_s=$((120 * time_scale))
+  if [[ -n $loader_override ]]; then
+    "${probe_env[@]}" "NAPI_RS_NATIVE_LIBRARY_PATH=${loader_override}" "FD_QUEUE_PLATFORM_DIR=${installed_platform_dir}" timeout "$timeout_s" "$target_node" "$@"
+  else
+    "${probe_env[@]}" "FD_QUEUE_PLATFORM_DIR=${installed_platform_dir}" timeout "$timeout_s" "$target_node" "$@"
+  fi
 }
 
 layout() {
@@ -172,15 +178,18 @@ layout() {
 without_platform_package() {
   cp -a "$work/project" "$work/project-without-binary" || return 1
   rm -rf -- "$work/project-without-binary/node_modules/${platform_package}" || return 1
-  # (the loader override, if any, names the removed package's path in this copy)
-  local copy_binary="$work/project-without-binary/node_modules/${platform_package}/${binary}"
-  (cd "$work/project-without-binary" && loader_override=("${loader_override[@]/#*/NAPI_RS_NATIVE_LIBRARY_PATH=${copy_binary}}") && probe require-without-binary.cjs)
+  (cd "$work/project-without-binary" && probe require-without-binary.cjs)
 }
 
 check 'the binary comes from the platform package' layout
 check "require('fd-queue') passes an fd between two processes" probe pass-fd-require.cjs
 check "import { … } from 'fd-queue' passes an fd between two processes" probe pass-fd-import.mjs
-check 'without the platform package, loading fails clearly' without_platform_package
+if [[ -n $loader_override ]]; then
+  # The loader would look for the gnu package here, not this one: proving nothing.
+  echo "--- without the platform package: not checked for a musl target on a glibc host"
+else
+  check 'without the platform package, loading fails clearly' without_platform_package
+fi
 
 echo "packed-install: ${passed} passed, ${failed} failed"
 [[ $failed -eq 0 ]]

@@ -6,6 +6,7 @@
 // Prints one line per target and exits non-zero if any build or check failed.
 import fs from 'node:fs'
 import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 import { inspectBinary, compareVersions } from './inspect.mjs'
 import { TARGETS, selectTargets } from './targets.mjs'
@@ -18,14 +19,21 @@ export function checkBinary(target, file) {
   const info = inspectBinary(file)
   const expect = target.expect
   const problems = []
-  if (!info.format.startsWith(expect.format)) problems.push(`format ${info.format}, expected ${expect.format}`)
+  const formats = expect.format === 'elf' ? ['elf shared object'] : ['mach-o dylib', 'mach-o bundle']
+  if (!formats.includes(info.format)) problems.push(`format ${info.format}, expected ${formats.join(' or ')}`)
   if (info.arch !== expect.arch) problems.push(`CPU ${info.arch}, expected ${expect.arch}`)
   if (info.os !== expect.os) problems.push(`OS ${info.os}, expected ${expect.os}`)
   if (!info.exports('napi_register_module_v1')) problems.push('does not export napi_register_module_v1')
   const stray = info.needed.filter((lib) => !expect.libs.includes(lib))
   if (stray.length > 0) problems.push(`needs unexpected libraries: ${stray.join(', ')}`)
-  const glibc = info.glibc.at(-1)
-  if (expect.glibcMax === null && info.glibc.length > 0) problems.push(`asks for glibc symbols (GLIBC_${glibc})`)
+  // Versions are numbers (2.17); anything else (GLIBC_PRIVATE, GLIBC_ABI_DT_RELR of glibc
+  // 2.36+) ties the binary to one glibc and is refused.
+  const odd = info.glibc.filter((v) => !/^\d+(\.\d+)*$/.test(v))
+  const numeric = info.glibc.filter((v) => !odd.includes(v))
+  const glibc = numeric.reduce((max, v) => (max === undefined || compareVersions(v, max) > 0 ? v : max), undefined)
+  if (expect.glibcMax === null && info.glibc.length > 0)
+    problems.push(`asks for glibc symbols (GLIBC_${info.glibc[0]})`)
+  if (expect.glibcMax && odd.length > 0) problems.push(`asks for ${odd.map((v) => `GLIBC_${v}`).join(', ')}`)
   if (expect.glibcMax && glibc && compareVersions(glibc, expect.glibcMax) > 0) {
     problems.push(`needs GLIBC_${glibc}, above the ${expect.glibcMax} floor`)
   }
@@ -62,6 +70,7 @@ export function buildTargets(targets) {
   ensurePythonTools()
   ensureRustTargets(targets.map((t) => t.triple))
   fs.mkdirSync(ARTIFACTS, { recursive: true })
+  fs.mkdirSync(path.join(ROOT, 'target'), { recursive: true })
   const results = []
   for (const target of targets) {
     const scratch = fs.mkdtempSync(path.join(ROOT, 'target', `build-all-${target.abi}-`))
@@ -69,7 +78,7 @@ export function buildTargets(targets) {
     fs.rmSync(file, { force: true })
     try {
       log(`napi build -x --target ${target.buildTriple ?? target.triple}`)
-      // --no-js, and the generated types into the scratch directory: the committed
+      // --no-js, and the generated types into the scratch directory: the repository's
       // binding.js, binding.d.ts and index.d.ts are never touched.
       run(
         path.join(ROOT, 'node_modules', '.bin', 'napi'),
@@ -100,9 +109,10 @@ export function buildTargets(targets) {
   return results
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
+// Run as a script (not imported by test-targets.mjs): compared as real paths, so a checkout
+// path with spaces or a symlink cannot make it do nothing.
+if (process.argv[1] && fs.realpathSync(process.argv[1]) === fs.realpathSync(fileURLToPath(import.meta.url))) {
   const targets = selectTargets(process.argv.slice(2))
-  fs.mkdirSync(path.join(ROOT, 'target'), { recursive: true })
   const results = buildTargets(targets)
   console.log('\nbuild:all')
   for (const { target, ok, text } of results) {

@@ -9,7 +9,11 @@ import fs from 'node:fs'
 const ELF_MACHINES = { 62: 'x64', 183: 'arm64' }
 const MACHO_CPUS = { 0x01000007: 'x64', 0x0100000c: 'arm64' }
 
-/** `{ format, arch, os, needed, glibc, macosMin, exports(name) }` of the file at `file`. */
+/**
+ * `{ format, arch, os, needed, glibc, macosMin, exports(name) }` of the file at `file`:
+ * `glibc` lists the version names asked of glibc, without the `GLIBC_` prefix ("2.17", and
+ * also "PRIVATE" or "ABI_DT_RELR" where a binary asks for those).
+ */
 export function inspectBinary(file) {
   const buf = fs.readFileSync(file)
   if (buf.length >= 4 && buf.readUInt32BE(0) === 0x7f454c46) return readElf(buf)
@@ -95,7 +99,7 @@ function readElf(buf) {
     arch: ELF_MACHINES[machine] ?? `e_machine ${machine}`,
     os: freebsd ? 'freebsd' : 'linux',
     needed,
-    glibc: glibc.sort(compareVersions),
+    glibc,
     macosMin: undefined,
     exports: (name) => exported.has(name),
   }
@@ -116,8 +120,9 @@ function readMachO(buf) {
   for (let i = 0; i < ncmds; i++) {
     const cmd = buf.readUInt32LE(at)
     const size = buf.readUInt32LE(at + 4)
-    if (cmd === 0xc || cmd === 0x80000018 || cmd === 0x8000001f) {
-      // LC_LOAD_DYLIB, LC_LOAD_WEAK_DYLIB, LC_REEXPORT_DYLIB
+    if (cmd === 0xc || cmd === 0x20 || cmd === 0x80000018 || cmd === 0x8000001f || cmd === 0x80000023) {
+      // LC_LOAD_DYLIB, LC_LAZY_LOAD_DYLIB, LC_LOAD_WEAK_DYLIB, LC_REEXPORT_DYLIB,
+      // LC_LOAD_UPWARD_DYLIB
       needed.push(cString(buf, at + buf.readUInt32LE(at + 8)))
     } else if (cmd === 0x32 && buf.readUInt32LE(at + 8) === 1) {
       // LC_BUILD_VERSION for PLATFORM_MACOS: minos as xxxx.yy.zz in nibbles
@@ -152,7 +157,8 @@ function readMachO(buf) {
 }
 
 function machOVersion(v) {
-  return `${v >>> 16}.${(v >>> 8) & 0xff}`
+  const patch = v & 0xff
+  return `${v >>> 16}.${(v >>> 8) & 0xff}${patch ? `.${patch}` : ''}`
 }
 
 /** Compares dotted versions numerically ("2.9" < "2.17"). */

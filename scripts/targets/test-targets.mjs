@@ -6,7 +6,9 @@
 // For each: the packed-install test (root tarball + that target's platform package,
 // installed offline, an fd passed through require and import), then the whole ava suite
 // with that Node.js and that binary. `--smoke` runs the packed-install test only (what
-// .ci/run does). A binary missing from artifacts/ is built first (build-all.mjs); the
+// .ci/run does); `--require-all` fails when one of these three cannot run here. A binary
+// missing from artifacts/ or older than the sources is built first (build-all.mjs), one
+// that is there is checked statically again; the
 // Node.js builds, C libraries and emulator are installed by tools.mjs.
 // States per target: passed / failed / not runnable here (and why); exits non-zero if any
 // target failed.
@@ -14,12 +16,14 @@ import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 
-import { ARTIFACTS, buildTargets } from './build-all.mjs'
+import { ARTIFACTS, buildTargets, checkBinary } from './build-all.mjs'
 import { TARGETS, selectTargets } from './targets.mjs'
 import { ROOT, ensureArm64Emulation, ensureNode, ensurePythonTools, log } from './tools.mjs'
 
 const argv = process.argv.slice(2)
 const smoke = argv.includes('--smoke')
+// A target that cannot run here fails the command, instead of being reported only.
+const requireAll = argv.includes('--require-all')
 const targets = selectTargets(argv)
 
 // Emulation runs everything about 10× slower: every hang guard of the suite is scaled
@@ -32,6 +36,20 @@ function hostEsbuild() {
   return platform ? path.join(dir, platform, 'bin', 'esbuild') : null
 }
 
+/** When the Rust sources (src/, Cargo.toml, Cargo.lock, build.rs) last changed. */
+function newestSource() {
+  const files = ['Cargo.toml', 'Cargo.lock', 'build.rs'].map((f) => path.join(ROOT, f))
+  const walk = (dir) => {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      const full = path.join(dir, entry.name)
+      if (entry.isDirectory()) walk(full)
+      else files.push(full)
+    }
+  }
+  walk(path.join(ROOT, 'src'))
+  return Math.max(...files.filter((f) => fs.existsSync(f)).map((f) => fs.statSync(f).mtimeMs))
+}
+
 function lastMatch(text, pattern) {
   const all = [...text.matchAll(pattern)]
   return all.at(-1)
@@ -39,10 +57,15 @@ function lastMatch(text, pattern) {
 
 async function testTarget(target) {
   const binary = path.join(ARTIFACTS, `fd-queue.${target.abi}.node`)
-  if (!fs.existsSync(binary)) {
-    log(`no ${path.relative(ROOT, binary)}: building it`)
+  const stale = fs.existsSync(binary) && fs.statSync(binary).mtimeMs < newestSource()
+  if (!fs.existsSync(binary) || stale) {
+    log(`${stale ? 'older than the sources' : 'no'} ${path.relative(ROOT, binary)}: building it`)
     const [built] = buildTargets([target])
     if (!built.ok) return { status: 'failed', detail: `build: ${built.text}` }
+  } else {
+    const { problems } = checkBinary(target, binary)
+    if (problems.length > 0)
+      return { status: 'failed', detail: `${path.relative(ROOT, binary)}: ${problems.join('; ')}` }
   }
   if (target.run.how === 'qemu') {
     const emulation = ensureArm64Emulation()
@@ -140,5 +163,7 @@ console.log(`\ntest:targets${smoke ? ' --smoke' : ''}`)
 for (const { target, status, detail } of results) {
   console.log(`${target.abi.padEnd(16)} ${status}: ${detail}`)
 }
-const failed = results.filter((r) => r.status === 'failed').length
+const failed = results.filter(
+  (r) => r.status === 'failed' || (requireAll && r.status === 'not runnable here' && r.target.run.how !== 'none'),
+).length
 process.exitCode = failed === 0 ? 0 : 1

