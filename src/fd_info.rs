@@ -127,15 +127,20 @@ mod tests {
 
   // These call `query`, not the napi export: a test binary has no Node to resolve napi's
   // symbols against.
-  #[test]
-  fn a_socket_pair_end_is_a_connected_unix_stream() {
-    let (a, _b) = socketpair(
+
+  /// A connected Unix stream pair, blocking and not close-on-exec.
+  fn unix_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    socketpair(
       AddressFamily::Unix,
       SockType::Stream,
       None,
       SockFlag::empty(),
     )
-    .expect("socketpair");
+    .expect("socketpair")
+  }
+  #[test]
+  fn a_socket_pair_end_is_a_connected_unix_stream() {
+    let (a, _b) = unix_pair();
     let info = query(a.as_raw_fd()).expect("fd_info");
     assert_eq!(info.access, "rw");
     assert_eq!(info.family.as_deref(), Some("unix"));
@@ -146,13 +151,7 @@ mod tests {
 
   #[test]
   fn close_on_exec_is_read_from_fd_cloexec() {
-    let (a, _b) = socketpair(
-      AddressFamily::Unix,
-      SockType::Stream,
-      None,
-      SockFlag::empty(),
-    )
-    .expect("socketpair");
+    let (a, _b) = unix_pair();
     fcntl(&a, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("F_SETFD");
     assert!(query(a.as_raw_fd()).expect("fd_info").close_on_exec);
     fcntl(&a, FcntlArg::F_SETFD(FdFlag::empty())).expect("F_SETFD");
@@ -161,13 +160,7 @@ mod tests {
 
   #[test]
   fn non_blocking_is_read_from_o_nonblock() {
-    let (a, _b) = socketpair(
-      AddressFamily::Unix,
-      SockType::Stream,
-      None,
-      SockFlag::empty(),
-    )
-    .expect("socketpair");
+    let (a, _b) = unix_pair();
     assert!(!query(a.as_raw_fd()).expect("fd_info").non_blocking);
     fcntl(&a, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("F_SETFL");
     assert!(query(a.as_raw_fd()).expect("fd_info").non_blocking);
