@@ -128,7 +128,7 @@ test('a bad signal throws ERR_INVALID_ARG_TYPE synchronously', (t) => {
  * (its start-up, however slow, does not count).
  */
 async function exits(args: string[], ms: number): Promise<{ exited: boolean; code: number | null; stderr: string }> {
-  const child = startFixture('unref', args, { timeoutMs: 600_000 })
+  const child = startFixture('unref', args, { timeoutMs: 600_000, nodeArgs: ['--expose-gc'] })
   await child.waitForLine(/^pending$/, 300_000)
   const timer = new Promise<'alive'>((resolve) => setTimeout(() => resolve('alive'), ms))
   const first = await Promise.race([child.done, timer])

@@ -58,7 +58,7 @@ export function openFds(): number {
 /**
  * `openFds()` once it stopped changing (tsx writes its compile cache asynchronously right
  * after loading a changed file, which holds an fd open for a moment): polls until three
- * readings 25 ms apart agree, for at most 3 s. Use it for the per-file baseline.
+ * readings 25 ms apart agree, for at most 3 s (both scaled). Use it for the per-file baseline.
  *
  * With `expected` (a leak check: `t.is(await settledOpenFds(baseline), baseline)`), it
  * polls until the count is `expected` instead, for up to 10 s (scaled): fds that are let go
@@ -75,9 +75,11 @@ export async function settledOpenFds(expected?: number): Promise<number> {
     }
     return last
   }
+  // Three equal readings, spaced and bounded in proportion to the machine's speed: under
+  // emulation the fds of tsx's cache writes stay open ten times as long.
   let same = 0
-  for (const deadline = Date.now() + 3000; same < 3 && Date.now() < deadline;) {
-    await new Promise((resolve) => setTimeout(resolve, 25))
+  for (const deadline = Date.now() + scaled(3000); same < 3 && Date.now() < deadline;) {
+    await new Promise((resolve) => setTimeout(resolve, scaled(25)))
     const now = openFds()
     same = now === last ? same + 1 : 0
     last = now
