@@ -29,6 +29,19 @@
 
 #define SCM_MAX_FD 253
 
+/* macOS has neither SOCK_CLOEXEC nor MSG_CMSG_CLOEXEC: there the flag is set afterwards
+ * (close_on_exec), which is all these single-threaded peers need. */
+#ifndef SOCK_CLOEXEC
+#define SOCK_CLOEXEC 0
+#endif
+#ifndef MSG_CMSG_CLOEXEC
+#define MSG_CMSG_CLOEXEC 0
+#endif
+
+static void close_on_exec(int fd) {
+  if (SOCK_CLOEXEC == 0) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
 static void die(const char *what) {
   fprintf(stderr, "peer.c: %s: %s\n", what, strerror(errno));
   exit(2);
@@ -37,6 +50,7 @@ static void die(const char *what) {
 static int connect_to(const char *path) {
   int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (s < 0) die("socket");
+  close_on_exec(s);
   struct sockaddr_un addr;
   memset(&addr, 0, sizeof addr);
   addr.sun_family = AF_UNIX;
@@ -71,7 +85,9 @@ static int do_send(const char *path, const char *file_a, const char *file_b) {
   int b = open(file_b, O_RDONLY | O_CLOEXEC);
   if (a < 0 || b < 0) die("open");
   int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0) die("pipe2");
+  if (pipe(p) < 0) die("pipe");
+  (void)fcntl(p[0], F_SETFD, FD_CLOEXEC);
+  (void)fcntl(p[1], F_SETFD, FD_CLOEXEC);
 
   /* Two SCM_RIGHTS control messages in one msghdr: [a, b], then [p[1]]. */
   union {
@@ -190,6 +206,7 @@ static int do_recv(const char *path) {
       for (size_t i = 0; i < count; i++) {
         int fd;
         memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        close_on_exec(fd);
         describe(fd, len);
         close(fd);
         here++;

@@ -25,6 +25,8 @@ import stat
 import sys
 
 SCM_MAX_FD = 253
+# macOS has no MSG_CMSG_CLOEXEC (nothing here execs, so the flag changes nothing there).
+MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
 def connect(path):
@@ -81,7 +83,7 @@ def recv(path):
     data = bytearray()
     fds = []
     while True:
-        msg, received, flags, _ = socket.recv_fds(s, 1, SCM_MAX_FD, socket.MSG_CMSG_CLOEXEC)
+        msg, received, flags, _ = socket.recv_fds(s, 1, SCM_MAX_FD, MSG_CMSG_CLOEXEC)
         if flags & socket.MSG_CTRUNC:
             raise SystemExit("control data truncated")
         for fd in received:
