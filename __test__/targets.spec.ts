@@ -31,8 +31,13 @@ function hostAbi(): string {
   return `${process.platform}-${process.arch}${libc}`
 }
 
-test('the addon built here reads as this machine: CPU, OS, the N-API entry point', (t) => {
-  const file = path.join(ROOT, `fd-queue.${hostAbi()}.node`)
+/** The addon this process runs: the one named to napi-rs's loader (test:targets), or the build's. */
+function addonFile(): string {
+  return process.env.NAPI_RS_NATIVE_LIBRARY_PATH ?? path.join(ROOT, `fd-queue.${hostAbi()}.node`)
+}
+
+test('the addon this process runs reads as this machine: CPU, OS, the N-API entry point', (t) => {
+  const file = addonFile()
   t.true(fs.existsSync(file), `${file} (npm run build makes it)`)
   const info = inspectBinary(file)
   t.is(info.arch, process.arch)
@@ -55,7 +60,7 @@ test('the addon built here reads as this machine: CPU, OS, the N-API entry point
 
 test('a file that is no 64-bit ELF or Mach-O file, or is cut short, is refused', (t) => {
   t.throws(() => inspectBinary(tmpFile('#!/bin/sh\n')), { message: /neither a 64-bit little-endian ELF/ })
-  const elf = fs.readFileSync(path.join(ROOT, `fd-queue.${hostAbi()}.node`))
+  const elf = fs.readFileSync(addonFile())
   t.throws(() => inspectBinary(tmpFile(elf.subarray(0, 40))))
 })
 
