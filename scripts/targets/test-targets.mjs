@@ -131,7 +131,8 @@ async function testTarget(target) {
   fs.mkdirSync(path.join(ROOT, 'target'), { recursive: true })
   const logFile = path.join(ROOT, 'target', `test-targets-${target.abi}.log`)
   fs.writeFileSync(logFile, output)
-  const passed = lastMatch(output, /(\d+) tests? passed/g)?.[1] ?? '0'
+  // ava prints "N tests passed" only when none failed; otherwise its ✔ lines tell.
+  const passed = lastMatch(output, /(\d+) tests? passed/g)?.[1] ?? String((output.match(/^\s*✔/gm) ?? []).length)
   const failed = lastMatch(output, /(\d+) tests? failed/g)?.[1] ?? (ava.status === 0 ? '0' : '?')
   const known = lastMatch(output, /(\d+) known failures?/g)?.[1]
   const minutes = ((Date.now() - started) / 60000).toFixed(1)
