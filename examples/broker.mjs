@@ -27,7 +27,9 @@ import { connect, createServer, toNetSocket } from 'fd-queue'
 const thisFile = fileURLToPath(import.meta.url)
 const WORKERS = 2
 const SELF_TEST_CONNECTIONS = 20
-const TIMEOUT_MS = 10_000
+// Hang guards of the self-test, scaled on a slow machine (FDQ_TIME_SCALE=10 under emulation).
+const SCALE = Number(process.env.FDQ_TIME_SCALE) > 0 ? Number(process.env.FDQ_TIME_SCALE) : 1
+const TIMEOUT_MS = 10_000 * SCALE
 
 if (process.argv[2] === 'worker') {
   worker(process.argv[3])

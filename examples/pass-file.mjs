@@ -16,7 +16,9 @@ import { fileURLToPath } from 'node:url'
 import { UnixListener, UnixStream } from 'fd-queue'
 
 const thisFile = fileURLToPath(import.meta.url)
-const TIMEOUT_MS = 10_000
+// Hang guards of the self-test, scaled on a slow machine (FDQ_TIME_SCALE=10 under emulation).
+const SCALE = Number(process.env.FDQ_TIME_SCALE) > 0 ? Number(process.env.FDQ_TIME_SCALE) : 1
+const TIMEOUT_MS = 10_000 * SCALE
 
 if (process.argv[2] === 'receiver') {
   receiver(process.argv[3])

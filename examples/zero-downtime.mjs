@@ -39,7 +39,9 @@ import { fileURLToPath } from 'node:url'
 import { connect, createServer, fdInfo, toNetServer } from 'fd-queue'
 
 const thisFile = fileURLToPath(import.meta.url)
-const TIMEOUT_MS = 10_000
+// Hang guards of the self-test, scaled on a slow machine (FDQ_TIME_SCALE=10 under emulation).
+const SCALE = Number(process.env.FDQ_TIME_SCALE) > 0 ? Number(process.env.FDQ_TIME_SCALE) : 1
+const TIMEOUT_MS = 10_000 * SCALE
 
 if (process.argv[2] === '--self-test') {
   await selfTest()
@@ -245,7 +247,7 @@ function readLine(socket) {
  * while, then stops gen 2 and prints a summary.
  */
 async function selfTest() {
-  const deadline = Date.now() + 20_000
+  const deadline = Date.now() + 20_000 * SCALE
   const children = []
   const stats = { total: 0, failed: 0, byGeneration: [0, 0, 0], errors: [], reused: 0, retried: 0 }
   const serviceStats = { total: 0, failed: 0, byGeneration: [0, 0, 0], errors: [] }
@@ -382,7 +384,7 @@ function attempt(port, stats, agent) {
       stats.errors.push(why)
       resolve()
     }
-    const req = http.get({ host: '127.0.0.1', port, path: '/', agent, timeout: 5000 }, (res) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', agent, timeout: 5000 * SCALE }, (res) => {
       if (req.reusedSocket) stats.reused++
       let body = ''
       res.setEncoding('utf8')
