@@ -27,20 +27,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "../fixtures/cloexec.h"
+
 #define SCM_MAX_FD 253
-
-/* macOS has neither SOCK_CLOEXEC nor MSG_CMSG_CLOEXEC: there the flag is set afterwards
- * (close_on_exec), which is all these single-threaded peers need. */
-#ifndef SOCK_CLOEXEC
-#define SOCK_CLOEXEC 0
-#endif
-#ifndef MSG_CMSG_CLOEXEC
-#define MSG_CMSG_CLOEXEC 0
-#endif
-
-static void close_on_exec(int fd) {
-  if (SOCK_CLOEXEC == 0) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
-}
 
 static void die(const char *what) {
   fprintf(stderr, "peer.c: %s: %s\n", what, strerror(errno));
