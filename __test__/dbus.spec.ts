@@ -23,6 +23,7 @@ import {
   settledOpenFds,
   tmpDir,
   tmpFile,
+  runProcess,
 } from './helpers.js'
 import { jsonLines, warmedUpFdBaseline } from './async-helpers.js'
 
@@ -252,7 +253,7 @@ async function memfdFromPython(content: string): Promise<number> {
       's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n' +
       "rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [fd]))]\n" +
       "s.sendmsg([b'm'], rights, 0, sys.argv[1])\n"
-    const python = spawnSync('python3', ['-c', script, receiverPath, content], { encoding: 'utf8' })
+    const python = await runProcess('python3', ['-c', script, receiverPath, content])
     if (python.status !== 0) throw new Error(`python: ${python.stderr}`)
     const message = (await receiver.receive())!
     return message.fds[0]

@@ -102,6 +102,41 @@ export function tmpDir(prefix = 'fdq-'): string {
   return dir
 }
 
+/** What {@link runProcess} reports, as `spawnSync` would. */
+export interface ProcessResult {
+  status: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+}
+
+/**
+ * `spawnSync(command, args, { encoding: 'utf8' })` without blocking this process: the
+ * other tests of the file run on meanwhile, and their timers do not fire late all at once
+ * behind a child that takes seconds on a busy machine. `timeoutMs` (scaled) kills the
+ * child with SIGKILL, as spawnSync's `timeout` does.
+ */
+export function runProcess(
+  command: string,
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<ProcessResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
+    const timer =
+      options.timeoutMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), scaled(options.timeoutMs))
+    child.on('error', reject)
+    child.on('close', (status, signal) => {
+      clearTimeout(timer)
+      resolve({ status, signal, stdout, stderr })
+    })
+  })
+}
+
 /** A short socket path (nothing exists there yet) in a fresh mkdtemp directory. */
 export function tmpSocketPath(): string {
   return path.join(tmpDir('fdq-'), 's')

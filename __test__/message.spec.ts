@@ -31,6 +31,7 @@ import {
   tmpFile,
   tmpSocketPath,
   scaled,
+  runProcess,
 } from './helpers.js'
 import { codeOf, jsonLines, rejection, syncThrow, warmedUpFdBaseline } from './async-helpers.js'
 
@@ -610,7 +611,7 @@ seqpacketTest(
     const fifo = path.join(dir, 'fifo')
     spawnSync('mkfifo', [fifo])
     const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-gc.cjs')
-    const result = spawnSync(process.execPath, ['--expose-gc', script, fifo], { encoding: 'utf8' })
+    const result = await runProcess(process.execPath, ['--expose-gc', script, fifo])
     t.is(result.status, 0, result.stderr)
     const report = JSON.parse(result.stdout.trim())
     t.true(report.writerOpenWhileAlive, 'copies of the write end were held while the sockets lived')
@@ -688,9 +689,7 @@ seqpacketTest(
   'SeqpacketSocket: a zero-byte message whose fds the kernel dropped (receiver at its fd limit) is truncated, not the end',
   async (t) => {
     const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-ctrunc.mjs')
-    const result = spawnSync('sh', ['-c', 'ulimit -n 100 && exec "$0" "$@"', process.execPath, script], {
-      encoding: 'utf8',
-    })
+    const result = await runProcess('sh', ['-c', 'ulimit -n 100 && exec "$0" "$@"', process.execPath, script])
     t.is(result.status, 0, result.stderr)
     t.deepEqual(JSON.parse(result.stdout.trim()), [
       { data: '', fds: 0, truncated: true },
@@ -739,7 +738,7 @@ linuxTest('a send the kernel can never allocate (ENOBUFS every time) is rejected
       's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n' +
       "rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [a.fileno()]))]\n" +
       "s.sendmsg([b'x'], rights, 0, sys.argv[1])\n"
-    const python = spawnSync('python3', ['-c', script, receiverPath], { encoding: 'utf8' })
+    const python = await runProcess('python3', ['-c', script, receiverPath])
     t.is(python.status, 0, python.stderr)
     const message = (await receiver.receive())!
     socket = DatagramSocket.fromFd(message.fds[0])
@@ -786,9 +785,9 @@ test('peerCredentials() of a datagram socket with no peer recorded throws ENOTCO
 
 linuxTest(
   'the first receive on a thread does not make its receive buffer resident (RSS grows by far less than wmem_max)',
-  (t) => {
+  async (t) => {
     const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-rss.mjs')
-    const result = spawnSync(process.execPath, [script], { encoding: 'utf8' })
+    const result = await runProcess(process.execPath, [script])
     t.is(result.status, 0, result.stderr)
     const { growthKiB, wmemMaxKiB } = JSON.parse(result.stdout.trim())
     t.log(`RSS growth ${growthKiB} KiB for a 1-byte message; the buffer is ${2 * wmemMaxKiB} KiB of address space`)
@@ -798,10 +797,10 @@ linuxTest(
 
 seqpacketTest(
   'unref(): a pending receive or accept does not keep the process alive; a referenced one does until close()',
-  (t) => {
+  async (t) => {
     const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-unref.mjs')
     for (const mode of ['receive', 'accept', 'datagram', 'ref-then-close']) {
-      const result = spawnSync(process.execPath, [script, mode], { encoding: 'utf8', timeout: scaled(60_000) })
+      const result = await runProcess(process.execPath, [script, mode], { timeoutMs: 60_000 })
       t.is(result.signal, null, `${mode}: exited by itself`)
       t.is(result.status, 0, `${mode}: ${result.stderr}`)
       if (mode === 'ref-then-close') t.is(result.stdout.trim(), 'ERR_SOCKET_CLOSED')
