@@ -11,7 +11,6 @@
  * an abort). The number of cases tried is logged.
  */
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import * as dgram from 'node:dgram'
 import * as fs from 'node:fs'
 import * as net from 'node:net'
@@ -33,7 +32,18 @@ import {
   UnixListener,
   UnixStream,
 } from '../index.js'
-import { openFds, readAt, ROOT, scaled, settledOpenFds, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
+import {
+  openFds,
+  readAt,
+  ROOT,
+  scaled,
+  settledOpenFds,
+  tmpDir,
+  tmpFile,
+  tmpSocketPath,
+  runProcess,
+  type ProcessResult,
+} from './helpers.js'
 import { dequeueAll, onceEvent, readExactly, sleep, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
 let baseline = 0
@@ -782,7 +792,7 @@ test('FdSocket.pair() with bad options leaks no fd', async (t) => {
     console.log(JSON.stringify({ codes, leaked: count() - before }))`
   casesTried += 4
   const result = await runNode(['-e', script])
-  t.is(result.code, 0, result.stderr)
+  t.is(result.status, 0, result.stderr)
   const report = JSON.parse(result.stdout)
   t.deepEqual(report.codes, [
     'ERR_INVALID_ARG_TYPE',
@@ -808,7 +818,7 @@ test('createServer() with an invalid stream option throws at once, not as an unc
       })`
   casesTried++
   const result = await runNode(['-e', script])
-  t.is(result.code, 0, result.stderr)
+  t.is(result.status, 0, result.stderr)
   t.regex(result.stdout, /"threw":"ERR_INVALID_ARG_VALUE"/)
 })
 
@@ -958,22 +968,9 @@ test.serial(
 
 const THROWER = path.join(ROOT, '__test__', 'fixtures', 'throwing-handler.cjs')
 
-function runNode(
-  args: string[],
-): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: tmpDir() })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (c) => (stdout += c))
-    child.stderr.on('data', (c) => (stderr += c))
-    const timer = setTimeout(() => child.kill('SIGKILL'), scaled(15_000))
-    child.on('error', reject)
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      resolve({ code, signal, stdout, stderr })
-    })
-  })
+/** A node child in a fresh directory (see runProcess), killed after 15 s (scaled). */
+function runNode(args: string[]): Promise<ProcessResult> {
+  return runProcess(process.execPath, args, { cwd: tmpDir(), timeoutMs: 15_000 })
 }
 
 for (const where of ['data', 'fds', 'connection', 'end'] as const) {
@@ -983,7 +980,7 @@ for (const where of ['data', 'fds', 'connection', 'end'] as const) {
       const result = await runNode([THROWER, where])
       casesTried++
       t.is(result.signal, null, 'not killed by a signal (SIGABRT would mean a native abort)')
-      t.is(result.code, 1, result.stderr)
+      t.is(result.status, 1, result.stderr)
       t.regex(result.stderr, new RegExp(`Error: boom from the '${where}' handler`))
       t.notRegex(result.stderr, /panicked|FATAL ERROR|Aborted|napi_fatal|core dumped/i)
     },
@@ -996,7 +993,7 @@ for (const where of ['data', 'fds', 'connection'] as const) {
     async (t) => {
       const result = await runNode([THROWER, where, 'caught'])
       casesTried++
-      t.is(result.code, 0, result.stderr)
+      t.is(result.status, 0, result.stderr)
       const report = JSON.parse(result.stdout.trim().split('\n').pop()!)
       t.deepEqual(report.caught, [`boom from the '${where}' handler`])
       if (where === 'connection') t.is(report.connections, 2, 'the server accepted the next connection')

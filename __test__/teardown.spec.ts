@@ -5,9 +5,8 @@
  * (fixtures/teardown.cjs) that counts its own fds.
  */
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import * as path from 'node:path'
-import { makeFifo, ROOT, tmpSocketPath } from './helpers.js'
+import { makeFifo, ROOT, runProcess, tmpSocketPath } from './helpers.js'
 
 interface Run {
   code: number | null
@@ -16,25 +15,16 @@ interface Run {
   report: any
 }
 
-function runTeardown(args: string[]): Promise<Run> {
+async function runTeardown(args: string[]): Promise<Run> {
   const script = path.join(ROOT, '__test__', 'fixtures', 'teardown.cjs')
-  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-  return new Promise((resolve, reject) => {
-    child.on('error', reject)
-    child.on('close', (code) => {
-      let report: any = null
-      try {
-        report = JSON.parse(stdout.trim().split('\n').at(-1) ?? '')
-      } catch {
-        // reported below with the output
-      }
-      resolve({ code, stdout, stderr, report })
-    })
-  })
+  const { status: code, stdout, stderr } = await runProcess(process.execPath, [script, ...args])
+  let report: any = null
+  try {
+    report = JSON.parse(stdout.trim().split('\n').at(-1) ?? '')
+  } catch {
+    // reported below with the output
+  }
+  return { code, stdout, stderr, report }
 }
 
 test('worker.terminate() under a connection flood: connections accepted for the busy worker are closed', async (t) => {

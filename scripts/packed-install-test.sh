@@ -151,12 +151,9 @@ if [[ $target_libc == musl ]] && ! grep -qs musl /usr/bin/ldd; then
 fi
 
 probe() {
-  local timeout_s=$((120 * time_scale))
-  if [[ -n $loader_override ]]; then
-    "${probe_env[@]}" "NAPI_RS_NATIVE_LIBRARY_PATH=${loader_override}" "FD_QUEUE_PLATFORM_DIR=${installed_platform_dir}" timeout "$timeout_s" "$target_node" "$@"
-  else
-    "${probe_env[@]}" "FD_QUEUE_PLATFORM_DIR=${installed_platform_dir}" timeout "$timeout_s" "$target_node" "$@"
-  fi
+  # An empty NAPI_RS_NATIVE_LIBRARY_PATH is no override: the loader tests it for truth.
+  "${probe_env[@]}" "NAPI_RS_NATIVE_LIBRARY_PATH=${loader_override}" "FD_QUEUE_PLATFORM_DIR=${installed_platform_dir}" \
+    timeout "$((120 * time_scale))" "$target_node" "$@"
 }
 
 layout() {
