@@ -515,6 +515,33 @@ test.serial("write() returns the real backpressure flag, and 'drain' follows", a
 })
 
 test.serial(
+  'a write larger than the highWaterMark that the kernel takes at once returns true, as net.Socket’s',
+  async (t) => {
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    const chunk = crypto.randomBytes(4 * a.writableHighWaterMark)
+    // An empty socket buffer takes 64 KiB at once (the kernel's default is about 200 KiB).
+    t.true(a.write(chunk), 'no drain to wait for')
+    t.is(a.writableLength, 0)
+    t.true(a.write(chunk), 'nor for the second')
+    const got: Buffer[] = []
+    let length = 0
+    await withTimeout(
+      new Promise<void>((resolve) =>
+        b.on('data', (c: Buffer) => {
+          got.push(c)
+          length += c.length
+          if (length === 2 * chunk.length) resolve()
+        }),
+      ),
+      T,
+      'both chunks',
+    )
+    t.true(Buffer.concat(got).equals(Buffer.concat([chunk, chunk])))
+  },
+)
+
+test.serial(
   "write() turns false once maxQueuedFds fds wait in the write buffer; 'drain' comes after connect",
   async (t) => {
     const sock = tmpSocketPath()

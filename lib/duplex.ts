@@ -437,7 +437,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    *
    * When everything went out at once, `cb` still waits for the next tick: chunks written
    * meanwhile collect in the Writable's buffer and come to `_writev` together, so a burst
-   * of small writes costs one native call, not one each.
+   * of small writes costs one native call, not one each. A batch of a highWaterMark or
+   * more completes at once (see below).
    */
   #writeChunks(chunks: Buffer[], cb: Callback): void {
     const handle = this.#handle
@@ -477,8 +478,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       return cb(error as Error)
     }
     if (typeof written === 'number') {
-      process.nextTick(cb)
       this.#settleDrain()
+      // A batch that fills the buffer completes at once, as net's writes do, so that
+      // write() of a large chunk returns true instead of waiting for 'drain' each time.
+      if (length >= this.writableHighWaterMark) cb()
+      else process.nextTick(cb)
       return
     }
     // The rest goes out once the socket has room; its fds still count as buffered.

@@ -371,8 +371,9 @@ impl Shared {
         .await;
       match result {
         Ok(received) => {
-          // A small message must not pin a large allocation in its Buffer.
-          if data.len() * 2 < size {
+          // A small message must not pin a large allocation in its Buffer (up to 32 KiB
+          // it is copied into V8's memory anyway: see `settle::buffer_value`).
+          if data.len() > 32 * 1024 && data.len() * 2 < size {
             data.shrink_to_fit();
           }
           return Ok((data, received));

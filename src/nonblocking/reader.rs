@@ -3,8 +3,14 @@
 //! can be unref'd like a `net` handle. A reader task drains every message that is ready
 //! (up to one chunk) per wake-up and hands them to JS in one call; at most two such
 //! batches are in flight, and the JS side pauses the task when its buffer is full.
+//!
+//! A batch of up to 32 KiB is copied into V8's memory when JS gets it, and its read buffer
+//! goes back to the reader: while data keeps coming, the reader reads into the same pages
+//! again instead of faulting in fresh ones for every batch. A larger batch is handed over
+//! as it is, as `net` hands over its read buffer.
 
 use std::io;
+use std::mem;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -20,13 +26,11 @@ use tokio::sync::{watch, Semaphore};
 use crate::error::{self, errno_of, tagged};
 use crate::nonblocking::core::{closing, Arrival, Queues, Shared};
 use crate::scm_rights;
-use crate::settle::{self, buffer_value, set_ref, Home, RawValue};
+use crate::settle::{self, buffer_from, set_ref, Home, RawValue};
 use crate::sync::lock;
 
-/// Bytes one delivery carries at first; a batch that fills it doubles the next one, up
-/// to `MAX_CHUNK`, so bulk transfers make fewer, larger deliveries.
+/// Bytes one delivery carries at most (as a `net.Socket` read).
 const CHUNK: usize = 64 * 1024;
-const MAX_CHUNK: usize = 1024 * 1024;
 /// Batches read but not yet handed to JS.
 const IN_FLIGHT: usize = 2;
 
@@ -40,13 +44,46 @@ type ReadCallback = ThreadsafeFunction<Delivery, (), ReadArgs, Status, false>;
 /// What the reader task sends to JS. It owns no fd: those wait in the JS thread's home.
 pub enum Delivery {
   Data {
-    data: Vec<u8>,
+    data: Batch,
     /// The fds of each message in the batch, and whether the kernel truncated them.
     arrival: Arrival,
     _credit: tokio::sync::OwnedSemaphorePermit,
   },
   End,
   Failed(error::Error),
+}
+
+/// Read buffers that a reader's batches give back once JS has its copy (at most one per
+/// batch in flight; a buffer handed over to JS does not come back). The reader empties it before it waits for data, so an idle
+/// connection holds no buffer.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+  fn take(&self) -> Vec<u8> {
+    lock(&self.0).pop().unwrap_or_default()
+  }
+
+  fn release(&self) {
+    lock(&self.0).clear();
+  }
+}
+
+/// The bytes of one batch, in a read buffer that returns to its pool when dropped.
+pub struct Batch {
+  data: Vec<u8>,
+  pool: Arc<Pool>,
+}
+
+impl Drop for Batch {
+  fn drop(&mut self) {
+    let mut data = mem::take(&mut self.data);
+    data.clear();
+    let mut free = lock(&self.pool.0);
+    if data.capacity() > 0 && free.len() < IN_FLIGHT {
+      free.push(data);
+    }
+  }
 }
 
 /// The JS-facing controls of a running reader.
@@ -131,7 +168,9 @@ impl Reader {
 /// chunk, so they are dequeue-able by the time it is delivered.
 fn deliver(env: &Env, queues: &Queues, delivery: Delivery) -> napi::Result<ReadArgs> {
   Ok(match delivery {
-    Delivery::Data { data, arrival, .. } => {
+    Delivery::Data {
+      mut data, arrival, ..
+    } => {
       let count = arrival.count;
       queues.pending.fetch_sub(count, Ordering::AcqRel);
       let closed = || Ok((None, 0, None, Some(tagged(error::closed()))).into());
@@ -146,14 +185,14 @@ fn deliver(env: &Env, queues: &Queues, delivery: Delivery) -> napi::Result<ReadA
           Some((fds, truncated)) => Some(fd_array(env, fds, truncated)?),
           None => None,
         };
-        return Ok((Some(buffer_value(env, data)?), 0, handed, None).into());
+        return Ok((Some(buffer_from(env, &mut data.data)?), 0, handed, None).into());
       }
       if arrival.receive(queues).is_err() {
         return closed();
       }
-      // Counts fit: a batch is at most MAX_CHUNK bytes, each carrying at most 253 fds.
+      // Counts fit: a batch is at most CHUNK bytes, each carrying at most 253 fds.
       let count = u32::try_from(count).unwrap_or(u32::MAX);
-      (Some(buffer_value(env, data)?), count, None, None).into()
+      (Some(buffer_from(env, &mut data.data)?), count, None, None).into()
     }
     Delivery::End => (None, 0, None, None).into(),
     Delivery::Failed(e) => (None, 0, None, Some(tagged(e))).into(),
@@ -221,7 +260,7 @@ async fn pump(
   credits: Arc<Semaphore>,
 ) {
   let home = sink.home;
-  let mut chunk = CHUNK;
+  let pool = Arc::new(Pool::default());
   // Registered for readability for as long as the reader runs (it is the one waiting).
   let io = match shared.readable.acquire(&shared.fd) {
     Ok(io) => io,
@@ -235,19 +274,25 @@ async fn pump(
       return;
     };
     queues.wait_for_room().await;
-    // Allocated once data is ready (inside the closure), so an idle connection holds no
-    // read buffer.
-    let mut data = Vec::new();
+    let mut data = pool.take();
     let mut parts = Vec::new();
     let mut ending = None;
     // The first read waits for readiness; the rest take only what is already there.
     let first = loop {
-      let result = io
-        .async_io(Interest::READABLE, |fd| {
-          data.reserve(chunk);
-          scm_rights::recv_appending(fd.as_fd(), &mut data, chunk, true).map_err(io::Error::from)
-        })
-        .await;
+      let read = |fd: &crate::nonblocking::core::Registered, data: &mut Vec<u8>| {
+        data.reserve(CHUNK);
+        scm_rights::recv_appending(fd.as_fd(), data, CHUNK, true).map_err(io::Error::from)
+      };
+      let result = match io.try_io(Interest::READABLE, |fd| read(fd, &mut data)) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+          // Nothing is there: the wait holds no buffer (taken again once data is ready).
+          data = Vec::new();
+          pool.release();
+          io.async_io(Interest::READABLE, |fd| read(fd, &mut data))
+            .await
+        }
+        other => other,
+      };
       match result {
         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
         other => break other,
@@ -263,9 +308,10 @@ async fn pump(
       }
       Err(e) => ending = Some(Delivery::Failed(error::sys(errno_of(&e), "recvmsg"))),
     }
-    while ending.is_none() && !data.is_empty() && data.len() < chunk && !queues.inbound_full() {
+    while ending.is_none() && !data.is_empty() && data.len() < CHUNK && !queues.inbound_full() {
       let result = io.try_io(Interest::READABLE, |fd| {
-        scm_rights::recv_appending(fd.as_fd(), &mut data, chunk, true).map_err(io::Error::from)
+        let room = CHUNK - data.len();
+        scm_rights::recv_appending(fd.as_fd(), &mut data, room, true).map_err(io::Error::from)
       });
       match result {
         Ok(received) if received.bytes == 0 => ending = Some(Delivery::End),
@@ -281,20 +327,14 @@ async fn pump(
       }
     }
     if !data.is_empty() {
-      let filled = data.len() >= chunk;
-      if data.len() * 2 < chunk {
-        data.shrink_to_fit();
-      }
       sink.send(Delivery::Data {
-        data,
+        data: Batch {
+          data,
+          pool: Arc::clone(&pool),
+        },
         arrival: Arrival::deposit(home, parts),
         _credit: credit,
       });
-      chunk = if filled {
-        (chunk * 2).min(MAX_CHUNK)
-      } else {
-        CHUNK
-      };
     }
     if let Some(ending) = ending {
       sink.send(ending);
