@@ -21,7 +21,7 @@ const BUILD_DIR = path.join(HERE, '.build')
 const RESULTS_DIR = path.join(HERE, 'results')
 const PEERS_DIR = path.join(HERE, 'peers')
 
-const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,scale,seqfd1,seqrt,dbus] [--runs=N] [--peers=c,python,unix,async,socket,net,seqpacket] [--cross] [--out=FILE]
+const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,scale,seqfd1,seqrt,dbus] [--runs=N] [--peers=c,python,unix,async,socket,net,seqpacket] [--cross] [--pin=same|split] [--out=FILE]
 
   --quick     smoke run: one run of each workload with small counts
   --only      workloads to run (default: all)
@@ -29,6 +29,9 @@ const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,sca
   --peers     restrict the peers (default: all that are available)
   --cross     also run each Node sender against the C receiver and the C sender against
               each Node receiver in the fd streaming workloads (shows which side is slow)
+  --pin       run both processes of every pair on CPU 0 (same), or the listening side on
+              CPU 0 and the other on CPU 1 (split), with taskset: "same" measures the CPU
+              work of a round trip, "split" a wake-up across CPUs every time
   --out       JSON output (default bench/results/latest.json)
 
 Counts (environment): BENCH_FD1_MSGS, BENCH_FD16_MSGS, BENCH_RT_COUNT, BENCH_RT_WARMUP,
@@ -38,7 +41,7 @@ BENCH_TIMEOUT_S (per child), BENCH_ASYNC_WRITE_WINDOW, BENCH_ASYNC_READ_WINDOW, 
 
 // ---- options ---------------------------------------------------------------------------
 
-const options = { quick: false, only: null, runs: null, peers: null, cross: false, out: null }
+const options = { quick: false, only: null, runs: null, peers: null, cross: false, pin: null, out: null }
 for (const arg of process.argv.slice(2)) {
   const [key, value] = arg.split(/=(.*)/s)
   if (key === '--quick') options.quick = true
@@ -47,6 +50,7 @@ for (const arg of process.argv.slice(2)) {
   else if (key === '--peers' && value) options.peers = value.split(',')
   else if (key === '--runs' && value) options.runs = Number(value)
   else if (key === '--out' && value) options.out = path.resolve(value)
+  else if (key === '--pin' && (value === 'same' || value === 'split')) options.pin = value
   else if (key === '--help' || key === '-h') {
     console.log(USAGE)
     process.exit(0)
@@ -137,12 +141,13 @@ class RunError extends Error {}
  * RESULT once it exits with status 0, and rejects on anything else (including the
  * timeout, after which it is killed).
  */
-function startChild(label, command, args, timeoutMs) {
+function startChild(label, command, args, timeoutMs, extraEnv = {}) {
   const child = spawn(command, args, {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       ...process.env,
+      ...extraEnv,
       BENCH_ASYNC_WRITE_WINDOW: String(config.asyncWriteWindow),
       BENCH_ASYNC_READ_WINDOW: String(config.asyncReadWindow),
       BENCH_PEER_TIMEOUT_S: String(Math.ceil(timeoutMs / 1000) + 5),
@@ -206,14 +211,19 @@ const socketPath = () => path.join(tmpDir, `${++socketSeq}.sock`)
 async function pairRun(listener, connector) {
   const sockPath = socketPath()
   const timeoutMs = config.timeoutS * 1000
-  const server = startChild(listener.label, ...listener.command(sockPath), timeoutMs)
+  const start = (side, cpu) => {
+    const [command, args, env] = side.command(sockPath)
+    const [pinned, pinnedArgs] = options.pin ? ['taskset', ['-c', String(cpu), command, ...args]] : [command, args]
+    return startChild(side.label, pinned, pinnedArgs, timeoutMs, env)
+  }
+  const server = start(listener, 0)
   let client = null
   try {
     await Promise.race([
       server.ready,
       server.done.then(() => Promise.reject(new RunError(`${listener.label}: exited before READY`))),
     ])
-    client = startChild(connector.label, ...connector.command(sockPath), timeoutMs)
+    client = start(connector, options.pin === 'split' ? 1 : 0)
     // Whichever fails first takes the other down, so nothing waits for its timeout.
     const failFast = (promise, other) =>
       promise.catch((error) => {
@@ -233,6 +243,7 @@ async function pairRun(listener, connector) {
 const PEERS = {
   c: { name: 'C (sendmsg/recvmsg)', short: 'C' },
   cdup: { name: 'C + dup/close per fd (what enqueue does)', short: 'C+dup' },
+  cepoll: { name: 'C, each read waits in epoll_wait (event-loop floor)', short: 'C+epoll' },
   python: { name: 'Python (send_fds/recv_fds)', short: 'Python' },
   unix: { name: 'UnixStream (blocking)', short: 'UnixStream' },
   async: { name: 'AsyncUnixStream', short: 'AsyncUnixStream' },
@@ -281,9 +292,11 @@ function detectPeers() {
     cPeer = buildCPeer()
     available.add('c')
     available.add('cdup')
+    available.add('cepoll')
   } catch (error) {
     skipped.c = `cannot compile bench/peers/peer.c: ${String(error.stderr || error.message).trim()}`
     skipped.cdup = skipped.c
+    skipped.cepoll = skipped.c
   }
   const py = versionOf(pythonCommand, ['-c', 'import socket,sys; socket.send_fds; print(sys.version.split()[0])'])
   if (py) available.add('python')
@@ -304,6 +317,8 @@ function command(peer, mode, args) {
     if (peer === 'c') return [cPeer, [mode, sockPath, ...strArgs]]
     // The C sender that duplicates and closes every fd it sends, as enqueue() does.
     if (peer === 'cdup') return [cPeer, [mode, sockPath, ...strArgs, ...(mode === 'stream-send' ? ['dup'] : [])]]
+    // The C round trip with an event loop's wait: epoll_wait before every read.
+    if (peer === 'cepoll') return [cPeer, [mode, sockPath, ...strArgs], { BENCH_C_WAIT: 'epoll' }]
     if (peer === 'python') return [pythonCommand, [pyPeer, mode, sockPath, ...strArgs]]
     return [process.execPath, [nodePeer, peer, mode, sockPath, ...strArgs]]
   }
@@ -444,9 +459,9 @@ async function fdStreaming(workload, msgs, per, seqpacket = false) {
 async function roundTrip(workload = 'rt') {
   const seqpacket = workload === 'seqrt'
   // net.Socket carries no fds: its row is a reference for Node's own libuv round trip.
-  const peers = (seqpacket ? ['c', 'python', 'seqpacket'] : ['c', 'python', 'unix', 'async', 'socket', 'net']).filter(
-    (p) => available.has(p),
-  )
+  const peers = (
+    seqpacket ? ['c', 'python', 'seqpacket'] : ['c', 'cepoll', 'python', 'unix', 'async', 'socket', 'net']
+  ).filter((p) => available.has(p))
   sockType = seqpacket ? 'seqpacket' : 'stream'
   const { rtWarmup: warmup } = config
   const count = seqpacket ? config.seqRtCount : config.rtCount
@@ -853,7 +868,10 @@ function render() {
   out.push(
     `${m.date} · node ${m.node} · ${m.python ? `python ${m.python} · ` : ''}${m.cc ?? 'no C compiler'} · Linux ${m.kernel} · ` +
       `${m.cpus} × ${m.cpuModel} · nice ${m.nice} (not niced) · load avg ${m.loadStart.join(' ')} → ${m.loadEnd.join(' ')} · ` +
-      `${config.runs} run(s) per cell, medians${quick ? ' · QUICK SMOKE RUN (numbers not meaningful)' : ''}`,
+      `${config.runs} run(s) per cell, medians${quick ? ' · QUICK SMOKE RUN (numbers not meaningful)' : ''}` +
+      (m.pin
+        ? ` · pinned with taskset: ${m.pin === 'same' ? 'both processes on CPU 0' : 'listening side on CPU 0, the other on CPU 1'}`
+        : ''),
   )
   out.push(
     '',
@@ -1116,6 +1134,10 @@ function render() {
 // ---- main ------------------------------------------------------------------------------
 
 async function main() {
+  if (options.pin) {
+    if (!versionOf('taskset', ['-V'])) throw new RunError('--pin needs taskset (util-linux)')
+    if (options.pin === 'split' && os.cpus().length < 2) throw new RunError('--pin=split needs 2 CPUs')
+  }
   const python = detectPeers()
   const cpuModel = os.cpus()[0]?.model?.trim() ?? 'unknown CPU'
   results.meta = {
@@ -1132,6 +1154,7 @@ async function main() {
     quick,
     selected,
     cross: options.cross,
+    pin: options.pin,
     addon: addonInfo(),
     driver: driverInfo(),
   }

@@ -9,6 +9,8 @@
  *                                      fd per message, closed after the sendmsg, as fd-queue does)
  *   peer rt-server   PATH COUNT        listen, answer every fd-carrying byte with a 1-byte ack
  *   peer rt-client   PATH COUNT WARMUP connect, COUNT timed round trips (1 byte + 1 fd, ack)
+ *                                      (both rt modes with BENCH_C_WAIT=epoll: each read first
+ *                                      waits in epoll_wait, as an event loop does)
  *   peer bytes-recv  PATH TOTAL        listen, read TOTAL bytes
  *   peer bytes-send  PATH TOTAL CHUNK  connect, write TOTAL bytes in CHUNK-byte writes
  *
@@ -25,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -119,7 +122,30 @@ static void write_all(int fd, const char *data, size_t len) {
   }
 }
 
+/* With BENCH_C_WAIT=epoll, the epoll fd that the rt modes wait in before each read. */
+static int rt_epoll = -1;
+
+static void rt_wait_init(int sock) {
+  const char *wait = getenv("BENCH_C_WAIT");
+  if (!wait || strcmp(wait, "epoll")) return;
+  rt_epoll = epoll_create1(EPOLL_CLOEXEC);
+  if (rt_epoll < 0) die("epoll_create1");
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = sock};
+  if (epoll_ctl(rt_epoll, EPOLL_CTL_ADD, sock, &ev) < 0) die("epoll_ctl");
+}
+
+/* Blocks in epoll_wait until the socket is readable (a no-op without BENCH_C_WAIT=epoll). */
+static void rt_wait(void) {
+  if (rt_epoll < 0) return;
+  struct epoll_event ev;
+  int n;
+  do n = epoll_wait(rt_epoll, &ev, 1, -1);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) die("epoll_wait");
+}
+
 static void read_ack(int fd) {
+  rt_wait();
   char c;
   ssize_t n;
   do n = read(fd, &c, 1);
@@ -265,9 +291,11 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "rt-server")) {
     long long count = arg(argv, argc, 3);
     int sock = accept_one(path);
+    rt_wait_init(sock);
     char buf[256];
     long long bytes = 0, fds = 0, truncated = 0;
     for (;;) {
+      rt_wait();
       ssize_t n = recv_fds(sock, buf, sizeof buf, &fds, &truncated);
       if (n == 0) break;
       bytes += n;
@@ -282,6 +310,7 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "rt-client")) {
     long long count = arg(argv, argc, 3), warmup = arg(argv, argc, 4);
     int sock = connect_to(path);
+    rt_wait_init(sock);
     int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull < 0) die("open /dev/null");
     long long *samples = malloc(sizeof(long long) * (size_t)(count > 0 ? count : 1));
