@@ -11,7 +11,17 @@ import * as fs from 'node:fs'
 import { promisify } from 'node:util'
 import { Worker } from 'node:worker_threads'
 import { AsyncUnixStream, connect, FdSocket, runtimeInfo } from '../index.js'
-import { fdIdentity, pathIdentity, ROOT, settledOpenFds, startFixture, tmpFile, tmpSocketPath } from './helpers.js'
+import {
+  fdIdentity,
+  openFds,
+  pathIdentity,
+  ROOT,
+  scaled,
+  settledOpenFds,
+  startFixture,
+  tmpFile,
+  tmpSocketPath,
+} from './helpers.js'
 import { withTimeout } from './async-helpers.js'
 
 const T = 30_000
@@ -29,6 +39,57 @@ test.before(async () => {
 test.after.always('no fd of this file leaked', async (t) => {
   t.is(await settledOpenFds(baseline), baseline)
 })
+
+// The threaded driver reads ahead on its worker thread: batches (and their fds) wait for
+// the JS thread. destroy() closes them at once; the JS thread is kept busy here, so any fd
+// left for a batch's later delivery would stay open and fail the test.
+;(expected === 'threads' ? test.serial : test.serial.skip)(
+  'threaded driver: destroy() closes the fds of batches read ahead and not yet delivered, without the JS thread',
+  async (t) => {
+    // The sender sends at once (each write is one sendmsg now, its fd duplicate closed right
+    // after it), so the only fds that appear are the ones the worker thread receives.
+    const [a, peer] = AsyncUnixStream.pair()
+    const b = FdSocket.from(peer)
+    b.on('data', () => t.fail('nothing is delivered: the JS thread stays busy until destroy()'))
+    await new Promise((resolve) => setImmediate(resolve)) // b starts reading
+    const devnull = fs.openSync('/dev/null', 'r')
+    const before = openFds()
+    const COUNT = 50
+    const writes: Array<Promise<number>> = []
+    for (let i = 0; i < COUNT; i++) {
+      a.enqueue(devnull)
+      writes.push(a.write('x'))
+    }
+    // Busy from here on, without yielding to the event loop.
+    const spin = (until: () => boolean) => {
+      const deadline = Date.now() + scaled(10_000)
+      while (!until() && Date.now() < deadline);
+      return until()
+    }
+    // The worker thread reads ahead as far as its two batches in flight go (how far depends
+    // on timing); this waits until fds stop arriving for a moment.
+    t.true(
+      spin(() => openFds() > before),
+      'the worker thread read ahead',
+    )
+    let seen = openFds()
+    let quietSince = Date.now()
+    spin(() => {
+      const now = openFds()
+      if (now !== seen) [seen, quietSince] = [now, Date.now()]
+      return Date.now() - quietSince > 20
+    })
+    t.log(`${seen - before} fds read ahead`)
+    b.destroy()
+    t.true(
+      spin(() => openFds() === before - 1), // b's own socket is closed too
+      `${openFds() - (before - 1)} fds still open after destroy()`,
+    )
+    t.deepEqual(await Promise.all(writes), new Array(COUNT).fill(1))
+    a.close()
+    fs.closeSync(devnull)
+  },
+)
 
 test('runtimeInfo(): the JS-thread driver on Linux, the threaded one when FD_QUEUE_DRIVER=threads asks', async (t) => {
   const here = runtimeInfo()

@@ -73,6 +73,22 @@ pub(crate) struct Queues {
   /// A push reader hands the fds of each chunk to JS with it (an `'fds'` listener owns
   /// them) instead of adding them to `inbound`.
   pub(crate) hand_fds: AtomicBool,
+  /// The fds of a push reader's batches on their way to the JS thread: `close()` closes
+  /// them at once, instead of when each batch arrives.
+  in_flight: InFlight,
+}
+
+/// A batch's deposit, reachable by both its delivery and the stream's `close()`: whichever
+/// comes first takes it.
+type Slot = Arc<Mutex<Option<Deposit>>>;
+
+#[derive(Default)]
+struct InFlight(Mutex<Vec<Slot>>);
+
+impl std::fmt::Debug for InFlight {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    write!(f, "InFlight({})", lock(&self.0).len())
+  }
 }
 
 impl Queues {
@@ -96,6 +112,10 @@ impl Queues {
     self.closed.store(true, Ordering::Release);
     lock(&self.outbound).clear();
     lock(&self.inbound).clear();
+    let in_flight = std::mem::take(&mut *lock(&self.in_flight.0));
+    // Dropping a deposit closes its fds (outside the list's lock).
+    let deposits: Vec<Option<Deposit>> = in_flight.iter().map(|slot| lock(slot).take()).collect();
+    drop(deposits);
     self.room.notify_waiters();
   }
 }
@@ -104,7 +124,7 @@ impl Queues {
 /// their way to the JS thread's inbound queue: deposited in that thread's home, so that a
 /// teardown closes them (see `handoff`).
 pub(crate) struct Arrival {
-  deposit: Option<Deposit>,
+  deposit: Option<Slot>,
   /// How many fds arrived.
   pub(crate) count: usize,
 }
@@ -112,27 +132,49 @@ pub(crate) struct Arrival {
 type Arrived = Vec<(Vec<OwnedFd>, bool)>;
 
 impl Arrival {
-  pub(crate) fn deposit(home: &Arc<Home>, parts: Arrived) -> Self {
+  /// Deposits what a batch brought in `home`, where `queues`' `close()` can reach it too.
+  pub(crate) fn deposit(home: &Arc<Home>, queues: &Queues, parts: Arrived) -> Self {
     let count = parts.iter().map(|(fds, _)| fds.len()).sum();
     let any = parts
       .iter()
       .any(|(fds, truncated)| *truncated || !fds.is_empty());
     let deposit = if any { Deposit::new(home, parts) } else { None };
+    let deposit = deposit.map(|deposit| {
+      let slot = Arc::new(Mutex::new(Some(deposit)));
+      // Checked under the list's lock, which `close()` takes after setting `closed`.
+      let mut in_flight = lock(&queues.in_flight.0);
+      if queues.closed.load(Ordering::Acquire) {
+        drop(in_flight);
+        // Closed already: nobody will take it.
+        drop(lock(&slot).take());
+      } else {
+        in_flight.push(Arc::clone(&slot));
+      }
+      slot
+    });
     Self { deposit, count }
+  }
+
+  /// The batch's fds, unless `close()` took them (and closed them) first.
+  fn claim(self, queues: &Queues) -> Option<Arrived> {
+    let slot = self.deposit?;
+    lock(&queues.in_flight.0).retain(|other| !Arc::ptr_eq(other, &slot));
+    let deposit = lock(&slot).take();
+    deposit.and_then(Deposit::claim::<Arrived>)
   }
 
   /// On the JS thread: the fds join the inbound queue, or are closed if the stream closed
   /// meanwhile (then the read fails with `ERR_SOCKET_CLOSED`).
   pub(crate) fn receive(self, queues: &Queues) -> Result<()> {
-    let parts = self.deposit.and_then(Deposit::claim::<Arrived>);
+    let parts = self.claim(queues);
     receive_parts(queues, parts.unwrap_or_default())
   }
 
   /// On the JS thread: the fds themselves, in order, and whether the kernel dropped any
   /// (`MSG_CTRUNC`); `None` when none arrived and none were dropped. They are closed (and
   /// `ERR_SOCKET_CLOSED` returned) if the stream closed meanwhile.
-  pub(crate) fn hand_over(self) -> Option<(Vec<OwnedFd>, bool)> {
-    let parts = self.deposit.and_then(Deposit::claim::<Arrived>)?;
+  pub(crate) fn hand_over(self, queues: &Queues) -> Option<(Vec<OwnedFd>, bool)> {
+    let parts = self.claim(queues)?;
     let truncated = parts.iter().any(|(_, truncated)| *truncated);
     let fds: Vec<OwnedFd> = parts.into_iter().flat_map(|(fds, _)| fds).collect();
     Some((fds, truncated))

@@ -180,7 +180,7 @@ fn deliver(env: &Env, queues: &Queues, delivery: Delivery) -> napi::Result<ReadA
         if count > 0 {
           queues.room.notify_waiters();
         }
-        let handed = match arrival.hand_over() {
+        let handed = match arrival.hand_over(queues) {
           _ if queues.closed.load(Ordering::Acquire) => return closed(),
           Some((fds, truncated)) => Some(fd_array(env, fds, truncated)?),
           None => None,
@@ -332,7 +332,7 @@ async fn pump(
           data,
           pool: Arc::clone(&pool),
         },
-        arrival: Arrival::deposit(home, parts),
+        arrival: Arrival::deposit(home, queues, parts),
         _credit: credit,
       });
     }
