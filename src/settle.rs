@@ -553,17 +553,11 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
 
 /// Bytes as a Buffer value: a small one copied into V8's memory (cheaper than an external
 /// buffer, whose finalizer costs more than the copy), a large one handed over.
-pub(crate) fn buffer_value(env: &Env, mut data: Vec<u8>) -> napi::Result<RawValue> {
-  buffer_from(env, &mut data)
-}
-
-/// Like [`buffer_value`], but a small `data` is only copied: it stays the caller's to
-/// reuse. A large one is taken (`data` is left empty).
-pub(crate) fn buffer_from(env: &Env, data: &mut Vec<u8>) -> napi::Result<RawValue> {
+pub(crate) fn buffer_value(env: &Env, data: Vec<u8>) -> napi::Result<RawValue> {
   let buffer = if data.len() <= 32 * 1024 {
-    BufferSlice::copy_from(env, data)
+    BufferSlice::copy_from(env, &data)
   } else {
-    BufferSlice::from_data(env, std::mem::take(data))
+    BufferSlice::from_data(env, data)
   };
   Ok(RawValue(buffer?.raw()))
 }
