@@ -109,6 +109,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   /** Index the next `write()` call gets; chunk indexes in `_write` follow the same count. */
   #writeCalls = 0
   #chunksWritten = 0
+  /** Index of the last non-empty chunk `_write`/`_writev` took. */
+  #lastNonEmpty = -1
   /** `write()` returned false because of buffered fds, so a `drain` is owed. */
   #owesDrain = false
 
@@ -365,9 +367,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   override write(chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
     // The bytes this call added to the buffer (a string counts once decoded): only a
     // non-empty chunk carries the fds staged for it.
+    // (It may also have gone out and completed within super.write: see #writeChunks.)
     const before = this.writableLength
+    const index = this.#writeCalls
     const ok = super.write(chunk, encoding as BufferEncoding, cb as Callback)
-    if (this.writableLength > before) this.#ridingNext = 0
+    if (this.writableLength > before || this.#lastNonEmpty === index) this.#ridingNext = 0
     this.#writeCalls++
     if (ok && this.#bufferedFds() >= this.#maxQueuedFds) {
       this.#owesDrain = true
@@ -416,16 +420,19 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: Callback): void {
-    this.#whenConnected(() => this.#writeChunks([chunk], cb), cb)
+    const direct = this.#native !== null
+    this.#whenConnected(() => this.#writeChunks([chunk], cb, direct), cb)
   }
 
   /** @internal */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: Callback): void {
+    const direct = this.#native !== null
     this.#whenConnected(
       () =>
         this.#writeChunks(
           chunks.map((c) => c.chunk),
           cb,
+          direct,
         ),
       cb,
     )
@@ -438,9 +445,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * When everything went out at once, `cb` still waits for the next tick: chunks written
    * meanwhile collect in the Writable's buffer and come to `_writev` together, so a burst
    * of small writes costs one native call, not one each. A batch of a highWaterMark or
-   * more completes at once (see below).
+   * more that `direct`ly followed its write() call (not one that waited for `connect`)
+   * completes at once (see below).
    */
-  #writeChunks(chunks: Buffer[], cb: Callback): void {
+  #writeChunks(chunks: Buffer[], cb: Callback, direct: boolean): void {
     const handle = this.#handle
     if (!handle) return cb(closedError())
     const parts: Buffer[] = []
@@ -456,6 +464,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         count += this.#stagedRuns.shift()!.count
       }
       if (count > 0) cuts.push(length, count)
+      this.#lastNonEmpty = index
       carried += count
       parts.push(chunk)
       length += chunk.length
@@ -481,7 +490,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       this.#settleDrain()
       // A batch that fills the buffer completes at once, as net's writes do, so that
       // write() of a large chunk returns true instead of waiting for 'drain' each time.
-      if (length >= this.writableHighWaterMark) cb()
+      if (direct && length >= this.writableHighWaterMark) cb()
       else process.nextTick(cb)
       return
     }

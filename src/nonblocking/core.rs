@@ -124,16 +124,24 @@ impl Queues {
 /// their way to the JS thread's inbound queue: deposited in that thread's home, so that a
 /// teardown closes them (see `handoff`).
 pub(crate) struct Arrival {
-  deposit: Option<Slot>,
+  /// The deposit, and the queues whose `close()` can take it too.
+  deposit: Option<(Slot, Arc<Queues>)>,
   /// How many fds arrived.
   pub(crate) count: usize,
+}
+
+impl Drop for Arrival {
+  /// A batch dropped undelivered (its reader stopped, or JS is gone) closes its fds now.
+  fn drop(&mut self) {
+    drop(self.take());
+  }
 }
 
 type Arrived = Vec<(Vec<OwnedFd>, bool)>;
 
 impl Arrival {
   /// Deposits what a batch brought in `home`, where `queues`' `close()` can reach it too.
-  pub(crate) fn deposit(home: &Arc<Home>, queues: &Queues, parts: Arrived) -> Self {
+  pub(crate) fn deposit(home: &Arc<Home>, queues: &Arc<Queues>, parts: Arrived) -> Self {
     let count = parts.iter().map(|(fds, _)| fds.len()).sum();
     let any = parts
       .iter()
@@ -150,31 +158,36 @@ impl Arrival {
       } else {
         in_flight.push(Arc::clone(&slot));
       }
-      slot
+      (slot, Arc::clone(queues))
     });
     Self { deposit, count }
   }
 
-  /// The batch's fds, unless `close()` took them (and closed them) first.
-  fn claim(self, queues: &Queues) -> Option<Arrived> {
-    let slot = self.deposit?;
+  /// The batch's deposit, unless `close()` took it (and closed its fds) first.
+  fn take(&mut self) -> Option<Deposit> {
+    let (slot, queues) = self.deposit.take()?;
     lock(&queues.in_flight.0).retain(|other| !Arc::ptr_eq(other, &slot));
     let deposit = lock(&slot).take();
-    deposit.and_then(Deposit::claim::<Arrived>)
+    deposit
+  }
+
+  /// The batch's fds, unless `close()` took them (and closed them) first.
+  fn claim(mut self) -> Option<Arrived> {
+    self.take().and_then(Deposit::claim::<Arrived>)
   }
 
   /// On the JS thread: the fds join the inbound queue, or are closed if the stream closed
   /// meanwhile (then the read fails with `ERR_SOCKET_CLOSED`).
   pub(crate) fn receive(self, queues: &Queues) -> Result<()> {
-    let parts = self.claim(queues);
+    let parts = self.claim();
     receive_parts(queues, parts.unwrap_or_default())
   }
 
   /// On the JS thread: the fds themselves, in order, and whether the kernel dropped any
   /// (`MSG_CTRUNC`); `None` when none arrived and none were dropped. They are closed (and
   /// `ERR_SOCKET_CLOSED` returned) if the stream closed meanwhile.
-  pub(crate) fn hand_over(self, queues: &Queues) -> Option<(Vec<OwnedFd>, bool)> {
-    let parts = self.claim(queues)?;
+  pub(crate) fn hand_over(self) -> Option<(Vec<OwnedFd>, bool)> {
+    let parts = self.claim()?;
     let truncated = parts.iter().any(|(_, truncated)| *truncated);
     let fds: Vec<OwnedFd> = parts.into_iter().flat_map(|(fds, _)| fds).collect();
     Some((fds, truncated))

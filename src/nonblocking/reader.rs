@@ -141,7 +141,7 @@ fn deliver(env: &Env, queues: &Queues, delivery: Delivery) -> napi::Result<ReadA
         if count > 0 {
           queues.room.notify_waiters();
         }
-        let handed = match arrival.hand_over(queues) {
+        let handed = match arrival.hand_over() {
           _ if queues.closed.load(Ordering::Acquire) => return closed(),
           Some((fds, truncated)) => Some(fd_array(env, fds, truncated)?),
           None => None,
@@ -215,7 +215,7 @@ impl Sink<'_> {
 
 async fn pump(
   shared: &Shared,
-  queues: &Queues,
+  queues: &Arc<Queues>,
   sink: &Sink<'_>,
   mut wanted: watch::Receiver<bool>,
   credits: Arc<Semaphore>,
