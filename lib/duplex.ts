@@ -403,11 +403,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /**
    * Waits for `connect` when there is no native stream yet; `fail` (a write's callback)
-   * hears of a destroy that comes first.
+   * hears of a destroy that comes first. `run` learns whether it runs at once (`true`) or
+   * later, on connect.
    */
-  #whenConnected(run: () => void, fail?: Callback): void {
-    if (this.#native) run()
-    else this.#onConnect.push({ run, fail })
+  #whenConnected(run: (direct: boolean) => void, fail?: Callback): void {
+    if (this.#native) run(true)
+    else this.#onConnect.push({ run: () => run(false), fail })
   }
 
   /** Emits the `drain` that `write()` promised when buffered fds went below the bound. */
@@ -420,15 +421,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: Callback): void {
-    const direct = this.#native !== null
-    this.#whenConnected(() => this.#writeChunks([chunk], cb, direct), cb)
+    this.#whenConnected((direct) => this.#writeChunks([chunk], cb, direct), cb)
   }
 
   /** @internal */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: Callback): void {
-    const direct = this.#native !== null
     this.#whenConnected(
-      () =>
+      (direct) =>
         this.#writeChunks(
           chunks.map((c) => c.chunk),
           cb,

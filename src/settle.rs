@@ -551,10 +551,13 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
   Ok(Settled::Value(Some(RawValue(value.raw()))))
 }
 
+/// The largest Buffer [`buffer_value`] copies into V8's memory.
+pub(crate) const COPIED_MAX: usize = 32 * 1024;
+
 /// Bytes as a Buffer value: a small one copied into V8's memory (cheaper than an external
 /// buffer, whose finalizer costs more than the copy), a large one handed over.
 pub(crate) fn buffer_value(env: &Env, data: Vec<u8>) -> napi::Result<RawValue> {
-  let buffer = if data.len() <= 32 * 1024 {
+  let buffer = if data.len() <= COPIED_MAX {
     BufferSlice::copy_from(env, &data)
   } else {
     BufferSlice::from_data(env, data)

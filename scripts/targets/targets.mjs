@@ -44,6 +44,11 @@ export const PINS = {
 
 const GNU_LIBS = ['libc.so.6', 'libm.so.6', 'libpthread.so.0', 'libdl.so.2', 'librt.so.1', 'libgcc_s.so.1']
 // Rust's std links libiconv on macOS, which brings libcharset; all three ship with macOS.
+/** Why the macOS binaries are only checked statically here. */
+const NOT_ON_LINUX_MACOS = {
+  how: 'none',
+  why: 'macOS cannot run on this Linux machine (no macOS emulator); the release workflow tests it on macOS runners',
+}
 const DARWIN_LIBS = ['/usr/lib/libSystem.B.dylib', '/usr/lib/libiconv.2.dylib', '/usr/lib/libcharset.1.dylib']
 
 /**
@@ -94,20 +99,14 @@ export const TARGETS = [
     // Node 20's own floor on Intel Macs (Node 22 and later need 11); Apple silicon starts at 11.
     env: { MACOSX_DEPLOYMENT_TARGET: '10.15' },
     expect: { format: 'mach-o', arch: 'x64', os: 'darwin', macosMax: '10.15', libs: DARWIN_LIBS },
-    run: {
-      how: 'none',
-      why: 'macOS cannot run on this Linux machine (no macOS emulator); the release workflow tests it on macOS runners',
-    },
+    run: NOT_ON_LINUX_MACOS,
   },
   {
     triple: 'aarch64-apple-darwin',
     abi: 'darwin-arm64',
     env: { MACOSX_DEPLOYMENT_TARGET: '11.0' },
     expect: { format: 'mach-o', arch: 'arm64', os: 'darwin', macosMax: '11.0', libs: DARWIN_LIBS },
-    run: {
-      how: 'none',
-      why: 'macOS cannot run on this Linux machine (no macOS emulator); the release workflow tests it on macOS runners',
-    },
+    run: NOT_ON_LINUX_MACOS,
   },
   {
     triple: 'x86_64-unknown-freebsd',

@@ -20,7 +20,7 @@ use crate::error::{self, errno_of, Result};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::runtime::register;
 use crate::scm_rights::{self, Received};
-use crate::settle::{Deposit, Home};
+use crate::settle::{self, Deposit, Home};
 use crate::socket as unix;
 use crate::sync::lock;
 use crate::turnstile::Turnstile;
@@ -147,18 +147,17 @@ impl Arrival {
       .iter()
       .any(|(fds, truncated)| *truncated || !fds.is_empty());
     let deposit = if any { Deposit::new(home, parts) } else { None };
-    let deposit = deposit.map(|deposit| {
-      let slot = Arc::new(Mutex::new(Some(deposit)));
+    let deposit = deposit.and_then(|deposit| {
       // Checked under the list's lock, which `close()` takes after setting `closed`.
       let mut in_flight = lock(&queues.in_flight.0);
       if queues.closed.load(Ordering::Acquire) {
         drop(in_flight);
-        // Closed already: nobody will take it.
-        drop(lock(&slot).take());
-      } else {
-        in_flight.push(Arc::clone(&slot));
+        // Closed already: nobody will take it, so its fds are closed now.
+        return None;
       }
-      (slot, Arc::clone(queues))
+      let slot = Arc::new(Mutex::new(Some(deposit)));
+      in_flight.push(Arc::clone(&slot));
+      Some((slot, Arc::clone(queues)))
     });
     Self { deposit, count }
   }
@@ -426,9 +425,9 @@ impl Shared {
         .await;
       match result {
         Ok(received) => {
-          // A small message must not pin a large allocation in its Buffer (up to 32 KiB
-          // it is copied into V8's memory anyway: see `settle::buffer_value`).
-          if data.len() > 32 * 1024 && data.len() * 2 < size {
+          // A small message must not pin a large allocation in its Buffer (up to
+          // COPIED_MAX it is copied into V8's memory anyway).
+          if data.len() > settle::COPIED_MAX && data.len() * 2 < size {
             data.shrink_to_fit();
           }
           return Ok((data, received));
