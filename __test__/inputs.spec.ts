@@ -9,6 +9,7 @@ import { constants as bufferConstants } from 'node:buffer'
 import * as vm from 'node:vm'
 import { AsyncUnixListener, AsyncUnixStream, FdServer, FdSocket, UnixStream } from '../index.js'
 import { shapeError } from '../lib/errors.js'
+import { binding } from '../lib/binding.js'
 import { settledOpenFds, tmpSocketPath } from './helpers.js'
 import { onceEvent, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
@@ -99,6 +100,34 @@ test('binding-layer statuses never surface as codes: InvalidArg and friends beco
   for (const code of ['ENOENT', 'ERR_SOCKET_CLOSED', 'ABORT_ERR']) {
     t.is((shapeError(Object.assign(new Error('z'), { code })) as NodeJS.ErrnoException).code, code)
   }
+})
+
+test('the per-message native calls refuse arguments of the wrong type with a coded error, never an abort', (t) => {
+  // These calls are registered by hand (src/fast.rs), not by napi-rs's generated glue: an
+  // External of the other kind, a number, or a missing argument must throw, not be read.
+  const [a, b] = AsyncUnixStream.pair()
+  const staged = binding.stagedFds()
+  const stream = (a as unknown as { inner: { handle: unknown } }).inner.handle
+  const calls: Array<[string, () => unknown]> = [
+    ['streamEnqueue', () => binding.streamEnqueue(staged as never, 0)],
+    ['streamEnqueue', () => binding.streamEnqueue(stream as never, 'x' as never)],
+    ['streamDequeue', () => binding.streamDequeue(42 as never)],
+    ['streamRead', () => binding.streamRead(staged as never, 1, 1)],
+    ['streamRead', () => binding.streamRead(stream as never, 1, 1, staged as never)],
+    ['streamWrite', () => binding.streamWrite(stream as never, 'x' as never, 1)],
+    ['stageFd', () => binding.stageFd(stream as never, 0)],
+    ['sendStaged', () => (binding.sendStaged as (...args: unknown[]) => unknown)(staged, stream)],
+    ['sendStaged', () => binding.sendStaged(stream as never, staged as never, Buffer.from('x'), new Float64Array(), 1)],
+  ]
+  for (const [name, call] of calls) {
+    const error = t.throws(call, undefined, name) as NodeJS.ErrnoException
+    t.is(typeof error.code, 'string', name)
+    t.is((shapeError(error) as NodeJS.ErrnoException).code, 'ERR_INVALID_ARG_TYPE', `${name}: ${error.message}`)
+  }
+  // The stream is untouched: nothing was enqueued, read or written.
+  t.is(a.dequeue(), null)
+  a.close()
+  b.close()
 })
 
 test('AsyncUnixStream.write() of a 4 GiB Buffer resolves with 4294967296, every byte delivered', async (t) => {

@@ -4,7 +4,40 @@ import type * as Native from '../binding.js'
 /** Platforms whose kernels pass fds with SCM_RIGHTS and for which binaries are built. */
 const SUPPORTED_PLATFORMS = ['linux', 'darwin', 'freebsd']
 
-function loadBinding(): typeof Native {
+type External<T extends string> = Native.ExternalObject<T>
+
+/**
+ * The calls made once per message or per fd, which src/fast.rs registers by hand (without
+ * napi-rs's generated glue, which costs more than the call): their types.
+ */
+export interface FastCalls {
+  streamEnqueue(stream: External<'StreamCore'>, fd: number): void
+  streamDequeue(stream: External<'StreamCore'>): number | null
+  /** The bytes now, or `null`: operation `id` settles later. */
+  streamRead(
+    stream: External<'StreamCore'>,
+    size: number,
+    id: number,
+    canceller?: External<'Canceller'> | undefined | null,
+  ): Buffer | null
+  /** The byte count now, or `null`: operation `id` settles later. */
+  streamWrite(stream: External<'StreamCore'>, data: Uint8Array, id: number): number | null
+  /** Duplicates `fd` (close-on-exec) behind the fds already staged. */
+  stageFd(staged: External<'StagedFds'>, fd: number): void
+  /**
+   * Writes `data` after every earlier write; `cuts` holds pairs (offset, count): the next
+   * `count` staged fds ride on the byte at `offset`. The byte count now, or `null`.
+   */
+  sendStaged(
+    staged: External<'StagedFds'>,
+    stream: External<'StreamCore'>,
+    data: Uint8Array,
+    cuts: Float64Array,
+    id: number,
+  ): number | null
+}
+
+function loadBinding(): typeof Native & FastCalls {
   if (!SUPPORTED_PLATFORMS.includes(process.platform)) {
     const error = new Error(
       `fd-queue: passing file descriptors needs a Unix system with SCM_RIGHTS; ` +
@@ -14,7 +47,7 @@ function loadBinding(): typeof Native {
     error.code = 'ERR_FD_QUEUE_UNSUPPORTED_PLATFORM'
     throw error
   }
-  return require('../binding.js') as typeof Native
+  return require('../binding.js') as typeof Native & FastCalls
 }
 
 export const binding = loadBinding()

@@ -275,7 +275,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   enqueue(fd: FdLike): void {
-    this.#stage([toFd(fd)])
+    this.#stage(toFd(fd))
   }
 
   /**
@@ -321,25 +321,29 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     if (first !== null) throw first
   }
 
-  /** Duplicates `raw` onto the next non-empty chunk written: all of them or none. */
-  #stage(raw: number[]): void {
+  /**
+   * Duplicates `raw` (one fd, or several: all of them or none) onto the next non-empty
+   * chunk written.
+   */
+  #stage(raw: number | number[]): void {
     if (this.destroyed || this.writableEnded) throw closedError()
-    if (this.#ridingNext + raw.length > SCM_MAX_FD) {
+    const count = typeof raw === 'number' ? 1 : raw.length
+    if (this.#ridingNext + count > SCM_MAX_FD) {
       throw new QueueFullError(`The outbound fd queue is full: one write carries at most ${SCM_MAX_FD} fds`)
     }
-    if (raw.length === 0) return
+    if (count === 0) return
     const chunk = this.#writeCalls
     try {
-      if (raw.length === 1) binding.stageFd(this.#staged, raw[0])
+      if (typeof raw === 'number') binding.stageFd(this.#staged, raw)
       else binding.stageFds(this.#staged, raw)
     } catch (error) {
       throw shapeError(error)
     }
-    this.#ridingNext += raw.length
-    this.#stagedCount += raw.length
+    this.#ridingNext += count
+    this.#stagedCount += count
     const last = this.#stagedRuns.at(-1)
-    if (last && last.chunk === chunk) last.count += raw.length
-    else this.#stagedRuns.push({ chunk, count: raw.length })
+    if (last !== undefined && last.chunk === chunk) last.count += count
+    else this.#stagedRuns.push({ chunk, count })
   }
 
   /**

@@ -83,6 +83,12 @@ pub(crate) fn errno_of(e: &io::Error) -> Errno {
   e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
 }
 
+/// A napi-rs error (an argument of the wrong type) with its status as the code, as
+/// napi-rs's glue throws it.
+pub(crate) fn from_napi(e: napi::Error) -> Error {
+  Error::new(e.status.as_ref().to_string(), e.reason.clone())
+}
+
 /// A napi-rs failure (creating a threadsafe function, ref-counting it).
 pub(crate) fn internal(e: napi::Error) -> Error {
   coded("ERR_INTERNAL", e.reason.clone())

@@ -1,60 +1,256 @@
-//! The calls made once per message or per fd, as plain functions on External handles.
-//! napi-rs unwraps a class instance on every method call (a V8 private-property lookup,
-//! about 200 ns per call here), while an External argument costs one field read. The
-//! TypeScript layer fetches a stream's handle once (`handle` on the native class) and
-//! makes these calls with it; everything else stays a method.
+//! The calls made once per message or per fd, as plain functions on External handles,
+//! registered with Node by hand.
+//!
+//! - napi-rs unwraps a class instance on every method call (a V8 private-property lookup,
+//!   about 200 ns per call here), while an External argument costs one field read. The
+//!   TypeScript layer fetches a stream's handle once (`handle` on the native class) and
+//!   makes these calls with it; everything else stays a method.
+//! - The glue `#[napi]` generates for a function with arguments opens a borrow-tracking
+//!   scope per call (an allocation and several thread-local pushes): about 90 ns per call
+//!   against 24 ns for a plain Node-API callback, measured here. These few calls are plain
+//!   callbacks instead ([`register`]); they convert their arguments and results with
+//!   napi-rs's own traits, so values and errors look exactly as from generated glue. Their
+//!   TypeScript types are in `lib/binding.ts` (`FastCalls`), next to the generated ones.
 
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{BufferSlice, External, Uint8ArraySlice};
-use napi::Env;
+use napi::bindgen_prelude::JsObjectValue;
+use napi::bindgen_prelude::{
+  Env, External, Float64ArraySlice, FromNapiRef, FromNapiValue, Object, ToNapiValue,
+  Uint8ArraySlice, Unknown,
+};
+use napi::{sys, Status, ValueType};
 use napi_derive::napi;
 
 use crate::cancel::CancelHandle;
-use crate::error::Result;
+use crate::error::from_napi;
 use crate::nonblocking::stream::StreamCore;
+use crate::staged::{self, StagedFds};
 
 /// A stream's core as JS holds it. Closing stays with the stream object: the handle only
 /// keeps the memory alive, never the socket.
 pub type StreamHandle = External<Arc<StreamCore>>;
 
-/// `AsyncUnixStream#enqueue`.
-#[napi(ts_args_type = "stream: ExternalObject<'StreamCore'>, fd: number")]
-pub fn stream_enqueue(stream: &StreamHandle, fd: i32) -> Result<()> {
-  stream.enqueue(fd)
+/// One call's `env` and its first `N` arguments (`undefined` where fewer were passed).
+struct Call<const N: usize> {
+  env: sys::napi_env,
+  args: [sys::napi_value; N],
 }
 
-/// `AsyncUnixStream#dequeue`.
-#[napi(ts_args_type = "stream: ExternalObject<'StreamCore'>")]
-pub fn stream_dequeue(stream: &StreamHandle) -> Result<Option<i32>> {
-  stream.dequeue()
+impl<const N: usize> Call<N> {
+  /// Argument `i` as a `T`; a value of another type is a `TypeError`-like error.
+  fn value<T: FromNapiValue>(&self, i: usize) -> napi::Result<T> {
+    // SAFETY: `env` and `args` come from this callback's `napi_get_cb_info` and stay
+    // valid until it returns, which `&self` cannot outlive.
+    unsafe { T::from_napi_value(self.env, self.args[i]) }
+  }
+
+  /// Argument `i` as an External made by this addon with a `T` inside.
+  fn external<T: 'static>(&self, i: usize) -> napi::Result<&External<T>> {
+    // SAFETY: as in `value`; the argument keeps the External (and so the `T`) alive for
+    // the whole call, and the reference returned lives no longer than `&self`. napi-rs
+    // checks that the External holds a `T`.
+    unsafe { External::<T>::from_napi_ref(self.env, self.args[i]) }
+  }
+
+  /// Argument `i` as an External with a `T` inside, `None` for `undefined` or `null`.
+  fn optional_external<T: 'static>(&self, i: usize) -> napi::Result<Option<&External<T>>> {
+    let mut kind = 0;
+    // SAFETY: as in `value`; `kind` is a valid out-pointer.
+    let status = unsafe { sys::napi_typeof(self.env, self.args[i], &mut kind) };
+    if status != sys::Status::napi_ok {
+      return Err(napi::Error::new(Status::from(status), "napi_typeof failed"));
+    }
+    match ValueType::from(kind) {
+      ValueType::Undefined | ValueType::Null => Ok(None),
+      _ => self.external(i).map(Some),
+    }
+  }
+
+  /// The JS value of the call's result.
+  fn result<T: ToNapiValue>(&self, value: T) -> napi::Result<sys::napi_value> {
+    // SAFETY: `env` is this callback's, valid until it returns.
+    unsafe { T::to_napi_value(self.env, value) }
+  }
 }
 
-/// `AsyncUnixStream#read`: the bytes now, or `null` and operation `id` settles later.
-#[napi(
-  ts_args_type = "stream: ExternalObject<'StreamCore'>, size: number, id: number, canceller?: ExternalObject<'Canceller'> | undefined | null",
-  ts_return_type = "Buffer | null"
-)]
-pub fn stream_read<'env>(
-  env: &'env Env,
-  stream: &StreamHandle,
-  size: u32,
-  id: f64,
-  canceller: Option<&CancelHandle>,
-) -> napi::Result<Option<BufferSlice<'env>>> {
-  stream.read(env, size, id, canceller.map(|c| Arc::clone(c)))
+/// The body of a Node-API callback taking `N` arguments: runs `body`, and throws its
+/// error (or a panic, as an error) into JS instead of returning a value.
+///
+/// # Safety
+/// `env` and `info` must be the arguments Node passed to the running callback.
+unsafe fn respond<const N: usize, S: AsRef<str>>(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+  body: impl FnOnce(&Call<N>) -> napi::Result<sys::napi_value, S>,
+) -> sys::napi_value {
+  let mut call = Call {
+    env,
+    args: [ptr::null_mut(); N],
+  };
+  let mut argc = N;
+  // SAFETY: (the caller's contract) `env` and `info` are this callback's; `argc` and
+  // `args` describe a buffer of `N` values, which Node fills (with `undefined` past the
+  // arguments passed).
+  let status = unsafe {
+    sys::napi_get_cb_info(
+      env,
+      info,
+      &mut argc,
+      call.args.as_mut_ptr(),
+      ptr::null_mut(),
+      ptr::null_mut::<*mut c_void>(),
+    )
+  };
+  if status != sys::Status::napi_ok {
+    let error = napi::Error::new(Status::from(status), "napi_get_cb_info failed");
+    // SAFETY: as below.
+    unsafe { napi::JsError::from(error).throw_into(env) };
+    return ptr::null_mut();
+  }
+  match catch_unwind(AssertUnwindSafe(|| body(&call))) {
+    Ok(Ok(value)) => value,
+    Ok(Err(error)) => {
+      // SAFETY: `env` is this callback's; throwing leaves a pending exception that Node
+      // raises when the callback returns.
+      unsafe { napi::JsError::from(error).throw_into(env) };
+      ptr::null_mut()
+    }
+    Err(_) => {
+      let error = napi::Error::from_reason("fd-queue: internal error (panic)");
+      // SAFETY: as above.
+      unsafe { napi::JsError::from(error).throw_into(env) };
+      ptr::null_mut()
+    }
+  }
 }
 
-/// `AsyncUnixStream#write`: the byte count now, or `null` and operation `id` settles later.
-#[napi(
-  ts_args_type = "stream: ExternalObject<'StreamCore'>, data: Uint8Array, id: number",
-  ts_return_type = "number | null"
-)]
-pub fn stream_write(
-  env: &Env,
-  stream: &StreamHandle,
-  data: Uint8ArraySlice<'_>,
-  id: f64,
-) -> napi::Result<Option<f64>> {
-  stream.write(env, data, id)
+/// `AsyncUnixStream#enqueue(fd)`: `(stream, fd) => void`.
+unsafe extern "C" fn stream_enqueue(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+) -> sys::napi_value {
+  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
+  unsafe {
+    respond::<2, _>(env, info, |call| {
+      let stream = call.external::<Arc<StreamCore>>(0).map_err(from_napi)?;
+      stream.enqueue(call.value(1).map_err(from_napi)?)?;
+      call.result(()).map_err(from_napi)
+    })
+  }
+}
+
+/// `AsyncUnixStream#dequeue()`: `(stream) => number | null`.
+unsafe extern "C" fn stream_dequeue(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+) -> sys::napi_value {
+  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
+  unsafe {
+    respond::<1, _>(env, info, |call| {
+      let fd = call
+        .external::<Arc<StreamCore>>(0)
+        .map_err(from_napi)?
+        .dequeue()?;
+      call.result(fd).map_err(from_napi)
+    })
+  }
+}
+
+/// `AsyncUnixStream#read`: `(stream, size, id, canceller?) => Buffer | null`, the bytes
+/// now, or `null` and operation `id` settles later.
+unsafe extern "C" fn stream_read(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+) -> sys::napi_value {
+  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
+  unsafe {
+    respond::<4, _>(env, info, |call| {
+      let stream = call.external::<Arc<StreamCore>>(0)?;
+      let canceller = call
+        .optional_external(3)?
+        .map(|c: &CancelHandle| Arc::clone(c));
+      let env = Env::from(call.env);
+      let bytes = stream.read(&env, call.value(1)?, call.value(2)?, canceller)?;
+      call.result(bytes)
+    })
+  }
+}
+
+/// `AsyncUnixStream#write`: `(stream, data, id) => number | null`, the byte count now, or
+/// `null` and operation `id` settles later.
+unsafe extern "C" fn stream_write(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+) -> sys::napi_value {
+  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
+  unsafe {
+    respond::<3, _>(env, info, |call| {
+      let stream = call.external::<Arc<StreamCore>>(0)?;
+      let data: Uint8ArraySlice<'_> = call.value(1)?;
+      let written = stream.write(&Env::from(call.env), data, call.value(2)?)?;
+      call.result(written)
+    })
+  }
+}
+
+/// `FdSocket#enqueue(fd)`: `(staged, fd) => void`, see [`staged::stage_fd`].
+unsafe extern "C" fn stage_fd(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+) -> sys::napi_value {
+  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
+  unsafe {
+    respond::<2, _>(env, info, |call| {
+      let staged = call.external::<StagedFds>(0).map_err(from_napi)?;
+      staged::stage_fd(staged, call.value(1).map_err(from_napi)?)?;
+      call.result(()).map_err(from_napi)
+    })
+  }
+}
+
+/// `FdSocket`'s writes: `(staged, stream, data, cuts, id) => number | null`, see
+/// [`staged::send_staged`].
+unsafe extern "C" fn send_staged(
+  env: sys::napi_env,
+  info: sys::napi_callback_info,
+) -> sys::napi_value {
+  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
+  unsafe {
+    respond::<5, _>(env, info, |call| {
+      let cuts: Float64ArraySlice<'_> = call.value(3)?;
+      let written = staged::send_staged(
+        &Env::from(call.env),
+        call.external::<StagedFds>(0)?,
+        call.external::<Arc<StreamCore>>(1)?,
+        call.value(2)?,
+        &cuts,
+        call.value(4)?,
+      )?;
+      call.result(written)
+    })
+  }
+}
+
+/// The hand-registered calls, by their JS names.
+const CALLS: [(&str, napi::Callback); 6] = [
+  ("streamEnqueue", stream_enqueue),
+  ("streamDequeue", stream_dequeue),
+  ("streamRead", stream_read),
+  ("streamWrite", stream_write),
+  ("stageFd", stage_fd),
+  ("sendStaged", send_staged),
+];
+
+/// Adds [`CALLS`] to the addon's exports.
+#[napi(module_exports)]
+pub fn register(mut exports: Object, env: Env) -> napi::Result<()> {
+  for (name, callback) in CALLS {
+    let function = env.create_function::<Unknown, Unknown>(name, callback)?;
+    exports.set_named_property(name, function)?;
+  }
+  Ok(())
 }

@@ -301,39 +301,55 @@ pub fn dup_cloexec(fd: RawFd) -> nix::Result<OwnedFd> {
   Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
 }
 
-/// Closes `fds`. The duplicates `enqueue` makes for one message usually hold
-/// neighbouring numbers (the kernel hands out the lowest free ones), and then one
-/// `close_range` closes them all instead of one `close` each.
+/// Closes `fds`. The duplicates `enqueue` makes usually hold neighbouring numbers (the
+/// kernel hands out the lowest free ones), and one `close_range` closes each run of
+/// neighbours instead of one `close` per fd.
 pub fn close_all(fds: Vec<OwnedFd>) {
   #[cfg(any(target_os = "linux", target_os = "android"))]
-  if fds.len() > 1 {
-    let raw = fds.iter().map(AsRawFd::as_raw_fd);
-    let (low, high) = raw.fold((RawFd::MAX, 0), |(low, high), fd| {
-      (low.min(fd), high.max(fd))
-    });
-    // Each OwnedFd owns a distinct number, so a span as long as the list is exactly it.
-    if (high - low) as usize + 1 == fds.len() {
-      // SAFETY: close_range touches only `low..=high`, which are exactly the fds owned by
-      // `fds`; on success they are given up below without a second close. Called through
-      // syscall(2) so that the binary needs no glibc 2.34 symbol; ENOSYS (an old kernel)
-      // falls back to one close each.
-      let closed = unsafe {
-        libc::syscall(
-          libc::SYS_close_range,
-          low as libc::c_uint,
-          high as libc::c_uint,
-          0,
-        )
-      };
-      if closed == 0 {
-        fds.into_iter().for_each(|fd| {
-          let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
-        });
-        return;
-      }
+  let fds = close_runs(fds);
+  drop(fds);
+}
+
+/// Closes the runs of neighbouring numbers in `fds`, one `close_range` each; returns the
+/// fds left (the lone ones).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn close_runs(mut fds: Vec<OwnedFd>) -> Vec<OwnedFd> {
+  fds.sort_unstable_by_key(AsRawFd::as_raw_fd);
+  let mut start = 0;
+  while start < fds.len() {
+    // Each OwnedFd owns a distinct number, so sorted neighbours differ by one.
+    let mut end = start + 1;
+    while end < fds.len() && fds[end].as_raw_fd() - fds[end - 1].as_raw_fd() == 1 {
+      end += 1;
+    }
+    if end - start > 1 && close_range(fds[start].as_raw_fd(), fds[end - 1].as_raw_fd()) {
+      // Closed: given up without a second close.
+      fds.drain(start..end).for_each(|fd| {
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
+      });
+    } else {
+      start = end;
     }
   }
-  drop(fds);
+  fds
+}
+
+/// Closes `low..=high`, all of them owned by the caller, who must give them up without
+/// closing them when this returns true. False: nothing was closed (`ENOSYS`, an old
+/// kernel).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn close_range(low: RawFd, high: RawFd) -> bool {
+  // SAFETY: close_range touches only `low..=high`, which the caller owns and gives up on
+  // success. Called through syscall(2) so that the binary needs no glibc 2.34 symbol.
+  let closed = unsafe {
+    libc::syscall(
+      libc::SYS_close_range,
+      low as libc::c_uint,
+      high as libc::c_uint,
+      0,
+    )
+  };
+  closed == 0
 }
 
 /// Marks `fd` close-on-exec (`F_SETFD`; `F_SETFL` cannot do this and would clobber the
@@ -438,6 +454,19 @@ mod tests {
       scattered.push(dup_cloexec(scattered_write.as_raw_fd()).unwrap());
       kept.push(dup_cloexec(kept_write.as_raw_fd()).unwrap());
     }
+    // Runs: two runs of neighbours with a kept fd between them, handed over newest first.
+    let (runs_read, runs_write) = writers_probe();
+    let mut runs = Vec::new();
+    for run in 0..2 {
+      for _ in 0..4 {
+        runs.push(dup_cloexec(runs_write.as_raw_fd()).unwrap());
+      }
+      if run == 0 {
+        kept.push(dup_cloexec(runs_write.as_raw_fd()).unwrap());
+      }
+    }
+    runs.reverse();
+    drop(runs_write);
     drop((scattered_write, kept_write));
     for (fds, read) in [(neighbours, &neighbours_read), (scattered, &scattered_read)] {
       assert!(any_writer_open(read));
@@ -445,6 +474,15 @@ mod tests {
       assert!(!any_writer_open(read), "a write end is still open");
     }
     assert!(any_writer_open(&kept_read), "a kept fd was closed");
+    // The runs' pipe keeps exactly one writer: the kept fd between the two runs.
+    close_all(runs);
+    let between = kept.pop().unwrap();
+    assert!(
+      any_writer_open(&runs_read),
+      "the fd between the runs was closed"
+    );
+    drop(between);
+    assert!(!any_writer_open(&runs_read), "a write end is still open");
     drop(kept);
   }
 

@@ -47,8 +47,7 @@ pub fn stage_fds(staged: &External<StagedFds>, fds: Vec<i32>) -> Result<()> {
 
 /// Duplicates `fd` (close-on-exec) behind the fds already staged.
 #[cfg_attr(test, allow(dead_code))]
-#[napi(ts_args_type = "staged: ExternalObject<'StagedFds'>, fd: number")]
-pub fn stage_fd(staged: &External<StagedFds>, fd: i32) -> Result<()> {
+pub(crate) fn stage_fd(staged: &External<StagedFds>, fd: i32) -> Result<()> {
   let duplicate = scm_rights::dup_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
   lock(&staged.fds).push_back(duplicate);
   Ok(())
@@ -66,11 +65,7 @@ pub fn clear_staged(staged: &External<StagedFds>) {
 /// `offset`, which starts a `sendmsg` of its own. Fds still in the stream's outbound queue
 /// ride on the first byte. Returns (or resolves with) the byte count.
 #[cfg_attr(test, allow(dead_code))]
-#[napi(
-  ts_args_type = "staged: ExternalObject<'StagedFds'>, stream: ExternalObject<'StreamCore'>, data: Uint8Array, cuts: Float64Array, id: number",
-  ts_return_type = "number | null"
-)]
-pub fn send_staged(
+pub(crate) fn send_staged(
   env: &Env,
   staged: &External<StagedFds>,
   stream: &StreamHandle,
