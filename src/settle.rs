@@ -530,7 +530,33 @@ pub(crate) fn settle_later_keeping<T: Send + 'static, K: Send + 'static>(
   finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
   keep: K,
 ) {
-  crate::runtime::spawn(async move {
+  crate::runtime::spawn(settling(home, id, op, finish, keep));
+}
+
+/// [`settle_later_keeping`] for an `op` that can do nothing before an event of the
+/// reactor (see [`crate::runtime::spawn_after_event`]).
+pub(crate) fn settle_after_event_keeping<T: Send + 'static, K: Send + 'static>(
+  home: Arc<Home>,
+  id: f64,
+  op: impl std::future::Future<Output = Result<T>> + Send + 'static,
+  finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
+  keep: K,
+) {
+  crate::runtime::spawn_after_event(settling(home, id, op, finish, keep));
+}
+
+/// Runs `op`, then settles operation `id` with what `finish` makes of its outcome.
+fn settling<T: Send + 'static, K: Send + 'static>(
+  home: Arc<Home>,
+  id: f64,
+  op: impl std::future::Future<Output = Result<T>> + Send + 'static,
+  finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
+  keep: K,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+  // On the heap at once: an operation's future takes kilobytes (a read's about 3 KiB),
+  // which each move on the way to the run queue would copy.
+  let op = Box::pin(op);
+  async move {
     let settle: Finish = match op.await {
       Ok(value) => Box::new(move |env| {
         let _kept = keep;
@@ -542,7 +568,7 @@ pub(crate) fn settle_later_keeping<T: Send + 'static, K: Send + 'static>(
       }),
     };
     home.settle(id, settle);
-  });
+  }
 }
 
 /// A byte count as a JS number value.

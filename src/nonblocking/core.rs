@@ -276,6 +276,11 @@ impl Watch {
     Ok(io)
   }
 
+  /// Whether the fd is registered with the reactor now (its events reach it).
+  pub(crate) fn is_registered(&self) -> bool {
+    self.registered.load(Ordering::Acquire)
+  }
+
   /// Drops the registration if no operation holds it: the socket was just found ready
   /// without waiting. The deregistration happens under the lock, so that a new
   /// registration of the same fd cannot come first.
@@ -292,6 +297,15 @@ impl Watch {
       drop(current.take());
     }
   }
+}
+
+/// `data` read into a buffer of `size` bytes: a small message must not pin a large
+/// allocation in its Buffer (up to COPIED_MAX it is copied into V8's memory anyway).
+fn fit(mut data: Vec<u8>, size: usize) -> Vec<u8> {
+  if data.len() > settle::COPIED_MAX && data.len() * 2 < size {
+    data.shrink_to_fit();
+  }
+  data
 }
 
 /// Why `Watch::acquire` gave no registration.
@@ -407,11 +421,26 @@ impl Shared {
     }
   }
 
-  /// One `recvmsg` of at most `size` bytes, after the inbound queue has room.
-  pub(crate) async fn read(&self, queues: &Queues, size: usize) -> Result<(Vec<u8>, Received)> {
+  /// One `recvmsg` of at most `size` bytes, after the inbound queue has room. `try_first`:
+  /// try before waiting for readiness (the read starts with an event the reactor has not
+  /// recorded yet).
+  pub(crate) async fn read(
+    &self,
+    queues: &Queues,
+    size: usize,
+    try_first: bool,
+  ) -> Result<(Vec<u8>, Received)> {
     // Allocated once data is ready (inside the closure), so a waiting read holds no buffer.
     let mut data = Vec::new();
     queues.wait_for_room().await;
+    if try_first {
+      data.reserve(size);
+      match scm_rights::recv_appending(self.fd.as_fd(), &mut data, size, true) {
+        Ok(received) => return Ok((fit(data, size), received)),
+        Err(Errno::EAGAIN | Errno::EINTR) => {}
+        Err(e) => return Err(error::sys(e, "recvmsg")),
+      }
+    }
     let io = self
       .readable
       .acquire(&self.fd)
@@ -424,14 +453,7 @@ impl Shared {
         })
         .await;
       match result {
-        Ok(received) => {
-          // A small message must not pin a large allocation in its Buffer (up to
-          // COPIED_MAX it is copied into V8's memory anyway).
-          if data.len() > settle::COPIED_MAX && data.len() * 2 < size {
-            data.shrink_to_fit();
-          }
-          return Ok((data, received));
-        }
+        Ok(received) => return Ok((fit(data, size), received)),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
         Err(e) => return Err(error::sys(errno_of(&e), "recvmsg")),
       }

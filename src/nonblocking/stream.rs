@@ -20,7 +20,9 @@ use crate::nonblocking::core::{message_end, receive_parts, release, Message, Que
 use crate::nonblocking::reader::{ReadArgs, Reader};
 use crate::queue::OutboundQueue;
 use crate::scm_rights::{self, Received};
-use crate::settle::{self, bytes, number, settle_later_keeping, Settled};
+use crate::settle::{
+  self, bytes, number, settle_after_event_keeping, settle_later_keeping, Settled,
+};
 use crate::socket::{self as unix, Adopt, Kind};
 use crate::sync::lock;
 use crate::turnstile::Ticket;
@@ -214,6 +216,10 @@ impl StreamCore {
       Ok(shared) => shared,
       Err(e) => return fail(env, id, e),
     };
+    // Whether this read found the socket empty while it is registered with this thread's
+    // reactor: then it can do nothing before the next event, and starts with it
+    // (spawn_after_event). A read with a signal starts at once: an abort must reach it.
+    let mut after_event = false;
     if shared.reads.is_idle() && !self.queues.inbound_full() {
       match shared.try_read(env, size as usize) {
         Ok(Some((data, received))) => {
@@ -221,7 +227,11 @@ impl StreamCore {
           lock(&self.queues.inbound).receive(received.fds, received.truncated);
           return Ok(Some(data));
         }
-        Ok(None) => {}
+        Ok(None) => {
+          after_event = canceller.is_none()
+            && shared.readable.is_registered()
+            && !crate::runtime::runs_elsewhere()
+        }
         Err(e) => return fail(env, id, e),
       }
     }
@@ -231,26 +241,25 @@ impl StreamCore {
     let queues = Arc::clone(&self.queues);
     let reading = Arc::clone(&queues);
     let op = async move {
-      let read = read_in_turn(&shared, &reading, ticket, size as usize);
+      let read = read_in_turn(&shared, &reading, ticket, size as usize, after_event);
       let outcome = shared
         .unless_closed(cancel::unless_cancelled(canceller, read))
         .await;
       drop(shared);
       outcome
     };
-    settle_later_keeping(
-      home,
-      id,
-      op,
-      move |env, (data, received, ticket)| {
-        // Closed while the result travelled: the fds are closed, not queued.
-        receive_parts(&queues, vec![(received.fds, received.truncated)])?;
-        // Only now may the next read go: its fds must queue behind these.
-        drop(ticket);
-        bytes(env, data)
-      },
-      undelivered,
-    );
+    let finish = move |env: &Env, (data, received, ticket): (Vec<u8>, Received, Ticket)| {
+      // Closed while the result travelled: the fds are closed, not queued.
+      receive_parts(&queues, vec![(received.fds, received.truncated)])?;
+      // Only now may the next read go: its fds must queue behind these.
+      drop(ticket);
+      bytes(env, data)
+    };
+    if after_event {
+      settle_after_event_keeping(home, id, op, finish, undelivered);
+    } else {
+      settle_later_keeping(home, id, op, finish, undelivered);
+    }
     Ok(None)
   }
 
@@ -452,9 +461,10 @@ async fn read_in_turn(
   queues: &Queues,
   ticket: Ticket,
   size: usize,
+  try_first: bool,
 ) -> Result<(Vec<u8>, Received, Ticket)> {
   ticket.turn().await;
-  let (data, received) = shared.read(queues, size).await?;
+  let (data, received) = shared.read(queues, size, try_first).await?;
   Ok((data, received, ticket))
 }
 

@@ -72,9 +72,14 @@ struct Local {
   /// Tasks to spawn, and wakes to pass on, inside the next drive: done from inside the
   /// runtime, they go straight to its run queue (from outside, tokio would also write to
   /// its wake-up eventfd).
-  spawns: RefCell<Vec<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+  spawns: RefCell<Vec<Task>>,
   wakes: RefCell<Vec<Waker>>,
+  /// Tasks that can do nothing before an event of the reactor (`spawn_after_event`):
+  /// spawned inside the next drive, which they are no reason to start.
+  after_event: RefCell<Vec<Task>>,
 }
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What the wakers of this thread's tasks share (they may be called from any thread).
 struct Shared {
@@ -178,11 +183,25 @@ pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {
   }
 }
 
+/// [`spawn`] for a `future` that can do nothing before an event of this thread's reactor:
+/// a read that just found its socket empty while that socket is registered. On the
+/// JS-thread runtime it starts inside the next drive (the one that event starts, at the
+/// latest) instead of one of its own, which would only turn the reactor for nothing
+/// (an `epoll_wait` per read). Since it starts before that drive turns the reactor, it
+/// should try its syscall first: the event may be the one it waits for.
+pub(crate) fn spawn_after_event<F: Future<Output = ()> + Send + 'static>(future: F) {
+  match local() {
+    Some(local) => local.after_event.borrow_mut().push(Box::pin(future)),
+    None => drop(napi::bindgen_prelude::spawn(future)),
+  }
+}
+
 /// Lets pending tasks that a JS-thread call just woke (a `close()`) run now, so that they
-/// let go of what they hold before the call returns. A no-op on the threaded runtime,
-/// whose workers run them anyway.
+/// let go of what they hold before the call returns; tasks waiting for an event start
+/// too. A no-op on the threaded runtime, whose workers run them anyway.
 pub(crate) fn run_woken() {
   if let Some(local) = local() {
+    local.start_after_event();
     local.drive(false);
   }
 }
@@ -328,6 +347,7 @@ impl Local {
       sleeping: Cell::new(0),
       spawns: RefCell::new(Vec::new()),
       wakes: RefCell::new(Vec::new()),
+      after_event: RefCell::new(Vec::new()),
     });
     stop_with_environment(env).map_err(|e| format!("no cleanup hook: {e}"))?;
     Ok(local)
@@ -346,6 +366,7 @@ impl Local {
       return;
     }
     self.scheduled.set(false);
+    self.start_after_event();
     let mut quiet = false;
     for _ in 0..MAX_ROUNDS {
       let spawns = std::mem::take(&mut *self.spawns.borrow_mut());
@@ -370,6 +391,15 @@ impl Local {
     self.driving.set(false);
     if !quiet {
       self.arm(0);
+    }
+  }
+
+  /// Moves the tasks waiting for an event to the ones the next drive spawns.
+  fn start_after_event(&self) {
+    let waiting = std::mem::take(&mut *self.after_event.borrow_mut());
+    let mut spawns = self.spawns.borrow_mut();
+    for task in waiting {
+      spawns.push(Box::pin(Tracked::new(task, Arc::clone(&self.shared))));
     }
   }
 
