@@ -19,6 +19,7 @@ import {
   openFds,
   pathIdentity,
   readAt,
+  runFixture,
   settledOpenFds,
   startFixture,
   tmpDir,
@@ -622,6 +623,17 @@ test('reads made after one that waited (the socket found empty, already watched)
   const settled = await withTimeout(last, T, 'the read pending at close()')
   if (settled.ok) t.is(settled.value.length, 0)
   else t.is(codeOf(settled.error), 'ERR_SOCKET_CLOSED')
+})
+
+test('a waiting read holds no read buffer: 100 reads of 1 MiB waiting grow the address space by far less than 100 MiB', async (t) => {
+  if (process.platform !== 'linux') {
+    t.log('needs /proc/self/status')
+    t.pass()
+    return
+  }
+  const report = lastJson(await runFixture('waiting-reads', []))
+  t.log(`address space grew by ${report.growthKiB} KiB for ${report.n} waiting reads of 1 MiB`)
+  t.true(report.growthKiB < (report.n * 1024) / 4, `grew by ${report.growthKiB} KiB`)
 })
 
 test.serial('close() settles pending reads, a pending write and shutdown, and pending accepts', async (t) => {

@@ -335,10 +335,15 @@ fn close_runs(mut fds: Vec<OwnedFd>) -> Vec<OwnedFd> {
 }
 
 /// Closes `low..=high`, all of them owned by the caller, who must give them up without
-/// closing them when this returns true. False: nothing was closed (`ENOSYS`, an old
-/// kernel).
+/// closing them when this returns true. False: nothing was closed (`ENOSYS` on a kernel
+/// older than 5.9, `EPERM` from a seccomp filter); then it is not tried again.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn close_range(low: RawFd, high: RawFd) -> bool {
+  use std::sync::atomic::{AtomicBool, Ordering};
+  static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+  if UNAVAILABLE.load(Ordering::Relaxed) {
+    return false;
+  }
   // SAFETY: close_range touches only `low..=high`, which the caller owns and gives up on
   // success. Called through syscall(2) so that the binary needs no glibc 2.34 symbol.
   let closed = unsafe {
@@ -349,6 +354,9 @@ fn close_range(low: RawFd, high: RawFd) -> bool {
       0,
     )
   };
+  if closed != 0 && matches!(Errno::last(), Errno::ENOSYS | Errno::EPERM) {
+    UNAVAILABLE.store(true, Ordering::Relaxed);
+  }
   closed == 0
 }
 

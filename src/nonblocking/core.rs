@@ -30,6 +30,23 @@ thread_local! {
   static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
 }
 
+/// Runs `f` on a buffer of `size` bytes: the thread's scratch buffer when it is large
+/// enough and not in use, a new one otherwise.
+fn with_read_buffer<T>(size: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+  SCRATCH.with(|cell| {
+    let mut scratch = cell.try_borrow_mut().ok();
+    let mut owned;
+    let buf: &mut [u8] = match scratch.as_deref_mut() {
+      Some(scratch) if size <= scratch.len() => &mut scratch[..size],
+      _ => {
+        owned = vec![0u8; size];
+        &mut owned
+      }
+    };
+    f(buf)
+  })
+}
+
 /// Resolves once `closed` turns true.
 pub(crate) async fn closing(closed: &watch::Sender<bool>) {
   let mut rx = closed.subscribe();
@@ -299,15 +316,6 @@ impl Watch {
   }
 }
 
-/// `data` read into a buffer of `size` bytes: a small message must not pin a large
-/// allocation in its Buffer (up to COPIED_MAX it is copied into V8's memory anyway).
-fn fit(mut data: Vec<u8>, size: usize) -> Vec<u8> {
-  if data.len() > settle::COPIED_MAX && data.len() * 2 < size {
-    data.shrink_to_fit();
-  }
-  data
-}
-
 /// Why `Watch::acquire` gave no registration.
 pub(crate) enum Acquire {
   /// The duplicate a write registration needs could not be made: no fd left.
@@ -371,23 +379,33 @@ impl Shared {
     env: &'env Env,
     size: usize,
   ) -> Result<Option<(BufferSlice<'env>, Received)>> {
-    SCRATCH.with_borrow_mut(|scratch| {
-      let mut owned;
-      let buf: &mut [u8] = if size <= scratch.len() {
-        &mut scratch[..size]
-      } else {
-        owned = vec![0u8; size];
-        &mut owned
+    with_read_buffer(size, |buf| {
+      // `None` means empty (EAGAIN) and nothing else: a read that found its socket empty
+      // may wait for the next event before it tries again.
+      let result = loop {
+        match self.recv_now(buf) {
+          Err(Errno::EINTR) => continue,
+          other => break other,
+        }
       };
-      match self.recv_now(buf) {
+      match result {
         Ok(received) => {
           let bytes = BufferSlice::copy_from(env, &buf[..received.bytes])
             .map_err(|e| error::coded("ERR_INTERNAL", e.reason.clone()))?;
           Ok(Some((bytes, received)))
         }
-        Err(Errno::EAGAIN | Errno::EINTR) => Ok(None),
+        Err(Errno::EAGAIN) => Ok(None),
         Err(e) => Err(error::sys(e, "recvmsg")),
       }
+    })
+  }
+
+  /// One `recvmsg` of at most `size` bytes into a read buffer, the bytes copied out: an
+  /// empty socket costs no allocation that outlives the call.
+  fn recv_copied(&self, size: usize) -> nix::Result<(Vec<u8>, Received)> {
+    with_read_buffer(size, |buf| {
+      let received = scm_rights::recv_with_fds(self.fd.as_fd(), buf, true)?;
+      Ok((buf[..received.bytes].to_vec(), received))
     })
   }
 
@@ -434,9 +452,9 @@ impl Shared {
     let mut data = Vec::new();
     queues.wait_for_room().await;
     if try_first {
-      data.reserve(size);
-      match scm_rights::recv_appending(self.fd.as_fd(), &mut data, size, true) {
-        Ok(received) => return Ok((fit(data, size), received)),
+      match self.recv_copied(size) {
+        Ok(read) => return Ok(read),
+        // Waited for below, holding no buffer; EINTR: tried again below.
         Err(Errno::EAGAIN | Errno::EINTR) => {}
         Err(e) => return Err(error::sys(e, "recvmsg")),
       }
@@ -453,7 +471,14 @@ impl Shared {
         })
         .await;
       match result {
-        Ok(received) => return Ok((fit(data, size), received)),
+        Ok(received) => {
+          // A small message must not pin a large allocation in its Buffer (up to
+          // COPIED_MAX it is copied into V8's memory anyway).
+          if data.len() > settle::COPIED_MAX && data.len() * 2 < size {
+            data.shrink_to_fit();
+          }
+          return Ok((data, received));
+        }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
         Err(e) => return Err(error::sys(errno_of(&e), "recvmsg")),
       }
