@@ -128,110 +128,89 @@ unsafe fn respond<const N: usize, S: AsRef<str>>(
   }
 }
 
-/// `AsyncUnixStream#enqueue(fd)`: `(stream, fd) => void`.
-unsafe extern "C" fn stream_enqueue(
-  env: sys::napi_env,
-  info: sys::napi_callback_info,
-) -> sys::napi_value {
-  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
-  unsafe {
-    respond::<2, _>(env, info, |call| {
-      let stream = call.external::<Arc<StreamCore>>(0).map_err(from_napi)?;
-      stream.enqueue(call.value(1).map_err(from_napi)?)?;
-      call.result(()).map_err(from_napi)
-    })
+/// Defines a Node-API callback taking `N` arguments, whose body gets them as `call` (see
+/// [`respond`]).
+macro_rules! callback {
+  ($(#[$doc:meta])* $name:ident, $n:literal, |$call:ident| $body:block) => {
+    $(#[$doc])*
+    unsafe extern "C" fn $name(
+      env: sys::napi_env,
+      info: sys::napi_callback_info,
+    ) -> sys::napi_value {
+      // SAFETY: Node calls this as a callback, with its own `env` and `info`.
+      unsafe { respond::<$n, _>(env, info, |$call| $body) }
+    }
+  };
+}
+
+callback! {
+  /// `AsyncUnixStream#enqueue(fd)`: `(stream, fd) => void`.
+  stream_enqueue, 2, |call| {
+    let stream = call.external::<Arc<StreamCore>>(0).map_err(from_napi)?;
+    stream.enqueue(call.value(1).map_err(from_napi)?)?;
+    call.result(()).map_err(from_napi)
   }
 }
 
-/// `AsyncUnixStream#dequeue()`: `(stream) => number | null`.
-unsafe extern "C" fn stream_dequeue(
-  env: sys::napi_env,
-  info: sys::napi_callback_info,
-) -> sys::napi_value {
-  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
-  unsafe {
-    respond::<1, _>(env, info, |call| {
-      let fd = call
-        .external::<Arc<StreamCore>>(0)
-        .map_err(from_napi)?
-        .dequeue()?;
-      call.result(fd).map_err(from_napi)
-    })
+callback! {
+  /// `AsyncUnixStream#dequeue()`: `(stream) => number | null`.
+  stream_dequeue, 1, |call| {
+    let fd = call
+      .external::<Arc<StreamCore>>(0)
+      .map_err(from_napi)?
+      .dequeue()?;
+    call.result(fd).map_err(from_napi)
   }
 }
 
-/// `AsyncUnixStream#read`: `(stream, size, id, canceller?) => Buffer | null`, the bytes
-/// now, or `null` and operation `id` settles later.
-unsafe extern "C" fn stream_read(
-  env: sys::napi_env,
-  info: sys::napi_callback_info,
-) -> sys::napi_value {
-  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
-  unsafe {
-    respond::<4, _>(env, info, |call| {
-      let stream = call.external::<Arc<StreamCore>>(0)?;
-      let canceller = call
-        .optional_external(3)?
-        .map(|c: &CancelHandle| Arc::clone(c));
-      let env = Env::from(call.env);
-      let bytes = stream.read(&env, call.value(1)?, call.value(2)?, canceller)?;
-      call.result(bytes)
-    })
+callback! {
+  /// `AsyncUnixStream#read`: `(stream, size, id, canceller?) => Buffer | null`, the bytes
+  /// now, or `null` and operation `id` settles later.
+  stream_read, 4, |call| {
+    let stream = call.external::<Arc<StreamCore>>(0)?;
+    let canceller = call
+      .optional_external(3)?
+      .map(|c: &CancelHandle| Arc::clone(c));
+    let env = Env::from(call.env);
+    let bytes = stream.read(&env, call.value(1)?, call.value(2)?, canceller)?;
+    call.result(bytes)
   }
 }
 
-/// `AsyncUnixStream#write`: `(stream, data, id) => number | null`, the byte count now, or
-/// `null` and operation `id` settles later.
-unsafe extern "C" fn stream_write(
-  env: sys::napi_env,
-  info: sys::napi_callback_info,
-) -> sys::napi_value {
-  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
-  unsafe {
-    respond::<3, _>(env, info, |call| {
-      let stream = call.external::<Arc<StreamCore>>(0)?;
-      let data: Uint8ArraySlice<'_> = call.value(1)?;
-      let written = stream.write(&Env::from(call.env), data, call.value(2)?)?;
-      call.result(written)
-    })
+callback! {
+  /// `AsyncUnixStream#write`: `(stream, data, id) => number | null`, the byte count now, or
+  /// `null` and operation `id` settles later.
+  stream_write, 3, |call| {
+    let stream = call.external::<Arc<StreamCore>>(0)?;
+    let data: Uint8ArraySlice<'_> = call.value(1)?;
+    let written = stream.write(&Env::from(call.env), data, call.value(2)?)?;
+    call.result(written)
   }
 }
 
-/// `FdSocket#enqueue(fd)`: `(staged, fd) => void`, see [`staged::stage_fd`].
-unsafe extern "C" fn stage_fd(
-  env: sys::napi_env,
-  info: sys::napi_callback_info,
-) -> sys::napi_value {
-  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
-  unsafe {
-    respond::<2, _>(env, info, |call| {
-      let staged = call.external::<StagedFds>(0).map_err(from_napi)?;
-      staged::stage_fd(staged, call.value(1).map_err(from_napi)?)?;
-      call.result(()).map_err(from_napi)
-    })
+callback! {
+  /// `FdSocket#enqueue(fd)`: `(staged, fd) => void`, see [`staged::stage_fd`].
+  stage_fd, 2, |call| {
+    let staged = call.external::<StagedFds>(0).map_err(from_napi)?;
+    staged::stage_fd(staged, call.value(1).map_err(from_napi)?)?;
+    call.result(()).map_err(from_napi)
   }
 }
 
-/// `FdSocket`'s writes: `(staged, stream, data, cuts, id) => number | null`, see
-/// [`staged::send_staged`].
-unsafe extern "C" fn send_staged(
-  env: sys::napi_env,
-  info: sys::napi_callback_info,
-) -> sys::napi_value {
-  // SAFETY: Node calls this as a callback, with its own `env` and `info`.
-  unsafe {
-    respond::<5, _>(env, info, |call| {
-      let cuts: Float64ArraySlice<'_> = call.value(3)?;
-      let written = staged::send_staged(
-        &Env::from(call.env),
-        call.external::<StagedFds>(0)?,
-        call.external::<Arc<StreamCore>>(1)?,
-        call.value(2)?,
-        &cuts,
-        call.value(4)?,
-      )?;
-      call.result(written)
-    })
+callback! {
+  /// `FdSocket`'s writes: `(staged, stream, data, cuts, id) => number | null`, see
+  /// [`staged::send_staged`].
+  send_staged, 5, |call| {
+    let cuts: Float64ArraySlice<'_> = call.value(3)?;
+    let written = staged::send_staged(
+      &Env::from(call.env),
+      call.external::<StagedFds>(0)?,
+      call.external::<Arc<StreamCore>>(1)?,
+      call.value(2)?,
+      &cuts,
+      call.value(4)?,
+    )?;
+    call.result(written)
   }
 }
 

@@ -20,9 +20,7 @@ use crate::nonblocking::core::{message_end, receive_parts, release, Message, Que
 use crate::nonblocking::reader::{ReadArgs, Reader};
 use crate::queue::OutboundQueue;
 use crate::scm_rights::{self, Received};
-use crate::settle::{
-  self, bytes, number, settle_after_event_keeping, settle_later_keeping, Settled,
-};
+use crate::settle::{self, bytes, number, settle_later_keeping, Settled};
 use crate::socket::{self as unix, Adopt, Kind};
 use crate::sync::lock;
 use crate::turnstile::Ticket;
@@ -255,10 +253,11 @@ impl StreamCore {
       drop(ticket);
       bytes(env, data)
     };
+    let task = settle::settling(home, id, op, finish, undelivered);
     if after_event {
-      settle_after_event_keeping(home, id, op, finish, undelivered);
+      crate::runtime::spawn_after_event(task);
     } else {
-      settle_later_keeping(home, id, op, finish, undelivered);
+      crate::runtime::spawn(task);
     }
     Ok(None)
   }
