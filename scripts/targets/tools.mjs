@@ -78,13 +78,32 @@ export function ensureRustTargets(triples) {
   run('rustup', ['target', 'add', ...missing])
 }
 
+/** The body of `url`; a network error or a 5xx answer is retried, 4 tries in all. */
+async function fetchBytes(url) {
+  for (let attempt = 1; ; attempt++) {
+    let failure
+    try {
+      const response = await fetch(url)
+      if (response.ok) return Buffer.from(await response.arrayBuffer())
+      if (response.status < 500) throw new Error(`${url}: HTTP ${response.status}`)
+      failure = `HTTP ${response.status}`
+    } catch (error) {
+      // fetch() throws a TypeError for network failures; anything else is final.
+      if (!(error instanceof TypeError)) throw error
+      failure = error.cause?.message ?? error.message
+    }
+    if (attempt === 4) throw new Error(`${url}: ${failure} (4 tries)`)
+    log(`${url}: ${failure}; trying again`)
+    await new Promise((resolve) => setTimeout(resolve, 1000 * 2 ** (attempt - 1)))
+  }
+}
+
 async function download(url, file, sha256) {
   if (!fs.existsSync(file)) {
     log(`downloading ${url}`)
-    const response = await fetch(url)
-    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`)
+    const bytes = await fetchBytes(url)
     fs.mkdirSync(path.dirname(file), { recursive: true })
-    fs.writeFileSync(`${file}.part`, Buffer.from(await response.arrayBuffer()))
+    fs.writeFileSync(`${file}.part`, bytes)
     fs.renameSync(`${file}.part`, file)
   }
   if (sha256) {
