@@ -107,25 +107,29 @@ unsafe fn respond<const N: usize, S: AsRef<str>>(
   };
   if status != sys::Status::napi_ok {
     let error = napi::Error::new(Status::from(status), "napi_get_cb_info failed");
-    // SAFETY: as below.
-    unsafe { napi::JsError::from(error).throw_into(env) };
-    return ptr::null_mut();
+    // SAFETY: (the caller's contract) `env` is this callback's.
+    return unsafe { throw(env, error) };
   }
   match catch_unwind(AssertUnwindSafe(|| body(&call))) {
     Ok(Ok(value)) => value,
-    Ok(Err(error)) => {
-      // SAFETY: `env` is this callback's; throwing leaves a pending exception that Node
-      // raises when the callback returns.
-      unsafe { napi::JsError::from(error).throw_into(env) };
-      ptr::null_mut()
-    }
+    // SAFETY: as above.
+    Ok(Err(error)) => unsafe { throw(env, error) },
     Err(_) => {
       let error = napi::Error::from_reason("fd-queue: internal error (panic)");
       // SAFETY: as above.
-      unsafe { napi::JsError::from(error).throw_into(env) };
-      ptr::null_mut()
+      unsafe { throw(env, error) }
     }
   }
+}
+
+/// Throws `error` into JS; the value to return from the callback.
+///
+/// # Safety
+/// `env` must be the running callback's: the exception stays pending until it returns.
+unsafe fn throw<S: AsRef<str>>(env: sys::napi_env, error: napi::Error<S>) -> sys::napi_value {
+  // SAFETY: (the caller's contract) `env` is the running callback's.
+  unsafe { napi::JsError::from(error).throw_into(env) };
+  ptr::null_mut()
 }
 
 /// Defines a Node-API callback taking `N` arguments, whose body gets them as `call` (see
