@@ -6,7 +6,8 @@
 //! blocking classes are `blocking`; the async ones live in `nonblocking`, on the runtime
 //! that `runtime` chooses, and settle their Promises through `settle`. `staged` holds the
 //! fds an `FdSocket` has yet to send, `fast` exposes the per-message calls on handles,
-//! `cancel` cancels pending operations, `fd_info` says what an fd is, `credentials` who a
+//! `spare` keeps read buffers for reuse, `cancel` cancels pending
+//! operations, `fd_info` says what an fd is, `credentials` who a
 //! peer is, and `error`/`js` shape what crosses into JS.
 
 mod blocking;
@@ -25,6 +26,7 @@ mod runtime;
 mod scm_rights;
 mod settle;
 mod socket;
+mod spare;
 mod staged;
 mod sync;
 mod systemd;

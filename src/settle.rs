@@ -29,6 +29,7 @@ use napi::{sys, Env, JsValue, Status};
 
 use crate::error::tagged;
 use crate::error::{self, internal, Result};
+use crate::spare;
 use crate::sync::lock;
 
 /// The number of something deposited in a [`Home`]; it owns nothing itself.
@@ -570,14 +571,27 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
 pub(crate) const COPIED_MAX: usize = 32 * 1024;
 
 /// Bytes as a Buffer value: a small one copied into V8's memory (cheaper than an external
-/// buffer, whose finalizer costs more than the copy), a large one handed over.
+/// buffer, whose finalizer costs more than the copy), a large one handed over. A read
+/// buffer of the size `spare` keeps goes back there once copied, or once JS lets go of it.
 pub(crate) fn buffer_value(env: &Env, data: Vec<u8>) -> napi::Result<RawValue> {
-  let buffer = if data.len() <= COPIED_MAX {
-    BufferSlice::copy_from(env, &data)
-  } else {
-    BufferSlice::from_data(env, data)
-  };
-  Ok(RawValue(buffer?.raw()))
+  if data.len() <= COPIED_MAX {
+    let buffer = BufferSlice::copy_from(env, &data)?;
+    spare::give_back(data);
+    return Ok(RawValue(buffer.raw()));
+  }
+  if data.capacity() != spare::SIZE {
+    return Ok(RawValue(BufferSlice::from_data(env, data)?.raw()));
+  }
+  let mut data = data;
+  let (bytes, len) = (data.as_mut_ptr(), data.len());
+  // SAFETY: `bytes` points at the `len` initialised bytes of `data`'s heap allocation,
+  // which moving `data` into the finalizer's hint does not move. It stays allocated, and
+  // untouched by Rust, until the finalizer runs: after V8 has let go of the Buffer (or at
+  // once, on a runtime that copies instead of allowing external buffers).
+  let buffer = unsafe {
+    BufferSlice::from_external(env, bytes, len, data, |_env, data| spare::give_back(data))
+  }?;
+  Ok(RawValue(buffer.raw()))
 }
 
 /// Bytes as the value of a settlement (see [`buffer_value`]).

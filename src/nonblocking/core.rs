@@ -22,6 +22,7 @@ use crate::runtime::register;
 use crate::scm_rights::{self, Received};
 use crate::settle::{self, Deposit, Home};
 use crate::socket as unix;
+use crate::spare;
 use crate::sync::lock;
 use crate::turnstile::Turnstile;
 
@@ -405,7 +406,7 @@ impl Shared {
   fn recv_copied(&self, size: usize) -> nix::Result<(Vec<u8>, Received)> {
     with_read_buffer(size, |buf| {
       let received = scm_rights::recv_with_fds(self.fd.as_fd(), buf, true)?;
-      Ok((buf[..received.bytes].to_vec(), received))
+      Ok((spare::copied(&buf[..received.bytes]), received))
     })
   }
 
@@ -466,7 +467,7 @@ impl Shared {
     loop {
       let result = io
         .async_io(Interest::READABLE, |fd| {
-          data.reserve(size);
+          crate::spare::reserve(&mut data, size);
           scm_rights::recv_appending(fd.as_fd(), &mut data, size, true).map_err(io::Error::from)
         })
         .await;

@@ -26,7 +26,7 @@ use crate::sync::lock;
 /// Bytes one delivery carries at most, as one read of a `net.Socket`. (Deliveries that
 /// grew to 1 MiB for bulk transfers held large external Buffers until the next GC: peak RSS
 /// 1.26× `net.Socket`'s.)
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = crate::spare::SIZE;
 /// Batches read but not yet handed to JS.
 const IN_FLIGHT: usize = 2;
 
@@ -243,7 +243,7 @@ async fn pump(
     let first = loop {
       let result = io
         .async_io(Interest::READABLE, |fd| {
-          data.reserve(CHUNK);
+          crate::spare::reserve(&mut data, CHUNK);
           scm_rights::recv_appending(fd.as_fd(), &mut data, CHUNK, true).map_err(io::Error::from)
         })
         .await;
@@ -285,7 +285,7 @@ async fn pump(
       // a whole read buffer until JS gets it (up to 32 KiB it is then copied into V8's
       // memory; a larger batch is handed over as it is, see `settle::buffer_value`).
       if data.len() * 2 < CHUNK {
-        data.shrink_to_fit();
+        data = crate::spare::fitted(data);
       }
       sink.send(Delivery::Data {
         data,
