@@ -91,6 +91,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   /** Reading was paused because `#fdsAheadCount` reached maxQueuedFds. */
   #pausedForFds = false
   #reading = false
+  /** The native reader was told to pause (and not told to go on since). */
+  #readingPaused = false
   #referenced = true
   /** Whether the socket's pending native writes keep the process alive. */
   #liveness = new Liveness()
@@ -536,7 +538,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       const inner = this.#native
       if (!inner || this.destroyed) return
       if (this.#reading) {
-        if (this.#fdsAheadCount < this.#maxQueuedFds) native(() => inner.setReading(true))
+        // Readable asks again after every chunk: only a paused reader needs telling.
+        if (this.#readingPaused && this.#fdsAheadCount < this.#maxQueuedFds) this.#setReading(true)
         return
       }
       this.#reading = true
@@ -596,9 +599,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // wants more (otherwise its next _read() resumes it).
     if (this.#pausedForFds && this.#fdsAheadCount < this.#maxQueuedFds) {
       this.#pausedForFds = false
-      if (this.#native && this.readableLength < this.readableHighWaterMark) {
-        native(() => this.#native!.setReading(true))
-      }
+      if (this.#native && this.readableLength < this.readableHighWaterMark) this.#setReading(true)
     }
     if (failure) throw failure.error
     return listened
@@ -609,11 +610,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // reach maxQueuedFds (fds handed to 'fds' listeners wait with their chunk).
     const full = !this.push(chunk)
     if (!this.#native) return
-    if (full) native(() => this.#native!.setReading(false))
+    if (full) this.#setReading(false)
     else if (this.#fdsAheadCount >= this.#maxQueuedFds) {
       this.#pausedForFds = true
-      native(() => this.#native!.setReading(false))
+      this.#setReading(false)
     }
+  }
+
+  #setReading(wanted: boolean): void {
+    this.#readingPaused = !wanted
+    native(() => this.#native!.setReading(wanted))
   }
 
   /** Closes the fds that no chunk will carry. */
