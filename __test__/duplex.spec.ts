@@ -1449,6 +1449,37 @@ test.serial(
 )
 
 test.serial(
+  "'fds' listeners: a chunk that both fills the readable buffer and reaches maxQueuedFds does not stop reading for good",
+  async (t) => {
+    const [a, b] = FdSocket.pair({ maxQueuedFds: 1, readableHighWaterMark: 16 * 1024 })
+    cleanup(t, a, b)
+    const devnull = fs.openSync('/dev/null', 'r')
+    t.teardown(() => fs.closeSync(devnull))
+    let handed = 0
+    b.on('fds', (fds: FdsArrived) => {
+      handed += fds.length
+      closeAll(fds)
+    })
+    b.pause()
+    // One push fills the readable buffer and brings the fds waiting with it to the bound.
+    a.writeWithFds(Buffer.alloc(20_000, 'a'), [devnull])
+    while (b.readableLength < 20_000) await sleep(5)
+    // The batch a pausing reader may still deliver...
+    a.write(Buffer.alloc(1_000, 'b'))
+    while (b.readableLength < 21_000) await sleep(5)
+    // ...and what only a resumed reader gets.
+    a.end(Buffer.alloc(1_000, 'c'))
+    let bytes = 0
+    b.on('data', (chunk: Buffer) => (bytes += chunk.length))
+    const ended = onceEvent(b, 'end', T)
+    b.resume()
+    await ended
+    t.is(bytes, 22_000)
+    t.is(handed, 1)
+  },
+)
+
+test.serial(
   'writes waiting for a connection that never comes fail with ERR_SOCKET_CLOSED_BEFORE_CONNECTION (no hang)',
   async (t) => {
     const socket = new FdSocket()

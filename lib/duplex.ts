@@ -88,8 +88,6 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #bytesEmitted = 0
   /** The fds in `#fdsAhead`. */
   #fdsAheadCount = 0
-  /** Reading was paused because `#fdsAheadCount` reached maxQueuedFds. */
-  #pausedForFds = false
   #reading = false
   /** The native reader was told to pause (and not told to go on since). */
   #readingPaused = false
@@ -264,6 +262,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#maxQueuedFds = validateMaxQueuedFds(value)
     if (this.#native) this.#native.maxQueuedFds = value
     this.#settleDrain()
+    this.#resumeIfRoom()
   }
 
   /** Fds enqueued and not yet sent. */
@@ -595,12 +594,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       }
     }
     const listened = super.emit(event, ...args)
-    // Paused for the fds bound and below it again: reading goes on if the readable side
-    // wants more (otherwise its next _read() resumes it).
-    if (this.#pausedForFds && this.#fdsAheadCount < this.#maxQueuedFds) {
-      this.#pausedForFds = false
-      if (this.#native && this.readableLength < this.readableHighWaterMark) this.#setReading(true)
-    }
+    // The fds handed over may have been what kept reading paused. Readable may not call
+    // _read() again (it did while they still counted, and waits for a push since).
+    this.#resumeIfRoom()
     if (failure) throw failure.error
     return listened
   }
@@ -610,10 +606,18 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // reach maxQueuedFds (fds handed to 'fds' listeners wait with their chunk).
     const full = !this.push(chunk)
     if (!this.#native) return
-    if (full) this.#setReading(false)
-    else if (this.#fdsAheadCount >= this.#maxQueuedFds) {
-      this.#pausedForFds = true
-      this.#setReading(false)
+    if (full || this.#fdsAheadCount >= this.#maxQueuedFds) this.#setReading(false)
+  }
+
+  /** Lets a paused reader go on once both the readable buffer and the fds bound have room. */
+  #resumeIfRoom(): void {
+    if (
+      this.#readingPaused &&
+      this.#native &&
+      this.#fdsAheadCount < this.#maxQueuedFds &&
+      this.readableLength < this.readableHighWaterMark
+    ) {
+      this.#setReading(true)
     }
   }
 
