@@ -217,79 +217,89 @@ test.serial(
   },
 )
 
-test('received chunks that JS keeps are never written over: a read buffer serves again only once its Buffer was collected', async (t) => {
-  // Bulk chunks are lent out as external Buffers whose memory later reads reuse once the
-  // garbage collector has freed them. Every third chunk is kept, with a copy taken on
-  // arrival; the others are dropped, and collections are forced all along. A buffer reused
-  // too early would change a kept chunk.
-  v8.setFlagsFromString('--expose-gc')
-  const gc = vm.runInNewContext('gc') as () => void
-  const BLOCKS = 384
-  const check = async (
-    label: string,
-    transfer: (nextBlock: () => Buffer, onChunk: (chunk: Buffer) => void) => Promise<void>,
-  ) => {
-    const sent = crypto.createHash('sha256')
-    const got = crypto.createHash('sha256')
-    const kept: Array<[Buffer, Buffer]> = []
-    let chunks = 0
-    let large = 0
-    let received = 0
-    const nextBlock = () => {
-      const block = crypto.randomBytes(1 << 16)
-      sent.update(block)
-      return block
-    }
-    await withTimeout(
-      transfer(nextBlock, (chunk) => {
-        got.update(chunk)
-        received += chunk.length
-        if (chunk.length > 32 * 1024) large++
-        if (chunks++ % 3 === 0) kept.push([chunk, Buffer.from(chunk)])
-        if (chunks % 40 === 0) gc()
-      }),
-      60_000,
-      `${label}: 24 MiB transfer`,
-    )
-    gc()
-    await sleep(20)
-    gc()
-    t.is(received, BLOCKS << 16, label)
-    t.is(got.digest('hex'), sent.digest('hex'), label)
-    t.true(large > 0, `${label}: some chunks were lent-out read buffers (over 32 KiB)`)
-    const changed = kept.filter(([chunk, copy]) => !chunk.equals(copy)).length
-    t.is(changed, 0, `${label}: ${changed} of ${kept.length} kept chunks were written over`)
-  }
-
-  const [a, b] = FdSocket.pair()
-  cleanup(t, a, b)
-  await check('FdSocket', async (nextBlock, onChunk) => {
-    b.on('data', onChunk)
-    const ended = onceEvent(b, 'end', 60_000)
-    for (let i = 0; i < BLOCKS; i++) if (!a.write(nextBlock())) await onceEvent(a, 'drain')
-    a.end()
-    await ended
-  })
-
-  // Each read starts before its block is written, so that it waits and reads in a task:
-  // without a signal it starts with the next event, with one it waits for readiness.
-  for (const signal of [undefined, new AbortController().signal]) {
-    const [c, d] = AsyncUnixStream.pair()
-    cleanup(t, c, d)
-    await check(`AsyncUnixStream${signal ? ' with a signal' : ''}`, async (nextBlock, onChunk) => {
-      for (let i = 0; i < BLOCKS; i++) {
-        const reading = d.read(65536, { signal })
-        await c.write(nextBlock())
-        let missing = 1 << 16
-        for (let chunk = await reading; ; chunk = await d.read(missing, { signal })) {
-          onChunk(chunk)
-          missing -= chunk.length
-          if (chunk.length === 0 || missing === 0) break
-        }
+test.serial(
+  'received chunks that JS keeps are never written over: a read buffer serves again only once its Buffer was collected',
+  async (t) => {
+    // Bulk chunks are lent out as external Buffers whose memory later reads reuse once the
+    // garbage collector has freed them. Every third chunk is kept, with a copy taken on
+    // arrival (the chunk itself, or only a view of its memory: a subarray, or a Uint8Array
+    // over its ArrayBuffer); the others are dropped, and collections are forced all along. A
+    // buffer reused too early would change a kept chunk.
+    v8.setFlagsFromString('--expose-gc')
+    const gc = vm.runInNewContext('gc') as () => void
+    const BLOCKS = 384
+    const check = async (
+      label: string,
+      transfer: (nextBlock: () => Buffer, onChunk: (chunk: Buffer) => void) => Promise<void>,
+    ) => {
+      const sent = crypto.createHash('sha256')
+      const got = crypto.createHash('sha256')
+      const kept: Array<[Uint8Array, Buffer]> = []
+      let chunks = 0
+      let large = 0
+      let received = 0
+      const nextBlock = () => {
+        const block = crypto.randomBytes(1 << 16)
+        sent.update(block)
+        return block
       }
+      await withTimeout(
+        transfer(nextBlock, (chunk) => {
+          got.update(chunk)
+          received += chunk.length
+          if (chunk.length > 32 * 1024) large++
+          const keep = chunks++ % 9
+          if (keep === 0) kept.push([chunk, Buffer.from(chunk)])
+          else if (keep === 3) kept.push([chunk.subarray(1), Buffer.from(chunk.subarray(1))])
+          else if (keep === 6) {
+            const view = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length)
+            kept.push([view, Buffer.from(view)])
+          }
+          if (chunks % 40 === 0) gc()
+        }),
+        60_000,
+        `${label}: 24 MiB transfer`,
+      )
+      gc()
+      await sleep(20)
+      gc()
+      t.is(received, BLOCKS << 16, label)
+      t.is(got.digest('hex'), sent.digest('hex'), label)
+      t.true(large > 0, `${label}: some chunks were lent-out read buffers (over 32 KiB)`)
+      const changed = kept.filter(([chunk, copy]) => !copy.equals(chunk)).length
+      t.is(changed, 0, `${label}: ${changed} of ${kept.length} kept chunks were written over`)
+    }
+
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    await check('FdSocket', async (nextBlock, onChunk) => {
+      b.on('data', onChunk)
+      const ended = onceEvent(b, 'end', 60_000)
+      for (let i = 0; i < BLOCKS; i++) if (!a.write(nextBlock())) await onceEvent(a, 'drain')
+      a.end()
+      await ended
     })
-  }
-})
+
+    // Each read starts before its block is written, so that it waits and reads in a task:
+    // without a signal it starts with the next event, with one it waits for readiness.
+    for (const signal of [undefined, new AbortController().signal]) {
+      const [c, d] = AsyncUnixStream.pair()
+      cleanup(t, c, d)
+      await check(`AsyncUnixStream${signal ? ' with a signal' : ''}`, async (nextBlock, onChunk) => {
+        for (let i = 0; i < BLOCKS; i++) {
+          const reading = d.read(65536, { signal })
+          await c.write(nextBlock())
+          let missing = 1 << 16
+          for (let chunk = await reading; ; chunk = await d.read(missing, { signal })) {
+            onChunk(chunk)
+            missing -= chunk.length
+            if (chunk.length === 0 || missing === 0) break
+          }
+        }
+      })
+    }
+  },
+)
 
 /** Chunks `[i]` + filler, with some fds enqueued before some chunks. */
 function orderingPlan(count: number, size: (i: number) => number) {

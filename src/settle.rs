@@ -586,8 +586,10 @@ pub(crate) fn buffer_value(env: &Env, data: Vec<u8>) -> napi::Result<RawValue> {
   let (bytes, len) = (data.as_mut_ptr(), data.len());
   // SAFETY: `bytes` points at the `len` initialised bytes of `data`'s heap allocation,
   // which moving `data` into the finalizer's hint does not move. It stays allocated, and
-  // untouched by Rust, until the finalizer runs: after V8 has let go of the Buffer (or at
-  // once, on a runtime that copies instead of allowing external buffers).
+  // untouched by Rust, until the finalizer runs: after V8 has let go of the Buffer's
+  // memory (Node calls it once, on the JS thread), at the environment's teardown, when no
+  // JS of it runs any more, or at once on a runtime that copies instead of allowing
+  // external buffers (napi-rs copies before it calls the finalizer).
   let buffer = unsafe {
     BufferSlice::from_external(env, bytes, len, data, |_env, data| spare::give_back(data))
   }?;

@@ -47,6 +47,15 @@ pub(crate) fn give_back(mut buffer: Vec<u8>) {
   }
 }
 
+/// Gives `buffer` back if nothing was read into it: a read that found no data after all
+/// (readiness that was stale, an error, the end of the stream) must not keep a whole read
+/// buffer while it waits for the next event.
+pub(crate) fn release_if_empty(buffer: &mut Vec<u8>) {
+  if buffer.is_empty() && buffer.capacity() > 0 {
+    give_back(std::mem::take(buffer));
+  }
+}
+
 /// `bytes` in a buffer of their own: a kept one when they are more than what is copied
 /// into V8's memory anyway, and fit in it.
 pub(crate) fn copied(bytes: &[u8]) -> Vec<u8> {
@@ -127,6 +136,20 @@ mod tests {
     let mut last = Vec::new();
     reserve(&mut last, SIZE);
     assert_eq!(last.as_ptr(), address);
+
+    // A read that got nothing gives its buffer back; one that got bytes keeps it.
+    let mut empty = Vec::new();
+    reserve(&mut empty, SIZE);
+    let empty_address = empty.as_ptr();
+    release_if_empty(&mut empty);
+    assert_eq!(empty.capacity(), 0);
+    let mut full = Vec::new();
+    reserve(&mut full, SIZE);
+    assert_eq!(full.as_ptr(), empty_address);
+    full.push(1);
+    release_if_empty(&mut full);
+    assert_eq!(full.capacity(), SIZE);
+    give_back(full);
 
     // The store is bounded.
     let many: Vec<Vec<u8>> = (0..KEPT + 4).map(|_| Vec::with_capacity(SIZE)).collect();

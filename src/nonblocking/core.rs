@@ -467,8 +467,12 @@ impl Shared {
     loop {
       let result = io
         .async_io(Interest::READABLE, |fd| {
-          crate::spare::reserve(&mut data, size);
-          scm_rights::recv_appending(fd.as_fd(), &mut data, size, true).map_err(io::Error::from)
+          spare::reserve(&mut data, size);
+          let received = scm_rights::recv_appending(fd.as_fd(), &mut data, size, true);
+          if received.is_err() {
+            spare::release_if_empty(&mut data);
+          }
+          received.map_err(io::Error::from)
         })
         .await;
       match result {
@@ -481,7 +485,10 @@ impl Shared {
           return Ok((data, received));
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-        Err(e) => return Err(error::sys(errno_of(&e), "recvmsg")),
+        Err(e) => {
+          spare::release_if_empty(&mut data);
+          return Err(error::sys(errno_of(&e), "recvmsg"));
+        }
       }
     }
   }

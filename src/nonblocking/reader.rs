@@ -244,7 +244,11 @@ async fn pump(
       let result = io
         .async_io(Interest::READABLE, |fd| {
           crate::spare::reserve(&mut data, CHUNK);
-          scm_rights::recv_appending(fd.as_fd(), &mut data, CHUNK, true).map_err(io::Error::from)
+          let received = scm_rights::recv_appending(fd.as_fd(), &mut data, CHUNK, true);
+          if received.is_err() {
+            crate::spare::release_if_empty(&mut data);
+          }
+          received.map_err(io::Error::from)
         })
         .await;
       match result {
@@ -292,6 +296,8 @@ async fn pump(
         arrival: Arrival::deposit(home, queues, parts),
         _credit: credit,
       });
+    } else {
+      crate::spare::release_if_empty(&mut data);
     }
     if let Some(ending) = ending {
       sink.send(ending);
