@@ -278,6 +278,32 @@ test.serial(
   },
 )
 
+test.serial(
+  'reads of data already there return Buffers of their own, of every size, small and beyond 64 KiB',
+  async (t) => {
+    const [a, b] = pair(t)
+    // Each size once, written before the read that takes it (so the read finds it at once).
+    const sizes = [1, 2, 16, 17, 64, 65, 1000, 65535, 65536, 65537, 300_000]
+    const kept: Array<[Buffer, Buffer]> = []
+    for (const size of sizes) {
+      const data = crypto.randomBytes(size)
+      const writing = a.write(data)
+      let got = Buffer.alloc(0)
+      while (got.length < size) {
+        // A read larger than what is there returns what is there.
+        const part = await withTimeout(b.read(size === 300_000 ? 1 << 20 : size), T, `read of ${size}`)
+        t.is(part.buffer.byteLength, part.length, `the ${part.length} bytes read have memory of their own`)
+        kept.push([part, Buffer.from(part)])
+        got = Buffer.concat([got, part])
+      }
+      await writing
+      t.true(got.equals(data), `${size} bytes arrive as written`)
+    }
+    // Later reads changed none of the earlier results.
+    t.true(kept.every(([part, copy]) => part.equals(copy)))
+  },
+)
+
 test.serial('concurrent reads are served in call order', async (t) => {
   const [a, b] = pair(t)
   const reads = [b.read(1), b.read(1), b.read(1)]

@@ -17,6 +17,22 @@ import { QueuedStream } from './queued.js'
 
 const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
 
+/**
+ * What reads made at once receive into (the default read size): the bytes are then copied
+ * into a Buffer made here, which for a small read lives in V8's heap, cheaper than one
+ * native code makes (that one needs memory of its own).
+ */
+const SCRATCH_SIZE = 65536
+let scratch: Buffer | undefined
+
+/** The first `count` bytes of the scratch Buffer, as a Buffer of their own. */
+function copyOut(from: Buffer, count: number): Buffer {
+  const bytes = Buffer.allocUnsafeSlow(count)
+  if (count <= 16) for (let i = 0; i < count; i++) bytes[i] = from[i]
+  else from.copy(bytes, 0, 0, count)
+  return bytes
+}
+
 /** @internal The native stream behind an {@link AsyncUnixStream}, for `FdSocket.from`. */
 export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixStream | undefined {
   return natives.get(stream)
@@ -107,7 +123,11 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     return operation(
       this,
       this.#liveness,
-      (id, canceller) => binding.streamRead(this.#handle, checked, id, canceller),
+      (id, canceller) => {
+        const into = (scratch ??= Buffer.allocUnsafeSlow(SCRATCH_SIZE))
+        const now = binding.streamRead(this.#handle, checked, id, canceller, into)
+        return typeof now === 'number' ? copyOut(into, now) : now
+      },
       signal,
     )
   }

@@ -13,13 +13,17 @@ type External<T extends string> = Native.ExternalObject<T>
 export interface FastCalls {
   streamEnqueue(stream: External<'StreamCore'>, fd: number): void
   streamDequeue(stream: External<'StreamCore'>): number | null
-  /** The bytes now, or `null`: operation `id` settles later. */
+  /**
+   * The bytes now (their count when they fit in `scratch`, which received them), or
+   * `null`: operation `id` settles later.
+   */
   streamRead(
     stream: External<'StreamCore'>,
     size: number,
     id: number,
-    canceller?: External<'Canceller'> | undefined | null,
-  ): Buffer | null
+    canceller: External<'Canceller'> | undefined | null,
+    scratch: Buffer,
+  ): number | Buffer | null
   /** The byte count now, or `null`: operation `id` settles later. */
   streamWrite(stream: External<'StreamCore'>, data: Uint8Array, id: number): number | null
   /** Duplicates `fd` (close-on-exec) behind the fds already staged. */

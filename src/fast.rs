@@ -19,14 +19,15 @@ use std::sync::Arc;
 
 use napi::bindgen_prelude::JsObjectValue;
 use napi::bindgen_prelude::{
-  Env, External, Float64ArraySlice, FromNapiRef, FromNapiValue, Object, ToNapiValue,
-  Uint8ArraySlice, Unknown,
+  BufferSlice, Env, External, Float64ArraySlice, FromNapiRef, FromNapiValue, Null, Object,
+  ToNapiValue, Uint8ArraySlice, Unknown,
 };
 use napi::{sys, Status, ValueType};
 use napi_derive::napi;
 
 use crate::cancel::CancelHandle;
 use crate::error::from_napi;
+use crate::nonblocking::core::ReadNow;
 use crate::nonblocking::stream::StreamCore;
 use crate::staged::{self, StagedFds};
 
@@ -168,16 +169,22 @@ callback! {
 }
 
 callback! {
-  /// `AsyncUnixStream#read`: `(stream, size, id, canceller?) => Buffer | null`, the bytes
-  /// now, or `null` and operation `id` settles later.
-  stream_read, 4, |call| {
+  /// `AsyncUnixStream#read`: `(stream, size, id, canceller, scratch) => number | Buffer |
+  /// null`: the bytes now (their count, when they are in `scratch`), or `null` and
+  /// operation `id` settles later.
+  stream_read, 5, |call| {
     let stream = call.external::<Arc<StreamCore>>(0)?;
     let canceller = call
       .optional_external(3)?
       .map(|c: &CancelHandle| Arc::clone(c));
+    let mut scratch: BufferSlice<'_> = call.value(4)?;
     let env = Env::from(call.env);
-    let bytes = stream.read(&env, call.value(1)?, call.value(2)?, canceller)?;
-    call.result(bytes)
+    match stream.read(&env, call.value(1)?, call.value(2)?, canceller, &mut scratch)? {
+      None => call.result(Null),
+      // At most MAX_READ_SIZE (2^30) bytes: a u32.
+      Some(ReadNow::InScratch(count)) => call.result(u32::try_from(count).unwrap_or(u32::MAX)),
+      Some(ReadNow::Copied(bytes)) => call.result(&bytes),
+    }
   }
 }
 

@@ -48,6 +48,14 @@ fn with_read_buffer<T>(size: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
   })
 }
 
+/// Where a read made at once put its bytes.
+pub(crate) enum ReadNow<'env> {
+  /// In the caller's scratch Buffer, this many.
+  InScratch(usize),
+  /// In a Buffer of their own (more than the scratch Buffer holds were asked for).
+  Copied(BufferSlice<'env>),
+}
+
 /// Resolves once `closed` turns true.
 pub(crate) async fn closing(closed: &watch::Sender<bool>) {
   let mut rx = closed.subscribe();
@@ -373,31 +381,36 @@ impl Shared {
   }
 
   /// One non-blocking `recvmsg` on the calling thread; `None` when nothing is ready.
-  /// The bytes are copied straight into a Buffer that V8 owns (no external buffer with a
-  /// finalizer per read).
+  /// A read that fits in `scratch` (the caller's Buffer) receives into it, and JS copies
+  /// the bytes out (a small Buffer made in JS lives in V8's heap; one made here needs
+  /// memory of its own, a good third of a 1-byte read's time). A larger one is copied
+  /// into a Buffer that V8 owns (no external buffer with a finalizer per read).
   pub(crate) fn try_read<'env>(
     &self,
     env: &'env Env,
     size: usize,
-  ) -> Result<Option<(BufferSlice<'env>, Received)>> {
-    with_read_buffer(size, |buf| {
-      // `None` means empty (EAGAIN) and nothing else: a read that found its socket empty
-      // may wait for the next event before it tries again.
-      let result = loop {
-        match self.recv_now(buf) {
-          Err(Errno::EINTR) => continue,
-          other => break other,
-        }
-      };
-      match result {
-        Ok(received) => {
-          let bytes = BufferSlice::copy_from(env, &buf[..received.bytes])
-            .map_err(|e| error::coded("ERR_INTERNAL", e.reason.clone()))?;
-          Ok(Some((bytes, received)))
-        }
-        Err(Errno::EAGAIN) => Ok(None),
-        Err(e) => Err(error::sys(e, "recvmsg")),
+    scratch: &mut [u8],
+  ) -> Result<Option<(ReadNow<'env>, Received)>> {
+    // `None` means empty (EAGAIN) and nothing else: a read that found its socket empty
+    // may wait for the next event before it tries again.
+    let recv = |buf: &mut [u8]| loop {
+      match self.recv_now(buf) {
+        Err(Errno::EINTR) => continue,
+        Err(Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(error::sys(e, "recvmsg")),
+        Ok(received) => return Ok(Some(received)),
       }
+    };
+    if let Some(buf) = scratch.get_mut(..size) {
+      return Ok(recv(buf)?.map(|received| (ReadNow::InScratch(received.bytes), received)));
+    }
+    with_read_buffer(size, |buf| {
+      let Some(received) = recv(buf)? else {
+        return Ok(None);
+      };
+      let bytes = BufferSlice::copy_from(env, &buf[..received.bytes])
+        .map_err(|e| error::coded("ERR_INTERNAL", e.reason.clone()))?;
+      Ok(Some((ReadNow::Copied(bytes), received)))
     })
   }
 

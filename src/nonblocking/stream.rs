@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{BufferSlice, External, Function, Uint8ArraySlice};
+use napi::bindgen_prelude::{External, Function, Uint8ArraySlice};
 use napi::Env;
 use napi_derive::napi;
 use nix::errno::Errno;
@@ -16,7 +16,9 @@ use crate::cancel::{self, Canceller};
 use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, internal, rejection, Result};
 use crate::js::{byte_count, shutdown_how};
-use crate::nonblocking::core::{message_end, receive_parts, release, Message, Queues, Shared};
+use crate::nonblocking::core::{
+  message_end, receive_parts, release, Message, Queues, ReadNow, Shared,
+};
 use crate::nonblocking::reader::{ReadArgs, Reader};
 use crate::queue::OutboundQueue;
 use crate::scm_rights::{self, Received};
@@ -114,11 +116,32 @@ impl StreamCore {
           next += 1;
           continue;
         }
-        let raw: Vec<_> = messages[next].fds.iter().map(AsRawFd::as_raw_fd).collect();
-        match scm_rights::send_with_fds(shared.fd.as_fd(), &data[sent..end], &raw, true) {
+        // The fds' numbers, on the stack up to what one message may carry (more are sent
+        // as they are, for the kernel to refuse).
+        let fds = &messages[next].fds;
+        let mut stack = [0; scm_rights::SCM_MAX_FD];
+        let heap: Vec<_>;
+        let raw = match stack.get_mut(..fds.len()) {
+          Some(raw) => {
+            for (slot, fd) in raw.iter_mut().zip(fds) {
+              *slot = fd.as_raw_fd();
+            }
+            &*raw
+          }
+          None => {
+            heap = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            &heap
+          }
+        };
+        match scm_rights::send_with_fds(shared.fd.as_fd(), &data[sent..end], raw, true) {
           Ok(n) => {
-            // The fds went with these bytes; the kernel holds its own references.
-            gone.append(&mut messages[next].fds);
+            // The fds went with these bytes; the kernel holds its own references. (The
+            // first message's list is taken over whole: no copy, no allocation.)
+            if gone.is_empty() {
+              std::mem::swap(&mut gone, &mut messages[next].fds);
+            } else {
+              gone.append(&mut messages[next].fds);
+            }
             sent += n;
           }
           Err(Errno::EAGAIN | Errno::EINTR) => break,
@@ -196,7 +219,8 @@ impl StreamCore {
   ///
   /// When no earlier read is pending and data is ready, the `recvmsg` happens at once on
   /// the calling thread and the result comes back directly (the TypeScript layer wraps it
-  /// in a resolved Promise), as libuv reads ready sockets on the loop thread.
+  /// in a resolved Promise), as libuv reads ready sockets on the loop thread: in `scratch`
+  /// (the TypeScript layer's Buffer, which it copies them out of) when `size` fits.
   ///
   /// Otherwise it returns `null` and settles operation `id` later; `canceller` (from a JS
   /// `AbortSignal`) can cancel it until it has read anything.
@@ -206,7 +230,8 @@ impl StreamCore {
     size: u32,
     id: f64,
     canceller: Option<Arc<Canceller>>,
-  ) -> napi::Result<Option<BufferSlice<'env>>> {
+    scratch: &mut [u8],
+  ) -> napi::Result<Option<ReadNow<'env>>> {
     if size == 0 || size > MAX_READ_SIZE {
       return Err(rejection(error::out_of_range("size", size)));
     }
@@ -219,7 +244,7 @@ impl StreamCore {
     // (spawn_after_event). A read with a signal starts at once: an abort must reach it.
     let mut after_event = false;
     if shared.reads.is_idle() && !self.queues.inbound_full() {
-      match shared.try_read(env, size as usize) {
+      match shared.try_read(env, size as usize, scratch) {
         Ok(Some((data, received))) => {
           shared.readable.release_if_idle();
           lock(&self.queues.inbound).receive(received.fds, received.truncated);
