@@ -1426,25 +1426,31 @@ test.serial(
   },
 )
 
+/** A pair whose reading side is paused and hands its fds to an 'fds' listener that closes them. */
+function pausedWithFdsListener(t: ExecutionContext, options: { maxQueuedFds: number; readableHighWaterMark?: number }) {
+  const [a, b] = FdSocket.pair(options)
+  cleanup(t, a, b)
+  const devnull = fs.openSync('/dev/null', 'r')
+  t.teardown(() => fs.closeSync(devnull))
+  const fds = { handed: 0 }
+  b.on('fds', (arrived: FdsArrived) => {
+    fds.handed += arrived.length
+    closeAll(arrived)
+  })
+  b.pause()
+  return { a, b, devnull, fds }
+}
+
 test.serial(
   "'fds' listeners and a paused socket: fds waiting with their chunks stop reading at maxQueuedFds",
   async (t) => {
-    const [a, b] = FdSocket.pair({ maxQueuedFds: 64 })
-    cleanup(t, a, b)
-    const devnull = fs.openSync('/dev/null', 'r')
-    t.teardown(() => fs.closeSync(devnull))
-    let handed = 0
-    b.on('fds', (fds: FdsArrived) => {
-      handed += fds.length
-      closeAll(fds)
-    })
-    b.pause()
+    const { a, b, devnull, fds } = pausedWithFdsListener(t, { maxQueuedFds: 64 })
     const base = await settledOpenFds()
     for (let i = 0; i < 400; i++) a.writeWithFds('x', [devnull])
     // Reading stops once the fds of unread chunks reach the bound (and one batch more).
     const held = (await settledOpenFds()) - base
     t.true(held <= 64 + 253 + 16, `held ${held} fds while paused`)
-    t.is(handed, 0)
+    t.is(fds.handed, 0)
     let bytes = 0
     const all = new Promise<void>((resolve) =>
       b.on('data', (chunk: Buffer) => {
@@ -1454,23 +1460,14 @@ test.serial(
     )
     b.resume()
     await withTimeout(all, T, `400 bytes (${bytes} so far)`)
-    t.is(handed, 400)
+    t.is(fds.handed, 400)
   },
 )
 
 test.serial(
   "'fds' listeners: a chunk that both fills the readable buffer and reaches maxQueuedFds does not stop reading for good",
   async (t) => {
-    const [a, b] = FdSocket.pair({ maxQueuedFds: 1, readableHighWaterMark: 16 * 1024 })
-    cleanup(t, a, b)
-    const devnull = fs.openSync('/dev/null', 'r')
-    t.teardown(() => fs.closeSync(devnull))
-    let handed = 0
-    b.on('fds', (fds: FdsArrived) => {
-      handed += fds.length
-      closeAll(fds)
-    })
-    b.pause()
+    const { a, b, devnull, fds } = pausedWithFdsListener(t, { maxQueuedFds: 1, readableHighWaterMark: 16 * 1024 })
     // One push fills the readable buffer and brings the fds waiting with it to the bound.
     a.writeWithFds(Buffer.alloc(20_000, 'a'), [devnull])
     while (b.readableLength < 20_000) await sleep(5)
@@ -1485,7 +1482,7 @@ test.serial(
     b.resume()
     await ended
     t.is(bytes, 22_000)
-    t.is(handed, 1)
+    t.is(fds.handed, 1)
   },
 )
 

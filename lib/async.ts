@@ -126,7 +126,13 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
       (id, canceller) => {
         const into = (scratch ??= Buffer.allocUnsafeSlow(SCRATCH_SIZE))
         const now = binding.streamRead(this.#handle, checked, id, canceller, into)
-        return typeof now === 'number' ? copyOut(into, now) : now
+        if (typeof now !== 'number') return now
+        try {
+          return copyOut(into, now)
+        } catch (error) {
+          // Out of memory: the read rejects, as one that failed natively does.
+          return Promise.reject(error)
+        }
       },
       signal,
     )

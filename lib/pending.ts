@@ -107,7 +107,7 @@ export function connectedNow<T>(signal: AbortSignal | undefined, connect: () => 
 export function operation<T>(
   owner: object,
   liveness: Liveness,
-  start: (id: number, canceller: Native.ExternalObject<'Canceller'> | undefined) => T | null,
+  start: (id: number, canceller: Native.ExternalObject<'Canceller'> | undefined) => T | Promise<T> | null,
   signal?: AbortSignal,
 ): Promise<T> {
   if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
@@ -117,17 +117,18 @@ export function operation<T>(
 
 /**
  * {@link operation} without the Promise when the answer is immediate: the value itself,
- * or a Promise when the operation is pending. For hot paths that act on the spot.
+ * or a Promise when the operation is pending (or `start` answered with one). For hot
+ * paths that act on the spot.
  */
 export function startOperation<T>(
   owner: object,
   liveness: Liveness,
-  start: (id: number, canceller: Native.ExternalObject<'Canceller'> | undefined) => T | null,
+  start: (id: number, canceller: Native.ExternalObject<'Canceller'> | undefined) => T | Promise<T> | null,
   signal?: AbortSignal,
 ): T | Promise<T> {
   const canceller = signal ? binding.newCanceller() : undefined
   const id = newId()
-  let immediate: T | null
+  let immediate: T | Promise<T> | null
   try {
     immediate = start(id, canceller)
   } catch (error) {

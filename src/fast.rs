@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use napi::bindgen_prelude::JsObjectValue;
 use napi::bindgen_prelude::{
-  BufferSlice, Env, External, Float64ArraySlice, FromNapiRef, FromNapiValue, Null, Object,
-  ToNapiValue, Uint8ArraySlice, Unknown,
+  Env, External, Float64ArraySlice, FromNapiRef, FromNapiValue, Null, Object, ToNapiValue,
+  Uint8ArraySlice, Unknown,
 };
 use napi::{sys, Status, ValueType};
 use napi_derive::napi;
@@ -142,8 +142,10 @@ macro_rules! callback {
       env: sys::napi_env,
       info: sys::napi_callback_info,
     ) -> sys::napi_value {
+      // Outside the unsafe block: the body is safe code unless it says otherwise.
+      let body = |$call: &Call<$n>| $body;
       // SAFETY: Node calls this as a callback, with its own `env` and `info`.
-      unsafe { respond::<$n, _>(env, info, |$call| $body) }
+      unsafe { respond::<$n, _>(env, info, body) }
     }
   };
 }
@@ -177,9 +179,14 @@ callback! {
     let canceller = call
       .optional_external(3)?
       .map(|c: &CancelHandle| Arc::clone(c));
-    let mut scratch: BufferSlice<'_> = call.value(4)?;
+    // A Uint8Array is checked for what it is on every Node version (`napi_get_buffer_info`
+    // of another value aborts on early Node 20 releases).
+    let mut scratch: Uint8ArraySlice<'_> = call.value(4)?;
+    // SAFETY: the bytes are written during this call only, while no JS runs; the
+    // TypeScript layer passes a Buffer of its own, never one over a SharedArrayBuffer.
+    let scratch = unsafe { scratch.as_mut() };
     let env = Env::from(call.env);
-    match stream.read(&env, call.value(1)?, call.value(2)?, canceller, &mut scratch)? {
+    match stream.read(&env, call.value(1)?, call.value(2)?, canceller, scratch)? {
       None => call.result(Null),
       // At most MAX_READ_SIZE (2^30) bytes: a u32.
       Some(ReadNow::InScratch(count)) => call.result(u32::try_from(count).unwrap_or(u32::MAX)),
