@@ -8,8 +8,10 @@
 //! reused instead. The store is shared by every thread (a Buffer is freed on its JS thread,
 //! and read into on whichever thread runs the reads), and it is bounded.
 
+use std::os::fd::BorrowedFd;
 use std::sync::Mutex;
 
+use crate::scm_rights::{self, Received};
 use crate::sync::lock;
 
 /// The size of a kept buffer: the most one delivery or a default-sized read takes.
@@ -56,6 +58,21 @@ pub(crate) fn release_if_empty(buffer: &mut Vec<u8>) {
   }
 }
 
+/// The first `recvmsg` of a batch or a read, of at most `size` bytes, into `buffer` (a kept
+/// buffer when `size` is [`SIZE`]). The buffer goes back at once when the call got nothing.
+pub(crate) fn recv_first(
+  sock: BorrowedFd<'_>,
+  buffer: &mut Vec<u8>,
+  size: usize,
+) -> nix::Result<Received> {
+  reserve(buffer, size);
+  let received = scm_rights::recv_appending(sock, buffer, size, true);
+  if received.is_err() {
+    release_if_empty(buffer);
+  }
+  received
+}
+
 /// `bytes` in a buffer of their own: a kept one when they are more than what is copied
 /// into V8's memory anyway, and fit in it.
 pub(crate) fn copied(bytes: &[u8]) -> Vec<u8> {
@@ -71,11 +88,6 @@ pub(crate) fn copied(bytes: &[u8]) -> Vec<u8> {
 /// `data`'s bytes in an allocation of their own size, `data` itself given back: for a
 /// small read that must not hold a whole read buffer while it waits for JS.
 pub(crate) fn fitted(data: Vec<u8>) -> Vec<u8> {
-  if data.capacity() != SIZE {
-    let mut data = data;
-    data.shrink_to_fit();
-    return data;
-  }
   let fitted = data.clone();
   give_back(data);
   fitted

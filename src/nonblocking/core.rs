@@ -480,12 +480,7 @@ impl Shared {
     loop {
       let result = io
         .async_io(Interest::READABLE, |fd| {
-          spare::reserve(&mut data, size);
-          let received = scm_rights::recv_appending(fd.as_fd(), &mut data, size, true);
-          if received.is_err() {
-            spare::release_if_empty(&mut data);
-          }
-          received.map_err(io::Error::from)
+          spare::recv_first(fd.as_fd(), &mut data, size).map_err(io::Error::from)
         })
         .await;
       match result {

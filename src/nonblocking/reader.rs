@@ -243,12 +243,7 @@ async fn pump(
     let first = loop {
       let result = io
         .async_io(Interest::READABLE, |fd| {
-          crate::spare::reserve(&mut data, CHUNK);
-          let received = scm_rights::recv_appending(fd.as_fd(), &mut data, CHUNK, true);
-          if received.is_err() {
-            crate::spare::release_if_empty(&mut data);
-          }
-          received.map_err(io::Error::from)
+          crate::spare::recv_first(fd.as_fd(), &mut data, CHUNK).map_err(io::Error::from)
         })
         .await;
       match result {
