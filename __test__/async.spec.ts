@@ -304,6 +304,30 @@ test.serial(
   },
 )
 
+test.serial('reads that wait for their data return Buffers of their own, small and large', async (t) => {
+  const [a, b] = pair(t)
+  // Each read is made before its data is written, so it waits; around the size up to which
+  // the bytes come through the scratch Buffer (4 KiB), and a whole read buffer.
+  const sizes = [1, 17, 4095, 4096, 4097, 65536]
+  const kept: Array<[Buffer, Buffer]> = []
+  for (const size of sizes) {
+    const data = crypto.randomBytes(size)
+    const reading = b.read(size)
+    const writing = a.write(data)
+    let got = await withTimeout(reading, T, `read of ${size}`)
+    kept.push([got, Buffer.from(got)])
+    while (got.length < size) {
+      const part = await withTimeout(b.read(size), T, `rest of ${size}`)
+      kept.push([part, Buffer.from(part)])
+      got = Buffer.concat([got, part])
+    }
+    await writing
+    t.true(got.equals(data), `${size} bytes arrive as written`)
+  }
+  // Later reads changed none of the earlier results.
+  t.true(kept.every(([part, copy]) => part.equals(copy)))
+})
+
 test.serial('concurrent reads are served in call order', async (t) => {
   const [a, b] = pair(t)
   const reads = [b.read(1), b.read(1), b.read(1)]

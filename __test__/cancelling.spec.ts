@@ -153,6 +153,14 @@ for (const scenario of ['read', 'accept', 'write'] as const) {
   })
 }
 
+test('a read that settles with nothing started after it lets the process exit; a read started in its continuation keeps it alive', async (t) => {
+  const idle = await exits(['settled', 'idle'], 60_000)
+  t.true(idle.exited, idle.stderr)
+  t.is(idle.code, 0, idle.stderr)
+  const reading = await exits(['settled', 'reading'], 1_500)
+  t.false(reading.exited, `with a read pending the process exited: ${reading.stderr}`)
+})
+
 test('unref() then ref() again keeps the process alive', async (t) => {
   const result = await exits(['reref'], 1_500)
   t.false(result.exited, result.stderr)

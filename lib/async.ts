@@ -11,27 +11,11 @@ import {
   validateSignalOption,
 } from './args.js'
 import type { ShutdownHow } from './interfaces.js'
-import { connectedNow, Liveness, operation, setReferenced } from './pending.js'
+import { connectedNow, copyOut, Liveness, operation, scratch, setReferenced } from './pending.js'
 import { PromiseListener } from './listener.js'
 import { QueuedStream } from './queued.js'
 
 const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
-
-/**
- * What reads made at once receive into (the default read size): the bytes are then copied
- * into a Buffer made here, which for a small read lives in V8's heap, cheaper than one
- * native code makes (that one needs memory of its own).
- */
-const SCRATCH_SIZE = 65536
-let scratch: Buffer | undefined
-
-/** The first `count` bytes of the scratch Buffer, as a Buffer of their own. */
-function copyOut(from: Buffer, count: number): Buffer {
-  const bytes = Buffer.allocUnsafeSlow(count)
-  if (count <= 16) for (let i = 0; i < count; i++) bytes[i] = from[i]
-  else from.copy(bytes, 0, 0, count)
-  return bytes
-}
 
 /** @internal The native stream behind an {@link AsyncUnixStream}, for `FdSocket.from`. */
 export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixStream | undefined {
@@ -124,11 +108,11 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
       this,
       this.#liveness,
       (id, canceller) => {
-        const into = (scratch ??= Buffer.allocUnsafeSlow(SCRATCH_SIZE))
-        const now = binding.streamRead(this.#handle, checked, id, canceller, into)
+        // Bytes there at once come in the scratch Buffer (their count) when they fit.
+        const now = binding.streamRead(this.#handle, checked, id, canceller, scratch)
         if (typeof now !== 'number') return now
         try {
-          return copyOut(into, now)
+          return copyOut(now)
         } catch (error) {
           // Out of memory: the read rejects, as one that failed natively does.
           return Promise.reject(error)

@@ -31,7 +31,7 @@ import {
   validateMaxQueuedFds,
   validatePath,
 } from './args.js'
-import { Liveness, operation, setReferenced, startOperation } from './pending.js'
+import { copyOut, Liveness, operation, scratch, setReferenced, startOperation } from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
 
 /** Most fds one write can carry (the kernel's SCM_MAX_FD). */
@@ -542,12 +542,25 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         return
       }
       this.#reading = true
-      native(() => inner.startReading((chunk, fdCount, handed, error) => this.#onChunk(chunk, fdCount, handed, error)))
+      native(() =>
+        inner.startReading((chunk, fdCount, handed, error) => this.#onChunk(chunk, fdCount, handed, error), scratch),
+      )
       if (!this.#referenced) native(() => inner.setReferenced(false))
     })
   }
 
-  #onChunk(chunk: Buffer | null, fdCount: number, handed: FdsArrived | null, error: string | null): void {
+  #onChunk(chunk: Buffer | number | null, fdCount: number, handed: FdsArrived | null, error: string | null): void {
+    if (typeof chunk === 'number') {
+      // In the scratch Buffer: copied out first thing, before anything else can run.
+      try {
+        chunk = copyOut(chunk)
+      } catch (thrown) {
+        // Out of memory: like a read that failed.
+        if (handed) for (const fd of handed) closeFdQuietly(fd)
+        this.destroy(thrown as Error)
+        return
+      }
+    }
     if (this.destroyed) {
       // Nobody will own these now.
       if (handed) for (const fd of handed) closeFdQuietly(fd)

@@ -65,17 +65,46 @@ export class AbortError extends Error {
   }
 }
 
-const copy = binding.initSettlements((id: number, error: string | null, value: unknown) => {
+/**
+ * Where native code puts the bytes of a read for this layer to copy into a Buffer of its
+ * own (the default read size): for a small read, a Buffer made here lives in V8's heap,
+ * which is cheaper than any Buffer native code can make (that one needs memory of its own).
+ * Native code writes it and JS copies out of it with no other JS in between.
+ */
+const SCRATCH_SIZE = 65536
+export const scratch = Buffer.allocUnsafeSlow(SCRATCH_SIZE)
+
+/** The first `count` bytes of {@link scratch}, as a Buffer of their own. */
+export function copyOut(count: number): Buffer {
+  const bytes = Buffer.allocUnsafeSlow(count)
+  if (count <= 16) for (let i = 0; i < count; i++) bytes[i] = scratch[i]
+  else scratch.copy(bytes, 0, 0, count)
+  return bytes
+}
+
+function onSettle(id: number, error: string | null, value: unknown, inScratch: boolean): void {
   const operation = operations.get(id)
   if (operation === undefined) return
   operations.delete(id)
   settled(operation.liveness)
   if (operation.onAbort) operation.signal!.removeEventListener('abort', operation.onAbort)
-  if (error === null) return operation.resolve(value)
+  if (error === null) {
+    if (!inScratch) return operation.resolve(value)
+    let bytes: Buffer
+    try {
+      bytes = copyOut(value as number)
+    } catch (thrown) {
+      // Out of memory: the operation fails, as one that failed natively does.
+      return operation.reject(thrown)
+    }
+    return operation.resolve(bytes)
+  }
   const shaped = shapeError(new Error(error))
   if ((shaped as { code?: unknown }).code === 'ABORT_ERR') operation.reject(new AbortError(operation.signal?.reason))
   else operation.reject(shaped)
-})
+}
+
+const copy = binding.initSettlements(onSettle, scratch)
 
 /** `ref()`/`unref()` of an object: whether its pending operations keep the process alive. */
 export function setReferenced(liveness: Liveness, referenced: boolean): void {

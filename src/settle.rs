@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::{
-  BufferSlice, FnArgs, Function, FunctionRef, JsValuesTupleIntoVec, ToNapiValue,
+  BufferSlice, FnArgs, Function, FunctionRef, JsValuesTupleIntoVec, ToNapiValue, Uint8Array,
 };
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{sys, Env, JsValue, Status};
@@ -79,9 +79,11 @@ impl ToNapiValue for RawValue {
   }
 }
 
-/// `(id, error, value)`: pending operation `id` settled, with `value` or with `error`
-/// (`"[CODE] message"`). JS ignores id 0, which the doorbell itself passes.
-pub type SettleArgs = FnArgs<(f64, Option<String>, Option<RawValue>)>;
+/// `(id, error, value, inScratch)`: pending operation `id` settled, with `value` or with
+/// `error` (`"[CODE] message"`); with `inScratch`, `value` is the count of bytes that
+/// wait at the start of the copy's scratch Buffer (see [`Settled::Bytes`]). JS ignores
+/// id 0, which the doorbell itself passes.
+pub type SettleArgs = FnArgs<(f64, Option<String>, Option<RawValue>, bool)>;
 type Doorbell = ThreadsafeFunction<(), (), SettleArgs, Status, false>;
 
 /// What a finished operation does on the JS thread, just before its Promise settles:
@@ -93,6 +95,11 @@ pub type Finish = Box<dyn FnOnce(&Env) -> Result<Settled> + Send>;
 pub enum Settled {
   /// With this value (`None`: `null`).
   Value(Option<RawValue>),
+  /// With these bytes as a Buffer. Up to the size of the scratch Buffer of the operation's
+  /// copy of the JS layer, they are written there, and JS copies them into a Buffer of its
+  /// own (made in V8's heap: cheaper than any Buffer native code can make); larger ones
+  /// become a Buffer here (see [`buffer_value`]).
+  Bytes(Vec<u8>),
   /// Not yet: it started over (an accept whose connection another holder took first).
   Later,
 }
@@ -170,11 +177,19 @@ pub struct Home {
   /// The doorbell has been rung and has not yet run: no need to ring again.
   rung: AtomicBool,
   doorbell: Mutex<Option<Doorbell>>,
-  /// The settling callback of each copy of the JS layer loaded on this thread (a test
-  /// runner may load it again per test file): operation ids name their copy.
-  on_settle: Mutex<Vec<FunctionRef<SettleArgs, ()>>>,
+  /// Each copy of the JS layer loaded on this thread (a test runner may load it again per
+  /// test file): operation ids name their copy.
+  copies: Mutex<Vec<Copy>>,
   /// Copies of the JS layer that have a referenced operation pending.
   referenced: Mutex<u32>,
+}
+
+/// A copy of the JS layer, as settlements reach it.
+struct Copy {
+  on_settle: FunctionRef<SettleArgs, ()>,
+  /// Where bytes wait for JS to copy them out, between a write here and the call of
+  /// `on_settle` that reads them (no other JS runs in between).
+  scratch: Uint8Array,
 }
 
 thread_local! {
@@ -194,7 +209,7 @@ pub fn home(env: &Env) -> Result<Arc<Home>> {
       posted: Mutex::default(),
       rung: AtomicBool::new(false),
       doorbell: Mutex::default(),
-      on_settle: Mutex::default(),
+      copies: Mutex::default(),
       referenced: Mutex::default(),
     });
     let closing = Arc::clone(&home);
@@ -261,16 +276,20 @@ impl Home {
     let settled = std::mem::take(&mut *lock(&self.settled));
     if !settled.is_empty() {
       // Borrowed back, not held under the lock: JS may call into the addon from it.
-      let on_settle = lock(&self.on_settle)
+      let on_settle = lock(&self.copies)
         .iter()
-        .map(|on_settle| on_settle.borrow_back(env))
+        .map(|copy| copy.on_settle.borrow_back(env))
         .collect::<napi::Result<Vec<_>>>()?;
       for Settlement { id, finish } in settled {
         let called = crate::runtime::as_io_callback(env, || {
           let args = guarded_build(|| match finish(env) {
             Ok(Settled::Later) => None,
-            Ok(Settled::Value(value)) => Some((id, None, value)),
-            Err(e) => Some((id, Some(tagged(e)), None)),
+            Ok(Settled::Value(value)) => Some((id, None, value, false)),
+            Ok(Settled::Bytes(data)) => match self.bytes_value(env, id, data) {
+              Ok((value, in_scratch)) => Some((id, None, Some(value), in_scratch)),
+              Err(e) => Some((id, Some(tagged(e)), None, false)),
+            },
+            Err(e) => Some((id, Some(tagged(e)), None, false)),
           });
           // Our settling callback resolves the Promise and returns: a value is taken only
           // if it returned.
@@ -290,6 +309,13 @@ impl Home {
       outcome = outcome.and(crate::runtime::as_io_callback(env, || call(env)));
     }
     outcome
+  }
+
+  /// `data` as the value of operation `id` (see [`scratch_or_buffer`]).
+  fn bytes_value(&self, env: &Env, id: f64, data: Vec<u8>) -> Result<(RawValue, bool)> {
+    let mut copies = lock(&self.copies);
+    let scratch = copies.get_mut(copy_of(id)).map(|copy| &mut copy.scratch);
+    scratch_or_buffer(env, data, scratch).map_err(internal)
   }
 
   /// Whether the doorbell keeps the event loop alive: while a referenced object has an
@@ -321,7 +347,7 @@ impl Home {
     drop(settled);
     let posted = std::mem::take(&mut *lock(&self.posted));
     drop(posted);
-    lock(&self.on_settle).clear();
+    lock(&self.copies).clear();
     lock(&self.doorbell).take();
   }
 }
@@ -459,24 +485,31 @@ fn deliver_here(env: &Env) {
 }
 
 /// Starts the settlement of async operations on this JS thread: `onSettle(id, error,
-/// value)` settles the Promise of operation `id`. Called by each copy of the TypeScript
-/// layer when it loads; returns the copy's number `c`, and its operation ids are
-/// `n * 65536 + c`.
+/// value, inScratch)` settles the Promise of operation `id` (see [`SettleArgs`]), and
+/// `scratch` is where bytes for it wait. Called by each copy of the TypeScript layer when
+/// it loads; returns the copy's number `c`, and its operation ids are `n * 65536 + c`.
 #[napi_derive::napi(
-  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown) => void"
+  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown, inScratch: boolean) => void, scratch: Buffer"
 )]
 #[cfg_attr(test, allow(dead_code))]
-pub fn init_settlements(env: Env, on_settle: Function<'_, SettleArgs, ()>) -> napi::Result<u32> {
+pub fn init_settlements(
+  env: Env,
+  on_settle: Function<'_, SettleArgs, ()>,
+  scratch: Uint8Array,
+) -> napi::Result<u32> {
   let home = home(&env).map_err(|e| napi::Error::from_reason(e.reason))?;
-  let mut callbacks = lock(&home.on_settle);
-  let copy = callbacks.len();
+  let mut copies = lock(&home.copies);
+  let copy = copies.len();
   if copy >= COPIES {
     return Err(napi::Error::from_reason(format!(
       "fd-queue was loaded more than {COPIES} times on this thread"
     )));
   }
-  callbacks.push(on_settle.create_ref()?);
-  drop(callbacks);
+  copies.push(Copy {
+    on_settle: on_settle.create_ref()?,
+    scratch,
+  });
+  drop(copies);
   if lock(&home.doorbell).is_some() {
     return Ok(copy as u32);
   }
@@ -486,7 +519,7 @@ pub fn init_settlements(env: Env, on_settle: Function<'_, SettleArgs, ()>) -> na
     .callee_handled::<false>()
     .build_callback(move |ctx| {
       delivering.deliver(&ctx.env)?;
-      Ok((0.0, None, None).into())
+      Ok((0.0, None, None, false).into())
     })?;
   // Nothing is pending yet: the doorbell alone must not keep the process alive.
   #[allow(deprecated)]
@@ -567,6 +600,36 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
   Ok(Settled::Value(Some(RawValue(value.raw()))))
 }
 
+/// The most bytes [`scratch_or_buffer`] passes through a scratch Buffer. That costs a
+/// second copy, cheaper than the Buffer it saves for small data only.
+const SCRATCH_MAX: usize = 4096;
+
+/// `data` for JS, on the JS thread, right before the call that passes it: when it is
+/// small, its byte count with the bytes in `scratch` (`true`), where JS copies them out
+/// first thing (no other JS runs in between); otherwise a Buffer (see [`buffer_value`]).
+pub(crate) fn scratch_or_buffer(
+  env: &Env,
+  data: Vec<u8>,
+  scratch: Option<&mut Uint8Array>,
+) -> napi::Result<(RawValue, bool)> {
+  // SAFETY: written on the JS thread while no JS runs; the TypeScript layer made the
+  // scratch Buffer with `Buffer.allocUnsafeSlow` (never over a SharedArrayBuffer) and
+  // keeps it for good, and the `Uint8Array` holds a reference to it too.
+  let into = scratch
+    .filter(|_| data.len() <= SCRATCH_MAX)
+    .and_then(|scratch| unsafe { scratch.as_mut() }.get_mut(..data.len()));
+  let Some(into) = into else {
+    return Ok((buffer_value(env, data)?, false));
+  };
+  into.copy_from_slice(&data);
+  // At most the scratch Buffer's 64 KiB.
+  let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
+  spare::give_back(data);
+  // SAFETY: a value made in this environment, on its thread, for the call that follows.
+  let value = unsafe { u32::to_napi_value(env.raw(), count) }?;
+  Ok((RawValue(value), true))
+}
+
 /// The largest Buffer [`buffer_value`] copies into V8's memory.
 pub(crate) const COPIED_MAX: usize = 32 * 1024;
 
@@ -594,13 +657,6 @@ pub(crate) fn buffer_value(env: &Env, data: Vec<u8>) -> napi::Result<RawValue> {
     BufferSlice::from_external(env, bytes, len, data, |_env, data| spare::give_back(data))
   }?;
   Ok(RawValue(buffer.raw()))
-}
-
-/// Bytes as the value of a settlement (see [`buffer_value`]).
-pub(crate) fn bytes(env: &Env, data: Vec<u8>) -> Result<Settled> {
-  Ok(Settled::Value(Some(
-    buffer_value(env, data).map_err(internal)?,
-  )))
 }
 
 /// Whether a waiting threadsafe function keeps the event loop alive (a no-op once the

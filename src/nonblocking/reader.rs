@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{FnArgs, Function, FunctionRef};
+use napi::bindgen_prelude::{FnArgs, Function, FunctionRef, Uint8Array};
 use napi::threadsafe_function::{
   ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::error::{self, errno_of, tagged};
 use crate::nonblocking::core::{closing, Arrival, Queues, Shared};
 use crate::scm_rights;
-use crate::settle::{self, buffer_value, set_ref, Home, RawValue};
+use crate::settle::{self, scratch_or_buffer, set_ref, Home, RawValue};
 use crate::sync::lock;
 
 /// Bytes one delivery carries at most, as one read of a `net.Socket`. (Deliveries that
@@ -30,7 +30,8 @@ const CHUNK: usize = crate::spare::SIZE;
 /// Batches read but not yet handed to JS.
 const IN_FLIGHT: usize = 2;
 
-/// `(chunk, fdCount, handed, error)`: a chunk with the number of fds that arrived with it
+/// `(chunk, fdCount, handed, error)`: a chunk (its byte count when it waits in the scratch
+/// Buffer, see [`scratch_or_buffer`]) with the number of fds that arrived with it
 /// (already dequeue-able), or, while JS asks for them (`'fds'` listeners), the fds
 /// themselves in `handed` (an array with a `truncated` flag; fdCount is then 0); or
 /// `(null, 0, null, null)` at end of stream, or `(null, 0, null, "[CODE] message")`.
@@ -57,21 +58,25 @@ pub struct Reader {
 }
 
 impl Reader {
-  /// Starts the reader task for `shared`, delivering to `callback`.
+  /// Starts the reader task for `shared`, delivering to `callback` (small chunks through
+  /// `scratch`).
   pub fn start(
     env: &Env,
     shared: Arc<Shared>,
     queues: Arc<Queues>,
     callback: Function<'_, ReadArgs, ()>,
+    scratch: Uint8Array,
   ) -> napi::Result<Self> {
     let home = settle::home(env).map_err(|e| napi::Error::from_reason(e.reason))?;
     let depot = Arc::clone(&home);
     let delivering = Arc::clone(&queues);
+    let scratch = Arc::new(Mutex::new(scratch));
+    let delivering_scratch = Arc::clone(&scratch);
     let tsfn: ReadCallback = callback
       .build_threadsafe_function::<Delivery>()
       .callee_handled::<false>()
       .build_callback(move |ctx: ThreadsafeCallContext<Delivery>| {
-        deliver(&ctx.env, &delivering, ctx.value)
+        deliver(&ctx.env, &delivering, &delivering_scratch, ctx.value)
       })?;
     // On the JS-thread runtime the task calls JS itself, right after the drive that read
     // the data; the threadsafe function then only keeps the loop alive (ref/unref).
@@ -81,6 +86,7 @@ impl Reader {
       Some(Arc::new(Direct {
         callback: callback.create_ref()?,
         queues: Arc::clone(&queues),
+        scratch,
       }))
     };
     let callback = Arc::new(Mutex::new(Some(tsfn)));
@@ -129,7 +135,13 @@ impl Reader {
 
 /// Runs on the JS thread: the fds of the batch join the inbound queue, then JS gets the
 /// chunk, so they are dequeue-able by the time it is delivered.
-fn deliver(env: &Env, queues: &Queues, delivery: Delivery) -> napi::Result<ReadArgs> {
+fn deliver(
+  env: &Env,
+  queues: &Queues,
+  scratch: &Mutex<Uint8Array>,
+  delivery: Delivery,
+) -> napi::Result<ReadArgs> {
+  let chunk = |data| scratch_or_buffer(env, data, Some(&mut lock(scratch))).map(|(v, _)| v);
   Ok(match delivery {
     Delivery::Data { data, arrival, .. } => {
       let count = arrival.count;
@@ -146,14 +158,14 @@ fn deliver(env: &Env, queues: &Queues, delivery: Delivery) -> napi::Result<ReadA
           Some((fds, truncated)) => Some(fd_array(env, fds, truncated)?),
           None => None,
         };
-        return Ok((Some(buffer_value(env, data)?), 0, handed, None).into());
+        return Ok((Some(chunk(data)?), 0, handed, None).into());
       }
       if arrival.receive(queues).is_err() {
         return closed();
       }
       // Counts fit: a batch is at most CHUNK bytes, each carrying at most 253 fds.
       let count = u32::try_from(count).unwrap_or(u32::MAX);
-      (Some(buffer_value(env, data)?), count, None, None).into()
+      (Some(chunk(data)?), count, None, None).into()
     }
     Delivery::End => (None, 0, None, None).into(),
     Delivery::Failed(e) => (None, 0, None, Some(tagged(e))).into(),
@@ -178,6 +190,7 @@ fn fd_array(env: &Env, fds: Vec<OwnedFd>, truncated: bool) -> napi::Result<RawVa
 struct Direct {
   callback: FunctionRef<ReadArgs, ()>,
   queues: Arc<Queues>,
+  scratch: Arc<Mutex<Uint8Array>>,
 }
 
 /// Where a reader's deliveries go.
@@ -198,7 +211,7 @@ impl Sink<'_> {
           // The fds handed over are JS's as soon as the call starts: 'fds' listeners (user
           // code) may pass them on and then throw, or be cut off by a worker's teardown, so
           // they are never closed behind the listeners' back.
-          let args = deliver(env, &direct.queues, delivery)?;
+          let args = deliver(env, &direct.queues, &direct.scratch, delivery)?;
           settle::call_js(env, &direct.callback.borrow_back(env)?, args).map(drop)
         }));
       }

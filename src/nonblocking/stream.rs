@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{External, Function, Uint8ArraySlice};
+use napi::bindgen_prelude::{External, Function, Uint8Array, Uint8ArraySlice};
 use napi::Env;
 use napi_derive::napi;
 use nix::errno::Errno;
@@ -22,7 +22,7 @@ use crate::nonblocking::core::{
 use crate::nonblocking::reader::{ReadArgs, Reader};
 use crate::queue::OutboundQueue;
 use crate::scm_rights::{self, Received};
-use crate::settle::{self, bytes, number, settle_later_keeping, Settled};
+use crate::settle::{self, number, settle_later_keeping, Settled};
 use crate::socket::{self as unix, Adopt, Kind};
 use crate::sync::lock;
 use crate::turnstile::Ticket;
@@ -271,12 +271,12 @@ impl StreamCore {
       drop(shared);
       outcome
     };
-    let finish = move |env: &Env, (data, received, ticket): (Vec<u8>, Received, Ticket)| {
+    let finish = move |_: &Env, (data, received, ticket): (Vec<u8>, Received, Ticket)| {
       // Closed while the result travelled: the fds are closed, not queued.
       receive_parts(&queues, vec![(received.fds, received.truncated)])?;
       // Only now may the next read go: its fds must queue behind these.
       drop(ticket);
-      bytes(env, data)
+      Ok(Settled::Bytes(data))
     };
     let task = settle::settling(home, id, op, finish, undelivered);
     if after_event {
@@ -408,16 +408,22 @@ impl AsyncUnixStream {
   }
 
   /// Starts push delivery: `callback(chunk, fdCount, handed, error)` for every batch
-  /// read, then `callback(null, 0, null, null)` at end of stream. Reading pauses at
-  /// `maxQueuedFds` (fds handed to JS do not count).
+  /// read, then `callback(null, 0, null, null)` at end of stream. A chunk that fits in
+  /// `scratch` comes there, as its byte count, for JS to copy out at once. Reading pauses
+  /// at `maxQueuedFds` (fds handed to JS do not count).
   #[napi(
-    ts_args_type = "callback: (chunk: Buffer | null, fdCount: number, handed: (number[] & { truncated: boolean }) | null, error: string | null) => void"
+    ts_args_type = "callback: (chunk: Buffer | number | null, fdCount: number, handed: (number[] & { truncated: boolean }) | null, error: string | null) => void, scratch: Buffer"
   )]
-  pub fn start_reading(&self, env: &Env, callback: Function<'_, ReadArgs, ()>) -> Result<()> {
+  pub fn start_reading(
+    &self,
+    env: &Env,
+    callback: Function<'_, ReadArgs, ()>,
+    scratch: Uint8Array,
+  ) -> Result<()> {
     let shared = self.shared()?;
     let mut reader = lock(&self.reader);
     if reader.is_none() {
-      let started = Reader::start(env, shared, Arc::clone(&self.queues), callback);
+      let started = Reader::start(env, shared, Arc::clone(&self.queues), callback, scratch);
       *reader = Some(started.map_err(internal)?);
     }
     Ok(())
