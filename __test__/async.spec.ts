@@ -328,6 +328,64 @@ test.serial('reads that wait for their data return Buffers of their own, small a
   t.true(kept.every(([part, copy]) => part.equals(copy)))
 })
 
+test.serial(
+  'a read settles with its own bytes even when code run as it settles reads into the same scratch Buffer',
+  async (t) => {
+    // Two streams with data: one whose read waits for it, and one whose read will find it
+    // there at once (both small, so both pass through this layer's scratch Buffer).
+    const [a, b] = pair(t)
+    const [c, d] = pair(t)
+    await c.write('ZZZ')
+    await sleep(20)
+    const seen: string[] = []
+    // The settling read's signal runs user code before the Promise settles: its
+    // removeEventListener, which reads from the other stream.
+    const signal = new AbortController().signal
+    signal.removeEventListener = function (...args: Parameters<AbortSignal['removeEventListener']>) {
+      void d.read(16).then((other) => seen.push(other.toString()))
+      return EventTarget.prototype.removeEventListener.apply(this, args)
+    }
+    const reading = b.read(64, { signal })
+    await a.write('hello')
+    t.is((await withTimeout(reading, T, 'the read with a signal')).toString(), 'hello')
+    await withTimeout(
+      (async () => {
+        while (seen.length === 0) await sleep(5)
+      })(),
+      T,
+      'the read made meanwhile',
+    )
+    t.deepEqual(seen, ['ZZZ'])
+
+    // Several reads settle in one go while the continuation of the first makes a read that
+    // is answered at once (again through the scratch Buffer): each keeps its own bytes.
+    const streams = Array.from({ length: 4 }, () => pair(t))
+    await c.write('YYYY')
+    await sleep(20)
+    let inBetween = ''
+    const reads = streams.map(([, r], i) =>
+      r.read(64).then(async (bytes) => {
+        if (i === 0) inBetween = (await d.read(16)).toString()
+        return bytes.toString()
+      }),
+    )
+    streams.forEach(([w], i) => void w.write(`message ${i}`))
+    t.deepEqual(await withTimeout(Promise.all(reads), T, 'four reads'), [
+      'message 0',
+      'message 1',
+      'message 2',
+      'message 3',
+    ])
+    t.is(inBetween, 'YYYY')
+  },
+)
+
+test('with the scratch Buffer detached (its memory freed), reads still return their own bytes', async (t) => {
+  const result = await runFixture('detached-scratch', [], { nodeArgs: ['--expose-gc'] })
+  t.is(result.code, 0, result.stderr)
+  t.deepEqual(lastJson(result), { detached: true, waited: 'waited', atOnce: 'at once', pushed: 'pushed' })
+})
+
 test.serial('concurrent reads are served in call order', async (t) => {
   const [a, b] = pair(t)
   const reads = [b.read(1), b.read(1), b.read(1)]

@@ -31,7 +31,7 @@ import {
   validateMaxQueuedFds,
   validatePath,
 } from './args.js'
-import { copyOut, Liveness, operation, scratch, setReferenced, startOperation } from './pending.js'
+import { copy, copyOut, Liveness, operation, setReferenced, startOperation } from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
 
 /** Most fds one write can carry (the kernel's SCM_MAX_FD). */
@@ -543,7 +543,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       }
       this.#reading = true
       native(() =>
-        inner.startReading((chunk, fdCount, handed, error) => this.#onChunk(chunk, fdCount, handed, error), scratch),
+        inner.startReading((chunk, fdCount, handed, error) => this.#onChunk(chunk, fdCount, handed, error), copy),
       )
       if (!this.#referenced) native(() => inner.setReferenced(false))
     })

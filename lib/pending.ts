@@ -69,7 +69,8 @@ export class AbortError extends Error {
  * Where native code puts the bytes of a read for this layer to copy into a Buffer of its
  * own (the default read size): for a small read, a Buffer made here lives in V8's heap,
  * which is cheaper than any Buffer native code can make (that one needs memory of its own).
- * Native code writes it and JS copies out of it with no other JS in between.
+ * Native code writes it and the JS it then calls copies out of it before anything else, so
+ * no other JS (which could read into it) runs in between.
  */
 const SCRATCH_SIZE = 65536
 export const scratch = Buffer.allocUnsafeSlow(SCRATCH_SIZE)
@@ -83,28 +84,31 @@ export function copyOut(count: number): Buffer {
 }
 
 function onSettle(id: number, error: string | null, value: unknown, inScratch: boolean): void {
+  // First of all: the signal's removeEventListener below may be anyone's code.
+  let failed = false
+  if (inScratch) {
+    try {
+      value = copyOut(value as number)
+    } catch (thrown) {
+      // Out of memory: the operation fails, as one that failed natively does.
+      failed = true
+      value = thrown
+    }
+  }
   const operation = operations.get(id)
   if (operation === undefined) return
   operations.delete(id)
   settled(operation.liveness)
   if (operation.onAbort) operation.signal!.removeEventListener('abort', operation.onAbort)
-  if (error === null) {
-    if (!inScratch) return operation.resolve(value)
-    let bytes: Buffer
-    try {
-      bytes = copyOut(value as number)
-    } catch (thrown) {
-      // Out of memory: the operation fails, as one that failed natively does.
-      return operation.reject(thrown)
-    }
-    return operation.resolve(bytes)
-  }
+  if (failed) return operation.reject(value)
+  if (error === null) return operation.resolve(value)
   const shaped = shapeError(new Error(error))
   if ((shaped as { code?: unknown }).code === 'ABORT_ERR') operation.reject(new AbortError(operation.signal?.reason))
   else operation.reject(shaped)
 }
 
-const copy = binding.initSettlements(onSettle, scratch)
+/** This copy's number on this thread (see `newId`); push readers name it too. */
+export const copy = binding.initSettlements(onSettle, scratch)
 
 /** `ref()`/`unref()` of an object: whether its pending operations keep the process alive. */
 export function setReferenced(liveness: Liveness, referenced: boolean): void {

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::{
-  BufferSlice, FnArgs, Function, FunctionRef, JsValuesTupleIntoVec, ToNapiValue, Uint8Array,
+  BufferSlice, FnArgs, FromNapiValue, Function, FunctionRef, JsValuesTupleIntoVec, ToNapiValue,
+  Uint8Array, Uint8ArraySlice,
 };
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{sys, Env, JsValue, Status};
@@ -95,10 +96,8 @@ pub type Finish = Box<dyn FnOnce(&Env) -> Result<Settled> + Send>;
 pub enum Settled {
   /// With this value (`None`: `null`).
   Value(Option<RawValue>),
-  /// With these bytes as a Buffer. Up to the size of the scratch Buffer of the operation's
-  /// copy of the JS layer, they are written there, and JS copies them into a Buffer of its
-  /// own (made in V8's heap: cheaper than any Buffer native code can make); larger ones
-  /// become a Buffer here (see [`buffer_value`]).
+  /// With these bytes as a Buffer: small ones through the scratch Buffer of the operation's
+  /// copy of the JS layer (see [`Home::bytes_value`]), larger ones made here.
   Bytes(Vec<u8>),
   /// Not yet: it started over (an accept whose connection another holder took first).
   Later,
@@ -179,16 +178,15 @@ pub struct Home {
   doorbell: Mutex<Option<Doorbell>>,
   /// Each copy of the JS layer loaded on this thread (a test runner may load it again per
   /// test file): operation ids name their copy.
-  copies: Mutex<Vec<Copy>>,
+  copies: Mutex<Vec<LayerCopy>>,
   /// Copies of the JS layer that have a referenced operation pending.
   referenced: Mutex<u32>,
 }
 
-/// A copy of the JS layer, as settlements reach it.
-struct Copy {
+/// A copy of the JS layer, as settlements and push deliveries reach it.
+struct LayerCopy {
   on_settle: FunctionRef<SettleArgs, ()>,
-  /// Where bytes wait for JS to copy them out, between a write here and the call of
-  /// `on_settle` that reads them (no other JS runs in between).
+  /// The copy's scratch Buffer (held by reference: see [`Home::bytes_value`]).
   scratch: Uint8Array,
 }
 
@@ -285,9 +283,9 @@ impl Home {
           let args = guarded_build(|| match finish(env) {
             Ok(Settled::Later) => None,
             Ok(Settled::Value(value)) => Some((id, None, value, false)),
-            Ok(Settled::Bytes(data)) => match self.bytes_value(env, id, data) {
+            Ok(Settled::Bytes(data)) => match self.bytes_value(env, copy_of(id), data) {
               Ok((value, in_scratch)) => Some((id, None, Some(value), in_scratch)),
-              Err(e) => Some((id, Some(tagged(e)), None, false)),
+              Err(e) => Some((id, Some(tagged(internal(e))), None, false)),
             },
             Err(e) => Some((id, Some(tagged(e)), None, false)),
           });
@@ -311,11 +309,39 @@ impl Home {
     outcome
   }
 
-  /// `data` as the value of operation `id` (see [`scratch_or_buffer`]).
-  fn bytes_value(&self, env: &Env, id: f64, data: Vec<u8>) -> Result<(RawValue, bool)> {
-    let mut copies = lock(&self.copies);
-    let scratch = copies.get_mut(copy_of(id)).map(|copy| &mut copy.scratch);
-    scratch_or_buffer(env, data, scratch).map_err(internal)
+  /// `data` for JS, on the JS thread, right before the call to copy `copy` of the JS layer
+  /// that passes it. Small data go into that copy's scratch Buffer and this returns their
+  /// count (`true`): the first thing the JS callback does is copy them out, so no other
+  /// JS runs between this write and that copy. Larger data become a Buffer (`false`, see
+  /// [`buffer_value`]): the second copy costs more than the Buffer it saves.
+  pub(crate) fn bytes_value(
+    &self,
+    env: &Env,
+    copy: usize,
+    data: Vec<u8>,
+  ) -> napi::Result<(RawValue, bool)> {
+    let mut scratch = None;
+    if data.len() <= SCRATCH_MAX {
+      if let Some(layer) = lock(&self.copies).get_mut(copy) {
+        scratch = Some(own_bytes(env, &mut layer.scratch)?);
+      }
+    }
+    let Some(mut scratch) = scratch else {
+      return Ok((buffer_value(env, data)?, false));
+    };
+    // SAFETY: the bytes of an ArrayBuffer (checked at registration, so never shared with
+    // another thread) as they are now, looked up afresh (a detached buffer has none), and
+    // written on the JS thread while no JS runs.
+    let Some(into) = unsafe { scratch.as_mut() }.get_mut(..data.len()) else {
+      return Ok((buffer_value(env, data)?, false));
+    };
+    into.copy_from_slice(&data);
+    // At most SCRATCH_MAX.
+    let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    spare::give_back(data);
+    // SAFETY: a value made in this environment, on its thread, for the call that follows.
+    let value = unsafe { u32::to_napi_value(env.raw(), count) }?;
+    Ok((RawValue(value), true))
   }
 
   /// Whether the doorbell keeps the event loop alive: while a referenced object has an
@@ -395,6 +421,19 @@ pub(crate) fn guarded_build<T>(build: impl FnOnce() -> T) -> Guarded<T> {
     .with_borrow_mut(|limbo| std::mem::replace(limbo, outer))
     .unwrap_or_default();
   Guarded { args, fds }
+}
+
+impl<T> Guarded<napi::Result<T>> {
+  /// The arguments, handed over as they are: the fds in them are JS's from now on if they
+  /// were made, and closed if making them failed.
+  pub(crate) fn made(self) -> napi::Result<T> {
+    if self.args.is_ok() {
+      for fd in self.fds {
+        let _ = fd.into_raw_fd();
+      }
+    }
+    self.args
+  }
 }
 
 impl<T> Guarded<T> {
@@ -495,8 +534,9 @@ fn deliver_here(env: &Env) {
 pub fn init_settlements(
   env: Env,
   on_settle: Function<'_, SettleArgs, ()>,
-  scratch: Uint8Array,
+  mut scratch: Uint8Array,
 ) -> napi::Result<u32> {
+  own_bytes(&env, &mut scratch)?;
   let home = home(&env).map_err(|e| napi::Error::from_reason(e.reason))?;
   let mut copies = lock(&home.copies);
   let copy = copies.len();
@@ -505,7 +545,7 @@ pub fn init_settlements(
       "fd-queue was loaded more than {COPIES} times on this thread"
     )));
   }
-  copies.push(Copy {
+  copies.push(LayerCopy {
     on_settle: on_settle.create_ref()?,
     scratch,
   });
@@ -600,34 +640,48 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
   Ok(Settled::Value(Some(RawValue(value.raw()))))
 }
 
-/// The most bytes [`scratch_or_buffer`] passes through a scratch Buffer. That costs a
+/// The most bytes [`Home::bytes_value`] passes through a scratch Buffer. That costs a
 /// second copy, cheaper than the Buffer it saves for small data only.
 const SCRATCH_MAX: usize = 4096;
 
-/// `data` for JS, on the JS thread, right before the call that passes it: when it is
-/// small, its byte count with the bytes in `scratch` (`true`), where JS copies them out
-/// first thing (no other JS runs in between); otherwise a Buffer (see [`buffer_value`]).
-pub(crate) fn scratch_or_buffer(
-  env: &Env,
-  data: Vec<u8>,
-  scratch: Option<&mut Uint8Array>,
-) -> napi::Result<(RawValue, bool)> {
-  // SAFETY: written on the JS thread while no JS runs; the TypeScript layer made the
-  // scratch Buffer with `Buffer.allocUnsafeSlow` (never over a SharedArrayBuffer) and
-  // keeps it for good, and the `Uint8Array` holds a reference to it too.
-  let into = scratch
-    .filter(|_| data.len() <= SCRATCH_MAX)
-    .and_then(|scratch| unsafe { scratch.as_mut() }.get_mut(..data.len()));
-  let Some(into) = into else {
-    return Ok((buffer_value(env, data)?, false));
-  };
-  into.copy_from_slice(&data);
-  // At most the scratch Buffer's 64 KiB.
-  let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
-  spare::give_back(data);
-  // SAFETY: a value made in this environment, on its thread, for the call that follows.
-  let value = unsafe { u32::to_napi_value(env.raw(), count) }?;
-  Ok((RawValue(value), true))
+/// The bytes of the typed array `scratch` refers to, as they are now (a typed array caches
+/// its data pointer, which its ArrayBuffer's detachment would leave dangling); refused
+/// unless they belong to an ArrayBuffer (a SharedArrayBuffer's may be in use on another
+/// thread meanwhile).
+fn own_bytes<'env>(
+  env: &'env Env,
+  scratch: &mut Uint8Array,
+) -> napi::Result<Uint8ArraySlice<'env>> {
+  // SAFETY: plain N-API calls on the calling JS thread's live environment: the value comes
+  // from the typed array's own reference, the out-pointers are locals.
+  unsafe {
+    let value = <&mut Uint8Array>::to_napi_value(env.raw(), scratch)?;
+    let mut kind = 0;
+    let mut length = 0;
+    let mut data = std::ptr::null_mut();
+    let mut buffer = std::ptr::null_mut();
+    let mut offset = 0;
+    let status = sys::napi_get_typedarray_info(
+      env.raw(),
+      value,
+      &mut kind,
+      &mut length,
+      &mut data,
+      &mut buffer,
+      &mut offset,
+    );
+    let mut plain = false;
+    if status != sys::Status::napi_ok
+      || sys::napi_is_arraybuffer(env.raw(), buffer, &mut plain) != sys::Status::napi_ok
+      || !plain
+    {
+      return Err(napi::Error::new(
+        Status::InvalidArg,
+        "the scratch Buffer must be a Uint8Array over an ArrayBuffer",
+      ));
+    }
+    Uint8ArraySlice::from_napi_value(env.raw(), value)
+  }
 }
 
 /// The largest Buffer [`buffer_value`] copies into V8's memory.

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{FnArgs, Function, FunctionRef, Uint8Array};
+use napi::bindgen_prelude::{FnArgs, Function, FunctionRef};
 use napi::threadsafe_function::{
   ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::error::{self, errno_of, tagged};
 use crate::nonblocking::core::{closing, Arrival, Queues, Shared};
 use crate::scm_rights;
-use crate::settle::{self, scratch_or_buffer, set_ref, Home, RawValue};
+use crate::settle::{self, guarded_build, set_ref, Home, RawValue};
 use crate::sync::lock;
 
 /// Bytes one delivery carries at most, as one read of a `net.Socket`. (Deliveries that
@@ -31,7 +31,7 @@ const CHUNK: usize = crate::spare::SIZE;
 const IN_FLIGHT: usize = 2;
 
 /// `(chunk, fdCount, handed, error)`: a chunk (its byte count when it waits in the scratch
-/// Buffer, see [`scratch_or_buffer`]) with the number of fds that arrived with it
+/// Buffer, see [`Home::bytes_value`]) with the number of fds that arrived with it
 /// (already dequeue-able), or, while JS asks for them (`'fds'` listeners), the fds
 /// themselves in `handed` (an array with a `truncated` flag; fdCount is then 0); or
 /// `(null, 0, null, null)` at end of stream, or `(null, 0, null, "[CODE] message")`.
@@ -58,25 +58,27 @@ pub struct Reader {
 }
 
 impl Reader {
-  /// Starts the reader task for `shared`, delivering to `callback` (small chunks through
-  /// `scratch`).
+  /// Starts the reader task for `shared`, delivering to `callback`, which copy `copy` of
+  /// the JS layer made (small chunks come through its scratch Buffer).
   pub fn start(
     env: &Env,
     shared: Arc<Shared>,
     queues: Arc<Queues>,
     callback: Function<'_, ReadArgs, ()>,
-    scratch: Uint8Array,
+    copy: usize,
   ) -> napi::Result<Self> {
     let home = settle::home(env).map_err(|e| napi::Error::from_reason(e.reason))?;
     let depot = Arc::clone(&home);
-    let delivering = Arc::clone(&queues);
-    let scratch = Arc::new(Mutex::new(scratch));
-    let delivering_scratch = Arc::clone(&scratch);
+    let to = To {
+      queues: Arc::clone(&queues),
+      home: Arc::clone(&home),
+      copy,
+    };
     let tsfn: ReadCallback = callback
       .build_threadsafe_function::<Delivery>()
       .callee_handled::<false>()
       .build_callback(move |ctx: ThreadsafeCallContext<Delivery>| {
-        deliver(&ctx.env, &delivering, &delivering_scratch, ctx.value)
+        deliver(&ctx.env, &to, ctx.value)
       })?;
     // On the JS-thread runtime the task calls JS itself, right after the drive that read
     // the data; the threadsafe function then only keeps the loop alive (ref/unref).
@@ -85,8 +87,11 @@ impl Reader {
     } else {
       Some(Arc::new(Direct {
         callback: callback.create_ref()?,
-        queues: Arc::clone(&queues),
-        scratch,
+        to: To {
+          queues: Arc::clone(&queues),
+          home,
+          copy,
+        },
       }))
     };
     let callback = Arc::new(Mutex::new(Some(tsfn)));
@@ -133,15 +138,26 @@ impl Reader {
   }
 }
 
+/// Where a reader's chunks go on the JS thread: the stream's queues, and the copy of the
+/// JS layer (in this thread's home) whose callback gets them.
+struct To {
+  queues: Arc<Queues>,
+  home: Arc<Home>,
+  copy: usize,
+}
+
 /// Runs on the JS thread: the fds of the batch join the inbound queue, then JS gets the
-/// chunk, so they are dequeue-able by the time it is delivered.
-fn deliver(
-  env: &Env,
-  queues: &Queues,
-  scratch: &Mutex<Uint8Array>,
-  delivery: Delivery,
-) -> napi::Result<ReadArgs> {
-  let chunk = |data| scratch_or_buffer(env, data, Some(&mut lock(scratch))).map(|(v, _)| v);
+/// chunk, so they are dequeue-able by the time it is delivered. Fds handed over in the
+/// arguments are JS's once they are made (and closed if making them fails).
+fn deliver(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
+  guarded_build(|| arguments(env, to, delivery)).made()
+}
+
+fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
+  let queues = &*to.queues;
+  // Made last, right before the call: the scratch Buffer must not be written before any
+  // JS that making the other arguments may run.
+  let chunk = |data| to.home.bytes_value(env, to.copy, data).map(|(v, _)| v);
   Ok(match delivery {
     Delivery::Data { data, arrival, .. } => {
       let count = arrival.count;
@@ -189,8 +205,7 @@ fn fd_array(env: &Env, fds: Vec<OwnedFd>, truncated: bool) -> napi::Result<RawVa
 /// The JS callback, for a reader on the JS-thread runtime.
 struct Direct {
   callback: FunctionRef<ReadArgs, ()>,
-  queues: Arc<Queues>,
-  scratch: Arc<Mutex<Uint8Array>>,
+  to: To,
 }
 
 /// Where a reader's deliveries go.
@@ -211,7 +226,7 @@ impl Sink<'_> {
           // The fds handed over are JS's as soon as the call starts: 'fds' listeners (user
           // code) may pass them on and then throw, or be cut off by a worker's teardown, so
           // they are never closed behind the listeners' back.
-          let args = deliver(env, &direct.queues, &direct.scratch, delivery)?;
+          let args = deliver(env, &direct.to, delivery)?;
           settle::call_js(env, &direct.callback.borrow_back(env)?, args).map(drop)
         }));
       }

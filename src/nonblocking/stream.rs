@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{External, Function, Uint8Array, Uint8ArraySlice};
+use napi::bindgen_prelude::{External, Function, Uint8ArraySlice};
 use napi::Env;
 use napi_derive::napi;
 use nix::errno::Errno;
@@ -408,22 +408,29 @@ impl AsyncUnixStream {
   }
 
   /// Starts push delivery: `callback(chunk, fdCount, handed, error)` for every batch
-  /// read, then `callback(null, 0, null, null)` at end of stream. A chunk that fits in
-  /// `scratch` comes there, as its byte count, for JS to copy out at once. Reading pauses
+  /// read, then `callback(null, 0, null, null)` at end of stream. A small chunk comes as its
+  /// byte count, in the scratch Buffer of copy `copy` of the JS layer (the number
+  /// `initSettlements` gave it), for the callback to copy out first thing. Reading pauses
   /// at `maxQueuedFds` (fds handed to JS do not count).
   #[napi(
-    ts_args_type = "callback: (chunk: Buffer | number | null, fdCount: number, handed: (number[] & { truncated: boolean }) | null, error: string | null) => void, scratch: Buffer"
+    ts_args_type = "callback: (chunk: Buffer | number | null, fdCount: number, handed: (number[] & { truncated: boolean }) | null, error: string | null) => void, copy: number"
   )]
   pub fn start_reading(
     &self,
     env: &Env,
     callback: Function<'_, ReadArgs, ()>,
-    scratch: Uint8Array,
+    copy: u32,
   ) -> Result<()> {
     let shared = self.shared()?;
     let mut reader = lock(&self.reader);
     if reader.is_none() {
-      let started = Reader::start(env, shared, Arc::clone(&self.queues), callback, scratch);
+      let started = Reader::start(
+        env,
+        shared,
+        Arc::clone(&self.queues),
+        callback,
+        copy as usize,
+      );
       *reader = Some(started.map_err(internal)?);
     }
     Ok(())
