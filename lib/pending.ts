@@ -33,12 +33,18 @@ const operations = new Map<number, Operation>()
 const COPIES = 65536
 const WRAP = 2 ** 36
 let nextOp = 1
+/** `n` has wrapped: from then on an id may still be in use, and is skipped if so. */
+let wrapped = false
 function newId(): number {
   let id: number
   do {
     id = nextOp * COPIES + copy
-    nextOp = nextOp >= WRAP ? 1 : nextOp + 1
-  } while (operations.has(id))
+    if (nextOp < WRAP) nextOp++
+    else {
+      nextOp = 1
+      wrapped = true
+    }
+  } while (wrapped && operations.has(id))
   return id
 }
 /** Pending operations of ref'd objects; the native doorbell is ref'd while there are any. */
