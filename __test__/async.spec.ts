@@ -386,6 +386,28 @@ test('with the scratch Buffer detached (its memory freed), reads still return th
   t.deepEqual(lastJson(result), { detached: true, waited: 'waited', atOnce: 'at once', pushed: 'pushed' })
 })
 
+test('user code that misbehaves while a read settles or a chunk is delivered: no hang, no lost or closed fd, the process exits', async (t) => {
+  const run = async (scenario: string) => {
+    const result = await runFixture('hostile-js', [scenario], { timeoutMs: 60_000 })
+    t.false(result.timedOut, `${scenario}: the child did not exit by itself; ${result.stderr}`)
+    t.is(result.code, 0, `${scenario}: ${result.stderr}`)
+    return lastJson(result)
+  }
+  // The signal's removeEventListener throws as the read settles: the read still resolves.
+  t.deepEqual(await run('remove-throws'), { read: 'hello', uncaught: ['removeEventListener'] })
+  // Its addEventListener throws as the read starts waiting: that read rejects, was
+  // cancelled before reading, and the next read gets the bytes.
+  t.deepEqual(await run('add-throws'), { failed: 'addEventListener', next: 'after', uncaught: [] })
+  // Its reason getter throws as the read is aborted: the read still rejects.
+  t.deepEqual(await run('reason-throws'), { outcome: 'ABORT_ERR', uncaught: [] })
+  // Buffer.allocUnsafeSlow, replaced after load, would read into the scratch Buffer before
+  // the settling read's bytes are copied out of it: the layer does not call it.
+  t.deepEqual(await run('patched-alloc'), { read: 'hello', other: null, uncaught: [] })
+  // A setter run while a delivery makes its 'fds' array receives a message with an fd at
+  // once: that fd is the caller's and stays open, though the delivery then fails.
+  t.deepEqual(await run('setter-receives'), { received: 1, open: true, uncaught: ['setter'] })
+})
+
 test.serial('concurrent reads are served in call order', async (t) => {
   const [a, b] = pair(t)
   const reads = [b.read(1), b.read(1), b.read(1)]

@@ -16,6 +16,8 @@ import { PromiseListener } from './listener.js'
 import { QueuedStream } from './queued.js'
 
 const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
+/** This copy's scratch Buffer, taken once (what `copyOut` copies from). */
+const readInto = scratch
 
 /** @internal The native stream behind an {@link AsyncUnixStream}, for `FdSocket.from`. */
 export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixStream | undefined {
@@ -109,7 +111,7 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
       this.#liveness,
       (id, canceller) => {
         // Bytes there at once come in the scratch Buffer (their count) when they fit.
-        const now = binding.streamRead(this.#handle, checked, id, canceller, scratch)
+        const now = binding.streamRead(this.#handle, checked, id, canceller, readInto)
         if (typeof now !== 'number') return now
         try {
           return copyOut(now)

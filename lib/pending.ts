@@ -79,18 +79,33 @@ export class AbortError extends Error {
  * no other JS (which could read into it) runs in between.
  */
 const SCRATCH_SIZE = 65536
-export const scratch = Buffer.allocUnsafeSlow(SCRATCH_SIZE)
+// Taken now: code that replaces them later must not run between a native write into the
+// scratch Buffer and the copy out of it.
+const allocUnsafeSlow = Buffer.allocUnsafeSlow
+const { apply } = Reflect
+const { set: setBytes, subarray } = Uint8Array.prototype
+const scratchBuffer = allocUnsafeSlow(SCRATCH_SIZE)
+export { scratchBuffer as scratch }
 
-/** The first `count` bytes of {@link scratch}, as a Buffer of their own. */
+/** The first `count` bytes of the scratch Buffer, as a Buffer of their own. */
 export function copyOut(count: number): Buffer {
-  const bytes = Buffer.allocUnsafeSlow(count)
-  if (count <= 16) for (let i = 0; i < count; i++) bytes[i] = scratch[i]
-  else scratch.copy(bytes, 0, 0, count)
+  const bytes = allocUnsafeSlow(count)
+  if (count <= 16) for (let i = 0; i < count; i++) bytes[i] = scratchBuffer[i]
+  else apply(setBytes, bytes, [apply(subarray, scratchBuffer, [0, count])])
   return bytes
 }
 
+/** `signal.reason`, which a subclass may make throw. */
+function reasonOf(signal: AbortSignal | undefined): unknown {
+  try {
+    return signal?.reason
+  } catch {
+    return undefined
+  }
+}
+
 function onSettle(id: number, error: string | null, value: unknown, inScratch: boolean): void {
-  // First of all: the signal's removeEventListener below may be anyone's code.
+  // First of all: the other code run below (a signal's methods) may be anyone's.
   let failed = false
   if (inScratch) {
     try {
@@ -105,16 +120,24 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
   if (operation === undefined) return
   operations.delete(id)
   settled(operation.liveness)
-  if (operation.onAbort) operation.signal!.removeEventListener('abort', operation.onAbort)
-  if (failed) return operation.reject(value)
-  if (error === null) return operation.resolve(value)
-  const shaped = shapeError(new Error(error))
-  if ((shaped as { code?: unknown }).code === 'ABORT_ERR') operation.reject(new AbortError(operation.signal?.reason))
-  else operation.reject(shaped)
+  // Settled before the signal's listener is removed: that is user-reachable code, which
+  // may throw (reported as uncaught) but must not leave the Promise pending.
+  try {
+    if (failed) operation.reject(value)
+    else if (error === null) operation.resolve(value)
+    else {
+      const shaped = shapeError(new Error(error))
+      if ((shaped as { code?: unknown }).code === 'ABORT_ERR') {
+        operation.reject(new AbortError(reasonOf(operation.signal)))
+      } else operation.reject(shaped)
+    }
+  } finally {
+    if (operation.onAbort) operation.signal!.removeEventListener('abort', operation.onAbort)
+  }
 }
 
 /** This copy's number on this thread (see `newId`); push readers name it too. */
-export const copy = binding.initSettlements(onSettle, scratch)
+export const copy = binding.initSettlements(onSettle, scratchBuffer)
 
 /** `ref()`/`unref()` of an object: whether its pending operations keep the process alive. */
 export function setReferenced(liveness: Liveness, referenced: boolean): void {
@@ -178,12 +201,20 @@ export function startOperation<T>(
   if (liveness.referenced) countReferenced(1)
   return new Promise<T>((resolve, reject) => {
     const pending: Operation = { resolve: resolve as (value: unknown) => void, reject, liveness, owner }
+    // Registered first: if the signal's addEventListener throws (a subclass may), the
+    // Promise rejects with that, and the operation still settles (and is counted out).
+    operations.set(id, pending)
     if (signal && canceller) {
       pending.signal = signal
       pending.onAbort = () => binding.cancel(canceller)
-      signal.addEventListener('abort', pending.onAbort, { once: true })
+      try {
+        signal.addEventListener('abort', pending.onAbort, { once: true })
+      } catch (error) {
+        // Nothing can abort it now: cancelled (a read that has not read loses nothing).
+        binding.cancel(canceller)
+        throw error
+      }
     }
-    operations.set(id, pending)
   })
 }
 

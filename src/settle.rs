@@ -280,14 +280,20 @@ impl Home {
         .collect::<napi::Result<Vec<_>>>()?;
       for Settlement { id, finish } in settled {
         let called = crate::runtime::as_io_callback(env, || {
+          // A value that could not be made fails the operation (user code that a setter ran
+          // may have thrown: that is reported as uncaught first).
+          let failed = |e: error::Error| {
+            report_pending(env);
+            Some((id, Some(tagged(e)), None, false))
+          };
           let args = guarded_build(|| match finish(env) {
             Ok(Settled::Later) => None,
             Ok(Settled::Value(value)) => Some((id, None, value, false)),
             Ok(Settled::Bytes(data)) => match self.bytes_value(env, copy_of(id), data) {
               Ok((value, in_scratch)) => Some((id, None, Some(value), in_scratch)),
-              Err(e) => Some((id, Some(tagged(internal(e))), None, false)),
+              Err(e) => failed(internal(e)),
             },
-            Err(e) => Some((id, Some(tagged(e)), None, false)),
+            Err(e) => failed(e),
           });
           // Our settling callback resolves the Promise and returns: a value is taken only
           // if it returned.
@@ -517,10 +523,35 @@ fn deliver_here(env: &Env) {
   let home = HOME.try_with(|slot| slot.borrow().clone()).ok().flatten();
   if let Some(home) = home {
     if let Err(e) = home.deliver(env) {
-      // Only a failure to call JS gets here (the callback itself does not throw).
-      let _ = env.throw_error(&e.reason, None);
+      // A failure to call JS, or to make a call's arguments: reported as uncaught (there
+      // is no JS on the stack to throw to).
+      if !report_pending(env) {
+        if let Ok(error) = env.create_error(napi::Error::from_reason(e.reason)) {
+          // SAFETY: a value of this live environment, on its thread.
+          unsafe { sys::napi_fatal_exception(env.raw(), error.raw()) };
+        }
+      }
     }
   }
+}
+
+/// Reports the JS exception that a failed N-API call left pending (user code run by a
+/// setter threw, say) as uncaught, as Node reports one thrown by an I/O callback, so that
+/// the calls that follow run normally. Whether there was one.
+pub(crate) fn report_pending(env: &Env) -> bool {
+  let mut pending = false;
+  // SAFETY: plain N-API calls on the calling JS thread's live environment, with
+  // out-pointers to locals.
+  unsafe {
+    if sys::napi_is_exception_pending(env.raw(), &mut pending) != sys::Status::napi_ok || !pending {
+      return false;
+    }
+    let mut thrown = std::ptr::null_mut();
+    if sys::napi_get_and_clear_last_exception(env.raw(), &mut thrown) == sys::Status::napi_ok {
+      sys::napi_fatal_exception(env.raw(), thrown);
+    }
+  }
+  true
 }
 
 /// Starts the settlement of async operations on this JS thread: `onSettle(id, error,

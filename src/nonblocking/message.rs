@@ -448,7 +448,9 @@ impl MessageSocket {
     if shared.receives.is_idle() {
       match receive_now(shared.fd(), shared.kind) {
         Ok(Some(outcome)) => {
-          return match message_value(env, outcome)? {
+          // Guarded here too: this call may run inside another build (user code run by a
+          // setter while a delivery makes its arguments), whose fds are not these.
+          return match settle::guarded_build(|| message_value(env, outcome)).made()? {
             Settled::Value(Some(value)) => Ok(Some(value)),
             // `null` says "pending": the end of a seqpacket connection is `false` here.
             // SAFETY: a value made in this environment, on its thread.

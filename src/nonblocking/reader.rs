@@ -161,11 +161,11 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
   Ok(match delivery {
     Delivery::Data { data, arrival, .. } => {
       let count = arrival.count;
-      queues.pending.fetch_sub(count, Ordering::AcqRel);
       let closed = || Ok((None, 0, None, Some(tagged(error::closed()))).into());
       if queues.hand_fds.load(Ordering::Acquire) {
         // Handed over, they no longer count against the bound: a reader waiting for room
         // goes on (no dequeue() will tell it).
+        queues.pending.fetch_sub(count, Ordering::AcqRel);
         if count > 0 {
           queues.room.notify_waiters();
         }
@@ -176,7 +176,12 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
         };
         return Ok((Some(chunk(data)?), 0, handed, None).into());
       }
-      if arrival.receive(queues).is_err() {
+      let received = arrival.receive(queues);
+      // Only now: counted as pending until they are in the inbound queue, or the reader
+      // (on another thread with the threaded driver) could see room that is not there and
+      // read one message more than the bound allows.
+      queues.pending.fetch_sub(count, Ordering::AcqRel);
+      if received.is_err() {
         return closed();
       }
       // Counts fit: a batch is at most CHUNK bytes, each carrying at most 253 fds.
@@ -226,7 +231,13 @@ impl Sink<'_> {
           // The fds handed over are JS's as soon as the call starts: 'fds' listeners (user
           // code) may pass them on and then throw, or be cut off by a worker's teardown, so
           // they are never closed behind the listeners' back.
-          let args = deliver(env, &direct.to, delivery)?;
+          let args = match deliver(env, &direct.to, delivery) {
+            Ok(args) => args,
+            // User code that making them ran (a setter) threw: reported as uncaught, and
+            // this chunk is lost (its fds closed), never half-delivered.
+            Err(_) if settle::report_pending(env) => return Ok(()),
+            Err(e) => return Err(e),
+          };
           settle::call_js(env, &direct.callback.borrow_back(env)?, args).map(drop)
         }));
       }
