@@ -22,8 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::{
-  BufferSlice, FnArgs, FromNapiValue, Function, FunctionRef, JsValuesTupleIntoVec, ToNapiValue,
-  Uint8Array, Uint8ArraySlice,
+  BufferSlice, FnArgs, Function, FunctionRef, JsValuesTupleIntoVec, ToNapiValue, Uint8Array,
 };
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{sys, Env, JsValue, Status};
@@ -326,22 +325,13 @@ impl Home {
     copy: usize,
     data: Vec<u8>,
   ) -> napi::Result<(RawValue, bool)> {
-    let mut scratch = None;
-    if data.len() <= SCRATCH_MAX {
-      if let Some(layer) = lock(&self.copies).get_mut(copy) {
-        scratch = Some(own_bytes(env, &mut layer.scratch)?);
-      }
+    let copied = match lock(&self.copies).get_mut(copy) {
+      Some(layer) if data.len() <= SCRATCH_MAX => write_scratch(env, &mut layer.scratch, &data)?,
+      _ => false,
+    };
+    if !copied {
+      return Ok((buffer_value(env, data)?, false));
     }
-    let Some(mut scratch) = scratch else {
-      return Ok((buffer_value(env, data)?, false));
-    };
-    // SAFETY: the bytes of an ArrayBuffer (checked at registration, so never shared with
-    // another thread) as they are now, looked up afresh (a detached buffer has none), and
-    // written on the JS thread while no JS runs.
-    let Some(into) = unsafe { scratch.as_mut() }.get_mut(..data.len()) else {
-      return Ok((buffer_value(env, data)?, false));
-    };
-    into.copy_from_slice(&data);
     // At most SCRATCH_MAX.
     let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
     spare::give_back(data);
@@ -567,7 +557,7 @@ pub fn init_settlements(
   on_settle: Function<'_, SettleArgs, ()>,
   mut scratch: Uint8Array,
 ) -> napi::Result<u32> {
-  own_bytes(&env, &mut scratch)?;
+  check_scratch(&env, &mut scratch)?;
   let home = home(&env).map_err(|e| napi::Error::from_reason(e.reason))?;
   let mut copies = lock(&home.copies);
   let copy = copies.len();
@@ -675,23 +665,20 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
 /// second copy, cheaper than the Buffer it saves for small data only.
 const SCRATCH_MAX: usize = 4096;
 
-/// The bytes of the typed array `scratch` refers to, as they are now (a typed array caches
-/// its data pointer, which its ArrayBuffer's detachment would leave dangling); refused
-/// unless they belong to an ArrayBuffer (a SharedArrayBuffer's may be in use on another
-/// thread meanwhile).
-fn own_bytes<'env>(
-  env: &'env Env,
+/// What `napi_get_typedarray_info` says now of the typed array `scratch` refers to:
+/// `(data, length, arraybuffer)`.
+fn typed_array_now(
+  env: &Env,
   scratch: &mut Uint8Array,
-) -> napi::Result<Uint8ArraySlice<'env>> {
+) -> napi::Result<(*mut u8, usize, sys::napi_value)> {
   // SAFETY: plain N-API calls on the calling JS thread's live environment: the value comes
-  // from the typed array's own reference, the out-pointers are locals.
+  // from the typed array's own reference (which napi-rs leaves in place), the out-pointers
+  // are locals.
   unsafe {
     let value = <&mut Uint8Array>::to_napi_value(env.raw(), scratch)?;
-    let mut kind = 0;
-    let mut length = 0;
+    let (mut kind, mut length, mut offset) = (0, 0, 0);
     let mut data = std::ptr::null_mut();
     let mut buffer = std::ptr::null_mut();
-    let mut offset = 0;
     let status = sys::napi_get_typedarray_info(
       env.raw(),
       value,
@@ -701,18 +688,47 @@ fn own_bytes<'env>(
       &mut buffer,
       &mut offset,
     );
-    let mut plain = false;
-    if status != sys::Status::napi_ok
-      || sys::napi_is_arraybuffer(env.raw(), buffer, &mut plain) != sys::Status::napi_ok
-      || !plain
-    {
+    if status != sys::Status::napi_ok {
       return Err(napi::Error::new(
-        Status::InvalidArg,
-        "the scratch Buffer must be a Uint8Array over an ArrayBuffer",
+        Status::from(status),
+        "napi_get_typedarray_info",
       ));
     }
-    Uint8ArraySlice::from_napi_value(env.raw(), value)
+    Ok((data.cast(), length, buffer))
   }
+}
+
+/// Refuses a scratch Buffer whose bytes are not an ArrayBuffer's (a SharedArrayBuffer's may
+/// be in use on another thread meanwhile), once, when it is registered: a typed array
+/// never changes its buffer.
+fn check_scratch(env: &Env, scratch: &mut Uint8Array) -> napi::Result<()> {
+  let (_, _, buffer) = typed_array_now(env, scratch)?;
+  let mut plain = false;
+  // SAFETY: as in `typed_array_now`; `buffer` is a value it just returned.
+  let status = unsafe { sys::napi_is_arraybuffer(env.raw(), buffer, &mut plain) };
+  if status != sys::Status::napi_ok || !plain {
+    return Err(napi::Error::new(
+      Status::InvalidArg,
+      "the scratch Buffer must be a Uint8Array over an ArrayBuffer",
+    ));
+  }
+  Ok(())
+}
+
+/// Writes `bytes` at the start of the scratch Buffer `scratch` refers to, whose memory is
+/// looked up now (a typed array caches its data pointer, which its ArrayBuffer's detachment
+/// would leave dangling). `false` when they do not fit (a detached buffer has no bytes).
+fn write_scratch(env: &Env, scratch: &mut Uint8Array, bytes: &[u8]) -> napi::Result<bool> {
+  let (data, length, _) = typed_array_now(env, scratch)?;
+  if data.is_null() || length < bytes.len() {
+    return Ok(false);
+  }
+  // SAFETY: `data` starts the `length` bytes of a live ArrayBuffer (checked at
+  // registration, so never shared with another thread), kept alive by the reference; this
+  // runs on the JS thread with no JS running, so nothing can detach or touch them
+  // meanwhile, and `bytes` (Rust memory) cannot overlap them.
+  unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
+  Ok(true)
 }
 
 /// The largest Buffer [`buffer_value`] copies into V8's memory.
