@@ -37,6 +37,12 @@ import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
 /** Most fds one write can carry (the kernel's SCM_MAX_FD). */
 const SCM_MAX_FD = 253
 const DEFAULT_MAX_QUEUED_FDS = 1024
+/**
+ * The cuts of a batch with none or one (the common case), reused: native code copies them
+ * out at once (making a Float64Array from a JS array per write took a runtime call).
+ */
+const NO_CUTS = new Float64Array(0)
+const ONE_CUT = new Float64Array(2)
 
 /** Options of {@link FdSocket} (and of the sockets an {@link FdServer} accepts). */
 export interface FdSocketOptions extends Pick<
@@ -426,7 +432,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: Callback): void {
-    this.#whenConnected((direct) => this.#writeChunks([chunk], cb, direct), cb)
+    if (this.#native) this.#writeChunks([chunk], cb, true)
+    else this.#whenConnected((direct) => this.#writeChunks([chunk], cb, direct), cb)
   }
 
   /** @internal */
@@ -479,7 +486,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       return cb()
     }
     const data = parts.length === 1 ? parts[0] : Buffer.concat(parts, length)
-    const cutsArray = new Float64Array(cuts)
+    let cutsArray = NO_CUTS
+    if (cuts.length === 2) {
+      cutsArray = ONE_CUT
+      cutsArray[0] = cuts[0]
+      cutsArray[1] = cuts[1]
+    } else if (cuts.length > 0) cutsArray = new Float64Array(cuts)
     let written: number | Promise<number>
     try {
       written = startOperation(this, this.#liveness, (id) =>
@@ -543,13 +555,22 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       }
       this.#reading = true
       native(() =>
-        inner.startReading((chunk, fdCount, handed, error) => this.#onChunk(chunk, fdCount, handed, error), copy),
+        inner.startReading(
+          (chunk, fdCount, handed, error, truncated) => this.#onChunk(chunk, fdCount, handed, error, truncated),
+          copy,
+        ),
       )
       if (!this.#referenced) native(() => inner.setReferenced(false))
     })
   }
 
-  #onChunk(chunk: Buffer | number | null, fdCount: number, handed: FdsArrived | null, error: string | null): void {
+  #onChunk(
+    chunk: Buffer | number | null,
+    fdCount: number,
+    handed: number[] | null,
+    error: string | null,
+    truncated: boolean,
+  ): void {
     if (typeof chunk === 'number') {
       // In the scratch Buffer: copied out first thing, before anything else can run.
       try {
@@ -579,8 +600,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // Handed over right before the 'data' that holds the chunk's first byte (see emit()),
     // however long the chunk waits in the readable buffer.
     if (handed) {
-      this.#fdsAhead.push({ at: this.#bytesPushed, fds: handed })
-      this.#fdsAheadCount += handed.length
+      const fds = handed as FdsArrived
+      fds.truncated = truncated
+      this.#fdsAhead.push({ at: this.#bytesPushed, fds })
+      this.#fdsAheadCount += fds.length
     }
     this.#bytesPushed += chunk.length
     this.#pushChunk(chunk)

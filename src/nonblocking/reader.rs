@@ -30,12 +30,21 @@ const CHUNK: usize = crate::spare::SIZE;
 /// Batches read but not yet handed to JS.
 const IN_FLIGHT: usize = 2;
 
-/// `(chunk, fdCount, handed, error)`: a chunk (its byte count when it waits in the scratch
-/// Buffer, see [`Home::bytes_value`]) with the number of fds that arrived with it
-/// (already dequeue-able), or, while JS asks for them (`'fds'` listeners), the fds
-/// themselves in `handed` (an array with a `truncated` flag; fdCount is then 0); or
-/// `(null, 0, null, null)` at end of stream, or `(null, 0, null, "[CODE] message")`.
-pub type ReadArgs = FnArgs<(Option<RawValue>, u32, Option<RawValue>, Option<String>)>;
+/// `(chunk, fdCount, handed, error, truncated)`: a chunk (its byte count when it waits in
+/// the scratch Buffer, see [`Home::bytes_value`]) with the number of fds that arrived with
+/// it (already dequeue-able), or, while JS asks for them (`'fds'` listeners), the fds
+/// themselves in `handed` (an array; fdCount is then 0) and whether the kernel truncated
+/// them in `truncated` (JS sets the array's `truncated`: a named property set from here
+/// cost a string made and looked up, and a generic store, per chunk); or
+/// `(null, 0, null, null, false)` at end of stream, or
+/// `(null, 0, null, "[CODE] message", false)`.
+pub type ReadArgs = FnArgs<(
+  Option<RawValue>,
+  u32,
+  Option<RawValue>,
+  Option<String>,
+  bool,
+)>;
 type ReadCallback = ThreadsafeFunction<Delivery, (), ReadArgs, Status, false>;
 
 /// What the reader task sends to JS. It owns no fd: those wait in the JS thread's home.
@@ -161,7 +170,7 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
   Ok(match delivery {
     Delivery::Data { data, arrival, .. } => {
       let count = arrival.count;
-      let closed = || Ok((None, 0, None, Some(tagged(error::closed()))).into());
+      let closed = || Ok((None, 0, None, Some(tagged(error::closed())), false).into());
       if queues.hand_fds.load(Ordering::Acquire) {
         // Handed over, they no longer count against the bound: a reader waiting for room
         // goes on (no dequeue() will tell it).
@@ -169,12 +178,12 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
         if count > 0 {
           queues.room.notify_waiters();
         }
-        let handed = match arrival.hand_over() {
+        let (handed, truncated) = match arrival.hand_over() {
           _ if queues.closed.load(Ordering::Acquire) => return closed(),
-          Some((fds, truncated)) => Some(fd_array(env, fds, truncated)?),
-          None => None,
+          Some((fds, truncated)) => (Some(fd_array(env, fds)?), truncated),
+          None => (None, false),
         };
-        return Ok((Some(chunk(data)?), 0, handed, None).into());
+        return Ok((Some(chunk(data)?), 0, handed, None, truncated).into());
       }
       let received = arrival.receive(queues);
       // Only now: counted as pending until they are in the inbound queue, or the reader
@@ -186,23 +195,22 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
       }
       // Counts fit: a batch is at most CHUNK bytes, each carrying at most 253 fds.
       let count = u32::try_from(count).unwrap_or(u32::MAX);
-      (Some(chunk(data)?), count, None, None).into()
+      (Some(chunk(data)?), count, None, None, false).into()
     }
-    Delivery::End => (None, 0, None, None).into(),
-    Delivery::Failed(e) => (None, 0, None, Some(tagged(e))).into(),
+    Delivery::End => (None, 0, None, None, false).into(),
+    Delivery::Failed(e) => (None, 0, None, Some(tagged(e)), false).into(),
   })
 }
 
-/// `fds` as a JS array of fd numbers with `truncated` set; the numbers are JS's once it is
-/// made (until then, an error closes them).
-fn fd_array(env: &Env, fds: Vec<OwnedFd>, truncated: bool) -> napi::Result<RawValue> {
+/// `fds` as a JS array of fd numbers; the numbers are JS's once it is made (until then, an
+/// error closes them).
+fn fd_array(env: &Env, fds: Vec<OwnedFd>) -> napi::Result<RawValue> {
   let length = u32::try_from(fds.len()).unwrap_or(u32::MAX);
   let mut array = env.create_array(length)?;
   for (i, fd) in (0u32..).zip(fds.iter()) {
     array.set(i, fd.as_raw_fd())?;
   }
-  let mut object = array.coerce_to_object()?;
-  object.set("truncated", truncated)?;
+  let object = array.coerce_to_object()?;
   settle::give_to_js(fds);
   Ok(RawValue(object.raw()))
 }
