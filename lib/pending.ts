@@ -49,17 +49,34 @@ function newId(): number {
 }
 /** Pending operations of ref'd objects; the native doorbell is ref'd while there are any. */
 let referencedPending = 0
+/**
+ * This copy's vote for the native doorbell, shared with native code: `[VOTE]` is 1 while
+ * the copy counts in (`referenceSettlements`), `[VOTE_OWED]` is 1 when the vote is to end
+ * after the current delivery, which native code then does. A settlement that leaves no
+ * referenced operation pending marks that instead of unref'ing at once: the code it runs
+ * usually starts the next operation, and the vote then simply goes on (no call into the
+ * addon either way).
+ */
+const votes = new Uint8Array(2)
+const VOTE = 0
+const VOTE_OWED = 1
 
-function countReferenced(delta: number): void {
-  const before = referencedPending
+/** `settling`: called while a delivery settles operations (see `votes`). */
+function countReferenced(delta: number, settling = false): void {
   referencedPending += delta
-  if (before === 0 && referencedPending > 0) binding.referenceSettlements(true)
-  else if (before > 0 && referencedPending === 0) binding.referenceSettlements(false)
+  const wanted = referencedPending > 0 ? 1 : 0
+  if (wanted === votes[VOTE]) votes[VOTE_OWED] = 0
+  else if (wanted === 0 && settling) votes[VOTE_OWED] = 1
+  else {
+    binding.referenceSettlements(wanted === 1)
+    votes[VOTE] = wanted
+    votes[VOTE_OWED] = 0
+  }
 }
 
 function settled(liveness: Liveness): void {
   liveness.pending--
-  if (liveness.referenced) countReferenced(-1)
+  if (liveness.referenced) countReferenced(-1, true)
 }
 
 /** Node's `AbortError` shape: `name`, `code: 'ABORT_ERR'`, the signal's reason as `cause`. */
@@ -137,7 +154,7 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
 }
 
 /** This copy's number on this thread (see `newId`); push readers name it too. */
-export const copy = binding.initSettlements(onSettle, scratchBuffer)
+export const copy = binding.initSettlements(onSettle, scratchBuffer, votes)
 
 /** `ref()`/`unref()` of an object: whether its pending operations keep the process alive. */
 export function setReferenced(liveness: Liveness, referenced: boolean): void {

@@ -187,7 +187,14 @@ struct LayerCopy {
   on_settle: FunctionRef<SettleArgs, ()>,
   /// The copy's scratch Buffer (held by reference: see [`Home::bytes_value`]).
   scratch: Uint8Array,
+  /// The copy's vote for the doorbell, shared with it: see [`Home::end_owed_votes`].
+  votes: Uint8Array,
 }
+
+/// In a copy's `votes`: 1 while the copy counts in [`Home::set_referenced`].
+const VOTE: usize = 0;
+/// In a copy's `votes`: 1 when the copy's vote is to end once the delivery is over.
+const VOTE_OWED: usize = 1;
 
 thread_local! {
   static HOME: RefCell<Option<Arc<Home>>> = const { RefCell::new(None) };
@@ -311,7 +318,38 @@ impl Home {
     for call in posted {
       outcome = outcome.and(crate::runtime::as_io_callback(env, || call(env)));
     }
-    outcome
+    outcome.and(self.end_owed_votes(env))
+  }
+
+  /// Ends the doorbell votes that copies of the JS layer left owed during a delivery.
+  ///
+  /// A copy whose last referenced operation settles (always inside a delivery) does not
+  /// unref the doorbell then: the code its settlement runs usually starts the next
+  /// operation (a read after a read), which would ref it again, two calls into the addon
+  /// per round trip. It marks its vote owed instead, and starting an operation clears the
+  /// mark; here, after every call of the delivery and the microtasks they ran, a vote still
+  /// owed ends.
+  fn end_owed_votes(&self, env: &Env) -> napi::Result<()> {
+    let mut ended = 0;
+    for copy in lock(&self.copies).iter_mut() {
+      let (data, length, _) = typed_array_now(env, &mut copy.votes)?;
+      if data.is_null() || length <= VOTE_OWED {
+        continue;
+      }
+      // SAFETY: `data` starts the `length` bytes of a live ArrayBuffer (checked at
+      // registration, so never shared with another thread), kept alive by the reference;
+      // this runs on the JS thread with no JS running, so nothing touches them meanwhile.
+      let votes = unsafe { std::slice::from_raw_parts_mut(data, length) };
+      if votes[VOTE_OWED] == 1 {
+        votes[VOTE_OWED] = 0;
+        votes[VOTE] = 0;
+        ended += 1;
+      }
+    }
+    for _ in 0..ended {
+      self.set_referenced(env, false)?;
+    }
+    Ok(())
   }
 
   /// `data` for JS, on the JS thread, right before the call to copy `copy` of the JS layer
@@ -546,18 +584,23 @@ pub(crate) fn report_pending(env: &Env) -> bool {
 
 /// Starts the settlement of async operations on this JS thread: `onSettle(id, error,
 /// value, inScratch)` settles the Promise of operation `id` (see [`SettleArgs`]), and
-/// `scratch` is where bytes for it wait. Called by each copy of the TypeScript layer when
-/// it loads; returns the copy's number `c`, and its operation ids are `n * 65536 + c`.
+/// `scratch` is where bytes for it wait. `votes` (2 bytes) is the copy's vote for the
+/// doorbell: byte 0 is 1 while it counts in (`referenceSettlements`), byte 1 is 1 when the
+/// vote is to end after the current delivery (see `Home::end_owed_votes`). Called by each
+/// copy of the TypeScript layer when it loads; returns the copy's number `c`, and its
+/// operation ids are `n * 65536 + c`.
 #[napi_derive::napi(
-  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown, inScratch: boolean) => void, scratch: Buffer"
+  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown, inScratch: boolean) => void, scratch: Buffer, votes: Uint8Array"
 )]
 #[cfg_attr(test, allow(dead_code))]
 pub fn init_settlements(
   env: Env,
   on_settle: Function<'_, SettleArgs, ()>,
   mut scratch: Uint8Array,
+  mut votes: Uint8Array,
 ) -> napi::Result<u32> {
   check_scratch(&env, &mut scratch)?;
+  check_scratch(&env, &mut votes)?;
   let home = home(&env).map_err(|e| napi::Error::from_reason(e.reason))?;
   let mut copies = lock(&home.copies);
   let copy = copies.len();
@@ -569,6 +612,7 @@ pub fn init_settlements(
   copies.push(LayerCopy {
     on_settle: on_settle.create_ref()?,
     scratch,
+    votes,
   });
   drop(copies);
   if lock(&home.doorbell).is_some() {
@@ -698,9 +742,9 @@ fn typed_array_now(
   }
 }
 
-/// Refuses a scratch Buffer whose bytes are not an ArrayBuffer's (a SharedArrayBuffer's may
-/// be in use on another thread meanwhile), once, when it is registered: a typed array
-/// never changes its buffer.
+/// Refuses a scratch Buffer (or votes) whose bytes are not an ArrayBuffer's (a
+/// SharedArrayBuffer's may be in use on another thread meanwhile), once, when it is
+/// registered: a typed array never changes its buffer.
 fn check_scratch(env: &Env, scratch: &mut Uint8Array) -> napi::Result<()> {
   let (_, _, buffer) = typed_array_now(env, scratch)?;
   let mut plain = false;
@@ -709,7 +753,7 @@ fn check_scratch(env: &Env, scratch: &mut Uint8Array) -> napi::Result<()> {
   if status != sys::Status::napi_ok || !plain {
     return Err(napi::Error::new(
       Status::InvalidArg,
-      "the scratch Buffer must be a Uint8Array over an ArrayBuffer",
+      "the scratch Buffer and votes must be Uint8Arrays over ArrayBuffers",
     ));
   }
   Ok(())
