@@ -72,7 +72,7 @@ struct Local {
   /// Tasks to spawn, and wakes to pass on, inside the next drive: done from inside the
   /// runtime, they go straight to its run queue (from outside, tokio would also write to
   /// its wake-up eventfd).
-  spawns: RefCell<Vec<Task>>,
+  spawns: RefCell<Vec<Tracked>>,
   wakes: RefCell<Vec<Waker>>,
   /// Tasks that can do nothing before an event of the reactor (`spawn_after_event`):
   /// spawned inside the next drive, which they are no reason to start.
@@ -175,8 +175,8 @@ fn local() -> Option<Rc<Local>> {
 pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {
   match local() {
     Some(local) => {
-      let tracked = Tracked::new(future, Arc::clone(&local.shared));
-      local.spawns.borrow_mut().push(Box::pin(tracked));
+      let tracked = Tracked::new(Box::pin(future), Arc::clone(&local.shared));
+      local.spawns.borrow_mut().push(tracked);
       local.drive(false);
     }
     None => drop(napi::bindgen_prelude::spawn(future)),
@@ -367,13 +367,13 @@ impl Local {
     }
     self.scheduled.set(false);
     self.start_after_event();
-    let mut quiet = false;
-    for _ in 0..MAX_ROUNDS {
-      let spawns = std::mem::take(&mut *self.spawns.borrow_mut());
-      let wakes = std::mem::take(&mut *self.wakes.borrow_mut());
-      // One round: new tasks and wakes go in, every ready task runs, then the reactor is
-      // turned without waiting.
-      self.runtime.block_on(async move {
+    // Rounds inside one `block_on` (entering the runtime costs about as much as a round):
+    // new tasks and wakes go in, every ready task runs, then the reactor is turned without
+    // waiting; again while that turn (or the tasks) left work.
+    let quiet = self.runtime.block_on(async {
+      for _ in 0..MAX_ROUNDS {
+        let spawns = std::mem::take(&mut *self.spawns.borrow_mut());
+        let wakes = std::mem::take(&mut *self.wakes.borrow_mut());
         for task in spawns {
           drop(tokio::spawn(task));
         }
@@ -381,13 +381,12 @@ impl Local {
           waker.wake();
         }
         tokio::task::yield_now().await;
-      });
-      let idle = self.spawns.borrow().is_empty() && self.wakes.borrow().is_empty();
-      if idle && self.shared.woken.load(Ordering::Acquire) == 0 {
-        quiet = true;
-        break;
+        if !self.has_work() {
+          return true;
+        }
       }
-    }
+      false
+    });
     self.driving.set(false);
     if !quiet {
       self.arm(0);
@@ -399,7 +398,7 @@ impl Local {
     let waiting = std::mem::take(&mut *self.after_event.borrow_mut());
     let mut spawns = self.spawns.borrow_mut();
     for task in waiting {
-      spawns.push(Box::pin(Tracked::new(task, Arc::clone(&self.shared))));
+      spawns.push(Tracked::new(task, Arc::clone(&self.shared)));
     }
   }
 
@@ -750,39 +749,39 @@ impl Wake for Counting {
 
 /// A task of the JS-thread runtime: whether it waits to run is counted (see
 /// `Local::drive`).
-struct Tracked<F> {
-  inner: Pin<Box<F>>,
+struct Tracked {
+  inner: Task,
   task: Arc<TaskState>,
   /// tokio's waker and ours around it, from the last poll.
   waker: Option<(Waker, Waker)>,
 }
 
-impl<F> Tracked<F> {
+impl Tracked {
   /// A task that is about to be spawned: counted as woken until its first poll.
-  fn new(future: F, shared: Arc<Shared>) -> Self {
+  fn new(future: Task, shared: Arc<Shared>) -> Self {
     let task = Arc::new(TaskState {
       state: AtomicU8::new(IDLE),
       shared,
     });
     task.woken();
     Self {
-      inner: Box::pin(future),
+      inner: future,
       task,
       waker: None,
     }
   }
 }
 
-impl<F> Drop for Tracked<F> {
+impl Drop for Tracked {
   fn drop(&mut self) {
     self.task.leave_woken(DONE);
   }
 }
 
-impl<F: Future> Future for Tracked<F> {
-  type Output = F::Output;
+impl Future for Tracked {
+  type Output = ();
 
-  fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+  fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
     let this = &mut *self;
     this.task.leave_woken(IDLE);
     let ours = match &this.waker {
