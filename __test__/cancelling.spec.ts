@@ -157,6 +157,10 @@ test('a read that settles with nothing started after it lets the process exit; a
   const idle = await exits(['settled', 'idle'], 60_000)
   t.true(idle.exited, idle.stderr)
   t.is(idle.code, 0, idle.stderr)
+  // The continuation starts a read of an unref'd stream: only that one is pending.
+  const unrefd = await exits(['settled', 'unref-reading'], 60_000)
+  t.true(unrefd.exited, unrefd.stderr)
+  t.is(unrefd.code, 0, unrefd.stderr)
   const reading = await exits(['settled', 'reading'], 1_500)
   t.false(reading.exited, `with a read pending the process exited: ${reading.stderr}`)
 })
