@@ -601,7 +601,15 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // however long the chunk waits in the readable buffer.
     if (handed) {
       const fds = handed as FdsArrived
-      fds.truncated = truncated
+      try {
+        fds.truncated = truncated
+      } catch (thrown) {
+        // A throwing setter on Array.prototype: like a read that failed, and the fds that
+        // nobody will get are closed.
+        for (const fd of handed) closeFdQuietly(fd)
+        this.destroy(thrown as Error)
+        return
+      }
       this.#fdsAhead.push({ at: this.#bytesPushed, fds })
       this.#fdsAheadCount += fds.length
     }

@@ -278,7 +278,8 @@ impl Home {
     // Every one is delivered even if a call fails; the first failure is returned.
     let mut outcome = Ok(());
     let settled = std::mem::take(&mut *lock(&self.settled));
-    if !settled.is_empty() {
+    let settling = !settled.is_empty();
+    if settling {
       // Borrowed back, not held under the lock: JS may call into the addon from it.
       let on_settle = lock(&self.copies)
         .iter()
@@ -318,7 +319,11 @@ impl Home {
     for call in posted {
       outcome = outcome.and(crate::runtime::as_io_callback(env, || call(env)));
     }
-    outcome.and(self.end_owed_votes(env))
+    // Only a settlement marks a vote owed.
+    if settling {
+      outcome = outcome.and(self.end_owed_votes(env));
+    }
+    outcome
   }
 
   /// Ends the doorbell votes that copies of the JS layer left owed during a delivery.
@@ -329,27 +334,24 @@ impl Home {
   /// per round trip. It marks its vote owed instead, and starting an operation clears the
   /// mark; here, after every call of the delivery and the microtasks they ran, a vote still
   /// owed ends.
+  ///
+  /// Each copy's vote ends in the native count as its mark is cleared, and a copy whose
+  /// votes cannot be read does not stop the others: a vote left counted would keep the
+  /// process alive for good.
   fn end_owed_votes(&self, env: &Env) -> napi::Result<()> {
-    let mut ended = 0;
-    for copy in lock(&self.copies).iter_mut() {
-      let (data, length, _) = typed_array_now(env, &mut copy.votes)?;
-      if data.is_null() || length <= VOTE_OWED {
-        continue;
-      }
-      // SAFETY: `data` starts the `length` bytes of a live ArrayBuffer (checked at
-      // registration, so never shared with another thread), kept alive by the reference;
-      // this runs on the JS thread with no JS running, so nothing touches them meanwhile.
-      let votes = unsafe { std::slice::from_raw_parts_mut(data, length) };
-      if votes[VOTE_OWED] == 1 {
-        votes[VOTE_OWED] = 0;
-        votes[VOTE] = 0;
-        ended += 1;
-      }
+    let mut outcome = Ok(());
+    let copies = lock(&self.copies).len();
+    for copy in 0..copies {
+      let owed = match lock(&self.copies).get_mut(copy) {
+        Some(layer) => take_owed_vote(env, &mut layer.votes),
+        None => Ok(false),
+      };
+      outcome = outcome.and(match owed {
+        Ok(true) => self.set_referenced(env, false),
+        other => other.map(drop),
+      });
     }
-    for _ in 0..ended {
-      self.set_referenced(env, false)?;
-    }
-    Ok(())
+    outcome
   }
 
   /// `data` for JS, on the JS thread, right before the call to copy `copy` of the JS layer
@@ -740,6 +742,24 @@ fn typed_array_now(
     }
     Ok((data.cast(), length, buffer))
   }
+}
+
+/// Clears the owed mark in a copy's `votes`, and its vote with it; `true` if it was owed.
+fn take_owed_vote(env: &Env, votes: &mut Uint8Array) -> napi::Result<bool> {
+  let (data, length, _) = typed_array_now(env, votes)?;
+  if data.is_null() || length <= VOTE_OWED {
+    return Ok(false);
+  }
+  // SAFETY: `data` starts the `length` bytes of a live ArrayBuffer (checked at
+  // registration, so never shared with another thread), kept alive by the reference; this
+  // runs on the JS thread with no JS running, so nothing touches them meanwhile.
+  let votes = unsafe { std::slice::from_raw_parts_mut(data, length) };
+  if votes[VOTE_OWED] != 1 {
+    return Ok(false);
+  }
+  votes[VOTE_OWED] = 0;
+  votes[VOTE] = 0;
+  Ok(true)
 }
 
 /// Refuses a scratch Buffer (or votes) whose bytes are not an ArrayBuffer's (a
