@@ -555,31 +555,20 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       }
       this.#reading = true
       native(() =>
-        inner.startReading(
-          (chunk, fdCount, handed, error, truncated) => this.#onChunk(chunk, fdCount, handed, error, truncated),
-          copy,
-        ),
+        inner.startReading((chunk, handed, error, truncated) => this.#onChunk(chunk, handed, error, truncated), copy),
       )
       if (!this.#referenced) native(() => inner.setReferenced(false))
     })
   }
 
-  #onChunk(
-    chunk: Buffer | number | null,
-    fdCount: number,
-    handed: number[] | null,
-    error: string | null,
-    truncated: boolean,
-  ): void {
+  #onChunk(chunk: Buffer | number | null, handed: number[] | null, error: string | null, truncated: boolean): void {
     if (typeof chunk === 'number') {
       // In the scratch Buffer: copied out first thing, before anything else can run.
       try {
         chunk = copyOut(chunk)
       } catch (thrown) {
         // Out of memory: like a read that failed.
-        if (handed) for (const fd of handed) closeFdQuietly(fd)
-        this.destroy(thrown as Error)
-        return
+        return this.#failChunk(handed, thrown)
       }
     }
     if (this.destroyed) {
@@ -604,17 +593,20 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       try {
         fds.truncated = truncated
       } catch (thrown) {
-        // A throwing setter on Array.prototype: like a read that failed, and the fds that
-        // nobody will get are closed.
-        for (const fd of handed) closeFdQuietly(fd)
-        this.destroy(thrown as Error)
-        return
+        // A throwing setter on a prototype: like a read that failed.
+        return this.#failChunk(handed, thrown)
       }
       this.#fdsAhead.push({ at: this.#bytesPushed, fds })
       this.#fdsAheadCount += fds.length
     }
     this.#bytesPushed += chunk.length
     this.#pushChunk(chunk)
+  }
+
+  /** A chunk that cannot be delivered: its fds, which nobody will get, are closed. */
+  #failChunk(handed: number[] | null, thrown: unknown): void {
+    if (handed) for (const fd of handed) closeFdQuietly(fd)
+    this.destroy(thrown as Error)
   }
 
   /** @internal Emits the `'fds'` of the chunks a `'data'` event starts, right before it. */

@@ -187,14 +187,11 @@ struct LayerCopy {
   on_settle: FunctionRef<SettleArgs, ()>,
   /// The copy's scratch Buffer (held by reference: see [`Home::bytes_value`]).
   scratch: Uint8Array,
-  /// The copy's vote for the doorbell, shared with it: see [`Home::end_owed_votes`].
+  /// The copy's vote for the doorbell, shared with it: byte 0 is 1 while the copy counts
+  /// in [`Home::set_referenced`], byte 1 is 1 when that vote is to end once the delivery
+  /// is over (see [`Home::end_owed_votes`]).
   votes: Uint8Array,
 }
-
-/// In a copy's `votes`: 1 while the copy counts in [`Home::set_referenced`].
-const VOTE: usize = 0;
-/// In a copy's `votes`: 1 when the copy's vote is to end once the delivery is over.
-const VOTE_OWED: usize = 1;
 
 thread_local! {
   static HOME: RefCell<Option<Arc<Home>>> = const { RefCell::new(None) };
@@ -746,20 +743,13 @@ fn typed_array_now(
 
 /// Clears the owed mark in a copy's `votes`, and its vote with it; `true` if it was owed.
 fn take_owed_vote(env: &Env, votes: &mut Uint8Array) -> napi::Result<bool> {
-  let (data, length, _) = typed_array_now(env, votes)?;
-  if data.is_null() || length <= VOTE_OWED {
-    return Ok(false);
-  }
-  // SAFETY: `data` starts the `length` bytes of a live ArrayBuffer (checked at
-  // registration, so never shared with another thread), kept alive by the reference; this
-  // runs on the JS thread with no JS running, so nothing touches them meanwhile.
-  let votes = unsafe { std::slice::from_raw_parts_mut(data, length) };
-  if votes[VOTE_OWED] != 1 {
-    return Ok(false);
-  }
-  votes[VOTE_OWED] = 0;
-  votes[VOTE] = 0;
-  Ok(true)
+  with_bytes_now(env, votes, |votes| match votes {
+    [vote, owed, ..] if *owed == 1 => {
+      (*vote, *owed) = (0, 0);
+      true
+    }
+    _ => false,
+  })
 }
 
 /// Refuses a scratch Buffer (or votes) whose bytes are not an ArrayBuffer's (a
@@ -779,20 +769,38 @@ fn check_scratch(env: &Env, scratch: &mut Uint8Array) -> napi::Result<()> {
   Ok(())
 }
 
-/// Writes `bytes` at the start of the scratch Buffer `scratch` refers to, whose memory is
-/// looked up now (a typed array caches its data pointer, which its ArrayBuffer's detachment
-/// would leave dangling). `false` when they do not fit (a detached buffer has no bytes).
+/// Writes `bytes` at the start of the scratch Buffer `scratch` refers to. `false` when
+/// they do not fit (a detached buffer has no bytes).
 fn write_scratch(env: &Env, scratch: &mut Uint8Array, bytes: &[u8]) -> napi::Result<bool> {
-  let (data, length, _) = typed_array_now(env, scratch)?;
-  if data.is_null() || length < bytes.len() {
-    return Ok(false);
+  with_bytes_now(env, scratch, |scratch| {
+    match scratch.get_mut(..bytes.len()) {
+      Some(start) => {
+        start.copy_from_slice(bytes);
+        Ok(true)
+      }
+      None => Ok(false),
+    }
+  })?
+}
+
+/// Runs `f` on the bytes of the typed array `array` refers to, looked up now (a typed
+/// array caches its data pointer, which its ArrayBuffer's detachment would leave dangling;
+/// a detached one has no bytes).
+fn with_bytes_now<R>(
+  env: &Env,
+  array: &mut Uint8Array,
+  f: impl FnOnce(&mut [u8]) -> R,
+) -> napi::Result<R> {
+  let (data, length, _) = typed_array_now(env, array)?;
+  if data.is_null() {
+    return Ok(f(&mut []));
   }
   // SAFETY: `data` starts the `length` bytes of a live ArrayBuffer (checked at
   // registration, so never shared with another thread), kept alive by the reference; this
-  // runs on the JS thread with no JS running, so nothing can detach or touch them
-  // meanwhile, and `bytes` (Rust memory) cannot overlap them.
-  unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
-  Ok(true)
+  // runs on the JS thread and `f` is Rust code that runs no JS, so nothing can detach or
+  // touch them meanwhile, and no other slice of them exists.
+  let bytes = unsafe { std::slice::from_raw_parts_mut(data, length) };
+  Ok(f(bytes))
 }
 
 /// The largest Buffer [`buffer_value`] copies into V8's memory.

@@ -30,21 +30,13 @@ const CHUNK: usize = crate::spare::SIZE;
 /// Batches read but not yet handed to JS.
 const IN_FLIGHT: usize = 2;
 
-/// `(chunk, fdCount, handed, error, truncated)`: a chunk (its byte count when it waits in
-/// the scratch Buffer, see [`Home::bytes_value`]) with the number of fds that arrived with
-/// it (already dequeue-able), or, while JS asks for them (`'fds'` listeners), the fds
-/// themselves in `handed` (an array; fdCount is then 0) and whether the kernel truncated
-/// them in `truncated` (JS sets the array's `truncated`: a named property set from here
-/// cost a string made and looked up, and a generic store, per chunk); or
-/// `(null, 0, null, null, false)` at end of stream, or
-/// `(null, 0, null, "[CODE] message", false)`.
-pub type ReadArgs = FnArgs<(
-  Option<RawValue>,
-  u32,
-  Option<RawValue>,
-  Option<String>,
-  bool,
-)>;
+/// `(chunk, handed, error, truncated)`: a chunk (its byte count when it waits in the
+/// scratch Buffer, see [`Home::bytes_value`]), whose fds are already dequeue-able or,
+/// while JS asks for them (`'fds'` listeners), are in `handed` (an array), with whether the
+/// kernel truncated them in `truncated` (JS sets the array's `truncated`: a named property
+/// set from here cost a string made and looked up, and a generic store, per chunk); or
+/// `(null, null, null, false)` at end of stream, or `(null, null, "[CODE] message", false)`.
+pub type ReadArgs = FnArgs<(Option<RawValue>, Option<RawValue>, Option<String>, bool)>;
 type ReadCallback = ThreadsafeFunction<Delivery, (), ReadArgs, Status, false>;
 
 /// What the reader task sends to JS. It owns no fd: those wait in the JS thread's home.
@@ -170,7 +162,7 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
   Ok(match delivery {
     Delivery::Data { data, arrival, .. } => {
       let count = arrival.count;
-      let closed = || Ok((None, 0, None, Some(tagged(error::closed())), false).into());
+      let closed = || Ok((None, None, Some(tagged(error::closed())), false).into());
       if queues.hand_fds.load(Ordering::Acquire) {
         // Handed over, they no longer count against the bound: a reader waiting for room
         // goes on (no dequeue() will tell it).
@@ -183,7 +175,7 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
           Some((fds, truncated)) => (Some(fd_array(env, fds)?), truncated),
           None => (None, false),
         };
-        return Ok((Some(chunk(data)?), 0, handed, None, truncated).into());
+        return Ok((Some(chunk(data)?), handed, None, truncated).into());
       }
       let received = arrival.receive(queues);
       // Only now: counted as pending until they are in the inbound queue, or the reader
@@ -193,12 +185,10 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
       if received.is_err() {
         return closed();
       }
-      // Counts fit: a batch is at most CHUNK bytes, each carrying at most 253 fds.
-      let count = u32::try_from(count).unwrap_or(u32::MAX);
-      (Some(chunk(data)?), count, None, None, false).into()
+      (Some(chunk(data)?), None, None, false).into()
     }
-    Delivery::End => (None, 0, None, None, false).into(),
-    Delivery::Failed(e) => (None, 0, None, Some(tagged(e)), false).into(),
+    Delivery::End => (None, None, None, false).into(),
+    Delivery::Failed(e) => (None, None, Some(tagged(e)), false).into(),
   })
 }
 

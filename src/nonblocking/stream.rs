@@ -407,13 +407,13 @@ impl AsyncUnixStream {
     Ok(())
   }
 
-  /// Starts push delivery: `callback(chunk, fdCount, handed, error, truncated)` for every
-  /// batch read, then `callback(null, 0, null, null, false)` at end of stream. A small
+  /// Starts push delivery: `callback(chunk, handed, error, truncated)` for every batch
+  /// read, then `callback(null, null, null, false)` at end of stream. A small
   /// chunk comes as its byte count, in the scratch Buffer of copy `copy` of the JS layer
   /// (the number `initSettlements` gave it), for the callback to copy out first thing.
   /// Reading pauses at `maxQueuedFds` (fds handed to JS do not count).
   #[napi(
-    ts_args_type = "callback: (chunk: Buffer | number | null, fdCount: number, handed: number[] | null, error: string | null, truncated: boolean) => void, copy: number"
+    ts_args_type = "callback: (chunk: Buffer | number | null, handed: number[] | null, error: string | null, truncated: boolean) => void, copy: number"
   )]
   pub fn start_reading(
     &self,
