@@ -386,6 +386,27 @@ test('with the scratch Buffer detached (its memory freed), reads still return th
   t.deepEqual(lastJson(result), { detached: true, waited: 'waited', atOnce: 'at once', pushed: 'pushed' })
 })
 
+test('a waiting write whose Buffer is detached (memory freed) or shrunk fails with ERR_INVALID_STATE and sends only its own bytes', async (t) => {
+  const result = await runFixture('detached-write', [], { nodeArgs: ['--expose-gc'] })
+  t.is(result.code, 0, result.stderr)
+  const report = lastJson(result)
+  const size = 8 << 20
+  t.is(report.leaked, 0)
+  t.deepEqual(report.whole, { settled: size, received: size, foreign: false })
+  for (const name of ['detached', 'shrunk', 'socket']) {
+    const outcome = report[name]
+    t.false(outcome.foreign, `${name}: the peer got bytes that were not the Buffer's`)
+    if (report.driver === 'threads') {
+      // The rest was copied before the write waited: it all goes out.
+      t.deepEqual(outcome, { settled: size, received: size, foreign: false }, name)
+    } else {
+      // Sent from the Buffer itself: what went before the change arrives, then it fails.
+      t.is(outcome.settled, 'ERR_INVALID_STATE', name)
+      t.true(outcome.received > 0 && outcome.received < size, `${name}: ${outcome.received} bytes`)
+    }
+  }
+})
+
 test('user code that misbehaves while a read settles or a chunk is delivered: no hang, no lost or closed fd, the process exits', async (t) => {
   const run = async (scenario: string) => {
     const result = await runFixture('hostile-js', [scenario], { timeoutMs: 60_000 })

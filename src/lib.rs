@@ -20,6 +20,7 @@ mod error;
 mod fast;
 mod fd_info;
 mod js;
+mod lent;
 mod nonblocking;
 mod queue;
 mod runtime;

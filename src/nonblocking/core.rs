@@ -17,6 +17,7 @@ use tokio::io::Interest;
 use tokio::sync::{watch, Notify};
 
 use crate::error::{self, errno_of, Result};
+use crate::lent::{Changed, Rest};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::runtime::register;
 use crate::scm_rights::{self, Received};
@@ -512,16 +513,19 @@ impl Shared {
   /// off up to 64 ms.
   pub(crate) async fn write_all(
     &self,
-    data: &[u8],
+    data: &mut Rest,
+    (from, to): (usize, usize),
     mut fds: Vec<OwnedFd>,
-    mut sent: usize,
   ) -> Result<usize> {
     let mut registered: Option<Arc<AsyncFd<Registered>>> = None;
     let mut backoff = Duration::from_millis(1);
-    while sent < data.len() {
+    let mut sent = from;
+    while sent < to {
       let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-      let send = |fd: BorrowedFd<'_>| {
-        scm_rights::send_with_fds(fd, &data[sent..], &raw, true).map_err(io::Error::from)
+      let mut send = |fd: BorrowedFd<'_>| {
+        data.with(sent, to, |bytes| {
+          scm_rights::send_with_fds(fd, bytes, &raw, true).map_err(io::Error::from)
+        })
       };
       let result = match &registered {
         Some(io) => io.async_io(Interest::WRITABLE, |fd| send(fd.as_fd())).await,
@@ -547,10 +551,12 @@ impl Shared {
           crate::runtime::sleep(backoff).await;
           backoff = (backoff * 2).min(Duration::from_millis(64));
         }
-        Err(e) => return Err(error::sys(errno_of(&e), "sendmsg")),
+        Err(e) => {
+          return Err(Changed::of(&e).unwrap_or_else(|| error::sys(errno_of(&e), "sendmsg")))
+        }
       }
     }
-    Ok(sent)
+    Ok(sent - from)
   }
 }
 

@@ -16,6 +16,7 @@ use crate::cancel::{self, Canceller};
 use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, internal, rejection, Result};
 use crate::js::{byte_count, shutdown_how};
+use crate::lent::Rest;
 use crate::nonblocking::core::{
   message_end, receive_parts, release, Message, Queues, ReadNow, Shared,
 };
@@ -93,9 +94,8 @@ impl StreamCore {
   ///
   /// When no earlier write is pending, the messages go out at once on the calling thread,
   /// one `sendmsg` each, until the socket is full; the byte count comes back directly if
-  /// everything went, and otherwise a Promise sends the rest in order. The rest is copied
-  /// first: JS may detach, resize or change its buffer meanwhile, and a pointer into it
-  /// could then send freed memory.
+  /// everything went, and otherwise a Promise sends the rest in order, from the caller's
+  /// Buffer on the JS-thread runtime (copied on the threaded one: see [`Rest`]).
   pub(crate) fn send_messages(
     env: &Env,
     shared: Arc<Shared>,
@@ -157,7 +157,7 @@ impl StreamCore {
       }
     }
     let home = settle::home(env).map_err(rejection)?;
-    let data = data[sent..].to_vec();
+    let mut data = Rest::of(env, data, sent);
     let mut rest: Vec<Message> = messages
       .drain(next..)
       .map(|m| Message {
@@ -173,9 +173,9 @@ impl StreamCore {
           ticket.turn().await;
           let mut from = 0;
           for i in 0..rest.len() {
-            let end = message_end(&rest, i, data.len());
+            let end = message_end(&rest, i, len - sent);
             let fds = std::mem::take(&mut rest[i].fds);
-            shared.write_all(&data[from..end], fds, 0).await?;
+            shared.write_all(&mut data, (from, end), fds).await?;
             from = end;
           }
           Ok(byte_count(len))

@@ -206,6 +206,12 @@ pub(crate) fn run_woken() {
   }
 }
 
+/// This thread's environment, when the JS-thread runtime runs here (its tasks may then
+/// use the thread's JS values); `None` on any other thread, or with the threaded runtime.
+pub(crate) fn js_env() -> Option<sys::napi_env> {
+  local().map(|local| local.env)
+}
+
 /// Whether woken tasks run elsewhere (the threaded runtime): then a caller may wait for
 /// them; on the JS-thread runtime, `run_woken` runs them instead.
 pub(crate) fn runs_elsewhere() -> bool {
