@@ -128,8 +128,8 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
    * Writes every byte of `data` with the fds queued at the time of this call attached to
    * its first `sendmsg`. Resolves with the byte count. What cannot be sent at once is sent
    * later from `data` itself: do not change it before the Promise settles. If its memory is
-   * detached (transferred) or resized meanwhile, the write rejects with `ERR_INVALID_STATE`
-   * and the rest is not sent.
+   * detached (transferred) or its length changes meanwhile, the write rejects with
+   * `ERR_INVALID_STATE` and the rest is not sent (changed bytes go out as they are).
    */
   write(data: Uint8Array | string): Promise<number> {
     const bytes = toBytes(data)

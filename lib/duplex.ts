@@ -117,6 +117,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #chunksWritten = 0
   /** Index of the last non-empty chunk `_write`/`_writev` took. */
   #lastNonEmpty = -1
+  /**
+   * Indexes of the `write()` calls whose chunk may be empty when written (an empty view,
+   * or a string: its bytes are Node's own, and some decode to none), oldest first. Any
+   * other chunk found empty had its memory detached or shrunk while it waited.
+   */
+  #mayBeEmpty: number[] = []
   /** `write()` returned false because of buffered fds, so a `drain` is owed. */
   #owesDrain = false
 
@@ -381,7 +387,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // (It may also have gone out and completed within super.write: see #writeChunks.)
     const before = this.writableLength
     const index = this.#writeCalls
-    const ok = super.write(chunk, encoding as BufferEncoding, cb as Callback)
+    const mayBeEmpty = typeof chunk === 'string' || (ArrayBuffer.isView(chunk) && chunk.byteLength === 0)
+    if (mayBeEmpty) this.#mayBeEmpty.push(index)
+    let ok: boolean
+    try {
+      ok = super.write(chunk, encoding as BufferEncoding, cb as Callback)
+    } catch (error) {
+      // Refused (a chunk of the wrong type): the next call takes this index.
+      if (mayBeEmpty) this.#mayBeEmpty.pop()
+      throw error
+    }
     if (this.writableLength > before || this.#lastNonEmpty === index) this.#ridingNext = 0
     this.#writeCalls++
     if (ok && this.#bufferedFds() >= this.#maxQueuedFds) {
@@ -469,7 +484,21 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     let carried = 0
     for (const chunk of chunks) {
       const index = this.#chunksWritten++
-      if (chunk.length === 0) continue
+      let mayBeEmpty = false
+      if (this.#mayBeEmpty.length > 0) {
+        while (this.#mayBeEmpty[0] < index) this.#mayBeEmpty.shift()
+        mayBeEmpty = this.#mayBeEmpty[0] === index
+        if (mayBeEmpty) this.#mayBeEmpty.shift()
+      }
+      if (chunk.length === 0) {
+        if (mayBeEmpty) continue
+        // Its bytes are gone: nothing of it is sent, and what was staged goes with the
+        // socket, which this error destroys (as a failed send does).
+        this.#releaseStaged()
+        return cb(
+          codedError(new Error('A chunk was detached or resized while it waited to be written'), 'ERR_INVALID_STATE'),
+        )
+      }
       let count = 0
       while (this.#stagedRuns.length > 0 && this.#stagedRuns[0].chunk <= index) {
         count += this.#stagedRuns.shift()!.count

@@ -6,9 +6,9 @@
 //! blocking classes are `blocking`; the async ones live in `nonblocking`, on the runtime
 //! that `runtime` chooses, and settle their Promises through `settle`. `staged` holds the
 //! fds an `FdSocket` has yet to send, `fast` exposes the per-message calls on handles,
-//! `spare` keeps read buffers for reuse, `cancel` cancels pending
-//! operations, `fd_info` says what an fd is, `credentials` who a
-//! peer is, and `error`/`js` shape what crosses into JS.
+//! `spare` keeps read buffers for reuse, `lent` holds what a waiting write has yet to
+//! send, `cancel` cancels pending operations, `fd_info` says what an fd is,
+//! `credentials` who a peer is, and `error`/`js` shape what crosses into JS.
 
 mod blocking;
 mod cancel;

@@ -104,7 +104,23 @@ enum Driver {
 }
 
 thread_local! {
-  static DRIVER: RefCell<Option<(Driver, String)>> = const { RefCell::new(None) };
+  static DRIVER: Slot = const { Slot(RefCell::new(None)) };
+}
+
+/// This thread's driver. The environment's cleanup hook takes the JS-thread runtime and
+/// drops it (a worker's end, the main thread's normal exit). One still here when the
+/// thread's locals are destroyed is left as it is: that happens after `process.exit()`,
+/// which runs no cleanup hook, and dropping it would drop tasks that make Node-API calls
+/// (releasing the Buffers and callbacks they hold) on an environment being torn down. The
+/// process's end closes what they hold.
+struct Slot(RefCell<Option<(Driver, String)>>);
+
+impl Drop for Slot {
+  fn drop(&mut self) {
+    if let Some((Driver::Libuv(local), _)) = self.0.get_mut().take() {
+      std::mem::forget(local);
+    }
+  }
 }
 
 /// Most rounds of one drive before JS gets a turn (a drive that still has work then goes
@@ -116,7 +132,8 @@ const MAX_ROUNDS: usize = 64;
 #[napi]
 #[cfg_attr(test, allow(dead_code))]
 pub fn init_runtime(env: Env, wanted: String) -> RuntimeInfo {
-  DRIVER.with_borrow_mut(|driver| {
+  DRIVER.with(|slot| {
+    let mut driver = slot.0.borrow_mut();
     if driver.is_none() {
       *driver = Some(match wanted.as_str() {
         "threads" => (
@@ -140,7 +157,7 @@ pub fn init_runtime(env: Env, wanted: String) -> RuntimeInfo {
 #[napi]
 #[cfg_attr(test, allow(dead_code))]
 pub fn runtime_info() -> RuntimeInfo {
-  DRIVER.with_borrow(|driver| info(driver.as_ref()))
+  DRIVER.with(|slot| info(slot.0.borrow().as_ref()))
 }
 
 fn info(driver: Option<&(Driver, String)>) -> RuntimeInfo {
@@ -162,7 +179,7 @@ fn info(driver: Option<&(Driver, String)>) -> RuntimeInfo {
 
 fn local() -> Option<Rc<Local>> {
   DRIVER
-    .try_with(|driver| match driver.try_borrow().ok()?.as_ref()? {
+    .try_with(|slot| match slot.0.try_borrow().ok()?.as_ref()? {
       (Driver::Libuv(local), _) => Some(Rc::clone(local)),
       _ => None,
     })
@@ -553,7 +570,7 @@ unsafe extern "C" fn on_environment_end(
 ) {
   let _ = std::panic::catch_unwind(|| {
     let driver = DRIVER
-      .try_with(|driver| driver.borrow_mut().take())
+      .try_with(|slot| slot.0.borrow_mut().take())
       .ok()
       .flatten();
     let done: uv::AfterClose = Box::new(move || {
