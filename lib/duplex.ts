@@ -123,6 +123,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * other chunk found empty had its memory detached or shrunk while it waited.
    */
   #mayBeEmpty: number[] = []
+  /** Where `#mayBeEmpty`'s entries still to be looked at start (a queue without `shift()`). */
+  #mayBeEmptyHead = 0
   /** `write()` returned false because of buffered fds, so a `drain` is owed. */
   #owesDrain = false
 
@@ -474,6 +476,29 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * more that `direct`ly followed its write() call (not one that waited for `connect`)
    * completes at once (see below).
    */
+  /**
+   * Whether the chunk of call `index` may be empty; the entries up to it are used up. (A
+   * queue with a head index: a batch of many string writes would take quadratic time
+   * with `shift()`.)
+   */
+  #mayBeEmptyAt(index: number): boolean {
+    const entries = this.#mayBeEmpty
+    let head = this.#mayBeEmptyHead
+    if (head === entries.length) return false
+    while (head < entries.length && entries[head] < index) head++
+    const found = entries[head] === index
+    if (found) head++
+    if (head === entries.length) {
+      entries.length = 0
+      head = 0
+    } else if (head > 1024 && head * 2 > entries.length) {
+      entries.splice(0, head)
+      head = 0
+    }
+    this.#mayBeEmptyHead = head
+    return found
+  }
+
   #writeChunks(chunks: Buffer[], cb: Callback, direct: boolean): void {
     const handle = this.#handle
     if (!handle) return cb(closedError())
@@ -484,12 +509,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     let carried = 0
     for (const chunk of chunks) {
       const index = this.#chunksWritten++
-      let mayBeEmpty = false
-      if (this.#mayBeEmpty.length > 0) {
-        while (this.#mayBeEmpty[0] < index) this.#mayBeEmpty.shift()
-        mayBeEmpty = this.#mayBeEmpty[0] === index
-        if (mayBeEmpty) this.#mayBeEmpty.shift()
-      }
+      const mayBeEmpty = this.#mayBeEmptyAt(index)
       if (chunk.length === 0) {
         if (mayBeEmpty) continue
         // Its bytes are gone: nothing of it is sent, and what was staged goes with the
