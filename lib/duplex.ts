@@ -467,16 +467,6 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   /**
-   * Writes buffered chunks in order as one native call: neighbours are joined, and a
-   * chunk that carries fds starts a `sendmsg` of its own (fds ride on its first byte).
-   *
-   * When everything went out at once, `cb` still waits for the next tick: chunks written
-   * meanwhile collect in the Writable's buffer and come to `_writev` together, so a burst
-   * of small writes costs one native call, not one each. A batch of a highWaterMark or
-   * more that `direct`ly followed its write() call (not one that waited for `connect`)
-   * completes at once (see below).
-   */
-  /**
    * Whether the chunk of call `index` may be empty; the entries up to it are used up. (A
    * queue with a head index: a batch of many string writes would take quadratic time
    * with `shift()`.)
@@ -499,6 +489,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     return found
   }
 
+  /**
+   * Writes buffered chunks in order as one native call: neighbours are joined, and a
+   * chunk that carries fds starts a `sendmsg` of its own (fds ride on its first byte).
+   *
+   * When everything went out at once, `cb` still waits for the next tick: chunks written
+   * meanwhile collect in the Writable's buffer and come to `_writev` together, so a burst
+   * of small writes costs one native call, not one each. A batch of a highWaterMark or
+   * more that `direct`ly followed its write() call (not one that waited for `connect`)
+   * completes at once (see below).
+   */
   #writeChunks(chunks: Buffer[], cb: Callback, direct: boolean): void {
     const handle = this.#handle
     if (!handle) return cb(closedError())

@@ -502,8 +502,8 @@ impl Shared {
     }
   }
 
-  /// Writes every byte; `fds` ride on the first `sendmsg` and are closed once it
-  /// succeeded (the kernel holds its own references) or the write failed.
+  /// Writes bytes `from..to` of `data`; `fds` ride on the first `sendmsg` and are closed
+  /// once it succeeded (the kernel holds its own references) or the write failed.
   ///
   /// It tries at once first (an earlier write may have made room by now) and registers
   /// for writability only when the socket is full. If no fd is left for that registration
@@ -516,7 +516,7 @@ impl Shared {
     data: &mut Rest,
     (from, to): (usize, usize),
     mut fds: Vec<OwnedFd>,
-  ) -> Result<usize> {
+  ) -> Result<()> {
     let mut registered: Option<Arc<AsyncFd<Registered>>> = None;
     let mut backoff = Duration::from_millis(1);
     let mut sent = from;
@@ -556,7 +556,7 @@ impl Shared {
         }
       }
     }
-    Ok(sent - from)
+    Ok(())
   }
 }
 
