@@ -46,6 +46,17 @@ test('worker.terminate() with fd-carrying chunks read for a busy FdSocket: their
   t.deepEqual(run.report, { writerOpen: false })
 })
 
+for (const end of ['terminate', 'exit']) {
+  test(`worker ${end === 'exit' ? 'process.exit()' : 'terminate()'} with chunks waiting unread for an 'fds' listener: their fds are closed`, async (t) => {
+    const fifo = makeFifo()
+    fifo.close()
+    const run = await runTeardown(['unread', tmpSocketPath(), fifo.path, end])
+    t.is(run.code, 0, run.stderr)
+    t.is(run.stderr, '')
+    t.deepEqual(run.report, { writerOpen: false })
+  })
+}
+
 test('worker churn (fd-queue loaded by workers only): no panic or other output, no fd left', async (t) => {
   const run = await runTeardown(['churn', '24'])
   t.is(run.code, 0, run.stderr)

@@ -14,6 +14,11 @@ export interface FastCalls {
   streamEnqueue(stream: External<'StreamCore'>, fd: number): void
   streamDequeue(stream: External<'StreamCore'>): number | null
   /**
+   * The fds handed over with the chunk whose first fd is `first`, which the stream held
+   * until now, are the caller's: their count, or `null` (the stream closed them).
+   */
+  streamReleaseHanded(stream: External<'StreamCore'>, first: number): number | null
+  /**
    * The bytes now (their count when they fit in `scratch`, which received them), or
    * `null`: operation `id` settles later.
    */

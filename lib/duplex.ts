@@ -617,14 +617,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         chunk = copyOut(chunk)
       } catch (thrown) {
         // Out of memory: like a read that failed.
-        return this.#failChunk(handed, thrown)
+        return void this.destroy(thrown as Error)
       }
     }
-    if (this.destroyed) {
-      // Nobody will own these now.
-      if (handed) for (const fd of handed) closeFdQuietly(fd)
-      return
-    }
+    // Handed fds stay the native stream's until their chunk is emitted (see emit()): a
+    // destroyed socket's closed them, as destroying this one now does.
+    if (this.destroyed) return
     if (error !== null) {
       this.destroy(shapeError(new Error(error)) as Error)
       return
@@ -643,19 +641,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         fds.truncated = truncated
       } catch (thrown) {
         // A throwing setter on a prototype: like a read that failed.
-        return this.#failChunk(handed, thrown)
+        return void this.destroy(thrown as Error)
       }
       this.#fdsAhead.push({ at: this.#bytesPushed, fds })
       this.#fdsAheadCount += fds.length
     }
     this.#bytesPushed += chunk.length
     this.#pushChunk(chunk)
-  }
-
-  /** A chunk that cannot be delivered: its fds, which nobody will get, are closed. */
-  #failChunk(handed: number[] | null, thrown: unknown): void {
-    if (handed) for (const fd of handed) closeFdQuietly(fd)
-    this.destroy(thrown as Error)
   }
 
   /** @internal Emits the `'fds'` of the chunks a `'data'` event starts, right before it. */
@@ -670,6 +662,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     while (this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < this.#bytesEmitted) {
       const { fds } = this.#fdsAhead.shift()!
       this.#fdsAheadCount -= fds.length
+      // The native stream held them until now (closed with it, they are gone).
+      if (fds.length > 0 && binding.streamReleaseHanded(this.#handle!, fds[0]) !== fds.length) continue
       try {
         // The listeners own the fds from here on (were they all removed meanwhile, the
         // fds would have nobody to close them: closed here instead).
@@ -723,8 +717,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** @internal */
   override _destroy(error: Error | null, cb: Callback): void {
-    // Fds of chunks that will never be emitted: nobody owns them.
-    for (const { fds } of this.#fdsAhead.splice(0)) for (const fd of fds) closeFdQuietly(fd)
+    // Fds of chunks that will never be emitted: the native stream holds them, and closes
+    // them below.
+    this.#fdsAhead.length = 0
     this.#fdsAheadCount = 0
     this.#releaseStaged()
     this.#native?.close()

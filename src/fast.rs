@@ -171,6 +171,16 @@ callback! {
 }
 
 callback! {
+  /// `FdSocket`, emitting a chunk that brought fds: `(stream, first) => number | null`, see
+  /// [`StreamCore::release_handed`].
+  stream_release_handed, 2, |call| {
+    let stream = call.external::<Arc<StreamCore>>(0).map_err(from_napi)?;
+    let count = stream.release_handed(call.value(1).map_err(from_napi)?);
+    call.result(count).map_err(from_napi)
+  }
+}
+
+callback! {
   /// `AsyncUnixStream#read`: `(stream, size, id, canceller, scratch) => number | Buffer |
   /// null`: the bytes now (their count, when they are in `scratch`), or `null` and
   /// operation `id` settles later.
@@ -233,9 +243,10 @@ callback! {
 }
 
 /// The hand-registered calls, by their JS names.
-const CALLS: [(&str, napi::Callback); 6] = [
+const CALLS: [(&str, napi::Callback); 7] = [
   ("streamEnqueue", stream_enqueue),
   ("streamDequeue", stream_dequeue),
+  ("streamReleaseHanded", stream_release_handed),
   ("streamRead", stream_read),
   ("streamWrite", stream_write),
   ("stageFd", stage_fd),

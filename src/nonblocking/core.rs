@@ -1,8 +1,9 @@
 //! What the async classes are made of: a stream's socket with its readiness and the order
 //! of its calls, its fd queues, a listener's socket, and the syscalls they make.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -103,6 +104,10 @@ pub(crate) struct Queues {
   /// The fds of a push reader's batches on their way to the JS thread: `close()` closes
   /// them at once, instead of when each batch arrives.
   in_flight: InFlight,
+  /// The fds handed to JS with chunks it has not emitted yet (an `'fds'` listener gets
+  /// them right before the chunk's `'data'`), one entry per chunk, oldest first. They stay
+  /// the stream's until then, so that `close()` or a worker's teardown closes them.
+  handed: Mutex<VecDeque<Vec<OwnedFd>>>,
 }
 
 /// A batch's deposit, reachable by both its delivery and the stream's `close()`: whichever
@@ -139,11 +144,47 @@ impl Queues {
     self.closed.store(true, Ordering::Release);
     lock(&self.outbound).clear();
     lock(&self.inbound).clear();
+    lock(&self.handed).clear();
     let in_flight = std::mem::take(&mut *lock(&self.in_flight.0));
     // Dropping a deposit closes its fds (outside the list's lock).
     let deposits: Vec<Option<Deposit>> = in_flight.iter().map(|slot| lock(slot).take()).collect();
     drop(deposits);
     self.room.notify_waiters();
+  }
+
+  /// Holds the fds handed to JS with a chunk until JS emits it ([`Self::release_handed`]).
+  /// `false` when the stream is closed: they are closed now, and the chunk goes nowhere.
+  pub(crate) fn hold_handed(&self, fds: Vec<OwnedFd>) -> bool {
+    // Checked under the lock, which `close()` takes after setting `closed`.
+    let mut handed = lock(&self.handed);
+    if self.closed.load(Ordering::Acquire) {
+      drop(handed);
+      drop(fds);
+      return false;
+    }
+    if !fds.is_empty() {
+      handed.push_back(fds);
+    }
+    true
+  }
+
+  /// The fds held for the chunk whose first fd is `first` become JS's: how many there are,
+  /// or `None` when none such are held (the stream closed, and closed them). Found by the
+  /// number rather than by position, so a chunk whose call into JS failed cannot shift
+  /// the others; its fds stay held until `close()`.
+  pub(crate) fn release_handed(&self, first: RawFd) -> Option<usize> {
+    let fds = {
+      let mut handed = lock(&self.handed);
+      let at = handed
+        .iter()
+        .position(|fds| fds.first().is_some_and(|fd| fd.as_raw_fd() == first))?;
+      handed.remove(at)?
+    };
+    let count = fds.len();
+    for fd in fds {
+      let _ = fd.into_raw_fd();
+    }
+    Some(count)
   }
 }
 

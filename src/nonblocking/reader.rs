@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::error::{self, errno_of, tagged};
 use crate::nonblocking::core::{closing, Arrival, Queues, Shared};
 use crate::scm_rights;
-use crate::settle::{self, guarded_build, set_ref, Home, RawValue};
+use crate::settle::{self, set_ref, Home, RawValue};
 use crate::sync::lock;
 
 /// Bytes one delivery carries at most, as one read of a `net.Socket`. (Deliveries that
@@ -149,12 +149,8 @@ struct To {
 
 /// Runs on the JS thread: the fds of the batch join the inbound queue, then JS gets the
 /// chunk, so they are dequeue-able by the time it is delivered. Fds handed over in the
-/// arguments are JS's once they are made (and closed if making them fails).
+/// arguments stay the stream's until JS emits the chunk (and closed if making them fails).
 fn deliver(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
-  guarded_build(|| arguments(env, to, delivery)).made()
-}
-
-fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
   let queues = &*to.queues;
   // Made last, right before the call: the scratch Buffer must not be written before any
   // JS that making the other arguments may run.
@@ -172,10 +168,22 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
         }
         let (handed, truncated) = match arrival.hand_over() {
           _ if queues.closed.load(Ordering::Acquire) => return closed(),
-          Some((fds, truncated)) => (Some(fd_array(env, fds)?), truncated),
+          Some((fds, truncated)) => (Some(fds), truncated),
           None => (None, false),
         };
-        return Ok((Some(chunk(data)?), handed, None, truncated).into());
+        let array = handed
+          .as_deref()
+          .map(|fds| fd_array(env, fds))
+          .transpose()?;
+        let chunk = chunk(data)?;
+        // Held by the stream until JS emits the chunk (and takes them, see
+        // `Queues::release_handed`); dropped with the arguments if making them failed.
+        if let Some(fds) = handed {
+          if !queues.hold_handed(fds) {
+            return closed();
+          }
+        }
+        return Ok((Some(chunk), array, None, truncated).into());
       }
       let received = arrival.receive(queues);
       // Only now: counted as pending until they are in the inbound queue, or the reader
@@ -192,16 +200,14 @@ fn arguments(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
   })
 }
 
-/// `fds` as a JS array of fd numbers; the numbers are JS's once it is made (until then, an
-/// error closes them).
-fn fd_array(env: &Env, fds: Vec<OwnedFd>) -> napi::Result<RawValue> {
+/// `fds` as a JS array of fd numbers (the fds stay the stream's: see `Queues::hold_handed`).
+fn fd_array(env: &Env, fds: &[OwnedFd]) -> napi::Result<RawValue> {
   let length = u32::try_from(fds.len()).unwrap_or(u32::MAX);
   let mut array = env.create_array(length)?;
-  for (i, fd) in (0u32..).zip(fds.iter()) {
+  for (i, fd) in (0u32..).zip(fds) {
     array.set(i, fd.as_raw_fd())?;
   }
   let object = array.coerce_to_object()?;
-  settle::give_to_js(fds);
   Ok(RawValue(object.raw()))
 }
 
@@ -226,9 +232,6 @@ impl Sink<'_> {
       Some(direct) => {
         let direct = Arc::clone(direct);
         self.home.post(Box::new(move |env| {
-          // The fds handed over are JS's as soon as the call starts: 'fds' listeners (user
-          // code) may pass them on and then throw, or be cut off by a worker's teardown, so
-          // they are never closed behind the listeners' back.
           let args = match deliver(env, &direct.to, delivery) {
             Ok(args) => args,
             // User code that making them ran (a setter) threw: reported as uncaught, and

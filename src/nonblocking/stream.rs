@@ -202,6 +202,14 @@ impl StreamCore {
       .map_err(|_| error::outbound_full())
   }
 
+  /// The fds handed to JS with the chunk whose first fd is `first`, held until JS emits
+  /// that chunk, are JS's from now on: their count, or `None` (the stream closed them).
+  pub(crate) fn release_handed(&self, first: i32) -> Option<u32> {
+    let count = self.queues.release_handed(first)?;
+    // At most SCM_MAX_FD per message and 64 KiB of messages per chunk.
+    Some(u32::try_from(count).unwrap_or(u32::MAX))
+  }
+
   /// The oldest received fd, now the caller's to close; `null` when none is waiting.
   pub(crate) fn dequeue(&self) -> Result<Option<i32>> {
     self.shared()?;
