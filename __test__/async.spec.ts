@@ -386,7 +386,7 @@ test('with the scratch Buffer detached (its memory freed), reads still return th
   t.deepEqual(lastJson(result), { detached: true, waited: 'waited', atOnce: 'at once', pushed: 'pushed' })
 })
 
-test('a waiting write whose Buffer is detached (memory freed) or shrunk fails with ERR_INVALID_STATE and sends only its own bytes; so does an FdSocket chunk detached in the write buffer', async (t) => {
+test('a waiting write whose Buffer is detached (memory freed) or shrunk fails with ERR_INVALID_STATE and sends only its own bytes; so does an FdSocket chunk detached in the write buffer, and one resized there goes out as written', async (t) => {
   const result = await runFixture('detached-write', [], { nodeArgs: ['--expose-gc'] })
   t.is(result.code, 0, result.stderr)
   const report = lastJson(result)
@@ -396,6 +396,8 @@ test('a waiting write whose Buffer is detached (memory freed) or shrunk fails wi
   // Detached while it waited in an FdSocket's buffer (either driver): the socket fails,
   // the chunk before it arrives whole, and neither the chunk nor its fd goes out.
   t.deepEqual(report.queued, { settled: 'ERR_INVALID_STATE', received: size, foreign: false, fds: 0 })
+  // Resized while it waited there: it goes out as it was written, and 'finish' comes.
+  t.deepEqual(report.resized, { settled: 'finished', received: 2 * size + 16, foreign: false, fds: 1 })
   for (const name of ['detached', 'shrunk', 'socket']) {
     const outcome = report[name]
     t.false(outcome.foreign, `${name}: the peer got bytes that were not the Buffer's`)

@@ -10,6 +10,7 @@
  */
 import { EventEmitter } from 'node:events'
 import { Duplex, type DuplexOptions } from 'node:stream'
+import { types } from 'node:util'
 import { binding, peerCredentialsOf, type Native, type PeerCredentials } from './binding.js'
 import { AsyncUnixStream, nativeStreamOf } from './async.js'
 import {
@@ -68,6 +69,11 @@ export interface FdSocketOptions extends Pick<
 interface StagedRun {
   chunk: number
   count: number
+}
+
+/** Whether a view over `buffer` can change length: a resizable or growable buffer. */
+function canChangeLength(buffer: ArrayBufferLike): boolean {
+  return (buffer as { resizable?: boolean }).resizable === true || (buffer as { growable?: boolean }).growable === true
 }
 
 /** @internal */
@@ -389,6 +395,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // (It may also have gone out and completed within super.write: see #writeChunks.)
     const before = this.writableLength
     const index = this.#writeCalls
+    // A view over a resizable (or growable) buffer may change length while it waits, and
+    // Writable counts the length it had here: it is copied now, so that what goes out is
+    // what was counted (otherwise 'finish' may never come).
+    if (types.isUint8Array(chunk) && canChangeLength(chunk.buffer)) chunk = Buffer.from(chunk)
     const mayBeEmpty = typeof chunk === 'string' || (ArrayBuffer.isView(chunk) && chunk.byteLength === 0)
     if (mayBeEmpty) this.#mayBeEmpty.push(index)
     let ok: boolean
