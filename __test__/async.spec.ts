@@ -397,7 +397,7 @@ test('a waiting write whose Buffer is detached (memory freed) or shrunk fails wi
   // the chunk before it arrives whole, and neither the chunk nor its fd goes out.
   t.deepEqual(report.queued, { settled: 'ERR_INVALID_STATE', received: size, foreign: false, fds: 0 })
   // Resized while it waited there: it goes out as it was written, and 'finish' comes.
-  t.deepEqual(report.resized, { settled: 'finished', received: 2 * size + 16, foreign: false, fds: 1 })
+  t.deepEqual(report.resized, { settled: 'finished', received: 3 * size + 16, foreign: false, fds: 1 })
   for (const name of ['detached', 'shrunk', 'socket']) {
     const outcome = report[name]
     t.false(outcome.foreign, `${name}: the peer got bytes that were not the Buffer's`)

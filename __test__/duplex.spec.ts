@@ -922,6 +922,89 @@ test.serial(
   },
 )
 
+test.serial(
+  "a once('fds') listener: the fds of chunks that waited unread when it went away queue for dequeue(), in order",
+  async (t) => {
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    const set = fileSet(3, 'once-')
+    t.teardown(set.remove)
+    const owned: number[] = []
+    t.teardown(() => closeAll(owned))
+    const handed: number[][] = []
+    b.once('fds', (fds: FdsArrived) => {
+      handed.push([...fds])
+      owned.push(...fds)
+    })
+    // Three chunks, each with its fd, waiting unread (handed over for the listener).
+    b.pause()
+    for (let i = 0; i < 3; i++) {
+      enqueueFile(a, set.files[i])
+      a.write(String(i))
+      await withTimeout(
+        until(() => b.readableLength === i + 1),
+        T,
+        `chunk ${i} buffered`,
+      )
+    }
+    const dequeued: Array<number | null> = []
+    const all = new Promise<void>((resolve) =>
+      b.on('data', (chunk: Buffer) => {
+        const fd = b.dequeue()
+        dequeued.push(fd)
+        if (fd !== null) owned.push(fd)
+        if (chunk.toString().endsWith('2')) resolve()
+      }),
+    )
+    b.resume()
+    await withTimeout(all, T, 'the three chunks')
+    t.deepEqual(
+      handed.map((fds) => fds.map(fdIdentity)),
+      [[pathIdentity(set.files[0])]],
+      'the listener got the first chunk',
+    )
+    // The rest went to the inbound queue when it was removed (right before the first
+    // chunk's 'data'): dequeue-able in order, none lost.
+    t.deepEqual(
+      dequeued.filter((fd) => fd !== null).map((fd) => fdIdentity(fd!)),
+      [pathIdentity(set.files[1]), pathIdentity(set.files[2])],
+    )
+    t.is(b.dequeue(), null)
+  },
+)
+
+test.serial(
+  'FdSocket.from(stream) whose stream is closed directly while chunks wait with fds: the socket fails with ERR_SOCKET_CLOSED, not silently',
+  async (t) => {
+    const [raw, peer] = AsyncUnixStream.pair()
+    const socket = FdSocket.from(raw)
+    cleanup(t, socket, peer)
+    const devnull = fs.openSync('/dev/null', 'r')
+    t.teardown(() => fs.closeSync(devnull))
+    let handed = 0
+    socket.on('fds', (fds: FdsArrived) => {
+      handed += fds.length
+      closeAll(fds)
+    })
+    socket.pause()
+    peer.enqueue(devnull)
+    await peer.write('x')
+    await withTimeout(
+      until(() => socket.readableLength === 1),
+      T,
+      'the chunk buffered',
+    )
+    // Misuse (the socket owns the stream now): its held fds are closed with it.
+    raw.close()
+    const failed = new Promise<string | undefined>((resolve) =>
+      socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code)),
+    )
+    socket.resume()
+    t.is(await withTimeout(failed, T, "'error'"), 'ERR_SOCKET_CLOSED')
+    t.is(handed, 0)
+  },
+)
+
 test.serial('writeWithFds(data, fds, cb): the fds ride on the first byte of data, all or none', async (t) => {
   const [a, b] = FdSocket.pair()
   cleanup(t, a, b)

@@ -14,10 +14,10 @@ export interface FastCalls {
   streamEnqueue(stream: External<'StreamCore'>, fd: number): void
   streamDequeue(stream: External<'StreamCore'>): number | null
   /**
-   * The fds handed over with the chunk whose first fd is `first`, which the stream held
-   * until now, are the caller's: their count, or `null` (the stream closed them).
+   * The fds handed over with a chunk (`count` of them, the first `first`), which the
+   * stream held until now, are the caller's; `false` if the stream closed them.
    */
-  streamReleaseHanded(stream: External<'StreamCore'>, first: number): number | null
+  streamReleaseHanded(stream: External<'StreamCore'>, first: number, count: number): boolean
   /**
    * The bytes now (their count when they fit in `scratch`, which received them), or
    * `null`: operation `id` settles later.

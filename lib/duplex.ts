@@ -71,9 +71,34 @@ interface StagedRun {
   count: number
 }
 
-/** Whether a view over `buffer` can change length: a resizable or growable buffer. */
-function canChangeLength(buffer: ArrayBufferLike): boolean {
-  return (buffer as { resizable?: boolean }).resizable === true || (buffer as { growable?: boolean }).growable === true
+const { apply } = Reflect
+const accessor = (prototype: object, name: string): ((this: unknown) => any) =>
+  Object.getOwnPropertyDescriptor(prototype, name)!.get!
+const typedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype) as object
+const typedArrayAccessors = ['buffer', 'byteOffset', 'byteLength'].map((name) => accessor(typedArrayPrototype, name))
+const dataViewAccessors = ['buffer', 'byteOffset', 'byteLength'].map((name) => accessor(DataView.prototype, name))
+const resizable = accessor(ArrayBuffer.prototype, 'resizable')
+const growable = accessor(SharedArrayBuffer.prototype, 'growable')
+const allocUnsafe = Buffer.allocUnsafe
+const { set: setBytes } = Uint8Array.prototype
+
+/**
+ * A copy of the bytes a view over a resizable `ArrayBuffer` or growable
+ * `SharedArrayBuffer` shows now, or `null` for any other chunk. Read through the
+ * built-in accessors, so that what the view's own properties say cannot change it.
+ */
+function copyIfResizable(chunk: unknown): Buffer | null {
+  let accessors
+  if (types.isTypedArray(chunk)) accessors = typedArrayAccessors
+  else if (types.isDataView(chunk)) accessors = dataViewAccessors
+  else return null
+  const buffer: ArrayBufferLike = apply(accessors[0], chunk, [])
+  if (!apply(types.isSharedArrayBuffer(buffer) ? growable : resizable, buffer, [])) return null
+  const offset: number = apply(accessors[1], chunk, [])
+  const length: number = apply(accessors[2], chunk, [])
+  const copy = allocUnsafe(length)
+  apply(setBytes, copy, [new Uint8Array(buffer, offset, length)])
+  return copy
 }
 
 /** @internal */
@@ -94,7 +119,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   /** Work that waits for `connect`: a `_write`, `_final` or `_read`. */
   #onConnect: Array<{ run: () => void; fail?: Callback }> = []
   /** Fds handed over with chunks not yet emitted as 'data': `at` is the chunk's first byte. */
-  #fdsAhead: Array<{ at: number; fds: FdsArrived }> = []
+  #fdsAhead: Array<{ at: number; fds: FdsArrived; truncated: boolean }> = []
   /** Bytes pushed into the readable side, and bytes emitted as 'data' so far. */
   #bytesPushed = 0
   #bytesEmitted = 0
@@ -174,7 +199,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   override removeListener(event: string | symbol, listener: (...args: any[]) => void): this {
     super.removeListener(event, listener)
-    if (event === 'fds') this.#native?.setHandingFds(this.listenerCount('fds') > 0)
+    if (event === 'fds') this.#handingChanged()
     return this
   }
 
@@ -186,8 +211,24 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // Its arity matters, as for any emitter: no argument removes every listener, an
     // explicit `undefined` those of the event `undefined`.
     super.removeAllListeners(...args)
-    this.#native?.setHandingFds(this.listenerCount('fds') > 0)
+    this.#handingChanged()
     return this
+  }
+
+  /**
+   * After `'fds'` listeners were removed: with none left, the fds of each chunk go to the
+   * inbound queue from now on, and so do those of chunks not yet emitted (in order, behind
+   * the older fds already there), which no listener will take now.
+   */
+  #handingChanged(): void {
+    if (this.listenerCount('fds') > 0) return
+    const inner = this.#native
+    if (!inner) return
+    inner.setHandingFds(false)
+    for (const { fds, truncated } of this.#fdsAhead.splice(0)) {
+      native(() => inner.requeueHanded(fds.length > 0 ? fds[0] : -1, fds.length, truncated))
+    }
+    this.#fdsAheadCount = 0
   }
 
   /** Two connected sockets. */
@@ -398,7 +439,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // A view over a resizable (or growable) buffer may change length while it waits, and
     // Writable counts the length it had here: it is copied now, so that what goes out is
     // what was counted (otherwise 'finish' may never come).
-    if (types.isUint8Array(chunk) && canChangeLength(chunk.buffer)) chunk = Buffer.from(chunk)
+    chunk = copyIfResizable(chunk) ?? chunk
     const mayBeEmpty = typeof chunk === 'string' || (ArrayBuffer.isView(chunk) && chunk.byteLength === 0)
     if (mayBeEmpty) this.#mayBeEmpty.push(index)
     let ok: boolean
@@ -653,7 +694,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         // A throwing setter on a prototype: like a read that failed.
         return void this.destroy(thrown as Error)
       }
-      this.#fdsAhead.push({ at: this.#bytesPushed, fds })
+      this.#fdsAhead.push({ at: this.#bytesPushed, fds, truncated })
       this.#fdsAheadCount += fds.length
     }
     this.#bytesPushed += chunk.length
@@ -669,11 +710,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // over and emitted, then the first exception goes on (to 'uncaughtException', as from
     // any event handler).
     let failure: { error: unknown } | null = null
+    let lost = false
     while (this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < this.#bytesEmitted) {
       const { fds } = this.#fdsAhead.shift()!
       this.#fdsAheadCount -= fds.length
-      // The native stream held them until now (closed with it, they are gone).
-      if (fds.length > 0 && binding.streamReleaseHanded(this.#handle!, fds[0]) !== fds.length) continue
+      // The native stream held them until now. It closed them if it was closed under this
+      // socket (an AsyncUnixStream given to FdSocket.from() and closed directly).
+      if (fds.length > 0 && !binding.streamReleaseHanded(this.#handle!, fds[0], fds.length)) {
+        lost = true
+        continue
+      }
       try {
         // The listeners own the fds from here on (were they all removed meanwhile, the
         // fds would have nobody to close them: closed here instead).
@@ -683,6 +729,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       }
     }
     const listened = super.emit(event, ...args)
+    if (lost) this.destroy(closedError())
     // The fds handed over may have been what kept reading paused. Readable may not call
     // _read() again (it did while they still counted, and waits for a push since).
     this.#resumeIfRoom()

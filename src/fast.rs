@@ -171,12 +171,13 @@ callback! {
 }
 
 callback! {
-  /// `FdSocket`, emitting a chunk that brought fds: `(stream, first) => number | null`, see
-  /// [`StreamCore::release_handed`].
-  stream_release_handed, 2, |call| {
+  /// `FdSocket`, emitting a chunk that brought fds: `(stream, first, count) => boolean`,
+  /// see [`StreamCore::release_handed`].
+  stream_release_handed, 3, |call| {
     let stream = call.external::<Arc<StreamCore>>(0).map_err(from_napi)?;
-    let count = stream.release_handed(call.value(1).map_err(from_napi)?);
-    call.result(count).map_err(from_napi)
+    let first = call.value(1).map_err(from_napi)?;
+    let released = stream.release_handed(first, call.value(2).map_err(from_napi)?);
+    call.result(released).map_err(from_napi)
   }
 }
 

@@ -168,23 +168,50 @@ impl Queues {
     true
   }
 
-  /// The fds held for the chunk whose first fd is `first` become JS's: how many there are,
-  /// or `None` when none such are held (the stream closed, and closed them). Found by the
-  /// number rather than by position, so a chunk whose call into JS failed cannot shift
-  /// the others; its fds stay held until `close()`.
-  pub(crate) fn release_handed(&self, first: RawFd) -> Option<usize> {
-    let fds = {
-      let mut handed = lock(&self.handed);
-      let at = handed
-        .iter()
-        .position(|fds| fds.first().is_some_and(|fd| fd.as_raw_fd() == first))?;
-      handed.remove(at)?
-    };
-    let count = fds.len();
-    for fd in fds {
-      let _ = fd.into_raw_fd();
+  /// The fds held for the chunk whose `count` fds start with `first`, no longer held.
+  /// Found by the number rather than by position, so a chunk whose call into JS failed
+  /// cannot shift the others (its fds stay held until `close()`).
+  fn take_handed(&self, first: RawFd, count: usize) -> Option<Vec<OwnedFd>> {
+    let mut handed = lock(&self.handed);
+    let at = handed.iter().position(|fds| {
+      fds.len() == count && fds.first().is_some_and(|fd| fd.as_raw_fd() == first)
+    })?;
+    handed.remove(at)
+  }
+
+  /// The fds held for the chunk whose `count` fds start with `first` become JS's; `false`
+  /// when no such chunk is held (the stream closed, and closed them).
+  pub(crate) fn release_handed(&self, first: RawFd, count: usize) -> bool {
+    match self.take_handed(first, count) {
+      Some(fds) => {
+        for fd in fds {
+          let _ = fd.into_raw_fd();
+        }
+        true
+      }
+      None => false,
     }
-    Some(count)
+  }
+
+  /// The fds held for the chunk whose `count` fds start with `first` (none: `count` 0)
+  /// join the inbound queue, with a marker if the kernel dropped some (`truncated`): JS's
+  /// `'fds'` listeners went away before the chunk was emitted. `false` when the stream
+  /// closed (and closed them).
+  pub(crate) fn requeue_handed(&self, first: RawFd, count: usize, truncated: bool) -> bool {
+    let fds = match count {
+      0 => Vec::new(),
+      _ => match self.take_handed(first, count) {
+        Some(fds) => fds,
+        None => return false,
+      },
+    };
+    // Checked under the inbound lock, which `close()` takes after setting `closed`.
+    let mut inbound = lock(&self.inbound);
+    if self.closed.load(Ordering::Acquire) {
+      return false;
+    }
+    inbound.receive(fds, truncated);
+    true
   }
 }
 

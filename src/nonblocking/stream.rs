@@ -202,12 +202,10 @@ impl StreamCore {
       .map_err(|_| error::outbound_full())
   }
 
-  /// The fds handed to JS with the chunk whose first fd is `first`, held until JS emits
-  /// that chunk, are JS's from now on: their count, or `None` (the stream closed them).
-  pub(crate) fn release_handed(&self, first: i32) -> Option<u32> {
-    let count = self.queues.release_handed(first)?;
-    // At most SCM_MAX_FD per message and 64 KiB of messages per chunk.
-    Some(u32::try_from(count).unwrap_or(u32::MAX))
+  /// The fds handed to JS with a chunk (`count` of them, the first `first`), held until
+  /// JS emits that chunk, are JS's from now on; `false` if the stream closed them.
+  pub(crate) fn release_handed(&self, first: i32, count: u32) -> bool {
+    self.queues.release_handed(first, count as usize)
   }
 
   /// The oldest received fd, now the caller's to close; `null` when none is waiting.
@@ -467,6 +465,14 @@ impl AsyncUnixStream {
       Some(reader) => reader.set_referenced(env, referenced).map_err(internal),
       None => Ok(()),
     }
+  }
+
+  /// The fds handed to JS with a chunk not yet emitted (`count` of them, the first
+  /// `first`; `truncated` if the kernel dropped some) join the inbound queue for
+  /// `dequeue()`: the `'fds'` listeners went away. `false` if the stream closed them.
+  #[napi]
+  pub fn requeue_handed(&self, first: i32, count: u32, truncated: bool) -> bool {
+    self.queues.requeue_handed(first, count as usize, truncated)
   }
 
   /// Closes every fd waiting in the outbound queue (nothing will carry them).
