@@ -1005,6 +1005,57 @@ test.serial(
   },
 )
 
+test.serial(
+  "setEncoding(): 'fds' still comes right before the 'data' of its chunk, set before the chunks or while they wait",
+  async (t) => {
+    const devnull = fs.openSync('/dev/null', 'r')
+    t.teardown(() => fs.closeSync(devnull))
+    const run = async (encoding: BufferEncoding, setBefore: boolean) => {
+      const [a, b] = FdSocket.pair()
+      cleanup(t, a, b)
+      const log: string[] = []
+      b.on('fds', (fds: FdsArrived) => {
+        log.push(`fds:${fds.length}`)
+        closeAll(fds)
+      })
+      if (setBefore) b.setEncoding(encoding)
+      b.pause()
+      // Two chunks, read one by one: four bytes that decode to more or fewer characters
+      // than they are long, then two with an fd.
+      a.write(Buffer.from([0xe9, 0xe9, 0xe9, 0xe9]))
+      await withTimeout(
+        until(() => b.readableLength > 0),
+        T,
+        'the first chunk',
+      )
+      const first = b.readableLength
+      a.writeWithFds(Buffer.from([0x41, 0x00]), [devnull])
+      await withTimeout(
+        until(() => b.readableLength > first),
+        T,
+        'the second chunk',
+      )
+      if (!setBefore) b.setEncoding(encoding)
+      const all = new Promise<void>((resolve) =>
+        b.on('data', (data: string) => {
+          log.push(`data:${Buffer.from(data, encoding).toString('hex')}`)
+          if (log.join().endsWith('4100')) resolve()
+        }),
+      )
+      b.resume()
+      await withTimeout(all, T, `${encoding}: ${log.join(' ')}`)
+      return log
+    }
+    for (const encoding of ['hex', 'latin1', 'utf16le'] as BufferEncoding[]) {
+      t.deepEqual(await run(encoding, true), ['data:e9e9e9e9', 'fds:1', 'data:4100'], `${encoding}, set before`)
+    }
+    // Base64 decodes three bytes at a time: the fourth goes with the second chunk's.
+    t.deepEqual(await run('base64', true), ['data:e9e9e9', 'fds:1', 'data:e94100'], 'base64, set before')
+    // Set while both wait: Readable decodes them into one string, which the fds come before.
+    t.deepEqual(await run('hex', false), ['fds:1', 'data:e9e9e9e94100'], 'hex, set while they wait')
+  },
+)
+
 test.serial('writeWithFds(data, fds, cb): the fds ride on the first byte of data, all or none', async (t) => {
   const [a, b] = FdSocket.pair()
   cleanup(t, a, b)

@@ -118,11 +118,17 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #connecting = false
   /** Work that waits for `connect`: a `_write`, `_final` or `_read`. */
   #onConnect: Array<{ run: () => void; fail?: Callback }> = []
-  /** Fds handed over with chunks not yet emitted as 'data': `at` is the chunk's first byte. */
+  /**
+   * Fds handed over with chunks not yet emitted as 'data': `at` is where the chunk starts,
+   * counted as `#pushedLength` counts.
+   */
   #fdsAhead: Array<{ at: number; fds: FdsArrived; truncated: boolean }> = []
-  /** Bytes pushed into the readable side, and bytes emitted as 'data' so far. */
-  #bytesPushed = 0
-  #bytesEmitted = 0
+  /**
+   * How much was pushed into the readable side, and emitted as 'data', so far: in bytes, or
+   * after `setEncoding()` in the decoded strings' length, as `readableLength` counts.
+   */
+  #pushedLength = 0
+  #emittedLength = 0
   /** The fds in `#fdsAhead`. */
   #fdsAheadCount = 0
   #reading = false
@@ -694,24 +700,46 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         // A throwing setter on a prototype: like a read that failed.
         return void this.destroy(thrown as Error)
       }
-      this.#fdsAhead.push({ at: this.#bytesPushed, fds, truncated })
+      this.#fdsAhead.push({ at: this.#pushedLength, fds, truncated })
       this.#fdsAheadCount += fds.length
     }
-    this.#bytesPushed += chunk.length
-    this.#pushChunk(chunk)
+    if (this.readableEncoding === null) {
+      this.#pushedLength += chunk.length
+      this.#pushChunk(chunk)
+      return
+    }
+    // Decoded as it is pushed: what it adds is what it left in the buffer plus what went
+    // out as 'data' at once.
+    const buffered = this.readableLength
+    const emitted = this.#emittedLength
+    try {
+      this.#pushChunk(chunk)
+    } finally {
+      this.#pushedLength += this.readableLength - buffered + (this.#emittedLength - emitted)
+    }
+  }
+
+  /** Decodes what follows (and what the readable buffer holds) as `encoding`, as Readable does. */
+  override setEncoding(encoding: BufferEncoding): this {
+    super.setEncoding(encoding)
+    // Readable decoded the buffer's contents into one string, whose length counts from now
+    // on: the fds of every chunk in it go with its next 'data'.
+    for (const entry of this.#fdsAhead) entry.at = Math.min(entry.at, this.#emittedLength)
+    this.#pushedLength = this.#emittedLength + this.readableLength
+    return this
   }
 
   /** @internal Emits the `'fds'` of the chunks a `'data'` event starts, right before it. */
   override emit(event: string | symbol, ...args: any[]): boolean {
     if (event !== 'data') return super.emit(event, ...args)
     const data = args[0] as Buffer | string
-    this.#bytesEmitted += typeof data === 'string' ? Buffer.byteLength(data) : data.length
+    this.#emittedLength += data.length
     // A listener that throws must not cost the chunk or later fds: everything is handed
     // over and emitted, then the first exception goes on (to 'uncaughtException', as from
     // any event handler).
     let failure: { error: unknown } | null = null
     let lost = false
-    while (this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < this.#bytesEmitted) {
+    while (this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < this.#emittedLength) {
       const { fds } = this.#fdsAhead.shift()!
       this.#fdsAheadCount -= fds.length
       // The native stream held them until now. It closed them if it was closed under this
