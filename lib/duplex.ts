@@ -88,12 +88,24 @@ const { set: setBytes } = Uint8Array.prototype
  * built-in accessors, so that what the view's own properties say cannot change it.
  */
 function copyIfResizable(chunk: unknown): Buffer | null {
-  let accessors
-  if (types.isTypedArray(chunk)) accessors = typedArrayAccessors
-  else if (types.isDataView(chunk)) accessors = dataViewAccessors
-  else return null
-  const buffer: ArrayBufferLike = apply(accessors[0], chunk, [])
-  if (!apply(types.isSharedArrayBuffer(buffer) ? growable : resizable, buffer, [])) return null
+  if (!ArrayBuffer.isView(chunk)) return null
+  // A TypedArray's accessor throws for a DataView, ArrayBuffer's for a SharedArrayBuffer:
+  // cheaper on every write than asking what each is first.
+  let accessors = typedArrayAccessors
+  let buffer: ArrayBufferLike
+  try {
+    buffer = apply(accessors[0], chunk, [])
+  } catch {
+    accessors = dataViewAccessors
+    buffer = apply(accessors[0], chunk, [])
+  }
+  let changes: boolean
+  try {
+    changes = apply(resizable, buffer, [])
+  } catch {
+    changes = apply(growable, buffer, [])
+  }
+  if (!changes) return null
   const offset: number = apply(accessors[1], chunk, [])
   const length: number = apply(accessors[2], chunk, [])
   const copy = allocUnsafe(length)
