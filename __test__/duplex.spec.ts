@@ -7,6 +7,7 @@
 import test, { type ExecutionContext } from 'ava'
 import { spawn } from 'node:child_process'
 import * as crypto from 'node:crypto'
+import { EventEmitter } from 'node:events'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -1053,6 +1054,67 @@ test.serial(
     t.deepEqual(await run('base64', true), ['data:e9e9e9', 'fds:1', 'data:e94100'], 'base64, set before')
     // Set while both wait: Readable decodes them into one string, which the fds come before.
     t.deepEqual(await run('hex', false), ['fds:1', 'data:e9e9e9e94100'], 'hex, set while they wait')
+  },
+)
+
+test.serial(
+  "'fds' listener and a small maxQueuedFds: a read(n) waiting for bytes still to come does not stop reading for good",
+  async (t) => {
+    const [a, b] = FdSocket.pair({ maxQueuedFds: 2 })
+    cleanup(t, a, b)
+    const devnull = fs.openSync('/dev/null', 'r')
+    t.teardown(() => fs.closeSync(devnull))
+    const log: string[] = []
+    b.on('fds', (fds: FdsArrived) => {
+      log.push(`fds:${fds.length}`)
+      closeAll(fds)
+    })
+    b.on('readable', () => {
+      let frame: Buffer | null
+      while ((frame = b.read(4)) !== null) log.push(`frame:${frame.toString('hex')}`)
+    })
+    const ended = onceEvent(b, 'end', T)
+    // One byte per chunk, each with an fd: the fds of unread chunks reach the bound while
+    // the consumer waits for a 4-byte frame.
+    for (let i = 0; i < 3; i++) {
+      a.writeWithFds(Buffer.from([0x10 + i]), [devnull])
+      await withTimeout(
+        until(() => b.readableLength === i + 1),
+        T,
+        `chunk ${i} (${log.join(' ')})`,
+      )
+    }
+    a.end(Buffer.from([0x13]))
+    await withTimeout(ended, T, `'end' (${log.join(' ')})`)
+    t.deepEqual(log, ['fds:1', 'fds:1', 'fds:1', 'frame:10111213'])
+  },
+)
+
+test.serial(
+  "an 'fds' listener removed behind the socket's back (EventEmitter's own removeListener): the fds queue for dequeue()",
+  async (t) => {
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    const devnull = fs.openSync('/dev/null', 'r')
+    t.teardown(() => fs.closeSync(devnull))
+    const onFds = (fds: FdsArrived) => closeAll(fds)
+    b.on('fds', onFds)
+    b.pause()
+    a.writeWithFds('x', [devnull])
+    await withTimeout(
+      until(() => b.readableLength === 1),
+      T,
+      'the chunk',
+    )
+    EventEmitter.prototype.removeListener.call(b, 'fds', onFds)
+    const dequeued = new Promise<number | null>((resolve) => b.once('data', () => resolve(b.dequeue())))
+    b.resume()
+    const fd = await withTimeout(dequeued, T, "'data'")
+    t.not(fd, null)
+    if (fd !== null) {
+      t.is(fdIdentity(fd), fdIdentity(devnull))
+      fs.closeSync(fd)
+    }
   },
 )
 

@@ -871,10 +871,13 @@ test.serial(
 
 // ---- a receiver at its open-file limit ----------------------------------------------------
 
-for (const mode of ['async', 'fdsocket', 'fdsocket-fds'] as const) {
-  const name = { async: 'AsyncUnixStream', fdsocket: 'FdSocket', 'fdsocket-fds': "FdSocket with an 'fds' listener" }[
-    mode
-  ]
+for (const mode of ['async', 'fdsocket', 'fdsocket-fds', 'fdsocket-requeue'] as const) {
+  const name = {
+    async: 'AsyncUnixStream',
+    fdsocket: 'FdSocket',
+    'fdsocket-fds': "FdSocket with an 'fds' listener",
+    'fdsocket-requeue': "FdSocket whose 'fds' listener goes before the chunk is read",
+  }[mode]
   const truncation = mode === 'fdsocket-fds' ? 'fds.truncated' : 'ERR_FD_TRUNCATED once'
   test.serial(
     `${name} at its open-file limit: ${truncation}, bytes intact, recovery once fds are closed`,
@@ -927,6 +930,7 @@ for (const mode of ['async', 'fdsocket', 'fdsocket-fds'] as const) {
           ])
           t.is(report.queuedAfterFirst, 0, 'handed to the listener, none queued')
         }
+        if (mode === 'fdsocket-requeue') t.is(report.fdsEvents, undefined, "no 'fds' event once it went")
         t.is(report.eof, 0)
       } finally {
         child.child.kill('SIGKILL')

@@ -244,9 +244,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     if (!inner) return
     inner.setHandingFds(false)
     for (const { fds, truncated } of this.#fdsAhead.splice(0)) {
-      native(() => inner.requeueHanded(fds.length > 0 ? fds[0] : -1, fds.length, truncated))
+      if (fds.length > 0 || truncated) native(() => inner.requeueHanded(fds.length > 0 ? fds[0] : -1, fds.length))
     }
     this.#fdsAheadCount = 0
+    // They may have been what kept reading paused.
+    this.#resumeIfRoom()
   }
 
   /** Two connected sockets. */
@@ -661,6 +663,27 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     }, cb)
   }
 
+  /**
+   * As Readable's. A consumer that asks for more than the buffer can give (a `read(n)`
+   * short of `n` bytes, a character still incomplete with `setEncoding()`) while the fds
+   * of unemitted chunks stop reading at `maxQueuedFds` would wait for good: those chunks
+   * cannot be emitted without more data, so reading goes on past the bound.
+   */
+  override read(size?: number): any {
+    const result = super.read(size)
+    if (
+      result === null &&
+      size !== 0 &&
+      this.#readingPaused &&
+      this.#native &&
+      this.#fdsAheadCount >= this.#maxQueuedFds &&
+      this.readableLength < this.readableHighWaterMark
+    ) {
+      this.#setReading(true)
+    }
+    return result
+  }
+
   /** @internal */
   override _read(): void {
     this.#whenConnected(() => {
@@ -668,7 +691,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       if (!inner || this.destroyed) return
       if (this.#reading) {
         // Readable asks again after every chunk: only a paused reader needs telling.
-        if (this.#readingPaused && this.#fdsAheadCount < this.#maxQueuedFds) this.#setReading(true)
+        if (this.#readingPaused && !this.#fdsBoundReached()) this.#setReading(true)
         return
       }
       this.#reading = true
@@ -752,17 +775,26 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     let failure: { error: unknown } | null = null
     let lost = false
     while (this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < this.#emittedLength) {
-      const { fds } = this.#fdsAhead.shift()!
+      // Every listener removed in a way this socket did not see (EventEmitter's own
+      // removeListener called on it): the fds go to the inbound queue, as with off().
+      if (this.listenerCount('fds') === 0) {
+        this.#handingChanged()
+        break
+      }
+      const { fds, truncated } = this.#fdsAhead.shift()!
       this.#fdsAheadCount -= fds.length
       // The native stream held them until now. It closed them if it was closed under this
       // socket (an AsyncUnixStream given to FdSocket.from() and closed directly).
-      if (fds.length > 0 && !binding.streamReleaseHanded(this.#handle!, fds[0], fds.length)) {
-        lost = true
-        continue
+      if (
+        (fds.length > 0 || truncated) &&
+        !binding.streamReleaseHanded(this.#handle!, fds.length > 0 ? fds[0] : -1, fds.length)
+      ) {
+        lost ||= fds.length > 0
+        if (fds.length > 0) continue
       }
       try {
-        // The listeners own the fds from here on (were they all removed meanwhile, the
-        // fds would have nobody to close them: closed here instead).
+        // The listeners own the fds from here on (were they all removed by a listener
+        // before, the fds would have nobody to close them: closed here instead).
         if (!super.emit('fds', fds)) for (const fd of fds) closeFdQuietly(fd)
       } catch (error) {
         failure ??= { error }
@@ -782,7 +814,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // reach maxQueuedFds (fds handed to 'fds' listeners wait with their chunk).
     const full = !this.push(chunk)
     if (!this.#native) return
-    if (full || this.#fdsAheadCount >= this.#maxQueuedFds) this.#setReading(false)
+    if (full || this.#fdsBoundReached()) this.#setReading(false)
+  }
+
+  /**
+   * Whether the fds of unemitted chunks stop reading: they reach `maxQueuedFds` while the
+   * readable buffer has something to take. With nothing there (the bytes that carried them
+   * wait in the string decoder as an incomplete character) only more data lets them out.
+   */
+  #fdsBoundReached(): boolean {
+    return this.#fdsAheadCount >= this.#maxQueuedFds && this.readableLength > 0
   }
 
   /** Lets a paused reader go on once both the readable buffer and the fds bound have room. */
@@ -790,7 +831,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     if (
       this.#readingPaused &&
       this.#native &&
-      this.#fdsAheadCount < this.#maxQueuedFds &&
+      !this.#fdsBoundReached() &&
       this.readableLength < this.readableHighWaterMark
     ) {
       this.#setReading(true)

@@ -107,7 +107,7 @@ pub(crate) struct Queues {
   /// The fds handed to JS with chunks it has not emitted yet (an `'fds'` listener gets
   /// them right before the chunk's `'data'`), one entry per chunk, oldest first. They stay
   /// the stream's until then, so that `close()` or a worker's teardown closes them.
-  handed: Mutex<VecDeque<Vec<OwnedFd>>>,
+  handed: Mutex<VecDeque<Handed>>,
 }
 
 /// A batch's deposit, reachable by both its delivery and the stream's `close()`: whichever
@@ -154,37 +154,36 @@ impl Queues {
 
   /// Holds the fds handed to JS with a chunk until JS emits it ([`Self::release_handed`]).
   /// `false` when the stream is closed: they are closed now, and the chunk goes nowhere.
-  pub(crate) fn hold_handed(&self, fds: Vec<OwnedFd>) -> bool {
+  pub(crate) fn hold_handed(&self, handed: Handed) -> bool {
     // Checked under the lock, which `close()` takes after setting `closed`.
-    let mut handed = lock(&self.handed);
+    let mut held = lock(&self.handed);
     if self.closed.load(Ordering::Acquire) {
+      drop(held);
       drop(handed);
-      drop(fds);
       return false;
     }
-    if !fds.is_empty() {
-      handed.push_back(fds);
-    }
+    held.push_back(handed);
     true
   }
 
-  /// The fds held for the chunk whose `count` fds start with `first`, no longer held.
-  /// Found by the number rather than by position, so a chunk whose call into JS failed
-  /// cannot shift the others (its fds stay held until `close()`).
-  fn take_handed(&self, first: RawFd, count: usize) -> Option<Vec<OwnedFd>> {
-    let mut handed = lock(&self.handed);
-    let at = handed.iter().position(|fds| {
-      fds.len() == count && fds.first().is_some_and(|fd| fd.as_raw_fd() == first)
+  /// The chunk held with `count` fds starting with `first`, no longer held; with no fds
+  /// (`count` 0: the kernel dropped them all), the oldest such chunk. Found by the fds
+  /// rather than by position, so a chunk whose call into JS failed cannot shift the others
+  /// (its fds stay held until `close()`).
+  fn take_handed(&self, first: RawFd, count: usize) -> Option<Handed> {
+    let mut held = lock(&self.handed);
+    let at = held.iter().position(|handed| {
+      handed.count() == count && (count == 0 || handed.first() == Some(first))
     })?;
-    handed.remove(at)
+    held.remove(at)
   }
 
-  /// The fds held for the chunk whose `count` fds start with `first` become JS's; `false`
-  /// when no such chunk is held (the stream closed, and closed them).
+  /// The fds held for the chunk with `count` fds starting with `first` become JS's;
+  /// `false` when no such chunk is held (the stream closed, and closed them).
   pub(crate) fn release_handed(&self, first: RawFd, count: usize) -> bool {
     match self.take_handed(first, count) {
-      Some(fds) => {
-        for fd in fds {
+      Some(handed) => {
+        for fd in handed.0.into_iter().flat_map(|(fds, _)| fds) {
           let _ = fd.into_raw_fd();
         }
         true
@@ -193,25 +192,45 @@ impl Queues {
     }
   }
 
-  /// The fds held for the chunk whose `count` fds start with `first` (none: `count` 0)
-  /// join the inbound queue, with a marker if the kernel dropped some (`truncated`): JS's
-  /// `'fds'` listeners went away before the chunk was emitted. `false` when the stream
-  /// closed (and closed them).
-  pub(crate) fn requeue_handed(&self, first: RawFd, count: usize, truncated: bool) -> bool {
-    let fds = match count {
-      0 => Vec::new(),
-      _ => match self.take_handed(first, count) {
-        Some(fds) => fds,
-        None => return false,
-      },
-    };
-    // Checked under the inbound lock, which `close()` takes after setting `closed`.
-    let mut inbound = lock(&self.inbound);
-    if self.closed.load(Ordering::Acquire) {
+  /// The fds held for the chunk with `count` fds starting with `first` join the inbound
+  /// queue, each message's with a marker where the kernel dropped some, as if no
+  /// `'fds'` listener had been there: JS's listeners went away before the chunk was
+  /// emitted. `false` when the stream closed (and closed them).
+  pub(crate) fn requeue_handed(&self, first: RawFd, count: usize) -> bool {
+    let Some(handed) = self.take_handed(first, count) else {
       return false;
-    }
-    inbound.receive(fds, truncated);
-    true
+    };
+    receive_parts(self, handed.0).is_ok()
+  }
+}
+
+/// What one chunk brought, one `(fds, truncated)` per message, while its fds are handed to
+/// JS's `'fds'` listeners.
+#[derive(Debug)]
+pub(crate) struct Handed(Arrived);
+
+impl Handed {
+  /// How many fds arrived.
+  pub(crate) fn count(&self) -> usize {
+    self.0.iter().map(|(fds, _)| fds.len()).sum()
+  }
+
+  /// The first fd, if any arrived.
+  fn first(&self) -> Option<RawFd> {
+    self.fds().next()
+  }
+
+  /// The fds, in order.
+  pub(crate) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+    self
+      .0
+      .iter()
+      .flat_map(|(fds, _)| fds.iter().map(AsRawFd::as_raw_fd))
+  }
+
+  /// Whether the kernel dropped fds of any of its messages.
+  pub(crate) fn truncated(&self) -> bool {
+    self.0.iter().any(|(_, truncated)| *truncated)
   }
 }
 
@@ -232,7 +251,7 @@ impl Drop for Arrival {
   }
 }
 
-type Arrived = Vec<(Vec<OwnedFd>, bool)>;
+pub(crate) type Arrived = Vec<(Vec<OwnedFd>, bool)>;
 
 impl Arrival {
   /// Deposits what a batch brought in `home`, where `queues`' `close()` can reach it too.
@@ -277,14 +296,11 @@ impl Arrival {
     receive_parts(queues, parts.unwrap_or_default())
   }
 
-  /// On the JS thread: the fds themselves, in order, and whether the kernel dropped any
-  /// (`MSG_CTRUNC`); `None` when none arrived and none were dropped. They are closed (and
-  /// `ERR_SOCKET_CLOSED` returned) if the stream closed meanwhile.
-  pub(crate) fn hand_over(self) -> Option<(Vec<OwnedFd>, bool)> {
+  /// On the JS thread: what each message brought, in order (its fds, and whether the
+  /// kernel dropped some: `MSG_CTRUNC`); `None` when no fd arrived and none was dropped.
+  pub(crate) fn hand_over(self) -> Option<Handed> {
     let parts = self.claim()?;
-    let truncated = parts.iter().any(|(_, truncated)| *truncated);
-    let fds: Vec<OwnedFd> = parts.into_iter().flat_map(|(fds, _)| fds).collect();
-    Some((fds, truncated))
+    Some(Handed(parts))
   }
 }
 

@@ -5,7 +5,7 @@
 //! batches are in flight, and the JS side pauses the task when its buffer is full.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +18,7 @@ use tokio::io::Interest;
 use tokio::sync::{watch, Semaphore};
 
 use crate::error::{self, errno_of, tagged};
-use crate::nonblocking::core::{closing, Arrival, Queues, Shared};
+use crate::nonblocking::core::{closing, Arrival, Handed, Queues, Shared};
 use crate::scm_rights;
 use crate::settle::{self, set_ref, Home, RawValue};
 use crate::sync::lock;
@@ -166,20 +166,20 @@ fn deliver(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
         if count > 0 {
           queues.room.notify_waiters();
         }
-        let (handed, truncated) = match arrival.hand_over() {
+        let handed = match arrival.hand_over() {
           _ if queues.closed.load(Ordering::Acquire) => return closed(),
-          Some((fds, truncated)) => (Some(fds), truncated),
-          None => (None, false),
+          handed => handed,
         };
+        let truncated = handed.as_ref().is_some_and(Handed::truncated);
         let array = handed
-          .as_deref()
-          .map(|fds| fd_array(env, fds))
+          .as_ref()
+          .map(|handed| fd_array(env, handed))
           .transpose()?;
         let chunk = chunk(data)?;
         // Held by the stream until JS emits the chunk (and takes them, see
         // `Queues::release_handed`); dropped with the arguments if making them failed.
-        if let Some(fds) = handed {
-          if !queues.hold_handed(fds) {
+        if let Some(handed) = handed {
+          if !queues.hold_handed(handed) {
             return closed();
           }
         }
@@ -201,11 +201,11 @@ fn deliver(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
 }
 
 /// `fds` as a JS array of fd numbers (the fds stay the stream's: see `Queues::hold_handed`).
-fn fd_array(env: &Env, fds: &[OwnedFd]) -> napi::Result<RawValue> {
-  let length = u32::try_from(fds.len()).unwrap_or(u32::MAX);
+fn fd_array(env: &Env, handed: &Handed) -> napi::Result<RawValue> {
+  let length = u32::try_from(handed.count()).unwrap_or(u32::MAX);
   let mut array = env.create_array(length)?;
-  for (i, fd) in (0u32..).zip(fds) {
-    array.set(i, fd.as_raw_fd())?;
+  for (i, fd) in (0u32..).zip(handed.fds()) {
+    array.set(i, fd)?;
   }
   let object = array.coerce_to_object()?;
   Ok(RawValue(object.raw()))

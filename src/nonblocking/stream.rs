@@ -468,11 +468,11 @@ impl AsyncUnixStream {
   }
 
   /// The fds handed to JS with a chunk not yet emitted (`count` of them, the first
-  /// `first`; `truncated` if the kernel dropped some) join the inbound queue for
-  /// `dequeue()`: the `'fds'` listeners went away. `false` if the stream closed them.
+  /// `first`) join the inbound queue for `dequeue()`, with a marker where the kernel
+  /// dropped some: the `'fds'` listeners went away. `false` if the stream closed them.
   #[napi]
-  pub fn requeue_handed(&self, first: i32, count: u32, truncated: bool) -> bool {
-    self.queues.requeue_handed(first, count as usize, truncated)
+  pub fn requeue_handed(&self, first: i32, count: u32) -> bool {
+    self.queues.requeue_handed(first, count as usize)
   }
 
   /// Closes every fd waiting in the outbound queue (nothing will carry them).
