@@ -29,6 +29,7 @@ import {
   closeAll,
   fdFlags,
   fdIdentity,
+  openFdNumbers,
   O_CLOEXEC,
   makeFifo,
   pathIdentity,
@@ -87,6 +88,15 @@ function socketAndPeer(t: ExecutionContext): { socket: FdSocket; peer: AsyncUnix
 }
 
 /** Resolves once `condition()` holds, checking every 5 ms (wrap it in withTimeout). */
+/** `fdIdentity(fd)`, or `null` for an fd closed meanwhile. */
+function fdIdentityOrNull(fd: number): string | null {
+  try {
+    return fdIdentity(fd)
+  } catch {
+    return null
+  }
+}
+
 async function until(condition: () => boolean): Promise<void> {
   while (!condition()) await sleep(5)
 }
@@ -1087,6 +1097,45 @@ test.serial(
     a.end(Buffer.from([0x13]))
     await withTimeout(ended, T, `'end' (${log.join(' ')})`)
     t.deepEqual(log, ['fds:1', 'fds:1', 'fds:1', 'frame:10111213'])
+  },
+)
+
+test.serial(
+  "'fds' listener, setEncoding('utf8') and a small maxQueuedFds: a character split across fd-carrying chunks does not stop reading for good",
+  async (t) => {
+    const [a, b] = FdSocket.pair({ maxQueuedFds: 1 })
+    cleanup(t, a, b)
+    const set = fileSet(1, 'split-char-')
+    t.teardown(set.remove)
+    const file = fs.openSync(set.files[0], 'r')
+    t.teardown(() => fs.closeSync(file))
+    const identity = fdIdentity(file)
+    const copies = () => openFdNumbers().filter((fd) => fdIdentityOrNull(fd) === identity).length
+    b.setEncoding('utf8')
+    const log: string[] = []
+    b.on('fds', (fds: FdsArrived) => {
+      log.push(`fds:${fds.length}`)
+      closeAll(fds)
+    })
+    b.on('data', (text: string) => log.push(`data:${text}`))
+    const ended = onceEvent(b, 'end', T)
+    const bytes = Buffer.from('\u{1F600}')
+    // The first three bytes, each with an fd: held for the listener (the character is not
+    // complete, so nothing is emitted) once the reader took them; then the last byte.
+    for (let i = 0; i < 3; i++) a.writeWithFds(bytes.subarray(i, i + 1), [file])
+    await withTimeout(
+      until(() => copies() === 4),
+      T,
+      `three fds received (${copies() - 1})`,
+    )
+    a.end(bytes.subarray(3))
+    await withTimeout(ended, T, `'end' (${log.join(' ')})`)
+    t.is(log.at(-1), 'data:\u{1F600}')
+    t.is(log.filter((entry) => entry.startsWith('data')).length, 1)
+    t.is(
+      log.filter((entry) => entry.startsWith('fds')).reduce((sum, entry) => sum + Number(entry.slice(4)), 0),
+      3,
+    )
   },
 )
 
