@@ -10,7 +10,6 @@
  */
 import { EventEmitter } from 'node:events'
 import { Duplex, type DuplexOptions } from 'node:stream'
-import { types } from 'node:util'
 import { binding, peerCredentialsOf, type Native, type PeerCredentials } from './binding.js'
 import { AsyncUnixStream, nativeStreamOf } from './async.js'
 import {
@@ -32,7 +31,7 @@ import {
   validateMaxQueuedFds,
   validatePath,
 } from './args.js'
-import { copy, copyOut, Liveness, operation, setReferenced, startOperation } from './pending.js'
+import { copy, copyIfResizable, copyOut, Liveness, operation, setReferenced, startOperation } from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
 
 /** Most fds one write can carry (the kernel's SCM_MAX_FD). */
@@ -71,46 +70,9 @@ interface StagedRun {
   count: number
 }
 
-const { apply } = Reflect
-const accessor = (prototype: object, name: string): ((this: unknown) => any) =>
-  Object.getOwnPropertyDescriptor(prototype, name)!.get!
-const typedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype) as object
-const typedArrayAccessors = ['buffer', 'byteOffset', 'byteLength'].map((name) => accessor(typedArrayPrototype, name))
-const dataViewAccessors = ['buffer', 'byteOffset', 'byteLength'].map((name) => accessor(DataView.prototype, name))
-const resizable = accessor(ArrayBuffer.prototype, 'resizable')
-const growable = accessor(SharedArrayBuffer.prototype, 'growable')
-const allocUnsafe = Buffer.allocUnsafe
-const { set: setBytes } = Uint8Array.prototype
-
-/**
- * A copy of the bytes a view over a resizable `ArrayBuffer` or growable
- * `SharedArrayBuffer` shows now, or `null` for any other chunk. Read through the
- * built-in accessors, so that what the view's own properties say cannot change it.
- */
-function copyIfResizable(chunk: unknown): Buffer | null {
-  if (!ArrayBuffer.isView(chunk)) return null
-  // A TypedArray's accessor throws for a DataView, ArrayBuffer's for a SharedArrayBuffer:
-  // cheaper on every write than asking what each is first.
-  let accessors = typedArrayAccessors
-  let buffer: ArrayBufferLike
-  try {
-    buffer = apply(accessors[0], chunk, [])
-  } catch {
-    accessors = dataViewAccessors
-    buffer = apply(accessors[0], chunk, [])
-  }
-  let changes: boolean
-  try {
-    changes = apply(resizable, buffer, [])
-  } catch {
-    changes = apply(growable, buffer, [])
-  }
-  if (!changes) return null
-  const offset: number = apply(accessors[1], chunk, [])
-  const length: number = apply(accessors[2], chunk, [])
-  const copy = allocUnsafe(length)
-  apply(setBytes, copy, [new Uint8Array(buffer, offset, length)])
-  return copy
+/** How the native stream finds a chunk's held fds: its first fd (-1 for none) and their count. */
+function firstFd(fds: number[]): number {
+  return fds.length > 0 ? fds[0] : -1
 }
 
 /** @internal */
@@ -244,7 +206,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     if (!inner) return
     inner.setHandingFds(false)
     for (const { fds, truncated } of this.#fdsAhead.splice(0)) {
-      if (fds.length > 0 || truncated) native(() => inner.requeueHanded(fds.length > 0 ? fds[0] : -1, fds.length))
+      if (fds.length > 0 || truncated) native(() => inner.requeueHanded(firstFd(fds), fds.length))
     }
     this.#fdsAheadCount = 0
     // They may have been what kept reading paused.
@@ -785,10 +747,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       this.#fdsAheadCount -= fds.length
       // The native stream held them until now. It closed them if it was closed under this
       // socket (an AsyncUnixStream given to FdSocket.from() and closed directly).
-      if (
-        (fds.length > 0 || truncated) &&
-        !binding.streamReleaseHanded(this.#handle!, fds.length > 0 ? fds[0] : -1, fds.length)
-      ) {
+      if ((fds.length > 0 || truncated) && !binding.streamReleaseHanded(this.#handle!, firstFd(fds), fds.length)) {
         lost ||= fds.length > 0
         if (fds.length > 0) continue
       }

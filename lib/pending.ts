@@ -112,6 +112,45 @@ export function copyOut(count: number): Buffer {
   return bytes
 }
 
+const accessor = (prototype: object, name: string): ((this: unknown) => any) =>
+  Object.getOwnPropertyDescriptor(prototype, name)!.get!
+const typedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype) as object
+const typedArrayAccessors = ['buffer', 'byteOffset', 'byteLength'].map((name) => accessor(typedArrayPrototype, name))
+const dataViewAccessors = ['buffer', 'byteOffset', 'byteLength'].map((name) => accessor(DataView.prototype, name))
+const resizable = accessor(ArrayBuffer.prototype, 'resizable')
+const growable = accessor(SharedArrayBuffer.prototype, 'growable')
+
+/**
+ * A copy of the bytes a view over a resizable `ArrayBuffer` or growable
+ * `SharedArrayBuffer` shows now, or `null` for any other chunk. Read through the
+ * built-in accessors, so that what the view's own properties say cannot change it.
+ */
+export function copyIfResizable(chunk: unknown): Buffer | null {
+  if (!ArrayBuffer.isView(chunk)) return null
+  // A TypedArray's accessor throws for a DataView, ArrayBuffer's for a SharedArrayBuffer:
+  // cheaper on every write than asking what each is first.
+  let accessors = typedArrayAccessors
+  let buffer: ArrayBufferLike
+  try {
+    buffer = apply(accessors[0], chunk, [])
+  } catch {
+    accessors = dataViewAccessors
+    buffer = apply(accessors[0], chunk, [])
+  }
+  let changes: boolean
+  try {
+    changes = apply(resizable, buffer, [])
+  } catch {
+    changes = apply(growable, buffer, [])
+  }
+  if (!changes) return null
+  const offset: number = apply(accessors[1], chunk, [])
+  const length: number = apply(accessors[2], chunk, [])
+  const copy = allocUnsafeSlow(length)
+  apply(setBytes, copy, [new Uint8Array(buffer, offset, length)])
+  return copy
+}
+
 /** `signal.reason`, which a subclass may make throw. */
 function reasonOf(signal: AbortSignal | undefined): unknown {
   try {

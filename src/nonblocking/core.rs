@@ -299,8 +299,7 @@ impl Arrival {
   /// On the JS thread: what each message brought, in order (its fds, and whether the
   /// kernel dropped some: `MSG_CTRUNC`); `None` when no fd arrived and none was dropped.
   pub(crate) fn hand_over(self) -> Option<Handed> {
-    let parts = self.claim()?;
-    Some(Handed(parts))
+    self.claim().map(Handed)
   }
 }
 
