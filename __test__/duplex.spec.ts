@@ -1609,47 +1609,61 @@ test.serial(
 
 // From a hostile review of the 'fds' event: each failed before its fix.
 
-test.serial(
-  "'fds' comes right before the 'data' of its chunk even when the chunk waited (paused, pipe backpressure)",
-  async (t) => {
-    const [a, b] = FdSocket.pair()
-    cleanup(t, a, b)
-    const set = fileSet(3, 'paused-')
-    t.teardown(set.remove)
-    const opened = set.files.map((f) => fs.openSync(f, 'r'))
-    t.teardown(() => closeAll(opened))
-    const log: string[] = []
-    b.on('fds', (fds: FdsArrived) => {
-      log.push(`fds:${fds.map((fd) => readAt(fd)).join(',')}`)
-      closeAll(fds)
-    })
-    b.pause()
-    for (let i = 0; i < 3; i++) {
-      a.writeWithFds(`msg${i};`, [opened[i]])
-      // Each chunk arrives and waits in the readable buffer, with its fds.
-      await withTimeout(
-        (async () => {
-          while (b.readableLength < (i + 1) * 5) await sleep(5)
-        })(),
-        T,
-        `chunk ${i} buffered`,
-      )
-    }
-    t.deepEqual(log, [], 'nothing handed over before its data')
+/**
+ * A pair whose reading side, paused, holds three chunks `msg0;`, `msg1;`, `msg2;`, each
+ * with an fd of its own file; the 'fds' listener logs the files' contents and closes them.
+ */
+async function threeWaitingChunks(t: ExecutionContext, prefix: string) {
+  const [a, b] = FdSocket.pair()
+  cleanup(t, a, b)
+  const set = fileSet(3, prefix)
+  t.teardown(set.remove)
+  const opened = set.files.map((f) => fs.openSync(f, 'r'))
+  t.teardown(() => closeAll(opened))
+  const log: string[] = []
+  b.on('fds', (fds: FdsArrived) => {
+    log.push(`fds:${fds.map((fd) => readAt(fd)).join(',')}`)
+    closeAll(fds)
+  })
+  b.pause()
+  for (let i = 0; i < 3; i++) {
+    a.writeWithFds(`msg${i};`, [opened[i]])
+    // Each chunk arrives and waits in the readable buffer, with its fds.
+    await withTimeout(
+      (async () => {
+        while (b.readableLength < (i + 1) * 5) await sleep(5)
+      })(),
+      T,
+      `chunk ${i} buffered`,
+    )
+  }
+  t.deepEqual(log, [], 'nothing handed over before its data')
+  /** Resumes reading and resolves once 'data' brought everything up to `msg2;`. */
+  const flow = (onData: (chunk: Buffer) => void = () => {}) => {
     const done = new Promise<void>((resolve) =>
       b.on('data', (chunk: Buffer) => {
         log.push(`data:${chunk}`)
+        onData(chunk)
         if (
           log
             .filter((l) => l.startsWith('data'))
             .join('')
-            .includes('msg2')
+            .endsWith('msg2;')
         )
           resolve()
       }),
     )
     b.resume()
-    await withTimeout(done, T, 'the data')
+    return withTimeout(done, T, 'the data')
+  }
+  return { b, set, log, flow }
+}
+
+test.serial(
+  "'fds' comes right before the 'data' of its chunk even when the chunk waited (paused, pipe backpressure)",
+  async (t) => {
+    const { set, log, flow } = await threeWaitingChunks(t, 'paused-')
+    await flow()
     t.is(
       log
         .filter((l) => l.startsWith('data:'))
@@ -1668,6 +1682,50 @@ test.serial(
         t.false(seen.includes(`msg${i};`), `fds of msg${i} before its data`)
       }
     }
+  },
+)
+
+test.serial("unshift(): the 'fds' of the chunks behind what went back come no earlier than their 'data'", async (t) => {
+  const { b, set, log, flow } = await threeWaitingChunks(t, 'unshift-')
+  let once = true
+  // A parser that puts its first chunk back once (it wanted more), as net users do.
+  await flow((chunk) => {
+    if (once) b.unshift(chunk)
+    once = false
+  })
+  const [c0, c1, c2] = set.contents
+  t.deepEqual(log, [`fds:${c0}`, 'data:msg0;', 'data:msg0;', `fds:${c1}`, 'data:msg1;', `fds:${c2}`, 'data:msg2;'])
+})
+
+test.serial(
+  "unshift() into an empty flowing buffer while a chunk's bytes wait in the string decoder: its fds stay for that chunk's 'data'",
+  async (t) => {
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    const devnull = fs.openSync('/dev/null', 'r')
+    t.teardown(() => fs.closeSync(devnull))
+    b.setEncoding('utf8')
+    const log: string[] = []
+    b.on('fds', (fds: FdsArrived) => {
+      log.push(`fds:${fds.length}`)
+      closeAll(fds)
+    })
+    b.on('data', (text: string) => log.push(`data:${text}`))
+    const ended = onceEvent(b, 'end', T)
+    const bytes = Buffer.from('\u00e9')
+    // The first byte of 'é' with an fd: pushed, held by the decoder, nothing emitted.
+    a.writeWithFds(bytes.subarray(0, 1), [devnull])
+    const decoder = (b as unknown as { _readableState: { decoder: { lastNeed: number } } })._readableState.decoder
+    await withTimeout(
+      until(() => decoder.lastNeed === 1),
+      T,
+      'the first byte pushed',
+    )
+    // Emitted at once (the buffer is empty and flowing): the fds are not its.
+    b.unshift('zz')
+    a.end(bytes.subarray(1))
+    await withTimeout(ended, T, `'end' (${log.join(' ')})`)
+    t.deepEqual(log, ['data:zz', 'fds:1', 'data:\u00e9'])
   },
 )
 

@@ -105,6 +105,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #emittedLength = 0
   /** The fds in `#fdsAhead`. */
   #fdsAheadCount = 0
+  /** Inside `unshift()`: its bytes go out first, and no chunk's fds go with them. */
+  #unshifting = false
   #reading = false
   /** The native reader was told to pause (and not told to go on since). */
   #readingPaused = false
@@ -726,6 +728,29 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     return this
   }
 
+  /**
+   * As Readable's. What goes back to the front of the readable buffer is emitted (again)
+   * before every chunk still waiting there, so their fds move back by as much.
+   */
+  override unshift(chunk: any, encoding?: BufferEncoding): void {
+    const buffered = this.readableLength
+    const emitted = this.#emittedLength
+    const unshifting = this.#unshifting
+    this.#unshifting = true
+    try {
+      super.unshift(chunk, encoding)
+    } finally {
+      this.#unshifting = unshifting
+      // With what went out as 'data' at once (into an empty flowing buffer): no chunk's
+      // fds went with it.
+      const added = this.readableLength - buffered + (this.#emittedLength - emitted)
+      if (added > 0) {
+        for (const entry of this.#fdsAhead) entry.at += added
+        this.#pushedLength += added
+      }
+    }
+  }
+
   /** @internal Emits the `'fds'` of the chunks a `'data'` event starts, right before it. */
   override emit(event: string | symbol, ...args: any[]): boolean {
     if (event !== 'data') return super.emit(event, ...args)
@@ -736,7 +761,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // any event handler).
     let failure: { error: unknown } | null = null
     let lost = false
-    while (this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < this.#emittedLength) {
+    while (!this.#unshifting && this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < this.#emittedLength) {
       // Every listener removed in a way this socket did not see (EventEmitter's own
       // removeListener called on it): the fds go to the inbound queue, as with off().
       if (this.listenerCount('fds') === 0) {
