@@ -251,7 +251,15 @@ pub fn send_message(
   )
 }
 
-/// Takes ownership of every fd in the SCM_RIGHTS messages of `msg`.
+/// `SCM_PIDFD` (Linux 6.5+, include/linux/socket.h; not in the libc crate): a pidfd of the
+/// sender, installed in this process for every message received on a socket that someone
+/// set `SO_PASSPIDFD` on (whoever handed the socket over, say, or a listener's owner).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SCM_PIDFD: libc::c_int = 4;
+
+/// Takes ownership of every fd in the SCM_RIGHTS messages of `msg`, and closes the ones
+/// other control messages installed (`SCM_PIDFD`): nothing asked for them, and each would
+/// otherwise stay open for good.
 ///
 /// # Safety
 /// `msg` must be the header a successful `recvmsg` just filled, its control pointer still
@@ -274,13 +282,19 @@ unsafe fn collect_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
     // the walk past the buffer.
     let data_end = (cmsg as usize + header.cmsg_len as usize).min(control_end);
     let count = data_end.saturating_sub(data_start) / mem::size_of::<RawFd>();
+    let installed = |i: usize| {
+      // SAFETY: `i < count` keeps the read inside this message's data, and the kernel
+      // installed each of these fds for us alone.
+      let raw = unsafe { ptr::read_unaligned(data.cast::<RawFd>().add(i)) };
+      unsafe { OwnedFd::from_raw_fd(raw) }
+    };
     if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-      for i in 0..count {
-        // SAFETY: `i < count` keeps the read inside this message's data, and the kernel
-        // installed each of these fds for us alone.
-        let raw = unsafe { ptr::read_unaligned(data.cast::<RawFd>().add(i)) };
-        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-      }
+      fds.extend((0..count).map(installed));
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == SCM_PIDFD {
+      // Closed at once (dropped).
+      (0..count).for_each(|i| drop(installed(i)));
     }
     // SAFETY: `cmsg` is a header inside the buffer described by `msg`.
     cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
