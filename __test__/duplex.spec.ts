@@ -1698,6 +1698,94 @@ test.serial("unshift(): the 'fds' of the chunks behind what went back come no ea
 })
 
 test.serial(
+  "unshift() from an 'fds' listener: the fds of the rest of the data being read still come before it",
+  async (t) => {
+    const { b, set, log } = await threeWaitingChunks(t, 'unshift-fds-')
+    let once = true
+    b.on('fds', () => {
+      if (once) b.unshift('U'.repeat(20))
+      once = false
+    })
+    // One read() takes the three chunks: all their fds come before it returns.
+    log.push(`read:${b.read()}`)
+    log.push(`read:${b.read()}`)
+    const [c0, c1, c2] = set.contents
+    t.deepEqual(log, [`fds:${c0}`, `fds:${c1}`, `fds:${c2}`, 'read:msg0;msg1;msg2;', `read:${'U'.repeat(20)}`])
+  },
+)
+
+for (const encoding of [null, 'utf8'] as const) {
+  test.serial(
+    `nested unshift() in 'data' listeners (flowing, encoding ${encoding}): each later chunk's fds come right before its data`,
+    async (t) => {
+      const [a, b] = FdSocket.pair()
+      cleanup(t, a, b)
+      const set = fileSet(3, 'nested-unshift-')
+      t.teardown(set.remove)
+      const opened = set.files.map((f) => fs.openSync(f, 'r'))
+      t.teardown(() => closeAll(opened))
+      if (encoding) b.setEncoding(encoding)
+      const log: string[] = []
+      b.on('fds', (fds: FdsArrived) => {
+        log.push(`fds:${fds.map((fd) => readAt(fd)).join(',')}`)
+        closeAll(fds)
+      })
+      let events = 0
+      b.on('data', (data: Buffer | string) => {
+        log.push(`data:${data}`)
+        // The first chunk's listener puts back 'x', emitted at once (the buffer is empty);
+        // the listener of that 'x' puts back 'y', emitted at once too.
+        const i = events++
+        if (i === 0) b.unshift('x')
+        if (i === 1) b.unshift('y')
+      })
+      for (const [i, text] of ['aaaa', 'b', 'c'].entries()) {
+        const seen = events
+        a.writeWithFds(text, [opened[i]])
+        await withTimeout(
+          until(() => events > seen),
+          T,
+          `the data of ${text}`,
+        )
+      }
+      const [c0, c1, c2] = set.contents
+      t.deepEqual(log, [`fds:${c0}`, 'data:aaaa', 'data:x', 'data:y', `fds:${c1}`, 'data:b', `fds:${c2}`, 'data:c'])
+    },
+  )
+}
+
+test.serial('unshift(Buffer) with setEncoding(): it goes back as text, and later fds keep their place', async (t) => {
+  const [a, b] = FdSocket.pair()
+  cleanup(t, a, b)
+  const set = fileSet(2, 'unshift-buffer-')
+  t.teardown(set.remove)
+  const opened = set.files.map((f) => fs.openSync(f, 'r'))
+  t.teardown(() => closeAll(opened))
+  b.setEncoding('utf8')
+  const log: string[] = []
+  b.on('fds', (fds: FdsArrived) => {
+    log.push(`fds:${fds.map((fd) => readAt(fd)).join(',')}`)
+    closeAll(fds)
+  })
+  b.pause()
+  // Two bytes that are one character: Readable would count 2 and hand out 1.
+  b.unshift(Buffer.from('\u00e9'))
+  t.is(b.readableLength, 1)
+  log.push(`read:${b.read()}`)
+  for (const [i, text] of ['b', 'c'].entries()) {
+    a.writeWithFds(text, [opened[i]])
+    await withTimeout(
+      until(() => b.readableLength > 0),
+      T,
+      `chunk ${text}`,
+    )
+    log.push(`read:${b.read()}`)
+  }
+  const [c0, c1] = set.contents
+  t.deepEqual(log, ['read:\u00e9', `fds:${c0}`, 'read:b', `fds:${c1}`, 'read:c'])
+})
+
+test.serial(
   "unshift() into an empty flowing buffer while a chunk's bytes wait in the string decoder: its fds stay for that chunk's 'data'",
   async (t) => {
     const [a, b] = FdSocket.pair()

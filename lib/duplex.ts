@@ -107,6 +107,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #fdsAheadCount = 0
   /** Inside `unshift()`: its bytes go out first, and no chunk's fds go with them. */
   #unshifting = false
+  /** How much `unshift()` put back so far, counted as `#pushedLength` counts. */
+  #unshiftedLength = 0
   #reading = false
   /** The native reader was told to pause (and not told to go on since). */
   #readingPaused = false
@@ -711,10 +713,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // out as 'data' at once.
     const buffered = this.readableLength
     const emitted = this.#emittedLength
+    const unshifted = this.#unshiftedLength
     try {
       this.#pushChunk(chunk)
     } finally {
-      this.#pushedLength += this.readableLength - buffered + (this.#emittedLength - emitted)
+      // Less what a 'data' listener unshifted meanwhile: unshift() counted it.
+      this.#pushedLength +=
+        this.readableLength - buffered + (this.#emittedLength - emitted) - (this.#unshiftedLength - unshifted)
     }
   }
 
@@ -730,25 +735,57 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /**
    * As Readable's. What goes back to the front of the readable buffer is emitted (again)
-   * before every chunk still waiting there, so their fds move back by as much.
+   * before every chunk still waiting there, so their fds move back by as much. With an
+   * encoding set, a Buffer or other view goes back as text in that encoding (Readable would
+   * keep the bytes, count them as characters, and hand them out as UTF-8 or as a Buffer).
    */
   override unshift(chunk: any, encoding?: BufferEncoding): void {
-    const buffered = this.readableLength
-    const emitted = this.#emittedLength
+    let length = 0
+    if (typeof chunk === 'string' || ArrayBuffer.isView(chunk)) {
+      const decoding = this.readableEncoding
+      if (decoding !== null) {
+        // As Readable would store it: text in the socket's encoding.
+        const from = typeof chunk === 'string' ? encoding || this.#defaultEncoding() : null
+        if (from !== decoding) {
+          const view = chunk as ArrayBufferView
+          const bytes =
+            from === null
+              ? Buffer.from(view.buffer, view.byteOffset, view.byteLength)
+              : Buffer.from(chunk as string, from)
+          chunk = bytes.toString(decoding)
+        }
+        encoding = decoding
+        length = (chunk as string).length
+      } else {
+        // Converted here, as Readable would: an unknown encoding throws before anything moved.
+        if (typeof chunk === 'string') chunk = Buffer.from(chunk, encoding || this.#defaultEncoding())
+        length = (chunk as ArrayBufferView).byteLength
+      }
+    }
+    // Whether Readable takes it (it refuses it after 'end', and drops it when destroyed).
+    if (length > 0 && !this.readableEnded && !this.destroyed && this.errored === null) {
+      // Only chunks still waiting move: the fds of a 'data' being emitted (an unshift from
+      // an 'fds' listener) stay with it.
+      for (const entry of this.#fdsAhead) if (entry.at >= this.#emittedLength) entry.at += length
+      this.#pushedLength += length
+      this.#unshiftedLength += length
+    }
+    // Emitted at once when the buffer is empty and flowing: no chunk's fds go with it.
     const unshifting = this.#unshifting
     this.#unshifting = true
     try {
       super.unshift(chunk, encoding)
     } finally {
       this.#unshifting = unshifting
-      // With what went out as 'data' at once (into an empty flowing buffer): no chunk's
-      // fds went with it.
-      const added = this.readableLength - buffered + (this.#emittedLength - emitted)
-      if (added > 0) {
-        for (const entry of this.#fdsAhead) entry.at += added
-        this.#pushedLength += added
-      }
     }
+  }
+
+  /** The encoding Readable gives a string that comes without one. */
+  #defaultEncoding(): BufferEncoding {
+    return (
+      (this as unknown as { _readableState?: { defaultEncoding?: BufferEncoding } })._readableState?.defaultEncoding ??
+      'utf8'
+    )
   }
 
   /** @internal Emits the `'fds'` of the chunks a `'data'` event starts, right before it. */
