@@ -630,6 +630,34 @@ test.serial('fds are dequeue-able right after the read resolves and not before',
   t.is(b.dequeue(), null)
 })
 
+test.serial('ten reads pending at once stop at maxQueuedFds: four resolve, the others wait for dequeue', async (t) => {
+  const [a, b] = pair(t)
+  b.maxQueuedFds = 4
+  const set = fileSet(10, 'pending-')
+  t.teardown(set.remove)
+  const reads = Array.from({ length: 10 }, () => track(b.read()))
+  for (let i = 0; i < 10; i++) {
+    enqueueFile(a, set.files[i])
+    await a.write(String(i))
+  }
+  for (let i = 0; i < 4; i++) t.is((await withTimeout(reads[i].promise, T, `read ${i}`)).toString(), String(i))
+  await sleep(400)
+  t.deepEqual(
+    reads.map((r) => r.settled),
+    [true, true, true, true, false, false, false, false, false, false],
+    'no read past the bound while 4 fds wait for dequeue',
+  )
+  const received: number[] = []
+  t.teardown(() => closeAll(received))
+  for (let i = 4; i < 10; i++) {
+    received.push(b.dequeue()!)
+    t.is((await withTimeout(reads[i].promise, T, `read ${i}`)).toString(), String(i))
+  }
+  received.push(...dequeueAll(b))
+  t.is(received.length, 10, 'none lost')
+  received.forEach((fd, i) => t.is(readAt(fd), `pending-${i}`))
+})
+
 test.serial('reading pauses at maxQueuedFds and resumes on dequeue; all 10 fds arrive', async (t) => {
   const [a, b] = pair(t)
   t.is(b.maxQueuedFds, 1024, 'default bound')

@@ -680,21 +680,43 @@ pub(crate) fn settling<T: Send + 'static, K: Send + 'static>(
   finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
   keep: K,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
+  let op = async move { op.await.map(|value| (value, ())) };
+  settling_in_line(home, id, op, finish, keep)
+}
+
+/// [`settling`] for an operation whose outcome comes with its place in a line (a
+/// [`crate::turnstile::Ticket`]): the place is given up right after the outcome is queued
+/// for JS, so the next operation may go at once, and its outcome is queued (and reaches JS)
+/// after this one.
+pub(crate) fn settling_in_line<T: Send + 'static, P: Send + 'static, K: Send + 'static>(
+  home: Arc<Home>,
+  id: f64,
+  op: impl std::future::Future<Output = Result<(T, P)>> + Send + 'static,
+  finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
+  keep: K,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
   // On the heap at once: an operation's future takes kilobytes (a read's about 3 KiB),
   // which each move on the way to the run queue would copy.
   let op = Box::pin(op);
   async move {
-    let settle: Finish = match op.await {
-      Ok(value) => Box::new(move |env| {
-        let _kept = keep;
-        finish(env, value)
-      }),
-      Err(e) => Box::new(move |_| {
-        let _kept = keep;
-        Err(e)
-      }),
+    let (settle, place): (Finish, Option<P>) = match op.await {
+      Ok((value, place)) => (
+        Box::new(move |env| {
+          let _kept = keep;
+          finish(env, value)
+        }),
+        Some(place),
+      ),
+      Err(e) => (
+        Box::new(move |_| {
+          let _kept = keep;
+          Err(e)
+        }),
+        None,
+      ),
     };
     home.settle(id, settle);
+    drop(place);
   }
 }
 

@@ -106,7 +106,10 @@ impl StreamCore {
     let len = data.len();
     let mut sent = 0;
     let mut next = 0;
-    if shared.writes.is_idle() {
+    // Queued behind an earlier write (whose outcome JS has not had yet): it starts in the
+    // drive that serves that one, with every other write queued meanwhile.
+    let queued = !shared.writes.is_idle();
+    if !queued {
       // The fds that went out, closed together after the loop: the duplicates of a batch
       // of messages usually hold neighbouring numbers, so one `close_range` closes them.
       let mut gone = Vec::new();
@@ -178,13 +181,19 @@ impl StreamCore {
             shared.write_all(&mut data, (from, end), fds).await?;
             from = end;
           }
-          Ok(byte_count(len))
+          // Given up once the outcome is queued for JS: the next write's settles after it.
+          Ok((byte_count(len), ticket))
         })
         .await;
       drop(shared);
       outcome
     };
-    settle_later_keeping(home, id, op, number, undelivered);
+    let task = settle::settling_in_line(home, id, op, number, undelivered);
+    if queued {
+      crate::runtime::spawn_queued(task);
+    } else {
+      crate::runtime::spawn(task);
+    }
     Ok(None)
   }
 
@@ -249,6 +258,9 @@ impl StreamCore {
     // reactor: then it can do nothing before the next event, and starts with it
     // (spawn_after_event). A read with a signal starts at once: an abort must reach it.
     let mut after_event = false;
+    // Queued behind an earlier read (whose outcome JS has not had yet): it starts in the
+    // drive that serves that one, with every other read queued meanwhile.
+    let queued = !shared.reads.is_idle() && canceller.is_none();
     if shared.reads.is_idle() && !self.queues.inbound_full() {
       match shared.try_read(env, size as usize, scratch) {
         Ok(Some((data, received))) => {
@@ -277,16 +289,18 @@ impl StreamCore {
       drop(shared);
       outcome
     };
-    let finish = move |_: &Env, (data, received, ticket): (Vec<u8>, Received, Ticket)| {
+    let finish = move |_: &Env, (data, received, arriving): (Vec<u8>, Received, Arriving)| {
       // Closed while the result travelled: the fds are closed, not queued.
       receive_parts(&queues, vec![(received.fds, received.truncated)])?;
-      // Only now may the next read go: its fds must queue behind these.
-      drop(ticket);
+      // With the threaded runtime, the place in line was kept until now (see read_in_turn).
+      drop(arriving);
       Ok(Settled::Bytes(data))
     };
-    let task = settle::settling(home, id, op, finish, undelivered);
+    let task = settle::settling_in_line(home, id, op, finish, undelivered);
     if after_event {
       crate::runtime::spawn_after_event(task);
+    } else if queued {
+      crate::runtime::spawn_queued(task);
     } else {
       crate::runtime::spawn(task);
     }
@@ -509,14 +523,55 @@ impl Drop for AsyncUnixStream {
 /// `recvmsg` at once) must not queue its fds first.
 async fn read_in_turn(
   shared: &Shared,
-  queues: &Queues,
+  queues: &Arc<Queues>,
   ticket: Ticket,
   size: usize,
   try_first: bool,
-) -> Result<(Vec<u8>, Received, Ticket)> {
+) -> Result<((Vec<u8>, Received, Arriving), Option<Ticket>)> {
   ticket.turn().await;
   let (data, received) = shared.read(queues, size, try_first).await?;
-  Ok((data, received, ticket))
+  // Each read's fds join the inbound queue as its outcome reaches JS, so the next read may
+  // go once this outcome is queued: outcomes reach JS in that order. It must see these fds
+  // against maxQueuedFds meanwhile. The JS-thread runtime hands each outcome to JS with the
+  // reactions to it run before the next (a callback scope each); the threaded one hands
+  // over a batch in one call, whose reactions run after all of it: there the place is kept
+  // until this outcome reaches JS, or the next read's fds would be dequeue-able in this
+  // read's continuation.
+  let (kept, given_up) = if crate::runtime::runs_elsewhere() {
+    (Some(ticket), None)
+  } else {
+    (None, Some(ticket))
+  };
+  let arriving = Arriving::new(queues, received.fds.len(), kept);
+  Ok(((data, received, arriving), given_up))
+}
+
+/// The fds a read brought, counted against `maxQueuedFds` (`Queues::pending`) until its
+/// outcome reaches JS and they join the inbound queue (or are closed).
+struct Arriving {
+  queues: Arc<Queues>,
+  count: usize,
+  /// The read's place in line, when it is given up only as the outcome reaches JS
+  /// (dropped after the count above is).
+  _kept: Option<Ticket>,
+}
+
+impl Arriving {
+  fn new(queues: &Arc<Queues>, count: usize, kept: Option<Ticket>) -> Self {
+    queues.pending.fetch_add(count, Ordering::AcqRel);
+    Self {
+      queues: Arc::clone(queues),
+      count,
+      _kept: kept,
+    }
+  }
+}
+
+impl Drop for Arriving {
+  fn drop(&mut self) {
+    // Queued by now, or closed with the stream (whose close() wakes any read waiting for room).
+    self.queues.pending.fetch_sub(self.count, Ordering::AcqRel);
+  }
 }
 
 fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {

@@ -213,6 +213,24 @@ pub(crate) fn spawn_after_event<F: Future<Output = ()> + Send + 'static>(future:
   }
 }
 
+/// [`spawn`] for a `future` that can do nothing before an earlier operation of its object
+/// finishes (a read queued behind another). On the JS-thread runtime it starts in the next
+/// drive, with the others queued meanwhile, instead of a drive of its own for each (a turn
+/// of the reactor, an `epoll_wait`, per call): the drive the current loop callback makes
+/// once JS has its results, or else one at the next loop iteration.
+pub(crate) fn spawn_queued<F: Future<Output = ()> + Send + 'static>(future: F) {
+  match local() {
+    Some(local) => {
+      let tracked = Tracked::new(Box::pin(future), Arc::clone(&local.shared));
+      local.spawns.borrow_mut().push(tracked);
+      if !local.in_callback.get() {
+        local.schedule();
+      }
+    }
+    None => drop(napi::bindgen_prelude::spawn(future)),
+  }
+}
+
 /// Lets pending tasks that a JS-thread call just woke (a `close()`) run now, so that they
 /// let go of what they hold before the call returns; tasks waiting for an event start
 /// too. A no-op on the threaded runtime, whose workers run them anyway.
