@@ -1100,6 +1100,21 @@ test.serial(
   },
 )
 
+/**
+ * Decodes b's data as UTF-8 and logs its 'fds' (their count; the fds are closed) and 'data'
+ * events; `ended` resolves at 'end'.
+ */
+function logDecoded(b: FdSocket) {
+  b.setEncoding('utf8')
+  const log: string[] = []
+  b.on('fds', (fds: FdsArrived) => {
+    log.push(`fds:${fds.length}`)
+    closeAll(fds)
+  })
+  b.on('data', (text: string) => log.push(`data:${text}`))
+  return { log, ended: onceEvent(b, 'end', T) }
+}
+
 test.serial(
   "'fds' listener, setEncoding('utf8') and a small maxQueuedFds: a character split across fd-carrying chunks does not stop reading for good",
   async (t) => {
@@ -1111,14 +1126,7 @@ test.serial(
     t.teardown(() => fs.closeSync(file))
     const identity = fdIdentity(file)
     const copies = () => openFdNumbers().filter((fd) => fdIdentityOrNull(fd) === identity).length
-    b.setEncoding('utf8')
-    const log: string[] = []
-    b.on('fds', (fds: FdsArrived) => {
-      log.push(`fds:${fds.length}`)
-      closeAll(fds)
-    })
-    b.on('data', (text: string) => log.push(`data:${text}`))
-    const ended = onceEvent(b, 'end', T)
+    const { log, ended } = logDecoded(b)
     const bytes = Buffer.from('\u{1F600}')
     // The first three bytes, each with an fd: held for the listener (the character is not
     // complete, so nothing is emitted) once the reader took them; then the last byte.
@@ -1610,13 +1618,13 @@ test.serial(
 // From a hostile review of the 'fds' event: each failed before its fix.
 
 /**
- * A pair whose reading side, paused, holds three chunks `msg0;`, `msg1;`, `msg2;`, each
- * with an fd of its own file; the 'fds' listener logs the files' contents and closes them.
+ * A pair, and `n` files (file i holding `${prefix}${i}`) opened to send: b's 'fds' listener
+ * logs the contents of the files it gets, and closes them.
  */
-async function threeWaitingChunks(t: ExecutionContext, prefix: string) {
+function pairLoggingFds(t: ExecutionContext, n: number, prefix: string) {
   const [a, b] = FdSocket.pair()
   cleanup(t, a, b)
-  const set = fileSet(3, prefix)
+  const set = fileSet(n, prefix)
   t.teardown(set.remove)
   const opened = set.files.map((f) => fs.openSync(f, 'r'))
   t.teardown(() => closeAll(opened))
@@ -1625,6 +1633,15 @@ async function threeWaitingChunks(t: ExecutionContext, prefix: string) {
     log.push(`fds:${fds.map((fd) => readAt(fd)).join(',')}`)
     closeAll(fds)
   })
+  return { a, b, set, opened, log }
+}
+
+/**
+ * A pair whose reading side, paused, holds three chunks `msg0;`, `msg1;`, `msg2;`, each
+ * with an fd of its own file; the 'fds' listener logs the files' contents and closes them.
+ */
+async function threeWaitingChunks(t: ExecutionContext, prefix: string) {
+  const { a, b, set, opened, log } = pairLoggingFds(t, 3, prefix)
   b.pause()
   for (let i = 0; i < 3; i++) {
     a.writeWithFds(`msg${i};`, [opened[i]])
@@ -1718,18 +1735,8 @@ for (const encoding of [null, 'utf8'] as const) {
   test.serial(
     `nested unshift() in 'data' listeners (flowing, encoding ${encoding}): each later chunk's fds come right before its data`,
     async (t) => {
-      const [a, b] = FdSocket.pair()
-      cleanup(t, a, b)
-      const set = fileSet(3, 'nested-unshift-')
-      t.teardown(set.remove)
-      const opened = set.files.map((f) => fs.openSync(f, 'r'))
-      t.teardown(() => closeAll(opened))
+      const { a, b, set, opened, log } = pairLoggingFds(t, 3, 'nested-unshift-')
       if (encoding) b.setEncoding(encoding)
-      const log: string[] = []
-      b.on('fds', (fds: FdsArrived) => {
-        log.push(`fds:${fds.map((fd) => readAt(fd)).join(',')}`)
-        closeAll(fds)
-      })
       let events = 0
       b.on('data', (data: Buffer | string) => {
         log.push(`data:${data}`)
@@ -1755,18 +1762,8 @@ for (const encoding of [null, 'utf8'] as const) {
 }
 
 test.serial('unshift(Buffer) with setEncoding(): it goes back as text, and later fds keep their place', async (t) => {
-  const [a, b] = FdSocket.pair()
-  cleanup(t, a, b)
-  const set = fileSet(2, 'unshift-buffer-')
-  t.teardown(set.remove)
-  const opened = set.files.map((f) => fs.openSync(f, 'r'))
-  t.teardown(() => closeAll(opened))
+  const { a, b, set, opened, log } = pairLoggingFds(t, 2, 'unshift-buffer-')
   b.setEncoding('utf8')
-  const log: string[] = []
-  b.on('fds', (fds: FdsArrived) => {
-    log.push(`fds:${fds.map((fd) => readAt(fd)).join(',')}`)
-    closeAll(fds)
-  })
   b.pause()
   // Two bytes that are one character: Readable would count 2 and hand out 1.
   b.unshift(Buffer.from('\u00e9'))
@@ -1792,14 +1789,7 @@ test.serial(
     cleanup(t, a, b)
     const devnull = fs.openSync('/dev/null', 'r')
     t.teardown(() => fs.closeSync(devnull))
-    b.setEncoding('utf8')
-    const log: string[] = []
-    b.on('fds', (fds: FdsArrived) => {
-      log.push(`fds:${fds.length}`)
-      closeAll(fds)
-    })
-    b.on('data', (text: string) => log.push(`data:${text}`))
-    const ended = onceEvent(b, 'end', T)
+    const { log, ended } = logDecoded(b)
     const bytes = Buffer.from('\u00e9')
     // The first byte of 'é' with an fd: pushed, held by the decoder, nothing emitted.
     a.writeWithFds(bytes.subarray(0, 1), [devnull])
