@@ -172,6 +172,9 @@ pub struct Home {
   parcels: Parcels,
   settled: Mutex<Vec<Settlement>>,
   posted: Mutex<Vec<Posted>>,
+  /// What waits for the reactions to a delivery of the threaded runtime (see
+  /// [`Home::after_reactions`]).
+  after_reactions: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
   /// The doorbell has been rung and has not yet run: no need to ring again.
   rung: AtomicBool,
   doorbell: Mutex<Option<Doorbell>>,
@@ -208,6 +211,7 @@ pub fn home(env: &Env) -> Result<Arc<Home>> {
       parcels: Parcels::open(),
       settled: Mutex::default(),
       posted: Mutex::default(),
+      after_reactions: Mutex::default(),
       rung: AtomicBool::new(false),
       doorbell: Mutex::default(),
       copies: Mutex::default(),
@@ -243,11 +247,29 @@ impl Home {
     if crate::runtime::deliver_later(deliver_here) {
       return;
     }
+    self.ring();
+  }
+
+  /// Rings the doorbell of the threaded runtime: a call of its own delivers.
+  fn ring(&self) {
     if !self.rung.swap(true, Ordering::AcqRel) {
       if let Some(doorbell) = lock(&self.doorbell).as_ref() {
         doorbell.call((), ThreadsafeFunctionCallMode::NonBlocking);
       }
     }
+  }
+
+  /// Called during a delivery: keeps `kept` (a read's place in line) until the reactions to
+  /// this delivery's outcomes have run, the code after an `await` of them included. The
+  /// JS-thread runtime delivers each outcome in a callback scope of its own, whose close
+  /// runs them, and drives only after that: there `kept` goes now. The threaded runtime
+  /// delivers a batch in one call, after which they run: there `kept` goes at the start of
+  /// the next call, which this rings for.
+  pub fn after_reactions(&self, kept: Box<dyn std::any::Any + Send>) {
+    if !crate::runtime::runs_elsewhere() {
+      return drop(kept);
+    }
+    lock(&self.after_reactions).push(kept);
   }
 
   /// Queues a JS call for the JS thread's next delivery (on the JS-thread runtime only,
@@ -272,6 +294,8 @@ impl Home {
   fn deliver(&self, env: &Env) -> napi::Result<()> {
     // Cleared first: a settlement queued from now on rings again.
     self.rung.store(false, Ordering::Release);
+    // The reactions to the last delivery have run by now.
+    drop(std::mem::take(&mut *lock(&self.after_reactions)));
     // Every one is delivered even if a call fails; the first failure is returned.
     let mut outcome = Ok(());
     let settled = std::mem::take(&mut *lock(&self.settled));
@@ -319,6 +343,10 @@ impl Home {
     // Only a settlement marks a vote owed.
     if settling {
       outcome = outcome.and(self.end_owed_votes(env));
+    }
+    // A call of its own gives up what waits for this delivery's reactions.
+    if !lock(&self.after_reactions).is_empty() {
+      self.ring();
     }
     outcome
   }
@@ -406,6 +434,7 @@ impl Home {
     drop(settled);
     let posted = std::mem::take(&mut *lock(&self.posted));
     drop(posted);
+    drop(std::mem::take(&mut *lock(&self.after_reactions)));
     lock(&self.copies).clear();
     lock(&self.doorbell).take();
   }

@@ -289,14 +289,15 @@ impl StreamCore {
       drop(shared);
       outcome
     };
-    let finish = move |_: &Env, (data, received, arriving): (Vec<u8>, Received, Arriving)| {
+    let giving_up = Arc::clone(&home);
+    let finish = move |_: &Env, (data, received, ticket): (Vec<u8>, Received, Ticket)| {
       // Closed while the result travelled: the fds are closed, not queued.
       receive_parts(&queues, vec![(received.fds, received.truncated)])?;
-      // With the threaded runtime, the place in line was kept until now (see read_in_turn).
-      drop(arriving);
+      // The next read goes once the code after this one has run (see `read_in_turn`).
+      giving_up.after_reactions(Box::new(ticket));
       Ok(Settled::Bytes(data))
     };
-    let task = settle::settling_in_line(home, id, op, finish, undelivered);
+    let task = settle::settling(home, id, op, finish, undelivered);
     if after_event {
       crate::runtime::spawn_after_event(task);
     } else if queued {
@@ -519,59 +520,21 @@ impl Drop for AsyncUnixStream {
 }
 
 /// A read in its turn. The turn is handed back with the result and ends on the JS thread,
-/// once the fds it brought are in the inbound queue: a read called meanwhile (which may
-/// `recvmsg` at once) must not queue its fds first.
+/// once the fds it brought are in the inbound queue (a read called meanwhile, which may
+/// `recvmsg` at once, must not queue its fds first) and the code after this read has run
+/// (`Home::after_reactions`): the next pending read takes nothing from the socket before
+/// then, so that a `close()` or an abort there leaves what JS has not seen to whoever else
+/// holds the socket (a successor it was handed to).
 async fn read_in_turn(
   shared: &Shared,
-  queues: &Arc<Queues>,
+  queues: &Queues,
   ticket: Ticket,
   size: usize,
   try_first: bool,
-) -> Result<((Vec<u8>, Received, Arriving), Option<Ticket>)> {
+) -> Result<(Vec<u8>, Received, Ticket)> {
   ticket.turn().await;
   let (data, received) = shared.read(queues, size, try_first).await?;
-  // Each read's fds join the inbound queue as its outcome reaches JS, so the next read may
-  // go once this outcome is queued: outcomes reach JS in that order. It must see these fds
-  // against maxQueuedFds meanwhile. The JS-thread runtime hands each outcome to JS with the
-  // reactions to it run before the next (a callback scope each); the threaded one hands
-  // over a batch in one call, whose reactions run after all of it: there the place is kept
-  // until this outcome reaches JS, or the next read's fds would be dequeue-able in this
-  // read's continuation.
-  let (kept, given_up) = if crate::runtime::runs_elsewhere() {
-    (Some(ticket), None)
-  } else {
-    (None, Some(ticket))
-  };
-  let arriving = Arriving::new(queues, received.fds.len(), kept);
-  Ok(((data, received, arriving), given_up))
-}
-
-/// The fds a read brought, counted against `maxQueuedFds` (`Queues::pending`) until its
-/// outcome reaches JS and they join the inbound queue (or are closed).
-struct Arriving {
-  queues: Arc<Queues>,
-  count: usize,
-  /// The read's place in line, when it is given up only as the outcome reaches JS
-  /// (dropped after the count above is).
-  _kept: Option<Ticket>,
-}
-
-impl Arriving {
-  fn new(queues: &Arc<Queues>, count: usize, kept: Option<Ticket>) -> Self {
-    queues.pending.fetch_add(count, Ordering::AcqRel);
-    Self {
-      queues: Arc::clone(queues),
-      count,
-      _kept: kept,
-    }
-  }
-}
-
-impl Drop for Arriving {
-  fn drop(&mut self) {
-    // Queued by now, or closed with the stream (whose close() wakes any read waiting for room).
-    self.queues.pending.fetch_sub(self.count, Ordering::AcqRel);
-  }
+  Ok((data, received, ticket))
 }
 
 fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
