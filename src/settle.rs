@@ -294,8 +294,9 @@ impl Home {
   fn deliver(&self, env: &Env) -> napi::Result<()> {
     // Cleared first: a settlement queued from now on rings again.
     self.rung.store(false, Ordering::Release);
-    // The reactions to the last delivery have run by now.
-    drop(std::mem::take(&mut *lock(&self.after_reactions)));
+    // The reactions to the last delivery have run by now (given up outside the lock).
+    let kept = std::mem::take(&mut *lock(&self.after_reactions));
+    drop(kept);
     // Every one is delivered even if a call fails; the first failure is returned.
     let mut outcome = Ok(());
     let settled = std::mem::take(&mut *lock(&self.settled));
@@ -434,7 +435,8 @@ impl Home {
     drop(settled);
     let posted = std::mem::take(&mut *lock(&self.posted));
     drop(posted);
-    drop(std::mem::take(&mut *lock(&self.after_reactions)));
+    let kept = std::mem::take(&mut *lock(&self.after_reactions));
+    drop(kept);
     lock(&self.copies).clear();
     lock(&self.doorbell).take();
   }
