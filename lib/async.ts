@@ -28,7 +28,8 @@ export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixS
  * A connected Unix stream socket with Promise-returning I/O. Concurrent `read`s are
  * served in call order, so are `write`s, and the bytes of two writes never interleave.
  * An fd enqueued between two `write` calls rides on the later one. It never reads ahead:
- * the fds a `read` brings are dequeue-able right after it resolves, and not before.
+ * the fds a `read` brings are dequeue-able right after it resolves, and not before, and a
+ * read queued behind it takes nothing from the socket until the code after it has run.
  *
  * A pending operation keeps the stream alive (garbage collection never closes it) and,
  * unless `unref()` was called, keeps the process alive.
