@@ -630,55 +630,61 @@ test.serial('fds are dequeue-able right after the read resolves and not before',
   t.is(b.dequeue(), null)
 })
 
-test.serial(
-  "close() in the first read's continuation, with 8 reads pending: the others took nothing, and a holder of the socket gets every later byte and fd",
-  async (t) => {
-    const [a, peer] = pair(t)
-    // A duplicate of a's socket, as handing it to a successor process makes one.
-    const [x, y] = pair(t)
-    x.enqueue(a.fd)
-    await x.write('h')
-    await readExactly(y, 1)
-    const successor = AsyncUnixStream.fromFd(y.dequeue()!)
-    t.teardown(() => successor.close())
-    const set = fileSet(10, 'handover-')
-    t.teardown(set.remove)
-    const got: string[] = []
-    const taken: number[] = []
-    t.teardown(() => closeAll(taken))
-    const take = (stream: AsyncUnixStream, data: Buffer) => {
-      const fds = dequeueAll(stream)
-      taken.push(...fds)
-      got.push(`${data}:${fds.map((fd) => readAt(fd)).join(',')}`)
-    }
-    const reads = Array.from({ length: 8 }, (_, i) =>
-      a.read(64).then(
-        (data) => {
-          take(a, data)
-          // Hands over: this process lets go of its descriptor in the first continuation.
-          if (i === 0) a.close()
-        },
-        (error) => codeOf(error),
-      ),
-    )
-    for (let i = 0; i < 10; i++) {
-      enqueueFile(peer, set.files[i])
-      await peer.write(`m${i};`)
-    }
-    peer.close()
-    const outcomes = await withTimeout(Promise.all(reads), T, 'the pending reads')
-    t.deepEqual(outcomes.slice(1), Array(7).fill('ERR_SOCKET_CLOSED'))
-    const rest = await readToEnd(successor, T)
-    taken.push(...rest.fds)
-    // One read per message (each carries an fd): the successor's reads, joined.
-    t.deepEqual(got, ['m0;:handover-0'])
-    t.is(rest.data.toString(), Array.from({ length: 9 }, (_, i) => `m${i + 1};`).join(''))
-    t.deepEqual(
-      rest.fds.map((fd) => readAt(fd)),
-      Array.from({ length: 9 }, (_, i) => `handover-${i + 1}`),
-    )
-  },
-)
+for (const first of ['nothing', 'a read on another stream (a drive of the runtime)'] as const) {
+  test.serial(
+    `close() in the first read's continuation, after ${first}, with 8 reads pending: the others took nothing, and a holder of the socket gets every later byte and fd`,
+    async (t) => {
+      const [a, peer] = pair(t)
+      const [idle] = pair(t)
+      // A duplicate of a's socket, as handing it to a successor process makes one.
+      const [x, y] = pair(t)
+      x.enqueue(a.fd)
+      await x.write('h')
+      await readExactly(y, 1)
+      const successor = AsyncUnixStream.fromFd(y.dequeue()!)
+      t.teardown(() => successor.close())
+      const set = fileSet(10, 'handover-')
+      t.teardown(set.remove)
+      const got: string[] = []
+      const taken: number[] = []
+      t.teardown(() => closeAll(taken))
+      const take = (stream: AsyncUnixStream, data: Buffer) => {
+        const fds = dequeueAll(stream)
+        taken.push(...fds)
+        got.push(`${data}:${fds.map((fd) => readAt(fd)).join(',')}`)
+      }
+      const reads = Array.from({ length: 8 }, (_, i) =>
+        a.read(64).then(
+          (data) => {
+            take(a, data)
+            if (i !== 0) return
+            // Something else first: a read that waits (settled by the teardown's close).
+            if (first !== 'nothing') idle.read(16).catch(() => {})
+            // Hands over: this process lets go of its descriptor in the first continuation.
+            a.close()
+          },
+          (error) => codeOf(error),
+        ),
+      )
+      for (let i = 0; i < 10; i++) {
+        enqueueFile(peer, set.files[i])
+        await peer.write(`m${i};`)
+      }
+      peer.close()
+      const outcomes = await withTimeout(Promise.all(reads), T, 'the pending reads')
+      t.deepEqual(outcomes.slice(1), Array(7).fill('ERR_SOCKET_CLOSED'))
+      const rest = await readToEnd(successor, T)
+      taken.push(...rest.fds)
+      // One read per message (each carries an fd): the successor's reads, joined.
+      t.deepEqual(got, ['m0;:handover-0'])
+      t.is(rest.data.toString(), Array.from({ length: 9 }, (_, i) => `m${i + 1};`).join(''))
+      t.deepEqual(
+        rest.fds.map((fd) => readAt(fd)),
+        Array.from({ length: 9 }, (_, i) => `handover-${i + 1}`),
+      )
+    },
+  )
+}
 
 test.serial('ten reads pending at once stop at maxQueuedFds: four resolve, the others wait for dequeue', async (t) => {
   const [a, b] = pair(t)

@@ -260,16 +260,20 @@ impl Home {
   }
 
   /// Called during a delivery: keeps `kept` (a read's place in line) until the reactions to
-  /// this delivery's outcomes have run, the code after an `await` of them included. The
-  /// JS-thread runtime delivers each outcome in a callback scope of its own, whose close
-  /// runs them, and drives only after that: there `kept` goes now. The threaded runtime
-  /// delivers a batch in one call, after which they run: there `kept` goes at the start of
-  /// the next call, which this rings for.
+  /// the outcome being delivered have run, the code after an `await` of it included (a
+  /// drive that code starts, for another stream's read say, must not serve the next read
+  /// yet). The JS-thread runtime delivers each outcome in a callback scope of its own,
+  /// whose close runs them: `kept` goes right after. The threaded runtime delivers a batch
+  /// in one call, after which they run: `kept` goes at the start of the next call, which
+  /// the delivery rings for.
   pub fn after_reactions(&self, kept: Box<dyn std::any::Any + Send>) {
-    if !crate::runtime::runs_elsewhere() {
-      return drop(kept);
-    }
     lock(&self.after_reactions).push(kept);
+  }
+
+  /// Gives up what waited for the reactions to the outcomes delivered so far.
+  fn reactions_done(&self) {
+    let kept = std::mem::take(&mut *lock(&self.after_reactions));
+    drop(kept);
   }
 
   /// Queues a JS call for the JS thread's next delivery (on the JS-thread runtime only,
@@ -294,9 +298,8 @@ impl Home {
   fn deliver(&self, env: &Env) -> napi::Result<()> {
     // Cleared first: a settlement queued from now on rings again.
     self.rung.store(false, Ordering::Release);
-    // The reactions to the last delivery have run by now (given up outside the lock).
-    let kept = std::mem::take(&mut *lock(&self.after_reactions));
-    drop(kept);
+    // The reactions to the last delivery have run by now.
+    self.reactions_done();
     // Every one is delivered even if a call fails; the first failure is returned.
     let mut outcome = Ok(());
     let settled = std::mem::take(&mut *lock(&self.settled));
@@ -335,6 +338,10 @@ impl Home {
           )
         });
         outcome = outcome.and(called);
+        // On the JS-thread runtime, its callback scope has closed: the reactions ran.
+        if !crate::runtime::runs_elsewhere() {
+          self.reactions_done();
+        }
       }
     }
     let posted = std::mem::take(&mut *lock(&self.posted));
@@ -435,8 +442,7 @@ impl Home {
     drop(settled);
     let posted = std::mem::take(&mut *lock(&self.posted));
     drop(posted);
-    let kept = std::mem::take(&mut *lock(&self.after_reactions));
-    drop(kept);
+    self.reactions_done();
     lock(&self.copies).clear();
     lock(&self.doorbell).take();
   }
