@@ -686,6 +686,39 @@ for (const first of ['nothing', 'a read on another stream (a drive of the runtim
   )
 }
 
+test.serial(
+  "a read called in a waiting read's continuation takes what is there at once, before a close() there",
+  async (t) => {
+    const [a, peer] = pair(t)
+    const set = fileSet(2, 'at-once-')
+    t.teardown(set.remove)
+    const taken: number[] = []
+    t.teardown(() => closeAll(taken))
+    const next = withTimeout(
+      a.read(64).then((first) => {
+        taken.push(...dequeueAll(a))
+        // The second message is there already: this read takes it now, with its fd.
+        const second = a.read(64)
+        a.close()
+        return Promise.all([first, second])
+      }),
+      T,
+      'the reads',
+    )
+    // Both go out at once (the socket has room), before the first read's wait ends.
+    enqueueFile(peer, set.files[0])
+    await peer.write('a')
+    enqueueFile(peer, set.files[1])
+    await peer.write('b')
+    const [first, second] = await next
+    t.is(`${first}${second}`, 'ab')
+    t.deepEqual(
+      taken.map((fd) => readAt(fd)),
+      ['at-once-0'],
+    )
+  },
+)
+
 test.serial('ten reads pending at once stop at maxQueuedFds: four resolve, the others wait for dequeue', async (t) => {
   const [a, b] = pair(t)
   b.maxQueuedFds = 4

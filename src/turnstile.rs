@@ -23,6 +23,8 @@ struct State {
   serving: u64,
   /// Tickets dropped before their turn came (their operation was cancelled).
   finished_early: BTreeSet<u64>,
+  /// Tickets whose operation is done but which still hold the line ([`Ticket::hold`]).
+  held: u64,
 }
 
 /// An operation whose outcome JS has not been given yet: [`Turnstile::is_idle`] is false
@@ -68,7 +70,8 @@ impl Turnstile {
   /// settlement is still on its way.
   pub fn is_idle(&self) -> bool {
     let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-    state.serving == state.next && self.undelivered.load(Ordering::Acquire) == 0
+    // Held tickets are done: only the operations queued behind them wait for them.
+    state.next - state.serving == state.held && self.undelivered.load(Ordering::Acquire) == 0
   }
 
   /// Counts an operation until its outcome is delivered to JS (the guard is dropped then).
@@ -101,9 +104,43 @@ impl Ticket {
   }
 }
 
+impl Ticket {
+  /// For an operation that is done: the ones already queued behind it still wait until the
+  /// returned guard is dropped, while one started meanwhile may go at once
+  /// ([`Turnstile::is_idle`] is true if nothing else is drawn).
+  pub fn hold(self) -> Held {
+    let mut state = self
+      .gate
+      .state
+      .lock()
+      .unwrap_or_else(PoisonError::into_inner);
+    state.held += 1;
+    drop(state);
+    Held(self)
+  }
+}
+
 impl Drop for Ticket {
   fn drop(&mut self) {
     self.gate.finish(self.number);
+  }
+}
+
+/// A ticket that holds the line after its operation is done (see [`Ticket::hold`]).
+#[derive(Debug)]
+pub struct Held(Ticket);
+
+impl Drop for Held {
+  fn drop(&mut self) {
+    let mut state = self
+      .0
+      .gate
+      .state
+      .lock()
+      .unwrap_or_else(PoisonError::into_inner);
+    state.held -= 1;
+    // The ticket itself goes next (the field is dropped after this), letting the next one
+    // through.
   }
 }
 
