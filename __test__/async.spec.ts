@@ -646,17 +646,14 @@ for (const first of ['nothing', 'a read on another stream (a drive of the runtim
       const set = fileSet(10, 'handover-')
       t.teardown(set.remove)
       const got: string[] = []
-      const taken: number[] = []
-      t.teardown(() => closeAll(taken))
-      const take = (stream: AsyncUnixStream, data: Buffer) => {
-        const fds = dequeueAll(stream)
-        taken.push(...fds)
-        got.push(`${data}:${fds.map((fd) => readAt(fd)).join(',')}`)
-      }
       const reads = Array.from({ length: 8 }, (_, i) =>
         a.read(64).then(
           (data) => {
-            take(a, data)
+            got.push(
+              `${data}:${takeFds(t, a)
+                .map((fd) => readAt(fd))
+                .join(',')}`,
+            )
             if (i !== 0) return
             // Something else first: a read that waits (settled by the teardown's close).
             if (first !== 'nothing') idle.read(16).catch(() => {})
@@ -674,7 +671,7 @@ for (const first of ['nothing', 'a read on another stream (a drive of the runtim
       const outcomes = await withTimeout(Promise.all(reads), T, 'the pending reads')
       t.deepEqual(outcomes.slice(1), Array(7).fill('ERR_SOCKET_CLOSED'))
       const rest = await readToEnd(successor, T)
-      taken.push(...rest.fds)
+      t.teardown(() => closeAll(rest.fds))
       // One read per message (each carries an fd): the successor's reads, joined.
       t.deepEqual(got, ['m0;:handover-0'])
       t.is(rest.data.toString(), Array.from({ length: 9 }, (_, i) => `m${i + 1};`).join(''))
@@ -692,11 +689,10 @@ test.serial(
     const [a, peer] = pair(t)
     const set = fileSet(2, 'at-once-')
     t.teardown(set.remove)
-    const taken: number[] = []
-    t.teardown(() => closeAll(taken))
+    let taken: number[] = []
     const next = withTimeout(
       a.read(64).then((first) => {
-        taken.push(...dequeueAll(a))
+        taken = takeFds(t, a)
         // The second message is there already: this read takes it now, with its fd.
         const second = a.read(64)
         a.close()

@@ -31,6 +31,7 @@ use crate::error::tagged;
 use crate::error::{self, internal, Result};
 use crate::spare;
 use crate::sync::lock;
+use crate::turnstile::Held;
 
 /// The number of something deposited in a [`Home`]; it owns nothing itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,9 +173,9 @@ pub struct Home {
   parcels: Parcels,
   settled: Mutex<Vec<Settlement>>,
   posted: Mutex<Vec<Posted>>,
-  /// What waits for the reactions to a delivery of the threaded runtime (see
+  /// Places in line that wait for the reactions to the outcomes delivered (see
   /// [`Home::after_reactions`]).
-  after_reactions: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
+  after_reactions: Mutex<Vec<Held>>,
   /// The doorbell has been rung and has not yet run: no need to ring again.
   rung: AtomicBool,
   doorbell: Mutex<Option<Doorbell>>,
@@ -266,7 +267,7 @@ impl Home {
   /// whose close runs them: `kept` goes right after. The threaded runtime delivers a batch
   /// in one call, after which they run: `kept` goes at the start of the next call, which
   /// the delivery rings for.
-  pub fn after_reactions(&self, kept: Box<dyn std::any::Any + Send>) {
+  pub fn after_reactions(&self, kept: Held) {
     lock(&self.after_reactions).push(kept);
   }
 

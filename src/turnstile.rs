@@ -102,9 +102,7 @@ impl Ticket {
     // The sender lives in `gate`, which this ticket keeps alive, so this cannot fail.
     let _ = serving.wait_for(|now| *now == self.number).await;
   }
-}
 
-impl Ticket {
   /// For an operation that is done: the ones already queued behind it still wait until the
   /// returned guard is dropped, while one started meanwhile may go at once
   /// ([`Turnstile::is_idle`] is true if nothing else is drawn).

@@ -294,7 +294,7 @@ impl StreamCore {
       // Closed while the result travelled: the fds are closed, not queued.
       receive_parts(&queues, vec![(received.fds, received.truncated)])?;
       // The next read goes once the code after this one has run (see `read_in_turn`).
-      giving_up.after_reactions(Box::new(ticket.hold()));
+      giving_up.after_reactions(ticket.hold());
       Ok(Settled::Bytes(data))
     };
     let task = settle::settling(home, id, op, finish, undelivered);

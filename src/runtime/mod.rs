@@ -190,11 +190,17 @@ fn local() -> Option<Rc<Local>> {
 /// Runs `future` to completion on this thread's runtime. On the JS-thread runtime it
 /// starts at once (it runs until it waits).
 pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {
+  spawn_then(future, |local| local.drive(false));
+}
+
+/// Runs `future` on this thread's runtime: on the JS-thread runtime it joins the tasks the
+/// next drive spawns, and `then` decides when that drive is.
+fn spawn_then<F: Future<Output = ()> + Send + 'static>(future: F, then: impl FnOnce(&Local)) {
   match local() {
     Some(local) => {
       let tracked = Tracked::new(Box::pin(future), Arc::clone(&local.shared));
       local.spawns.borrow_mut().push(tracked);
-      local.drive(false);
+      then(&local);
     }
     None => drop(napi::bindgen_prelude::spawn(future)),
   }
@@ -219,16 +225,11 @@ pub(crate) fn spawn_after_event<F: Future<Output = ()> + Send + 'static>(future:
 /// of the reactor, an `epoll_wait`, per call): the drive the current loop callback makes
 /// once JS has its results, or else one at the next loop iteration.
 pub(crate) fn spawn_queued<F: Future<Output = ()> + Send + 'static>(future: F) {
-  match local() {
-    Some(local) => {
-      let tracked = Tracked::new(Box::pin(future), Arc::clone(&local.shared));
-      local.spawns.borrow_mut().push(tracked);
-      if !local.in_callback.get() {
-        local.schedule();
-      }
+  spawn_then(future, |local| {
+    if !local.in_callback.get() {
+      local.schedule();
     }
-    None => drop(napi::bindgen_prelude::spawn(future)),
-  }
+  });
 }
 
 /// Lets pending tasks that a JS-thread call just woke (a `close()`) run now, so that they
