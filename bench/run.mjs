@@ -250,10 +250,15 @@ const PEERS = {
   socket: { name: 'FdSocket', short: 'FdSocket' },
   net: { name: 'net.Socket', short: 'net.Socket', rtName: 'net.Socket, 1 byte without fd (libuv reference)' },
   seqpacket: { name: 'SeqpacketSocket', short: 'SeqpacketSocket' },
+  floor: {
+    name: 'C → Node floor (one blocking recvmsg per Promise, in a C addon)',
+    short: 'Node floor',
+  },
 }
 const available = new Set()
 const skipped = {}
 let cPeer = null
+let floorAddon = null
 const pythonCommand = process.env.PYTHON || 'python3'
 const nodePeer = path.join(PEERS_DIR, 'node-peer.mjs')
 const pyPeer = path.join(PEERS_DIR, 'peer.py')
@@ -270,6 +275,38 @@ function buildCPeer() {
   const temp = `${binary}.tmp-${process.pid}`
   try {
     execFileSync(cc, ['-O2', '-Wall', '-o', temp, source], { stdio: ['ignore', 'pipe', 'pipe'] })
+    fs.renameSync(temp, binary)
+  } finally {
+    fs.rmSync(temp, { force: true })
+  }
+  return binary
+}
+
+/**
+ * Builds bench/peers/floor.c, a Node-API addon, against the headers of the Node running
+ * this (`<prefix>/include/node`); its path, cached like the C peer's.
+ */
+function buildFloorAddon() {
+  const source = path.join(PEERS_DIR, 'floor.c')
+  const cc = process.env.CC || 'cc'
+  const include = path.join(path.dirname(path.dirname(process.execPath)), 'include', 'node')
+  if (!fs.existsSync(path.join(include, 'node_api.h'))) throw new Error(`no Node-API headers in ${include}`)
+  const hash = createHash('sha256')
+    .update(fs.readFileSync(source))
+    .update(cc)
+    .update(process.version)
+    .digest('hex')
+    .slice(0, 12)
+  const binary = path.join(BUILD_DIR, `floor-${hash}.node`)
+  if (fs.existsSync(binary)) return binary
+  fs.mkdirSync(BUILD_DIR, { recursive: true })
+  for (const old of fs.readdirSync(BUILD_DIR))
+    if (old.startsWith('floor-')) fs.rmSync(path.join(BUILD_DIR, old), { force: true })
+  const temp = `${binary}.tmp-${process.pid}`
+  try {
+    execFileSync(cc, ['-O2', '-Wall', '-shared', '-fPIC', '-I', include, '-o', temp, source], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     fs.renameSync(temp, binary)
   } finally {
     fs.rmSync(temp, { force: true })
@@ -298,6 +335,12 @@ function detectPeers() {
     skipped.cdup = skipped.c
     skipped.cepoll = skipped.c
   }
+  try {
+    floorAddon = buildFloorAddon()
+    available.add('floor')
+  } catch (error) {
+    skipped.floor = `cannot build bench/peers/floor.c: ${String(error.stderr || error.message).trim()}`
+  }
   const py = versionOf(pythonCommand, ['-c', 'import socket,sys; socket.send_fds; print(sys.version.split()[0])'])
   if (py) available.add('python')
   else skipped.python = `${pythonCommand} with socket.send_fds (3.9+) not found`
@@ -320,6 +363,8 @@ function command(peer, mode, args) {
     // The C round trip with an event loop's wait: epoll_wait before every read.
     if (peer === 'cepoll') return [cPeer, [mode, sockPath, ...strArgs], { BENCH_C_WAIT: 'epoll' }]
     if (peer === 'python') return [pythonCommand, [pyPeer, mode, sockPath, ...strArgs]]
+    if (peer === 'floor')
+      return [process.execPath, [nodePeer, peer, mode, sockPath, ...strArgs], { BENCH_FLOOR_ADDON: floorAddon }]
     return [process.execPath, [nodePeer, peer, mode, sockPath, ...strArgs]]
   }
 }
@@ -414,12 +459,14 @@ async function fdStreaming(workload, msgs, per, seqpacket = false) {
   sockType = seqpacket ? 'seqpacket' : 'stream'
   // Cross pairs (optional): name "sender>receiver".
   const pairs = peers.map((p) => [p, p])
+  // The floor only receives: from the C sender, which is never the slower side.
+  if (!seqpacket && available.has('floor') && available.has('c')) pairs.push(['c', 'floor'])
   if (options.cross && available.has('c') && !seqpacket) {
     for (const p of ['unix', 'async', 'socket', 'python'].filter((q) => available.has(q))) {
       pairs.push([p, 'c'], ['c', p])
     }
   }
-  const names = pairs.map(([s, r]) => (s === r ? s : `${s}>${r}`))
+  const names = pairs.map(([s, r]) => (s === r || r === 'floor' ? r : `${s}>${r}`))
   const pairOf = Object.fromEntries(names.map((n, i) => [n, pairs[i]]))
   log(
     `\n[${workload}] fd ${seqpacket ? 'messages (SOCK_SEQPACKET)' : 'streaming'}: ${msgs} messages x (1 byte + ${per} fd${per > 1 ? 's' : ''}), ${config.runs} runs`,
@@ -740,6 +787,19 @@ function computeRatios() {
         paired: pairedRatio(stream('fd1', peer), stream('fd1', 'python'), 'msgsPerSec'),
       })
     }
+    for (const wl of ['fd1', 'fd16']) {
+      if (has(wl) && stream(wl, 'floor')?.runs.length > 0) {
+        addRatio(
+          `${wl}.${peer}.vsFloor`,
+          `${name} ${wl} streaming vs the Node floor`,
+          rate(wl, peer),
+          rate(wl, 'floor'),
+          {
+            paired: pairedRatio(stream(wl, peer), stream(wl, 'floor'), 'msgsPerSec'),
+          },
+        )
+      }
+    }
     if (has('fd16')) {
       addRatio(`fd16.${peer}.vsC`, `${name} 16-fd streaming vs C`, rate('fd16', peer), rate('fd16', 'c'), {
         target: target ? 0.5 : null,
@@ -929,6 +989,22 @@ function render() {
         '(BENCH_ASYNC_WRITE_WINDOW / BENCH_ASYNC_READ_WINDOW). "C + dup/close" is the C sender doing the ' +
         'F_DUPFD_CLOEXEC + close per fd that enqueue() must do: the floor for fd-queue senders.',
     )
+    const floor = wl.peers.floor?.median.msgsPerSec
+    if (floor) {
+      const of = (peer) => {
+        const r = results.ratios.find((x) => x.id === `${workload}.${peer}.vsFloor`)
+        return r?.value == null ? null : `${PEERS[peer].short} ${fmt(r.value)}×`
+      }
+      const reached = ['async', 'socket'].map(of).filter(Boolean).join(', ')
+      out.push(
+        '',
+        '"Node floor" is the least a receiver on Node costs under the read() contract of ' +
+          'AsyncUnixStream: its receiving loop (a Promise and a Buffer per read, one call per fd, ' +
+          'fs.closeSync) on a C addon that does one blocking recvmsg per read and nothing else ' +
+          '(bench/peers/floor.c); its sender is C, so it bounds the receiving side only. ' +
+          (reached ? `Against it (same run): ${reached}.` : ''),
+      )
+    }
   }
   for (const [workload, title] of [
     ['rt', 'b. round trip: 1 byte + 1 fd, 1-byte ack'],

@@ -5,7 +5,8 @@
 // API: unix (UnixStream), async (AsyncUnixStream), socket (FdSocket), net (net.Socket:
 // bytes, and a round trip without fds as a reference), seqpacket (SeqpacketSocket: one
 // message per send, its fds attached; the C and Python peers use SOCK_SEQPACKET when
-// BENCH_SOCK_TYPE=seqpacket). MODE and ARGS as in peer.c:
+// BENCH_SOCK_TYPE=seqpacket), floor (stream-recv only: the addon built from floor.c,
+// path in BENCH_FLOOR_ADDON). MODE and ARGS as in peer.c:
 // stream-recv/stream-send PATH MSGS FDS,
 // rt-server PATH COUNT, rt-client PATH COUNT WARMUP, bytes-recv PATH TOTAL,
 // bytes-send PATH TOTAL CHUNK. Prints "READY" once listening and one "RESULT {json}" line
@@ -13,6 +14,7 @@
 import * as fs from 'node:fs'
 import * as net from 'node:net'
 import { once } from 'node:events'
+import { createRequire } from 'node:module'
 import {
   AsyncUnixListener,
   AsyncUnixStream,
@@ -73,6 +75,37 @@ function drainFds(stream, counts) {
     fs.closeSync(fd)
     counts.fds++
   }
+}
+
+/**
+ * The AsyncUnixStream receiver's loop: reads (`read()`, Promise-returning) until `msgs`
+ * bytes or the end, closing the fds of each read (`dequeue()`) before the next one.
+ */
+function receiveAll(stream, msgs, counts) {
+  let bytes = 0
+  let reads = 0
+  let eof = false
+  // Keeps READ_WINDOW reads in flight (served in call order) but never more than the
+  // bytes still missing, since every read returns at least one byte.
+  let inFlight = 0
+  return new Promise((resolve, reject) => {
+    const issue = () => {
+      while (!eof && inFlight < READ_WINDOW && bytes + inFlight < msgs) {
+        inFlight++
+        stream.read().then(onRead, reject)
+      }
+      if ((bytes >= msgs || eof) && inFlight === 0) resolve({ bytes, reads })
+    }
+    const onRead = (chunk) => {
+      inFlight--
+      if (chunk.length === 0) eof = true
+      bytes += chunk.length
+      reads++
+      drainFds(stream, counts)
+      issue()
+    }
+    issue()
+  })
 }
 
 /** Closes the fds an 'fds' event handed over (counting a truncated arrival). */
@@ -176,30 +209,7 @@ const async = {
     markCpu()
     listener.close()
     const counts = { fds: 0, truncated: 0 }
-    let bytes = 0
-    let reads = 0
-    let eof = false
-    // Keeps READ_WINDOW reads in flight (served in call order) but never more than the
-    // bytes still missing, since every read returns at least one byte.
-    let inFlight = 0
-    await new Promise((resolve, reject) => {
-      const issue = () => {
-        while (!eof && inFlight < READ_WINDOW && bytes + inFlight < msgs) {
-          inFlight++
-          stream.read().then(onRead, reject)
-        }
-        if ((bytes >= msgs || eof) && inFlight === 0) resolve()
-      }
-      const onRead = (chunk) => {
-        inFlight--
-        if (chunk.length === 0) eof = true
-        bytes += chunk.length
-        reads++
-        drainFds(stream, counts)
-        issue()
-      }
-      issue()
-    })
+    const { bytes, reads } = await receiveAll(stream, msgs, counts)
     await stream.write(ACK)
     while ((await stream.read()).length > 0);
     stream.close()
@@ -728,7 +738,39 @@ const seqpacket = {
 if (process.env.BENCH_PEER_TIMEOUT_S) {
   setTimeout(() => fail('watchdog timeout'), Number(process.env.BENCH_PEER_TIMEOUT_S) * 1000).unref()
 }
-const apis = { unix, async, socket, net: netSocket, seqpacket }
+// ---- the Node floor (bench/peers/floor.c) --------------------------------------------
+
+const floor = {
+  // The AsyncUnixStream receiver's loop on the floor addon: what any read() API on Node
+  // costs at least (a Promise, a Buffer and one recvmsg per read; a call per fd).
+  async 'stream-recv'(msgs, per) {
+    const addon = createRequire(import.meta.url)(process.env.BENCH_FLOOR_ADDON)
+    const listener = UnixListener.bind(path)
+    ready()
+    const stream = listener.accept()
+    markCpu()
+    listener.close()
+    const fd = stream.fd
+    const scratch = Buffer.allocUnsafe(65536)
+    const reader = {
+      read() {
+        const count = addon.recv(fd, scratch)
+        const chunk = Buffer.allocUnsafe(count)
+        for (let i = 0; i < count; i++) chunk[i] = scratch[i]
+        return Promise.resolve(chunk)
+      },
+      dequeue: addon.take,
+    }
+    const counts = { fds: 0, truncated: 0 }
+    const { bytes, reads } = await receiveAll(reader, msgs, counts)
+    stream.write(ACK)
+    while (stream.read(scratch) > 0);
+    stream.close()
+    result({ bytes, reads, fdsReceived: counts.fds, fdsClosed: counts.fds, truncated: 0, expectedFds: msgs * per })
+  },
+}
+
+const apis = { unix, async, socket, net: netSocket, seqpacket, floor }
 const run = apis[api]?.[mode]
 if (!run) fail(`unknown api/mode`)
 try {
