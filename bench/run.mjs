@@ -21,7 +21,7 @@ const BUILD_DIR = path.join(HERE, '.build')
 const RESULTS_DIR = path.join(HERE, 'results')
 const PEERS_DIR = path.join(HERE, 'peers')
 
-const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,scale,seqfd1,seqrt,dbus] [--runs=N] [--peers=c,python,unix,async,socket,net,seqpacket] [--cross] [--pin=same|split] [--out=FILE]
+const USAGE = `Usage: node bench/run.mjs [--quick] [--only=fd1,fd16,rt,bytes,scale,seqfd1,seqrt,dbus] [--runs=N] [--peers=c,cdup,cepoll,floor,python,unix,async,socket,net,seqpacket] [--cross] [--pin=same|split] [--out=FILE]
 
   --quick     smoke run: one run of each workload with small counts
   --only      workloads to run (default: all)
@@ -335,12 +335,14 @@ function detectPeers() {
     skipped.cdup = skipped.c
     skipped.cepoll = skipped.c
   }
-  try {
-    floorAddon = buildFloorAddon()
-    available.add('floor')
-  } catch (error) {
-    skipped.floor = `cannot build bench/peers/floor.c: ${String(error.stderr || error.message).trim()}`
-  }
+  if (!options.peers || options.peers.includes('floor')) {
+    try {
+      floorAddon = buildFloorAddon()
+      available.add('floor')
+    } catch (error) {
+      skipped.floor = `cannot build bench/peers/floor.c: ${String(error.stderr || error.message).trim()}`
+    }
+  } else skipped.floor = 'not selected (--peers)'
   const py = versionOf(pythonCommand, ['-c', 'import socket,sys; socket.send_fds; print(sys.version.split()[0])'])
   if (py) available.add('python')
   else skipped.python = `${pythonCommand} with socket.send_fds (3.9+) not found`
@@ -349,6 +351,10 @@ function detectPeers() {
     for (const name of Object.keys(PEERS)) {
       if (!options.peers.includes(name) && available.delete(name)) skipped[name] = 'not selected (--peers)'
     }
+  }
+  if (available.has('floor') && !available.has('c')) {
+    available.delete('floor')
+    skipped.floor = 'needs the C peer, its sender'
   }
   return py
 }
@@ -459,11 +465,17 @@ async function fdStreaming(workload, msgs, per, seqpacket = false) {
   sockType = seqpacket ? 'seqpacket' : 'stream'
   // Cross pairs (optional): name "sender>receiver".
   const pairs = peers.map((p) => [p, p])
-  // The floor only receives: from the C sender, which is never the slower side.
-  if (!seqpacket && available.has('floor') && available.has('c')) pairs.push(['c', 'floor'])
+  // The floor only receives: from the C sender, which is never the slower side; so do
+  // the fd-queue receivers it is compared with.
+  const floor = !seqpacket && available.has('floor') && available.has('c')
+  if (floor) {
+    pairs.push(['c', 'floor'])
+    for (const p of ['async', 'socket'].filter((q) => available.has(q))) pairs.push(['c', p])
+  }
   if (options.cross && available.has('c') && !seqpacket) {
     for (const p of ['unix', 'async', 'socket', 'python'].filter((q) => available.has(q))) {
-      pairs.push([p, 'c'], ['c', p])
+      pairs.push([p, 'c'])
+      if (!(floor && (p === 'async' || p === 'socket'))) pairs.push(['c', p])
     }
   }
   const names = pairs.map(([s, r]) => (s === r || r === 'floor' ? r : `${s}>${r}`))
@@ -787,15 +799,16 @@ function computeRatios() {
         paired: pairedRatio(stream('fd1', peer), stream('fd1', 'python'), 'msgsPerSec'),
       })
     }
+    // Receiving from the same C sender as the floor.
     for (const wl of ['fd1', 'fd16']) {
-      if (has(wl) && stream(wl, 'floor')?.runs.length > 0) {
+      if (stream(wl, `c>${peer}`)?.runs.length > 0 && stream(wl, 'floor')?.runs.length > 0) {
         addRatio(
           `${wl}.${peer}.vsFloor`,
-          `${name} ${wl} streaming vs the Node floor`,
-          rate(wl, peer),
+          `${name} ${wl} receiving from C vs the Node floor`,
+          rate(wl, `c>${peer}`),
           rate(wl, 'floor'),
           {
-            paired: pairedRatio(stream(wl, peer), stream(wl, 'floor'), 'msgsPerSec'),
+            paired: pairedRatio(stream(wl, `c>${peer}`), stream(wl, 'floor'), 'msgsPerSec'),
           },
         )
       }
@@ -998,11 +1011,11 @@ function render() {
       const reached = ['async', 'socket'].map(of).filter(Boolean).join(', ')
       out.push(
         '',
-        '"Node floor" is the least a receiver on Node costs under the read() contract of ' +
-          'AsyncUnixStream: its receiving loop (a Promise and a Buffer per read, one call per fd, ' +
-          'fs.closeSync) on a C addon that does one blocking recvmsg per read and nothing else ' +
-          '(bench/peers/floor.c); its sender is C, so it bounds the receiving side only. ' +
-          (reached ? `Against it (same run): ${reached}.` : ''),
+        '"Node floor" is a bound no non-blocking read() reaches: the AsyncUnixStream ' +
+          "receiver's loop (a Promise and a Buffer per read, one call per fd, fs.closeSync) on a C " +
+          'addon that does one blocking recvmsg per read and nothing else (bench/peers/floor.c), so ' +
+          'the JS thread never goes back to its event loop. It receives from the C sender; ' +
+          (reached ? `so do the rows it is compared with (same run): ${reached}.` : 'nothing was compared with it.'),
       )
     }
   }

@@ -1,33 +1,54 @@
 /*
- * fd-queue benchmark: the Node floor for a receiver. A Node-API addon with the least a
- * Node receiver can do under the read() contract of fd-queue's async classes: one
- * recvmsg per read, the fds that came with it queued for a dequeue call each. No event
- * loop (recvmsg blocks: cheaper than any readiness wait), no ordering between reads, no
- * cancellation, no checks beyond what C needs: a measuring stick, not a library.
+ * fd-queue benchmark: the Node floor for a receiver. A Node-API addon that does the least
+ * a receiver on Node can do per read under the read() contract of fd-queue's async
+ * classes: one recvmsg per read, the fds that came with it queued for a dequeue call each.
+ * It blocks in recvmsg (no event loop, no readiness wait), keeps no order between reads,
+ * cannot be cancelled and checks nothing beyond what C needs: a bound that no
+ * non-blocking read() reaches, not a library.
  *
- *   recv(fd, buffer) -> bytes received into buffer (0 at end of stream)
+ *   recv(fd, buffer) -> bytes received into buffer (0 at end of stream); throws on an
+ *                       error, and when the kernel truncated the fds (MSG_CTRUNC)
  *   take()           -> the oldest fd received and not yet taken, or null
  *
- * node-peer.mjs (api "floor") runs the AsyncUnixStream receiver's loop on it, so the
- * difference to AsyncUnixStream is what fd-queue costs over the floor.
+ * node-peer.mjs (api "floor") runs the AsyncUnixStream receiver's loop on it.
  */
 #include <errno.h>
-#include <stdio.h>
 #include <node_api.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #define SCM_MAX_FD 253
-/* A power of two above SCM_MAX_FD: take() drains it between two recv() calls. */
-#define RING 512
 
-static int ring[RING];
-static unsigned head = 0, tail = 0;
+/* The fds received and not yet taken: queue[head..tail), grown as needed (several reads
+ * may come before the first take when reads are pipelined). */
+static int *queue = NULL;
+static size_t head = 0, tail = 0, capacity = 0;
 
-static napi_value throw_errno(napi_env env, const char *what) {
-  char message[128];
-  snprintf(message, sizeof message, "%s: %s", what, strerror(errno));
+static int push(int fd) {
+  if (head == tail) head = tail = 0;
+  if (tail == capacity) {
+    if (head > 0) {
+      memmove(queue, queue + head, (tail - head) * sizeof(int));
+      tail -= head;
+      head = 0;
+    } else {
+      size_t grown = capacity ? capacity * 2 : 1024;
+      int *bigger = realloc(queue, grown * sizeof(int));
+      if (!bigger) return -1;
+      queue = bigger;
+      capacity = grown;
+    }
+  }
+  queue[tail++] = fd;
+  return 0;
+}
+
+static napi_value throw_message(napi_env env, const char *what, int error) {
+  char message[160];
+  snprintf(message, sizeof message, "%s: %s", what, error ? strerror(error) : "failed");
   napi_throw_error(env, NULL, message);
   return NULL;
 }
@@ -57,16 +78,23 @@ static napi_value floor_recv(napi_env env, napi_callback_info info) {
   ssize_t n;
   do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
   while (n < 0 && errno == EINTR);
-  if (n < 0) return throw_errno(env, "recvmsg");
+  if (n < 0) return throw_message(env, "recvmsg", errno);
+  int lost = 0;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
     int *got = (int *)CMSG_DATA(c);
     for (int i = 0; i < count; i++) {
-      if (tail - head < RING) ring[(tail++) % RING] = got[i];
-      else close(got[i]); /* not reached: take() drains the ring after every recv() */
+      int one;
+      memcpy(&one, got + i, sizeof one);
+      if (lost || push(one) < 0) {
+        close(one);
+        lost = ENOMEM;
+      }
     }
   }
+  if (lost) return throw_message(env, "queueing received fds", lost);
+  if (msg.msg_flags & MSG_CTRUNC) return throw_message(env, "recvmsg: fds truncated (MSG_CTRUNC)", 0);
   napi_value result;
   napi_create_int32(env, (int32_t)n, &result);
   return result;
@@ -76,7 +104,7 @@ static napi_value floor_take(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result;
   if (head == tail) napi_get_null(env, &result);
-  else napi_create_int32(env, ring[(head++) % RING], &result);
+  else napi_create_int32(env, queue[head++], &result);
   return result;
 }
 

@@ -741,8 +741,8 @@ if (process.env.BENCH_PEER_TIMEOUT_S) {
 // ---- the Node floor (bench/peers/floor.c) --------------------------------------------
 
 const floor = {
-  // The AsyncUnixStream receiver's loop on the floor addon: what any read() API on Node
-  // costs at least (a Promise, a Buffer and one recvmsg per read; a call per fd).
+  // The AsyncUnixStream receiver's loop on the floor addon: a Promise, a Buffer and one
+  // blocking recvmsg per read, a call per fd (see floor.c).
   async 'stream-recv'(msgs, per) {
     const addon = createRequire(import.meta.url)(process.env.BENCH_FLOOR_ADDON)
     const listener = UnixListener.bind(path)
@@ -754,7 +754,12 @@ const floor = {
     const scratch = Buffer.allocUnsafe(65536)
     const reader = {
       read() {
-        const count = addon.recv(fd, scratch)
+        let count
+        try {
+          count = addon.recv(fd, scratch)
+        } catch (error) {
+          return Promise.reject(error)
+        }
         const chunk = Buffer.allocUnsafe(count)
         for (let i = 0; i < count; i++) chunk[i] = scratch[i]
         return Promise.resolve(chunk)
