@@ -1068,6 +1068,41 @@ test.serial(
 )
 
 test.serial(
+  "setEncoding('utf16le'): the fds of a last odd byte, which the decoder drops, go to the 'fds' listener before 'end'",
+  async (t) => {
+    const [a, b] = FdSocket.pair()
+    cleanup(t, a, b)
+    const devnull = fs.openSync('/dev/null', 'r')
+    t.teardown(() => fs.closeSync(devnull))
+    const file = tmpFile('odd byte')
+    const sent = fs.openSync(file, 'r')
+    t.teardown(() => fs.closeSync(sent))
+    b.setEncoding('utf16le')
+    const log: string[] = []
+    const received: number[] = []
+    t.teardown(() => closeAll(received))
+    b.on('fds', (fds: FdsArrived) => {
+      log.push(`fds:${fds.length}`)
+      received.push(...fds)
+    })
+    b.on('data', (text: string) => log.push(`data:${text}`))
+    const ended = onceEvent(b, 'end', T).then(() => log.push('end'))
+    a.writeWithFds(Buffer.from([0x61, 0x00]), [devnull])
+    await withTimeout(
+      until(() => log.includes('data:a')),
+      T,
+      `the first chunk (${log.join(' ')})`,
+    )
+    // A lone byte: half a UTF-16 unit, which the decoder drops at the end of the stream.
+    a.writeWithFds(Buffer.from([0x62]), [sent])
+    a.end()
+    await ended
+    t.deepEqual(log, ['fds:1', 'data:a', 'fds:1', 'end'])
+    t.is(fdIdentity(received[1]), pathIdentity(file), "the odd byte's fd is the file sent with it")
+  },
+)
+
+test.serial(
   "'fds' listener and a small maxQueuedFds: a read(n) waiting for bytes still to come does not stop reading for good",
   async (t) => {
     const [a, b] = FdSocket.pair({ maxQueuedFds: 2 })

@@ -788,17 +788,35 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     )
   }
 
-  /** @internal Emits the `'fds'` of the chunks a `'data'` event starts, right before it. */
+  /**
+   * @internal Emits the `'fds'` of the chunks a `'data'` event starts, right before it (and
+   * of any chunk left, right before `'end'`).
+   */
   override emit(event: string | symbol, ...args: any[]): boolean {
+    if (event === 'end') {
+      // Fds whose bytes the string decoder dropped at the end (a last odd byte in utf16le)
+      // are handed over before 'end', not closed silently when the socket is destroyed.
+      const handing = this.#handFds(Infinity)
+      return this.#handed(handing, super.emit(event, ...args), false)
+    }
     if (event !== 'data') return super.emit(event, ...args)
     const data = args[0] as Buffer | string
     this.#emittedLength += data.length
-    // A listener that throws must not cost the chunk or later fds: everything is handed
-    // over and emitted, then the first exception goes on (to 'uncaughtException', as from
-    // any event handler).
+    const handing = this.#unshifting ? { failure: null, lost: false } : this.#handFds(this.#emittedLength)
+    return this.#handed(handing, super.emit(event, ...args), true)
+  }
+
+  /**
+   * Emits `'fds'` for the chunks that start before `end` (in emitted length). A listener
+   * that throws must not cost the chunk or later fds: everything is handed over, and the
+   * first exception is returned, to be thrown once the event that follows is emitted (it
+   * goes to 'uncaughtException', as from any event handler). `lost`: fds the native
+   * stream had closed (closed under this socket).
+   */
+  #handFds(end: number): { failure: { error: unknown } | null; lost: boolean } {
     let failure: { error: unknown } | null = null
     let lost = false
-    while (!this.#unshifting && this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < this.#emittedLength) {
+    while (this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < end) {
       // Every listener removed in a way this socket did not see (EventEmitter's own
       // removeListener called on it): the fds go to the inbound queue, as with off().
       if (this.listenerCount('fds') === 0) {
@@ -821,11 +839,22 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         failure ??= { error }
       }
     }
-    const listened = super.emit(event, ...args)
+    return { failure, lost }
+  }
+
+  /**
+   * What follows an event that fds were handed over before ({@link #handFds}); `resume`
+   * after a `'data'`: the fds handed over may have been what kept reading paused, and
+   * Readable may not call _read() again (it did while they still counted, and waits for a
+   * push since).
+   */
+  #handed(
+    { failure, lost }: { failure: { error: unknown } | null; lost: boolean },
+    listened: boolean,
+    resume: boolean,
+  ): boolean {
     if (lost) this.destroy(closedError())
-    // The fds handed over may have been what kept reading paused. Readable may not call
-    // _read() again (it did while they still counted, and waits for a push since).
-    this.#resumeIfRoom()
+    if (resume) this.#resumeIfRoom()
     if (failure) throw failure.error
     return listened
   }
