@@ -501,6 +501,24 @@ test.serial('concurrent writes never interleave and go out in call order', async
   }
 })
 
+test.serial('close() settles pending writes and reads in call order', async (t) => {
+  const [a, b] = pair(t)
+  // More than the socket holds, and nobody reads: most of them are still pending.
+  const order: string[] = []
+  const note = (name: string) => [() => order.push(name), () => order.push(name)]
+  const pending = Array.from({ length: 20 }, (_, i) => a.write(Buffer.alloc(64 * 1024, i)).then(...note(`write ${i}`)))
+  for (let i = 0; i < 5; i++) pending.push(a.read(1).then(...note(`read ${i}`)))
+  // The first goes out at once; the socket is full long before the last.
+  await withTimeout(pending[0], T, 'the first write')
+  a.close()
+  await withTimeout(Promise.all(pending), T, 'the operations pending at close()')
+  const names = [
+    ...Array.from({ length: 20 }, (_, i) => `write ${i}`),
+    ...Array.from({ length: 5 }, (_, i) => `read ${i}`),
+  ]
+  t.deepEqual(order, names)
+})
+
 test.serial('an fd enqueued between two write calls rides on the later one', async (t) => {
   const [a, b] = pair(t)
   const set = fileSet(4, 'between-')

@@ -303,7 +303,11 @@ impl Home {
     self.reactions_done();
     // Every one is delivered even if a call fails; the first failure is returned.
     let mut outcome = Ok(());
-    let settled = std::mem::take(&mut *lock(&self.settled));
+    let mut settled = std::mem::take(&mut *lock(&self.settled));
+    // In call order (ids grow with each call of a copy of the JS layer): operations that
+    // end together, as every pending one does at `close()`, settle in the order they were
+    // made, not in the order their tasks happened to run.
+    settled.sort_by(|a, b| a.id.total_cmp(&b.id));
     let settling = !settled.is_empty();
     if settling {
       // Borrowed back, not held under the lock: JS may call into the addon from it.
