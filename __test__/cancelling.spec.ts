@@ -5,7 +5,15 @@
  */
 import test from 'ava'
 import * as fs from 'node:fs'
-import { AsyncUnixListener, AsyncUnixStream, createServer, FdSocket, UnixListener, UnixStream } from '../index.js'
+import {
+  AsyncUnixListener,
+  AsyncUnixStream,
+  connect,
+  createServer,
+  FdSocket,
+  UnixListener,
+  UnixStream,
+} from '../index.js'
 import { fdIdentity, pathIdentity, settledOpenFds, startFixture, tmpFile, tmpSocketPath } from './helpers.js'
 import { onceEvent, outcome, readExactly, syncThrow, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
@@ -105,6 +113,45 @@ test('connect(path, { signal }) with an aborted signal rejects and connects noth
   server.close()
   listener.close()
 })
+
+test.serial(
+  "FdSocket with a signal aborted already (new, pair(), from(), connect(), { fd }): an AbortError, then 'close', and no fd left open",
+  async (t) => {
+    const before = await settledOpenFds()
+    // An fd of our own to adopt: a duplicate of a connected socket, received through another.
+    const [x, y] = UnixStream.pair()
+    const [a, b] = UnixStream.pair()
+    a.enqueue(x.fd)
+    a.write('x')
+    b.read(Buffer.alloc(1))
+    const raw = b.dequeue()!
+    for (const stream of [x, y, a, b]) stream.close()
+    const [wrapped, peer] = AsyncUnixStream.pair()
+    const reason = new Error('aborted before')
+    const signal = AbortSignal.abort(reason)
+    const sockets: Array<[string, FdSocket]> = [
+      ['new', new FdSocket({ signal })],
+      ...FdSocket.pair({ signal }).map((socket, i): [string, FdSocket] => [`pair()[${i}]`, socket]),
+      ['from()', FdSocket.from(wrapped, { signal })],
+      ['connect()', connect(tmpSocketPath(), { signal })],
+      ['{ fd }', new FdSocket({ fd: raw, signal })],
+    ]
+    // Listened for at once: the errors come on the next tick.
+    const outcomes = sockets.map(([name, socket]) => ({
+      name,
+      error: new Promise((resolve) => socket.once('error', resolve)),
+      closed: new Promise((resolve) => socket.once('close', resolve)),
+    }))
+    for (const { name, error, closed } of outcomes) {
+      assertAbortError(t, await withTimeout(error, 10_000, `${name}: 'error'`), reason)
+      await withTimeout(closed, 10_000, `${name}: 'close'`)
+    }
+    t.is(wrapped.fd, -1, 'the stream given to from() is closed')
+    t.throws(() => fs.fstatSync(raw), { code: 'EBADF' }, 'the adopted fd is closed')
+    peer.close()
+    t.is(await settledOpenFds(before), before)
+  },
+)
 
 test('a bad signal throws ERR_INVALID_ARG_TYPE synchronously', (t) => {
   const [a, b] = AsyncUnixStream.pair()

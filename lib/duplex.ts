@@ -9,7 +9,7 @@
  * `enqueue`, however many chunks are still buffered.
  */
 import { EventEmitter } from 'node:events'
-import { Duplex, type DuplexOptions } from 'node:stream'
+import { addAbortSignal, Duplex, type DuplexOptions } from 'node:stream'
 import { binding, peerCredentialsOf, type Native, type PeerCredentials } from './binding.js'
 import { AsyncUnixStream, nativeStreamOf } from './async.js'
 import {
@@ -30,6 +30,7 @@ import {
   validateFdNumber,
   validateMaxQueuedFds,
   validatePath,
+  validateSignalOption,
 } from './args.js'
 import { copy, copyIfResizable, copyOut, Liveness, operation, setReferenced, startOperation } from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
@@ -154,12 +155,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       if ((options as DuplexOptions)[mode])
         throw invalidArgValue(`options.${mode}`, 'is not supported: an FdSocket carries bytes')
     }
-    const { maxQueuedFds = DEFAULT_MAX_QUEUED_FDS, allowHalfOpen = false, fd, ...rest } = options
+    const { maxQueuedFds = DEFAULT_MAX_QUEUED_FDS, allowHalfOpen = false, fd, signal: _, ...rest } = options
     const adopted = fd === undefined ? undefined : validateFdNumber(fd, 'options.fd')
+    const signal = validateSignalOption(options)
     super({ ...rest, allowHalfOpen, decodeStrings: true, emitClose: true, autoDestroy: true })
     this.#maxQueuedFds = validateMaxQueuedFds(maxQueuedFds)
     // Last: every other option is checked, so a refusal leaves the fd with the caller.
     if (adopted !== undefined) this.#attach(native(() => binding.NativeAsyncUnixStream.fromFd(adopted)))
+    // Not given to Duplex: a signal aborted already destroys the socket at once, which
+    // must find it whole (its fields made, an adopted fd attached, to be closed).
+    if (signal) addAbortSignal(signal, this)
   }
 
   // While there are 'fds' listeners, the fds of each chunk go to them, not to dequeue().
@@ -273,6 +278,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   #attach(inner: Native.NativeAsyncUnixStream): void {
+    // Destroyed before it got its stream (its signal aborted already): the stream goes too.
+    if (this.destroyed) {
+      inner.close()
+      return
+    }
     this.#native = inner
     this.#handle = inner.handle
     inner.maxQueuedFds = this.#maxQueuedFds
@@ -1252,7 +1262,14 @@ export function connect(path: string, cb?: () => void): FdSocket
 export function connect(path: string, options: FdSocketOptions, cb?: () => void): FdSocket
 export function connect(path: string, options?: FdSocketOptions | (() => void), cb?: () => void): FdSocket {
   if (typeof options === 'function') [options, cb] = [undefined, options]
-  return new FdSocket(options).connect(path, cb)
+  const socket = new FdSocket(options)
+  // Destroyed already (`options.signal` aborted): it emits the AbortError, as net's does.
+  if (socket.destroyed) {
+    validatePath(path)
+    validateCallback(cb)
+    return socket
+  }
+  return socket.connect(path, cb)
 }
 
 holdsFd(FdSocket)
