@@ -11,11 +11,20 @@ import {
   connect,
   createServer,
   FdSocket,
+  SeqpacketSocket,
   UnixListener,
   UnixStream,
 } from '../index.js'
 import { fdIdentity, pathIdentity, settledOpenFds, startFixture, tmpFile, tmpSocketPath } from './helpers.js'
-import { onceEvent, outcome, readExactly, syncThrow, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+import {
+  onceEvent,
+  outcome,
+  readExactly,
+  rejection,
+  syncThrow,
+  warmedUpFdBaseline,
+  withTimeout,
+} from './async-helpers.js'
 
 let baseline = 0
 test.before(async () => {
@@ -97,6 +106,28 @@ test('accept({ signal }): an aborted accept leaves the connection for the next a
   client.close()
   server.close()
   listener.close()
+})
+
+test('an abort and then close() in the same tick: read(), accept() and receive() reject with the AbortError', async (t) => {
+  const reason = new Error('given up')
+  const [a, b] = AsyncUnixStream.pair()
+  const listener = AsyncUnixListener.bind(tmpSocketPath())
+  const [c, d] = SeqpacketSocket.pair()
+  const controller = new AbortController()
+  const { signal } = controller
+  const pending = [b.read(10, { signal }), listener.accept({ signal }), d.receive({ signal })].map((p) =>
+    rejection(p as Promise<unknown>, 10_000),
+  )
+  controller.abort(reason)
+  // Settles the three at once, before their cancellation has run.
+  b.close()
+  listener.close()
+  d.close()
+  for (const error of await Promise.all(pending)) {
+    assertAbortError(t, error, reason)
+  }
+  a.close()
+  c.close()
 })
 
 test('connect(path, { signal }) with an aborted signal rejects and connects nothing', async (t) => {

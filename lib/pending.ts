@@ -22,6 +22,8 @@ interface Operation {
   owner: object
   signal?: AbortSignal
   onAbort?: () => void
+  /** Its signal was aborted: a failure that settles it later is reported as the abort. */
+  aborted?: boolean
 }
 
 const operations = new Map<number, Operation>()
@@ -183,7 +185,9 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
     else if (error === null) operation.resolve(value)
     else {
       const shaped = shapeError(new Error(error))
-      if ((shaped as { code?: unknown }).code === 'ABORT_ERR') {
+      // Aborted before it failed (a close() right after the abort, say, which settles it
+      // before the cancellation does): the abort came first.
+      if ((shaped as { code?: unknown }).code === 'ABORT_ERR' || operation.aborted) {
         operation.reject(new AbortError(reasonOf(operation.signal)))
       } else operation.reject(shaped)
     }
@@ -262,7 +266,10 @@ export function startOperation<T>(
     operations.set(id, pending)
     if (signal && canceller) {
       pending.signal = signal
-      pending.onAbort = () => binding.cancel(canceller)
+      pending.onAbort = () => {
+        pending.aborted = true
+        binding.cancel(canceller)
+      }
       try {
         signal.addEventListener('abort', pending.onAbort, { once: true })
       } catch (error) {
