@@ -351,12 +351,12 @@ test.serial('bad arguments to every method of live objects: typed errors, nothin
     cases.push(
       {
         name: `UnixStream#setReadTimeout(${show(value)}) (allowed)`,
-        call: () => us1.setReadTimeout(value),
+        call: () => us1.setReadTimeout(value as number | null),
         expect: noop,
       },
       {
         name: `UnixStream#setWriteTimeout(${show(value)}) (allowed)`,
-        call: () => us1.setWriteTimeout(value),
+        call: () => us1.setWriteTimeout(value as number | null),
         expect: noop,
       },
     )
@@ -999,7 +999,7 @@ for (const where of ['data', 'fds', 'connection'] as const) {
       if (where === 'connection') t.is(report.connections, 2, 'the server accepted the next connection')
       else {
         t.like(report, { next: 'second', content: 'still delivered' }, 'the next chunk and its fd arrived')
-        if (where !== 'end') t.deepEqual(report.received, ['first', 'second'], 'no chunk lost to the throw')
+        t.deepEqual(report.received, ['first', 'second'], 'no chunk lost to the throw')
       }
     },
   )

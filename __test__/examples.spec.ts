@@ -144,14 +144,14 @@ test('README broker (broker-minimal.mjs + broker-worker.mjs) survives a worker t
     let port = Number((await broker.line(/broker listening on port (\d+)/))[1])
     const first = startBroker('broker-worker.mjs', env)
     started.push(first)
-    t.is(await servedBy(port), first.child.pid)
+    t.is(await servedBy(port), first.child.pid!)
     // The worker dies: the broker forgets it (no ERR_SOCKET_CLOSED), and a new one takes over.
     first.child.kill('SIGKILL')
     await first.exited
     t.is(await ask(port), '', 'with no worker, a connection is closed')
     const second = startBroker('broker-worker.mjs', env)
     started.push(second)
-    t.is(await servedBy(port), second.child.pid)
+    t.is(await servedBy(port), second.child.pid!)
     // A second broker on the same socket path refuses to start: the first one is alive.
     const rival = startBroker('broker-minimal.mjs', { ...env })
     started.push(rival)
@@ -166,7 +166,7 @@ test('README broker (broker-minimal.mjs + broker-worker.mjs) survives a worker t
     port = Number((await broker.line(/broker listening on port (\d+)/))[1])
     const third = startBroker('broker-worker.mjs', env)
     started.push(third)
-    t.is(await servedBy(port), third.child.pid)
+    t.is(await servedBy(port), third.child.pid!)
     t.notRegex(broker.output(), /Error|EADDRINUSE/)
   } finally {
     for (const process of started) process.child.kill('SIGKILL')

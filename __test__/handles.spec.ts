@@ -479,7 +479,7 @@ test.serial('fdInfo names every kind of received fd, with its direction', async 
     devNull: fs.openSync('/dev/null', 'r+'),
   }
   const rw = { readable: true, writable: true, listening: false }
-  const expected: Array<[string, number, Omit<FdInfo, 'fd'>]> = [
+  const expected: Array<[string, number, Omit<FdInfo, 'fd' | 'closeOnExec' | 'nonBlocking'>]> = [
     ['regular file, read-only', own.fileR, { kind: 'file', readable: true, writable: false, listening: false }],
     ['regular file, write-only', own.fileW, { kind: 'file', readable: false, writable: true, listening: false }],
     ['regular file, read-write', own.fileRW, { kind: 'file', ...rw }],

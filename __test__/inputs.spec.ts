@@ -164,7 +164,7 @@ test('AsyncUnixStream.write() of a 4 GiB Buffer resolves with 4294967296, every 
   )
   reader.close()
   let stdout = ''
-  counter.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+  counter.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
   const exited = new Promise<number | null>((resolve) => counter.on('close', resolve))
   const big = Buffer.allocUnsafe(size)
   big.fill(7, size - (1 << 20)) // the last MiB is what the child's buffer holds at the end
