@@ -13,9 +13,11 @@ import { Worker } from 'node:worker_threads'
 import { AsyncUnixStream, connect, FdSocket, runtimeInfo } from '../index.js'
 import {
   fdIdentity,
+  lastJson,
   openFds,
   pathIdentity,
   ROOT,
+  runFixture,
   scaled,
   settledOpenFds,
   startFixture,
@@ -333,3 +335,19 @@ for (const variant of ['js', 'addon-too'] as const) {
     })
   })
 }
+
+for (const mode of ['stream', 'seqpacket']) {
+  test(`operations that complete at once, awaited in a loop (a ${mode} writer and reader in one thread), let a timer fire`, async (t) => {
+    const result = await runFixture('busy-loops', [mode])
+    t.false(result.timedOut, 'the timer never fired: the loops held the event loop')
+    const report = lastJson(result)
+    t.like(report, { driver: expected, mode })
+    t.true(report.writes > 0 && report.reads > 0)
+  })
+}
+
+test('2,000 reads that each find data, awaited one after another, let a timer due at once fire before they end', async (t) => {
+  const report = lastJson(await runFixture('busy-loops', ['backlog']))
+  t.like(report, { driver: expected, reads: 2000 })
+  t.true(report.firedAt >= 0 && report.firedAt < report.reads, `the timer fired after read ${report.firedAt}`)
+})

@@ -110,9 +110,9 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     return operation(
       this,
       this.#liveness,
-      (id, canceller) => {
+      (id, canceller, defer) => {
         // Bytes there at once come in the scratch Buffer (their count) when they fit.
-        const now = binding.streamRead(this.#handle, checked, id, canceller, readInto)
+        const now = binding.streamRead(this.#handle, checked, id, canceller, readInto, defer)
         if (typeof now !== 'number') return now
         try {
           return copyOut(now)

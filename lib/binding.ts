@@ -28,6 +28,7 @@ export interface FastCalls {
     id: number,
     canceller: External<'Canceller'> | undefined | null,
     scratch: Buffer,
+    defer?: boolean,
   ): number | Buffer | null
   /** The byte count now, or `null`: operation `id` settles later. */
   streamWrite(stream: External<'StreamCore'>, data: Uint8Array, id: number): number | null

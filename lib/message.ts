@@ -83,9 +83,9 @@ abstract class MessageSocket implements EnqueueFd {
     return operation<Message | typeof END>(
       this,
       this.#liveness,
-      (id, canceller) => {
+      (id, canceller, defer) => {
         // `null`: pending; `false`: the end, at once; a settled end is `null`.
-        const now = this.inner.receive(id, canceller)
+        const now = this.inner.receive(id, canceller, defer)
         return now === false ? END : (now as Message | null)
       },
       signal,

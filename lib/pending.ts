@@ -226,12 +226,64 @@ export function connectedNow<T>(signal: AbortSignal | undefined, connect: () => 
   }
 }
 
-export function operation<T>(
-  owner: object,
-  liveness: Liveness,
-  start: (id: number, canceller: Native.ExternalObject<'Canceller'> | undefined) => T | Promise<T> | null,
-  signal?: AbortSignal,
-): Promise<T> {
+/**
+ * How an operation starts: `id` names it if it settles later; `canceller` cancels it
+ * (with a signal); `defer` asks that it settle later even if it could complete at once
+ * (see {@link IMMEDIATE_BUDGET}): an operation that takes something (a read) must then
+ * leave it where it is for now.
+ */
+type Start<T> = (
+  id: number,
+  canceller: Native.ExternalObject<'Canceller'> | undefined,
+  defer: boolean,
+) => T | Promise<T> | null
+
+/**
+ * Operations that may complete at once in one turn of the event loop. A loop of them (a
+ * read that finds data, a write that finds room, each awaited in turn) runs as one chain
+ * of microtasks, in which no timer or I/O callback of the process gets a turn: past this
+ * many, reads settle later (`defer`), and immediate byte counts wait for the loop's check
+ * phase (setImmediate), in call order, until the loop has turned.
+ */
+const IMMEDIATE_BUDGET = 1024
+let immediateRun = 0
+/** A setImmediate will end the run: the event loop turned. */
+let turnWatched = false
+/** Immediate outcomes waiting for the loop to turn, in call order. */
+const waitingForTurn: Array<() => void> = []
+
+function loopTurned(): void {
+  immediateRun = 0
+  turnWatched = false
+}
+
+function settleWaiting(): void {
+  for (const settle of waitingForTurn.splice(0)) settle()
+}
+
+/** Whether an operation started now should settle later rather than at once. */
+function overBudget(): boolean {
+  return immediateRun >= IMMEDIATE_BUDGET || waitingForTurn.length > 0
+}
+
+/**
+ * An outcome that came at once: counted in this turn's run. Past the budget, a byte count
+ * (a write's, which owns nothing) comes once the loop has turned; anything else comes as
+ * it is (an operation that owns what it brings settles later instead: `defer`).
+ */
+function immediateOutcome<T>(value: T): T | Promise<T> {
+  if (!turnWatched) {
+    turnWatched = true
+    setImmediate(loopTurned).unref()
+  }
+  immediateRun++
+  if (typeof value !== 'number' || (immediateRun <= IMMEDIATE_BUDGET && waitingForTurn.length === 0)) return value
+  return new Promise<T>((resolve) => {
+    if (waitingForTurn.push(() => resolve(value)) === 1) setImmediate(settleWaiting)
+  })
+}
+
+export function operation<T>(owner: object, liveness: Liveness, start: Start<T>, signal?: AbortSignal): Promise<T> {
   if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
   const result = startOperation(owner, liveness, start, signal)
   return result instanceof Promise ? result : Promise.resolve(result)
@@ -245,18 +297,18 @@ export function operation<T>(
 export function startOperation<T>(
   owner: object,
   liveness: Liveness,
-  start: (id: number, canceller: Native.ExternalObject<'Canceller'> | undefined) => T | Promise<T> | null,
+  start: Start<T>,
   signal?: AbortSignal,
 ): T | Promise<T> {
   const canceller = signal ? binding.newCanceller() : undefined
   const id = newId()
   let immediate: T | Promise<T> | null
   try {
-    immediate = start(id, canceller)
+    immediate = start(id, canceller, overBudget())
   } catch (error) {
     throw shapeError(error)
   }
-  if (immediate !== null) return immediate
+  if (immediate !== null) return immediate instanceof Promise ? immediate : immediateOutcome(immediate)
   liveness.pending++
   if (liveness.referenced) countReferenced(1)
   return new Promise<T>((resolve, reject) => {

@@ -182,10 +182,10 @@ callback! {
 }
 
 callback! {
-  /// `AsyncUnixStream#read`: `(stream, size, id, canceller, scratch) => number | Buffer |
-  /// null`: the bytes now (their count, when they are in `scratch`), or `null` and
-  /// operation `id` settles later.
-  stream_read, 5, |call| {
+  /// `AsyncUnixStream#read`: `(stream, size, id, canceller, scratch, defer) => number |
+  /// Buffer | null`: the bytes now (their count, when they are in `scratch`), or `null` and
+  /// operation `id` settles later (always, with `defer`).
+  stream_read, 6, |call| {
     let stream = call.external::<Arc<StreamCore>>(0)?;
     let canceller = call
       .optional_external(3)?
@@ -197,7 +197,8 @@ callback! {
     // TypeScript layer passes a Buffer of its own, never one over a SharedArrayBuffer.
     let scratch = unsafe { scratch.as_mut() };
     let env = Env::from(call.env);
-    match stream.read(&env, call.value(1)?, call.value(2)?, canceller, scratch)? {
+    let defer = call.value::<Option<bool>>(5)?.unwrap_or(false);
+    match stream.read(&env, call.value(1)?, call.value(2)?, canceller, scratch, defer)? {
       None => call.result(Null),
       // At most MAX_READ_SIZE (2^30) bytes: a u32.
       Some(ReadNow::InScratch(count)) => call.result(u32::try_from(count).unwrap_or(u32::MAX)),

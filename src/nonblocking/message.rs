@@ -432,7 +432,7 @@ impl MessageSocket {
   /// pending); otherwise operation `id` settles later, and `canceller` can cancel it until
   /// it has received.
   #[napi(
-    ts_args_type = "id: number, canceller?: ExternalObject<'Canceller'> | undefined | null",
+    ts_args_type = "id: number, canceller?: ExternalObject<'Canceller'> | undefined | null, defer?: boolean",
     ts_return_type = "{ data: Buffer, fds: number[], truncated: boolean, from?: string } | false | null"
   )]
   pub fn receive(
@@ -440,12 +440,14 @@ impl MessageSocket {
     env: &Env,
     id: f64,
     canceller: Option<&CancelHandle>,
+    defer: Option<bool>,
   ) -> napi::Result<Option<RawValue>> {
     let shared = match self.shared() {
       Ok(shared) => shared,
       Err(e) => return fail(env, id, e),
     };
-    if shared.receives.is_idle() {
+    // `defer`: settled later whatever is there (see `StreamCore::read`).
+    if defer != Some(true) && shared.receives.is_idle() {
       match receive_now(shared.fd(), shared.kind) {
         Ok(Some(outcome)) => {
           // Guarded here too: this call may run inside another build (user code run by a
@@ -478,13 +480,12 @@ impl MessageSocket {
       drop(shared);
       outcome
     };
-    settle_later_keeping(
-      home,
-      id,
-      op,
-      |env, outcome| message_value(env, outcome).map_err(error::internal),
-      undelivered,
-    );
+    let finish = |env: &Env, outcome| message_value(env, outcome).map_err(error::internal);
+    if defer == Some(true) {
+      settle::settle_next_turn_keeping(home, id, op, finish, undelivered);
+    } else {
+      settle_later_keeping(home, id, op, finish, undelivered);
+    }
     Ok(None)
   }
 

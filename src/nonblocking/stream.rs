@@ -238,7 +238,9 @@ impl StreamCore {
   /// (the TypeScript layer's Buffer, which it copies them out of) when `size` fits.
   ///
   /// Otherwise it returns `null` and settles operation `id` later; `canceller` (from a JS
-  /// `AbortSignal`) can cancel it until it has read anything.
+  /// `AbortSignal`) can cancel it until it has read anything. `defer` makes it settle later
+  /// whatever is there: the JS thread has completed many operations at once since its
+  /// event loop last turned, and the loop must get a turn.
   pub(crate) fn read<'env>(
     &self,
     env: &'env Env,
@@ -246,6 +248,7 @@ impl StreamCore {
     id: f64,
     canceller: Option<Arc<Canceller>>,
     scratch: &mut [u8],
+    defer: bool,
   ) -> napi::Result<Option<ReadNow<'env>>> {
     if size == 0 || size > MAX_READ_SIZE {
       return Err(rejection(error::out_of_range("size", size)));
@@ -260,8 +263,8 @@ impl StreamCore {
     let mut after_event = false;
     // Queued behind an earlier read (whose outcome JS has not had yet): it starts in the
     // drive that serves that one, with every other read queued meanwhile.
-    let queued = !shared.reads.is_idle() && canceller.is_none();
-    if shared.reads.is_idle() && !self.queues.inbound_full() {
+    let queued = (defer || !shared.reads.is_idle()) && canceller.is_none();
+    if !defer && shared.reads.is_idle() && !self.queues.inbound_full() {
       match shared.try_read(env, size as usize, scratch) {
         Ok(Some((data, received))) => {
           shared.readable.release_if_idle();
@@ -298,7 +301,9 @@ impl StreamCore {
       Ok(Settled::Bytes(data))
     };
     let task = settle::settling(home, id, op, finish, undelivered);
-    if after_event {
+    if defer {
+      crate::runtime::spawn_next_turn(task);
+    } else if after_event {
       crate::runtime::spawn_after_event(task);
     } else if queued {
       crate::runtime::spawn_queued(task);

@@ -56,7 +56,7 @@ struct Local {
   /// The async context JS is called in after a drive (for async hooks and microtasks).
   context: sys::napi_async_context,
   /// Results are waiting for JS: `deliver` runs once the current loop callback's drive is
-  /// done (or from the timer, when they came from a call JS made).
+  /// done (or at the next loop iteration, when they came from a call JS made).
   deliver: Cell<Option<fn(&Env)>>,
   /// A loop callback is running (it delivers when its drive is done).
   in_callback: Cell<bool>,
@@ -64,8 +64,13 @@ struct Local {
   delivering: Cell<bool>,
   poll: RefCell<Option<uv::Handle>>,
   timer: RefCell<Option<uv::Handle>>,
+  /// An idle handle, started to drive at the next loop iteration. (A timer of 0 ms set
+  /// from its own callback fires again in the same timers phase on libuv before 1.47,
+  /// whose clock stands still meanwhile: a drive that kept setting it held back the
+  /// process's own timers for seconds.)
+  next_turn: RefCell<Option<uv::Handle>>,
   driving: Cell<bool>,
-  /// The timer is set to drive soon.
+  /// A drive is set for the next loop iteration.
   scheduled: Cell<bool>,
   /// Tasks in a `sleep`: the timer ticks while there are any.
   sleeping: Cell<usize>,
@@ -77,6 +82,9 @@ struct Local {
   /// Tasks that can do nothing before an event of the reactor (`spawn_after_event`):
   /// spawned inside the next drive, which they are no reason to start.
   after_event: RefCell<Vec<Task>>,
+  /// Tasks that wait for the event loop to turn (`spawn_next_turn`): spawned by the next
+  /// loop callback, not by the rounds of the current one.
+  next_turn_tasks: RefCell<Vec<Task>>,
 }
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -232,12 +240,29 @@ pub(crate) fn spawn_queued<F: Future<Output = ()> + Send + 'static>(future: F) {
   });
 }
 
+/// [`spawn`] for a `future` that must wait for the event loop to turn: an operation JS
+/// asked to settle later because its thread has completed many at once since the loop
+/// last turned. On the JS-thread runtime it starts in the next loop callback (the next
+/// iteration's, at the latest), not in a round of the current one, which would run it,
+/// and the code its outcome runs, before the loop gets a turn.
+pub(crate) fn spawn_next_turn<F: Future<Output = ()> + Send + 'static>(future: F) {
+  match local() {
+    Some(local) => {
+      local.next_turn_tasks.borrow_mut().push(Box::pin(future));
+      local.soon();
+    }
+    None => drop(napi::bindgen_prelude::spawn(future)),
+  }
+}
+
 /// Lets pending tasks that a JS-thread call just woke (a `close()`) run now, so that they
-/// let go of what they hold before the call returns; tasks waiting for an event start
-/// too. A no-op on the threaded runtime, whose workers run them anyway.
+/// let go of what they hold before the call returns; tasks waiting for an event or for
+/// the loop's next turn start too (those of other objects as well: they cannot be told
+/// apart). A no-op on the threaded runtime, whose workers run them anyway.
 pub(crate) fn run_woken() {
   if let Some(local) = local() {
     local.start_after_event();
+    local.start_next_turn();
     local.drive(false);
   }
 }
@@ -370,6 +395,8 @@ impl Local {
       .ok_or("uv_poll_init on the reactor fd failed")?;
     let timer =
       uv::Handle::timer(api, event_loop, std::ptr::null_mut()).ok_or("uv_timer_init failed")?;
+    let next_turn =
+      uv::Handle::idle(api, event_loop, std::ptr::null_mut()).ok_or("uv_idle_init failed")?;
     let wakeup = uv::Handle::wakeup(api, event_loop, std::ptr::null_mut(), on_wakeup)
       .ok_or("uv_async_init failed")?;
     *lock(&shared.wakeup) = Some(WakeupHandle(wakeup));
@@ -384,12 +411,14 @@ impl Local {
       delivering: Cell::new(false),
       poll: RefCell::new(Some(poll)),
       timer: RefCell::new(Some(timer)),
+      next_turn: RefCell::new(Some(next_turn)),
       driving: Cell::new(false),
       scheduled: Cell::new(false),
       sleeping: Cell::new(0),
       spawns: RefCell::new(Vec::new()),
       wakes: RefCell::new(Vec::new()),
       after_event: RefCell::new(Vec::new()),
+      next_turn_tasks: RefCell::new(Vec::new()),
     });
     stop_with_environment(env).map_err(|e| format!("no cleanup hook: {e}"))?;
     Ok(local)
@@ -431,7 +460,16 @@ impl Local {
     });
     self.driving.set(false);
     if !quiet {
-      self.arm(0);
+      self.soon();
+    }
+  }
+
+  /// Moves the tasks waiting for the loop's next turn to the ones the next drive spawns.
+  fn start_next_turn(&self) {
+    let waiting = std::mem::take(&mut *self.next_turn_tasks.borrow_mut());
+    let mut spawns = self.spawns.borrow_mut();
+    for task in waiting {
+      spawns.push(Tracked::new(task, Arc::clone(&self.shared)));
     }
   }
 
@@ -455,6 +493,8 @@ impl Local {
   /// the Promises' reactions run, as after any I/O callback).
   fn on_loop_callback(&self, ticking: bool) {
     self.in_callback.set(true);
+    // Tasks set for the loop's next turn: this is it.
+    self.start_next_turn();
     self.drive(true);
     for _ in 0..MAX_ROUNDS {
       let Some(deliver) = self.deliver.take() else {
@@ -473,14 +513,21 @@ impl Local {
       self.arm(1);
     }
     if self.deliver.get().is_some() {
-      self.arm(0);
+      self.soon();
     }
   }
 
   /// Drives at the next loop iteration (a wake from the JS thread outside a drive).
   fn schedule(&self) {
     if !self.driving.get() && !self.scheduled.replace(true) {
-      self.arm(0);
+      self.soon();
+    }
+  }
+
+  /// A drive at the next loop iteration, after the process's timers of this one.
+  fn soon(&self) {
+    if let Some(idle) = self.next_turn.borrow().as_ref() {
+      idle.start_idle(on_next_turn);
     }
   }
 
@@ -500,6 +547,10 @@ impl Local {
     if let Some(timer) = self.timer.borrow_mut().take() {
       timer.stop_timer();
       timer.close(uv::Kind::Timer, None);
+    }
+    if let Some(idle) = self.next_turn.borrow_mut().take() {
+      idle.stop_idle();
+      idle.close(uv::Kind::Idle, None);
     }
     match lock(&self.shared.wakeup).take() {
       Some(WakeupHandle(wakeup)) => wakeup.close(uv::Kind::Async, Some(done)),
@@ -624,6 +675,15 @@ unsafe extern "C" fn on_reactor(
   with_local(|local| local.on_loop_callback(false));
 }
 
+unsafe extern "C" fn on_next_turn(_handle: *mut uv::RawHandle) {
+  with_local(|local| {
+    if let Some(idle) = local.next_turn.borrow().as_ref() {
+      idle.stop_idle();
+    }
+    local.on_loop_callback(false)
+  });
+}
+
 unsafe extern "C" fn on_timer(_handle: *mut uv::RawHandle) {
   with_local(|local| local.on_loop_callback(true));
 }
@@ -641,7 +701,7 @@ pub(crate) fn deliver_later(deliver: fn(&Env)) -> bool {
   };
   local.deliver.set(Some(deliver));
   if !local.in_callback.get() {
-    local.arm(0);
+    local.soon();
   }
   true
 }

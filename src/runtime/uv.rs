@@ -1,5 +1,5 @@
 //! The few libuv calls that let a JS thread's event loop drive a tokio runtime: a poll
-//! handle on the runtime's reactor fd, a timer and an async handle. They are found at run
+//! handle on the runtime's reactor fd, a timer, an idle handle and an async handle. They are found at run
 //! time in the host process (`dlsym`), not linked: Node exports libuv, and a host that
 //! does not (or one that only pretends to) gets the threaded runtime instead.
 //!
@@ -17,10 +17,12 @@ pub type RawHandle = c_void;
 pub type PollCallback = unsafe extern "C" fn(*mut RawHandle, c_int, c_int);
 pub type TimerCallback = unsafe extern "C" fn(*mut RawHandle);
 pub type AsyncCallback = unsafe extern "C" fn(*mut RawHandle);
+pub type IdleCallback = unsafe extern "C" fn(*mut RawHandle);
 pub type CloseCallback = unsafe extern "C" fn(*mut RawHandle);
 
 /// libuv's `uv_handle_type` values (stable since libuv 1.0).
 const UV_ASYNC: c_int = 1;
+const UV_IDLE: c_int = 6;
 const UV_POLL: c_int = 8;
 const UV_TIMER: c_int = 13;
 /// `UV_READABLE` of `uv_poll_event`.
@@ -38,6 +40,8 @@ type PollStart = unsafe extern "C" fn(*mut RawHandle, c_int, PollCallback) -> c_
 type TimerInit = unsafe extern "C" fn(*mut Loop, *mut RawHandle) -> c_int;
 type TimerStart = unsafe extern "C" fn(*mut RawHandle, TimerCallback, u64, u64) -> c_int;
 type AsyncInit = unsafe extern "C" fn(*mut Loop, *mut RawHandle, AsyncCallback) -> c_int;
+type IdleInit = unsafe extern "C" fn(*mut Loop, *mut RawHandle) -> c_int;
+type IdleStart = unsafe extern "C" fn(*mut RawHandle, IdleCallback) -> c_int;
 
 /// The libuv functions, resolved once per process.
 pub struct Api {
@@ -54,6 +58,9 @@ pub struct Api {
   timer_stop: OnHandleStatus,
   async_init: AsyncInit,
   async_send: OnHandleStatus,
+  idle_init: IdleInit,
+  idle_start: IdleStart,
+  idle_stop: OnHandleStatus,
 }
 
 /// Finds `name` among the symbols the process exports.
@@ -88,6 +95,9 @@ impl Api {
       timer_stop: resolve!(c"uv_timer_stop" as OnHandleStatus),
       async_init: resolve!(c"uv_async_init" as AsyncInit),
       async_send: resolve!(c"uv_async_send" as OnHandleStatus),
+      idle_init: resolve!(c"uv_idle_init" as IdleInit),
+      idle_start: resolve!(c"uv_idle_start" as IdleStart),
+      idle_stop: resolve!(c"uv_idle_stop" as OnHandleStatus),
     };
     // A libuv that names its handle types as libuv does is the real thing (a stub that
     // aborts would not get this far without aborting).
@@ -95,6 +105,7 @@ impl Api {
       (UV_POLL, c"poll"),
       (UV_TIMER, c"timer"),
       (UV_ASYNC, c"async"),
+      (UV_IDLE, c"idle"),
     ] {
       // SAFETY: uv_handle_type_name returns a static string (or NULL) for any type value.
       let reported = unsafe { (api.handle_type_name)(kind) };
@@ -155,6 +166,20 @@ impl Handle {
     unsafe {
       if (api.timer_init)(event_loop, raw) != 0 {
         Self::free(raw, UV_TIMER);
+        return None;
+      }
+      Some(Self::initialised(api, raw, data))
+    }
+  }
+
+  /// A stopped idle handle, unref'd: started, it runs its callback once per loop iteration
+  /// (and the loop does not block in its poll phase meanwhile).
+  pub fn idle(api: &Api, event_loop: *mut Loop, data: *mut c_void) -> Option<Self> {
+    let raw = Self::allocate(api, UV_IDLE);
+    // SAFETY: as in `poll`.
+    unsafe {
+      if (api.idle_init)(event_loop, raw) != 0 {
+        Self::free(raw, UV_IDLE);
         return None;
       }
       Some(Self::initialised(api, raw, data))
@@ -232,6 +257,21 @@ impl Handle {
     }
   }
 
+  /// Starts an idle handle (a no-op if it runs already).
+  pub fn start_idle(&self, callback: IdleCallback) {
+    if let Some(api) = api() {
+      // SAFETY: `self` is a live idle handle on this (the loop's) thread.
+      unsafe { (api.idle_start)(self.raw, callback) };
+    }
+  }
+
+  pub fn stop_idle(&self) {
+    if let Some(api) = api() {
+      // SAFETY: as in `start_idle`.
+      unsafe { (api.idle_stop)(self.raw) };
+    }
+  }
+
   /// Wakes the loop from any thread (async handles only).
   pub fn send(&self) {
     if let Some(api) = api() {
@@ -249,6 +289,7 @@ impl Handle {
       Kind::Poll => closed::<UV_POLL>,
       Kind::Timer => closed::<UV_TIMER>,
       Kind::Async => closed::<UV_ASYNC>,
+      Kind::Idle => closed::<UV_IDLE>,
     };
     let after = after.map_or(std::ptr::null_mut(), |after| Box::into_raw(Box::new(after)));
     // SAFETY: a live handle, closed once (`self` is consumed). From here its data is the
@@ -266,6 +307,7 @@ pub enum Kind {
   Poll,
   Timer,
   Async,
+  Idle,
 }
 
 /// What runs once a handle has closed.
