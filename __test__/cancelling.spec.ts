@@ -178,6 +178,11 @@ test.serial(
       await withTimeout(closed, 10_000, `${name}: 'close'`)
     }
     t.is(wrapped.fd, -1, 'the stream given to from() is closed')
+    // A bad path or callback throws before any socket exists (one that could emit an
+    // 'error' nobody listens for); a server's probe of its options emits none either.
+    t.throws(() => connect(123 as never, { signal }), { code: 'ERR_INVALID_ARG_TYPE' })
+    t.throws(() => connect(tmpSocketPath(), { signal }, 'cb' as never), { code: 'ERR_INVALID_ARG_TYPE' })
+    createServer({ signal })
     t.throws(() => fs.fstatSync(raw), { code: 'EBADF' }, 'the adopted fd is closed')
     peer.close()
     t.is(await settledOpenFds(before), before)

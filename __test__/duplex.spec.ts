@@ -29,12 +29,14 @@ import {
   closeAll,
   fdFlags,
   fdIdentity,
+  lastJson,
   openFdNumbers,
   O_CLOEXEC,
   makeFifo,
   pathIdentity,
   readAt,
   ROOT,
+  runFixture,
   settledOpenFds,
   tmpDir,
   tmpFile,
@@ -1101,6 +1103,15 @@ test.serial(
     t.is(fdIdentity(received[1]), pathIdentity(file), "the odd byte's fd is the file sent with it")
   },
 )
+
+test("an 'fds' listener that throws when handed the fds before 'end': the exception is uncaught, and both sockets still end and close", async (t) => {
+  const report = lastJson(await runFixture('fds-at-end', []))
+  t.deepEqual(report, {
+    log: ['fds:1', 'data:a', 'fds:1', 'end'],
+    caught: ['boom from the last fds'],
+    destroyed: [true, true],
+  })
+})
 
 test.serial(
   "'fds' listener and a small maxQueuedFds: a read(n) waiting for bytes still to come does not stop reading for good",

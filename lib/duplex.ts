@@ -806,8 +806,14 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     if (event === 'end') {
       // Fds whose bytes the string decoder dropped at the end (a last odd byte in utf16le)
       // are handed over before 'end', not closed silently when the socket is destroyed.
-      const handing = this.#handFds(Infinity)
-      return this.#handed(handing, super.emit(event, ...args), false)
+      const { failure, lost } = this.#handFds(Infinity)
+      // A listener's exception goes on after 'end' is over: thrown from this emit, it
+      // would stop Readable before it ends the writable side and destroys the socket.
+      if (failure)
+        process.nextTick(() => {
+          throw failure.error
+        })
+      return this.#handed({ failure: null, lost }, super.emit(event, ...args), false)
     }
     if (event !== 'data') return super.emit(event, ...args)
     const data = args[0] as Buffer | string
@@ -1026,7 +1032,9 @@ export class FdServer extends EventEmitter {
     this.#options = socketOptions
     // The options of the sockets to come are checked now, by making one: a bad option
     // must throw here, not when a connection arrives.
-    new FdSocket(socketOptions).destroy()
+    // (Without the signal: aborted already, it would destroy this one with an 'error'
+    // nobody listens for. The sockets accepted get it.)
+    new FdSocket({ ...socketOptions, signal: undefined }).destroy()
     if (allowedUids !== undefined) {
       if (!Array.isArray(allowedUids)) throw invalidArgType('options.allowedUids', 'an array of uids', allowedUids)
       for (const uid of allowedUids) {
@@ -1262,13 +1270,13 @@ export function connect(path: string, cb?: () => void): FdSocket
 export function connect(path: string, options: FdSocketOptions, cb?: () => void): FdSocket
 export function connect(path: string, options?: FdSocketOptions | (() => void), cb?: () => void): FdSocket {
   if (typeof options === 'function') [options, cb] = [undefined, options]
+  // Checked before the socket exists: one that an aborted signal destroys at once emits
+  // its AbortError, which nobody could listen for if this threw.
+  validatePath(path)
+  validateCallback(cb)
   const socket = new FdSocket(options)
   // Destroyed already (`options.signal` aborted): it emits the AbortError, as net's does.
-  if (socket.destroyed) {
-    validatePath(path)
-    validateCallback(cb)
-    return socket
-  }
+  if (socket.destroyed) return socket
   return socket.connect(path, cb)
 }
 
