@@ -134,7 +134,7 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
    */
   write(data: Uint8Array | string): Promise<number> {
     const bytes = toBytes(data)
-    return operation(this, this.#liveness, (id) => binding.streamWrite(this.#handle, bytes, id))
+    return operation(this, this.#liveness, (id, _, defer) => binding.streamWrite(this.#handle, bytes, id, defer))
   }
 
   /** Shuts down one or both directions (default `'both'`) after every earlier write went out. */

@@ -31,7 +31,7 @@ export interface FastCalls {
     defer?: boolean,
   ): number | Buffer | null
   /** The byte count now, or `null`: operation `id` settles later. */
-  streamWrite(stream: External<'StreamCore'>, data: Uint8Array, id: number): number | null
+  streamWrite(stream: External<'StreamCore'>, data: Uint8Array, id: number, defer?: boolean): number | null
   /** Duplicates `fd` (close-on-exec) behind the fds already staged. */
   stageFd(staged: External<'StagedFds'>, fd: number): void
   /**

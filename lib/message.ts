@@ -70,7 +70,7 @@ abstract class MessageSocket implements EnqueueFd {
   protected sendMessage(data: Uint8Array | string, fds: unknown, to: string | undefined): Promise<number> {
     const bytes = toBytes(data)
     const raw = validateFds(fds)
-    return operation(this, this.#liveness, (id) => this.inner.send(bytes, raw, to, id) ?? null)
+    return operation(this, this.#liveness, (id, _, defer) => this.inner.send(bytes, raw, to, id, defer) ?? null)
   }
 
   /**

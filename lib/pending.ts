@@ -22,7 +22,7 @@ interface Operation {
   owner: object
   signal?: AbortSignal
   onAbort?: () => void
-  /** Its signal was aborted: a failure that settles it later is reported as the abort. */
+  /** Its signal was aborted: a close that settles it later is reported as the abort. */
   aborted?: boolean
 }
 
@@ -185,9 +185,10 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
     else if (error === null) operation.resolve(value)
     else {
       const shaped = shapeError(new Error(error))
-      // Aborted before it failed (a close() right after the abort, say, which settles it
-      // before the cancellation does): the abort came first.
-      if ((shaped as { code?: unknown }).code === 'ABORT_ERR' || operation.aborted) {
+      // Closed after the abort but before the cancellation ran (`abort(); close()`): the
+      // abort came first. (Any other failure happened before the abort reached it.)
+      const code = (shaped as { code?: unknown }).code
+      if (code === 'ABORT_ERR' || (operation.aborted && code === 'ERR_SOCKET_CLOSED')) {
         operation.reject(new AbortError(reasonOf(operation.signal)))
       } else operation.reject(shaped)
     }
@@ -228,9 +229,8 @@ export function connectedNow<T>(signal: AbortSignal | undefined, connect: () => 
 
 /**
  * How an operation starts: `id` names it if it settles later; `canceller` cancels it
- * (with a signal); `defer` asks that it settle later even if it could complete at once
- * (see {@link IMMEDIATE_BUDGET}): an operation that takes something (a read) must then
- * leave it where it is for now.
+ * (with a signal); `defer` asks that it settle later, once the event loop has turned, even
+ * if it could complete at once (see {@link IMMEDIATE_BUDGET}).
  */
 type Start<T> = (
   id: number,
@@ -242,31 +242,19 @@ type Start<T> = (
  * Operations that may complete at once in one turn of the event loop. A loop of them (a
  * read that finds data, a write that finds room, each awaited in turn) runs as one chain
  * of microtasks, in which no timer or I/O callback of the process gets a turn: past this
- * many, reads and receives settle later (`defer`), and the Promises of immediate byte
- * counts (`write`, `send`) resolve in the loop's check phase (setImmediate), in call
- * order, until the loop has turned. (FdSocket's writes count, but complete as they are:
- * holding them back kept their chunks in the Writable's buffer, 8 MiB more heap with
- * 1,000 connections writing.)
+ * many, operations are started with `defer`, and settle once the loop has turned (as any
+ * pending one, through the native side: in call order, and owning nothing in JS until
+ * then). FdSocket's writes count, but complete as they are: Writable calls back through
+ * `process.nextTick` anyway, and holding them back kept their chunks in its buffer.
  */
 const IMMEDIATE_BUDGET = 1024
 let immediateRun = 0
 /** A setImmediate will end the run: the event loop turned. */
 let turnWatched = false
-/** Byte counts waiting for the loop to turn, in call order. */
-const waitingForTurn: Array<() => void> = []
 
 function loopTurned(): void {
   immediateRun = 0
   turnWatched = false
-}
-
-function settleWaiting(): void {
-  for (const settle of waitingForTurn.splice(0)) settle()
-}
-
-/** Whether an operation started now should settle later rather than at once. */
-function overBudget(): boolean {
-  return immediateRun >= IMMEDIATE_BUDGET || waitingForTurn.length > 0
 }
 
 /** Counts an outcome that came at once in this turn's run. */
@@ -281,15 +269,7 @@ function countImmediate(): void {
 export function operation<T>(owner: object, liveness: Liveness, start: Start<T>, signal?: AbortSignal): Promise<T> {
   if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
   const result = startOperation(owner, liveness, start, signal)
-  if (result instanceof Promise) return result
-  // A byte count owns nothing: past the budget it waits for the loop's turn (anything
-  // else that could own something, a read's bytes and fds, settled later instead).
-  if (typeof result !== 'number' || (immediateRun <= IMMEDIATE_BUDGET && waitingForTurn.length === 0)) {
-    return Promise.resolve(result)
-  }
-  return new Promise<T>((resolve) => {
-    if (waitingForTurn.push(() => resolve(result)) === 1) setImmediate(settleWaiting)
-  })
+  return result instanceof Promise ? result : Promise.resolve(result)
 }
 
 /**
@@ -307,7 +287,7 @@ export function startOperation<T>(
   const id = newId()
   let immediate: T | Promise<T> | null
   try {
-    immediate = start(id, canceller, overBudget())
+    immediate = start(id, canceller, immediateRun >= IMMEDIATE_BUDGET)
   } catch (error) {
     throw shapeError(error)
   }

@@ -208,12 +208,13 @@ callback! {
 }
 
 callback! {
-  /// `AsyncUnixStream#write`: `(stream, data, id) => number | null`, the byte count now, or
-  /// `null` and operation `id` settles later.
-  stream_write, 3, |call| {
+  /// `AsyncUnixStream#write`: `(stream, data, id, defer) => number | null`, the byte count
+  /// now, or `null` and operation `id` settles later (always, with `defer`).
+  stream_write, 4, |call| {
     let stream = call.external::<Arc<StreamCore>>(0)?;
     let data: Uint8ArraySlice<'_> = call.value(1)?;
-    let written = stream.write(&Env::from(call.env), data, call.value(2)?)?;
+    let defer = call.value::<Option<bool>>(3)?.unwrap_or(false);
+    let written = stream.write(&Env::from(call.env), data, call.value(2)?, defer)?;
     call.result(written)
   }
 }

@@ -77,7 +77,7 @@ pub(crate) fn send_staged(
   let messages = cut_pairs(cuts)
     .and_then(|cuts| staged.messages(stream.outbound(), data.len(), &cuts))
     .map_err(|refused| rejection(refused.into()))?;
-  StreamCore::send_messages(env, shared, data, messages, id)
+  StreamCore::send_messages(env, shared, data, messages, id, false)
 }
 
 /// `cuts` as `(offset, count)` pairs. They come as doubles: a write may be longer than

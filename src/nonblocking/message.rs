@@ -358,9 +358,10 @@ impl MessageSocket {
 
   /// Sends `data` as one message, with the queued fds and then `fds` (duplicated now)
   /// attached, to `to` when given (an unconnected datagram socket). Resolves with the byte
-  /// count: directly when it went at once, otherwise operation `id` settles later.
+  /// count: directly when it went at once, otherwise operation `id` settles later (always,
+  /// with `defer`: see `StreamCore::read`).
   #[napi(
-    ts_args_type = "data: Uint8Array, fds: number[], to: string | undefined | null, id: number"
+    ts_args_type = "data: Uint8Array, fds: number[], to: string | undefined | null, id: number, defer?: boolean"
   )]
   pub fn send(
     &self,
@@ -369,6 +370,7 @@ impl MessageSocket {
     fds: Vec<i32>,
     to: Option<String>,
     id: f64,
+    defer: Option<bool>,
   ) -> napi::Result<Option<f64>> {
     let shared = match self.shared() {
       Ok(shared) => shared,
@@ -395,7 +397,8 @@ impl MessageSocket {
     };
     let raw: Vec<RawFd> = attached.iter().map(AsRawFd::as_raw_fd).collect();
     let len = data.len();
-    if shared.sends.is_idle() {
+    let defer = defer == Some(true);
+    if !defer && shared.sends.is_idle() {
       match scm_rights::send_message(shared.fd(), &data, &raw, address.as_ref()) {
         Ok(n) => {
           scm_rights::close_all(attached);
@@ -422,7 +425,11 @@ impl MessageSocket {
       drop(shared);
       outcome.map(|_| byte_count(len))
     };
-    settle_later_keeping(home, id, op, number, undelivered);
+    if defer {
+      settle::settle_next_turn_keeping(home, id, op, number, undelivered);
+    } else {
+      settle_later_keeping(home, id, op, number, undelivered);
+    }
     Ok(None)
   }
 

@@ -95,13 +95,16 @@ impl StreamCore {
   /// When no earlier write is pending, the messages go out at once on the calling thread,
   /// one `sendmsg` each, until the socket is full; the byte count comes back directly if
   /// everything went, and otherwise a Promise sends the rest in order, from the caller's
-  /// Buffer on the JS-thread runtime (copied on the threaded one: see [`Rest`]).
+  /// Buffer on the JS-thread runtime (copied on the threaded one: see [`Rest`]). With
+  /// `defer` everything goes later, once the event loop has turned (see
+  /// [`StreamCore::read`]).
   pub(crate) fn send_messages(
     env: &Env,
     shared: Arc<Shared>,
     data: Uint8ArraySlice<'_>,
     mut messages: Vec<Message>,
     id: f64,
+    defer: bool,
   ) -> napi::Result<Option<f64>> {
     let len = data.len();
     let mut sent = 0;
@@ -109,7 +112,7 @@ impl StreamCore {
     // Queued behind an earlier write (whose outcome JS has not had yet): it starts in the
     // drive that serves that one, with every other write queued meanwhile.
     let queued = !shared.writes.is_idle();
-    if !queued {
+    if !queued && !defer {
       // The fds that went out, closed together after the loop: the duplicates of a batch
       // of messages usually hold neighbouring numbers, so one `close_range` closes them.
       let mut gone = Vec::new();
@@ -189,7 +192,9 @@ impl StreamCore {
       outcome
     };
     let task = settle::settling_in_line(home, id, op, number, undelivered);
-    if queued {
+    if defer {
+      crate::runtime::spawn_next_turn(task);
+    } else if queued {
       crate::runtime::spawn_queued(task);
     } else {
       crate::runtime::spawn(task);
@@ -324,6 +329,7 @@ impl StreamCore {
     env: &Env,
     data: Uint8ArraySlice<'_>,
     id: f64,
+    defer: bool,
   ) -> napi::Result<Option<f64>> {
     let shared = match self.shared() {
       Ok(shared) => shared,
@@ -337,7 +343,7 @@ impl StreamCore {
       outbound.take()
     };
     let message = Message { start: 0, fds };
-    Self::send_messages(env, shared, data, vec![message], id)
+    Self::send_messages(env, shared, data, vec![message], id, defer)
   }
 }
 
