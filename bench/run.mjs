@@ -263,18 +263,23 @@ const pythonCommand = process.env.PYTHON || 'python3'
 const nodePeer = path.join(PEERS_DIR, 'node-peer.mjs')
 const pyPeer = path.join(PEERS_DIR, 'peer.py')
 
-function buildCPeer() {
-  const source = path.join(PEERS_DIR, 'peer.c')
+/**
+ * Compiles `source` (in bench/peers/) with `cc -O2 -Wall` and `flags` into bench/.build/,
+ * as `<name>-<hash><suffix>`, cached by the hash of the source, the compiler and `key`
+ * (older builds of the same name are removed); the binary's path.
+ */
+function compileCached(source, name, { flags = [], suffix = '', key = '' } = {}) {
+  const file = path.join(PEERS_DIR, source)
   const cc = process.env.CC || 'cc'
-  const hash = createHash('sha256').update(fs.readFileSync(source)).update(cc).digest('hex').slice(0, 12)
-  const binary = path.join(BUILD_DIR, `peer-${hash}`)
+  const hash = createHash('sha256').update(fs.readFileSync(file)).update(cc).update(key).digest('hex').slice(0, 12)
+  const binary = path.join(BUILD_DIR, `${name}-${hash}${suffix}`)
   if (fs.existsSync(binary)) return binary
   fs.mkdirSync(BUILD_DIR, { recursive: true })
   for (const old of fs.readdirSync(BUILD_DIR))
-    if (old.startsWith('peer-')) fs.rmSync(path.join(BUILD_DIR, old), { force: true })
+    if (old.startsWith(`${name}-`)) fs.rmSync(path.join(BUILD_DIR, old), { force: true })
   const temp = `${binary}.tmp-${process.pid}`
   try {
-    execFileSync(cc, ['-O2', '-Wall', '-o', temp, source], { stdio: ['ignore', 'pipe', 'pipe'] })
+    execFileSync(cc, ['-O2', '-Wall', ...flags, '-o', temp, file], { stdio: ['ignore', 'pipe', 'pipe'] })
     fs.renameSync(temp, binary)
   } finally {
     fs.rmSync(temp, { force: true })
@@ -282,36 +287,22 @@ function buildCPeer() {
   return binary
 }
 
+function buildCPeer() {
+  return compileCached('peer.c', 'peer')
+}
+
 /**
  * Builds bench/peers/floor.c, a Node-API addon, against the headers of the Node running
- * this (`<prefix>/include/node`); its path, cached like the C peer's.
+ * this (`<prefix>/include/node`).
  */
 function buildFloorAddon() {
-  const source = path.join(PEERS_DIR, 'floor.c')
-  const cc = process.env.CC || 'cc'
   const include = path.join(path.dirname(path.dirname(process.execPath)), 'include', 'node')
   if (!fs.existsSync(path.join(include, 'node_api.h'))) throw new Error(`no Node-API headers in ${include}`)
-  const hash = createHash('sha256')
-    .update(fs.readFileSync(source))
-    .update(cc)
-    .update(process.version)
-    .digest('hex')
-    .slice(0, 12)
-  const binary = path.join(BUILD_DIR, `floor-${hash}.node`)
-  if (fs.existsSync(binary)) return binary
-  fs.mkdirSync(BUILD_DIR, { recursive: true })
-  for (const old of fs.readdirSync(BUILD_DIR))
-    if (old.startsWith('floor-')) fs.rmSync(path.join(BUILD_DIR, old), { force: true })
-  const temp = `${binary}.tmp-${process.pid}`
-  try {
-    execFileSync(cc, ['-O2', '-Wall', '-shared', '-fPIC', '-I', include, '-o', temp, source], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    fs.renameSync(temp, binary)
-  } finally {
-    fs.rmSync(temp, { force: true })
-  }
-  return binary
+  return compileCached('floor.c', 'floor', {
+    flags: ['-shared', '-fPIC', '-I', include],
+    suffix: '.node',
+    key: process.version,
+  })
 }
 
 function versionOf(command, args) {

@@ -713,18 +713,6 @@ pub(crate) fn settle_later_keeping<T: Send + 'static, K: Send + 'static>(
   crate::runtime::spawn(settling(home, id, op, finish, keep));
 }
 
-/// [`settle_later_keeping`], started once the event loop has turned (see
-/// [`crate::runtime::spawn_next_turn`]).
-pub(crate) fn settle_next_turn_keeping<T: Send + 'static, K: Send + 'static>(
-  home: Arc<Home>,
-  id: f64,
-  op: impl std::future::Future<Output = Result<T>> + Send + 'static,
-  finish: impl FnOnce(&Env, T) -> Result<Settled> + Send + 'static,
-  keep: K,
-) {
-  crate::runtime::spawn_next_turn(settling(home, id, op, finish, keep));
-}
-
 /// Runs `op`, then settles operation `id` with what `finish` makes of its outcome (with
 /// `keep` kept until then): the task that [`settle_later_keeping`] spawns.
 pub(crate) fn settling<T: Send + 'static, K: Send + 'static>(

@@ -27,7 +27,7 @@ use crate::nonblocking::stream::fail;
 use crate::queue::OutboundQueue;
 use crate::runtime::register_or_return;
 use crate::scm_rights::{self, Datagram, SCM_MAX_FD};
-use crate::settle::{self, number, settle_later_keeping, RawValue, Settled};
+use crate::settle::{self, number, RawValue, Settled};
 use crate::socket::{self as unix, Adopt, Kind, SocketFile};
 use crate::sync::lock;
 use crate::turnstile::Turnstile;
@@ -425,11 +425,7 @@ impl MessageSocket {
       drop(shared);
       outcome.map(|_| byte_count(len))
     };
-    if defer {
-      settle::settle_next_turn_keeping(home, id, op, number, undelivered);
-    } else {
-      settle_later_keeping(home, id, op, number, undelivered);
-    }
+    spawn_settling(defer, settle::settling(home, id, op, number, undelivered));
     Ok(None)
   }
 
@@ -488,11 +484,10 @@ impl MessageSocket {
       outcome
     };
     let finish = |env: &Env, outcome| message_value(env, outcome).map_err(error::internal);
-    if defer == Some(true) {
-      settle::settle_next_turn_keeping(home, id, op, finish, undelivered);
-    } else {
-      settle_later_keeping(home, id, op, finish, undelivered);
-    }
+    spawn_settling(
+      defer == Some(true),
+      settle::settling(home, id, op, finish, undelivered),
+    );
     Ok(None)
   }
 
@@ -594,5 +589,15 @@ async fn receive_later(shared: &Shared) -> Result<Outcome> {
       Ok(None) => guard.clear_ready(),
       Err(e) => return Err(error::sys(e, "recvmsg")),
     }
+  }
+}
+
+/// Runs the task that settles an operation: once the event loop has turned when JS asked
+/// to `defer` it (see `StreamCore::read`), otherwise at once.
+fn spawn_settling(defer: bool, task: impl std::future::Future<Output = ()> + Send + 'static) {
+  if defer {
+    crate::runtime::spawn_next_turn(task);
+  } else {
+    crate::runtime::spawn(task);
   }
 }
