@@ -450,7 +450,8 @@ impl MessageSocket {
       Err(e) => return fail(env, id, e),
     };
     // `defer`: settled later whatever is there (see `StreamCore::read`).
-    if defer != Some(true) && shared.receives.is_idle() {
+    let defer = defer == Some(true);
+    if !defer && shared.receives.is_idle() {
       match receive_now(shared.fd(), shared.kind) {
         Ok(Some(outcome)) => {
           // Guarded here too: this call may run inside another build (user code run by a
@@ -484,10 +485,7 @@ impl MessageSocket {
       outcome
     };
     let finish = |env: &Env, outcome| message_value(env, outcome).map_err(error::internal);
-    spawn_settling(
-      defer == Some(true),
-      settle::settling(home, id, op, finish, undelivered),
-    );
+    spawn_settling(defer, settle::settling(home, id, op, finish, undelivered));
     Ok(None)
   }
 

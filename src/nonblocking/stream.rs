@@ -268,7 +268,7 @@ impl StreamCore {
     let mut after_event = false;
     // Queued behind an earlier read (whose outcome JS has not had yet): it starts in the
     // drive that serves that one, with every other read queued meanwhile.
-    let queued = (defer || !shared.reads.is_idle()) && canceller.is_none();
+    let queued = !shared.reads.is_idle() && canceller.is_none();
     if !defer && shared.reads.is_idle() && !self.queues.inbound_full() {
       match shared.try_read(env, size as usize, scratch) {
         Ok(Some((data, received))) => {

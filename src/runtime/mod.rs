@@ -466,16 +466,17 @@ impl Local {
 
   /// Moves the tasks waiting for the loop's next turn to the ones the next drive spawns.
   fn start_next_turn(&self) {
-    let waiting = std::mem::take(&mut *self.next_turn_tasks.borrow_mut());
-    let mut spawns = self.spawns.borrow_mut();
-    for task in waiting {
-      spawns.push(Tracked::new(task, Arc::clone(&self.shared)));
-    }
+    self.start_waiting(&self.next_turn_tasks);
   }
 
   /// Moves the tasks waiting for an event to the ones the next drive spawns.
   fn start_after_event(&self) {
-    let waiting = std::mem::take(&mut *self.after_event.borrow_mut());
+    self.start_waiting(&self.after_event);
+  }
+
+  /// Moves the tasks of `waiting` to the ones the next drive spawns.
+  fn start_waiting(&self, waiting: &RefCell<Vec<Task>>) {
+    let waiting = std::mem::take(&mut *waiting.borrow_mut());
     let mut spawns = self.spawns.borrow_mut();
     for task in waiting {
       spawns.push(Tracked::new(task, Arc::clone(&self.shared)));
