@@ -27,13 +27,14 @@ use napi_derive::napi;
 
 use crate::cancel::CancelHandle;
 use crate::error::from_napi;
+use crate::handle::{self, Handle};
 use crate::nonblocking::core::ReadNow;
 use crate::nonblocking::stream::StreamCore;
 use crate::staged::{self, StagedFds};
 
 /// A stream's core as JS holds it. Closing stays with the stream object: the handle only
 /// keeps the memory alive, never the socket.
-pub type StreamHandle = External<Arc<StreamCore>>;
+pub type StreamHandle = Handle<Arc<StreamCore>>;
 
 /// One call's `env` and its first `N` arguments (`undefined` where fewer were passed).
 struct Call<const N: usize> {
@@ -55,6 +56,13 @@ impl<const N: usize> Call<N> {
     // the whole call, and the reference returned lives no longer than `&self`. napi-rs
     // checks that the External holds a `T`.
     unsafe { External::<T>::from_napi_ref(self.env, self.args[i]) }
+  }
+
+  /// Argument `i` as a [`Handle`] made on this thread with a `T` inside.
+  fn handle<T: 'static>(&self, i: usize) -> napi::Result<&T> {
+    // SAFETY: as in `value`; the argument keeps the handle alive for the whole call, and
+    // the reference returned lives no longer than `&self`.
+    unsafe { handle::from_js::<T>(self.env, self.args[i]) }
   }
 
   /// Argument `i` as an External with a `T` inside, `None` for `undefined` or `null`.
@@ -153,7 +161,7 @@ macro_rules! callback {
 callback! {
   /// `AsyncUnixStream#enqueue(fd)`: `(stream, fd) => void`.
   stream_enqueue, 2, |call| {
-    let stream = call.external::<Arc<StreamCore>>(0).map_err(from_napi)?;
+    let stream = call.handle::<Arc<StreamCore>>(0).map_err(from_napi)?;
     stream.enqueue(call.value(1).map_err(from_napi)?)?;
     call.result(()).map_err(from_napi)
   }
@@ -163,7 +171,7 @@ callback! {
   /// `AsyncUnixStream#dequeue()`: `(stream) => number | null`.
   stream_dequeue, 1, |call| {
     let fd = call
-      .external::<Arc<StreamCore>>(0)
+      .handle::<Arc<StreamCore>>(0)
       .map_err(from_napi)?
       .dequeue()?;
     call.result(fd).map_err(from_napi)
@@ -174,7 +182,7 @@ callback! {
   /// `FdSocket`, emitting a chunk that brought fds: `(stream, first, count) => boolean`,
   /// see [`StreamCore::release_handed`].
   stream_release_handed, 3, |call| {
-    let stream = call.external::<Arc<StreamCore>>(0).map_err(from_napi)?;
+    let stream = call.handle::<Arc<StreamCore>>(0).map_err(from_napi)?;
     let first = call.value(1).map_err(from_napi)?;
     let released = stream.release_handed(first, call.value(2).map_err(from_napi)?);
     call.result(released).map_err(from_napi)
@@ -186,7 +194,7 @@ callback! {
   /// Buffer | null`: the bytes now (their count, when they are in `scratch`), or `null` and
   /// operation `id` settles later (always, with `defer`).
   stream_read, 6, |call| {
-    let stream = call.external::<Arc<StreamCore>>(0)?;
+    let stream = call.handle::<Arc<StreamCore>>(0)?;
     let canceller = call
       .optional_external(3)?
       .map(|c: &CancelHandle| Arc::clone(c));
@@ -211,7 +219,7 @@ callback! {
   /// `AsyncUnixStream#write`: `(stream, data, id, defer) => number | null`, the byte count
   /// now, or `null` and operation `id` settles later (always, with `defer`).
   stream_write, 4, |call| {
-    let stream = call.external::<Arc<StreamCore>>(0)?;
+    let stream = call.handle::<Arc<StreamCore>>(0)?;
     let data: Uint8ArraySlice<'_> = call.value(1)?;
     let defer = call.value::<Option<bool>>(3)?.unwrap_or(false);
     let written = stream.write(&Env::from(call.env), data, call.value(2)?, defer)?;
@@ -236,7 +244,7 @@ callback! {
     let written = staged::send_staged(
       &Env::from(call.env),
       call.external::<StagedFds>(0)?,
-      call.external::<Arc<StreamCore>>(1)?,
+      call.handle::<Arc<StreamCore>>(1)?,
       call.value(2)?,
       &cuts,
       call.value(4)?,

@@ -5,9 +5,9 @@
 //! adopting Unix sockets), `queue` (the fds a stream owns), `turnstile` (call order). The
 //! blocking classes are `blocking`; the async ones live in `nonblocking`, on the runtime
 //! that `runtime` chooses, and settle their Promises through `settle`. `staged` holds the
-//! fds an `FdSocket` has yet to send, `fast` exposes the per-message calls on handles,
-//! `spare` keeps read buffers for reuse, `lent` holds what a waiting write has yet to
-//! send, `cancel` cancels pending operations, `fd_info` says what an fd is,
+//! fds an `FdSocket` has yet to send, `fast` exposes the per-message calls on handles
+//! (`handle`), `spare` keeps read buffers for reuse, `lent` holds what a waiting write has
+//! yet to send, `cancel` cancels pending operations, `fd_info` says what an fd is,
 //! `credentials` who a peer is, and `error`/`js` shape what crosses into JS.
 
 mod blocking;
@@ -19,6 +19,7 @@ mod error;
 #[cfg_attr(test, allow(dead_code))]
 mod fast;
 mod fd_info;
+mod handle;
 mod js;
 mod lent;
 mod nonblocking;

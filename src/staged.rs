@@ -11,7 +11,6 @@ use napi_derive::napi;
 
 use crate::error::rejection;
 use crate::error::{self, Result};
-use crate::fast::StreamHandle;
 use crate::nonblocking::core::Message;
 use crate::nonblocking::stream::StreamCore;
 use crate::queue::OutboundQueue;
@@ -68,7 +67,7 @@ pub fn clear_staged(staged: &External<StagedFds>) {
 pub(crate) fn send_staged(
   env: &Env,
   staged: &External<StagedFds>,
-  stream: &StreamHandle,
+  stream: &StreamCore,
   data: Uint8ArraySlice<'_>,
   cuts: &[f64],
   id: f64,

@@ -97,6 +97,9 @@ pub(crate) struct Queues {
   pub(crate) pending: AtomicUsize,
   /// Woken when the inbound queue gets room (a dequeue, a larger limit, a close).
   pub(crate) room: Notify,
+  /// How many `wait_for_room` calls are under way: a dequeue, the call made per fd, wakes
+  /// `room` only when something may wait on it.
+  room_waiters: AtomicUsize,
   pub(crate) closed: AtomicBool,
   /// A push reader hands the fds of each chunk to JS with it (an `'fds'` listener owns
   /// them) instead of adding them to `inbound`.
@@ -108,6 +111,15 @@ pub(crate) struct Queues {
   /// them right before the chunk's `'data'`), one entry per chunk, oldest first. They stay
   /// the stream's until then, so that `close()` or a worker's teardown closes them.
   handed: Mutex<VecDeque<Handed>>,
+}
+
+/// Counts one `wait_for_room` until it ends or is dropped.
+struct WaitingForRoom<'a>(&'a AtomicUsize);
+
+impl Drop for WaitingForRoom<'_> {
+  fn drop(&mut self) {
+    self.0.fetch_sub(1, Ordering::SeqCst);
+  }
 }
 
 /// A batch's deposit, reachable by both its delivery and the stream's `close()`: whichever
@@ -131,6 +143,10 @@ impl Queues {
 
   /// Waits until the inbound queue is below its bound: reading pauses at `maxQueuedFds`.
   pub(crate) async fn wait_for_room(&self) {
+    // Counted before the check below (made under the inbound lock), and until this ends or
+    // is dropped: a dequeue that comes after the check sees the count (see `dequeued`).
+    self.room_waiters.fetch_add(1, Ordering::SeqCst);
+    let _counted = WaitingForRoom(&self.room_waiters);
     loop {
       let room = self.room.notified();
       if !self.inbound_full() || self.closed.load(Ordering::Acquire) {
@@ -138,6 +154,17 @@ impl Queues {
       }
       room.await;
     }
+  }
+
+  /// The oldest fd of the inbound queue (`Err`: the kernel dropped some there), after
+  /// which a read waiting for room is woken.
+  pub(crate) fn dequeue(&self) -> std::result::Result<Option<OwnedFd>, crate::queue::Truncated> {
+    let fd = lock(&self.inbound).dequeue();
+    // After the lock: a waiter counted itself before it checked for room under it.
+    if self.room_waiters.load(Ordering::SeqCst) > 0 {
+      self.room.notify_waiters();
+    }
+    fd
   }
 
   pub(crate) fn close(&self) {

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{External, Function, Uint8ArraySlice};
+use napi::bindgen_prelude::{Function, Uint8ArraySlice};
 use napi::Env;
 use napi_derive::napi;
 use nix::errno::Errno;
@@ -82,6 +82,15 @@ impl AsyncUnixStream {
 impl StreamCore {
   pub(crate) fn shared(&self) -> Result<Arc<Shared>> {
     lock(&self.shared).clone().ok_or_else(error::closed)
+  }
+
+  /// `ERR_SOCKET_CLOSED` once closed: the check of the calls made per fd, cheaper than
+  /// [`Self::shared`] (`close()` sets the flag when it takes the socket).
+  fn check_open(&self) -> Result<()> {
+    if self.queues.closed.load(Ordering::Acquire) {
+      return Err(error::closed());
+    }
+    Ok(())
   }
 
   /// The outbound queue: fds that ride on the next write.
@@ -205,7 +214,7 @@ impl StreamCore {
   /// Duplicates `fd` (close-on-exec) into the outbound queue; it rides on the next
   /// `write` called after this.
   pub(crate) fn enqueue(&self, fd: i32) -> Result<()> {
-    self.shared()?;
+    self.check_open()?;
     let mut outbound = lock(&self.queues.outbound);
     if outbound.is_full() {
       return Err(error::outbound_full());
@@ -224,10 +233,8 @@ impl StreamCore {
 
   /// The oldest received fd, now the caller's to close; `null` when none is waiting.
   pub(crate) fn dequeue(&self) -> Result<Option<i32>> {
-    self.shared()?;
-    let fd = lock(&self.queues.inbound).dequeue();
-    self.queues.room.notify_waiters();
-    match fd {
+    self.check_open()?;
+    match self.queues.dequeue() {
       Ok(fd) => Ok(fd.map(IntoRawFd::into_raw_fd)),
       Err(_) => Err(error::truncated()),
     }
@@ -258,9 +265,10 @@ impl StreamCore {
     if size == 0 || size > MAX_READ_SIZE {
       return Err(rejection(error::out_of_range("size", size)));
     }
-    let shared = match self.shared() {
-      Ok(shared) => shared,
-      Err(e) => return fail(env, id, e),
+    let held = lock(&self.shared);
+    let Some(shared) = held.as_ref() else {
+      drop(held);
+      return fail(env, id, error::closed());
     };
     // Whether this read found the socket empty while it is registered with this thread's
     // reactor: then it can do nothing before the next event, and starts with it
@@ -268,12 +276,18 @@ impl StreamCore {
     let mut after_event = false;
     // Queued behind an earlier read (whose outcome JS has not had yet): it starts in the
     // drive that serves that one, with every other read queued meanwhile.
-    let queued = !shared.reads.is_idle() && canceller.is_none();
-    if !defer && shared.reads.is_idle() && !self.queues.inbound_full() {
+    let idle = shared.reads.is_idle();
+    let queued = !idle && canceller.is_none();
+    if !defer && idle && !self.queues.inbound_full() {
+      // Tried with the socket borrowed under its lock (held by nothing else on this path:
+      // `close()` runs on this thread), which spares a reference count per read.
       match shared.try_read(env, size as usize, scratch) {
         Ok(Some((data, received))) => {
           shared.readable.release_if_idle();
-          lock(&self.queues.inbound).receive(received.fds, received.truncated);
+          drop(held);
+          if !received.fds.is_empty() || received.truncated {
+            lock(&self.queues.inbound).receive(received.fds, received.truncated);
+          }
           return Ok(Some(data));
         }
         Ok(None) => {
@@ -281,9 +295,14 @@ impl StreamCore {
             && shared.readable.is_registered()
             && !crate::runtime::runs_elsewhere()
         }
-        Err(e) => return fail(env, id, e),
+        Err(e) => {
+          drop(held);
+          return fail(env, id, e);
+        }
       }
     }
+    let shared = Arc::clone(shared);
+    drop(held);
     let home = settle::home(env).map_err(rejection)?;
     let ticket = shared.reads.ticket();
     let undelivered = shared.reads.undelivered();
@@ -375,7 +394,7 @@ impl AsyncUnixStream {
   /// This stream's handle for the functions in `fast`.
   #[napi(getter, ts_return_type = "ExternalObject<'StreamCore'>")]
   pub fn handle(&self) -> crate::fast::StreamHandle {
-    External::new(self.core())
+    crate::handle::Handle(self.core())
   }
 
   /// The socket's fd, or -1 once closed.
