@@ -23,6 +23,7 @@ import {
   FdServer,
   FdSocket,
   QueueFullError,
+  runtimeInfo,
   type FdsArrived,
 } from '../index.js'
 import {
@@ -345,6 +346,92 @@ function orderingPlan(count: number, size: (i: number) => number) {
     },
   }
 }
+
+/** Calls `action` with `Buffer.concat` counting its calls; the count. */
+function concatCalls(action: () => void): number {
+  const concat = Buffer.concat
+  let calls = 0
+  Buffer.concat = ((...args: Parameters<typeof Buffer.concat>) => {
+    calls++
+    return concat(...args)
+  }) as typeof Buffer.concat
+  try {
+    action()
+  } finally {
+    Buffer.concat = concat
+  }
+  return calls
+}
+
+test.serial(
+  'a batch of 1,500 chunks, more than one sendmsg takes and than the socket holds, goes out as it is (never joined): every chunk byte-exact with its fds',
+  async (t) => {
+    const { socket, peer } = socketAndPeer(t)
+    const set = fileSet(16, 'batch-')
+    t.teardown(set.remove)
+    const chunks: Buffer[] = []
+    const fdContents = new Map<number, string[]>()
+    // 1,500 chunks (sendmsg takes at most 1,024 slices), 15 of them of 300 KB (more than
+    // the socket's buffers: the rest waits, lent from the chunks themselves).
+    for (let i = 0; i < 1500; i++) {
+      const head = Buffer.from(`<${i}>`)
+      const size = i % 100 === 50 ? 300_000 : 8 + ((i * 37) % 90)
+      chunks.push(Buffer.concat([head, Buffer.alloc(Math.max(0, size - head.length), 0x61 + (i % 26))]))
+      if (i % 97 === 3) fdContents.set(i, [set.contents[fdContents.size]])
+    }
+    socket.cork()
+    for (const [i, chunk] of chunks.entries()) {
+      for (const content of fdContents.get(i) ?? []) enqueueFile(socket, set.files[Number(content.split('-')[1])])
+      socket.write(chunk)
+    }
+    const written = onceEvent(socket, 'drain')
+    t.is(
+      concatCalls(() => socket.uncork()),
+      0,
+      'the batch reached native code without a Buffer.concat',
+    )
+    await readChunksByteExact(t, peer, chunks, fdContents)
+    await withTimeout(written, T, 'drain')
+    t.is(socket.queuedOutboundFds, 0)
+  },
+)
+
+test.serial(
+  'a chunk of a waiting batch detached before its turn: the write fails with ERR_INVALID_STATE on the JS-thread runtime (copied and sent whole under threads), and only real bytes go out',
+  async (t) => {
+    const { socket, peer } = socketAndPeer(t)
+    const size = 4 << 20
+    const first = Buffer.alloc(size, 0x31)
+    const second = Buffer.alloc(size, 0x32)
+    const failed = new Promise<string>((resolve) => {
+      socket.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? String(error)))
+      socket.on('finish', () => resolve('finished'))
+    })
+    socket.cork()
+    socket.write(first)
+    socket.write(second)
+    socket.uncork()
+    socket.end()
+    // The batch waits for room: its second chunk goes away meanwhile.
+    structuredClone(second.buffer, { transfer: [second.buffer as ArrayBuffer] })
+    const { data: received, fds } = await readToEnd(peer)
+    closeAll(fds)
+    const outcome = await withTimeout(failed, T, 'error or finish')
+    t.true(
+      received.subarray(0, size).every((byte) => byte === 0x31),
+      'the first chunk comes first, as it was',
+    )
+    if (runtimeInfo().driver === 'threads') {
+      t.is(outcome, 'finished')
+      t.is(received.length, 2 * size)
+      t.true(received.subarray(size).every((byte) => byte === 0x32))
+    } else {
+      // All of the first chunk, which is still there, and nothing after it.
+      t.is(outcome, 'ERR_INVALID_STATE')
+      t.is(received.length, size)
+    }
+  },
+)
 
 test.serial(
   'ordering: 150 chunks and fds written before connect; each fd rides on the chunk after its enqueue',

@@ -35,13 +35,14 @@ export interface FastCalls {
   /** Duplicates `fd` (close-on-exec) behind the fds already staged. */
   stageFd(staged: External<'StagedFds'>, fd: number): void
   /**
-   * Writes `data` after every earlier write; `cuts` holds pairs (offset, count): the next
-   * `count` staged fds ride on the byte at `offset`. The byte count now, or `null`.
+   * Writes `data` (a batch of Buffers is sent as it is, never joined) after every earlier
+   * write; `cuts` holds pairs (offset, count): the next `count` staged fds ride on the byte
+   * at `offset` of the batch. The byte count now, or `null`.
    */
   sendStaged(
     staged: External<'StagedFds'>,
     stream: External<'StreamCore'>,
-    data: Uint8Array,
+    data: Uint8Array | Uint8Array[],
     cuts: Float64Array,
     id: number,
   ): number | null

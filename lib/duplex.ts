@@ -537,8 +537,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   /**
-   * Writes buffered chunks in order as one native call: neighbours are joined, and a
-   * chunk that carries fds starts a `sendmsg` of its own (fds ride on its first byte).
+   * Writes buffered chunks in order as one native call: one `sendmsg` takes neighbours
+   * together (an iovec per chunk, no copy), and a chunk that carries fds starts a
+   * `sendmsg` of its own (fds ride on its first byte).
    *
    * When everything went out at once, `cb` still waits for the next tick: chunks written
    * meanwhile collect in the Writable's buffer and come to `_writev` together, so a burst
@@ -581,7 +582,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       this.#settleDrain()
       return cb()
     }
-    const data = parts.length === 1 ? parts[0] : Buffer.concat(parts, length)
+    // Not joined: native code gathers each sendmsg's slices from the chunks themselves.
+    const data = parts.length === 1 ? parts[0] : parts
     let cutsArray = NO_CUTS
     if (cuts.length === 2) {
       cutsArray = ONE_CUT

@@ -58,6 +58,20 @@ impl<const N: usize> Call<N> {
     unsafe { External::<T>::from_napi_ref(self.env, self.args[i]) }
   }
 
+  /// Whether argument `i` is an array.
+  fn is_array(&self, i: usize) -> napi::Result<bool> {
+    let mut is_array = false;
+    // SAFETY: as in `value`; `is_array` is a valid out-pointer.
+    let status = unsafe { sys::napi_is_array(self.env, self.args[i], &mut is_array) };
+    if status != sys::Status::napi_ok {
+      return Err(napi::Error::new(
+        Status::from(status),
+        "napi_is_array failed",
+      ));
+    }
+    Ok(is_array)
+  }
+
   /// Argument `i` as a [`Handle`] made on this thread with a `T` inside.
   fn handle<T: 'static>(&self, i: usize) -> napi::Result<&T> {
     // SAFETY: as in `value`; the argument keeps the handle alive for the whole call, and
@@ -237,15 +251,24 @@ callback! {
 }
 
 callback! {
-  /// `FdSocket`'s writes: `(staged, stream, data, cuts, id) => number | null`, see
-  /// [`staged::send_staged`].
+  /// `FdSocket`'s writes: `(staged, stream, data, cuts, id) => number | null`, `data` a
+  /// Buffer or an array of them; see [`staged::send_staged`].
   send_staged, 5, |call| {
     let cuts: Float64ArraySlice<'_> = call.value(3)?;
+    let one: [Uint8ArraySlice<'_>; 1];
+    let many: Vec<Uint8ArraySlice<'_>>;
+    let data: &[Uint8ArraySlice<'_>] = if call.is_array(2)? {
+      many = call.value(2)?;
+      &many
+    } else {
+      one = [call.value(2)?];
+      &one
+    };
     let written = staged::send_staged(
       &Env::from(call.env),
       call.external::<StagedFds>(0)?,
       call.handle::<Arc<StreamCore>>(1)?,
-      call.value(2)?,
+      data,
       &cuts,
       call.value(4)?,
     )?;

@@ -11,20 +11,22 @@
 //! `ERR_INVALID_STATE` instead of sending what is there now. On the threaded runtime the
 //! future runs on a worker, which may not touch JS values: the rest is copied, as before.
 
-use std::io;
+use std::io::{self, IoSlice};
 
 use napi::bindgen_prelude::{FromNapiValue, JsValue, ToNapiValue, Uint8Array, Uint8ArraySlice};
 use napi::{sys, Env};
 
 use crate::error;
+use crate::scm_rights;
 
-/// Bytes a pending write still has to send.
+/// Bytes a pending write still has to send, counted from its first unsent byte.
 pub(crate) enum Rest {
   Copied(Vec<u8>),
-  Lent(Lent),
+  /// The caller's Buffers, in order (a batch of writes is not joined into one).
+  Lent(Vec<Lent>),
 }
 
-/// The caller's Buffer, from `start` on, and the memory it had when lent.
+/// One of the caller's Buffers, from `start` on, and the memory it had when lent.
 pub(crate) struct Lent {
   buffer: Uint8Array,
   /// The Buffer's memory and length when it was lent (an address, compared only).
@@ -34,34 +36,57 @@ pub(crate) struct Lent {
 }
 
 impl Rest {
-  /// The rest of `data` from `start`: lent on the JS-thread runtime, copied otherwise (or
-  /// when the reference cannot be made).
-  pub(crate) fn of(env: &Env, data: Uint8ArraySlice<'_>, start: usize) -> Self {
+  /// The concatenation of `parts` from byte `start` on: lent on the JS-thread runtime,
+  /// copied otherwise (or when a reference cannot be made).
+  pub(crate) fn of(env: &Env, parts: &[Uint8ArraySlice<'_>], start: usize) -> Self {
+    // Each part from where its unsent bytes begin (none of a part sent whole).
+    let mut offset = 0;
+    let unsent: Vec<(&Uint8ArraySlice<'_>, usize)> = parts
+      .iter()
+      .filter_map(|part| {
+        let from = start.saturating_sub(offset).min(part.len());
+        offset += part.len();
+        (from < part.len()).then_some((part, from))
+      })
+      .collect();
     if !crate::runtime::runs_elsewhere() {
-      // SAFETY: `data` is a value of this call's environment `env`, on its thread.
-      let buffer = unsafe { Uint8Array::from_napi_value(env.raw(), data.value().value) };
-      if let Ok(buffer) = buffer {
-        return Rest::Lent(Lent {
-          buffer,
-          address: data.as_ptr() as usize,
-          length: data.len(),
-          start,
-        });
+      let lent: Option<Vec<Lent>> = unsent
+        .iter()
+        .map(|&(part, start)| {
+          // SAFETY: `part` is a value of this call's environment `env`, on its thread.
+          let buffer = unsafe { Uint8Array::from_napi_value(env.raw(), part.value().value) };
+          buffer.ok().map(|buffer| Lent {
+            buffer,
+            address: part.as_ptr() as usize,
+            length: part.len(),
+            start,
+          })
+        })
+        .collect();
+      if let Some(lent) = lent {
+        return Rest::Lent(lent);
       }
     }
-    Rest::Copied(data[start..].to_vec())
+    Rest::Copied(
+      unsent
+        .iter()
+        .flat_map(|&(part, from)| part[from..].iter().copied())
+        .collect(),
+    )
   }
 
-  /// Runs `send` on bytes `from..to` of the rest, if they are still there.
+  /// Runs `send` on bytes `from..to` of the rest, as slices (at most
+  /// [`scm_rights::MAX_IOV`]), as far as they are still there: up to a Buffer that was
+  /// detached or resized, and a [`Changed`] error if that is the first.
   pub(crate) fn with<R>(
     &mut self,
     from: usize,
     to: usize,
-    send: impl FnOnce(&[u8]) -> io::Result<R>,
+    send: impl FnOnce(&[IoSlice<'_>]) -> io::Result<R>,
   ) -> io::Result<R> {
     match self {
-      Rest::Copied(bytes) => send(&bytes[from..to]),
-      Rest::Lent(lent) => lent.with(from, to, send),
+      Rest::Copied(bytes) => send(&[IoSlice::new(&bytes[from..to])]),
+      Rest::Lent(lent) => with_lent(lent, from, to, send),
     }
   }
 }
@@ -87,37 +112,71 @@ impl Changed {
   }
 }
 
-impl Lent {
-  fn with<R>(
-    &mut self,
-    from: usize,
-    to: usize,
-    send: impl FnOnce(&[u8]) -> io::Result<R>,
-  ) -> io::Result<R> {
-    let changed = || io::Error::other(Changed);
-    // Only on the JS thread whose runtime runs this write (where the Buffer lives).
-    let Some(env) = crate::runtime::js_env() else {
-      return Err(changed());
-    };
-    let mut scope = std::ptr::null_mut();
-    // SAFETY: `env` is this thread's live environment (`js_env`); the scope is closed
-    // below, after the last value made in it is used.
-    if unsafe { sys::napi_open_handle_scope(env, &mut scope) } != sys::Status::napi_ok {
-      return Err(changed());
-    }
-    // SAFETY: `env` as above; the reference is this environment's (made on this thread),
-    // and holds the Buffer, so the value it gives is that Buffer.
-    let now = unsafe { <&mut Uint8Array as ToNapiValue>::to_napi_value(env, &mut self.buffer) }
-      // SAFETY: as above; the slice is used only before the scope closes, while no JS runs.
-      .and_then(|value| unsafe { Uint8ArraySlice::from_napi_value(env, value) });
-    let result = match now {
-      Ok(now) if now.as_ptr() as usize == self.address && now.len() == self.length => {
-        send(&now[self.start + from..self.start + to])
-      }
-      _ => Err(changed()),
-    };
-    // SAFETY: the scope opened above, on the same thread; nothing made in it is used after.
-    unsafe { sys::napi_close_handle_scope(env, scope) };
-    result
+/// [`Rest::with`] on lent Buffers: each one that holds bytes of `from..to` is looked up
+/// again and must have the memory and length it had when lent.
+fn with_lent<R>(
+  lent: &mut [Lent],
+  from: usize,
+  to: usize,
+  send: impl FnOnce(&[IoSlice<'_>]) -> io::Result<R>,
+) -> io::Result<R> {
+  let changed = || io::Error::other(Changed);
+  // Only on the JS thread whose runtime runs this write (where the Buffers live).
+  let Some(env) = crate::runtime::js_env() else {
+    return Err(changed());
+  };
+  let mut scope = std::ptr::null_mut();
+  // SAFETY: `env` is this thread's live environment (`js_env`); the scope is closed
+  // below, after the last value made in it is used.
+  if unsafe { sys::napi_open_handle_scope(env, &mut scope) } != sys::Status::napi_ok {
+    return Err(changed());
   }
+  let result = checked(env, lent, from, to).and_then(|checked| {
+    let parts: Vec<&[u8]> = checked.iter().map(|(now, start)| &now[*start..]).collect();
+    let mut iov = Vec::with_capacity(parts.len());
+    scm_rights::gather(&parts, 0, to - from, &mut iov);
+    send(&iov)
+  });
+  // SAFETY: the scope opened above, on the same thread; nothing made in it is used after.
+  unsafe { sys::napi_close_handle_scope(env, scope) };
+  result
+}
+
+/// The lent Buffers that hold bytes `from..to`, each looked up again and checked, with
+/// where its bytes from `from` on begin, up to the first that changed (an error if that
+/// is the first); valid until the handle scope open on `env` closes.
+fn checked<'s>(
+  env: sys::napi_env,
+  lent: &mut [Lent],
+  from: usize,
+  to: usize,
+) -> io::Result<Vec<(Uint8ArraySlice<'s>, usize)>> {
+  let mut checked = Vec::new();
+  let mut offset = 0;
+  for part in lent.iter_mut() {
+    // No more than one `sendmsg` takes.
+    if offset >= to || checked.len() == scm_rights::MAX_IOV {
+      break;
+    }
+    let unsent = part.length - part.start;
+    if offset + unsent > from {
+      // SAFETY: `env` is this thread's live environment; the reference is this
+      // environment's (made on this thread) and holds the Buffer, so the value it gives is
+      // that Buffer.
+      let now = unsafe { <&mut Uint8Array as ToNapiValue>::to_napi_value(env, &mut part.buffer) }
+        // SAFETY: as above; the caller uses the slice only before its scope closes, while
+        // no JS runs (the Buffer cannot change or go meanwhile).
+        .and_then(|value| unsafe { Uint8ArraySlice::from_napi_value(env, value) });
+      match now {
+        Ok(now) if now.as_ptr() as usize == part.address && now.len() == part.length => {
+          checked.push((now, part.start + from.saturating_sub(offset)));
+        }
+        // What comes before it still goes out; the send after that fails.
+        _ if !checked.is_empty() => break,
+        _ => return Err(io::Error::other(Changed)),
+      }
+    }
+    offset += unsent;
+  }
+  Ok(checked)
 }

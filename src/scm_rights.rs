@@ -39,14 +39,66 @@ pub fn send_with_fds(
   fds: &[RawFd],
   nonblocking: bool,
 ) -> nix::Result<usize> {
-  let iov = [IoSlice::new(data)];
+  send_vectored_with_fds(sock, &[IoSlice::new(data)], fds, nonblocking)
+}
+
+/// Most slices one `sendmsg` takes (Linux's `UIO_MAXIOV`, the BSDs' and macOS's
+/// `IOV_MAX`; more makes it fail with `EMSGSIZE`).
+pub const MAX_IOV: usize = 1024;
+
+/// [`send_with_fds`] of the bytes of `iov` in order (at most [`MAX_IOV`] slices): one
+/// `sendmsg` gathers them, the fds on the first byte.
+pub fn send_vectored_with_fds(
+  sock: BorrowedFd<'_>,
+  iov: &[IoSlice<'_>],
+  fds: &[RawFd],
+  nonblocking: bool,
+) -> nix::Result<usize> {
   let rights = [ControlMessage::ScmRights(fds)];
   let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
   let mut flags = send_flags();
   if nonblocking {
     flags |= MsgFlags::MSG_DONTWAIT;
   }
-  sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None)
+  sendmsg::<()>(sock.as_raw_fd(), iov, cmsgs, flags, None)
+}
+
+/// [`send_vectored_with_fds`] of bytes `from..to` of the concatenation of `parts`, as far
+/// as one `sendmsg` goes; `iov` is room for its slices, reused from call to call.
+pub fn send_range<'a>(
+  sock: BorrowedFd<'_>,
+  parts: &[&'a [u8]],
+  (from, to): (usize, usize),
+  fds: &[RawFd],
+  iov: &mut Vec<IoSlice<'a>>,
+) -> nix::Result<usize> {
+  if let [only] = parts {
+    return send_vectored_with_fds(sock, &[IoSlice::new(&only[from..to])], fds, true);
+  }
+  gather(parts, from, to, iov);
+  send_vectored_with_fds(sock, iov, fds, true)
+}
+
+/// Bytes `from..to` of the concatenation of `parts`, as slices of them (at most
+/// [`MAX_IOV`]: a longer range is cut short, for a later send to go on), into `iov`.
+pub fn gather<'a>(parts: &[&'a [u8]], from: usize, to: usize, iov: &mut Vec<IoSlice<'a>>) {
+  iov.clear();
+  let mut start = 0;
+  for part in parts {
+    let end = start + part.len();
+    if end > from && start < to && !part.is_empty() {
+      let lo = from.saturating_sub(start);
+      let hi = part.len().min(to - start);
+      iov.push(IoSlice::new(&part[lo..hi]));
+      if iov.len() == MAX_IOV {
+        return;
+      }
+    }
+    if end >= to {
+      return;
+    }
+    start = end;
+  }
 }
 
 /// A send error that passes by itself, with the socket still usable: the kernel's bound
@@ -387,6 +439,44 @@ mod tests {
   use super::*;
   use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
   use std::os::fd::AsFd;
+
+  #[test]
+  fn gather_takes_the_range_across_parts_and_stops_at_max_iov() {
+    let parts: [&[u8]; 3] = [b"abc", b"", b"defgh"];
+    let mut iov = Vec::new();
+    let joined = |iov: &[IoSlice<'_>]| {
+      iov
+        .iter()
+        .flat_map(|s| s.iter().copied())
+        .collect::<Vec<u8>>()
+    };
+    gather(&parts, 0, 8, &mut iov);
+    assert_eq!(joined(&iov), b"abcdefgh");
+    gather(&parts, 2, 5, &mut iov);
+    assert_eq!(joined(&iov), b"cde");
+    assert_eq!(iov.len(), 2);
+    gather(&parts, 4, 6, &mut iov);
+    assert_eq!(joined(&iov), b"ef");
+    let many = vec![&b"x"[..]; MAX_IOV + 10];
+    let mut iov = Vec::new();
+    gather(&many, 3, MAX_IOV + 10, &mut iov);
+    assert_eq!(iov.len(), MAX_IOV);
+  }
+
+  #[test]
+  fn a_vectored_send_of_several_parts_arrives_in_order_with_its_fds_on_the_first_byte() {
+    let (a, b) = pair();
+    let (p, q) = pair();
+    let parts: [&[u8]; 3] = [b"he", b"ll", b"o!"];
+    let mut iov = Vec::new();
+    let n = send_range(a.as_fd(), &parts, (1, 6), &[p.as_raw_fd()], &mut iov).expect("send");
+    assert_eq!(n, 5);
+    let mut buf = [0u8; 16];
+    let got = recv_with_fds(b.as_fd(), &mut buf, false).expect("recv");
+    assert_eq!(&buf[..got.bytes], b"ello!");
+    assert_eq!(got.fds.len(), 1);
+    drop(q);
+  }
 
   fn pair() -> (OwnedFd, OwnedFd) {
     socketpair(

@@ -59,22 +59,24 @@ pub fn clear_staged(staged: &External<StagedFds>) {
   lock(&staged.fds).clear();
 }
 
-/// Writes `data` on `stream` after every earlier write. `cuts` holds pairs
-/// `(offset, count)`, offsets ascending: the next `count` staged fds ride on the byte at
-/// `offset`, which starts a `sendmsg` of its own. Fds still in the stream's outbound queue
-/// ride on the first byte. Returns (or resolves with) the byte count.
+/// Writes `data`, a batch of Buffers (not joined: see [`StreamCore::send_messages`]), on
+/// `stream` after every earlier write. `cuts` holds pairs `(offset, count)`, offsets into
+/// the batch's bytes ascending: the next `count` staged fds ride on the byte at `offset`,
+/// which starts a `sendmsg` of its own. Fds still in the stream's outbound queue ride on
+/// the first byte. Returns (or resolves with) the byte count.
 #[cfg_attr(test, allow(dead_code))]
 pub(crate) fn send_staged(
   env: &Env,
   staged: &External<StagedFds>,
   stream: &StreamCore,
-  data: Uint8ArraySlice<'_>,
+  data: &[Uint8ArraySlice<'_>],
   cuts: &[f64],
   id: f64,
 ) -> napi::Result<Option<f64>> {
   let shared = stream.shared().map_err(rejection)?;
+  let len = data.iter().map(|part| part.len()).sum();
   let messages = cut_pairs(cuts)
-    .and_then(|cuts| staged.messages(stream.outbound(), data.len(), &cuts))
+    .and_then(|cuts| staged.messages(stream.outbound(), len, &cuts))
     .map_err(|refused| rejection(refused.into()))?;
   StreamCore::send_messages(env, shared, data, messages, id, false)
 }

@@ -633,8 +633,8 @@ impl Shared {
     while sent < to {
       let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
       let mut send = |fd: BorrowedFd<'_>| {
-        data.with(sent, to, |bytes| {
-          scm_rights::send_with_fds(fd, bytes, &raw, true).map_err(io::Error::from)
+        data.with(sent, to, |iov| {
+          scm_rights::send_vectored_with_fds(fd, iov, &raw, true).map_err(io::Error::from)
         })
       };
       let result = match &registered {

@@ -98,24 +98,41 @@ impl StreamCore {
     &self.queues.outbound
   }
 
-  /// Sends `data` as `messages` (each from its `start` to the next one's, with its fds on
-  /// its first byte; starts ascending, the first at 0), after every earlier write.
+  /// Sends the bytes of `data`, a write's Buffers in order, as `messages` (each from its
+  /// `start` to the next one's, with its fds on its first byte; starts ascending, the
+  /// first at 0), after every earlier write. The Buffers are never joined: a `sendmsg`
+  /// gathers the slices of its message from them.
   ///
   /// When no earlier write is pending, the messages go out at once on the calling thread,
   /// one `sendmsg` each, until the socket is full; the byte count comes back directly if
   /// everything went, and otherwise a Promise sends the rest in order, from the caller's
-  /// Buffer on the JS-thread runtime (copied on the threaded one: see [`Rest`]). With
+  /// Buffers on the JS-thread runtime (copied on the threaded one: see [`Rest`]). With
   /// `defer` everything goes later, once the event loop has turned (see
   /// [`StreamCore::read`]).
   pub(crate) fn send_messages(
     env: &Env,
     shared: Arc<Shared>,
-    data: Uint8ArraySlice<'_>,
+    data: &[Uint8ArraySlice<'_>],
     mut messages: Vec<Message>,
     id: f64,
     defer: bool,
   ) -> napi::Result<Option<f64>> {
-    let len = data.len();
+    // The Buffers' bytes, with no allocation for a single Buffer.
+    let one: [&[u8]; 1];
+    let many: Vec<&[u8]>;
+    let parts: &[&[u8]] = match data {
+      [only] => {
+        one = [&only[..]];
+        &one
+      }
+      _ => {
+        many = data.iter().map(|part| &part[..]).collect();
+        &many
+      }
+    };
+    let len = parts.iter().map(|part| part.len()).sum();
+    // The slices of one `sendmsg` of several Buffers (reused from message to message).
+    let mut iov = Vec::new();
     let mut sent = 0;
     let mut next = 0;
     // Queued behind an earlier write (whose outcome JS has not had yet): it starts in the
@@ -148,7 +165,7 @@ impl StreamCore {
             &heap
           }
         };
-        match scm_rights::send_with_fds(shared.fd.as_fd(), &data[sent..end], raw, true) {
+        match scm_rights::send_range(shared.fd.as_fd(), parts, (sent, end), raw, &mut iov) {
           Ok(n) => {
             // The fds went with these bytes; the kernel holds its own references. (The
             // first message's list is taken over whole: no copy, no allocation.)
@@ -362,7 +379,14 @@ impl StreamCore {
       outbound.take()
     };
     let message = Message { start: 0, fds };
-    Self::send_messages(env, shared, data, vec![message], id, defer)
+    Self::send_messages(
+      env,
+      shared,
+      std::slice::from_ref(&data),
+      vec![message],
+      id,
+      defer,
+    )
   }
 }
 
