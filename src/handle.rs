@@ -72,6 +72,13 @@ impl<T: 'static> TypeName for Handle<T> {
 
 impl<T: 'static> ToNapiValue for Handle<T> {
   unsafe fn to_napi_value(env: sys::napi_env, handle: Self) -> napi::Result<sys::napi_value> {
+    // Boxes of a zero-sized type share one address, which the registry could not tell apart.
+    const {
+      assert!(
+        std::mem::size_of::<T>() > 0,
+        "a handle holds a value with a size"
+      )
+    };
     let data = Box::into_raw(Box::new(handle.0));
     let mut value = ptr::null_mut();
     // SAFETY: (the caller's contract) `env` is the running callback's; `data` is a live

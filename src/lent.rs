@@ -11,6 +11,7 @@
 //! `ERR_INVALID_STATE` instead of sending what is there now. On the threaded runtime the
 //! future runs on a worker, which may not touch JS values: the rest is copied, as before.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use napi::bindgen_prelude::{FromNapiValue, JsValue, ToNapiValue, Uint8Array, Uint8ArraySlice};
@@ -23,7 +24,14 @@ use crate::scm_rights;
 pub(crate) enum Rest {
   Copied(Vec<u8>),
   /// The caller's Buffers, in order (a batch of writes is not joined into one).
-  Lent(Vec<Lent>),
+  Lent(LentParts),
+}
+
+/// The caller's Buffers not sent whole yet, and how many bytes of the rest went with the
+/// ones sent whole and let go (sends only go forward: they are never needed again).
+pub(crate) struct LentParts {
+  parts: VecDeque<Lent>,
+  gone: usize,
 }
 
 /// One of the caller's Buffers, from `start` on, and the memory it had when lent.
@@ -50,7 +58,7 @@ impl Rest {
       })
       .collect();
     if !crate::runtime::runs_elsewhere() {
-      let lent: Option<Vec<Lent>> = unsent
+      let lent: Option<VecDeque<Lent>> = unsent
         .iter()
         .map(|&(part, start)| {
           // SAFETY: `part` is a value of this call's environment `env`, on its thread.
@@ -63,8 +71,8 @@ impl Rest {
           })
         })
         .collect();
-      if let Some(lent) = lent {
-        return Rest::Lent(lent);
+      if let Some(parts) = lent {
+        return Rest::Lent(LentParts { parts, gone: 0 });
       }
     }
     Rest::Copied(
@@ -77,7 +85,9 @@ impl Rest {
 
   /// Runs `send` on bytes `from..to` of the rest, as slices (at most
   /// [`scm_rights::MAX_IOV`]), as far as they are still there: up to a Buffer that was
-  /// detached or resized, and a [`Changed`] error if that is the first.
+  /// detached or resized, and a [`Changed`] error if that is the first. `from` never goes
+  /// back. `send` must not call into JS: the slices of lent Buffers are valid only while
+  /// no JS runs (JS could detach them).
   pub(crate) fn with<R>(
     &mut self,
     from: usize,
@@ -115,11 +125,20 @@ impl Changed {
 /// [`Rest::with`] on lent Buffers: each one that holds bytes of `from..to` is looked up
 /// again and must have the memory and length it had when lent.
 fn with_lent<R>(
-  lent: &mut [Lent],
+  lent: &mut LentParts,
   from: usize,
   to: usize,
   send: impl FnOnce(&[IoSlice<'_>]) -> io::Result<R>,
 ) -> io::Result<R> {
+  // The Buffers sent whole are let go: each send looks at no more than it may send.
+  while let Some(first) = lent.parts.front() {
+    let unsent = first.length - first.start;
+    if lent.gone + unsent > from {
+      break;
+    }
+    lent.gone += unsent;
+    lent.parts.pop_front();
+  }
   let changed = || io::Error::other(Changed);
   // Only on the JS thread whose runtime runs this write (where the Buffers live).
   let Some(env) = crate::runtime::js_env() else {
@@ -134,7 +153,7 @@ fn with_lent<R>(
   let result = checked(env, lent, from, to).and_then(|checked| {
     let parts: Vec<&[u8]> = checked.iter().map(|(now, start)| &now[*start..]).collect();
     let mut iov = Vec::with_capacity(parts.len());
-    scm_rights::gather(&parts, 0, to - from, &mut iov);
+    scm_rights::Gather::new(&parts).range(0, to - from, &mut iov);
     send(&iov)
   });
   // SAFETY: the scope opened above, on the same thread; nothing made in it is used after.
@@ -147,13 +166,13 @@ fn with_lent<R>(
 /// is the first); valid until the handle scope open on `env` closes.
 fn checked<'s>(
   env: sys::napi_env,
-  lent: &mut [Lent],
+  lent: &mut LentParts,
   from: usize,
   to: usize,
 ) -> io::Result<Vec<(Uint8ArraySlice<'s>, usize)>> {
   let mut checked = Vec::new();
-  let mut offset = 0;
-  for part in lent.iter_mut() {
+  let mut offset = lent.gone;
+  for part in lent.parts.iter_mut() {
     // No more than one `sendmsg` takes.
     if offset >= to || checked.len() == scm_rights::MAX_IOV {
       break;

@@ -63,41 +63,69 @@ pub fn send_vectored_with_fds(
   sendmsg::<()>(sock.as_raw_fd(), iov, cmsgs, flags, None)
 }
 
-/// [`send_vectored_with_fds`] of bytes `from..to` of the concatenation of `parts`, as far
-/// as one `sendmsg` goes; `iov` is room for its slices, reused from call to call.
+/// [`send_vectored_with_fds`] of bytes `from..to` of `parts`, as far as one `sendmsg`
+/// goes; `iov` is room for its slices, reused from call to call.
 pub fn send_range<'a>(
   sock: BorrowedFd<'_>,
-  parts: &[&'a [u8]],
+  parts: &mut Gather<'_, 'a>,
   (from, to): (usize, usize),
   fds: &[RawFd],
   iov: &mut Vec<IoSlice<'a>>,
 ) -> nix::Result<usize> {
-  if let [only] = parts {
+  if let [only] = parts.parts {
     return send_vectored_with_fds(sock, &[IoSlice::new(&only[from..to])], fds, true);
   }
-  gather(parts, from, to, iov);
+  parts.range(from, to, iov);
   send_vectored_with_fds(sock, iov, fds, true)
 }
 
-/// Bytes `from..to` of the concatenation of `parts`, as slices of them (at most
-/// [`MAX_IOV`]: a longer range is cut short, for a later send to go on), into `iov`.
-pub fn gather<'a>(parts: &[&'a [u8]], from: usize, to: usize, iov: &mut Vec<IoSlice<'a>>) {
-  iov.clear();
-  let mut start = 0;
-  for part in parts {
-    let end = start + part.len();
-    if end > from && start < to && !part.is_empty() {
-      let lo = from.saturating_sub(start);
-      let hi = part.len().min(to - start);
-      iov.push(IoSlice::new(&part[lo..hi]));
-      if iov.len() == MAX_IOV {
+/// Buffers sent in order, one after the other, as if joined: ranges of their bytes are
+/// gathered as slices of them. The ranges asked for must not go back (sends only go
+/// forward), so each one starts from where the last one did instead of from the first
+/// Buffer: a batch of many Buffers costs time in proportion to their number.
+pub struct Gather<'p, 'a> {
+  parts: &'p [&'a [u8]],
+  /// The first Buffer the last range touched, and where its bytes start.
+  index: usize,
+  start: usize,
+}
+
+impl<'p, 'a> Gather<'p, 'a> {
+  pub fn new(parts: &'p [&'a [u8]]) -> Self {
+    Gather {
+      parts,
+      index: 0,
+      start: 0,
+    }
+  }
+
+  /// Bytes `from..to` as slices (at most [`MAX_IOV`]: a longer range is cut short, for a
+  /// later send to go on), into `iov`. `from` is no less than the last range's.
+  pub fn range(&mut self, from: usize, to: usize, iov: &mut Vec<IoSlice<'a>>) {
+    iov.clear();
+    while let Some(part) = self.parts.get(self.index) {
+      if self.start + part.len() > from {
+        break;
+      }
+      self.start += part.len();
+      self.index += 1;
+    }
+    let mut start = self.start;
+    for part in &self.parts[self.index.min(self.parts.len())..] {
+      if start >= to {
         return;
       }
+      let end = start + part.len();
+      if !part.is_empty() {
+        let lo = from.saturating_sub(start);
+        let hi = part.len().min(to - start);
+        iov.push(IoSlice::new(&part[lo..hi]));
+        if iov.len() == MAX_IOV {
+          return;
+        }
+      }
+      start = end;
     }
-    if end >= to {
-      return;
-    }
-    start = end;
   }
 }
 
@@ -441,7 +469,7 @@ mod tests {
   use std::os::fd::AsFd;
 
   #[test]
-  fn gather_takes_the_range_across_parts_and_stops_at_max_iov() {
+  fn gather_takes_ranges_across_parts_going_forward_and_stops_at_max_iov() {
     let parts: [&[u8]; 3] = [b"abc", b"", b"defgh"];
     let mut iov = Vec::new();
     let joined = |iov: &[IoSlice<'_>]| {
@@ -450,17 +478,24 @@ mod tests {
         .flat_map(|s| s.iter().copied())
         .collect::<Vec<u8>>()
     };
-    gather(&parts, 0, 8, &mut iov);
+    let mut gather = Gather::new(&parts);
+    gather.range(0, 8, &mut iov);
     assert_eq!(joined(&iov), b"abcdefgh");
-    gather(&parts, 2, 5, &mut iov);
+    gather.range(2, 5, &mut iov);
     assert_eq!(joined(&iov), b"cde");
     assert_eq!(iov.len(), 2);
-    gather(&parts, 4, 6, &mut iov);
+    gather.range(4, 6, &mut iov);
     assert_eq!(joined(&iov), b"ef");
+    assert_eq!(gather.index, 2, "went forward to the Buffer of byte 4");
+    gather.range(8, 8, &mut iov);
+    assert!(iov.is_empty());
     let many = vec![&b"x"[..]; MAX_IOV + 10];
     let mut iov = Vec::new();
-    gather(&many, 3, MAX_IOV + 10, &mut iov);
+    let mut gather = Gather::new(&many);
+    gather.range(3, MAX_IOV + 10, &mut iov);
     assert_eq!(iov.len(), MAX_IOV);
+    gather.range(MAX_IOV + 3, MAX_IOV + 10, &mut iov);
+    assert_eq!(iov.len(), 7);
   }
 
   #[test]
@@ -469,7 +504,8 @@ mod tests {
     let (p, q) = pair();
     let parts: [&[u8]; 3] = [b"he", b"ll", b"o!"];
     let mut iov = Vec::new();
-    let n = send_range(a.as_fd(), &parts, (1, 6), &[p.as_raw_fd()], &mut iov).expect("send");
+    let mut gather = Gather::new(&parts);
+    let n = send_range(a.as_fd(), &mut gather, (1, 6), &[p.as_raw_fd()], &mut iov).expect("send");
     assert_eq!(n, 5);
     let mut buf = [0u8; 16];
     let got = recv_with_fds(b.as_fd(), &mut buf, false).expect("recv");

@@ -319,8 +319,16 @@ impl Arrival {
   /// On the JS thread: the fds join the inbound queue, or are closed if the stream closed
   /// meanwhile (then the read fails with `ERR_SOCKET_CLOSED`).
   pub(crate) fn receive(self, queues: &Queues) -> Result<()> {
+    let counted = self.count;
     let parts = self.claim();
-    receive_parts(queues, parts.unwrap_or_default())
+    // Counted as pending until they are in the inbound queue, or the reader (on another
+    // thread with the threaded driver) could see room that is not there and read one
+    // message more than the bound allows; no longer pending once they are, in the same
+    // stretch under the inbound lock, or a check for room between the two would count
+    // them twice and wait for a dequeue that may never come.
+    let mut inbound = lock(&queues.inbound);
+    queues.pending.fetch_sub(counted, Ordering::AcqRel);
+    receive_locked(queues, &mut inbound, parts.unwrap_or_default())
   }
 
   /// On the JS thread: what each message brought, in order (its fds, and whether the
@@ -333,10 +341,15 @@ impl Arrival {
 /// On the JS thread: what reads brought joins the inbound queue, or is closed (and the
 /// read fails with `ERR_SOCKET_CLOSED`) if the stream closed meanwhile.
 pub(crate) fn receive_parts(queues: &Queues, parts: Arrived) -> Result<()> {
+  receive_locked(queues, &mut lock(&queues.inbound), parts)
+}
+
+/// [`receive_parts`] with the inbound lock held.
+fn receive_locked(queues: &Queues, inbound: &mut InboundQueue, parts: Arrived) -> Result<()> {
+  // Checked under the lock, which `close()` takes after setting `closed`.
   if queues.closed.load(Ordering::Acquire) {
     return Err(error::closed());
   }
-  let mut inbound = lock(&queues.inbound);
   for (fds, truncated) in parts {
     inbound.receive(fds, truncated);
   }

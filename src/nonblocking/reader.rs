@@ -185,12 +185,8 @@ fn deliver(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
         }
         return Ok((Some(chunk), array, None, truncated).into());
       }
-      let received = arrival.receive(queues);
-      // Only now: counted as pending until they are in the inbound queue, or the reader
-      // (on another thread with the threaded driver) could see room that is not there and
-      // read one message more than the bound allows.
-      queues.pending.fetch_sub(count, Ordering::AcqRel);
-      if received.is_err() {
+      // No longer pending once in the inbound queue (see `Arrival::receive`).
+      if arrival.receive(queues).is_err() {
         return closed();
       }
       (Some(chunk(data)?), None, None, false).into()

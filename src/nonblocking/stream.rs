@@ -131,6 +131,7 @@ impl StreamCore {
       }
     };
     let len = parts.iter().map(|part| part.len()).sum();
+    let mut gather = scm_rights::Gather::new(parts);
     // The slices of one `sendmsg` of several Buffers (reused from message to message).
     let mut iov = Vec::new();
     let mut sent = 0;
@@ -165,7 +166,7 @@ impl StreamCore {
             &heap
           }
         };
-        match scm_rights::send_range(shared.fd.as_fd(), parts, (sent, end), raw, &mut iov) {
+        match scm_rights::send_range(shared.fd.as_fd(), &mut gather, (sent, end), raw, &mut iov) {
           Ok(n) => {
             // The fds went with these bytes; the kernel holds its own references. (The
             // first message's list is taken over whole: no copy, no allocation.)
