@@ -75,12 +75,11 @@ impl Rest {
         return Rest::Lent(LentParts { parts, gone: 0 });
       }
     }
-    Rest::Copied(
-      unsent
-        .iter()
-        .flat_map(|&(part, from)| part[from..].iter().copied())
-        .collect(),
-    )
+    let mut copied = Vec::with_capacity(unsent.iter().map(|&(part, from)| part.len() - from).sum());
+    for &(part, from) in &unsent {
+      copied.extend_from_slice(&part[from..]);
+    }
+    Rest::Copied(copied)
   }
 
   /// Runs `send` on bytes `from..to` of the rest, as slices (at most
