@@ -114,7 +114,8 @@ abstract class MessageSocket implements EnqueueFd {
 
   /**
    * Closes the socket and the fds queued for the next send, and settles pending
-   * operations with `ERR_SOCKET_CLOSED`. Idempotent.
+   * operations with `ERR_SOCKET_CLOSED` (under the `'threads'` driver, one that its worker
+   * had already finished settles as done). Idempotent.
    */
   close(): void {
     this.inner.close()

@@ -73,7 +73,8 @@ export abstract class QueuedStream<N extends NativeQueuedStream> implements Enqu
 
   /**
    * Closes the socket, every fd still in the outbound queue and every fd not dequeued; an
-   * async stream also settles its pending operations with `ERR_SOCKET_CLOSED`. Idempotent.
+   * async stream also settles its pending operations with `ERR_SOCKET_CLOSED` (under the
+   * `'threads'` driver, a write that its worker had already finished resolves). Idempotent.
    */
   close(): void {
     this.inner.close()

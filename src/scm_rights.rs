@@ -102,6 +102,7 @@ impl<'p, 'a> Gather<'p, 'a> {
   /// Bytes `from..to` as slices (at most [`MAX_IOV`]: a longer range is cut short, for a
   /// later send to go on), into `iov`. `from` is no less than the last range's.
   pub fn range(&mut self, from: usize, to: usize, iov: &mut Vec<IoSlice<'a>>) {
+    debug_assert!(from >= self.start && from <= to, "ranges go forward");
     iov.clear();
     while let Some(part) = self.parts.get(self.index) {
       if self.start + part.len() > from {
