@@ -90,6 +90,15 @@ function socketAndPeer(t: ExecutionContext): { socket: FdSocket; peer: AsyncUnix
   return { socket, peer }
 }
 
+/** Two connected FdSockets and an fd of /dev/null to enqueue, all closed at the test's end. */
+function pairWithDevnull(t: ExecutionContext): { a: FdSocket; b: FdSocket; devnull: number } {
+  const [a, b] = FdSocket.pair()
+  cleanup(t, a, b)
+  const devnull = fs.openSync('/dev/null', 'r')
+  t.teardown(() => fs.closeSync(devnull))
+  return { a, b, devnull }
+}
+
 /** Resolves once `condition()` holds, checking every 5 ms (wrap it in withTimeout). */
 /** `fdIdentity(fd)`, or `null` for an fd closed meanwhile. */
 function fdIdentityOrNull(fd: number): string | null {
@@ -1159,10 +1168,7 @@ test.serial(
 test.serial(
   "setEncoding('utf16le'): the fds of a last odd byte, which the decoder drops, go to the 'fds' listener before 'end'",
   async (t) => {
-    const [a, b] = FdSocket.pair()
-    cleanup(t, a, b)
-    const devnull = fs.openSync('/dev/null', 'r')
-    t.teardown(() => fs.closeSync(devnull))
+    const { a, b, devnull } = pairWithDevnull(t)
     const file = tmpFile('odd byte')
     const sent = fs.openSync(file, 'r')
     t.teardown(() => fs.closeSync(sent))
@@ -1283,10 +1289,7 @@ test.serial(
 test.serial(
   "an 'fds' listener removed behind the socket's back (EventEmitter's own removeListener): the fds queue for dequeue()",
   async (t) => {
-    const [a, b] = FdSocket.pair()
-    cleanup(t, a, b)
-    const devnull = fs.openSync('/dev/null', 'r')
-    t.teardown(() => fs.closeSync(devnull))
+    const { a, b, devnull } = pairWithDevnull(t)
     const onFds = (fds: FdsArrived) => closeAll(fds)
     b.on('fds', onFds)
     b.pause()
@@ -1918,10 +1921,7 @@ test.serial('unshift(Buffer) with setEncoding(): it goes back as text, and later
 test.serial(
   "unshift() into an empty flowing buffer while a chunk's bytes wait in the string decoder: its fds stay for that chunk's 'data'",
   async (t) => {
-    const [a, b] = FdSocket.pair()
-    cleanup(t, a, b)
-    const devnull = fs.openSync('/dev/null', 'r')
-    t.teardown(() => fs.closeSync(devnull))
+    const { a, b, devnull } = pairWithDevnull(t)
     const { log, ended } = logDecoded(b)
     const bytes = Buffer.from('\u00e9')
     // The first byte of 'é' with an fd: pushed, held by the decoder, nothing emitted.

@@ -35,6 +35,14 @@ import {
 import { copy, copyIfResizable, copyOut, Liveness, operation, setReferenced, startOperation } from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
 
+/** What handing fds over before an event came to: a listener's exception, fds lost. */
+interface Handing {
+  failure: { error: unknown } | null
+  lost: boolean
+}
+/** Nothing handed over (no allocation per `'data'`). */
+const NOTHING_HANDED: Handing = Object.freeze({ failure: null, lost: false })
+
 /** Most fds one write can carry (the kernel's SCM_MAX_FD). */
 const SCM_MAX_FD = 253
 const DEFAULT_MAX_QUEUED_FDS = 1024
@@ -815,13 +823,15 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         process.nextTick(() => {
           throw failure.error
         })
-      return this.#handed({ failure: null, lost }, super.emit(event, ...args), false)
+      const listened = super.emit(event, ...args)
+      if (lost) this.destroy(closedError())
+      return listened
     }
     if (event !== 'data') return super.emit(event, ...args)
     const data = args[0] as Buffer | string
     this.#emittedLength += data.length
-    const handing = this.#unshifting ? { failure: null, lost: false } : this.#handFds(this.#emittedLength)
-    return this.#handed(handing, super.emit(event, ...args), true)
+    const handing = this.#unshifting ? NOTHING_HANDED : this.#handFds(this.#emittedLength)
+    return this.#handed(handing, super.emit(event, ...args))
   }
 
   /**
@@ -831,7 +841,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * goes to 'uncaughtException', as from any event handler). `lost`: fds the native
    * stream had closed (closed under this socket).
    */
-  #handFds(end: number): { failure: { error: unknown } | null; lost: boolean } {
+  #handFds(end: number): Handing {
+    if (this.#fdsAhead.length === 0 || this.#fdsAhead[0].at >= end) return NOTHING_HANDED
     let failure: { error: unknown } | null = null
     let lost = false
     while (this.#fdsAhead.length > 0 && this.#fdsAhead[0].at < end) {
@@ -861,18 +872,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   /**
-   * What follows an event that fds were handed over before ({@link #handFds}); `resume`
-   * after a `'data'`: the fds handed over may have been what kept reading paused, and
-   * Readable may not call _read() again (it did while they still counted, and waits for a
-   * push since).
+   * What follows a `'data'` that fds were handed over before ({@link #handFds}): the fds
+   * handed over may have been what kept reading paused, and Readable may not call _read()
+   * again (it did while they still counted, and waits for a push since).
    */
-  #handed(
-    { failure, lost }: { failure: { error: unknown } | null; lost: boolean },
-    listened: boolean,
-    resume: boolean,
-  ): boolean {
+  #handed({ failure, lost }: Handing, listened: boolean): boolean {
     if (lost) this.destroy(closedError())
-    if (resume) this.#resumeIfRoom()
+    this.#resumeIfRoom()
     if (failure) throw failure.error
     return listened
   }

@@ -1,15 +1,16 @@
 //! The unsent rest of a write that has to wait for room in the socket: the caller's own
-//! Buffer on the JS-thread runtime, a copy on the threaded one.
+//! Buffers on the JS-thread runtime, a copy on the threaded one.
 //!
-//! On the JS-thread runtime the write's future runs on the thread that owns the Buffer,
-//! so it can hold the Buffer (a reference keeps it alive) and send from its memory, as
-//! `net.Socket` does, instead of copying up to a whole write. JS may still detach the
-//! Buffer's ArrayBuffer (a transfer) or shrink a resizable one while the write waits, and
-//! its memory could then be gone: every send first looks the Buffer up again and checks
-//! that it still has the same memory and length, in the same synchronous stretch as the
-//! `sendmsg` (no JS runs between the two). If it changed, the write fails with
-//! `ERR_INVALID_STATE` instead of sending what is there now. On the threaded runtime the
-//! future runs on a worker, which may not touch JS values: the rest is copied, as before.
+//! On the JS-thread runtime the write's future runs on the thread that owns the Buffers
+//! (one, or the chunks of an `FdSocket` batch), so it can hold them (a reference each keeps
+//! them alive) and send from their memory, as `net.Socket` does, instead of copying up to a
+//! whole write. JS may still detach a Buffer's ArrayBuffer (a transfer) or shrink a
+//! resizable one while the write waits, and its memory could then be gone: every send
+//! first looks each Buffer it sends from up again and checks that it still has the same
+//! memory and length, in the same synchronous stretch as the `sendmsg` (no JS runs between
+//! the two). The Buffers before one that changed still go out; then the write fails with
+//! `ERR_INVALID_STATE` instead of sending what that one holds now. On the threaded runtime
+//! the future runs on a worker, which may not touch JS values: the rest is copied.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -176,23 +177,22 @@ fn checked<'s>(
     if offset >= to || checked.len() == scm_rights::MAX_IOV {
       break;
     }
+    // Every part here holds bytes from `from` on: `with_lent` let go of those before it.
     let unsent = part.length - part.start;
-    if offset + unsent > from {
-      // SAFETY: `env` is this thread's live environment; the reference is this
-      // environment's (made on this thread) and holds the Buffer, so the value it gives is
-      // that Buffer.
-      let now = unsafe { <&mut Uint8Array as ToNapiValue>::to_napi_value(env, &mut part.buffer) }
-        // SAFETY: as above; the caller uses the slice only before its scope closes, while
-        // no JS runs (the Buffer cannot change or go meanwhile).
-        .and_then(|value| unsafe { Uint8ArraySlice::from_napi_value(env, value) });
-      match now {
-        Ok(now) if now.as_ptr() as usize == part.address && now.len() == part.length => {
-          checked.push((now, part.start + from.saturating_sub(offset)));
-        }
-        // What comes before it still goes out; the send after that fails.
-        _ if !checked.is_empty() => break,
-        _ => return Err(io::Error::other(Changed)),
+    // SAFETY: `env` is this thread's live environment; the reference is this
+    // environment's (made on this thread) and holds the Buffer, so the value it gives is
+    // that Buffer.
+    let now = unsafe { <&mut Uint8Array as ToNapiValue>::to_napi_value(env, &mut part.buffer) }
+      // SAFETY: as above; the caller uses the slice only before its scope closes, while
+      // no JS runs (the Buffer cannot change or go meanwhile).
+      .and_then(|value| unsafe { Uint8ArraySlice::from_napi_value(env, value) });
+    match now {
+      Ok(now) if now.as_ptr() as usize == part.address && now.len() == part.length => {
+        checked.push((now, part.start + from.saturating_sub(offset)));
       }
+      // What comes before it still goes out; the send after that fails.
+      _ if !checked.is_empty() => break,
+      _ => return Err(io::Error::other(Changed)),
     }
     offset += unsent;
   }

@@ -361,6 +361,7 @@ impl StreamCore {
   /// When no earlier write is pending, the first `sendmsg` happens at once on the calling
   /// thread; if it wrote everything the byte count comes back directly (the TypeScript
   /// layer wraps it in a resolved Promise), and otherwise the rest goes on asynchronously.
+  /// `defer`: it all goes once the event loop has turned (see [`StreamCore::read`]).
   pub(crate) fn write(
     &self,
     env: &Env,

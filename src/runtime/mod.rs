@@ -296,7 +296,7 @@ impl SleepTick {
     match local() {
       Some(local) => {
         local.sleeping.set(local.sleeping.get() + 1);
-        local.arm(1);
+        local.arm();
         Self(true)
       }
       None => Self(false),
@@ -511,7 +511,7 @@ impl Local {
     }
     self.in_callback.set(false);
     if ticking && self.sleeping.get() > 0 {
-      self.arm(1);
+      self.arm();
     }
     if self.deliver.get().is_some() {
       self.soon();
@@ -532,10 +532,10 @@ impl Local {
     }
   }
 
-  /// Starts the timer: a drive in `ms` ms.
-  fn arm(&self, ms: u64) {
+  /// Starts the timer: a drive in 1 ms (tokio's own timers may be due by then).
+  fn arm(&self) {
     if let Some(timer) = self.timer.borrow().as_ref() {
-      timer.start_timer(on_timer, ms, 0);
+      timer.start_timer(on_timer, 1, 0);
     }
   }
 
