@@ -1115,6 +1115,27 @@ test.serial(
 )
 
 test.serial(
+  'FdSocket.from(stream) whose stream is closed directly, then written with an fd: the write fails with ERR_SOCKET_CLOSED and the fd staged for it is closed',
+  async (t) => {
+    const [raw, peer] = AsyncUnixStream.pair()
+    const socket = FdSocket.from(raw)
+    cleanup(t, socket, peer)
+    const devnull = fs.openSync('/dev/null', 'r')
+    t.teardown(() => fs.closeSync(devnull))
+    // Misuse (the socket owns the stream now): the native side refuses the write itself.
+    raw.close()
+    const before = openFdNumbers().length
+    socket.enqueue(devnull)
+    const failed = new Promise<NodeJS.ErrnoException>((resolve) => socket.on('error', resolve))
+    const written = new Promise<Error | null | undefined>((resolve) => socket.write('x', resolve))
+    const error = await withTimeout(failed, T, "'error'")
+    t.is(error.code, 'ERR_SOCKET_CLOSED')
+    t.is((await withTimeout(written, T, 'the write callback'))?.message, error.message)
+    t.is(openFdNumbers().length, before)
+  },
+)
+
+test.serial(
   "setEncoding(): 'fds' still comes right before the 'data' of its chunk, set before the chunks or while they wait",
   async (t) => {
     const devnull = fs.openSync('/dev/null', 'r')

@@ -1,6 +1,6 @@
 /** The async classes: Promise-returning, driven by tokio, never blocking the event loop. */
 import { binding, WRAP, type Native } from './binding.js'
-import { illegalConstructor, invalidArgType, native } from './errors.js'
+import { illegalConstructor, invalidArgType, native, shapeError } from './errors.js'
 import {
   holdsFd,
   toBytes,
@@ -11,7 +11,17 @@ import {
   validateSignalOption,
 } from './args.js'
 import type { ShutdownHow } from './interfaces.js'
-import { connectedNow, copyOut, Liveness, operation, scratch, setReferenced } from './pending.js'
+import {
+  answered,
+  connectedNow,
+  copyOut,
+  Liveness,
+  mustDefer,
+  newId,
+  operation,
+  scratch,
+  setReferenced,
+} from './pending.js'
 import { PromiseListener } from './listener.js'
 import { QueuedStream } from './queued.js'
 
@@ -107,22 +117,41 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
   read(size?: number, options?: { signal?: AbortSignal }): Promise<Buffer> {
     const checked = validateReadSize(size)
     const signal = validateSignalOption(options)
-    return operation(
-      this,
-      this.#liveness,
-      (id, canceller, defer) => {
-        // Bytes there at once come in the scratch Buffer (their count) when they fit.
-        const now = binding.streamRead(this.#handle, checked, id, canceller, readInto, defer)
-        if (typeof now !== 'number') return now
-        try {
-          return copyOut(now)
-        } catch (error) {
-          // Out of memory: the read rejects, as one that failed natively does.
-          return Promise.reject(error)
-        }
-      },
-      signal,
-    )
+    if (signal) {
+      return operation(
+        this,
+        this.#liveness,
+        (id, canceller, defer) => this.#read(checked, id, canceller, defer),
+        signal,
+      )
+    }
+    // The hot path: a call per read and no closure (see `answered`).
+    const id = newId()
+    let now: Buffer | Promise<Buffer> | null
+    try {
+      now = this.#read(checked, id, undefined, mustDefer())
+    } catch (error) {
+      throw shapeError(error)
+    }
+    return Promise.resolve(answered(this, this.#liveness, id, now))
+  }
+
+  /** The native read, started as operation `id`: the bytes now, or `null` (later). */
+  #read(
+    size: number,
+    id: number,
+    canceller: Native.ExternalObject<'Canceller'> | undefined,
+    defer: boolean,
+  ): Buffer | Promise<Buffer> | null {
+    // Bytes there at once come in the scratch Buffer (their count) when they fit.
+    const now = binding.streamRead(this.#handle, size, id, canceller, readInto, defer)
+    if (typeof now !== 'number') return now
+    try {
+      return copyOut(now)
+    } catch (error) {
+      // Out of memory: the read rejects, as one that failed natively does.
+      return Promise.reject(error)
+    }
   }
 
   /**
@@ -134,7 +163,15 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
    */
   write(data: Uint8Array | string): Promise<number> {
     const bytes = toBytes(data)
-    return operation(this, this.#liveness, (id, _, defer) => binding.streamWrite(this.#handle, bytes, id, defer))
+    // The hot path, as read's.
+    const id = newId()
+    let now: number | null
+    try {
+      now = binding.streamWrite(this.#handle, bytes, id, mustDefer())
+    } catch (error) {
+      throw shapeError(error)
+    }
+    return Promise.resolve(answered(this, this.#liveness, id, now))
   }
 
   /** Shuts down one or both directions (default `'both'`) after every earlier write went out. */

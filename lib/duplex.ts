@@ -32,7 +32,7 @@ import {
   validatePath,
   validateSignalOption,
 } from './args.js'
-import { copy, copyIfResizable, copyOut, Liveness, operation, setReferenced, startOperation } from './pending.js'
+import { answered, copy, copyIfResizable, copyOut, Liveness, newId, operation, setReferenced } from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
 
 /** What handing fds over before an event came to: a listener's exception, fds lost. */
@@ -599,14 +599,14 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       cutsArray[1] = cuts[1]
     } else if (cuts.length > 0) cutsArray = new Float64Array(cuts)
     let written: number | Promise<number>
+    // The hot path: a call per write and no closure (see `answered`).
+    const id = newId()
     try {
-      written = startOperation(this, this.#liveness, (id) =>
-        binding.sendStaged(this.#staged, handle, data, cutsArray, id),
-      )
+      written = answered(this, this.#liveness, id, binding.sendStaged(this.#staged, handle, data, cutsArray, id))
     } catch (error) {
       // The socket is destroyed by this error; what was staged goes with it.
       this.#releaseStaged()
-      return cb(error as Error)
+      return cb(shapeError(error) as Error)
     }
     if (typeof written === 'number') {
       this.#settleDrain()

@@ -37,7 +37,7 @@ const WRAP = 2 ** 36
 let nextOp = 1
 /** `n` has wrapped: from then on an id may still be in use, and is skipped if so. */
 let wrapped = false
-function newId(): number {
+export function newId(): number {
   let id: number
   do {
     id = nextOp * COPIES + copy
@@ -208,13 +208,6 @@ export function setReferenced(liveness: Liveness, referenced: boolean): void {
 }
 
 /**
- * Starts a native operation: `start(id, canceller)` answers at once with the result, or
- * `null` for "pending: operation `id` settles later". Synchronous throws stay throws (bad
- * arguments); an already-aborted `signal` rejects at once without starting anything; a
- * later abort cancels the operation natively, which rejects with an `AbortError` unless
- * it had already finished.
- */
-/**
  * The Promise of a connect that a Unix socket makes at once or not at all: `connect()`'s
  * outcome, or an `AbortError` when `signal` is aborted already.
  */
@@ -266,31 +259,50 @@ function countImmediate(): void {
   immediateRun++
 }
 
+/**
+ * Starts a native operation: `start(id, canceller)` answers at once with the result, or
+ * `null` for "pending: operation `id` settles later". Synchronous throws stay throws (bad
+ * arguments); an already-aborted `signal` rejects at once without starting anything; a
+ * later abort cancels the operation natively, which rejects with an `AbortError` unless
+ * it had already finished.
+ */
 export function operation<T>(owner: object, liveness: Liveness, start: Start<T>, signal?: AbortSignal): Promise<T> {
   if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
-  const result = startOperation(owner, liveness, start, signal)
-  return result instanceof Promise ? result : Promise.resolve(result)
-}
-
-/**
- * {@link operation} without the Promise when the answer is immediate: the value itself,
- * or a Promise when the operation is pending (or `start` answered with one). For hot
- * paths that act on the spot.
- */
-export function startOperation<T>(
-  owner: object,
-  liveness: Liveness,
-  start: Start<T>,
-  signal?: AbortSignal,
-): T | Promise<T> {
   const canceller = signal ? binding.newCanceller() : undefined
   const id = newId()
   let immediate: T | Promise<T> | null
   try {
-    immediate = start(id, canceller, immediateRun >= IMMEDIATE_BUDGET)
+    immediate = start(id, canceller, mustDefer())
   } catch (error) {
     throw shapeError(error)
   }
+  // (A Promise given to Promise.resolve comes back as it is.)
+  return Promise.resolve(answered(owner, liveness, id, immediate, signal, canceller))
+}
+
+/**
+ * Whether an operation starting now must settle later (`defer`): the budget of outcomes
+ * that came at once in this turn of the event loop is spent (see {@link IMMEDIATE_BUDGET}).
+ */
+export function mustDefer(): boolean {
+  return immediateRun >= IMMEDIATE_BUDGET
+}
+
+/**
+ * What {@link operation} makes of the answer of an operation started as `id`, for
+ * the hot paths (a read, a write) that make their native call themselves: a call made
+ * through a callback of their own cost a closure and a call site that sees every kind
+ * of operation. Native code must have been told {@link mustDefer}. Returns the value
+ * itself, or a Promise when the operation is pending (or the answer was one).
+ */
+export function answered<T>(
+  owner: object,
+  liveness: Liveness,
+  id: number,
+  immediate: T | Promise<T> | null,
+  signal?: AbortSignal,
+  canceller?: Native.ExternalObject<'Canceller'>,
+): T | Promise<T> {
   if (immediate !== null) {
     if (!(immediate instanceof Promise)) countImmediate()
     return immediate
