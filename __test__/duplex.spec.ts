@@ -1115,23 +1115,27 @@ test.serial(
 )
 
 test.serial(
-  'FdSocket.from(stream) whose stream is closed directly, then written with an fd: the write fails with ERR_SOCKET_CLOSED and the fd staged for it is closed',
+  'FdSocket.from(stream) whose stream is closed directly, then written with an fd: the write fails with ERR_SOCKET_CLOSED and no copy of the fd staged for it is left',
   async (t) => {
     const [raw, peer] = AsyncUnixStream.pair()
     const socket = FdSocket.from(raw)
     cleanup(t, socket, peer)
-    const devnull = fs.openSync('/dev/null', 'r')
-    t.teardown(() => fs.closeSync(devnull))
+    const set = fileSet(1, 'refused-write-')
+    t.teardown(set.remove)
+    const file = fs.openSync(set.files[0], 'r')
+    t.teardown(() => fs.closeSync(file))
+    const identity = fdIdentity(file)
+    const copies = () => openFdNumbers().filter((fd) => fdIdentityOrNull(fd) === identity).length
     // Misuse (the socket owns the stream now): the native side refuses the write itself.
     raw.close()
-    const before = openFdNumbers().length
-    socket.enqueue(devnull)
+    socket.enqueue(file)
+    t.is(copies(), 2)
     const failed = new Promise<NodeJS.ErrnoException>((resolve) => socket.on('error', resolve))
     const written = new Promise<Error | null | undefined>((resolve) => socket.write('x', resolve))
     const error = await withTimeout(failed, T, "'error'")
     t.is(error.code, 'ERR_SOCKET_CLOSED')
     t.is((await withTimeout(written, T, 'the write callback'))?.message, error.message)
-    t.is(openFdNumbers().length, before)
+    t.is(copies(), 1)
   },
 )
 

@@ -117,13 +117,10 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
   read(size?: number, options?: { signal?: AbortSignal }): Promise<Buffer> {
     const checked = validateReadSize(size)
     const signal = validateSignalOption(options)
+    // Outside the try below: called on anything but a stream, this throws as it is.
+    const liveness = this.#liveness
     if (signal) {
-      return operation(
-        this,
-        this.#liveness,
-        (id, canceller, defer) => this.#read(checked, id, canceller, defer),
-        signal,
-      )
+      return operation(this, liveness, (id, canceller, defer) => this.#read(checked, id, canceller, defer), signal)
     }
     // The hot path: a call per read and no closure (see `answered`).
     const id = newId()
@@ -133,7 +130,7 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     } catch (error) {
       throw shapeError(error)
     }
-    return Promise.resolve(answered(this, this.#liveness, id, now))
+    return Promise.resolve(answered(this, liveness, id, now))
   }
 
   /** The native read, started as operation `id`: the bytes now, or `null` (later). */
@@ -164,6 +161,7 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
   write(data: Uint8Array | string): Promise<number> {
     const bytes = toBytes(data)
     // The hot path, as read's.
+    const liveness = this.#liveness
     const id = newId()
     let now: number | null
     try {
@@ -171,7 +169,7 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     } catch (error) {
       throw shapeError(error)
     }
-    return Promise.resolve(answered(this, this.#liveness, id, now))
+    return Promise.resolve(answered(this, liveness, id, now))
   }
 
   /** Shuts down one or both directions (default `'both'`) after every earlier write went out. */

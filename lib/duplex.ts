@@ -598,16 +598,17 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       cutsArray[0] = cuts[0]
       cutsArray[1] = cuts[1]
     } else if (cuts.length > 0) cutsArray = new Float64Array(cuts)
-    let written: number | Promise<number>
+    let now: number | null
     // The hot path: a call per write and no closure (see `answered`).
     const id = newId()
     try {
-      written = answered(this, this.#liveness, id, binding.sendStaged(this.#staged, handle, data, cutsArray, id))
+      now = binding.sendStaged(this.#staged, handle, data, cutsArray, id)
     } catch (error) {
       // The socket is destroyed by this error; what was staged goes with it.
       this.#releaseStaged()
       return cb(shapeError(error) as Error)
     }
+    const written = answered(this, this.#liveness, id, now)
     if (typeof written === 'number') {
       this.#settleDrain()
       // A batch that fills the buffer completes at once, as net's writes do, so that
