@@ -456,11 +456,12 @@ async function fdStreaming(workload, msgs, per, seqpacket = false) {
   sockType = seqpacket ? 'seqpacket' : 'stream'
   // Cross pairs (optional): name "sender>receiver".
   const pairs = peers.map((p) => [p, p])
-  // The floor only receives: from the C sender, which is never the slower side; so do
-  // the fd-queue receivers it is compared with.
+  // The receiving floor receives from the C sender, which is never the slower side; so do
+  // the fd-queue receivers it is compared with. The floor pair (its sender to its
+  // receiver) is what AsyncUnixStream's own pair is compared with.
   const floor = !seqpacket && available.has('floor') && available.has('c')
   if (floor) {
-    pairs.push(['c', 'floor'])
+    pairs.push(['c', 'floor'], ['floor', 'floor'])
     for (const p of ['async', 'socket'].filter((q) => available.has(q))) pairs.push(['c', p])
   }
   if (options.cross && available.has('c') && !seqpacket) {
@@ -469,7 +470,7 @@ async function fdStreaming(workload, msgs, per, seqpacket = false) {
       if (!(floor && (p === 'async' || p === 'socket'))) pairs.push(['c', p])
     }
   }
-  const names = pairs.map(([s, r]) => (s === r || r === 'floor' ? r : `${s}>${r}`))
+  const names = pairs.map(([s, r]) => ((s === r && r !== 'floor') || (s === 'c' && r === 'floor') ? r : `${s}>${r}`))
   const pairOf = Object.fromEntries(names.map((n, i) => [n, pairs[i]]))
   log(
     `\n[${workload}] fd ${seqpacket ? 'messages (SOCK_SEQPACKET)' : 'streaming'}: ${msgs} messages x (1 byte + ${per} fd${per > 1 ? 's' : ''}), ${config.runs} runs`,
@@ -790,6 +791,20 @@ function computeRatios() {
         paired: pairedRatio(stream('fd1', peer), stream('fd1', 'python'), 'msgsPerSec'),
       })
     }
+    // The pair against the floor pair: both sides at their floor.
+    for (const wl of ['fd1', 'fd16']) {
+      if (peer === 'async' && has(wl) && stream(wl, 'floor>floor')?.runs.length > 0) {
+        addRatio(
+          `${wl}.${peer}.vsFloorPair`,
+          `${name} ${wl} vs the Node floor pair`,
+          rate(wl, peer),
+          rate(wl, 'floor>floor'),
+          {
+            paired: pairedRatio(stream(wl, peer), stream(wl, 'floor>floor'), 'msgsPerSec'),
+          },
+        )
+      }
+    }
     // Receiving from the same C sender as the floor.
     for (const wl of ['fd1', 'fd16']) {
       if (stream(wl, `c>${peer}`)?.runs.length > 0 && stream(wl, 'floor')?.runs.length > 0) {
@@ -1007,6 +1022,19 @@ function render() {
           'addon that does one blocking recvmsg per read and nothing else (bench/peers/floor.c), so ' +
           'the JS thread never goes back to its event loop. It receives from the C sender; ' +
           (reached ? `so do the rows it is compared with (same run): ${reached}.` : 'nothing was compared with it.'),
+      )
+    }
+    const pair = wl.peers['floor>floor']?.median.msgsPerSec
+    const python = wl.peers.python?.median.msgsPerSec
+    if (pair && python) {
+      const r = results.ratios.find((x) => x.id === `${workload}.async.vsFloorPair`)
+      out.push(
+        '',
+        `"Node floor → Node floor" runs both of AsyncUnixStream's loops on that addon: the sender's ` +
+          '(a duplicate per fd, as enqueue() must make, and a blocking sendmsg and a Promise per write, ' +
+          "awaited) into the receiver's. No AsyncUnixStream pair goes faster on this machine: it reached " +
+          `${fmt(pair / python)}× Python in this run` +
+          (r?.value != null ? `, and AsyncUnixStream ${fmt(r.value)}× of it.` : '.'),
       )
     }
   }

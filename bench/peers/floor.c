@@ -1,18 +1,24 @@
 /*
- * fd-queue benchmark: the Node floor for a receiver. A Node-API addon that does the least
- * a receiver on Node can do per read under the read() contract of fd-queue's async
- * classes: one recvmsg per read, the fds that came with it queued for a dequeue call each.
- * It blocks in recvmsg (no event loop, no readiness wait), keeps no order between reads,
- * cannot be cancelled and checks nothing beyond what C needs: a bound that no
- * non-blocking read() reaches, not a library.
+ * fd-queue benchmark: the Node floor for a receiver and for a sender. A Node-API addon
+ * that does the least a program on Node can do per call under the contract of fd-queue's
+ * async classes. Reading: one recvmsg per read, the fds that came with it queued for a
+ * dequeue call each. Writing: an fd duplicated (close-on-exec) when it is enqueued, as
+ * the caller may close its own at once; one sendmsg per write carrying the fds enqueued
+ * before it, whose duplicates are closed once they went. It blocks in recvmsg and sendmsg
+ * (no event loop, no readiness wait), keeps no order between calls, cannot be cancelled
+ * and checks nothing beyond what C needs: a bound that no non-blocking read() or write()
+ * reaches, not a library.
  *
  *   recv(fd, buffer) -> bytes received into buffer (0 at end of stream); throws on an
  *                       error, and when the kernel truncated the fds (MSG_CTRUNC)
  *   take()           -> the oldest fd received and not yet taken, or null
+ *   enqueue(fd)      -> undefined: a duplicate of fd rides on the next send
+ *   send(fd, buffer) -> bytes sent (all of buffer), the enqueued fds on the first sendmsg
  *
- * node-peer.mjs (api "floor") runs the AsyncUnixStream receiver's loop on it.
+ * node-peer.mjs (api "floor") runs the AsyncUnixStream receiver's and sender's loops on it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <node_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,11 +114,81 @@ static napi_value floor_take(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* The duplicates enqueued for the next send. */
+static int outbound[SCM_MAX_FD];
+static int queued = 0;
+
+static napi_value floor_enqueue(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "enqueue(fd: number)");
+    return NULL;
+  }
+  if (queued == SCM_MAX_FD) return throw_message(env, "enqueue: one send carries at most 253 fds", 0);
+  int duplicate = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (duplicate < 0) return throw_message(env, "fcntl(F_DUPFD_CLOEXEC)", errno);
+  outbound[queued++] = duplicate;
+  return NULL;
+}
+
+static napi_value floor_send(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  void *data;
+  size_t length;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok) {
+    napi_throw_type_error(env, NULL, "send(fd: number, buffer: Buffer)");
+    return NULL;
+  }
+  union {
+    char buf[CMSG_SPACE(SCM_MAX_FD * sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  size_t sent = 0;
+  int error = 0;
+  while (sent < length && !error) {
+    struct iovec iov = {(char *)data + sent, length - sent};
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (sent == 0 && queued > 0) {
+      msg.msg_control = control.buf;
+      msg.msg_controllen = CMSG_SPACE(queued * sizeof(int));
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(queued * sizeof(int));
+      memcpy(CMSG_DATA(c), outbound, queued * sizeof(int));
+    }
+    ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) error = errno;
+    else sent += (size_t)n;
+  }
+  /* Sent or not, the duplicates go: the kernel holds its own references. */
+  for (int i = 0; i < queued; i++) close(outbound[i]);
+  queued = 0;
+  if (error) return throw_message(env, "sendmsg", error);
+  napi_value result;
+  napi_create_int32(env, (int32_t)sent, &result);
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   napi_value function;
   napi_create_function(env, "recv", NAPI_AUTO_LENGTH, floor_recv, NULL, &function);
   napi_set_named_property(env, exports, "recv", function);
   napi_create_function(env, "take", NAPI_AUTO_LENGTH, floor_take, NULL, &function);
   napi_set_named_property(env, exports, "take", function);
+  napi_create_function(env, "enqueue", NAPI_AUTO_LENGTH, floor_enqueue, NULL, &function);
+  napi_set_named_property(env, exports, "enqueue", function);
+  napi_create_function(env, "send", NAPI_AUTO_LENGTH, floor_send, NULL, &function);
+  napi_set_named_property(env, exports, "send", function);
   return exports;
 }

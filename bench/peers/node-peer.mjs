@@ -5,8 +5,8 @@
 // API: unix (UnixStream), async (AsyncUnixStream), socket (FdSocket), net (net.Socket:
 // bytes, and a round trip without fds as a reference), seqpacket (SeqpacketSocket: one
 // message per send, its fds attached; the C and Python peers use SOCK_SEQPACKET when
-// BENCH_SOCK_TYPE=seqpacket), floor (stream-recv only: the addon built from floor.c,
-// path in BENCH_FLOOR_ADDON). MODE and ARGS as in peer.c:
+// BENCH_SOCK_TYPE=seqpacket), floor (stream-recv and stream-send: the addon built from
+// floor.c, path in BENCH_FLOOR_ADDON). MODE and ARGS as in peer.c:
 // stream-recv/stream-send PATH MSGS FDS,
 // rt-server PATH COUNT, rt-client PATH COUNT WARMUP, bytes-recv PATH TOTAL,
 // bytes-send PATH TOTAL CHUNK. Prints "READY" once listening and one "RESULT {json}" line
@@ -740,11 +740,13 @@ if (process.env.BENCH_PEER_TIMEOUT_S) {
 }
 // ---- the Node floor (bench/peers/floor.c) --------------------------------------------
 
+const floorAddon = () => createRequire(import.meta.url)(process.env.BENCH_FLOOR_ADDON)
+
 const floor = {
   // The AsyncUnixStream receiver's loop on the floor addon: a Promise, a Buffer and one
   // blocking recvmsg per read, a call per fd (see floor.c).
   async 'stream-recv'(msgs, per) {
-    const addon = createRequire(import.meta.url)(process.env.BENCH_FLOOR_ADDON)
+    const addon = floorAddon()
     const listener = UnixListener.bind(path)
     ready()
     const stream = listener.accept()
@@ -772,6 +774,28 @@ const floor = {
     while (stream.read(scratch) > 0);
     stream.close()
     result({ bytes, reads, fdsReceived: counts.fds, fdsClosed: counts.fds, truncated: 0, expectedFds: msgs * per })
+  },
+  // The AsyncUnixStream sender's loop on the floor addon: a call per fd (a duplicate), and
+  // per write a blocking sendmsg and a Promise, awaited as the async sender awaits its.
+  async 'stream-send'(msgs, per) {
+    const addon = floorAddon()
+    const stream = UnixStream.connect(path)
+    markCpu()
+    const fd = stream.fd
+    const devnull = fs.openSync('/dev/null', 'r')
+    const window = new Array(WRITE_WINDOW)
+    const t0 = now()
+    for (let i = 0; i < msgs; i++) {
+      const slot = i % WRITE_WINDOW
+      if (window[slot]) await window[slot]
+      for (let j = 0; j < per; j++) addon.enqueue(devnull)
+      window[slot] = Promise.resolve(addon.send(fd, ONE))
+    }
+    await Promise.all(window)
+    if (stream.read(Buffer.alloc(1)) !== 1) fail('no ack: the receiver closed early')
+    const elapsedNs = Number(now() - t0)
+    stream.close()
+    result({ elapsedNs, msgs, fdsSent: msgs * per, writeWindow: WRITE_WINDOW })
   },
 }
 
