@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define SCM_MAX_FD 253
@@ -171,7 +172,14 @@ static napi_value floor_send(napi_env env, napi_callback_info info) {
     if (n < 0) error = errno;
     else sent += (size_t)n;
   }
-  /* Sent or not, the duplicates go: the kernel holds its own references. */
+  /* Sent or not, the duplicates go: the kernel holds its own references. Neighbouring
+   * numbers (as duplicates made in a row usually are) go in one close_range, as
+   * fd-queue closes them. */
+  int run = 1;
+  for (int i = 1; i < queued && run; i++) run = outbound[i] == outbound[0] + i;
+#ifdef SYS_close_range
+  if (queued > 1 && run && syscall(SYS_close_range, outbound[0], outbound[queued - 1], 0) == 0) queued = 0;
+#endif
   for (int i = 0; i < queued; i++) close(outbound[i]);
   queued = 0;
   if (error) return throw_message(env, "sendmsg", error);
