@@ -99,7 +99,6 @@ function pairWithDevnull(t: ExecutionContext): { a: FdSocket; b: FdSocket; devnu
   return { a, b, devnull }
 }
 
-/** Resolves once `condition()` holds, checking every 5 ms (wrap it in withTimeout). */
 /** `fdIdentity(fd)`, or `null` for an fd closed meanwhile. */
 function fdIdentityOrNull(fd: number): string | null {
   try {
@@ -109,6 +108,17 @@ function fdIdentityOrNull(fd: number): string | null {
   }
 }
 
+/** A file of the test's own, open, and how many fds of this process point at it now. */
+function trackedFile(t: ExecutionContext, prefix: string): { file: number; copies: () => number } {
+  const set = fileSet(1, prefix)
+  t.teardown(set.remove)
+  const file = fs.openSync(set.files[0], 'r')
+  t.teardown(() => fs.closeSync(file))
+  const identity = fdIdentity(file)
+  return { file, copies: () => openFdNumbers().filter((fd) => fdIdentityOrNull(fd) === identity).length }
+}
+
+/** Resolves once `condition()` holds, checking every 5 ms (wrap it in withTimeout). */
 async function until(condition: () => boolean): Promise<void> {
   while (!condition()) await sleep(5)
 }
@@ -1120,12 +1130,7 @@ test.serial(
     const [raw, peer] = AsyncUnixStream.pair()
     const socket = FdSocket.from(raw)
     cleanup(t, socket, peer)
-    const set = fileSet(1, 'refused-write-')
-    t.teardown(set.remove)
-    const file = fs.openSync(set.files[0], 'r')
-    t.teardown(() => fs.closeSync(file))
-    const identity = fdIdentity(file)
-    const copies = () => openFdNumbers().filter((fd) => fdIdentityOrNull(fd) === identity).length
+    const { file, copies } = trackedFile(t, 'refused-write-')
     // Misuse (the socket owns the stream now): the native side refuses the write itself.
     raw.close()
     socket.enqueue(file)
@@ -1284,12 +1289,7 @@ test.serial(
   async (t) => {
     const [a, b] = FdSocket.pair({ maxQueuedFds: 1 })
     cleanup(t, a, b)
-    const set = fileSet(1, 'split-char-')
-    t.teardown(set.remove)
-    const file = fs.openSync(set.files[0], 'r')
-    t.teardown(() => fs.closeSync(file))
-    const identity = fdIdentity(file)
-    const copies = () => openFdNumbers().filter((fd) => fdIdentityOrNull(fd) === identity).length
+    const { file, copies } = trackedFile(t, 'split-char-')
     const { log, ended } = logDecoded(b)
     const bytes = Buffer.from('\u{1F600}')
     // The first three bytes, each with an fd: held for the listener (the character is not

@@ -60,22 +60,32 @@ static napi_value throw_message(napi_env env, const char *what, int error) {
   return NULL;
 }
 
-static napi_value floor_recv(napi_env env, napi_callback_info info) {
+/* A control buffer for SCM_MAX_FD fds, aligned for its headers. */
+union control {
+  char buf[CMSG_SPACE(SCM_MAX_FD * sizeof(int))];
+  struct cmsghdr align;
+};
+
+/* The (fd, buffer) arguments of recv and send; 0 (a TypeError thrown) when they are not. */
+static int fd_and_buffer(napi_env env, napi_callback_info info, const char *usage, int32_t *fd,
+                         void **data, size_t *length) {
   size_t argc = 2;
   napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int32(env, argv[0], fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], data, length) != napi_ok) {
+    napi_throw_type_error(env, NULL, usage);
+    return 0;
+  }
+  return 1;
+}
+
+static napi_value floor_recv(napi_env env, napi_callback_info info) {
   int32_t fd;
   void *data;
   size_t length;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
-      napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
-      napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok) {
-    napi_throw_type_error(env, NULL, "recv(fd: number, buffer: Buffer)");
-    return NULL;
-  }
-  union {
-    char buf[CMSG_SPACE(SCM_MAX_FD * sizeof(int))];
-    struct cmsghdr align;
-  } control;
+  if (!fd_and_buffer(env, info, "recv(fd: number, buffer: Buffer)", &fd, &data, &length)) return NULL;
+  union control control;
   struct iovec iov = {data, length};
   struct msghdr msg = {0};
   msg.msg_iov = &iov;
@@ -136,21 +146,11 @@ static napi_value floor_enqueue(napi_env env, napi_callback_info info) {
 }
 
 static napi_value floor_send(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
   int32_t fd;
   void *data;
   size_t length;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
-      napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
-      napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok) {
-    napi_throw_type_error(env, NULL, "send(fd: number, buffer: Buffer)");
-    return NULL;
-  }
-  union {
-    char buf[CMSG_SPACE(SCM_MAX_FD * sizeof(int))];
-    struct cmsghdr align;
-  } control;
+  if (!fd_and_buffer(env, info, "send(fd: number, buffer: Buffer)", &fd, &data, &length)) return NULL;
+  union control control;
   size_t sent = 0;
   int error = 0;
   while (sent < length && !error) {

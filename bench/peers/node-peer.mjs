@@ -108,6 +108,22 @@ function receiveAll(stream, msgs, counts) {
   })
 }
 
+/**
+ * The AsyncUnixStream sender's loop: `msgs` times, `per` calls of `enqueue` and one of
+ * `write` (which returns a Promise), with WRITE_WINDOW writes in flight; writes are served
+ * in call order and an fd enqueued between two write calls rides on the later one.
+ */
+async function sendAll(msgs, per, enqueue, write) {
+  const window = new Array(WRITE_WINDOW)
+  for (let i = 0; i < msgs; i++) {
+    const slot = i % WRITE_WINDOW
+    if (window[slot]) await window[slot]
+    for (let j = 0; j < per; j++) enqueue()
+    window[slot] = write()
+  }
+  await Promise.all(window)
+}
+
 /** Closes the fds an 'fds' event handed over (counting a truncated arrival). */
 function closeHanded(fds, counts) {
   if (fds.truncated) counts.truncated++
@@ -226,17 +242,13 @@ const async = {
     const stream = await AsyncUnixStream.connect(path)
     markCpu()
     const devnull = fs.openSync('/dev/null', 'r')
-    // Keeps WRITE_WINDOW writes in flight; writes are served in call order and an fd
-    // enqueued between two write calls rides on the later one.
-    const window = new Array(WRITE_WINDOW)
     const t0 = now()
-    for (let i = 0; i < msgs; i++) {
-      const slot = i % WRITE_WINDOW
-      if (window[slot]) await window[slot]
-      for (let j = 0; j < per; j++) stream.enqueue(devnull)
-      window[slot] = stream.write(ONE)
-    }
-    await Promise.all(window)
+    await sendAll(
+      msgs,
+      per,
+      () => stream.enqueue(devnull),
+      () => stream.write(ONE),
+    )
     if ((await stream.read(1)).length !== 1) fail('no ack: the receiver closed early')
     const elapsedNs = Number(now() - t0)
     stream.close()
@@ -783,15 +795,13 @@ const floor = {
     markCpu()
     const fd = stream.fd
     const devnull = fs.openSync('/dev/null', 'r')
-    const window = new Array(WRITE_WINDOW)
     const t0 = now()
-    for (let i = 0; i < msgs; i++) {
-      const slot = i % WRITE_WINDOW
-      if (window[slot]) await window[slot]
-      for (let j = 0; j < per; j++) addon.enqueue(devnull)
-      window[slot] = Promise.resolve(addon.send(fd, ONE))
-    }
-    await Promise.all(window)
+    await sendAll(
+      msgs,
+      per,
+      () => addon.enqueue(devnull),
+      () => Promise.resolve(addon.send(fd, ONE)),
+    )
     if (stream.read(Buffer.alloc(1)) !== 1) fail('no ack: the receiver closed early')
     const elapsedNs = Number(now() - t0)
     stream.close()
