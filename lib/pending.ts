@@ -292,8 +292,9 @@ export function mustDefer(): boolean {
  * What {@link operation} makes of the answer of an operation started as `id`, for
  * the hot paths (a read, a write) that make their native call themselves: a call made
  * through a callback of their own cost a closure and a call site that sees every kind
- * of operation. Native code must have been told {@link mustDefer}. Returns the value
- * itself, or a Promise when the operation is pending (or the answer was one).
+ * of operation. Native code that can defer must have been told {@link mustDefer}.
+ * Returns the value itself, or a Promise when the operation is pending (or the answer
+ * was one).
  */
 export function answered<T>(
   owner: object,

@@ -145,11 +145,43 @@ static napi_value floor_enqueue(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* Closes the duplicates queued, as fd-queue does: sorted, each run of neighbouring
+ * numbers with one close_range (where the kernel has it), the others one by one. */
+static void close_outbound(void) {
+  for (int i = 1; i < queued; i++)
+    for (int j = i; j > 0 && outbound[j - 1] > outbound[j]; j--) {
+      int swap = outbound[j];
+      outbound[j] = outbound[j - 1];
+      outbound[j - 1] = swap;
+    }
+  static int no_close_range = 0;
+  int start = 0;
+  while (start < queued) {
+    int end = start + 1;
+    while (end < queued && outbound[end] == outbound[end - 1] + 1) end++;
+    int closed = 0;
+#ifdef SYS_close_range
+    if (end - start > 1 && !no_close_range) {
+      closed = syscall(SYS_close_range, outbound[start], outbound[end - 1], 0) == 0;
+      if (!closed) no_close_range = 1;
+    }
+#endif
+    if (!closed)
+      for (int i = start; i < end; i++) close(outbound[i]);
+    start = end;
+  }
+  queued = 0;
+}
+
 static napi_value floor_send(napi_env env, napi_callback_info info) {
   int32_t fd;
   void *data;
   size_t length;
   if (!fd_and_buffer(env, info, "send(fd: number, buffer: Buffer)", &fd, &data, &length)) return NULL;
+  if (length == 0 && queued > 0) {
+    napi_throw_error(env, NULL, "send: fds need at least one byte to ride on");
+    return NULL;
+  }
   union control control;
   size_t sent = 0;
   int error = 0;
@@ -172,16 +204,8 @@ static napi_value floor_send(napi_env env, napi_callback_info info) {
     if (n < 0) error = errno;
     else sent += (size_t)n;
   }
-  /* Sent or not, the duplicates go: the kernel holds its own references. Neighbouring
-   * numbers (as duplicates made in a row usually are) go in one close_range, as
-   * fd-queue closes them. */
-  int run = 1;
-  for (int i = 1; i < queued && run; i++) run = outbound[i] == outbound[0] + i;
-#ifdef SYS_close_range
-  if (queued > 1 && run && syscall(SYS_close_range, outbound[0], outbound[queued - 1], 0) == 0) queued = 0;
-#endif
-  for (int i = 0; i < queued; i++) close(outbound[i]);
-  queued = 0;
+  /* Sent or not, the duplicates go: the kernel holds its own references. */
+  close_outbound();
   if (error) return throw_message(env, "sendmsg", error);
   napi_value result;
   napi_create_int32(env, (int32_t)sent, &result);
