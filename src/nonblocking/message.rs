@@ -25,7 +25,7 @@ use crate::js::byte_count;
 use crate::nonblocking::core::{closing, release};
 use crate::nonblocking::stream::fail;
 use crate::queue::OutboundQueue;
-use crate::runtime::register_or_return;
+use crate::runtime::{register_or_return, spawn_operation, Waits};
 use crate::scm_rights::{self, Datagram, SCM_MAX_FD};
 use crate::settle::{self, number, RawValue, Settled};
 use crate::socket::{self as unix, Adopt, Kind, SocketFile};
@@ -425,7 +425,13 @@ impl MessageSocket {
       drop(shared);
       outcome.map(|_| byte_count(len))
     };
-    spawn_settling(defer, settle::settling(home, id, op, number, undelivered));
+    spawn_operation(
+      settle::settling(home, id, op, number, undelivered),
+      Waits {
+        defer,
+        ..Waits::default()
+      },
+    );
     Ok(None)
   }
 
@@ -485,7 +491,13 @@ impl MessageSocket {
       outcome
     };
     let finish = |env: &Env, outcome| message_value(env, outcome).map_err(error::internal);
-    spawn_settling(defer, settle::settling(home, id, op, finish, undelivered));
+    spawn_operation(
+      settle::settling(home, id, op, finish, undelivered),
+      Waits {
+        defer,
+        ..Waits::default()
+      },
+    );
     Ok(None)
   }
 
@@ -587,15 +599,5 @@ async fn receive_later(shared: &Shared) -> Result<Outcome> {
       Ok(None) => guard.clear_ready(),
       Err(e) => return Err(error::sys(e, "recvmsg")),
     }
-  }
-}
-
-/// Runs the task that settles an operation: once the event loop has turned when JS asked
-/// to `defer` it (see `StreamCore::read`), otherwise at once.
-fn spawn_settling(defer: bool, task: impl std::future::Future<Output = ()> + Send + 'static) {
-  if defer {
-    crate::runtime::spawn_next_turn(task);
-  } else {
-    crate::runtime::spawn(task);
   }
 }

@@ -22,6 +22,7 @@ use crate::nonblocking::core::{
 };
 use crate::nonblocking::reader::{ReadArgs, Reader};
 use crate::queue::OutboundQueue;
+use crate::runtime::Waits;
 use crate::scm_rights::{self, Received};
 use crate::settle::{self, number, settle_later_keeping, Settled};
 use crate::socket::{self as unix, Adopt, Kind};
@@ -219,13 +220,12 @@ impl StreamCore {
       outcome
     };
     let task = settle::settling_in_line(home, id, op, number, undelivered);
-    if defer {
-      crate::runtime::spawn_next_turn(task);
-    } else if queued {
-      crate::runtime::spawn_queued(task);
-    } else {
-      crate::runtime::spawn(task);
-    }
+    let waits = Waits {
+      defer,
+      queued,
+      ..Waits::default()
+    };
+    crate::runtime::spawn_operation(task, waits);
     Ok(None)
   }
 
@@ -343,15 +343,12 @@ impl StreamCore {
       Ok(Settled::Bytes(data))
     };
     let task = settle::settling(home, id, op, finish, undelivered);
-    if defer {
-      crate::runtime::spawn_next_turn(task);
-    } else if after_event {
-      crate::runtime::spawn_after_event(task);
-    } else if queued {
-      crate::runtime::spawn_queued(task);
-    } else {
-      crate::runtime::spawn(task);
-    }
+    let waits = Waits {
+      defer,
+      after_event,
+      queued,
+    };
+    crate::runtime::spawn_operation(task, waits);
     Ok(None)
   }
 

@@ -220,7 +220,7 @@ fn spawn_then<F: Future<Output = ()> + Send + 'static>(future: F, then: impl FnO
 /// latest) instead of one of its own, which would only turn the reactor for nothing
 /// (an `epoll_wait` per read). Since it starts before that drive turns the reactor, it
 /// should try its syscall first: the event may be the one it waits for.
-pub(crate) fn spawn_after_event<F: Future<Output = ()> + Send + 'static>(future: F) {
+fn spawn_after_event<F: Future<Output = ()> + Send + 'static>(future: F) {
   match local() {
     Some(local) => local.after_event.borrow_mut().push(Box::pin(future)),
     None => drop(napi::bindgen_prelude::spawn(future)),
@@ -232,7 +232,7 @@ pub(crate) fn spawn_after_event<F: Future<Output = ()> + Send + 'static>(future:
 /// drive, with the others queued meanwhile, instead of a drive of its own for each (a turn
 /// of the reactor, an `epoll_wait`, per call): the drive the current loop callback makes
 /// once JS has its results, or else one at the next loop iteration.
-pub(crate) fn spawn_queued<F: Future<Output = ()> + Send + 'static>(future: F) {
+fn spawn_queued<F: Future<Output = ()> + Send + 'static>(future: F) {
   spawn_then(future, |local| {
     if !local.in_callback.get() {
       local.schedule();
@@ -245,13 +245,38 @@ pub(crate) fn spawn_queued<F: Future<Output = ()> + Send + 'static>(future: F) {
 /// last turned. On the JS-thread runtime it starts in the next loop callback (the next
 /// iteration's, at the latest), not in a round of the current one, which would run it,
 /// and the code its outcome runs, before the loop gets a turn.
-pub(crate) fn spawn_next_turn<F: Future<Output = ()> + Send + 'static>(future: F) {
+fn spawn_next_turn<F: Future<Output = ()> + Send + 'static>(future: F) {
   match local() {
     Some(local) => {
       local.next_turn_tasks.borrow_mut().push(Box::pin(future));
       local.soon();
     }
     None => drop(napi::bindgen_prelude::spawn(future)),
+  }
+}
+
+/// What an operation's task waits for before it starts, for [`spawn_operation`].
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Waits {
+  /// JS asked it to settle once the event loop has turned ([`spawn_next_turn`]).
+  pub(crate) defer: bool,
+  /// It can do nothing before an event of the reactor ([`spawn_after_event`]).
+  pub(crate) after_event: bool,
+  /// It is queued behind an earlier operation of its object ([`spawn_queued`]).
+  pub(crate) queued: bool,
+}
+
+/// Runs an operation's task with the first of `waits` that holds, in the order of its
+/// fields; at once ([`spawn`]) when none does.
+pub(crate) fn spawn_operation<F: Future<Output = ()> + Send + 'static>(future: F, waits: Waits) {
+  if waits.defer {
+    spawn_next_turn(future);
+  } else if waits.after_event {
+    spawn_after_event(future);
+  } else if waits.queued {
+    spawn_queued(future);
+  } else {
+    spawn(future);
   }
 }
 
