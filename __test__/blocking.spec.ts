@@ -9,6 +9,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { UnixListener, UnixStream } from '../index.js'
+import { startDriver } from './fixtures/driver.js'
 import {
   closeAll,
   fdFlags,
@@ -584,6 +585,25 @@ test.serial('a read interrupted by signals (EINTR) is retried and loses nothing'
   t.true(report.signals >= 1 && report.signals <= 3, `${report.signals} signals handled`)
   stream.close()
   listener.close()
+})
+
+test.serial('connect({ timeout }) to a full backlog times out under a signal storm (EINTR)', async (t) => {
+  const socketPath = tmpSocketPath()
+  const listener = UnixListener.bind(socketPath)
+  const child = startFixture('signal-connect', [socketPath], { timeoutMs: 30_000 })
+  await child.waitForLine(/^filled$/)
+  // A signal every millisecond: a timeout that started over at each would never run out.
+  const storm = startDriver(['signals', child.child.pid!, 1000])
+  const result = await child.done
+  storm.kill()
+  await storm.exited
+  listener.close()
+  t.false(result.timedOut, 'the connect returned')
+  t.is(result.code, 0, result.stderr)
+  const report = lastJson(result)
+  t.is(report.code, 'ETIMEDOUT')
+  t.true(report.signalsMeanwhile, 'signals came during the connect')
+  t.true(report.waitedMs >= 299, `waited ${report.waitedMs} ms in all, the whole timeout`)
 })
 
 test.serial('UnixListener: bind, accept, pass an fd, close removes the socket file', (t) => {

@@ -15,7 +15,6 @@ use napi_derive::napi;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket;
-use nix::sys::time::TimeVal;
 
 use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, Result};
@@ -125,9 +124,7 @@ impl UnixStream {
   /// room in a full backlog (`ETIMEDOUT`).
   #[napi]
   pub fn connect(path: String, timeout: Option<f64>) -> Result<UnixStream> {
-    let timeout = timeout
-      .map(|ms| duration(ms).map(|d| TimeVal::new(d.as_secs() as _, d.subsec_micros() as _)))
-      .transpose()?;
+    let timeout = timeout.map(duration).transpose()?;
     unix::connect(&path, false, timeout).map(Self::wrap)
   }
 

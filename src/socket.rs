@@ -4,11 +4,12 @@
 //! Shared by the blocking, the async and the message classes.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, setsockopt, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::stat;
-use nix::sys::time::TimeVal;
+use nix::sys::time::{TimeVal, TimeValLike};
 
 use crate::error::{self, Result};
 
@@ -148,11 +149,12 @@ pub fn is_abstract(path: &str) -> bool {
 /// Connects to the listener at `path`.
 ///
 /// A blocking connect (`nonblocking` false) waits while the listener's backlog is full.
-/// With a `timeout` it waits at most that long and fails with `ETIMEDOUT`: the new
+/// With a `timeout` it waits at most that long in all and fails with `ETIMEDOUT`: the new
 /// socket's send timeout bounds that wait on Linux (the BSDs refuse at once with
-/// `ECONNREFUSED` instead of waiting). A non-blocking connect never waits: a full backlog
-/// is `EAGAIN`, as in Node's `net`, and a Unix socket connects at once otherwise.
-pub fn connect(path: &str, nonblocking: bool, timeout: Option<TimeVal>) -> Result<OwnedFd> {
+/// `ECONNREFUSED` instead of waiting); a signal that interrupts it leaves the time still
+/// left, not a new timeout. A non-blocking connect never waits: a full backlog is `EAGAIN`,
+/// as in Node's `net`, and a Unix socket connects at once otherwise.
+pub fn connect(path: &str, nonblocking: bool, timeout: Option<Duration>) -> Result<OwnedFd> {
   connect_kind(Kind::Stream, path, nonblocking, timeout)
 }
 
@@ -161,20 +163,34 @@ pub fn connect_kind(
   kind: Kind,
   path: &str,
   nonblocking: bool,
-  timeout: Option<TimeVal>,
+  timeout: Option<Duration>,
 ) -> Result<OwnedFd> {
   let addr = address(path, "connect")?;
   let fd = new_socket(kind, nonblocking).map_err(|e| error::sys(e, "socket"))?;
-  if let Some(timeout) = &timeout {
-    setsockopt(&fd, sockopt::SendTimeout, timeout).map_err(|e| error::sys(e, "setsockopt"))?;
-  }
+  let deadline = timeout.map(|t| Instant::now() + t);
+  let timed_out = || error::sys_path(Errno::ETIMEDOUT, "connect", path);
+  let mut left = timeout;
   loop {
+    if let Some(left) = left {
+      // At least 1 µs: a send timeout of zero means none at all.
+      let micros = i64::try_from(left.as_micros()).unwrap_or(i64::MAX).max(1);
+      setsockopt(&fd, sockopt::SendTimeout, &TimeVal::microseconds(micros))
+        .map_err(|e| error::sys(e, "setsockopt"))?;
+    }
     match socket::connect(fd.as_raw_fd(), &addr) {
       Ok(()) => break,
-      Err(Errno::EINTR) => continue,
-      Err(Errno::EAGAIN | Errno::EINPROGRESS) if timeout.is_some() => {
-        return Err(error::sys_path(Errno::ETIMEDOUT, "connect", path))
+      Err(Errno::EINTR) => {
+        // Tried again with what is left of the timeout (signals that come more often than
+        // the timeout would otherwise keep it from ever running out).
+        if let Some(deadline) = deadline {
+          let now_left = deadline.saturating_duration_since(Instant::now());
+          if now_left.is_zero() {
+            return Err(timed_out());
+          }
+          left = Some(now_left);
+        }
       }
+      Err(Errno::EAGAIN | Errno::EINPROGRESS) if timeout.is_some() => return Err(timed_out()),
       Err(e) => return Err(error::sys_path(e, "connect", path)),
     }
   }
