@@ -22,6 +22,8 @@ import {
   pathIdentity,
   settledOpenFds,
   readAt,
+  ROOT,
+  runProcess,
   scaled,
   startFixture,
   thrown,
@@ -604,6 +606,49 @@ test.serial('connect({ timeout }) to a full backlog times out under a signal sto
   t.is(report.code, 'ETIMEDOUT')
   t.true(report.signalsMeanwhile, 'signals came during the connect')
   t.true(report.waitedMs >= 299, `waited ${report.waitedMs} ms in all, the whole timeout`)
+})
+
+test.serial('a listener bound to a relative path removes its own file on close(), after a chdir too', async (t) => {
+  // In a child: a test worker cannot change directory.
+  const script = `
+    const fs = require('node:fs')
+    const m = require(${JSON.stringify(path.join(ROOT, 'index.js'))})
+    const kinds = {
+      UnixListener: (p) => m.UnixListener.bind(p),
+      AsyncUnixListener: (p) => m.AsyncUnixListener.bind(p),
+      SeqpacketListener: (p) => m.SeqpacketListener.bind(p),
+      DatagramSocket: (p) => m.DatagramSocket.bind(p),
+    }
+    const left = {}
+    for (const [kind, bind] of Object.entries(kinds)) {
+      const dir = fs.mkdtempSync('/tmp/fdq-rel-')
+      process.chdir(dir)
+      const listener = bind(kind + '.sock')
+      process.chdir('/')
+      listener.close()
+      left[kind] = fs.existsSync(dir + '/' + kind + '.sock')
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+    const dir = fs.mkdtempSync('/tmp/fdq-rel-')
+    process.chdir(dir)
+    const server = m.createServer().listen('FdServer.sock', () => {
+      process.chdir('/')
+      server.close(() => {
+        left.FdServer = fs.existsSync(dir + '/FdServer.sock')
+        fs.rmSync(dir, { recursive: true, force: true })
+        console.log(JSON.stringify(left))
+      })
+    })
+  `
+  const result = await runProcess(process.execPath, ['-e', script], { cwd: tmpDir(), timeoutMs: 30_000 })
+  t.is(result.status, 0, result.stderr)
+  t.deepEqual(JSON.parse(result.stdout.trim().split('\n').at(-1)!), {
+    UnixListener: false,
+    AsyncUnixListener: false,
+    SeqpacketListener: false,
+    DatagramSocket: false,
+    FdServer: false,
+  })
 })
 
 test.serial('UnixListener: bind, accept, pass an fd, close removes the socket file', (t) => {

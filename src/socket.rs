@@ -4,6 +4,7 @@
 //! Shared by the blocking, the async and the message classes.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -211,7 +212,8 @@ pub struct Bound {
 
 /// The socket file a listener created.
 pub struct SocketFile {
-  path: String,
+  /// Absolute: a process that changes directory still removes the right file.
+  path: PathBuf,
   dev: u64,
   ino: u64,
 }
@@ -220,11 +222,11 @@ impl SocketFile {
   /// Unlinks the socket file if it is still the one this listener created (like
   /// `net.Server`, which removes its path on close).
   pub fn remove(&self) {
-    if let Ok(st) = stat::lstat(self.path.as_str()) {
+    if let Ok(st) = stat::lstat(self.path.as_path()) {
       // dev_t and ino_t differ in width and sign between the Unixes.
       #[allow(clippy::unnecessary_cast)]
       if st.st_dev as u64 == self.dev && st.st_ino as u64 == self.ino {
-        let _ = nix::unistd::unlink(self.path.as_str());
+        let _ = nix::unistd::unlink(self.path.as_path());
       }
     }
   }
@@ -243,8 +245,13 @@ pub fn bind_kind(kind: Kind, path: &str, nonblocking: bool) -> Result<Bound> {
     None
   } else {
     let identity = stat::lstat(path).map_err(|e| error::sys_path(e, "stat", path))?;
+    // A relative path is taken from the directory it was bound in (as it is still
+    // relative if that directory is gone).
+    let absolute = std::env::current_dir()
+      .map(|dir| dir.join(path))
+      .unwrap_or_else(|_| PathBuf::from(path));
     Some(SocketFile {
-      path: path.to_string(),
+      path: absolute,
       dev: identity.st_dev as u64,
       ino: identity.st_ino as u64,
     })
