@@ -1,5 +1,6 @@
 /** Errors shaped like Node's: a `code` on every one, `errno`/`syscall`/`path` on system errors. */
 import * as os from 'node:os'
+import { binding } from './binding.js'
 
 /** An error with Node's `code` property. */
 export interface CodedError extends Error {
@@ -69,6 +70,16 @@ export function closedError(): CodedError {
   return codedError(new Error('Socket is closed'), 'ERR_SOCKET_CLOSED')
 }
 
+/**
+ * The number of the errno named `code`: Node's own table first, then the platform's (Node's
+ * lacks some that sockets report, such as `ETOOMANYREFS`); `undefined` for other codes.
+ */
+function errnoNumber(code: string): number | undefined {
+  const known = (os.constants.errno as Record<string, number | undefined>)[code]
+  if (known !== undefined || !/^E[A-Z0-9]+$/.test(code)) return known
+  return binding.errnoNumber(code) ?? undefined
+}
+
 /** What Node's own codes look like: an errno name, `ERR_*`, or `ABORT_ERR`. */
 const NODE_STYLE_CODE = /^(E[A-Z0-9]+|ERR_[A-Z0-9_]+|ABORT_ERR)$/
 const TAGGED_MESSAGE = /^\[([A-Z][A-Z0-9_]*)\] (.*)$/s
@@ -99,7 +110,7 @@ export function shapeError(error: unknown): unknown {
     error.message += ` (${status})`
   }
   if (coded.code === 'ERR_FD_QUEUE_FULL') return new QueueFullError(error.message)
-  const errno = coded.code ? (os.constants.errno as Record<string, number>)[coded.code] : undefined
+  const errno = coded.code ? errnoNumber(coded.code) : undefined
   if (errno !== undefined) {
     const parts = SYSTEM_MESSAGE.exec(error.message)
     coded.errno = -errno

@@ -23,6 +23,17 @@ pub fn sys(errno: Errno, syscall: &str) -> Error {
   Error::new(format!("{errno:?}"), format!("{syscall} {errno:?}"))
 }
 
+/// The number of the errno named `code` (`ETOOMANYREFS`), for the system errors whose name
+/// Node's `os.constants.errno` lacks; `null` for a name this platform has no errno for.
+#[napi_derive::napi]
+pub fn errno_number(code: String) -> Option<i32> {
+  // Errno numbers are small on every Unix; Debug prints each one's name.
+  (1..4096)
+    .map(Errno::from_raw)
+    .find(|errno| *errno != Errno::UnknownErrno && format!("{errno:?}") == code)
+    .map(|errno| errno as i32)
+}
+
 /// A failed syscall on a socket path.
 pub fn sys_path(errno: Errno, syscall: &str, path: &str) -> Error {
   Error::new(format!("{errno:?}"), format!("{syscall} {errno:?} {path}"))
@@ -92,4 +103,20 @@ pub(crate) fn from_napi(e: napi::Error) -> Error {
 /// A napi-rs failure (creating a threadsafe function, ref-counting it).
 pub(crate) fn internal(e: napi::Error) -> Error {
   coded("ERR_INTERNAL", e.reason.clone())
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn errno_numbers_by_name_also_where_node_has_none() {
+    assert_eq!(
+      errno_number("ETOOMANYREFS".into()),
+      Some(Errno::ETOOMANYREFS as i32)
+    );
+    assert_eq!(errno_number("ENOENT".into()), Some(Errno::ENOENT as i32));
+    assert_eq!(errno_number("ENOTANERRNO".into()), None);
+    assert_eq!(errno_number("UnknownErrno".into()), None);
+  }
 }
