@@ -973,7 +973,7 @@ function runNode(args: string[]): Promise<ProcessResult> {
   return runProcess(process.execPath, args, { cwd: tmpDir(), timeoutMs: 15_000 })
 }
 
-for (const where of ['data', 'fds', 'connection', 'end'] as const) {
+for (const where of ['data', 'fds', 'connection', 'end', 'write', 'drain'] as const) {
   test.serial(
     `a user callback throwing in '${where}' is an ordinary uncaught exception: exit status 1, no abort`,
     async (t) => {
@@ -987,7 +987,7 @@ for (const where of ['data', 'fds', 'connection', 'end'] as const) {
   )
 }
 
-for (const where of ['data', 'fds', 'connection'] as const) {
+for (const where of ['data', 'fds', 'connection', 'write', 'drain'] as const) {
   test.serial(
     `a user callback throwing in '${where}' reaches process 'uncaughtException', and the socket carries on`,
     async (t) => {
@@ -996,8 +996,16 @@ for (const where of ['data', 'fds', 'connection'] as const) {
       t.is(result.status, 0, result.stderr)
       const report = JSON.parse(result.stdout.trim().split('\n').pop()!)
       t.deepEqual(report.caught, [`boom from the '${where}' handler`])
+      // As from net's callbacks: an exception, not a rejection of a Promise the user never saw.
+      t.deepEqual(report.origins, ['uncaughtException'])
       if (where === 'connection') t.is(report.connections, 2, 'the server accepted the next connection')
-      else {
+      else if (where === 'write' || where === 'drain') {
+        t.like(
+          report,
+          { next: 'second', content: 'still delivered', intact: true },
+          'the next write and its fd arrived',
+        )
+      } else {
         t.like(report, { next: 'second', content: 'still delivered' }, 'the next chunk and its fd arrived')
         t.deepEqual(report.received, ['first', 'second'], 'no chunk lost to the throw')
       }

@@ -620,15 +620,17 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // The rest goes out once the socket has room; its fds still count as buffered.
     this.#sendingCount = carried
     written.then(
-      () => {
-        this.#sendingCount = 0
-        this.#settleDrain()
-        cb()
-      },
-      (error: unknown) => {
-        this.#sendingCount = 0
-        cb(error as Error)
-      },
+      () =>
+        asCallback(() => {
+          this.#sendingCount = 0
+          this.#settleDrain()
+          cb()
+        }),
+      (error: unknown) =>
+        asCallback(() => {
+          this.#sendingCount = 0
+          cb(error as Error)
+        }),
     )
   }
 
@@ -641,11 +643,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         inner.shutdown('write', id)
         return null
       }).then(
-        () => {
-          this.#releaseStaged()
-          cb()
-        },
-        (error: Error) => cb(error),
+        () =>
+          asCallback(() => {
+            this.#releaseStaged()
+            cb()
+          }),
+        (error: Error) => asCallback(() => cb(error)),
       )
     }, cb)
   }
@@ -965,6 +968,21 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     setReferenced(this.#liveness, true)
     if (this.#native && this.#reading) native(() => this.#native!.setReferenced(true))
     return this
+  }
+}
+
+/**
+ * Runs `fn`, which hands an outcome to Writable (and so to user callbacks and `'drain'`
+ * listeners), from a Promise reaction: what it throws is an uncaught exception, as from
+ * net's callbacks, not a rejection nobody handles.
+ */
+function asCallback(fn: () => void): void {
+  try {
+    fn()
+  } catch (error) {
+    process.nextTick(() => {
+      throw error
+    })
   }
 }
 
