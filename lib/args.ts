@@ -193,6 +193,16 @@ export function validateHow(how: unknown): ShutdownHow {
   throw invalidArgValue('how', `must be 'read', 'write' or 'both'. Received '${how}'`)
 }
 
+/** The longest timer Node keeps (2^31 - 1 ms); longer ones are cut to it, as `net` does. */
+const TIMEOUT_MAX = 2 ** 31 - 1
+
+/** An idle timeout in ms, checked as `net.Socket#setTimeout` checks it (0: none). */
+export function validateIdleTimeout(ms: unknown, name = 'msecs'): number {
+  if (typeof ms !== 'number') throw invalidArgType(name, 'of type number', ms)
+  if (!(ms >= 0) || !Number.isFinite(ms)) throw outOfRange(name, 'a non-negative finite number', ms)
+  return Math.min(ms, TIMEOUT_MAX)
+}
+
 export function validateCallback(cb: unknown, name = 'callback'): void {
   if (cb !== undefined && typeof cb !== 'function') throw invalidArgType(name, 'of type function', cb)
 }

@@ -31,6 +31,7 @@ import {
   validateMaxQueuedFds,
   validatePath,
   validateSignalOption,
+  validateIdleTimeout,
 } from './args.js'
 import { answered, copy, copyIfResizable, copyOut, Liveness, newId, operation, setReferenced } from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
@@ -71,6 +72,8 @@ export interface FdSocketOptions extends Pick<
    * close-on-exec. Any other kind of fd throws `ERR_INVALID_FD_TYPE` and stays yours.
    */
   fd?: number
+  /** Calls `setTimeout(timeout)` on the socket once it is made (ms; 0: none, the default). */
+  timeout?: number
 }
 
 /** How many staged fds wait for the chunk of one `write()` call. */
@@ -88,13 +91,18 @@ function firstFd(fds: number[]): number {
 type Callback = (error?: Error | null) => void
 
 let attachNative: (socket: FdSocket, inner: Native.NativeAsyncUnixStream) => void
+/** The native streams of the `AsyncUnixStream`s that `FdSocket.from` wrapped. */
+const wrappedStreams = new WeakSet<Native.NativeAsyncUnixStream>()
 
 /**
  * A Unix stream socket as a `stream.Duplex`, like `net.Socket`, that also carries fds.
  *
- * Events: `connect`, `ready`, `data`, `end`, `finish`, `close`, `error`, `drain`, and
- * `fds` (`(count)`, before the `data` of a chunk that brought `count` fds, which are
- * dequeue-able by then).
+ * Events: `connect`, `ready`, `data`, `end`, `finish`, `close` (`(hadError)`), `error`,
+ * `drain`, `timeout` (see {@link FdSocket.setTimeout}), and `fds` (`(fds)`: right before
+ * the `data` of a chunk that brought fds, with those fds, an array whose `truncated` says
+ * whether the kernel dropped some). While the socket has `fds` listeners, the fds are
+ * theirs (they are not in the inbound queue); with none, they are dequeue-able by the
+ * time their chunk's `data` is emitted.
  */
 export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #native: Native.NativeAsyncUnixStream | null = null
@@ -151,6 +159,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #mayBeEmptyHead = 0
   /** `write()` returned false because of buffered fds, so a `drain` is owed. */
   #owesDrain = false
+  /** The idle timer `setTimeout()` started (unref'd), refreshed by every read and write. */
+  #idleTimer: ReturnType<typeof setTimeout> | null = null
+  /** What `setTimeout()` was last given, as `net.Socket#timeout`. */
+  #timeout: number | undefined = undefined
 
   static {
     attachNative = (socket, inner) => socket.#attach(inner)
@@ -163,11 +175,20 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       if ((options as DuplexOptions)[mode])
         throw invalidArgValue(`options.${mode}`, 'is not supported: an FdSocket carries bytes')
     }
-    const { maxQueuedFds = DEFAULT_MAX_QUEUED_FDS, allowHalfOpen = false, fd, signal: _, ...rest } = options
+    const {
+      maxQueuedFds = DEFAULT_MAX_QUEUED_FDS,
+      allowHalfOpen = false,
+      fd,
+      signal: _,
+      timeout = 0,
+      ...rest
+    } = options
     const adopted = fd === undefined ? undefined : validateFdNumber(fd, 'options.fd')
     const signal = validateSignalOption(options)
+    const idle = validateIdleTimeout(timeout, 'options.timeout')
     super({ ...rest, allowHalfOpen, decodeStrings: true, emitClose: true, autoDestroy: true })
     this.#maxQueuedFds = validateMaxQueuedFds(maxQueuedFds)
+    if (idle > 0) this.setTimeout(idle)
     // Last: every other option is checked, so a refusal leaves the fd with the caller.
     if (adopted !== undefined) this.#attach(native(() => binding.NativeAsyncUnixStream.fromFd(adopted)))
     // Not given to Duplex: a signal aborted already destroys the socket at once, which
@@ -248,7 +269,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     const inner = stream instanceof AsyncUnixStream ? nativeStreamOf(stream) : undefined
     if (!inner) throw invalidArgType('stream', 'an instance of AsyncUnixStream', stream)
     if (inner.fd < 0) throw closedError()
-    return wrapNative(inner, options)
+    // Two sockets on one stream would both read from it.
+    if (wrappedStreams.has(inner)) throw invalidArgValue('stream', 'already belongs to an FdSocket')
+    const socket = wrapNative(inner, options)
+    wrappedStreams.add(inner)
+    return socket
   }
 
   /** Connects to the `FdServer` or listener at `path`; `cb` runs on `connect`. */
@@ -293,6 +318,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     }
     this.#native = inner
     this.#handle = inner.handle
+    this.#active()
     inner.maxQueuedFds = this.#maxQueuedFds
     inner.setHandingFds(this.listenerCount('fds') > 0)
     for (const { run } of this.#onConnect.splice(0)) run()
@@ -558,6 +584,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #writeChunks(chunks: Buffer[], cb: Callback, direct: boolean): void {
     const handle = this.#handle
     if (!handle) return cb(closedError())
+    this.#active()
     const parts: Buffer[] = []
     /** Pairs (offset, count): `count` staged fds ride on the byte at `offset`. */
     const cuts: number[] = []
@@ -623,6 +650,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       () =>
         asCallback(() => {
           this.#sendingCount = 0
+          this.#active()
           this.#settleDrain()
           cb()
         }),
@@ -693,6 +721,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   #onChunk(chunk: Buffer | number | null, handed: number[] | null, error: string | null, truncated: boolean): void {
+    this.#active()
     if (typeof chunk === 'number') {
       // In the scratch Buffer: copied out first thing, before anything else can run.
       try {
@@ -831,6 +860,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       if (lost) this.destroy(closedError())
       return listened
     }
+    // `(hadError)`, as net.Socket's: whether an error destroyed the socket.
+    if (event === 'close' && args.length === 0) return super.emit(event, this.errored != null)
     if (event !== 'data') return super.emit(event, ...args)
     const data = args[0] as Buffer | string
     this.#emittedLength += data.length
@@ -939,6 +970,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#fdsAheadCount = 0
     this.#releaseStaged()
     this.#native?.close()
+    if (this.#idleTimer !== null) clearTimeout(this.#idleTimer)
+    this.#idleTimer = null
     // Writes that waited for a connection that never came fail, as net's do.
     const waiting = this.#onConnect.splice(0)
     cb(error)
@@ -967,6 +1000,50 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#referenced = true
     setReferenced(this.#liveness, true)
     if (this.#native && this.#reading) native(() => this.#native!.setReferenced(true))
+    return this
+  }
+
+  /**
+   * As `net.Socket#setTimeout`: after `ms` milliseconds without a chunk read or a write
+   * started or finished, the socket emits `'timeout'` (once, until the next such
+   * activity). It stays open: destroy it there to end an idle connection (one a peer
+   * keeps open by sending you its own end, say). `0` turns the timer off; `callback` is
+   * added as a one-time `'timeout'` listener (removed again with `0`). The timer never
+   * keeps the process alive.
+   */
+  setTimeout(ms: number, callback?: () => void): this {
+    const idle = validateIdleTimeout(ms)
+    validateCallback(callback)
+    if (this.destroyed) return this
+    this.#timeout = ms
+    if (this.#idleTimer !== null) clearTimeout(this.#idleTimer)
+    this.#idleTimer = null
+    if (idle === 0) {
+      if (callback) this.removeListener('timeout', callback)
+      return this
+    }
+    this.#idleTimer = setTimeout(() => this.emit('timeout'), idle).unref()
+    if (callback) this.once('timeout', callback)
+    return this
+  }
+
+  /** The timeout `setTimeout()` was given (ms), `undefined` before; as `net.Socket#timeout`. */
+  get timeout(): number | undefined {
+    return this.#timeout
+  }
+
+  /** Activity: the idle timer starts over (again, if it fired). */
+  #active(): void {
+    if (this.#idleTimer !== null) this.#idleTimer.refresh()
+  }
+
+  /** A no-op, as `net.Socket#setNoDelay` on a Unix socket (there is no Nagle to turn off). */
+  setNoDelay(_noDelay?: boolean): this {
+    return this
+  }
+
+  /** A no-op, as `net.Socket#setKeepAlive` on a Unix socket (no TCP keep-alive). */
+  setKeepAlive(_enable?: boolean, _initialDelay?: number): this {
     return this
   }
 }
@@ -1117,7 +1194,10 @@ export class FdServer extends EventEmitter {
     if (!this.#unlinkOnClose) inner.setUnlinkOnClose(false)
     native(() => inner.startAccepting(() => this.#acceptTurn(inner)))
     if (!this.#referenced) native(() => inner.setReferenced(false))
-    process.nextTick(() => this.emit('listening'))
+    // Not for a server closed meanwhile (in this tick), as net's.
+    process.nextTick(() => {
+      if (this.#native === inner) this.emit('listening')
+    })
     return this
   }
 
@@ -1209,20 +1289,18 @@ export class FdServer extends EventEmitter {
 
   /**
    * Stops accepting and removes the socket file; `close` is emitted once every connection
-   * has closed. `cb` runs then (with an error if the server was not listening).
+   * has closed, also when the server was not listening (as net's). `cb` runs then, with
+   * `ERR_SERVER_NOT_RUNNING` if the server was not listening.
    */
   close(cb?: (error?: Error) => void): this {
     validateCallback(cb)
-    if (!this.#native) {
-      if (cb) {
-        const error = codedError(new Error('Server is not running.'), 'ERR_SERVER_NOT_RUNNING')
-        process.nextTick(cb, error)
-      }
-      return this
+    if (this.#native) {
+      if (cb) this.once('close', cb)
+      this.#native.close()
+      this.#native = null
+    } else if (cb) {
+      this.once('close', () => cb(codedError(new Error('Server is not running.'), 'ERR_SERVER_NOT_RUNNING')))
     }
-    if (cb) this.once('close', cb)
-    this.#native.close()
-    this.#native = null
     this.#closed = true
     this.#emitCloseWhenDone()
     return this

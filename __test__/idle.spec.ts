@@ -1,0 +1,210 @@
+/**
+ * FdSocket and FdServer where they follow net.Socket and net.Server to the letter: the idle
+ * timeout (`setTimeout`, `'timeout'`, the `timeout` option) and what it is for against a
+ * peer that keeps its connection open with its own end, `'close'`'s `hadError`, and the
+ * server's `'listening'`/`'close'` around a `close()`.
+ */
+import test from 'ava'
+import * as path from 'node:path'
+import { AsyncUnixStream, createServer, FdSocket, type FdServer } from '../index.js'
+import { ROOT, runProcess, settledOpenFds, tmpDir, tmpSocketPath } from './helpers.js'
+import { onceEvent, syncThrow, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+
+const T = 10_000
+
+let baseline = 0
+test.before(async () => {
+  baseline = await warmedUpFdBaseline()
+})
+test.after.always('no fd of this file leaked', async (t) => {
+  t.is(await settledOpenFds(baseline), baseline)
+})
+
+/** Resolves once `socket` emitted 'close', with its argument. */
+function closeOf(socket: FdSocket): Promise<boolean> {
+  return withTimeout(new Promise((resolve) => socket.once('close', resolve)), T, "'close'")
+}
+
+async function listening(server: FdServer): Promise<string> {
+  const sock = tmpSocketPath()
+  server.listen(sock)
+  await onceEvent(server, 'listening', T)
+  return sock
+}
+
+test.serial(
+  'a peer that sends its own end and goes keeps the connection open; an idle timeout ends it, and no fd is left',
+  async (t) => {
+    // The connection cannot end while its other end waits in this side's inbound queue; a
+    // client can open any number of them and hold nothing itself. Servers time idle
+    // connections out against it, as against any idle client.
+    const server = createServer({ timeout: 200 })
+    const sock = await listening(server)
+    const events: string[] = []
+    const closed = new Promise<void>((resolve) =>
+      server.on('connection', (socket: FdSocket) => {
+        socket.on('data', (data: Buffer) => events.push(`data ${data} with ${socket.queuedInboundFds} fd`))
+        socket.on('end', () => events.push('end'))
+        socket.on('timeout', () => {
+          events.push('timeout')
+          socket.destroy()
+        })
+        socket.on('close', () => resolve())
+      }),
+    )
+    const peer = [
+      'import socket, sys',
+      's = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
+      's.connect(sys.argv[1])',
+      "socket.send_fds(s, [b'x'], [s.fileno()])",
+      's.close()',
+    ].join('\n')
+    const result = await runProcess('python3', ['-c', peer, sock], { timeoutMs: 20_000 })
+    t.is(result.status, 0, result.stderr)
+    await withTimeout(closed, 20_000, 'the idle connection closes')
+    t.deepEqual(events, ['data x with 1 fd', 'timeout'], "no 'end' before the timeout: the peer's end was here")
+    server.close()
+    await onceEvent(server, 'close', T)
+  },
+)
+
+test.serial(
+  "setTimeout(ms): 'timeout' once the socket was idle that long; reads and writes start it over, also after it fired",
+  async (t) => {
+    const [a, b] = FdSocket.pair()
+    b.resume()
+    let timeouts = 0
+    a.on('timeout', () => timeouts++)
+    let callbacks = 0
+    t.is(a.timeout, undefined)
+    t.is(
+      a.setTimeout(200, () => callbacks++),
+      a,
+    )
+    t.is(a.timeout, 200)
+    // Activity for longer than the timeout, a read or a write every 50 ms or so.
+    let last = performance.now()
+    let longestGap = 0
+    for (let i = 0; i < 10; i++) {
+      if (i % 2 === 0) {
+        const got = onceEvent(a, 'data', T)
+        b.write(`to a ${i}`)
+        await got
+      } else {
+        await new Promise((resolve) => a.write(`from a ${i}`, resolve))
+      }
+      const now = performance.now()
+      longestGap = Math.max(longestGap, now - last)
+      last = now
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    const duringActivity = timeouts
+    longestGap = Math.max(longestGap, performance.now() - last)
+    // A machine that stalled for most of a timeout between two steps proves nothing here.
+    if (longestGap < 150) t.is(duringActivity, 0, 'no timeout while reads and writes went on')
+    else t.log(`a step took ${longestGap} ms: the no-timeout check is skipped`)
+    await onceEvent(a, 'timeout', T)
+    t.is(callbacks, 1, 'the callback is a one-time listener')
+    // It fired: the next activity starts it again.
+    const timedOutAgain = onceEvent(a, 'timeout', T)
+    b.write('after the timeout')
+    await timedOutAgain
+    t.is(timeouts, duringActivity + 2)
+    // 0 turns it off and takes the callback away.
+    const cb = () => callbacks++
+    a.setTimeout(50, cb)
+    t.is(a.setTimeout(0, cb), a)
+    t.is(a.timeout, 0)
+    t.is(a.listenerCount('timeout'), 1)
+    // It keeps nothing open: destroy() stops it.
+    a.setTimeout(10_000)
+    a.destroy()
+    b.destroy()
+    await Promise.all([closeOf(a), closeOf(b)])
+  },
+)
+
+test.serial('setTimeout() and the timeout option check their arguments as net does', (t) => {
+  const [a, b] = FdSocket.pair()
+  t.is(syncThrow(() => a.setTimeout(-1)).code, 'ERR_OUT_OF_RANGE')
+  t.is(syncThrow(() => a.setTimeout(Infinity)).code, 'ERR_OUT_OF_RANGE')
+  t.is(syncThrow(() => a.setTimeout(NaN)).code, 'ERR_OUT_OF_RANGE')
+  t.is(syncThrow(() => a.setTimeout('10' as any)).code, 'ERR_INVALID_ARG_TYPE')
+  t.is(syncThrow(() => a.setTimeout(10, 'cb' as any)).code, 'ERR_INVALID_ARG_TYPE')
+  t.is(syncThrow(() => new FdSocket({ timeout: -5 })).code, 'ERR_OUT_OF_RANGE')
+  t.is(syncThrow(() => createServer({ timeout: 'soon' as any })).code, 'ERR_INVALID_ARG_TYPE')
+  t.is(a.timeout, undefined, 'a refused call changes nothing')
+  // No Nagle and no TCP keep-alive on a Unix socket: as net's, no-ops that return the socket.
+  t.is(a.setNoDelay(true), a)
+  t.is(a.setKeepAlive(true, 1000), a)
+  a.destroy()
+  b.destroy()
+})
+
+test.serial('an idle timer does not keep the process alive', async (t) => {
+  const script = [
+    `const { FdSocket } = require(${JSON.stringify(path.join(ROOT, 'index.js'))})`,
+    'const [a, b] = FdSocket.pair({ timeout: 600000 })',
+    'a.unref(); b.unref()',
+    "a.on('timeout', () => process.exit(3))",
+  ].join('\n')
+  // Killed (and failed) long before the ten minutes if the timer held the process.
+  const result = await runProcess(process.execPath, ['-e', script], { cwd: tmpDir(), timeoutMs: 30_000 })
+  t.is(result.signal, null, 'exited by itself')
+  t.is(result.status, 0, result.stderr)
+})
+
+test.serial("'close' says whether an error destroyed the socket (hadError), as net's", async (t) => {
+  const failed = new FdSocket()
+  const errored = closeOf(failed)
+  failed.on('error', () => {})
+  failed.connect(path.join(tmpDir(), 'missing.sock'))
+  t.true(await errored, 'a connect that failed')
+
+  const [a, b] = FdSocket.pair()
+  a.on('error', () => {})
+  const aClosed = closeOf(a)
+  const bClosed = closeOf(b)
+  a.destroy(new Error('broken'))
+  t.true(await aClosed, 'destroy(error)')
+  t.false(await bClosed, 'the peer: its other end went, no error')
+
+  const [c, d] = FdSocket.pair()
+  const cClosed = closeOf(c)
+  c.destroy()
+  t.false(await cClosed, 'destroy()')
+  d.destroy()
+  await closeOf(d)
+})
+
+test.serial("FdServer: close() in the tick of listen() emits 'close' only, never 'listening'", async (t) => {
+  const server = createServer()
+  const events: string[] = []
+  server.on('listening', () => events.push('listening'))
+  server.listen(tmpSocketPath(), () => events.push('listen callback'))
+  server.close(() => events.push('close callback'))
+  await onceEvent(server, 'close', T)
+  // 'listening' would have come first: both are a tick away.
+  t.deepEqual(events, ['close callback'])
+  t.false(server.listening)
+})
+
+test.serial(
+  "FdServer: close() when not listening still emits 'close'; the callback gets ERR_SERVER_NOT_RUNNING",
+  async (t) => {
+    const server = createServer()
+    const closed = onceEvent(server, 'close', T)
+    const reported = new Promise<Error | undefined>((resolve) => server.close(resolve))
+    await closed
+    t.is(((await reported) as NodeJS.ErrnoException | undefined)?.code, 'ERR_SERVER_NOT_RUNNING')
+  },
+)
+
+test.serial('FdSocket.from() refuses a stream that already belongs to a socket', async (t) => {
+  const [raw, peer] = AsyncUnixStream.pair()
+  const socket = FdSocket.from(raw)
+  t.is(syncThrow(() => FdSocket.from(raw)).code, 'ERR_INVALID_ARG_VALUE')
+  socket.destroy()
+  peer.close()
+  await closeOf(socket)
+})
