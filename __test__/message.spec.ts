@@ -407,6 +407,56 @@ linuxTest(
   },
 )
 
+linuxTest(
+  'DatagramSocket: a sender named with bytes that are not UTF-8 comes as a Buffer, and a reply to it arrives',
+  async (t) => {
+    // A string would have them replaced (U+FFFD), naming another socket or none.
+    const dir = tmpDir('fdq-dg-bytes-')
+    const receiverPath = path.join(dir, 'r')
+    const receiver = DatagramSocket.bind(receiverPath)
+    const script = [
+      'import json, os, socket, sys',
+      "names = [b'\\0fdq-\\xff-' + str(os.getpid()).encode(), os.fsencode(sys.argv[2]) + b'/s-\\xfe']",
+      'got = []',
+      'for name in names:',
+      '    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)',
+      '    s.bind(name)',
+      '    s.settimeout(20)',
+      "    s.sendto(b'ping', sys.argv[1])",
+      '    got.append([s.recv(16).decode(), name.hex()])',
+      '    s.close()',
+      'print(json.dumps(got))',
+    ].join('\n')
+    const python = runProcess('python3', ['-c', script, receiverPath, dir], { timeoutMs: 30_000 })
+    try {
+      const senders: string[] = []
+      for (let i = 0; i < 2; i++) {
+        const message = (await receiver.receive())!
+        t.is(message.data.toString(), 'ping')
+        t.true(Buffer.isBuffer(message.from), 'the bytes, not a string')
+        senders.push((message.from as Buffer).toString('hex'))
+        await receiver.sendTo(message.from!, 'pong')
+      }
+      const result = await python
+      t.is(result.status, 0, result.stderr)
+      const got: Array<[string, string]> = JSON.parse(result.stdout)
+      t.deepEqual(
+        got.map(([reply]) => reply),
+        ['pong', 'pong'],
+      )
+      t.deepEqual(
+        senders,
+        got.map(([, name]) => name),
+        'from is the name byte for byte',
+      )
+      t.is(codeOf(syncThrow(() => receiver.sendTo(Buffer.alloc(0), 'x'))), 'ERR_INVALID_ARG_VALUE')
+      t.is(codeOf(syncThrow(() => receiver.sendTo(Buffer.from('a\0b'), 'x'))), 'ERR_INVALID_ARG_VALUE')
+    } finally {
+      receiver.close()
+    }
+  },
+)
+
 test('DatagramSocket: sendTo() a missing path rejects ENOENT with the path; one that is not listening ECONNREFUSED', async (t) => {
   const sender = DatagramSocket.bind()
   const missing = path.join(tmpDir(), 'gone')

@@ -90,9 +90,25 @@ export function toFd(value: FdLike, name = 'fd'): number {
  */
 export function validatePath(path: unknown, name = 'path'): string {
   if (typeof path !== 'string') throw invalidArgType(name, 'of type string', path)
-  if (path.length === 0) throw invalidArgValue(name, 'must be a non-empty socket path')
-  const length = Buffer.byteLength(path)
-  if (path.startsWith('\0')) {
+  checkAddress(name, Buffer.byteLength(path), path.startsWith('\0'), path.indexOf('\0', 1) >= 0)
+  return path
+}
+
+/**
+ * A socket address given as a string or as its bytes (a datagram's `from` that is not
+ * UTF-8, handed back to reply): checked as {@link validatePath} checks a string.
+ */
+export function validateAddress(path: unknown, name = 'path'): string | Uint8Array {
+  if (typeof path === 'string') return validatePath(path, name)
+  if (!(path instanceof Uint8Array)) throw invalidArgType(name, 'of type string or Uint8Array', path)
+  checkAddress(name, path.length, path[0] === 0, path.indexOf(0, 1) >= 0)
+  return path
+}
+
+/** The rules for a socket path or `'\0name'` of `length` bytes. */
+function checkAddress(name: string, length: number, isAbstract: boolean, innerNul: boolean): void {
+  if (length === 0) throw invalidArgValue(name, 'must be a non-empty socket path')
+  if (isAbstract) {
     if (process.platform !== 'linux' && process.platform !== 'android') {
       throw invalidArgValue(
         name,
@@ -106,10 +122,9 @@ export function validatePath(path: unknown, name = 'path'): string {
         `is ${length} bytes long; an abstract address holds at most 108 (the NUL and 107 of name)`,
       )
     }
-    return path
+    return
   }
-  if (path.includes('\0'))
-    throw invalidArgValue(name, 'must not contain null bytes (except a leading one: an abstract address)')
+  if (innerNul) throw invalidArgValue(name, 'must not contain null bytes (except a leading one: an abstract address)')
   // sun_path is 108 bytes on Linux and 104 on the BSDs and macOS, with room for a NUL.
   const limit = process.platform === 'linux' ? 107 : 103
   if (length > limit) {
@@ -118,7 +133,6 @@ export function validatePath(path: unknown, name = 'path'): string {
       `is ${length} bytes long; a Unix socket path holds at most ${limit} bytes (sun_path). Use a shorter or relative path`,
     )
   }
-  return path
 }
 
 /** The `signal` of an options object (`{ signal?: AbortSignal }`), or `undefined`. */

@@ -5,7 +5,15 @@
  */
 import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } from './binding.js'
 import { illegalConstructor, invalidArgType, native, QueueFullError } from './errors.js'
-import { holdsFd, toBytes, toFd, validateFdNumber, validatePath, validateSignalOption } from './args.js'
+import {
+  holdsFd,
+  toBytes,
+  toFd,
+  validateAddress,
+  validateFdNumber,
+  validatePath,
+  validateSignalOption,
+} from './args.js'
 import type { EnqueueFd, FdLike } from './interfaces.js'
 import { PromiseListener } from './listener.js'
 import { connectedNow, Liveness, operation, setReferenced } from './pending.js'
@@ -26,8 +34,12 @@ export interface Message {
    * (`MSG_TRUNC`; only a sender with `CAP_NET_ADMIN` can exceed it).
    */
   truncated: boolean
-  /** The sender's address (a datagram socket's sender that is bound): a path or `'\0name'`. */
-  from?: string
+  /**
+   * The sender's address (a datagram socket's sender that is bound): a path or `'\0name'`,
+   * or its bytes in a Buffer when they are not UTF-8 (a string would name another socket);
+   * `sendTo` takes either back.
+   */
+  from?: string | Buffer
 }
 
 function validateFds(fds: unknown): number[] {
@@ -67,7 +79,7 @@ abstract class MessageSocket implements EnqueueFd {
   }
 
   /** @internal */
-  protected sendMessage(data: Uint8Array | string, fds: unknown, to: string | undefined): Promise<number> {
+  protected sendMessage(data: Uint8Array | string, fds: unknown, to: string | Uint8Array | undefined): Promise<number> {
     const bytes = toBytes(data)
     const raw = validateFds(fds)
     return operation(this, this.#liveness, (id, _, defer) => this.inner.send(bytes, raw, to, id, defer) ?? null)
@@ -260,12 +272,12 @@ export class DatagramSocket extends MessageSocket {
   }
 
   /**
-   * Sends `data` with the queued fds and `fds` to the datagram socket at `path`. A
-   * receiver whose queue is full is retried (up to 64 ms apart) until it has room.
+   * Sends `data` with the queued fds and `fds` to the datagram socket at `path` (a string,
+   * or the bytes of one, as a message's `from` may be). A receiver whose queue is full is
+   * retried (up to 64 ms apart) until it has room.
    */
-  sendTo(path: string, data: Uint8Array | string, fds?: FdLike[]): Promise<number> {
-    validatePath(path)
-    return this.sendMessage(data, fds, path)
+  sendTo(path: string | Uint8Array, data: Uint8Array | string, fds?: FdLike[]): Promise<number> {
+    return this.sendMessage(data, fds, validateAddress(path))
   }
 
   /**

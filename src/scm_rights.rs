@@ -257,8 +257,9 @@ pub struct Datagram {
   pub fds_cut: bool,
   /// `MSG_TRUNC`: the message was longer than the buffer, and the rest is lost.
   pub bytes_cut: bool,
-  /// The sender's address (datagram sockets): a path, `\0name`, or `None` when unnamed.
-  pub from: Option<String>,
+  /// The sender's address (datagram sockets): a path or `\0name`, byte for byte (not
+  /// necessarily UTF-8), or `None` when unnamed.
+  pub from: Option<Vec<u8>>,
 }
 
 /// Receives one whole message into `buf` with its fds and the sender's address.
@@ -301,7 +302,7 @@ pub fn recv_message(sock: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<Datagra
         Some(msg.msg_namelen),
       )
     }
-    .and_then(|addr| crate::socket::address_name(&addr));
+    .and_then(|addr| crate::socket::address_bytes(&addr));
     Ok(Datagram {
       bytes: (n as usize).min(buf.len()),
       fds,

@@ -3,7 +3,9 @@
 //! names), and the checks that let a class adopt a socket the process already holds.
 //! Shared by the blocking, the async and the message classes.
 
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -123,19 +125,28 @@ pub fn pair_of(kind: Kind, nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
 /// namespace when it starts with a NUL byte, as in Node's `net`. The name is the bytes
 /// after that NUL, exactly: no padding, so that it matches other programs' use of it.
 pub fn address(path: &str, syscall: &str) -> Result<UnixAddr> {
-  match path.strip_prefix('\0') {
-    Some(name) => abstract_address(name, path, syscall),
-    None => UnixAddr::new(path).map_err(|e| error::sys_path(e, syscall, path)),
+  address_of_bytes(path.as_bytes(), syscall)
+}
+
+/// [`address`] of a path or `\0name` given as bytes, which need not be UTF-8 (the address
+/// a datagram came from, given back to reply to it).
+pub fn address_of_bytes(path: &[u8], syscall: &str) -> Result<UnixAddr> {
+  let shown = || String::from_utf8_lossy(path);
+  match path.strip_prefix(b"\0") {
+    Some(name) => abstract_address(name, &shown(), syscall),
+    None => {
+      UnixAddr::new(OsStr::from_bytes(path)).map_err(|e| error::sys_path(e, syscall, &shown()))
+    }
   }
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn abstract_address(name: &str, path: &str, syscall: &str) -> Result<UnixAddr> {
-  UnixAddr::new_abstract(name.as_bytes()).map_err(|e| error::sys_path(e, syscall, path))
+fn abstract_address(name: &[u8], path: &str, syscall: &str) -> Result<UnixAddr> {
+  UnixAddr::new_abstract(name).map_err(|e| error::sys_path(e, syscall, path))
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn abstract_address(_name: &str, _path: &str, _syscall: &str) -> Result<UnixAddr> {
+fn abstract_address(_name: &[u8], _path: &str, _syscall: &str) -> Result<UnixAddr> {
   Err(error::coded(
     "ERR_INVALID_ARG_VALUE",
     "Abstract socket addresses ('\\0name') exist only on Linux; use a path",
@@ -299,12 +310,18 @@ pub fn local_path(sock: BorrowedFd<'_>) -> String {
 
 /// An address as `bind` takes it: a path or `\0name`; `None` for an unnamed socket.
 pub fn address_name(addr: &UnixAddr) -> Option<String> {
+  address_bytes(addr).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// [`address_name`] byte for byte (a peer may name its socket with bytes that are not
+/// UTF-8).
+pub fn address_bytes(addr: &UnixAddr) -> Option<Vec<u8>> {
   if let Some(path) = addr.path() {
-    return Some(path.to_string_lossy().into_owned());
+    return Some(path.as_os_str().as_bytes().to_vec());
   }
   #[cfg(any(target_os = "linux", target_os = "android"))]
   if let Some(name) = addr.as_abstract() {
-    return Some(format!("\0{}", String::from_utf8_lossy(name)));
+    return Some([b"\0", name].concat());
   }
   None
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use napi::bindgen_prelude::{BufferSlice, ToNapiValue, Uint8ArraySlice};
+use napi::bindgen_prelude::{BufferSlice, Either, ToNapiValue, Uint8ArraySlice};
 use napi::{Env, JsValue};
 use napi_derive::napi;
 use nix::errno::Errno;
@@ -73,7 +73,7 @@ struct Received {
   data: Vec<u8>,
   fds: Vec<OwnedFd>,
   truncated: bool,
-  from: Option<String>,
+  from: Option<Vec<u8>>,
 }
 
 /// What one receive found: a message, or (seqpacket) the end of the connection.
@@ -178,8 +178,12 @@ fn message_value(env: &Env, outcome: Outcome) -> napi::Result<Settled> {
   let mut object = napi::bindgen_prelude::Object::new(env)?;
   object.set("data", BufferSlice::copy_from(env, &message.data)?)?;
   object.set("truncated", message.truncated)?;
-  if let Some(from) = message.from {
-    object.set("from", from)?;
+  // A string, or its bytes when they are not UTF-8: never another name that a reply would
+  // reach instead.
+  match message.from.map(String::from_utf8) {
+    Some(Ok(from)) => object.set("from", from)?,
+    Some(Err(bytes)) => object.set("from", BufferSlice::copy_from(env, bytes.as_bytes())?)?,
+    None => {}
   }
   let mut fds = env.create_array(message.fds.len() as u32)?;
   for (i, fd) in message.fds.iter().enumerate() {
@@ -361,14 +365,14 @@ impl MessageSocket {
   /// count: directly when it went at once, otherwise operation `id` settles later (always,
   /// with `defer`: see `StreamCore::read`).
   #[napi(
-    ts_args_type = "data: Uint8Array, fds: number[], to: string | undefined | null, id: number, defer?: boolean"
+    ts_args_type = "data: Uint8Array, fds: number[], to: string | Uint8Array | undefined | null, id: number, defer?: boolean"
   )]
   pub fn send(
     &self,
     env: &Env,
     data: Uint8ArraySlice<'_>,
     fds: Vec<i32>,
-    to: Option<String>,
+    to: Option<Either<String, Uint8ArraySlice<'_>>>,
     id: f64,
     defer: Option<bool>,
   ) -> napi::Result<Option<f64>> {
@@ -376,9 +380,17 @@ impl MessageSocket {
       Ok(shared) => shared,
       Err(e) => return fail(env, id, e),
     };
-    let address = match &to {
-      Some(path) => Some(unix::address(path, "sendmsg").map_err(rejection)?),
-      None => None,
+    // The address as errors show it (a path given as bytes that are not UTF-8, lossily).
+    let (address, to) = match &to {
+      Some(Either::A(path)) => (
+        Some(unix::address(path, "sendmsg").map_err(rejection)?),
+        Some(path.clone()),
+      ),
+      Some(Either::B(bytes)) => (
+        Some(unix::address_of_bytes(bytes, "sendmsg").map_err(rejection)?),
+        Some(String::from_utf8_lossy(bytes).into_owned()),
+      ),
+      None => (None, None),
     };
     let attached = {
       let mut outbound = lock(&self.outbound);
@@ -442,7 +454,7 @@ impl MessageSocket {
   /// it has received.
   #[napi(
     ts_args_type = "id: number, canceller?: ExternalObject<'Canceller'> | undefined | null, defer?: boolean",
-    ts_return_type = "{ data: Buffer, fds: number[], truncated: boolean, from?: string } | false | null"
+    ts_return_type = "{ data: Buffer, fds: number[], truncated: boolean, from?: string | Buffer } | false | null"
   )]
   pub fn receive(
     &self,
