@@ -163,6 +163,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #idleTimer: ReturnType<typeof setTimeout> | null = null
   /** What `setTimeout()` was last given, as `net.Socket#timeout`. */
   #timeout: number | undefined = undefined
+  #bytesRead = 0
+  /** Bytes handed to the native stream to send (sent, or being sent). */
+  #bytesDispatched = 0
 
   static {
     attachNative = (socket, inner) => socket.#attach(inner)
@@ -334,6 +337,42 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   get connecting(): boolean {
     return this.#connecting
+  }
+
+  /** Bytes received so far, as `net.Socket#bytesRead`. */
+  get bytesRead(): number {
+    return this.#bytesRead
+  }
+
+  /**
+   * Bytes written so far, as `net.Socket#bytesWritten`: those handed on to be sent and
+   * those still in the write buffer.
+   */
+  get bytesWritten(): number {
+    let bytes = this.#bytesDispatched
+    // Writable's own getter (untyped): the chunks not yet handed on, Buffers (decodeStrings).
+    const buffered = (this as unknown as { writableBuffer?: Array<{ chunk: Buffer }> }).writableBuffer ?? []
+    for (const { chunk } of buffered) bytes += chunk.length
+    return bytes
+  }
+
+  /**
+   * As `net.Socket#readyState`: `'opening'` while connecting, `'open'`, `'readOnly'` or
+   * `'writeOnly'` with one side ended, `'closed'`.
+   */
+  get readyState(): 'opening' | 'open' | 'readOnly' | 'writeOnly' | 'closed' {
+    if (this.#connecting) return 'opening'
+    if (this.readable && this.writable) return 'open'
+    if (this.readable) return 'readOnly'
+    if (this.writable) return 'writeOnly'
+    return 'closed'
+  }
+
+  /** As `net.Socket#destroySoon`: ends the writable side, and destroys once it finished. */
+  destroySoon(): void {
+    if (this.writable) this.end()
+    if (this.writableFinished) this.destroy()
+    else this.once('finish', () => this.destroy())
   }
 
   /** The socket's fd; -1 before connect and once closed. */
@@ -613,6 +652,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       length += chunk.length
     }
     this.#stagedCount -= carried
+    this.#bytesDispatched += length
     if (length === 0) {
       this.#settleDrain()
       return cb()
@@ -744,6 +784,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       this.read(0)
       return
     }
+    this.#bytesRead += chunk.length
     // Handed over right before the 'data' that holds the chunk's first byte (see emit()),
     // however long the chunk waits in the readable buffer.
     if (handed) {

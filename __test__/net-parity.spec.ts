@@ -1,12 +1,15 @@
 /**
  * FdSocket and FdServer where they follow net.Socket and net.Server to the letter: the idle
  * timeout (`setTimeout`, `'timeout'`, the `timeout` option) and what it is for against a
- * peer that keeps its connection open with its own end, `'close'`'s `hadError`, and the
- * server's `'listening'`/`'close'` around a `close()`.
+ * peer that keeps its connection open with its own end, `'close'`'s `hadError`,
+ * `bytesRead`/`bytesWritten`/`readyState`/`destroySoon` (the same scenario run on both),
+ * and the server's `'listening'`/`'close'` around a `close()`.
  */
 import test from 'ava'
+import * as net from 'node:net'
 import * as path from 'node:path'
-import { AsyncUnixStream, createServer, FdSocket, type FdServer } from '../index.js'
+import type { Duplex } from 'node:stream'
+import { AsyncUnixStream, createServer, connect, FdSocket, type FdServer } from '../index.js'
 import { ROOT, runProcess, settledOpenFds, tmpDir, tmpSocketPath } from './helpers.js'
 import { onceEvent, syncThrow, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 
@@ -207,4 +210,67 @@ test.serial('FdSocket.from() refuses a stream that already belongs to a socket',
   socket.destroy()
   peer.close()
   await closeOf(socket)
+})
+
+/** The state a net.Socket-like socket shows at each step of {@link scenario}. */
+function shown(socket: Duplex & { bytesRead: number; bytesWritten: number; readyState: string }) {
+  return { bytesRead: socket.bytesRead, bytesWritten: socket.bytesWritten, readyState: socket.readyState }
+}
+
+/**
+ * Writes 1 MiB and a few small chunks from `client` to a paused `server`, then reads it
+ * all, and `destroySoon()` after a last write: what both show at each step.
+ */
+async function scenario(client: any, server: any): Promise<unknown[]> {
+  const steps: unknown[] = []
+  steps.push(['connected', shown(client), shown(server)])
+  server.pause()
+  client.write(Buffer.alloc(1 << 20, 'a'))
+  client.write('bc')
+  client.write(Buffer.from('def'))
+  steps.push(['written, not read', shown(client).bytesWritten])
+  let received = 0
+  const all = new Promise<void>((resolve) =>
+    server.on('data', (chunk: Buffer) => {
+      received += chunk.length
+      if (received === (1 << 20) + 5) resolve()
+    }),
+  )
+  server.resume()
+  await withTimeout(all, T, 'every byte')
+  steps.push(['read', shown(server).bytesRead])
+  const serverClosed = new Promise((resolve) => server.once('close', resolve))
+  const clientClosed = new Promise((resolve) => client.once('close', resolve))
+  client.write('last')
+  client.destroySoon()
+  steps.push(['destroySoon', shown(client).readyState])
+  await withTimeout(Promise.all([serverClosed, clientClosed]), T, "both 'close'")
+  steps.push(['closed', shown(client), shown(server)])
+  return steps
+}
+
+test.serial('bytesRead, bytesWritten, readyState and destroySoon() show what net.Socket shows', async (t) => {
+  const netServer = net.createServer()
+  const netPath = tmpSocketPath()
+  await new Promise<void>((resolve) => netServer.listen(netPath, resolve))
+  const netAccepted = new Promise<net.Socket>((resolve) => netServer.once('connection', resolve))
+  const netClient = net.connect(netPath)
+  await onceEvent(netClient, 'connect', T)
+  const ofNet = await scenario(netClient, await netAccepted)
+  netServer.close()
+
+  const server = createServer()
+  const sock = await listening(server)
+  const accepted = new Promise<FdSocket>((resolve) => server.once('connection', resolve))
+  const client = connect(sock)
+  t.is(client.readyState, 'opening')
+  await onceEvent(client, 'connect', T)
+  const ofFdSocket = await scenario(client, await accepted)
+  server.close()
+  t.deepEqual(ofFdSocket, ofNet)
+  t.deepEqual(ofNet[0], [
+    'connected',
+    { bytesRead: 0, bytesWritten: 0, readyState: 'open' },
+    { bytesRead: 0, bytesWritten: 0, readyState: 'open' },
+  ])
 })
