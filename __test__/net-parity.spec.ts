@@ -127,6 +127,40 @@ test.serial(
   },
 )
 
+test.serial("a write that waits for a slow reader is activity; one that is stuck is not (as net's)", async (t) => {
+  const [raw, peer] = AsyncUnixStream.pair()
+  const writer = FdSocket.from(raw)
+  let timeouts = 0
+  writer.on('timeout', () => timeouts++)
+  writer.setTimeout(300)
+  // 1 MiB to a reader taking 32 KiB every 30 ms: the write goes on for most of a second.
+  const written = new Promise((resolve) => writer.write(Buffer.alloc(1 << 20), resolve))
+  let got = 0
+  let longestGap = 0
+  let last = performance.now()
+  while (got < 1 << 20) {
+    got += (await peer.read(32768)).length
+    const now = performance.now()
+    longestGap = Math.max(longestGap, now - last)
+    last = now
+    await new Promise((resolve) => setTimeout(resolve, 30))
+  }
+  await withTimeout(written, T, 'the write')
+  // A machine that stalled for most of a timeout between two reads proves nothing here.
+  if (longestGap < 200) t.is(timeouts, 0, 'no timeout while the write went on')
+  else t.log(`a read took ${longestGap} ms: the no-timeout check is skipped`)
+  // The reader stops: the next write waits with nothing going out, and times out.
+  const before = timeouts
+  let finished = false
+  writer.write(Buffer.alloc(1 << 20), () => (finished = true))
+  await onceEvent(writer, 'timeout', T)
+  t.false(finished, 'the write was still waiting')
+  t.is(timeouts, before + 1)
+  writer.destroy()
+  peer.close()
+  await closeOf(writer)
+})
+
 test.serial('setTimeout() and the timeout option check their arguments as net does', (t) => {
   const [a, b] = FdSocket.pair()
   t.is(syncThrow(() => a.setTimeout(-1)).code, 'ERR_OUT_OF_RANGE')
@@ -137,6 +171,9 @@ test.serial('setTimeout() and the timeout option check their arguments as net do
   t.is(syncThrow(() => new FdSocket({ timeout: -5 })).code, 'ERR_OUT_OF_RANGE')
   t.is(syncThrow(() => createServer({ timeout: 'soon' as any })).code, 'ERR_INVALID_ARG_TYPE')
   t.is(a.timeout, undefined, 'a refused call changes nothing')
+  // A plain property on net.Socket: setting it changes no timer.
+  a.timeout = 5
+  t.is(a.timeout, 5)
   // No Nagle and no TCP keep-alive on a Unix socket: as net's, no-ops that return the socket.
   t.is(a.setNoDelay(true), a)
   t.is(a.setKeepAlive(true, 1000), a)
@@ -264,6 +301,22 @@ test.serial('bytesRead, bytesWritten, readyState and destroySoon() show what net
   const accepted = new Promise<FdSocket>((resolve) => server.once('connection', resolve))
   const client = connect(sock)
   t.is(client.readyState, 'opening')
+  // Before connect, as net's: what waits for the connection counts as written.
+  const early = net.connect(tmpSocketPath())
+  early.on('error', () => {})
+  const waiting = connect(path.join(tmpDir(), 'missing.sock'))
+  waiting.on('error', () => {})
+  for (const socket of [early, waiting]) {
+    socket.write('héllo')
+    ;(socket as Duplex).write('ff00', 'hex')
+    socket.cork()
+    socket.write(Buffer.alloc(10))
+    socket.write('ab')
+  }
+  t.is(waiting.bytesWritten, early.bytesWritten)
+  t.is(waiting.bytesWritten, 20)
+  early.destroy()
+  waiting.destroy()
   await onceEvent(client, 'connect', T)
   const ofFdSocket = await scenario(client, await accepted)
   server.close()

@@ -214,7 +214,14 @@ const TIMEOUT_MAX = 2 ** 31 - 1
 export function validateIdleTimeout(ms: unknown, name = 'msecs'): number {
   if (typeof ms !== 'number') throw invalidArgType(name, 'of type number', ms)
   if (!(ms >= 0) || !Number.isFinite(ms)) throw outOfRange(name, 'a non-negative finite number', ms)
-  return Math.min(ms, TIMEOUT_MAX)
+  if (ms > TIMEOUT_MAX) {
+    process.emitWarning(
+      `${ms} does not fit into a 32-bit signed integer.\nTimer duration was truncated to ${TIMEOUT_MAX}.`,
+      'TimeoutOverflowWarning',
+    )
+    return TIMEOUT_MAX
+  }
+  return ms
 }
 
 export function validateCallback(cb: unknown, name = 'callback'): void {

@@ -166,6 +166,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #bytesRead = 0
   /** Bytes handed to the native stream to send (sent, or being sent). */
   #bytesDispatched = 0
+  /** Bytes of the chunks `_write`/`_writev` hold until `connect`. */
+  #bytesAwaitingConnect = 0
+  /** A write waits for room (its outcome is a Promise). */
+  #writeWaiting = false
+  /** What the native stream said its waiting writes had sent, when the idle timer last looked. */
+  #progressSeen = 0
 
   static {
     attachNative = (socket, inner) => socket.#attach(inner)
@@ -191,7 +197,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     const idle = validateIdleTimeout(timeout, 'options.timeout')
     super({ ...rest, allowHalfOpen, decodeStrings: true, emitClose: true, autoDestroy: true })
     this.#maxQueuedFds = validateMaxQueuedFds(maxQueuedFds)
-    if (idle > 0) this.setTimeout(idle)
+    if (idle > 0) {
+      this.setTimeout(idle)
+      // As given (`idle` is cut to what a timer holds).
+      this.#timeout = timeout
+    }
     // Last: every other option is checked, so a refusal leaves the fd with the caller.
     if (adopted !== undefined) this.#attach(native(() => binding.NativeAsyncUnixStream.fromFd(adopted)))
     // Not given to Duplex: a signal aborted already destroys the socket at once, which
@@ -349,7 +359,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * those still in the write buffer.
    */
   get bytesWritten(): number {
-    let bytes = this.#bytesDispatched
+    let bytes = this.#bytesDispatched + this.#bytesAwaitingConnect
     // Writable's own getter (untyped): the chunks not yet handed on, Buffers (decodeStrings).
     const buffered = (this as unknown as { writableBuffer?: Array<{ chunk: Buffer }> }).writableBuffer ?? []
     for (const { chunk } of buffered) bytes += chunk.length
@@ -570,20 +580,25 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   /** @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: Callback): void {
     if (this.#native) this.#writeChunks([chunk], cb, true)
-    else this.#whenConnected((direct) => this.#writeChunks([chunk], cb, direct), cb)
+    else this.#writeOnConnect([chunk], cb)
   }
 
   /** @internal */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: Callback): void {
-    this.#whenConnected(
-      (direct) =>
-        this.#writeChunks(
-          chunks.map((c) => c.chunk),
-          cb,
-          direct,
-        ),
-      cb,
-    )
+    const buffers = chunks.map((c) => c.chunk)
+    if (this.#native) this.#writeChunks(buffers, cb, true)
+    else this.#writeOnConnect(buffers, cb)
+  }
+
+  /** Chunks written before `connect`: they go once connected, and count in `bytesWritten` meanwhile. */
+  #writeOnConnect(chunks: Buffer[], cb: Callback): void {
+    let length = 0
+    for (const chunk of chunks) length += chunk.length
+    this.#bytesAwaitingConnect += length
+    this.#whenConnected(() => {
+      this.#bytesAwaitingConnect -= length
+      this.#writeChunks(chunks, cb, false)
+    }, cb)
   }
 
   /**
@@ -686,10 +701,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     }
     // The rest goes out once the socket has room; its fds still count as buffered.
     this.#sendingCount = carried
+    this.#writeWaiting = true
+    if (this.#idleTimer !== null) this.#progressSeen = this.#native!.waitingWritesProgress()
     written.then(
       () =>
         asCallback(() => {
           this.#sendingCount = 0
+          this.#writeWaiting = false
           this.#active()
           this.#settleDrain()
           cb()
@@ -697,6 +715,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       (error: unknown) =>
         asCallback(() => {
           this.#sendingCount = 0
+          this.#writeWaiting = false
           cb(error as Error)
         }),
     )
@@ -1045,9 +1064,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   /**
-   * As `net.Socket#setTimeout`: after `ms` milliseconds without a chunk read or a write
-   * started or finished, the socket emits `'timeout'` (once, until the next such
-   * activity). It stays open: destroy it there to end an idle connection (one a peer
+   * As `net.Socket#setTimeout`: after `ms` milliseconds without a chunk read, a write
+   * started or finished, or bytes sent by a write that waits for a slow reader, the socket
+   * emits `'timeout'` (once, until the next such activity). It stays open: destroy it there to end an idle connection (one a peer
    * keeps open by sending you its own end, say). `0` turns the timer off; `callback` is
    * added as a one-time `'timeout'` listener (removed again with `0`). The timer never
    * keeps the process alive.
@@ -1063,7 +1082,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       if (callback) this.removeListener('timeout', callback)
       return this
     }
-    this.#idleTimer = setTimeout(() => this.emit('timeout'), idle).unref()
+    if (this.#writeWaiting && this.#native) this.#progressSeen = this.#native.waitingWritesProgress()
+    this.#idleTimer = setTimeout(() => this.#onIdle(), idle).unref()
     if (callback) this.once('timeout', callback)
     return this
   }
@@ -1071,6 +1091,29 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   /** The timeout `setTimeout()` was given (ms), `undefined` before; as `net.Socket#timeout`. */
   get timeout(): number | undefined {
     return this.#timeout
+  }
+
+  /** As on `net.Socket`, where it is a plain property: sets the value, not the timer. */
+  set timeout(value: number | undefined) {
+    this.#timeout = value
+  }
+
+  /**
+   * The idle timer ran out: `'timeout'`, unless a write that waits for room has sent more
+   * since the timer last looked (as net's: a long write to a slow reader is activity, a
+   * stuck one is not).
+   */
+  #onIdle(): void {
+    const inner = this.#native
+    if (this.#writeWaiting && inner) {
+      const progress = inner.waitingWritesProgress()
+      if (progress !== this.#progressSeen) {
+        this.#progressSeen = progress
+        this.#idleTimer?.refresh()
+        return
+      }
+    }
+    this.emit('timeout')
   }
 
   /** Activity: the idle timer starts over (again, if it fired). */

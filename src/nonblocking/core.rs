@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -473,6 +473,9 @@ pub(crate) struct Shared {
   pub(crate) closed: watch::Sender<bool>,
   pub(crate) reads: Arc<Turnstile>,
   pub(crate) writes: Arc<Turnstile>,
+  /// Bytes the writes that had to wait for room have sent so far: how an idle timer tells
+  /// a long write that goes on from one that is stuck.
+  pub(crate) sent_waiting: AtomicU64,
 }
 
 impl Shared {
@@ -484,6 +487,7 @@ impl Shared {
       closed: watch::Sender::new(false),
       reads: Turnstile::new(),
       writes: Turnstile::new(),
+      sent_waiting: AtomicU64::new(0),
     })
   }
 
@@ -658,6 +662,7 @@ impl Shared {
         Ok(n) => {
           scm_rights::close_all(std::mem::take(&mut fds));
           sent += n;
+          self.sent_waiting.fetch_add(n as u64, Ordering::Relaxed);
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock && registered.is_none() => {

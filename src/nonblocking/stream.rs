@@ -426,6 +426,15 @@ impl AsyncUnixStream {
     lock(&self.shared).as_ref().map_or(-1, |s| s.fd.as_raw_fd())
   }
 
+  /// How many bytes the writes that had to wait for room have sent so far (it grows while
+  /// one goes on; `FdSocket`'s idle timer reads it).
+  #[napi]
+  pub fn waiting_writes_progress(&self) -> f64 {
+    lock(&self.shared)
+      .as_ref()
+      .map_or(0.0, |s| s.sent_waiting.load(Ordering::Relaxed) as f64)
+  }
+
   #[napi(getter)]
   pub fn max_queued_fds(&self) -> u32 {
     lock(&self.queues.inbound).limit() as u32
