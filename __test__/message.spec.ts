@@ -408,7 +408,7 @@ linuxTest(
 )
 
 linuxTest(
-  'DatagramSocket: a sender named with bytes that are not UTF-8 comes as a Buffer, and a reply to it arrives',
+  'DatagramSocket: a sender named with bytes that are not UTF-8 comes as a Buffer; sendTo() and connect() take it back',
   async (t) => {
     // A string would have them replaced (U+FFFD), naming another socket or none.
     const dir = tmpDir('fdq-dg-bytes-')
@@ -423,7 +423,7 @@ linuxTest(
       '    s.bind(name)',
       '    s.settimeout(20)',
       "    s.sendto(b'ping', sys.argv[1])",
-      '    got.append([s.recv(16).decode(), name.hex()])',
+      '    got.append([s.recv(16).decode(), s.recv(16).decode(), name.hex()])',
       '    s.close()',
       'print(json.dumps(got))',
     ].join('\n')
@@ -436,17 +436,28 @@ linuxTest(
         t.true(Buffer.isBuffer(message.from), 'the bytes, not a string')
         senders.push((message.from as Buffer).toString('hex'))
         await receiver.sendTo(message.from!, 'pong')
+        // And through a socket connected to it.
+        const replier = DatagramSocket.bind()
+        try {
+          replier.connect(message.from!)
+          await replier.send('pong again')
+        } finally {
+          replier.close()
+        }
       }
       const result = await python
       t.is(result.status, 0, result.stderr)
-      const got: Array<[string, string]> = JSON.parse(result.stdout)
+      const got: Array<[string, string, string]> = JSON.parse(result.stdout)
       t.deepEqual(
-        got.map(([reply]) => reply),
-        ['pong', 'pong'],
+        got.map(([reply, again]) => [reply, again]),
+        [
+          ['pong', 'pong again'],
+          ['pong', 'pong again'],
+        ],
       )
       t.deepEqual(
         senders,
-        got.map(([, name]) => name),
+        got.map(([, , name]) => name),
         'from is the name byte for byte',
       )
       t.is(codeOf(syncThrow(() => receiver.sendTo(Buffer.alloc(0), 'x'))), 'ERR_INVALID_ARG_VALUE')

@@ -257,12 +257,13 @@ export class DatagramSocket extends MessageSocket {
   }
 
   /**
-   * Sends to `path` by default from now on (`connect(2)`), and receives only from there.
-   * Throws `ENOENT`, `ECONNREFUSED`, ... at once.
+   * Sends to `path` (a string, or its bytes as a message's `from` may give them) by default
+   * from now on (`connect(2)`), and receives only from there. Throws `ENOENT`,
+   * `ECONNREFUSED`, ... at once.
    */
-  connect(path: string): this {
-    validatePath(path)
-    native(() => this.inner.connect(path))
+  connect(path: string | Uint8Array): this {
+    const checked = validateAddress(path)
+    native(() => this.inner.connect(checked))
     return this
   }
 

@@ -306,12 +306,16 @@ impl MessageSocket {
 
   /// Sets the default destination of a datagram socket (`connect(2)`): `send` goes there,
   /// and only messages from there are received.
-  #[napi]
-  pub fn connect(&self, path: String) -> Result<()> {
+  #[napi(ts_args_type = "path: string | Uint8Array")]
+  pub fn connect(&self, path: Either<String, Uint8ArraySlice<'_>>) -> Result<()> {
     let shared = self.shared()?;
-    let addr = unix::address(&path, "connect")?;
+    let bytes = match &path {
+      Either::A(path) => path.as_bytes(),
+      Either::B(bytes) => bytes,
+    };
+    let addr = unix::address_of_bytes(bytes, "connect")?;
     nix::sys::socket::connect(shared.fd().as_raw_fd(), &addr)
-      .map_err(|e| error::sys_path(e, "connect", &path))
+      .map_err(|e| error::sys_path(e, "connect", &String::from_utf8_lossy(bytes)))
   }
 
   #[napi(getter)]
