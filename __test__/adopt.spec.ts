@@ -28,24 +28,17 @@ import {
   O_PATH,
   ROOT,
   startFixture,
-  settledOpenFds,
   thrown,
   tmpDir,
   tmpFile,
   tmpSocketPath,
   scaled,
 } from './helpers.js'
-import { onceEvent, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+import { checkNoFdLeaked, onceEvent, readExactly, withTimeout } from './async-helpers.js'
 
 const O_NONBLOCK = fs.constants.O_NONBLOCK
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 function isOpen(fd: number): boolean {
   try {

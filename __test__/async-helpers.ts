@@ -3,6 +3,7 @@
  * timeouts around every wait, chunk-exact reading from an AsyncUnixStream, and temp files
  * with distinct content whose fds can be checked by reading through them.
  */
+import test from 'ava'
 import type { ChildProcess } from 'node:child_process'
 import { once as eventsOnce, type EventEmitter } from 'node:events'
 import * as fs from 'node:fs'
@@ -224,6 +225,21 @@ export async function warmedUpFdBaseline(): Promise<number> {
   b.destroy()
   await Promise.all([onceEvent(a, 'close'), onceEvent(b, 'close')].map((p) => p.catch(() => {})))
   return settledOpenFds()
+}
+
+/**
+ * The check every spec file makes: the open fds are counted before its first test
+ * (`measure`: warmed up unless the file never starts the async runtime) and must settle
+ * back to that count once its last test is over.
+ */
+export function checkNoFdLeaked(measure: () => Promise<number> = warmedUpFdBaseline): void {
+  let baseline = 0
+  test.before(async () => {
+    baseline = await measure()
+  })
+  test.after.always('no fd of this file leaked', async (t) => {
+    t.is(await settledOpenFds(baseline), baseline)
+  })
 }
 
 /**

@@ -31,16 +31,11 @@ import {
   tmpFile,
   tmpSocketPath,
 } from './helpers.js'
+import { checkNoFdLeaked } from './async-helpers.js'
 
 const ERRNO = os.constants.errno
 
-let baseline = 0
-test.before(async () => {
-  baseline = await settledOpenFds()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked(settledOpenFds)
 
 /** One read, as a string (streams from `pair()` have a read timeout as a safety net). */
 function readString(stream: UnixStream, size = 4096): string {

@@ -16,23 +16,9 @@ import {
   UnixStream,
 } from '../index.js'
 import { fdIdentity, pathIdentity, settledOpenFds, startFixture, tmpFile, tmpSocketPath } from './helpers.js'
-import {
-  onceEvent,
-  outcome,
-  readExactly,
-  rejection,
-  syncThrow,
-  warmedUpFdBaseline,
-  withTimeout,
-} from './async-helpers.js'
+import { checkNoFdLeaked, onceEvent, outcome, readExactly, rejection, syncThrow, withTimeout } from './async-helpers.js'
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 function assertAbortError(t: { is: Function; true: Function }, error: any, reason?: unknown): void {
   t.is(error?.name, 'AbortError')

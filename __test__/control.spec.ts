@@ -10,8 +10,8 @@ import test, { type ExecutionContext } from 'ava'
 import { spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { AsyncUnixStream, FdSocket, SeqpacketSocket, UnixStream } from '../index.js'
-import { closeAll, fdIdentity, openFdNumbers, readExactlySync, settledOpenFds, tmpFile } from './helpers.js'
-import { dequeueAll, readExactly, receiveExactly, warmedUpFdBaseline } from './async-helpers.js'
+import { closeAll, fdIdentity, openFdNumbers, readExactlySync, tmpFile } from './helpers.js'
+import { checkNoFdLeaked, dequeueAll, readExactly, receiveExactly } from './async-helpers.js'
 
 const SO_PASSPIDFD = 76
 const MESSAGES = 5
@@ -50,13 +50,7 @@ function pidfds(): number[] {
   })
 }
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 /**
  * Runs `exchange` (MESSAGES messages of 1 byte + 1 fd of a file, sent to a receiver with

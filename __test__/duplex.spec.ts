@@ -45,6 +45,7 @@ import {
   type Fifo,
 } from './helpers.js'
 import {
+  checkNoFdLeaked,
   codeOf,
   dequeueAll,
   enqueueFile,
@@ -54,20 +55,13 @@ import {
   readToEnd,
   sleep,
   syncThrow,
-  warmedUpFdBaseline,
   withTimeout,
 } from './async-helpers.js'
 
 const ERRNO = os.constants.errno
 const T = 10_000
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 /** Destroys the sockets (and closes the servers) when the test ends. */
 function cleanup(t: ExecutionContext, ...things: Array<FdSocket | FdServer | AsyncUnixStream | AsyncUnixListener>) {

@@ -8,14 +8,9 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { UnixListener, UnixStream } from '../index.js'
 import { closeAll, openFds, readAt, settledOpenFds, thrown, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
+import { checkNoFdLeaked } from './async-helpers.js'
 
-let baseline = 0
-test.before(async () => {
-  baseline = await settledOpenFds()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked(settledOpenFds)
 
 type ErrorClass = typeof TypeError | typeof RangeError
 interface BadInput {

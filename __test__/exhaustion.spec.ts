@@ -8,16 +8,10 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { createServer, FdSocket, UnixListener, UnixStream } from '../index.js'
-import { copyOf, ROOT, settledOpenFds, tmpSocketPath, scaled } from './helpers.js'
-import { jsonLines, onceEvent, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+import { copyOf, ROOT, tmpSocketPath, scaled } from './helpers.js'
+import { checkNoFdLeaked, jsonLines, onceEvent, withTimeout } from './async-helpers.js'
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 /** A child process driven by stdin lines that answers with JSON lines on stdout. */
 function drive(child: ChildProcess) {

@@ -9,16 +9,10 @@ import { spawn } from 'node:child_process'
 import * as net from 'node:net'
 import * as path from 'node:path'
 import { AsyncUnixListener, AsyncUnixStream, FdSocket } from '../index.js'
-import { lastJson, ROOT, runFixture, settledOpenFds, tmpSocketPath } from './helpers.js'
-import { onceEvent, outcome, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+import { lastJson, ROOT, runFixture, tmpSocketPath } from './helpers.js'
+import { checkNoFdLeaked, onceEvent, outcome, readExactly, withTimeout } from './async-helpers.js'
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 /** A Python process that receives one socket fd over `carrier` and holds it (fixtures/holder.py). */
 function startHolder(carrierPath: string) {

@@ -10,16 +10,10 @@ import * as vm from 'node:vm'
 import { AsyncUnixListener, AsyncUnixStream, FdServer, FdSocket, UnixStream } from '../index.js'
 import { shapeError } from '../lib/errors.js'
 import { binding } from '../lib/binding.js'
-import { settledOpenFds, tmpSocketPath } from './helpers.js'
-import { onceEvent, readExactly, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+import { tmpSocketPath } from './helpers.js'
+import { checkNoFdLeaked, onceEvent, readExactly, withTimeout } from './async-helpers.js'
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 /** A Uint8Array made in another realm (a `vm` context): `instanceof Uint8Array` is false here. */
 function foreignBytes(text: string): Uint8Array {

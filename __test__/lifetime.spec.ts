@@ -9,15 +9,9 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { lastJson, scaled, settledOpenFds, startFixture, tmpDir, type ChildResult } from './helpers.js'
-import { sleep } from './async-helpers.js'
+import { checkNoFdLeaked, sleep } from './async-helpers.js'
 
-let baseline = 0
-test.before(async () => {
-  baseline = await settledOpenFds()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked(settledOpenFds)
 
 /**
  * A child needs ~0.5 s to start with tsx and exits within a few seconds; it gets this long

@@ -19,14 +19,9 @@ import {
   tmpFile,
   tmpSocketPath,
 } from './helpers.js'
+import { checkNoFdLeaked } from './async-helpers.js'
 
-let baseline = 0
-test.before(async () => {
-  baseline = await settledOpenFds()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked(settledOpenFds)
 
 function pair(): [UnixStream, UnixStream] {
   const [a, b] = UnixStream.pair()

@@ -30,18 +30,11 @@ import {
   tmpDir,
   tmpFile,
   tmpSocketPath,
-  scaled,
   runProcess,
 } from './helpers.js'
-import { codeOf, jsonLines, rejection, syncThrow, warmedUpFdBaseline } from './async-helpers.js'
+import { checkNoFdLeaked, codeOf, jsonLines, rejection, syncThrow } from './async-helpers.js'
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 const files = (n: number) => {
   const dir = tmpDir('fdq-msg-')

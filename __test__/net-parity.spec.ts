@@ -10,18 +10,12 @@ import * as net from 'node:net'
 import * as path from 'node:path'
 import type { Duplex } from 'node:stream'
 import { AsyncUnixStream, createServer, connect, FdSocket, type FdServer } from '../index.js'
-import { ROOT, runProcess, settledOpenFds, tmpDir, tmpSocketPath } from './helpers.js'
-import { onceEvent, syncThrow, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
+import { ROOT, runProcess, tmpDir, tmpSocketPath } from './helpers.js'
+import { checkNoFdLeaked, onceEvent, syncThrow, withTimeout } from './async-helpers.js'
 
 const T = 10_000
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 /** Resolves once `socket` emitted 'close', with its argument. */
 function closeOf(socket: FdSocket): Promise<boolean> {

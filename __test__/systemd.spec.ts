@@ -10,26 +10,10 @@ import * as fs from 'node:fs'
 import * as net from 'node:net'
 import * as path from 'node:path'
 import { DatagramSocket, listenFds, sdNotify, UnixListener } from '../index.js'
-import {
-  closeAll,
-  fdIdentity,
-  pathIdentity,
-  readAt,
-  ROOT,
-  settledOpenFds,
-  tmpDir,
-  tmpFile,
-  tmpSocketPath,
-} from './helpers.js'
-import { codeOf, jsonLines, rejection, warmedUpFdBaseline } from './async-helpers.js'
+import { closeAll, fdIdentity, pathIdentity, readAt, ROOT, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
+import { checkNoFdLeaked, codeOf, jsonLines, rejection } from './async-helpers.js'
 
-let baseline = 0
-test.before(async () => {
-  baseline = await warmedUpFdBaseline()
-})
-test.after.always('no fd of this file leaked', async (t) => {
-  t.is(await settledOpenFds(baseline), baseline)
-})
+checkNoFdLeaked()
 
 interface Activation {
   env: Record<string, string>
