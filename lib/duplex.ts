@@ -170,8 +170,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #bytesAwaitingConnect = 0
   /** A write waits for room (its outcome is a Promise). */
   #writeWaiting = false
-  /** What the native stream said its waiting writes had sent, when the idle timer last looked. */
-  #progressSeen = 0
+  /**
+   * What the native stream said its waiting writes had sent, when the idle timer last
+   * looked; -1 until it has looked during the current wait (see `#onIdle`).
+   */
+  #progressSeen = -1
 
   static {
     attachNative = (socket, inner) => socket.#attach(inner)
@@ -702,7 +705,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     // The rest goes out once the socket has room; its fds still count as buffered.
     this.#sendingCount = carried
     this.#writeWaiting = true
-    if (this.#idleTimer !== null) this.#progressSeen = this.#native!.waitingWritesProgress()
+    this.#progressSeen = -1
     written.then(
       () =>
         asCallback(() => {
@@ -1065,11 +1068,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /**
    * As `net.Socket#setTimeout`: after `ms` milliseconds without a chunk read, a write
-   * started or finished, or bytes sent by a write that waits for a slow reader, the socket
-   * emits `'timeout'` (once, until the next such activity). It stays open: destroy it there to end an idle connection (one a peer
-   * keeps open by sending you its own end, say). `0` turns the timer off; `callback` is
-   * added as a one-time `'timeout'` listener (removed again with `0`). The timer never
-   * keeps the process alive.
+   * started or finished, or bytes sent by a write that waits for a slow reader (see
+   * `#onIdle`), the socket emits `'timeout'` (once, until the next read or write). It stays
+   * open: destroy it there to end an idle connection (one a peer keeps open by sending you
+   * its own end, say). `0` turns the timer off; `callback` is added as a one-time
+   * `'timeout'` listener (removed again with `0`). The timer never keeps the process alive.
    */
   setTimeout(ms: number, callback?: () => void): this {
     const idle = validateIdleTimeout(ms)
@@ -1082,7 +1085,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       if (callback) this.removeListener('timeout', callback)
       return this
     }
-    if (this.#writeWaiting && this.#native) this.#progressSeen = this.#native.waitingWritesProgress()
+    this.#progressSeen = -1
     this.#idleTimer = setTimeout(() => this.#onIdle(), idle).unref()
     if (callback) this.once('timeout', callback)
     return this
@@ -1101,7 +1104,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   /**
    * The idle timer ran out: `'timeout'`, unless a write that waits for room has sent more
    * since the timer last looked (as net's: a long write to a slow reader is activity, a
-   * stuck one is not).
+   * stuck one is not). The first time the timer runs out during a wait it starts over, as
+   * net's does: a blocked writer is woken only once the reader has emptied most of the
+   * socket's buffer, so its first bytes may take that long. A write stuck from the start
+   * times out after twice `ms`; one that stalls, `ms` to twice `ms` after its last byte.
    */
   #onIdle(): void {
     const inner = this.#native
