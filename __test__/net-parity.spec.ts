@@ -6,6 +6,7 @@
  * and the server's `'listening'`/`'close'` around a `close()`.
  */
 import test from 'ava'
+import * as fs from 'node:fs'
 import * as net from 'node:net'
 import * as path from 'node:path'
 import type { Duplex } from 'node:stream'
@@ -236,6 +237,40 @@ test.serial(
     const reported = new Promise<Error | undefined>((resolve) => server.close(resolve))
     await closed
     t.is(((await reported) as NodeJS.ErrnoException | undefined)?.code, 'ERR_SERVER_NOT_RUNNING')
+  },
+)
+
+test.serial(
+  "createServer({ signal }): aborting closes the server as net's listen({ signal }), and its connections",
+  async (t) => {
+    const controller = new AbortController()
+    const server = createServer({ signal: controller.signal })
+    const sock = await listening(server)
+    const accepted = new Promise<FdSocket>((resolve) => server.once('connection', resolve))
+    const client = connect(sock)
+    const connection = await withTimeout(accepted, T, 'the connection')
+    const errors: string[] = []
+    connection.on('error', (error: NodeJS.ErrnoException) => errors.push(String(error.code)))
+    const serverClosed = onceEvent(server, 'close', T)
+    const clientClosed = closeOf(client)
+    controller.abort()
+    await serverClosed
+    t.false(server.listening)
+    t.false(fs.existsSync(sock), 'the socket file is gone')
+    t.true(connection.destroyed)
+    t.deepEqual(errors, ['ABORT_ERR'])
+    t.false(await clientClosed, 'the client saw the connection end')
+
+    // Aborted already: the server closes before it says it listens.
+    const aborted = createServer({ signal: AbortSignal.abort() })
+    const events: string[] = []
+    aborted.on('listening', () => events.push('listening'))
+    const path2 = tmpSocketPath()
+    aborted.listen(path2)
+    await onceEvent(aborted, 'close', T)
+    t.deepEqual(events, [])
+    t.false(fs.existsSync(path2))
+    t.is(syncThrow(() => createServer({ signal: 'soon' as any })).code, 'ERR_INVALID_ARG_TYPE')
   },
 )
 

@@ -1211,6 +1211,11 @@ export class FdServer extends EventEmitter {
   #options: FdSocketOptions
   #allowedUids: Set<number> | null = null
   #unlinkOnClose = true
+  /** `options.signal`: its abort closes the server (and, given to each, its connections). */
+  #signal: AbortSignal | undefined
+  #onAbort = (): void => {
+    this.close()
+  }
 
   constructor(options?: FdServerOptions | ((socket: FdSocket) => void), onConnection?: (socket: FdSocket) => void) {
     super()
@@ -1224,6 +1229,7 @@ export class FdServer extends EventEmitter {
       throw invalidArgValue('options.fd', 'is for a socket; adopt a listening fd with server.listen({ fd })')
     }
     this.#options = socketOptions
+    this.#signal = validateSignalOption(socketOptions)
     // The options of the sockets to come are checked now, by making one: a bad option
     // must throw here, not when a connection arrives.
     // (Without the signal: aborted already, it would destroy this one with an 'error'
@@ -1281,6 +1287,10 @@ export class FdServer extends EventEmitter {
     this.#native = inner
     this.#path = inner.path
     this.#closed = false
+    // As net's listen({ signal }): aborted already, the server closes before 'listening'.
+    const signal = this.#signal
+    if (signal?.aborted) process.nextTick(this.#onAbort)
+    else signal?.addEventListener('abort', this.#onAbort, { once: true })
     if (!this.#unlinkOnClose) inner.setUnlinkOnClose(false)
     native(() => inner.startAccepting(() => this.#acceptTurn(inner)))
     if (!this.#referenced) native(() => inner.setReferenced(false))
@@ -1388,6 +1398,7 @@ export class FdServer extends EventEmitter {
       if (cb) this.once('close', cb)
       this.#native.close()
       this.#native = null
+      this.#signal?.removeEventListener('abort', this.#onAbort)
     } else if (cb) {
       this.once('close', () => cb(codedError(new Error('Server is not running.'), 'ERR_SERVER_NOT_RUNNING')))
     }
