@@ -241,7 +241,7 @@ test.serial(
 )
 
 test.serial(
-  "createServer({ signal }): aborting closes the server as net's listen({ signal }), and its connections",
+  "createServer({ signal }) and listen({ signal }): aborting closes the server as net's, and createServer's its connections",
   async (t) => {
     const controller = new AbortController()
     const server = createServer({ signal: controller.signal })
@@ -271,6 +271,20 @@ test.serial(
     t.deepEqual(events, [])
     t.false(fs.existsSync(path2))
     t.is(syncThrow(() => createServer({ signal: 'soon' as any })).code, 'ERR_INVALID_ARG_TYPE')
+
+    // listen({ path, signal }), as net's.
+    const byListen = new AbortController()
+    const server3 = createServer()
+    const path3 = tmpSocketPath()
+    server3.listen({ path: path3, signal: byListen.signal })
+    await onceEvent(server3, 'listening', T)
+    const closed3 = onceEvent(server3, 'close', T)
+    byListen.abort()
+    await closed3
+    t.false(server3.listening)
+    t.false(fs.existsSync(path3))
+    const refused = syncThrow(() => createServer().listen({ path: tmpSocketPath(), signal: 1 as any }))
+    t.is(refused.code, 'ERR_INVALID_ARG_TYPE')
   },
 )
 

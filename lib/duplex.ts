@@ -1213,8 +1213,10 @@ export class FdServer extends EventEmitter {
   #unlinkOnClose = true
   /** `options.signal`: its abort closes the server (and, given to each, its connections). */
   #signal: AbortSignal | undefined
+  /** The `signal` of the options `listen()` was given: its abort closes the server. */
+  #listenSignal: AbortSignal | undefined
   #onAbort = (): void => {
-    this.close()
+    if (this.#native) this.close()
   }
 
   constructor(options?: FdServerOptions | ((socket: FdSocket) => void), onConnection?: (socket: FdSocket) => void) {
@@ -1255,8 +1257,13 @@ export class FdServer extends EventEmitter {
    *   (from `listenFds()`, a predecessor, ...): the server owns it from now on, makes it
    *   close-on-exec and non-blocking, and never removes a socket file for it. Any other
    *   kind of fd throws `ERR_INVALID_FD_TYPE` (synchronously) and stays yours.
+   *
+   * An options object may have a `signal`: its abort closes the server (as net's).
    */
-  listen(path: string | { path: string } | { fd: number }, cb?: () => void): this {
+  listen(
+    path: string | { path: string; signal?: AbortSignal } | { fd: number; signal?: AbortSignal },
+    cb?: () => void,
+  ): this {
     let bind: () => Native.NativeAsyncUnixListener
     if (typeof path === 'string') {
       validatePath(path)
@@ -1270,6 +1277,7 @@ export class FdServer extends EventEmitter {
     } else {
       throw invalidArgType('options', 'a path, { path } or { fd }', path)
     }
+    const listenSignal = typeof path === 'object' ? validateSignalOption(path) : undefined
     validateCallback(cb)
     if (this.#native)
       throw codedError(new Error('Listen method has been called more than once'), 'ERR_SERVER_ALREADY_LISTEN')
@@ -1288,9 +1296,10 @@ export class FdServer extends EventEmitter {
     this.#path = inner.path
     this.#closed = false
     // As net's listen({ signal }): aborted already, the server closes before 'listening'.
-    const signal = this.#signal
-    if (signal?.aborted) process.nextTick(this.#onAbort)
-    else signal?.addEventListener('abort', this.#onAbort, { once: true })
+    this.#listenSignal = listenSignal
+    const signals = [this.#signal, listenSignal]
+    if (signals.some((signal) => signal?.aborted)) process.nextTick(this.#onAbort)
+    else for (const signal of signals) signal?.addEventListener('abort', this.#onAbort, { once: true })
     if (!this.#unlinkOnClose) inner.setUnlinkOnClose(false)
     native(() => inner.startAccepting(() => this.#acceptTurn(inner)))
     if (!this.#referenced) native(() => inner.setReferenced(false))
@@ -1399,6 +1408,8 @@ export class FdServer extends EventEmitter {
       this.#native.close()
       this.#native = null
       this.#signal?.removeEventListener('abort', this.#onAbort)
+      this.#listenSignal?.removeEventListener('abort', this.#onAbort)
+      this.#listenSignal = undefined
     } else if (cb) {
       this.once('close', () => cb(codedError(new Error('Server is not running.'), 'ERR_SERVER_NOT_RUNNING')))
     }
