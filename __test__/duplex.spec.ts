@@ -25,6 +25,7 @@ import {
   QueueFullError,
   runtimeInfo,
   type FdsArrived,
+  type FdSocketOptions,
 } from '../index.js'
 import {
   closeAll,
@@ -100,6 +101,17 @@ function fdIdentityOrNull(fd: number): string | null {
   } catch {
     return null
   }
+}
+
+/** An AsyncUnixStream pair whose first stream an FdSocket wraps; all closed when the test ends. */
+function wrappedPair(
+  t: ExecutionContext,
+  options?: FdSocketOptions,
+): { raw: AsyncUnixStream; peer: AsyncUnixStream; socket: FdSocket } {
+  const [raw, peer] = AsyncUnixStream.pair()
+  const socket = FdSocket.from(raw, options)
+  cleanup(t, socket, peer)
+  return { raw, peer, socket }
 }
 
 /** A file of the test's own, open, and how many fds of this process point at it now. */
@@ -1089,9 +1101,7 @@ test.serial(
 test.serial(
   'FdSocket.from(stream) whose stream is closed directly while chunks wait with fds: the socket fails with ERR_SOCKET_CLOSED, not silently',
   async (t) => {
-    const [raw, peer] = AsyncUnixStream.pair()
-    const socket = FdSocket.from(raw)
-    cleanup(t, socket, peer)
+    const { raw, peer, socket } = wrappedPair(t)
     const devnull = fs.openSync('/dev/null', 'r')
     t.teardown(() => fs.closeSync(devnull))
     let handed = 0
@@ -1121,9 +1131,7 @@ test.serial(
 test.serial(
   'FdSocket.from(stream) whose stream is closed directly, then written with an fd: the write fails with ERR_SOCKET_CLOSED and no copy of the fd staged for it is left',
   async (t) => {
-    const [raw, peer] = AsyncUnixStream.pair()
-    const socket = FdSocket.from(raw)
-    cleanup(t, socket, peer)
+    const { raw, peer, socket } = wrappedPair(t)
     const { file, copies } = trackedFile(t, 'refused-write-')
     // Misuse (the socket owns the stream now): the native side refuses the write itself.
     raw.close()
@@ -1365,10 +1373,7 @@ test.serial('writeWithFds(data, fds, cb): the fds ride on the first byte of data
 })
 
 test.serial('FdSocket.from(asyncStream) wraps it; FdSocket.pair() gives two connected Duplexes', async (t) => {
-  const [raw, peer] = AsyncUnixStream.pair()
-  cleanup(t, peer)
-  const socket = FdSocket.from(raw)
-  cleanup(t, socket)
+  const { raw, peer, socket } = wrappedPair(t)
   t.true(socket instanceof Duplex)
   t.false(socket.pending)
   t.is(socket.fd, raw.fd)
@@ -1655,10 +1660,7 @@ test.serial(
 )
 
 test.serial('FdSocket reading pauses at maxQueuedFds and resumes on dequeue; all 10 fds arrive', async (t) => {
-  const [raw, peer] = AsyncUnixStream.pair()
-  cleanup(t, peer)
-  const socket = FdSocket.from(raw, { maxQueuedFds: 3 })
-  cleanup(t, socket)
+  const { peer, socket } = wrappedPair(t, { maxQueuedFds: 3 })
   t.is(socket.maxQueuedFds, 3)
   const set = fileSet(10, 'spaused-')
   t.teardown(set.remove)

@@ -1033,8 +1033,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#fdsAheadCount = 0
     this.#releaseStaged()
     this.#native?.close()
-    if (this.#idleTimer !== null) clearTimeout(this.#idleTimer)
-    this.#idleTimer = null
+    this.#stopIdleTimer()
     // Writes that waited for a connection that never came fail, as net's do.
     const waiting = this.#onConnect.splice(0)
     cb(error)
@@ -1079,8 +1078,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     validateCallback(callback)
     if (this.destroyed) return this
     this.#timeout = ms
-    if (this.#idleTimer !== null) clearTimeout(this.#idleTimer)
-    this.#idleTimer = null
+    this.#stopIdleTimer()
     if (idle === 0) {
       if (callback) this.removeListener('timeout', callback)
       return this
@@ -1120,6 +1118,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       }
     }
     this.emit('timeout')
+  }
+
+  #stopIdleTimer(): void {
+    if (this.#idleTimer !== null) clearTimeout(this.#idleTimer)
+    this.#idleTimer = null
   }
 
   /** Activity: the idle timer starts over (again, if it fired). */

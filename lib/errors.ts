@@ -77,8 +77,11 @@ export function closedError(): CodedError {
 function errnoNumber(code: string): number | undefined {
   const known = (os.constants.errno as Record<string, number | undefined>)[code]
   if (known !== undefined || !/^E[A-Z0-9]+$/.test(code)) return known
-  return binding.errnoNumber(code) ?? undefined
+  // Asked of the addon once per name (it looks through every errno).
+  if (!platformErrnos.has(code)) platformErrnos.set(code, binding.errnoNumber(code) ?? undefined)
+  return platformErrnos.get(code)
 }
+const platformErrnos = new Map<string, number | undefined>()
 
 /** What Node's own codes look like: an errno name, `ERR_*`, or `ABORT_ERR`. */
 const NODE_STYLE_CODE = /^(E[A-Z0-9]+|ERR_[A-Z0-9_]+|ABORT_ERR)$/

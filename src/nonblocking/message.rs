@@ -385,14 +385,14 @@ impl MessageSocket {
       Err(e) => return fail(env, id, e),
     };
     // The address as errors show it (a path given as bytes that are not UTF-8, lossily).
-    let (address, to) = match &to {
+    let (address, to) = match to {
       Some(Either::A(path)) => (
-        Some(unix::address(path, "sendmsg").map_err(rejection)?),
-        Some(path.clone()),
+        Some(unix::address(&path, "sendmsg").map_err(rejection)?),
+        Some(path),
       ),
       Some(Either::B(bytes)) => (
-        Some(unix::address_of_bytes(bytes, "sendmsg").map_err(rejection)?),
-        Some(String::from_utf8_lossy(bytes).into_owned()),
+        Some(unix::address_of_bytes(&bytes, "sendmsg").map_err(rejection)?),
+        Some(String::from_utf8_lossy(&bytes).into_owned()),
       ),
       None => (None, None),
     };
