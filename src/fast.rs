@@ -29,14 +29,10 @@ use napi_derive::napi;
 
 use crate::cancel::CancelHandle;
 use crate::error::from_napi;
-use crate::handle::{self, Handle};
+use crate::handle;
 use crate::nonblocking::core::ReadNow;
 use crate::nonblocking::stream::StreamCore;
 use crate::staged::{self, StagedFds};
-
-/// A stream's core as JS holds it. Closing stays with the stream object: the handle only
-/// keeps the memory alive, never the socket.
-pub type StreamHandle = Handle<Arc<StreamCore>>;
 
 /// One call's `env` and its first `N` arguments (`undefined` where fewer were passed).
 struct Call<const N: usize> {

@@ -235,7 +235,7 @@ unsafe fn recv_raw(
     let fds = unsafe { collect_rights(&msg) };
     if RECV_CLOEXEC == 0 {
       for fd in &fds {
-        set_cloexec(fd.as_raw_fd())?;
+        crate::socket::set_cloexec(fd.as_raw_fd())?;
       }
     }
     Ok(Received {
@@ -292,7 +292,7 @@ pub fn recv_message(sock: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<Datagra
     let fds = unsafe { collect_rights(&msg) };
     if RECV_CLOEXEC == 0 {
       for fd in &fds {
-        set_cloexec(fd.as_raw_fd())?;
+        crate::socket::set_cloexec(fd.as_raw_fd())?;
       }
     }
     // SAFETY: `name` holds the `msg_namelen` bytes of address the kernel wrote.
@@ -454,14 +454,6 @@ fn close_range(low: RawFd, high: RawFd) -> bool {
     UNAVAILABLE.store(true, Ordering::Relaxed);
   }
   closed == 0
-}
-
-/// Marks `fd` close-on-exec (`F_SETFD`; `F_SETFL` cannot do this and would clobber the
-/// status flags).
-pub fn set_cloexec(fd: RawFd) -> nix::Result<()> {
-  // SAFETY: the borrow lasts for this one fcntl call on an fd the caller owns.
-  let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-  fcntl(borrowed, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map(drop)
 }
 
 #[cfg(test)]

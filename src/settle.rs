@@ -867,14 +867,11 @@ fn with_bytes_now<R>(
   Ok(f(bytes))
 }
 
-/// The largest Buffer [`buffer_value`] copies into V8's memory.
-pub(crate) const COPIED_MAX: usize = 32 * 1024;
-
 /// Bytes as a Buffer value: a small one copied into V8's memory (cheaper than an external
 /// buffer, whose finalizer costs more than the copy), a large one handed over. A read
 /// buffer of the size `spare` keeps goes back there once copied, or once JS lets go of it.
 pub(crate) fn buffer_value(env: &Env, data: Vec<u8>) -> napi::Result<RawValue> {
-  if data.len() <= COPIED_MAX {
+  if data.len() <= spare::COPIED_MAX {
     let buffer = BufferSlice::copy_from(env, &data)?;
     spare::give_back(data);
     return Ok(RawValue(buffer.raw()));

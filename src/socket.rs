@@ -4,12 +4,13 @@
 //! Shared by the blocking, the async and the message classes.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::socket::{self, setsockopt, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::stat;
 use nix::sys::time::{TimeVal, TimeValLike};
@@ -73,7 +74,7 @@ fn socket_flags(_nonblocking: bool) -> SockFlag {
 /// Applies what `socket_flags` could not set atomically on this OS.
 fn finish(fd: OwnedFd, nonblocking: bool) -> nix::Result<OwnedFd> {
   if cfg!(any(target_os = "macos", target_os = "ios")) {
-    crate::scm_rights::set_cloexec(fd.as_raw_fd())?;
+    set_cloexec(fd.as_raw_fd())?;
     if nonblocking {
       set_nonblocking(fd.as_fd())?;
     }
@@ -383,7 +384,7 @@ fn take(fd: i32, wanted: Adopt) -> std::result::Result<OwnedFd, Refusal> {
       "fd {fd} is {what}, not {expected}; it was left open and is still yours to close"
     )));
   }
-  crate::scm_rights::set_cloexec(fd).map_err(|e| Refusal::Failed(e, "fcntl"))?;
+  set_cloexec(fd).map_err(|e| Refusal::Failed(e, "fcntl"))?;
   // SAFETY: `fd` is open and the caller hands its ownership over: from here on only the
   // returned OwnedFd closes it.
   Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -414,6 +415,14 @@ fn describe(info: &crate::fd_info::NativeFdInfo, connected: bool) -> String {
     Some("seqpacket") => format!("an unconnected {family} seqpacket socket"),
     _ => format!("a {family} socket of another type"),
   }
+}
+
+/// Marks `fd` close-on-exec (`F_SETFD`; `F_SETFL` cannot do this and would clobber the
+/// status flags).
+pub fn set_cloexec(fd: RawFd) -> nix::Result<()> {
+  // SAFETY: the borrow lasts for this one fcntl call on an fd the caller owns.
+  let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+  fcntl(borrowed, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map(drop)
 }
 
 #[cfg(test)]

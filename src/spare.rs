@@ -16,6 +16,11 @@ use crate::sync::lock;
 
 /// The size of a kept buffer: the most one delivery or a default-sized read takes.
 pub(crate) const SIZE: usize = 64 * 1024;
+
+/// The largest Buffer made for JS by copying into V8's memory (by `settle::buffer_value`);
+/// a larger one is handed over.
+pub(crate) const COPIED_MAX: usize = 32 * 1024;
+
 /// Buffers kept at most (2 MiB in all). Measured on the bytes benchmark (256 MiB in 64 KiB
 /// writes, 5 runs): 16 kept left 0.80–0.92× `net.Socket`, 32 gave 0.99–1.01×.
 const KEPT: usize = 32;
@@ -76,7 +81,7 @@ pub(crate) fn recv_first(
 /// `bytes` in a buffer of their own: a kept one when they are more than what is copied
 /// into V8's memory anyway, and fit in it.
 pub(crate) fn copied(bytes: &[u8]) -> Vec<u8> {
-  if bytes.len() <= crate::settle::COPIED_MAX || bytes.len() > SIZE {
+  if bytes.len() <= COPIED_MAX || bytes.len() > SIZE {
     return bytes.to_vec();
   }
   let mut buffer = Vec::new();

@@ -16,7 +16,7 @@ pub fn claim_inherited_fds(first: i32, count: u32) -> Result<()> {
     .and_then(|count| first.checked_add(count))
     .ok_or_else(|| error::coded("ERR_OUT_OF_RANGE", "more inherited fds than fd numbers"))?;
   for fd in first..end {
-    crate::scm_rights::set_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
+    crate::socket::set_cloexec(fd).map_err(|e| error::sys(e, "fcntl"))?;
   }
   Ok(())
 }

@@ -22,7 +22,7 @@ use crate::lent::{Changed, Rest};
 use crate::queue::{InboundQueue, OutboundQueue};
 use crate::runtime::register;
 use crate::scm_rights::{self, Received};
-use crate::settle::{self, Deposit, Home};
+use crate::settle::{Deposit, Home};
 use crate::socket as unix;
 use crate::spare;
 use crate::sync::lock;
@@ -634,7 +634,7 @@ impl Shared {
         Ok(received) => {
           // A small message must not pin a large allocation in its Buffer (up to
           // COPIED_MAX it is copied into V8's memory anyway).
-          if data.len() > settle::COPIED_MAX && data.len() * 2 < size {
+          if data.len() > spare::COPIED_MAX && data.len() * 2 < size {
             data.shrink_to_fit();
           }
           return Ok((data, received));

@@ -15,6 +15,7 @@ use nix::sys::socket::{self, Shutdown};
 use crate::cancel::{self, Canceller};
 use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, internal, rejection, Result};
+use crate::handle::Handle;
 use crate::js::{byte_count, shutdown_how};
 use crate::lent::Rest;
 use crate::nonblocking::core::{
@@ -46,6 +47,10 @@ pub(crate) fn fail<T>(env: &Env, id: f64, e: error::Error) -> napi::Result<Optio
     .settle(id, Box::new(move |_| Err(e)));
   Ok(None)
 }
+
+/// A stream's core as JS holds it (the argument of the calls in `fast`). Closing stays
+/// with the stream object: the handle only keeps the memory alive, never the socket.
+pub type StreamHandle = Handle<Arc<StreamCore>>;
 
 /// What an `AsyncUnixStream` is, shared with the handle that the TypeScript layer calls
 /// its hot paths through (see `fast`).
@@ -416,8 +421,8 @@ impl AsyncUnixStream {
 
   /// This stream's handle for the functions in `fast`.
   #[napi(getter, ts_return_type = "ExternalObject<'StreamCore'>")]
-  pub fn handle(&self) -> crate::fast::StreamHandle {
-    crate::handle::Handle(self.core())
+  pub fn handle(&self) -> StreamHandle {
+    Handle(self.core())
   }
 
   /// The socket's fd, or -1 once closed.
