@@ -385,7 +385,7 @@ impl AsFd for Registered {
 /// directions come and go independently. Making and dropping it costs four syscalls
 /// (`fcntl`, `epoll_ctl` twice, `close`), and a stream that writes faster than its peer
 /// reads waits every few writes: so it stays for [`KEEP_WRITABLE`] writes that did not
-/// wait. Meanwhile its events are few: the kernel reports room to the reactor only while
+/// wait, or until a sweep finds the stream idle ([`Shared::sweep_writable`]). Meanwhile its events are few: the kernel reports room to the reactor only while
 /// less than a quarter of the send buffer is in use (`unix_writable`).
 pub(crate) struct Watch {
   pub(crate) interest: Interest,
@@ -397,6 +397,11 @@ pub(crate) struct Watch {
   pub(crate) ready_since_wait: AtomicU32,
   /// How many of those let the registration go.
   pub(crate) keep_for: u32,
+  /// Registrations acquired so far (made or reused): a sweep that sees this unchanged for
+  /// a whole period knows nothing waited meanwhile.
+  waits: AtomicU64,
+  /// A sweep ([`Shared::sweep_writable`]) watches this registration.
+  sweeping: AtomicBool,
 }
 
 impl Watch {
@@ -408,6 +413,8 @@ impl Watch {
       current: Mutex::new(None),
       registered: AtomicBool::new(false),
       ready_since_wait: AtomicU32::new(0),
+      waits: AtomicU64::new(0),
+      sweeping: AtomicBool::new(false),
     }
   }
 
@@ -418,6 +425,7 @@ impl Watch {
     fd: &Arc<OwnedFd>,
   ) -> std::result::Result<Arc<AsyncFd<Registered>>, Acquire> {
     self.ready_since_wait.store(0, Ordering::Relaxed);
+    self.waits.fetch_add(1, Ordering::Relaxed);
     let mut current = lock(&self.current);
     if let Some(io) = current.as_ref() {
       return Ok(Arc::clone(io));
@@ -468,6 +476,24 @@ impl Watch {
 /// 18,600 (measured on this machine, both processes on one CPU).
 pub(crate) const KEEP_WRITABLE: u32 = 8;
 
+impl Watch {
+  /// Drops the registration if no operation holds it. `true` when there is none left.
+  fn release_unused(&self) -> bool {
+    if !self.registered.load(Ordering::Acquire) {
+      return true;
+    }
+    let mut current = lock(&self.current);
+    match current.as_ref() {
+      Some(io) if Arc::strong_count(io) > 1 => false,
+      _ => {
+        self.registered.store(false, Ordering::Release);
+        drop(current.take());
+        true
+      }
+    }
+  }
+}
+
 /// Why `Watch::acquire` gave no registration.
 pub(crate) enum Acquire {
   /// The duplicate a write registration needs could not be made: no fd left.
@@ -508,6 +534,38 @@ impl Shared {
       writes: Turnstile::new(),
       sent_waiting: AtomicU64::new(0),
     })
+  }
+
+  /// After a write that waited: lets the write registration (and its duplicate fd) go once
+  /// a sweep finds that no write waited since the one before, within two sweep periods of
+  /// the last wait. A stream that stops writing would keep it for good otherwise (only
+  /// writes that do not wait let it go).
+  pub(crate) fn sweep_writable(self: &Arc<Self>) {
+    let watch = &self.writable;
+    if !watch.is_registered() || watch.sweeping.swap(true, Ordering::AcqRel) {
+      return;
+    }
+    let shared = Arc::downgrade(self);
+    let mut seen = watch.waits.load(Ordering::Relaxed);
+    crate::runtime::every_while_idle(Box::new(move || {
+      let Some(shared) = shared.upgrade() else {
+        return true;
+      };
+      let watch = &shared.writable;
+      let waits = watch.waits.load(Ordering::Relaxed);
+      if waits != seen || !watch.release_unused() {
+        seen = waits;
+        return false;
+      }
+      watch.sweeping.store(false, Ordering::Release);
+      // Registered again meanwhile (a write on another thread), and no other sweep took
+      // it on: this one goes on.
+      if watch.is_registered() && !watch.sweeping.swap(true, Ordering::AcqRel) {
+        seen = watch.waits.load(Ordering::Relaxed);
+        return false;
+      }
+      true
+    }));
   }
 
   /// Runs `op` until the stream is closed. A close settles the operation with

@@ -217,6 +217,7 @@ impl StreamCore {
             shared.write_all(&mut data, (from, end), fds).await?;
             from = end;
           }
+          shared.sweep_writable();
           // Given up once the outcome is queued for JS: the next write's settles after it.
           Ok((byte_count(len), ticket))
         })

@@ -85,9 +85,19 @@ struct Local {
   /// Tasks that wait for the event loop to turn (`spawn_next_turn`): spawned by the next
   /// loop callback, not by the rounds of the current one.
   next_turn_tasks: RefCell<Vec<Task>>,
+  /// A timer that runs `sweeps` every [`SWEEP_EVERY`] while there are any.
+  sweep_timer: RefCell<Option<uv::Handle>>,
+  /// What [`every_while_idle`] asked to run: each is dropped once it returns `true`.
+  sweeps: RefCell<Vec<Sweep>>,
 }
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A check run every [`SWEEP_EVERY`] until it returns `true`.
+pub(crate) type Sweep = Box<dyn FnMut() -> bool + Send>;
+
+/// How often [`every_while_idle`] runs its checks.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// What the wakers of this thread's tasks share (they may be called from any thread).
 struct Shared {
@@ -280,6 +290,33 @@ pub(crate) fn spawn_operation<F: Future<Output = ()> + Send + 'static>(future: F
   }
 }
 
+/// Runs `check` every [`SWEEP_EVERY`] until it returns `true`, without keeping the process
+/// alive or waking it more often: for what may be let go once it has been idle a while.
+/// On the JS-thread runtime the checks run on the JS thread, from one unref'd timer; on
+/// the threaded runtime, in a task of their own.
+pub(crate) fn every_while_idle(mut check: Sweep) {
+  match local() {
+    Some(local) => {
+      let mut sweeps = local.sweeps.borrow_mut();
+      if sweeps.is_empty() {
+        if let Some(timer) = local.sweep_timer.borrow().as_ref() {
+          let every = SWEEP_EVERY.as_millis() as u64;
+          timer.start_timer(on_sweep, every, every);
+        }
+      }
+      sweeps.push(check);
+    }
+    None => drop(napi::bindgen_prelude::spawn(async move {
+      loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        if check() {
+          break;
+        }
+      }
+    })),
+  }
+}
+
 /// Lets pending tasks that a JS-thread call just woke (a `close()`) run now, so that they
 /// let go of what they hold before the call returns; tasks waiting for an event or for
 /// the loop's next turn start too (those of other objects as well: they cannot be told
@@ -422,6 +459,8 @@ impl Local {
       uv::Handle::timer(api, event_loop, std::ptr::null_mut()).ok_or("uv_timer_init failed")?;
     let next_turn =
       uv::Handle::idle(api, event_loop, std::ptr::null_mut()).ok_or("uv_idle_init failed")?;
+    let sweep_timer =
+      uv::Handle::timer(api, event_loop, std::ptr::null_mut()).ok_or("uv_timer_init failed")?;
     let wakeup = uv::Handle::wakeup(api, event_loop, std::ptr::null_mut(), on_wakeup)
       .ok_or("uv_async_init failed")?;
     *lock(&shared.wakeup) = Some(WakeupHandle(wakeup));
@@ -437,6 +476,8 @@ impl Local {
       poll: RefCell::new(Some(poll)),
       timer: RefCell::new(Some(timer)),
       next_turn: RefCell::new(Some(next_turn)),
+      sweep_timer: RefCell::new(Some(sweep_timer)),
+      sweeps: RefCell::new(Vec::new()),
       driving: Cell::new(false),
       scheduled: Cell::new(false),
       sleeping: Cell::new(0),
@@ -578,6 +619,11 @@ impl Local {
       idle.stop_idle();
       idle.close(uv::Kind::Idle, None);
     }
+    if let Some(timer) = self.sweep_timer.borrow_mut().take() {
+      timer.stop_timer();
+      timer.close(uv::Kind::Timer, None);
+    }
+    drop(self.sweeps.take());
     match lock(&self.shared.wakeup).take() {
       Some(WakeupHandle(wakeup)) => wakeup.close(uv::Kind::Async, Some(done)),
       None => done(),
@@ -712,6 +758,22 @@ unsafe extern "C" fn on_next_turn(_handle: *mut uv::RawHandle) {
 
 unsafe extern "C" fn on_timer(_handle: *mut uv::RawHandle) {
   with_local(|local| local.on_loop_callback(true));
+}
+
+unsafe extern "C" fn on_sweep(_handle: *mut uv::RawHandle) {
+  with_local(|local| {
+    // Taken out while they run: a check may drop what asks for another.
+    let mut sweeps = local.sweeps.take();
+    sweeps.retain_mut(|check| !check());
+    let mut kept = local.sweeps.borrow_mut();
+    sweeps.append(&mut kept);
+    *kept = sweeps;
+    if kept.is_empty() {
+      if let Some(timer) = local.sweep_timer.borrow().as_ref() {
+        timer.stop_timer();
+      }
+    }
+  });
 }
 
 unsafe extern "C" fn on_wakeup(_handle: *mut uv::RawHandle) {
