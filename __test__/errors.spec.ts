@@ -6,7 +6,14 @@ import test from 'ava'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { UnixListener, UnixStream } from '../index.js'
+import {
+  AsyncUnixListener,
+  AsyncUnixStream,
+  DatagramSocket,
+  SeqpacketListener,
+  UnixListener,
+  UnixStream,
+} from '../index.js'
 import { closeAll, openFds, readAt, settledOpenFds, thrown, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
 import { checkNoFdLeaked } from './async-helpers.js'
 
@@ -288,6 +295,42 @@ test.serial('accept on a closed listener throws ERR_SOCKET_CLOSED; a second clos
   t.notThrows(() => listener.close())
   t.is(listener.fd, -1)
   t.false(fs.existsSync(socketPath))
+})
+
+test.serial('the settings of a closed object throw ERR_SOCKET_CLOSED too: maxQueuedFds, setUnlinkOnClose()', (t) => {
+  const [a, b] = UnixStream.pair()
+  const [c, d] = AsyncUnixStream.pair()
+  const listeners = [
+    UnixListener.bind(tmpSocketPath()),
+    AsyncUnixListener.bind(tmpSocketPath()),
+    SeqpacketListener.bind(tmpSocketPath()),
+    DatagramSocket.bind(tmpSocketPath()),
+  ]
+  for (const closed of [a, c, ...listeners]) closed.close()
+  for (const stream of [a, c]) {
+    const error = thrown(() => {
+      stream.maxQueuedFds = 10
+    })
+    t.is(error.code, 'ERR_SOCKET_CLOSED', `${stream.constructor.name} maxQueuedFds`)
+    // Arguments are checked first, as everywhere.
+    t.is(
+      thrown(() => {
+        stream.maxQueuedFds = -1
+      }).code,
+      'ERR_OUT_OF_RANGE',
+    )
+  }
+  for (const listener of listeners) {
+    t.is(thrown(() => listener.setUnlinkOnClose(false)).code, 'ERR_SOCKET_CLOSED', listener.constructor.name)
+    t.is(thrown(() => listener.setUnlinkOnClose('no' as any)).code, 'ERR_INVALID_ARG_TYPE')
+  }
+  // Open ones take them.
+  b.maxQueuedFds = 10
+  t.is(b.maxQueuedFds, 10)
+  d.maxQueuedFds = 10
+  t.is(d.maxQueuedFds, 10)
+  b.close()
+  d.close()
 })
 
 test.serial('the constructors cannot be called from user code', (t) => {

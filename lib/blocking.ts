@@ -1,6 +1,6 @@
 /** The blocking classes: every call runs its syscall on the calling thread. */
 import { binding, WRAP, type Native } from './binding.js'
-import { illegalConstructor, invalidArgType, native } from './errors.js'
+import { closedError, illegalConstructor, invalidArgType, native } from './errors.js'
 import {
   holdsFd,
   toBytes,
@@ -181,6 +181,7 @@ export class UnixListener {
    */
   setUnlinkOnClose(unlink: boolean): this {
     if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
+    if (this.#native.fd === -1) throw closedError()
     this.#native.setUnlinkOnClose(unlink)
     return this
   }

@@ -4,7 +4,7 @@
  * dispose, on a native listener.
  */
 import type { Native } from './binding.js'
-import { invalidArgType } from './errors.js'
+import { closedError, invalidArgType } from './errors.js'
 import { validateSignalOption } from './args.js'
 import { Liveness, operation, setReferenced } from './pending.js'
 
@@ -44,6 +44,7 @@ export abstract class PromiseListener<T> {
    */
   setUnlinkOnClose(unlink: boolean): this {
     if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
+    if (this.native.fd === -1) throw closedError()
     this.native.setUnlinkOnClose(unlink)
     return this
   }

@@ -4,7 +4,7 @@
  * `sendmsg`, `receive()` one whole message with its fds.
  */
 import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } from './binding.js'
-import { illegalConstructor, invalidArgType, native, QueueFullError } from './errors.js'
+import { closedError, illegalConstructor, invalidArgType, native, QueueFullError } from './errors.js'
 import {
   holdsFd,
   toBytes,
@@ -286,6 +286,7 @@ export class DatagramSocket extends MessageSocket {
    */
   setUnlinkOnClose(unlink: boolean): this {
     if (typeof unlink !== 'boolean') throw invalidArgType('unlink', 'of type boolean', unlink)
+    if (this.inner.fd === -1) throw closedError()
     this.inner.setUnlinkOnClose(unlink)
     return this
   }

@@ -1,6 +1,6 @@
 /** What the blocking and the async stream classes share: the fd, both queues, the peer. */
 import { peerCredentialsOf, type Native, type PeerCredentials } from './binding.js'
-import { native, shapeError } from './errors.js'
+import { closedError, native, shapeError } from './errors.js'
 import { toFd, validateMaxQueuedFds } from './args.js'
 import type { DequeueFd, EnqueueFd, FdLike } from './interfaces.js'
 
@@ -37,7 +37,9 @@ export abstract class QueuedStream<N extends NativeQueuedStream> implements Enqu
   }
 
   set maxQueuedFds(value: number) {
-    this.inner.maxQueuedFds = validateMaxQueuedFds(value)
+    const limit = validateMaxQueuedFds(value)
+    if (this.inner.fd === -1) throw closedError()
+    this.inner.maxQueuedFds = limit
   }
 
   enqueue(fd: FdLike): void {

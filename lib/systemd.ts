@@ -75,13 +75,16 @@ function notifyText(state: unknown): string {
  * is unset, `true` once sent; rejects with the system error otherwise (`ENOENT`,
  * `ECONNREFUSED`, `EPERM`, ...).
  */
-export async function sdNotify(
-  state: string | Record<string, string | number | boolean>,
-  fds?: FdLike[],
-): Promise<boolean> {
+export function sdNotify(state: string | Record<string, string | number | boolean>, fds?: FdLike[]): Promise<boolean> {
+  // Bad arguments throw here, at the call, as from every Promise-returning method.
   const text = notifyText(state)
   if (fds !== undefined && !Array.isArray(fds)) throw invalidArgType('fds', 'an array of fds', fds)
   const raw = Array.from(fds ?? [], (fd: FdLike, i) => toFd(fd, `fds[${i}]`))
+  return notify(text, raw)
+}
+
+/** Sends `text` with `fds` to `NOTIFY_SOCKET`; `false` when it is unset. */
+async function notify(text: string, raw: number[]): Promise<boolean> {
   const target = process.env.NOTIFY_SOCKET
   if (!target) return false
   let path: string
