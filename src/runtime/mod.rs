@@ -19,6 +19,7 @@
 mod uv;
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::ThreadId;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::within_runtime_if_available;
 use napi::{sys, Env};
@@ -72,8 +73,9 @@ struct Local {
   driving: Cell<bool>,
   /// A drive is set for the next loop iteration.
   scheduled: Cell<bool>,
-  /// Tasks in a `sleep`: the timer ticks while there are any.
-  sleeping: Cell<usize>,
+  /// When the tasks in a `sleep` wake (how many at each instant): the timer is set for
+  /// the first of them while there are any.
+  sleeping: RefCell<BTreeMap<Instant, usize>>,
   /// Tasks to spawn, and wakes to pass on, inside the next drive: done from inside the
   /// runtime, they go straight to its run queue (from outside, tokio would also write to
   /// its wake-up eventfd).
@@ -341,27 +343,28 @@ pub(crate) fn runs_elsewhere() -> bool {
   local().is_none()
 }
 
-/// `tokio::time::sleep`, with the JS-thread runtime driven while it lasts (tokio's timers
+/// `tokio::time::sleep`, with the JS-thread runtime driven when it ends (tokio's timers
 /// fire only when its driver turns, and libuv does not know them).
 pub(crate) async fn sleep(duration: Duration) {
-  let ticking = SleepTick::start();
+  let sleeping = SleepTick::start(duration);
   tokio::time::sleep(duration).await;
-  drop(ticking);
+  drop(sleeping);
 }
 
-/// Keeps the JS-thread runtime's timer ticking while a sleep is pending (`true`: counted
-/// in this thread's `sleeping`).
-struct SleepTick(bool);
+/// Keeps the JS-thread runtime's timer set for the end of a pending sleep (`Some`: its
+/// deadline, counted in this thread's `sleeping`).
+struct SleepTick(Option<Instant>);
 
 impl SleepTick {
-  fn start() -> Self {
+  fn start(duration: Duration) -> Self {
     match local() {
       Some(local) => {
-        local.sleeping.set(local.sleeping.get() + 1);
+        let deadline = Instant::now() + duration;
+        *local.sleeping.borrow_mut().entry(deadline).or_insert(0) += 1;
         local.arm();
-        Self(true)
+        Self(Some(deadline))
       }
-      None => Self(false),
+      None => Self(None),
     }
   }
 }
@@ -369,8 +372,14 @@ impl SleepTick {
 impl Drop for SleepTick {
   fn drop(&mut self) {
     // A JS-thread task is dropped on its JS thread (or with its runtime, gone already).
-    if let (true, Some(local)) = (self.0, local()) {
-      local.sleeping.set(local.sleeping.get().saturating_sub(1));
+    if let (Some(deadline), Some(local)) = (self.0, local()) {
+      let mut sleeping = local.sleeping.borrow_mut();
+      if let Some(count) = sleeping.get_mut(&deadline) {
+        *count -= 1;
+        if *count == 0 {
+          sleeping.remove(&deadline);
+        }
+      }
     }
   }
 }
@@ -480,7 +489,7 @@ impl Local {
       sweeps: RefCell::new(Vec::new()),
       driving: Cell::new(false),
       scheduled: Cell::new(false),
-      sleeping: Cell::new(0),
+      sleeping: RefCell::new(BTreeMap::new()),
       spawns: RefCell::new(Vec::new()),
       wakes: RefCell::new(Vec::new()),
       after_event: RefCell::new(Vec::new()),
@@ -576,7 +585,7 @@ impl Local {
       self.drive(false);
     }
     self.in_callback.set(false);
-    if ticking && self.sleeping.get() > 0 {
+    if ticking && !self.sleeping.borrow().is_empty() {
       self.arm();
     }
     if self.deliver.get().is_some() {
@@ -598,10 +607,20 @@ impl Local {
     }
   }
 
-  /// Starts the timer: a drive in 1 ms (tokio's own timers may be due by then).
+  /// Sets the timer for the end of the first pending sleep (at least 1 ms from now, the
+  /// resolution of libuv's timers and of tokio's): a drive then fires tokio's timers. It
+  /// used to tick every millisecond while any sleep was pending, a thousand wake-ups a
+  /// second for a write that backs off 64 ms at a time.
   fn arm(&self) {
+    let Some(first) = self.sleeping.borrow().keys().next().copied() else {
+      return;
+    };
+    let wait = first.saturating_duration_since(Instant::now());
+    let ms = u64::try_from(wait.as_nanos().div_ceil(1_000_000))
+      .unwrap_or(u64::MAX)
+      .max(1);
     if let Some(timer) = self.timer.borrow().as_ref() {
-      timer.start_timer(on_timer, 1, 0);
+      timer.start_timer(on_timer, ms, 0);
     }
   }
 
