@@ -1364,6 +1364,26 @@ test.serial('a stream whose last write had to wait lets its write registration g
   t.is(await settledOpenFds(before), before)
 })
 
+test.serial('a write that had to wait and then failed lets its write registration go too', async (t) => {
+  const before = await settledOpenFds(baseline)
+  const [a, b] = AsyncUnixStream.pair()
+  t.teardown(() => {
+    a.close()
+    b.close()
+  })
+  // Nobody reads b: the write waits (and registers a duplicate of a), then b goes away.
+  const writing = outcome(a.write(crypto.randomBytes(4 << 20)))
+  t.is(await settledOpenFds(before + 3), before + 3, 'the write waits, with the duplicate registered')
+  b.close()
+  const settled = await withTimeout(writing, T, 'write to a closed peer')
+  t.false(settled.ok)
+  if (!settled.ok) t.is(codeOf(settled.error), 'EPIPE')
+  // a stays open (its reading side may still matter): only its socket is left.
+  t.is(await settledOpenFds(before + 1), before + 1, 'the duplicate of the failed write is closed')
+  a.close()
+  t.is(await settledOpenFds(before), before)
+})
+
 test.serial(
   "a read's fds are the first dequeued after it resolves, even when a later read found data at once meanwhile",
   async (t) => {

@@ -1,7 +1,8 @@
 // Fails when a module of the Rust crate uses, directly or through others, a module that
 // uses it back: every file in src/ has one job, and the dependencies between them go one
-// way. A dependency is a `crate::` path in the code (comments and the `tests` module left
-// out); `nonblocking/` and `runtime/` count file by file.
+// way. A dependency is a `crate::` path in the code, grouped ones (`crate::{a, b}`) too;
+// comments, string literals and a file's `tests` module (test code may use anything) are
+// left out. `nonblocking/` and `runtime/` count file by file.
 //
 // usage: node scripts/check-module-cycles.mjs [src-dir]
 
@@ -40,12 +41,40 @@ function code(text) {
 const modules = new Map(rustFiles(root).map((file) => [moduleOf(file), file]))
 modules.delete('lib')
 
+/**
+ * The paths a `crate::` reference names, as `[first, second?]` segments: one for
+ * `crate::a::b`, one per item for `crate::{a, b::c, d::{e, f}}` (nested groups too).
+ */
+function cratePaths(text) {
+  const paths = []
+  for (const match of text.matchAll(/crate::(\{|[a-z_][a-z0-9_]*)/g)) {
+    if (match[1] !== '{') {
+      const rest = /^(?:::([a-z_][a-z0-9_]*))?/.exec(text.slice(match.index + match[0].length))
+      paths.push([match[1], rest?.[1]])
+      continue
+    }
+    // A group: its items at depth 0, each a path of its own (`a::{b, c}` counts as `a`'s
+    // `b` and `c`, which is enough to find the module).
+    let depth = 0
+    let end = match.index + match[0].length - 1
+    for (; end < text.length; end++) {
+      if (text[end] === '{') depth++
+      else if (text[end] === '}' && --depth === 0) break
+    }
+    const group = text.slice(match.index + match[0].length, end)
+    for (const item of group.matchAll(
+      /(?:^|[,{])\s*([a-z_][a-z0-9_]*)(?:::([a-z_][a-z0-9_]*|\{\s*([a-z_][a-z0-9_]*)))?/g,
+    )) {
+      paths.push([item[1], item[2]?.startsWith('{') ? item[3] : item[2]])
+    }
+  }
+  return paths
+}
+
 const uses = new Map()
 for (const [name, file] of modules) {
   const targets = new Set()
-  for (const [, first, second] of code(fs.readFileSync(path.join(root, file), 'utf8')).matchAll(
-    /crate::([a-z_][a-z0-9_]*)(?:::([a-z_][a-z0-9_]*))?/g,
-  )) {
+  for (const [first, second] of cratePaths(code(fs.readFileSync(path.join(root, file), 'utf8')))) {
     const nested = second !== undefined && modules.has(`${first}::${second}`)
     const target = nested ? `${first}::${second}` : first
     if (target !== name && modules.has(target)) targets.add(target)

@@ -211,13 +211,19 @@ impl StreamCore {
         .unless_closed(async {
           ticket.turn().await;
           let mut from = 0;
+          let mut written = Ok(());
           for i in 0..rest.len() {
             let end = message_end(&rest, i, len - sent);
             let fds = std::mem::take(&mut rest[i].fds);
-            shared.write_all(&mut data, (from, end), fds).await?;
+            written = shared.write_all(&mut data, (from, end), fds).await;
+            if written.is_err() {
+              break;
+            }
             from = end;
           }
+          // Failed or not, a write that waited leaves its registration to the sweep.
           shared.sweep_writable();
+          written?;
           // Given up once the outcome is queued for JS: the next write's settles after it.
           Ok((byte_count(len), ticket))
         })
