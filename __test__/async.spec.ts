@@ -1338,13 +1338,19 @@ test.serial(
   },
 )
 
-test.serial('a stream whose last write had to wait lets its write registration go once idle', async (t) => {
+/** A pair closed at the end of the test, and the fds open before it was made. */
+async function countedPair(t: ExecutionContext) {
   const before = await settledOpenFds(baseline)
   const [a, b] = AsyncUnixStream.pair()
   t.teardown(() => {
     a.close()
     b.close()
   })
+  return { before, a, b }
+}
+
+test.serial('a stream whose last write had to wait lets its write registration go once idle', async (t) => {
+  const { before, a, b } = await countedPair(t)
   // More than the socket holds: the write waits, and registers a duplicate of the socket.
   const big = crypto.randomBytes(4 << 20)
   const writing = a.write(big)
@@ -1365,12 +1371,7 @@ test.serial('a stream whose last write had to wait lets its write registration g
 })
 
 test.serial('a write that had to wait and then failed lets its write registration go too', async (t) => {
-  const before = await settledOpenFds(baseline)
-  const [a, b] = AsyncUnixStream.pair()
-  t.teardown(() => {
-    a.close()
-    b.close()
-  })
+  const { before, a, b } = await countedPair(t)
   // Nobody reads b: the write waits (and registers a duplicate of a), then b goes away.
   const writing = outcome(a.write(crypto.randomBytes(4 << 20)))
   t.is(await settledOpenFds(before + 3), before + 3, 'the write waits, with the duplicate registered')
