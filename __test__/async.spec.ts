@@ -1338,6 +1338,50 @@ test.serial(
   },
 )
 
+test.serial(
+  'for await over an AsyncUnixStream: every chunk until the end, its fds dequeue-able in the body; break leaves the rest',
+  async (t) => {
+    const dir = tmpDir('fdq-iter-')
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+    const file = tmpFile('iterated', dir)
+    const [a, b] = AsyncUnixStream.pair()
+    t.teardown(() => {
+      a.close()
+      b.close()
+    })
+    const fd = fs.openSync(file, 'r')
+    a.enqueue(fd)
+    fs.closeSync(fd)
+    await withTimeout(a.write('one'), T, 'write one')
+    await withTimeout(a.write('two'), T, 'write two')
+    await withTimeout(a.shutdown('write'), T, 'shutdown')
+    let text = ''
+    const got: number[] = []
+    for await (const chunk of b) {
+      text += chunk.toString()
+      for (let d = b.dequeue(); d !== null; d = b.dequeue()) got.push(d)
+    }
+    t.teardown(() => closeAll(got))
+    t.is(text, 'onetwo')
+    t.is(got.length, 1)
+    t.is(readAt(got[0]!), 'iterated')
+
+    // A break stops reading: what follows is there for the next read.
+    const [c, d] = AsyncUnixStream.pair()
+    t.teardown(() => {
+      c.close()
+      d.close()
+    })
+    await withTimeout(c.write('first'), T, 'write first')
+    for await (const chunk of d) {
+      t.is(chunk.toString(), 'first')
+      break
+    }
+    await withTimeout(c.write('second'), T, 'write second')
+    t.is((await withTimeout(d.read(), T, 'read after break')).toString(), 'second')
+  },
+)
+
 /** A pair closed at the end of the test, and the fds open before it was made. */
 async function countedPair(t: ExecutionContext) {
   const before = await settledOpenFds(baseline)

@@ -193,6 +193,15 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     return this
   }
 
+  /**
+   * Yields the bytes of each `read()` until the end of the stream, as a Duplex does: the
+   * fds a chunk brought are dequeue-able in the loop's body, and the next read waits for
+   * it. Breaking out of the loop stops reading (the stream stays open).
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer, void, undefined> {
+    for (let chunk = await this.read(); chunk.length > 0; chunk = await this.read()) yield chunk
+  }
+
   /** `await using stream = ...`: closes the stream. */
   [Symbol.asyncDispose](): Promise<void> {
     this.close()
