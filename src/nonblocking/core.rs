@@ -450,34 +450,19 @@ impl Watch {
     self.registered.load(Ordering::Acquire)
   }
 
-  /// Drops the registration if no operation holds it: the socket was just found ready
-  /// without waiting. The deregistration happens under the lock, so that a new
-  /// registration of the same fd cannot come first.
+  /// The socket was just found ready without waiting: after `keep_for` such operations in
+  /// a row, drops the registration if no operation holds it.
   pub(crate) fn release_if_idle(&self) {
     if !self.registered.load(Ordering::Acquire) {
       return;
     }
-    if self.ready_since_wait.fetch_add(1, Ordering::Relaxed) + 1 < self.keep_for {
-      return;
-    }
-    let mut current = lock(&self.current);
-    if current
-      .as_ref()
-      .is_some_and(|io| Arc::strong_count(io) == 1)
-    {
-      self.registered.store(false, Ordering::Release);
-      drop(current.take());
+    if self.ready_since_wait.fetch_add(1, Ordering::Relaxed) + 1 >= self.keep_for {
+      self.release_unused();
     }
   }
-}
 
-/// How many writes in a row that did not wait let a stream's write registration go. In
-/// 256 MiB sent in 64 KiB writes to a slower reader, 8 left 51 `epoll_ctl` calls of
-/// 18,600 (measured on this machine, both processes on one CPU).
-pub(crate) const KEEP_WRITABLE: u32 = 8;
-
-impl Watch {
-  /// Drops the registration if no operation holds it. `true` when there is none left.
+  /// Drops the registration if no operation holds it (under the lock, so that a new
+  /// registration of the same fd cannot come first). `true` when there is none left.
   fn release_unused(&self) -> bool {
     if !self.registered.load(Ordering::Acquire) {
       return true;
@@ -493,6 +478,11 @@ impl Watch {
     }
   }
 }
+
+/// How many writes in a row that did not wait let a stream's write registration go. In
+/// 256 MiB sent in 64 KiB writes to a slower reader, 8 left 51 `epoll_ctl` calls of
+/// 18,600 (measured on this machine, both processes on one CPU).
+pub(crate) const KEEP_WRITABLE: u32 = 8;
 
 /// Why `Watch::acquire` gave no registration.
 pub(crate) enum Acquire {
