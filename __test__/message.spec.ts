@@ -6,6 +6,7 @@
  */
 import test from 'ava'
 import { linuxTest, peerPid, seqpacketTest } from './platform.js'
+import * as assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -93,6 +94,28 @@ for (const [kind, pair] of KINDS) {
       }
       const last = (await b.receive())!
       t.deepEqual([last.data.toString(), last.fds], ['no fds', []])
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+
+  test(`${kind}: a message with fds is a plain object: deepStrictEqual to a literal, its fds carried by a spread and structuredClone`, async (t) => {
+    const [a, b] = pair()
+    const list = files(2)
+    try {
+      await sendFiles((fds) => a.send('two', fds), list)
+      const message = (await b.receive())!
+      t.deepEqual(Object.keys(message), ['data', 'fds', 'truncated'])
+      const { fds } = { ...message }
+      t.is(fds.length, 2)
+      t.is(message.fds, fds, 'the same array every time')
+      assert.deepStrictEqual(message, { data: Buffer.from('two'), fds, truncated: false })
+      t.deepEqual(structuredClone(message).fds, fds)
+      t.is(JSON.parse(JSON.stringify(message)).fds.length, 2)
+      checkAndClose(t, fds, list)
+      message.fds = [] // settable, as a data property is
+      t.deepEqual(message.fds, [])
     } finally {
       a.close()
       b.close()
@@ -659,7 +682,7 @@ for (const kind of (['seqpacket', 'dgram'] as const).filter((k) => process.platf
 }
 
 seqpacketTest(
-  'garbage collection of message sockets closes them and every fd they held: unread in a message, enqueued (child with --expose-gc)',
+  'garbage collection of message sockets closes them and every fd they held: unread in a message, enqueued; of a received message, the fds no code read (child with --expose-gc)',
   async (t) => {
     const dir = tmpDir('fdq-msg-gc-')
     const fifo = path.join(dir, 'fifo')
@@ -671,6 +694,9 @@ seqpacketTest(
     t.true(report.writerOpenWhileAlive, 'copies of the write end were held while the sockets lived')
     t.false(report.writerOpenAfterGc, 'no copy of the write end survives the collection')
     t.is(report.after, report.before)
+    t.true(report.unreadOpenWhileHeld, 'a received message holds its fds while it lives')
+    t.false(report.unreadOpenAfterGc, 'a message collected before its fds were read closes them')
+    t.true(report.readStillOpen, "fds read from a message are the reader's: collecting it leaves them open")
   },
 )
 

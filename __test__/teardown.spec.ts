@@ -57,6 +57,17 @@ for (const end of ['terminate', 'exit']) {
   })
 }
 
+for (const end of ['terminate', 'exit']) {
+  test(`worker ${end === 'exit' ? 'process.exit()' : 'terminate()'} right after receive() settled, before its continuation: the messages' fds are closed`, async (t) => {
+    const fifo = makeFifo()
+    fifo.close()
+    const run = await runTeardown(['message', tmpSocketPath(), fifo.path, end])
+    t.is(run.code, 0, run.stderr)
+    t.is(run.stderr, '')
+    t.deepEqual(run.report, { writerOpen: false })
+  })
+}
+
 test('worker churn (fd-queue loaded by workers only): no panic or other output, no fd left', async (t) => {
   const run = await runTeardown(['churn', '24'])
   t.is(run.code, 0, run.stderr)

@@ -25,7 +25,11 @@ const SCM_MAX_FD = 253
 export interface Message {
   /** The message's bytes, all of them (see `truncated`). */
   data: Buffer
-  /** The fds that came with it, in the order they were attached; yours to close. */
+  /**
+   * The fds that came with it, in the order they were attached; yours to close once this
+   * is first read. Until then the message holds them, and closes them if it is garbage
+   * collected (or its worker ends) before any code read them.
+   */
   fds: number[]
   /**
    * Something of the message was lost on the way in: fds the kernel could not install
@@ -40,6 +44,100 @@ export interface Message {
    * `sendTo` takes either back.
    */
   from?: string | Buffer
+}
+
+/**
+ * A message as the addon makes it, `[data, fds, truncated, from?, held?]`: it holds the
+ * fds under the id `held` until they are released.
+ */
+type Received = Exclude<ReturnType<Native.NativeMessageSocket['receive']>, false | null>
+
+/** The fds of a message with fds, and the addon's id for them (-1 once claimed). */
+interface HeldFds {
+  fds: number[]
+  id: number
+}
+
+/**
+ * A message collected before any code read its `fds` closes them. Registering costs more
+ * than the rest of a receive, and nearly every message has its `fds` read by the code
+ * awaiting it: only messages still unread once that code has run (an immediate later)
+ * are registered.
+ */
+const unread = new FinalizationRegistry<HeldFds>((held) => {
+  if (held.id >= 0) binding.releaseHeldFds(held.id, false)
+})
+let fresh: Array<[Message, HeldFds]> = []
+
+function registerUnread(): void {
+  const messages = fresh
+  fresh = []
+  for (const [message, held] of messages) if (held.id >= 0) unread.register(message, held)
+}
+
+/** Makes the fds of `held` the caller's, once. */
+function claim(held: HeldFds): void {
+  if (held.id < 0) return
+  binding.releaseHeldFds(held.id, true)
+  held.id = -1
+}
+
+/** Returns whatever it is given from `new`: lets a subclass add private fields to any object. */
+class Stamped {
+  constructor(target: object) {
+    return target
+  }
+}
+
+/**
+ * A message's `fds`: an accessor shared by all messages (one object shape for all of
+ * them), on the state a private field keeps out of sight (not copied by a spread, not
+ * compared by `deepStrictEqual`).
+ */
+class WithHeldFds extends Stamped {
+  #held: HeldFds
+
+  private constructor(message: object, held: HeldFds) {
+    super(message)
+    this.#held = held
+  }
+
+  static stamp(message: object, held: HeldFds): void {
+    new WithHeldFds(message, held)
+  }
+
+  static readonly accessor: PropertyDescriptor = {
+    get(this: WithHeldFds): number[] {
+      claim(this.#held)
+      return this.#held.fds
+    },
+    set(this: WithHeldFds, fds: number[]) {
+      claim(this.#held)
+      this.#held.fds = fds
+    },
+    enumerable: true,
+    configurable: true,
+  }
+}
+
+/**
+ * The public message, a plain object. With fds, they become the caller's when `fds` is
+ * first read (or set; a spread, `structuredClone` or `JSON.stringify` reads it). Until
+ * then the addon holds them: it closes them if the message is garbage collected, or its
+ * thread's environment ends (a worker terminated before the code awaiting the message
+ * ran), before any code read them.
+ */
+function claimedOnRead([data, fds, truncated, from, held]: Received): Message {
+  if (held === undefined) return from === undefined ? { data, fds, truncated } : { data, fds, truncated, from }
+  const message = { data } as Message
+  Object.defineProperty(message, 'fds', WithHeldFds.accessor)
+  message.truncated = truncated
+  if (from !== undefined) message.from = from
+  const state = { fds, id: held }
+  WithHeldFds.stamp(message, state)
+  // Unref'd: should the thread end first, the end of its environment closes the fds.
+  if (fresh.push([message, state]) === 1) setImmediate(registerUnread).unref()
+  return message
 }
 
 function validateFds(fds: unknown): number[] {
@@ -92,16 +190,16 @@ abstract class MessageSocket implements EnqueueFd {
    */
   receive(options?: { signal?: AbortSignal }): Promise<Message | null> {
     const signal = validateSignalOption(options)
-    return operation<Message | typeof END>(
+    return operation<Received | typeof END>(
       this,
       this.#liveness,
       (id, canceller, defer) => {
         // `null`: pending; `false`: the end, at once; a settled end is `null`.
         const now = this.inner.receive(id, canceller, defer)
-        return now === false ? END : (now as Message | null)
+        return now === false ? END : now
       },
       signal,
-    ).then((message) => (message === END || message == null ? null : message))
+    ).then((message) => (message === END || message == null ? null : claimedOnRead(message)))
   }
 
   /**

@@ -20,6 +20,7 @@ mod error;
 mod fast;
 mod fd_info;
 mod handle;
+mod held;
 mod js;
 mod lent;
 mod nonblocking;

@@ -17,7 +17,6 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -323,7 +322,7 @@ impl Home {
             report_pending(env);
             Some((id, Some(tagged(e)), None, false))
           };
-          let args = guarded_build(|| match finish(env) {
+          let args = match finish(env) {
             Ok(Settled::Later) => None,
             Ok(Settled::Value(value)) => Some((id, None, value, false)),
             Ok(Settled::Bytes(data)) => match self.bytes_value(env, copy_of(id), data) {
@@ -331,16 +330,11 @@ impl Home {
               Err(e) => failed(internal(e)),
             },
             Err(e) => failed(e),
-          });
-          // Our settling callback resolves the Promise and returns: a value is taken only
-          // if it returned.
-          args.call(
-            |how| how == Called::Returned,
-            |args| match (args, on_settle.get(copy_of(id))) {
-              (Some(args), Some(on_settle)) => call_js(env, on_settle, args.into()),
-              _ => Ok(Called::Returned),
-            },
-          )
+          };
+          match (args, on_settle.get(copy_of(id))) {
+            (Some(args), Some(on_settle)) => call_js(env, on_settle, args.into()).map(drop),
+            _ => Ok(()),
+          }
         });
         outcome = outcome.and(called);
         // On the JS-thread runtime, its callback scope has closed: the reactions ran.
@@ -453,23 +447,6 @@ impl Home {
   }
 }
 
-thread_local! {
-  // Fds whose numbers go into a JS value being made for a call (see `guarded_build`).
-  static LIMBO: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
-}
-
-/// Fds whose numbers are in a JS value just made: theirs once JS has them. Inside
-/// [`guarded_build`] they wait for the call (closed if JS never ran, as when a worker is
-/// being torn down); anywhere else (a value returned to JS directly) they are released now.
-pub(crate) fn give_to_js(fds: Vec<OwnedFd>) {
-  LIMBO.with_borrow_mut(|limbo| match limbo {
-    Some(kept) => kept.extend(fds),
-    None => fds.into_iter().for_each(|fd| {
-      let _ = fd.into_raw_fd();
-    }),
-  });
-}
-
 /// How a call into JS went.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Called {
@@ -480,53 +457,6 @@ pub(crate) enum Called {
   /// JS could not run, or was terminated (a worker being torn down), or it threw
   /// `undefined`/`null` (reported all the same): whether it ran is unknown.
   NotRun,
-}
-
-/// Arguments made by [`guarded_build`], with the fds given to JS in them.
-pub(crate) struct Guarded<T> {
-  args: T,
-  fds: Vec<OwnedFd>,
-}
-
-/// Makes the arguments of a JS call, holding back the fds [`give_to_js`] is given meanwhile.
-pub(crate) fn guarded_build<T>(build: impl FnOnce() -> T) -> Guarded<T> {
-  let outer = LIMBO.with_borrow_mut(|limbo| limbo.replace(Vec::new()));
-  let args = build();
-  let fds = LIMBO
-    .with_borrow_mut(|limbo| std::mem::replace(limbo, outer))
-    .unwrap_or_default();
-  Guarded { args, fds }
-}
-
-impl<T> Guarded<napi::Result<T>> {
-  /// The arguments, handed over as they are: the fds in them are JS's from now on if they
-  /// were made, and closed if making them failed.
-  pub(crate) fn made(self) -> napi::Result<T> {
-    if self.args.is_ok() {
-      for fd in self.fds {
-        let _ = fd.into_raw_fd();
-      }
-    }
-    self.args
-  }
-}
-
-impl<T> Guarded<T> {
-  /// Makes the call; the fds are JS's if it went as `taken` says they were taken, and are
-  /// closed otherwise. (Outside the build, JS calling back in gets its own fds.)
-  pub(crate) fn call(
-    self,
-    taken: impl Fn(Called) -> bool,
-    call: impl FnOnce(T) -> napi::Result<Called>,
-  ) -> napi::Result<()> {
-    let called = call(self.args);
-    if matches!(called, Ok(how) if taken(how)) {
-      for fd in self.fds {
-        let _ = fd.into_raw_fd();
-      }
-    }
-    called.map(drop)
-  }
 }
 
 /// Calls `function` as Node calls an event handler from an I/O callback: what it throws

@@ -169,30 +169,33 @@ fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
   ready == 1 && pollfd.revents & ended != 0
 }
 
-/// The JS value of a received message: `{ data, fds, truncated, from? }`, or `null` at the
-/// end. The fds become the caller's only once everything else is made.
+/// The JS value of a received message: `[data, fds, truncated, from?, held?]` (the layer
+/// makes the public object; indexed, not named, properties are what an addon sets
+/// cheaply), or `null` at the end. The fds are held under the id `held` until JS releases
+/// them (see `held`).
 fn message_value(env: &Env, outcome: Outcome) -> napi::Result<Settled> {
   let Outcome::Message(message) = outcome else {
     return Ok(Settled::Value(None));
   };
-  let mut object = napi::bindgen_prelude::Object::new(env)?;
-  object.set("data", BufferSlice::copy_from(env, &message.data)?)?;
-  object.set("truncated", message.truncated)?;
-  // A string, or its bytes when they are not UTF-8: never another name that a reply would
-  // reach instead.
-  match message.from.map(String::from_utf8) {
-    Some(Ok(from)) => object.set("from", from)?,
-    Some(Err(bytes)) => object.set("from", BufferSlice::copy_from(env, bytes.as_bytes())?)?,
-    None => {}
-  }
+  let mut value = env.create_array(if message.fds.is_empty() { 4 } else { 5 })?;
+  value.set(0, BufferSlice::copy_from(env, &message.data)?)?;
   let mut fds = env.create_array(message.fds.len() as u32)?;
   for (i, fd) in message.fds.iter().enumerate() {
     fds.set(i as u32, fd.as_raw_fd())?;
   }
-  object.set("fds", fds)?;
-  // Made: the numbers are JS's once it has the value.
-  settle::give_to_js(message.fds);
-  Ok(Settled::Value(Some(RawValue(object.raw()))))
+  value.set(1, fds)?;
+  value.set(2, message.truncated)?;
+  // A string, or its bytes when they are not UTF-8: never another name that a reply would
+  // reach instead.
+  match message.from.map(String::from_utf8) {
+    Some(Ok(from)) => value.set(3, from)?,
+    Some(Err(bytes)) => value.set(3, BufferSlice::copy_from(env, bytes.as_bytes())?)?,
+    None => {}
+  }
+  if !message.fds.is_empty() {
+    value.set(4, crate::held::hold(env, message.fds)?)?;
+  }
+  Ok(Settled::Value(Some(RawValue(value.raw()))))
 }
 
 /// A Unix seqpacket or datagram socket with Promise-returning `send` and `receive`.
@@ -451,14 +454,14 @@ impl MessageSocket {
     Ok(None)
   }
 
-  /// Receives the next message (after every earlier `receive`): `{ data, fds, truncated,
-  /// from? }`, or the end of a seqpacket connection (`false` when answered at once, `null`
+  /// Receives the next message (after every earlier `receive`): `[data, fds, truncated,
+  /// from?, held?]`, or the end of a seqpacket connection (`false` when answered at once, `null`
   /// when settled). Directly when one is waiting and no earlier receive is (`null` means
   /// pending); otherwise operation `id` settles later, and `canceller` can cancel it until
   /// it has received.
   #[napi(
     ts_args_type = "id: number, canceller?: ExternalObject<'Canceller'> | undefined | null, defer?: boolean",
-    ts_return_type = "{ data: Buffer, fds: number[], truncated: boolean, from?: string | Buffer } | false | null"
+    ts_return_type = "[data: Buffer, fds: number[], truncated: boolean, from?: string | Buffer, held?: number] | false | null"
   )]
   pub fn receive(
     &self,
@@ -476,9 +479,7 @@ impl MessageSocket {
     if !defer && shared.receives.is_idle() {
       match receive_now(shared.fd(), shared.kind) {
         Ok(Some(outcome)) => {
-          // Guarded here too: this call may run inside another build (user code run by a
-          // setter while a delivery makes its arguments), whose fds are not these.
-          return match settle::guarded_build(|| message_value(env, outcome)).made()? {
+          return match message_value(env, outcome)? {
             Settled::Value(Some(value)) => Ok(Some(value)),
             // `null` says "pending": the end of a seqpacket connection is `false` here.
             // SAFETY: a value made in this environment, on its thread.
