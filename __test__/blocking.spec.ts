@@ -961,3 +961,59 @@ test('UnixStream.connect(path, { timeout }) to a listener whose backlog is full 
   closeAll(clients.map((c) => c.fd))
   listener.close()
 })
+
+test('a UnixStream iterates (for...of and for await): every chunk until the end, its fds dequeue-able in the body; break leaves the rest', async (t) => {
+  const dir = tmpDir('fdq-iter-')
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = tmpFile('iterated', dir)
+  for (const kind of ['sync', 'async'] as const) {
+    const [a, b] = pair()
+    try {
+      const fd = fs.openSync(file, 'r')
+      a.enqueue(fd)
+      fs.closeSync(fd)
+      a.write('one')
+      a.write('two')
+      a.shutdown('write')
+      let text = ''
+      const got: number[] = []
+      const take = (chunk: Buffer) => {
+        text += chunk.toString()
+        got.push(...dequeueAll(b))
+      }
+      if (kind === 'sync') for (const chunk of b) take(chunk)
+      else for await (const chunk of b) take(chunk)
+      try {
+        t.is(text, 'onetwo', kind)
+        t.is(got.length, 1, kind)
+        t.is(readAt(got[0]!), 'iterated', kind)
+      } finally {
+        closeAll(got)
+      }
+    } finally {
+      a.close()
+      b.close()
+    }
+    // A break stops reading: what follows is there for the next read.
+    const [c, d] = pair()
+    try {
+      c.write('first')
+      if (kind === 'sync') {
+        for (const chunk of d) {
+          t.is(chunk.toString(), 'first')
+          break
+        }
+      } else {
+        for await (const chunk of d) {
+          t.is(chunk.toString(), 'first')
+          break
+        }
+      }
+      c.write('second')
+      t.is(readString(d), 'second', kind)
+    } finally {
+      c.close()
+      d.close()
+    }
+  }
+})

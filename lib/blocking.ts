@@ -122,11 +122,33 @@ export class UnixStream extends QueuedStream<Native.NativeUnixStream> {
     native(() => this.inner.setWriteTimeout(checked))
   }
 
+  /**
+   * Yields the bytes of each `read()` (up to 64 KiB, each chunk a Buffer of its own)
+   * until the end of the stream; the chunk's fds are dequeue-able in the loop's body.
+   * Every step is a blocking read, as any call of this class is. `break` stops reading and
+   * leaves the stream open; a read timeout throws out of the loop.
+   */
+  *[Symbol.iterator](): Generator<Buffer, void, undefined> {
+    const scratch = Buffer.allocUnsafe(READ_CHUNK)
+    for (let n = this.read(scratch); n > 0; n = this.read(scratch)) yield Buffer.from(scratch.subarray(0, n))
+  }
+
+  /**
+   * `for await` as over every socket of this package: the same chunks as the synchronous
+   * iterator, each read still blocking the thread.
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer, void, undefined> {
+    yield* this[Symbol.iterator]()
+  }
+
   /** `using stream = ...`: closes the stream. */
   [Symbol.dispose](): void {
     this.close()
   }
 }
+
+/** Most bytes one step of a `UnixStream`'s iteration reads (as `AsyncUnixStream#read()`). */
+const READ_CHUNK = 65536
 
 /** A listening Unix socket bound to a path; `accept` blocks the calling thread. */
 export class UnixListener {
