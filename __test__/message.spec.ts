@@ -24,6 +24,7 @@ import {
   copyOf,
   fdFlags,
   fdIdentity,
+  makeFifo,
   O_CLOEXEC,
   pathIdentity,
   readAt,
@@ -100,7 +101,7 @@ for (const [kind, pair] of KINDS) {
     }
   })
 
-  test(`${kind}: a message with fds is a plain object: deepStrictEqual to a literal, its fds carried by a spread and structuredClone`, async (t) => {
+  test(`${kind}: a message with fds is a plain object: deepStrictEqual to a literal, its fds carried by a spread, structuredClone, a Proxy; replaced unread, closed`, async (t) => {
     const [a, b] = pair()
     const list = files(2)
     try {
@@ -116,6 +117,27 @@ for (const [kind, pair] of KINDS) {
       checkAndClose(t, fds, list)
       message.fds = [] // settable, as a data property is
       t.deepEqual(message.fds, [])
+
+      // Read through a Proxy of the message, or an object made from it: the same fds.
+      await sendFiles((fds) => a.send('proxied', fds), list)
+      const proxied = (await b.receive())!
+      t.is(new Proxy(proxied, {}).fds, Object.create(proxied).fds)
+      checkAndClose(t, proxied.fds, list)
+
+      // Replaced before any code read them: nobody has their numbers, so they are closed
+      // (the FIFO's write end travels: once no copy is open, its read end sees the end).
+      const fifo = makeFifo()
+      try {
+        await a.send('replaced', [fifo.writeFd, fifo.writeFd])
+        fs.closeSync(fifo.writeFd)
+        fifo.writeFd = -1
+        const replaced = (await b.receive())!
+        t.true(fifo.isWriterOpen(), 'the message holds the copies')
+        replaced.fds = []
+        t.false(fifo.isWriterOpen(), 'and closes them when they are replaced unread')
+      } finally {
+        fifo.close()
+      }
     } finally {
       a.close()
       b.close()

@@ -47,15 +47,49 @@ export interface Message {
 }
 
 /**
- * A message as the addon makes it, `[data, fds, truncated, from?, held?]`: it holds the
- * fds under the id `held` until they are released.
+ * A message as the addon makes it, `[data, truncated, from?, held?]`: with fds, it holds
+ * them under the id `held`, and their numbers come only when they are claimed.
  */
 type Received = Exclude<ReturnType<Native.NativeMessageSocket['receive']>, false | null>
 
-/** The fds of a message with fds, and the addon's id for them (-1 once claimed). */
+/** A message's fds: held by the addon under `id` until claimed into `fds`. */
 interface HeldFds {
-  fds: number[]
   id: number
+  fds: number[] | undefined
+}
+
+/**
+ * Where a message keeps its {@link HeldFds}: a non-enumerable property, so that a spread,
+ * `structuredClone` and `deepStrictEqual` see only the message, while a Proxy of the
+ * message or an object made from it (`Object.create`) still reaches it.
+ */
+const HELD = Symbol('fd-queue.heldFds')
+
+function heldOf(message: object): HeldFds {
+  const held = (message as { [HELD]?: HeldFds })[HELD]
+  if (held === undefined) throw new TypeError("'fds' was read from an object that is not a received message")
+  return held
+}
+
+/** The fds are the caller's: the numbers, once (later reads get the same array). */
+function claim(held: HeldFds): number[] {
+  held.fds ??= binding.releaseHeldFds(held.id, true) ?? []
+  return held.fds
+}
+
+/** The `fds` of every message that came with fds: one accessor, so one object shape. */
+const FDS: PropertyDescriptor = {
+  get(this: object): number[] {
+    return claim(heldOf(this))
+  },
+  set(this: object, fds: number[]) {
+    const held = heldOf(this)
+    // Replaced before any code saw them: nobody has their numbers, so they are closed.
+    if (held.fds === undefined) binding.releaseHeldFds(held.id, false)
+    held.fds = fds
+  },
+  enumerable: true,
+  configurable: true,
 }
 
 /**
@@ -65,78 +99,33 @@ interface HeldFds {
  * are registered.
  */
 const unread = new FinalizationRegistry<HeldFds>((held) => {
-  if (held.id >= 0) binding.releaseHeldFds(held.id, false)
+  if (held.fds === undefined) binding.releaseHeldFds(held.id, false)
 })
 let fresh: Array<[Message, HeldFds]> = []
 
 function registerUnread(): void {
   const messages = fresh
   fresh = []
-  for (const [message, held] of messages) if (held.id >= 0) unread.register(message, held)
-}
-
-/** Makes the fds of `held` the caller's, once. */
-function claim(held: HeldFds): void {
-  if (held.id < 0) return
-  binding.releaseHeldFds(held.id, true)
-  held.id = -1
-}
-
-/** Returns whatever it is given from `new`: lets a subclass add private fields to any object. */
-class Stamped {
-  constructor(target: object) {
-    return target
-  }
-}
-
-/**
- * A message's `fds`: an accessor shared by all messages (one object shape for all of
- * them), on the state a private field keeps out of sight (not copied by a spread, not
- * compared by `deepStrictEqual`).
- */
-class WithHeldFds extends Stamped {
-  #held: HeldFds
-
-  private constructor(message: object, held: HeldFds) {
-    super(message)
-    this.#held = held
-  }
-
-  static stamp(message: object, held: HeldFds): void {
-    new WithHeldFds(message, held)
-  }
-
-  static readonly accessor: PropertyDescriptor = {
-    get(this: WithHeldFds): number[] {
-      claim(this.#held)
-      return this.#held.fds
-    },
-    set(this: WithHeldFds, fds: number[]) {
-      claim(this.#held)
-      this.#held.fds = fds
-    },
-    enumerable: true,
-    configurable: true,
-  }
+  for (const [message, held] of messages) if (held.fds === undefined) unread.register(message, held)
 }
 
 /**
  * The public message, a plain object. With fds, they become the caller's when `fds` is
- * first read (or set; a spread, `structuredClone` or `JSON.stringify` reads it). Until
- * then the addon holds them: it closes them if the message is garbage collected, or its
- * thread's environment ends (a worker terminated before the code awaiting the message
- * ran), before any code read them.
+ * first read (a spread, `structuredClone` or `JSON.stringify` reads it); a message whose
+ * `fds` is set before any read closes them. Until then the addon holds them, and closes
+ * them if the message is garbage collected, or its thread's environment ends (a worker
+ * terminated before the code awaiting the message ran), before any code read them.
  */
-function claimedOnRead([data, fds, truncated, from, held]: Received): Message {
-  if (held === undefined) return from === undefined ? { data, fds, truncated } : { data, fds, truncated, from }
+function claimedOnRead([data, truncated, from, id]: Received): Message {
+  if (id === undefined) return from === undefined ? { data, fds: [], truncated } : { data, fds: [], truncated, from }
   const message = { data } as Message
-  Object.defineProperty(message, 'fds', WithHeldFds.accessor)
+  Object.defineProperty(message, 'fds', FDS)
   message.truncated = truncated
   if (from !== undefined) message.from = from
-  const state = { fds, id: held }
-  WithHeldFds.stamp(message, state)
+  const held: HeldFds = { id, fds: undefined }
+  Object.defineProperty(message, HELD, { value: held })
   // Unref'd: should the thread end first, the end of its environment closes the fds.
-  if (fresh.push([message, state]) === 1) setImmediate(registerUnread).unref()
+  if (fresh.push([message, held]) === 1) setImmediate(registerUnread).unref()
   return message
 }
 

@@ -169,31 +169,26 @@ fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
   ready == 1 && pollfd.revents & ended != 0
 }
 
-/// The JS value of a received message: `[data, fds, truncated, from?, held?]` (the layer
-/// makes the public object; indexed, not named, properties are what an addon sets
-/// cheaply), or `null` at the end. The fds are held under the id `held` until JS releases
-/// them (see `held`).
+/// The JS value of a received message: `[data, truncated, from?, held?]` (the layer makes
+/// the public object; indexed, not named, properties are what an addon sets cheaply), or
+/// `null` at the end. A message's fds are held under the id `held` (see `held`): their
+/// numbers reach JS when code reads the message's `fds`.
 fn message_value(env: &Env, outcome: Outcome) -> napi::Result<Settled> {
   let Outcome::Message(message) = outcome else {
     return Ok(Settled::Value(None));
   };
-  let mut value = env.create_array(if message.fds.is_empty() { 4 } else { 5 })?;
+  let mut value = env.create_array(if message.fds.is_empty() { 3 } else { 4 })?;
   value.set(0, BufferSlice::copy_from(env, &message.data)?)?;
-  let mut fds = env.create_array(message.fds.len() as u32)?;
-  for (i, fd) in message.fds.iter().enumerate() {
-    fds.set(i as u32, fd.as_raw_fd())?;
-  }
-  value.set(1, fds)?;
-  value.set(2, message.truncated)?;
+  value.set(1, message.truncated)?;
   // A string, or its bytes when they are not UTF-8: never another name that a reply would
   // reach instead.
   match message.from.map(String::from_utf8) {
-    Some(Ok(from)) => value.set(3, from)?,
-    Some(Err(bytes)) => value.set(3, BufferSlice::copy_from(env, bytes.as_bytes())?)?,
+    Some(Ok(from)) => value.set(2, from)?,
+    Some(Err(bytes)) => value.set(2, BufferSlice::copy_from(env, bytes.as_bytes())?)?,
     None => {}
   }
   if !message.fds.is_empty() {
-    value.set(4, crate::held::hold(env, message.fds)?)?;
+    value.set(3, crate::held::hold(env, message.fds)?)?;
   }
   Ok(Settled::Value(Some(RawValue(value.raw()))))
 }
@@ -454,14 +449,14 @@ impl MessageSocket {
     Ok(None)
   }
 
-  /// Receives the next message (after every earlier `receive`): `[data, fds, truncated,
-  /// from?, held?]`, or the end of a seqpacket connection (`false` when answered at once, `null`
+  /// Receives the next message (after every earlier `receive`): `[data, truncated, from?,
+  /// held?]`, or the end of a seqpacket connection (`false` when answered at once, `null`
   /// when settled). Directly when one is waiting and no earlier receive is (`null` means
   /// pending); otherwise operation `id` settles later, and `canceller` can cancel it until
   /// it has received.
   #[napi(
     ts_args_type = "id: number, canceller?: ExternalObject<'Canceller'> | undefined | null, defer?: boolean",
-    ts_return_type = "[data: Buffer, fds: number[], truncated: boolean, from?: string | Buffer, held?: number] | false | null"
+    ts_return_type = "[data: Buffer, truncated: boolean, from?: string | Buffer, held?: number] | false | null"
   )]
   pub fn receive(
     &self,
