@@ -13,6 +13,7 @@
  * "<connection>:<index>"), and must end at its fd baseline.
  */
 import test from 'ava'
+import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import {
   AsyncUnixListener,
@@ -336,3 +337,53 @@ test.serial(`hostile peer vs blocking UnixStream: ${ROUNDS} rounds, bounded, not
   await verify(t, run, seed, () => true)
   t.is(await settledOpenFds(baseline), baseline)
 })
+
+test.serial(
+  "hostile peer vs an FdSocket whose 'fds' listener's consumer waits on read(n): destroyed with ERR_FD_QUEUE_FULL, the fds held bounded",
+  async (t) => {
+    // A length-prefixed parser (as dbus-native reads a body) asks for more bytes than have
+    // come; the peer sends 1-byte chunks with 10 fds each for as long as it can. The fds
+    // of those chunks wait with them for their 'data': reading may not go on for good.
+    const bound = 20
+    const [ours, theirs] = FdSocket.pair({ maxQueuedFds: bound })
+    const peer = spawn(
+      'python3',
+      [
+        '-c',
+        `
+import os, socket
+s = socket.socket(fileno=3)
+f = os.open('/dev/null', os.O_RDONLY)
+try:
+    for _ in range(5000):
+        socket.send_fds(s, [b'x'], [f] * 10)
+except OSError:
+    pass
+`,
+      ],
+      { stdio: ['ignore', 'ignore', 'inherit', theirs.fd] },
+    )
+    theirs.destroy()
+    const exited = onceEvent(peer, 'exit', scaled(30_000))
+    const watermark = new Watermark(openFds())
+    let handed = 0
+    ours.on('fds', (fds: number[]) => {
+      handed += fds.length
+      for (const fd of fds) fs.closeSync(fd)
+    })
+    ours.on('readable', () => {
+      watermark.sample(1)
+      ours.read(1 << 20)
+    })
+    const error = await withTimeout(onceEvent(ours, 'error', scaled(30_000)), scaled(30_000), 'the error')
+    watermark.sample(1)
+    t.is(codeOf(error[0]), 'ERR_FD_QUEUE_FULL')
+    t.is(handed, 0, 'no chunk was emitted: the read never had its bytes')
+    t.log(`held at most ${watermark.max} fds beyond the start (bound ${bound}, ${watermark.samples} samples)`)
+    // The chunks waiting for the read hold at most maxQueuedFds + 253; the reader has at
+    // most maxQueuedFds + one message more on their way to JS.
+    t.true(watermark.max <= 2 * (bound + 253) + SLACK, `held ${watermark.max}`)
+    await exited
+    t.is(await settledOpenFds(baseline), baseline)
+  },
+)

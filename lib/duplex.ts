@@ -747,7 +747,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * As Readable's. A consumer that asks for more than the buffer can give (a `read(n)`
    * short of `n` bytes, a character still incomplete with `setEncoding()`) while the fds
    * of unemitted chunks stop reading at `maxQueuedFds` would wait for good: those chunks
-   * cannot be emitted without more data, so reading goes on past the bound.
+   * cannot be emitted without more data, so reading goes on past the bound, by at most
+   * one more message's worth (253 fds). A peer that sends more fds than that before the
+   * bytes the consumer waits for has it destroyed with `ERR_FD_QUEUE_FULL`: reading on
+   * would let it fill the fd table, pausing would hang the consumer.
    */
   override read(size?: number): any {
     const result = super.read(size)
@@ -759,7 +762,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       this.#fdsAheadCount >= this.#maxQueuedFds &&
       this.readableLength < this.readableHighWaterMark
     ) {
-      this.#setReading(true)
+      if (this.#fdsAheadCount < this.#maxQueuedFds + SCM_MAX_FD) {
+        this.#setReading(true)
+      } else {
+        this.destroy(
+          new QueueFullError(
+            `The peer sent ${this.#fdsAheadCount} fds with bytes still short of the read waiting for them: ` +
+              `more than maxQueuedFds (${this.#maxQueuedFds}) and one more message (${SCM_MAX_FD}) allow`,
+          ),
+        )
+      }
     }
     return result
   }
