@@ -11,11 +11,12 @@ import {
   AsyncUnixStream,
   DatagramSocket,
   SeqpacketListener,
+  SeqpacketSocket,
   UnixListener,
   UnixStream,
 } from '../index.js'
 import { closeAll, openFds, readAt, settledOpenFds, thrown, tmpDir, tmpFile, tmpSocketPath } from './helpers.js'
-import { checkNoFdLeaked } from './async-helpers.js'
+import { checkNoFdLeaked, codeOf } from './async-helpers.js'
 
 checkNoFdLeaked(settledOpenFds)
 
@@ -346,3 +347,35 @@ test.serial('the constructors cannot be called from user code', (t) => {
   a.close()
   b.close()
 })
+
+test.serial(
+  'ref()/unref() and iteration of a closed async object throw ERR_SOCKET_CLOSED; open ones take them',
+  async (t) => {
+    const [c, d] = AsyncUnixStream.pair()
+    const [e, f] = SeqpacketSocket.pair()
+    const listeners = [
+      AsyncUnixListener.bind(tmpSocketPath()),
+      SeqpacketListener.bind(tmpSocketPath()),
+      DatagramSocket.bind(tmpSocketPath()),
+    ]
+    const objects = [c, e, ...listeners]
+    for (const open of objects) t.is(open.unref().ref(), open, `${open.constructor.name} open`)
+    for (const closed of objects) closed.close()
+    for (const closed of objects) {
+      t.is(thrown(() => closed.unref()).code, 'ERR_SOCKET_CLOSED', `${closed.constructor.name} unref`)
+      t.is(thrown(() => closed.ref()).code, 'ERR_SOCKET_CLOSED', `${closed.constructor.name} ref`)
+    }
+    // Iterating what was closed before the loop began fails as its accept()/receive() does
+    // (one closed during the loop ends it).
+    for (const closed of [...listeners, c, e]) {
+      const first = (closed as AsyncIterable<unknown>)[Symbol.asyncIterator]().next()
+      t.is(
+        codeOf(await first.catch((error: unknown) => error)),
+        'ERR_SOCKET_CLOSED',
+        `${closed.constructor.name} for await`,
+      )
+    }
+    d.close()
+    f.close()
+  },
+)

@@ -20,7 +20,7 @@ import {
   newId,
   operation,
   scratch,
-  setReferenced,
+  setReferencedOpen,
 } from './pending.js'
 import { PromiseListener } from './listener.js'
 import { QueuedStream } from './queued.js'
@@ -183,13 +183,13 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
 
   /** Lets the process exit while operations of this stream are pending (like `net.Socket#unref`). */
   unref(): this {
-    setReferenced(this.#liveness, false)
+    setReferencedOpen(this.#liveness, false, this.fd)
     return this
   }
 
   /** Undoes `unref()`. */
   ref(): this {
-    setReferenced(this.#liveness, true)
+    setReferencedOpen(this.#liveness, true, this.fd)
     return this
   }
 

@@ -6,7 +6,7 @@
 import type { Native } from './binding.js'
 import { closedError, invalidArgType } from './errors.js'
 import { validateSignalOption } from './args.js'
-import { Liveness, operation, setReferenced } from './pending.js'
+import { Liveness, operation, setReferencedOpen } from './pending.js'
 
 /** `accept` errors that only say the process is out of fds or memory for now. */
 const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
@@ -73,6 +73,8 @@ export abstract class PromiseListener<T> {
    * leaves the listener open.
    */
   async *[Symbol.asyncIterator](): AsyncGenerator<T, void, undefined> {
+    // Closed before the loop began: as accept() says. (Closed during it: the loop ends.)
+    if (this.native.fd === -1) throw closedError()
     let backoff = 0
     for (;;) {
       let connection: T
@@ -93,13 +95,13 @@ export abstract class PromiseListener<T> {
 
   /** Lets the process exit while an `accept` is pending. */
   unref(): this {
-    setReferenced(this.#liveness, false)
+    setReferencedOpen(this.#liveness, false, this.native.fd)
     return this
   }
 
   /** Undoes `unref()`. */
   ref(): this {
-    setReferenced(this.#liveness, true)
+    setReferencedOpen(this.#liveness, true, this.native.fd)
     return this
   }
 

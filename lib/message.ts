@@ -16,7 +16,7 @@ import {
 } from './args.js'
 import type { EnqueueFd, FdLike } from './interfaces.js'
 import { PromiseListener } from './listener.js'
-import { connectedNow, Liveness, operation, setReferenced } from './pending.js'
+import { connectedNow, Liveness, operation, setReferencedOpen } from './pending.js'
 
 /** Most fds one message carries (Linux's `SCM_MAX_FD`). */
 const SCM_MAX_FD = 253
@@ -201,13 +201,13 @@ abstract class MessageSocket implements EnqueueFd {
 
   /** Lets the process exit while operations of this socket are pending. */
   unref(): this {
-    setReferenced(this.#liveness, false)
+    setReferencedOpen(this.#liveness, false, this.inner.fd)
     return this
   }
 
   /** Undoes `unref()`. */
   ref(): this {
-    setReferenced(this.#liveness, true)
+    setReferencedOpen(this.#liveness, true, this.inner.fd)
     return this
   }
 
@@ -380,6 +380,8 @@ export class DatagramSocket extends MessageSocket {
 
   /** Yields every datagram until the socket is closed. */
   async *[Symbol.asyncIterator](): AsyncGenerator<Message, void, undefined> {
+    // Closed before the loop began: as receive() says. (Closed during it: the loop ends.)
+    if (this.inner.fd === -1) throw closedError()
     for (;;) {
       let message: Message | null
       try {

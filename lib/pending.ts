@@ -6,7 +6,7 @@
  * object is ref'd.
  */
 import { binding, type Native } from './binding.js'
-import { codedError, shapeError } from './errors.js'
+import { closedError, codedError, shapeError } from './errors.js'
 
 /** Whether an object's pending operations keep the process alive, and how many it has. */
 export class Liveness {
@@ -205,6 +205,16 @@ export function setReferenced(liveness: Liveness, referenced: boolean): void {
   if (liveness.referenced === referenced) return
   liveness.referenced = referenced
   countReferenced(referenced ? liveness.pending : -liveness.pending)
+}
+
+/**
+ * `ref()`/`unref()` of an async stream, listener or message socket: an operation, so on a
+ * closed one (`fd` -1) it throws `ERR_SOCKET_CLOSED`, as every other does. (`FdSocket` and
+ * `FdServer` do nothing then, as net's.)
+ */
+export function setReferencedOpen(liveness: Liveness, referenced: boolean, fd: number): void {
+  if (fd === -1) throw closedError()
+  setReferenced(liveness, referenced)
 }
 
 /**
