@@ -411,8 +411,8 @@ linuxTest(
     t.not(received, null)
     t.is(fdIdentity(received!), pathIdentity(file))
     fs.closeSync(received!)
-    // Node's net connects to our abstract listener, and we connect to Node's (with the name
-    // spelled as this Node's net spells it).
+    // Node's net connects to our abstract listener (with the name spelled as this Node's
+    // net spells it), and we connect to Node's by the name it was given.
     const forNet = AsyncUnixListener.bind(asNetSpellsIt(abstractName()))
     const viaNet = net.connect(forNet.path)
     await onceEvent(viaNet, 'connect')
@@ -420,11 +420,30 @@ linuxTest(
     viaNet.write('net to fd-queue')
     t.is((await readExactly(fromNet, 15)).toString(), 'net to fd-queue')
     const netName = abstractName()
-    const netServer = net.createServer((socket) => socket.end('net server'))
+    let netConnections = 0
+    const netServer = net.createServer((socket) => {
+      netConnections++
+      socket.end('net server')
+    })
     await new Promise<void>((resolve) => netServer.listen(netName, resolve))
-    // (Async clients: the servers answer on this same thread.)
-    const toNet = await AsyncUnixStream.connect(asNetSpellsIt(netName))
+    // (Async clients: the servers answer on this same thread.) Where this Node's net padded
+    // the name, a connect that finds no listener under the exact one tries that spelling.
+    const toNet = await AsyncUnixStream.connect(netName)
     t.is((await readExactly(toNet, 10)).toString(), 'net server')
+    const duplexToNet = connect(netName)
+    const fromNetServer: Buffer[] = []
+    duplexToNet.on('data', (chunk: Buffer) => fromNetServer.push(chunk))
+    await onceEvent(duplexToNet, 'end')
+    t.is(Buffer.concat(fromNetServer).toString(), 'net server')
+    const blockingToNet = UnixStream.connect(netName)
+    blockingToNet.setReadTimeout(scaled(10_000))
+    while (netConnections < 3) await new Promise((resolve) => setImmediate(resolve))
+    await new Promise((resolve) => setImmediate(resolve))
+    // Until the end of the stream: one read need not bring all of it.
+    const reply: Buffer[] = []
+    const buf = Buffer.alloc(64)
+    for (let n; (n = blockingToNet.read(buf)) > 0;) reply.push(Buffer.from(buf.subarray(0, n)))
+    t.is(Buffer.concat(reply).toString(), 'net server')
     // FdServer and UnixListener on abstract names too.
     const serverName = abstractName()
     const server = createServer((socket: FdSocket) => socket.end('fd server'))
@@ -440,8 +459,10 @@ linuxTest(
     t.is(thrown(() => UnixListener.bind(`\0${'x'.repeat(108)}`)).code, 'ERR_INVALID_ARG_VALUE')
     t.is(thrown(() => UnixListener.bind(name)).code, 'EADDRINUSE')
     blocking.close()
+    blockingToNet.close()
     for (const s of [asyncClient, fromNet, toNet, toServer, ...accepted]) s.close()
     duplex.destroy()
+    duplexToNet.destroy()
     viaNet.destroy()
     listener.close()
     forNet.close()

@@ -154,6 +154,28 @@ fn abstract_address(_name: &[u8], _path: &str, _syscall: &str) -> Result<UnixAdd
   ))
 }
 
+/// The address Node's `net` connects to and listens on for `\0name` with libuv before 1.48
+/// (Node 20 and older): the name padded with NULs to the whole of `sun_path`. A stream
+/// connect that finds no listener under the exact name tries this one, so that a client
+/// here reaches such a `net` server (and a server there is found by the name it was given).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn padded_abstract(path: &str) -> Option<UnixAddr> {
+  /// `sun_path` on Linux; the first byte is the NUL that makes a name abstract.
+  const SUN_PATH: usize = 108;
+  let name = path.as_bytes().strip_prefix(b"\0")?;
+  if name.len() >= SUN_PATH - 1 {
+    return None;
+  }
+  let mut padded = name.to_vec();
+  padded.resize(SUN_PATH - 1, 0);
+  UnixAddr::new_abstract(&padded).ok()
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn padded_abstract(_path: &str) -> Option<UnixAddr> {
+  None
+}
+
 /// Whether `path` names an address in the abstract namespace (no file on disk).
 pub fn is_abstract(path: &str) -> bool {
   path.starts_with('\0')
@@ -178,7 +200,12 @@ pub fn connect_kind(
   nonblocking: bool,
   timeout: Option<Duration>,
 ) -> Result<OwnedFd> {
-  let addr = address(path, "connect")?;
+  let mut addr = address(path, "connect")?;
+  // Node's `net` has no seqpacket sockets: only a stream connect looks for its spelling.
+  let mut as_old_net = match kind {
+    Kind::Stream => padded_abstract(path),
+    _ => None,
+  };
   let fd = new_socket(kind, nonblocking).map_err(|e| error::sys(e, "socket"))?;
   let deadline = timeout.map(|t| Instant::now() + t);
   let timed_out = || error::sys_path(Errno::ETIMEDOUT, "connect", path);
@@ -204,6 +231,13 @@ pub fn connect_kind(
         }
       }
       Err(Errno::EAGAIN | Errno::EINPROGRESS) if timeout.is_some() => return Err(timed_out()),
+      // No listener under the exact name: one under Node 20's spelling of it, if any (a
+      // refused connect leaves a Unix socket as it was, ready for another).
+      Err(Errno::ECONNREFUSED) if as_old_net.is_some() => {
+        if let Some(padded) = as_old_net.take() {
+          addr = padded;
+        }
+      }
       Err(e) => return Err(error::sys_path(e, "connect", path)),
     }
   }
