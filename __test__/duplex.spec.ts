@@ -1271,6 +1271,53 @@ test.serial(
   },
 )
 
+test.serial(
+  "'fds' listener and a small maxQueuedFds: a consumer that checks readableLength for a whole frame gets it, or ERR_FD_QUEUE_FULL past 253 fds more, never waits for good",
+  async (t) => {
+    for (const [pieces, fdsEach, outcome] of [
+      [10, 1, 'frame'],
+      [30, 10, 'ERR_FD_QUEUE_FULL'],
+    ] as const) {
+      const [a, b] = FdSocket.pair({ maxQueuedFds: 4 })
+      cleanup(t, a, b)
+      const { file, copies } = trackedFile(t, 'peek-')
+      // One frame: a 4-byte length, then its body in `pieces` writes with fds each.
+      const body = Buffer.alloc(pieces * 10, 7)
+      const header = Buffer.alloc(4)
+      header.writeUInt32BE(body.length)
+      a.write(header)
+      for (let i = 0; i < pieces; i++) a.writeWithFds(body.subarray(i * 10, (i + 1) * 10), Array(fdsEach).fill(file))
+      let handed = 0
+      b.on('fds', (fds: FdsArrived) => {
+        handed += fds.length
+        closeAll(fds)
+      })
+      const got = new Promise<string>((resolve) => {
+        b.on('error', (error) => resolve(String(codeOf(error))))
+        let need: number | null = null
+        b.on('readable', () => {
+          if (need === null) {
+            if (b.readableLength < 4) return
+            need = (b.read(4) as Buffer).readUInt32BE(0)
+          }
+          if (b.readableLength < need) return // waits, taking nothing more
+          t.is((b.read(need) as Buffer).length, body.length)
+          resolve('frame')
+        })
+      })
+      t.is(await withTimeout(got, T, `the frame of ${pieces} pieces`), outcome)
+      if (outcome === 'frame') t.is(handed, pieces * fdsEach)
+      b.destroy()
+      a.destroy()
+      await withTimeout(
+        until(() => copies() === 1),
+        T,
+        'every fd closed',
+      )
+    }
+  },
+)
+
 /**
  * Decodes b's data as UTF-8 and logs its 'fds' (their count; the fds are closed) and 'data'
  * events; `ended` resolves at 'end'.
@@ -1309,6 +1356,51 @@ test.serial(
     t.is(
       log.filter((entry) => entry.startsWith('fds')).reduce((sum, entry) => sum + Number(entry.slice(4)), 0),
       3,
+    )
+  },
+)
+
+test.serial(
+  "setEncoding('utf8') and read(5) over many small fd-carrying chunks (a small maxQueuedFds): every character once, in order, every fd handed",
+  async (t) => {
+    // Reading stops and starts at the bound, so many small decoded chunks wait together:
+    // Node 20's Readable returned a whole chunk for read(n) when n matched their count,
+    // then threw (nodejs/node#61884). The socket joins them first.
+    const [a, b] = FdSocket.pair({ maxQueuedFds: 1 })
+    cleanup(t, a, b)
+    const { file, copies } = trackedFile(t, 'decoded-')
+    const text = 'é名😀aß€'.repeat(400)
+    const bytes = Buffer.from(text)
+    let sent = 0
+    for (let at = 0, i = 0; at < bytes.length; i++) {
+      const part = bytes.subarray(at, at + 1 + ((i * 5) % 7))
+      at += part.length
+      if (i % 3 === 0) {
+        a.writeWithFds(part, [file])
+        sent++
+      } else a.write(part)
+    }
+    a.end()
+    b.setEncoding('utf8')
+    let handed = 0
+    b.on('fds', (fds: FdsArrived) => {
+      handed += fds.length
+      closeAll(fds)
+    })
+    let out = ''
+    b.on('readable', () => {
+      for (let piece: string | null; (piece = b.read(5)) !== null;) {
+        t.true(piece.length <= 5, `read(5) gave ${piece.length} characters`)
+        out += piece
+      }
+    })
+    await withTimeout(onceEvent(b, 'end', T), T, `'end' after ${out.length} of ${text.length} characters`)
+    t.is(out, text)
+    t.is(handed, sent)
+    await withTimeout(
+      until(() => copies() === 1),
+      T,
+      'every handed fd closed',
     )
   },
 )

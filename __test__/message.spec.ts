@@ -29,12 +29,14 @@ import {
   pathIdentity,
   readAt,
   settledOpenFds,
+  startFixture,
+  lastJson,
   tmpDir,
   tmpFile,
   tmpSocketPath,
   runProcess,
 } from './helpers.js'
-import { checkNoFdLeaked, codeOf, jsonLines, rejection, syncThrow } from './async-helpers.js'
+import { checkNoFdLeaked, codeOf, jsonLines, rejection, syncThrow, withTimeout } from './async-helpers.js'
 
 checkNoFdLeaked()
 
@@ -907,5 +909,22 @@ seqpacketTest(
       t.is(result.status, 0, `${mode}: ${result.stderr}`)
       if (mode === 'ref-then-close') t.is(result.stdout.trim(), 'ERR_SOCKET_CLOSED')
     }
+  },
+)
+
+seqpacketTest(
+  'send() at the open-file limit rejects with EMFILE (no throw at the call) and sends nothing; a bad fd still throws EBADF',
+  async (t) => {
+    const child = startFixture('send-emfile', [], { ulimit: 64 })
+    const result = await withTimeout(child.done, 15_000, 'child exit')
+    t.is(result.code, 0, result.stderr)
+    t.deepEqual(lastJson(result), {
+      filled: true,
+      thrown: null,
+      rejected: 'EMFILE',
+      badFd: 'EBADF',
+      sent: 5,
+      arrived: 'after',
+    })
   },
 )

@@ -82,6 +82,29 @@ interface StagedRun {
   count: number
 }
 
+/**
+ * Joins the strings waiting in the readable buffer of `stream` (with `setEncoding()`) into
+ * one, before a `read(n)` that takes part of them. Readable's `fromList` (Node 20.20 and
+ * every line before nodejs/node#61884) compares the characters still wanted with the
+ * number of buffered chunks instead of the current chunk's length: when they happen to be
+ * equal it returns the whole chunk, more than `n`, and its count of buffered characters
+ * goes wrong (a later `read` throws a TypeError). With one chunk that path is never taken.
+ * Reading stops and starts at `maxQueuedFds`, which leaves many small chunks waiting.
+ */
+function joinDecodedChunks(stream: Duplex): void {
+  const state = (
+    stream as unknown as { _readableState?: { decoder?: unknown; buffer?: unknown; bufferIndex?: number } }
+  )._readableState
+  if (!state?.decoder || !Array.isArray(state.buffer)) return
+  const buffer: string[] = state.buffer
+  const start = state.bufferIndex ?? 0
+  if (buffer.length - start < 2) return
+  const joined = buffer.slice(start).join('')
+  buffer.length = 0
+  buffer.push(joined)
+  state.bufferIndex = 0
+}
+
 /** How the native stream finds a chunk's held fds: its first fd (-1 for none) and their count. */
 function firstFd(fds: number[]): number {
   return fds.length > 0 ? fds[0] : -1
@@ -750,30 +773,36 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * cannot be emitted without more data, so reading goes on past the bound, by at most
    * one more message's worth (253 fds). A peer that sends more fds than that before the
    * bytes the consumer waits for has it destroyed with `ERR_FD_QUEUE_FULL`: reading on
-   * would let it fill the fd table, pausing would hang the consumer.
+   * would let it fill the fd table, pausing would hang the consumer. (A consumer that
+   * takes nothing on `'readable'`, waiting for more, is one too: see emit().)
    */
   override read(size?: number): any {
+    if (typeof size === 'number' && size > 0 && size < this.readableLength) joinDecodedChunks(this)
     const result = super.read(size)
-    if (
-      result === null &&
-      size !== 0 &&
-      this.#readingPaused &&
-      this.#native &&
-      this.#fdsAheadCount >= this.#maxQueuedFds &&
-      this.readableLength < this.readableHighWaterMark
-    ) {
-      if (this.#fdsAheadCount < this.#maxQueuedFds + SCM_MAX_FD) {
-        this.#setReading(true)
-      } else {
-        this.destroy(
-          new QueueFullError(
-            `The peer sent ${this.#fdsAheadCount} fds with bytes still short of the read waiting for them: ` +
-              `more than maxQueuedFds (${this.#maxQueuedFds}) and one more message (${SCM_MAX_FD}) allow`,
-          ),
-        )
-      }
-    }
+    if (result === null && size !== 0) this.#consumerWaits()
     return result
+  }
+
+  /** The consumer waits for bytes still to come: see read(). */
+  #consumerWaits(): void {
+    if (
+      !this.#readingPaused ||
+      !this.#native ||
+      this.#fdsAheadCount < this.#maxQueuedFds ||
+      this.readableLength >= this.readableHighWaterMark
+    ) {
+      return
+    }
+    if (this.#fdsAheadCount < this.#maxQueuedFds + SCM_MAX_FD) {
+      this.#setReading(true)
+    } else {
+      this.destroy(
+        new QueueFullError(
+          `The peer sent ${this.#fdsAheadCount} fds with bytes still short of what the consumer waits for: ` +
+            `more than maxQueuedFds (${this.#maxQueuedFds}) and one more message (${SCM_MAX_FD}) allow`,
+        ),
+      )
+    }
   }
 
   /** @internal */
@@ -937,6 +966,14 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     }
     // `(hadError)`, as net.Socket's: whether an error destroyed the socket.
     if (event === 'close' && args.length === 0) return super.emit(event, this.errored != null)
+    if (event === 'readable') {
+      // A 'readable' handler that leaves bytes in the buffer (it checks readableLength and
+      // waits for a whole frame) waits for bytes still to come, as a read(n) short of n
+      // does. (Emitted with no handler, on a paused socket, it is no consumer waiting.)
+      const listened = super.emit(event, ...args)
+      if (listened && this.readableLength > 0) this.#consumerWaits()
+      return listened
+    }
     if (event !== 'data') return super.emit(event, ...args)
     const data = args[0] as Buffer | string
     this.#emittedLength += data.length

@@ -401,9 +401,19 @@ impl MessageSocket {
       }
       let mut duplicates = Vec::with_capacity(fds.len());
       for fd in &fds {
-        // A bad fd throws with nothing sent; the duplicates made so far are closed.
-        duplicates
-          .push(scm_rights::dup_cloexec(*fd).map_err(|e| rejection(error::sys(e, "fcntl")))?);
+        match scm_rights::dup_cloexec(*fd) {
+          Ok(duplicate) => duplicates.push(duplicate),
+          // A bad fd throws with nothing sent, as `enqueue` of it does; the duplicates made
+          // so far are closed.
+          Err(Errno::EBADF) => return Err(rejection(error::sys(Errno::EBADF, "fcntl"))),
+          // Out of fds (`EMFILE`, `ENFILE`) is no bad argument: the send fails, as a
+          // Promise-returning call does, with nothing sent.
+          Err(e) => {
+            drop(outbound);
+            drop(duplicates);
+            return fail(env, id, error::sys(e, "fcntl"));
+          }
+        }
       }
       let mut attached = outbound.take();
       attached.extend(duplicates);
