@@ -298,15 +298,19 @@ test.serial('accept on a closed listener throws ERR_SOCKET_CLOSED; a second clos
   t.false(fs.existsSync(socketPath))
 })
 
-test.serial('the settings of a closed object throw ERR_SOCKET_CLOSED too: maxQueuedFds, setUnlinkOnClose()', (t) => {
-  const [a, b] = UnixStream.pair()
-  const [c, d] = AsyncUnixStream.pair()
-  const listeners = [
-    UnixListener.bind(tmpSocketPath()),
+/** One of each async listener, and a bound datagram socket (which has setUnlinkOnClose too). */
+function boundAsync() {
+  return [
     AsyncUnixListener.bind(tmpSocketPath()),
     SeqpacketListener.bind(tmpSocketPath()),
     DatagramSocket.bind(tmpSocketPath()),
   ]
+}
+
+test.serial('the settings of a closed object throw ERR_SOCKET_CLOSED too: maxQueuedFds, setUnlinkOnClose()', (t) => {
+  const [a, b] = UnixStream.pair()
+  const [c, d] = AsyncUnixStream.pair()
+  const listeners = [UnixListener.bind(tmpSocketPath()), ...boundAsync()]
   for (const closed of [a, c, ...listeners]) closed.close()
   for (const stream of [a, c]) {
     const error = thrown(() => {
@@ -353,11 +357,7 @@ test.serial(
   async (t) => {
     const [c, d] = AsyncUnixStream.pair()
     const [e, f] = SeqpacketSocket.pair()
-    const listeners = [
-      AsyncUnixListener.bind(tmpSocketPath()),
-      SeqpacketListener.bind(tmpSocketPath()),
-      DatagramSocket.bind(tmpSocketPath()),
-    ]
+    const listeners = boundAsync()
     const objects = [c, e, ...listeners]
     for (const open of objects) t.is(open.unref().ref(), open, `${open.constructor.name} open`)
     for (const closed of objects) closed.close()

@@ -332,7 +332,7 @@ impl Home {
             Err(e) => failed(e),
           };
           match (args, on_settle.get(copy_of(id))) {
-            (Some(args), Some(on_settle)) => call_js(env, on_settle, args.into()).map(drop),
+            (Some(args), Some(on_settle)) => call_js(env, on_settle, args.into()),
             _ => Ok(()),
           }
         });
@@ -447,27 +447,15 @@ impl Home {
   }
 }
 
-/// How a call into JS went.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Called {
-  /// It returned.
-  Returned,
-  /// It threw (reported as uncaught): it ran, at least in part.
-  Threw,
-  /// JS could not run, or was terminated (a worker being torn down), or it threw
-  /// `undefined`/`null` (reported all the same): whether it ran is unknown.
-  NotRun,
-}
-
 /// Calls `function` as Node calls an event handler from an I/O callback: what it throws
 /// goes to `process.on('uncaughtException')` (or ends the process, as any uncaught
 /// exception would), and the caller carries on. Only a failure to make the call is an
-/// error; otherwise it says how the call went.
+/// error.
 pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
   env: &Env,
   function: &Function<'_, Args, ()>,
   args: Args,
-) -> napi::Result<Called> {
+) -> napi::Result<()> {
   let argv = args.into_vec(env.raw())?;
   let mut this = std::ptr::null_mut();
   let mut result = std::ptr::null_mut();
@@ -490,21 +478,13 @@ pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
       &mut result,
     );
     if status == sys::Status::napi_pending_exception {
-      // Node reports "cannot run JS" (a worker being torn down) as a pending exception
-      // with none recorded: `undefined` here. A function that ran and threw left its
-      // exception (a plain `throw undefined` is read as not having run).
+      // What the function threw is reported as uncaught. (Node reports "cannot run JS", a
+      // worker being torn down, as a pending exception with none recorded: `undefined`.)
       let mut thrown = std::ptr::null_mut();
-      if sys::napi_get_and_clear_last_exception(env.raw(), &mut thrown) != sys::Status::napi_ok {
-        return Ok(Called::NotRun);
+      if sys::napi_get_and_clear_last_exception(env.raw(), &mut thrown) == sys::Status::napi_ok {
+        sys::napi_fatal_exception(env.raw(), thrown);
       }
-      // Termination shows as `undefined` (nothing recorded) or `null`; so does a plain
-      // `throw undefined` or `throw null`, which is still reported.
-      let mut kind = sys::ValueType::napi_undefined;
-      let threw = sys::napi_typeof(env.raw(), thrown, &mut kind) == sys::Status::napi_ok
-        && kind != sys::ValueType::napi_undefined
-        && kind != sys::ValueType::napi_null;
-      sys::napi_fatal_exception(env.raw(), thrown);
-      return Ok(if threw { Called::Threw } else { Called::NotRun });
+      return Ok(());
     }
     if status != sys::Status::napi_ok {
       return Err(napi::Error::new(
@@ -513,7 +493,7 @@ pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
       ));
     }
   }
-  Ok(Called::Returned)
+  Ok(())
 }
 
 /// Settles what waits in this thread's home (called by the JS-thread runtime, in a

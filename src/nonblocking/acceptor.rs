@@ -131,7 +131,7 @@ impl Ring {
       Some(direct) => {
         let direct = Arc::clone(direct);
         self.home.post(Box::new(move |env| {
-          settle::call_js(env, &direct.borrow_back(env)?, ()).map(drop)
+          settle::call_js(env, &direct.borrow_back(env)?, ())
         }));
       }
       None => {

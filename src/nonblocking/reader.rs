@@ -235,7 +235,7 @@ impl Sink<'_> {
             Err(_) if settle::report_pending(env) => return Ok(()),
             Err(e) => return Err(e),
           };
-          settle::call_js(env, &direct.callback.borrow_back(env)?, args).map(drop)
+          settle::call_js(env, &direct.callback.borrow_back(env)?, args)
         }));
       }
       None => {
