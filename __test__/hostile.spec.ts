@@ -24,7 +24,9 @@ import {
   UnixListener,
   type UnixStream,
 } from '../index.js'
-import { openFds, settledOpenFds, tmpSocketPath, scaled } from './helpers.js'
+import { openFds, runProcess, settledOpenFds, tmpSocketPath, scaled } from './helpers.js'
+import { linuxTest } from './platform.js'
+import * as path from 'node:path'
 import { codeOf, dequeueAll, onceEvent, warmedUpFdBaseline, withTimeout } from './async-helpers.js'
 import { killDrivers, startDriver, type Driver } from './fixtures/driver.js'
 
@@ -37,6 +39,7 @@ const MAX_FLOOD = 12
 const LIMIT = 256
 /** What the process may hold beyond maxQueuedFds + one message of 253 (e.g. a dequeued fd being read). */
 const SLACK = 16
+const FLOOD = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'message-flood.mjs')
 
 let baseline = 0
 test.before(async () => {
@@ -387,3 +390,45 @@ except OSError:
     t.is(await settledOpenFds(baseline), baseline)
   },
 )
+
+// A receiver that expects no fds does not read `fds`; a peer that sends them anyway, as
+// fast as it can, must not fill its fd table before the collector gets to the messages.
+for (const [kind, per, count, limit] of [
+  ['seqpacket', 10, 3000, 'default'],
+  ['dgram', 253, 400, 'default'],
+  ['dgram', 10, 3000, '64'],
+] as const) {
+  const bound = limit === 'default' ? 1024 : Number(limit)
+  const flood = (mode: 'ignore' | 'read') =>
+    runProcess(
+      'sh',
+      [
+        '-c',
+        'ulimit -n 4096 && exec "$0" "$@"',
+        process.execPath,
+        '--expose-gc',
+        FLOOD,
+        kind,
+        `${per}`,
+        `${count}`,
+        limit,
+        mode,
+      ],
+      { timeoutMs: 120_000 },
+    )
+  linuxTest(
+    `hostile Python peer floods a ${kind} receiver (maxQueuedFds ${limit}) with ${count} messages of ${per} fds: unread, at most maxQueuedFds held and the rest closed; read, every fd arrives`,
+    async (t) => {
+      const ignored = await flood('ignore')
+      t.is(ignored.status, 0, ignored.stderr)
+      const report = JSON.parse(ignored.stdout.trim())
+      t.log(`unread: ${report.truncated} of ${count} messages truncated, at most ${report.maxHeld} fds held`)
+      t.like(report, { received: count, inOrder: true, peerExit: 0, after: report.before })
+      // Past the bound a message's fds are closed as they arrive; 4096 would be the table.
+      t.true(report.maxHeld <= bound + SLACK, `held ${report.maxHeld}`)
+      const read = await flood('read')
+      t.is(read.status, 0, read.stderr)
+      t.like(JSON.parse(read.stdout.trim()), { received: count, inOrder: true, fdsRead: count * per, truncated: 0 })
+    },
+  )
+}

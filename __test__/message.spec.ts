@@ -247,6 +247,46 @@ for (const [kind, pair] of KINDS) {
   })
 
   // Serial: it counts this process's fds, which concurrent tests would move.
+  test.serial(
+    `${kind}: maxQueuedFds bounds the fds of messages whose fds no code read: past it they are closed and the message is truncated; reading or replacing fds makes room`,
+    async (t) => {
+      const [a, b] = pair()
+      const list = files(3)
+      try {
+        t.is(b.maxQueuedFds, 1024)
+        b.maxQueuedFds = 4
+        t.is(b.maxQueuedFds, 4)
+        for (let i = 0; i < 4; i++) await sendFiles((fds) => a.send(`m${i}`, fds), list)
+        const before = await settledOpenFds()
+        const first = (await b.receive())!
+        t.false(first.truncated)
+        const second = (await b.receive())!
+        t.true(second.truncated, 'one fd of three fits')
+        t.is(await settledOpenFds(), before + 4, 'the fds past the bound are closed on arrival')
+        checkAndClose(t, second.fds, list.slice(0, 1))
+        // The first message's three unread fds still count: one fits.
+        const third = (await b.receive())!
+        t.true(third.truncated)
+        first.fds = []
+        // Replaced unread: closed, and their room is free again.
+        t.is(await settledOpenFds(), before + 1)
+        const fourth = (await b.receive())!
+        t.false(fourth.truncated)
+        checkAndClose(t, fourth.fds, list)
+        checkAndClose(t, third.fds, list.slice(0, 1))
+        t.is(await settledOpenFds(), before)
+        t.is(syncThrow(() => (b.maxQueuedFds = 0)).code, 'ERR_OUT_OF_RANGE')
+        t.is(syncThrow(() => (b.maxQueuedFds = '8' as any)).code, 'ERR_INVALID_ARG_TYPE')
+        b.close()
+        t.is(syncThrow(() => (b.maxQueuedFds = 8)).code, 'ERR_SOCKET_CLOSED')
+      } finally {
+        a.close()
+        b.close()
+      }
+    },
+  )
+
+  // Serial: it counts this process's fds, which concurrent tests would move.
   test.serial(`${kind}: close() with fds enqueued closes them and the socket`, async (t) => {
     const [a, b] = pair()
     const [file] = files(1)

@@ -11,6 +11,7 @@ import {
   toFd,
   validateAddress,
   validateFdNumber,
+  validateMaxQueuedFds,
   validatePath,
   validateSignalOption,
 } from './args.js'
@@ -33,8 +34,8 @@ export interface Message {
   fds: number[]
   /**
    * Something of the message was lost on the way in: fds the kernel could not install
-   * (`MSG_CTRUNC`: this process was at its open-file limit; the fds that did arrive are in
-   * `fds`), or bytes past the largest message this system lets an unprivileged sender make
+   * (`MSG_CTRUNC`: this process was at its open-file limit), or fds past the socket's
+   * `maxQueuedFds` (the fds that did arrive are in `fds`), or bytes past the largest message this system lets an unprivileged sender make
    * (`MSG_TRUNC`; only a sender with `CAP_NET_ADMIN` can exceed it).
    */
   truncated: boolean
@@ -95,8 +96,8 @@ const FDS: PropertyDescriptor = {
 /**
  * A message collected before any code read its `fds` closes them. Registering costs more
  * than the rest of a receive, and nearly every message has its `fds` read by the code
- * awaiting it: only messages still unread once that code has run (an immediate later)
- * are registered.
+ * awaiting it: only messages still unread once that code has run (when the next message
+ * comes, or an immediate later) are registered.
  */
 const unread = new FinalizationRegistry<HeldFds>((held) => {
   if (held.fds === undefined) binding.releaseHeldFds(held.id, false)
@@ -125,7 +126,9 @@ function claimedOnRead([data, truncated, from, id]: Received): Message {
   const held: HeldFds = { id, fds: undefined }
   Object.defineProperty(message, HELD, { value: held })
   // Unref'd: should the thread end first, the end of its environment closes the fds.
-  if (fresh.push([message, held]) === 1) setImmediate(registerUnread).unref()
+  if (fresh.length === 0) setImmediate(registerUnread).unref()
+  else registerUnread()
+  fresh.push([message, held])
   return message
 }
 
@@ -157,6 +160,21 @@ abstract class MessageSocket implements EnqueueFd {
   /** The address it is bound to (`'\0name'` for an abstract one); `''` when unbound. */
   get path(): string {
     return this.inner.path
+  }
+
+  /**
+   * Bound of the received fds that wait unclaimed, in messages whose `fds` no code has read
+   * yet (default 1024). A message that would go past it keeps the fds that fit; the rest
+   * are closed and the message is `truncated`, as when the kernel finds the fd table full.
+   */
+  get maxQueuedFds(): number {
+    return this.inner.maxQueuedFds
+  }
+
+  set maxQueuedFds(value: number) {
+    const limit = validateMaxQueuedFds(value)
+    if (this.inner.fd === -1) throw closedError()
+    this.inner.maxQueuedFds = limit
   }
 
   /** Duplicates `fd` now; the duplicate rides on the next `send` (at most 253 per message). */

@@ -7,22 +7,120 @@
 //! thread's environment is torn down: a worker that ends between a `receive` settling and
 //! the code that would have read its fds loses nothing.
 //!
+//! Unclaimed fds count against their socket's bound ([`Unclaimed`]), so a peer cannot fill
+//! the fd table of a receiver that ignores them; and each is reported to V8 as external
+//! memory ([`WEIGHT`]), so that messages dropped unread are collected before that bound
+//! matters.
+//!
 //! An id per message, not an External per message: an External's weak reference and
 //! finalizer cost more than the rest of a receive.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use napi::{Env, JsValue};
 use napi_derive::napi;
 
 use crate::settle::RawValue;
 
+/// External memory reported to V8 per unclaimed fd. V8 starts a collection once external
+/// memory grows by 64 MiB: after about 256 fds of messages dropped unread, far below a
+/// socket's default bound of 1024.
+const WEIGHT: i64 = 256 * 1024;
+
+/// The received fds of one socket that no JS code has claimed yet, and their bound
+/// (`maxQueuedFds`).
+pub(crate) struct Unclaimed {
+  count: AtomicUsize,
+  max: AtomicUsize,
+}
+
+impl Unclaimed {
+  pub(crate) fn new(max: usize) -> Arc<Self> {
+    Arc::new(Self {
+      count: AtomicUsize::new(0),
+      max: AtomicUsize::new(max),
+    })
+  }
+
+  pub(crate) fn max(&self) -> usize {
+    self.max.load(Ordering::Relaxed)
+  }
+
+  pub(crate) fn set_max(&self, max: usize) {
+    self.max.store(max, Ordering::Relaxed);
+  }
+
+  /// Whether half the bound or more is in use.
+  pub(crate) fn crowded(&self) -> bool {
+    self.count.load(Ordering::Acquire) >= self.max().div_ceil(2)
+  }
+
+  /// Keeps as many of `fds` as the bound has room for, the first ones, and closes the rest
+  /// (as the kernel drops what does not fit in the fd table); whether any were closed.
+  pub(crate) fn admit(self: &Arc<Self>, mut fds: Vec<OwnedFd>) -> (Admitted, bool) {
+    let wanted = fds.len();
+    let mut kept = wanted;
+    if wanted > 0 {
+      let _ = self
+        .count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+          kept = self.max().saturating_sub(count).min(wanted);
+          Some(count + kept)
+        });
+    }
+    fds.truncate(kept);
+    let admitted = Admitted {
+      fds,
+      of: Arc::clone(self),
+    };
+    (admitted, kept < wanted)
+  }
+}
+
+/// Received fds counted in their socket's [`Unclaimed`] until they are dropped (closed) or
+/// handed to JS.
+pub(crate) struct Admitted {
+  fds: Vec<OwnedFd>,
+  of: Arc<Unclaimed>,
+}
+
+impl Admitted {
+  pub(crate) fn is_empty(&self) -> bool {
+    self.fds.is_empty()
+  }
+
+  fn len(&self) -> usize {
+    self.fds.len()
+  }
+
+  fn raw(&self) -> impl Iterator<Item = RawFd> + '_ {
+    self.fds.iter().map(|fd| fd.as_raw_fd())
+  }
+
+  /// Gives the fds up: they are the caller's, and no longer count.
+  fn hand_over(mut self) {
+    let fds = std::mem::take(&mut self.fds);
+    self.of.count.fetch_sub(fds.len(), Ordering::AcqRel);
+    for fd in fds {
+      let _ = fd.into_raw_fd();
+    }
+  }
+}
+
+impl Drop for Admitted {
+  fn drop(&mut self) {
+    self.of.count.fetch_sub(self.fds.len(), Ordering::AcqRel);
+  }
+}
+
 #[derive(Default)]
 struct Held {
   next: u64,
-  fds: HashMap<u64, Vec<OwnedFd>>,
+  fds: HashMap<u64, Admitted>,
 }
 
 thread_local! {
@@ -33,8 +131,9 @@ thread_local! {
 
 /// Holds `fds` for JS until [`release_held_fds`]; the id to release them with. (On an
 /// error they are closed.)
-pub(crate) fn hold(env: &Env, fds: Vec<OwnedFd>) -> napi::Result<f64> {
-  HELD.with_borrow_mut(|slot| {
+pub(crate) fn hold(env: &Env, fds: Admitted) -> napi::Result<f64> {
+  let weight = external_weight(&fds);
+  let id = HELD.with_borrow_mut(|slot| {
     if slot.is_none() {
       env.add_env_cleanup_hook((), |()| {
         // Taken out first, dropped (closing every fd) outside the borrow.
@@ -47,8 +146,16 @@ pub(crate) fn hold(env: &Env, fds: Vec<OwnedFd>) -> napi::Result<f64> {
     held.next += 1;
     held.fds.insert(id, fds);
     // Below 2^53 for as long as any process runs: exact as a JS number.
-    Ok(id as f64)
-  })
+    napi::Result::Ok(id as f64)
+  })?;
+  // Only a hint to the collector: holding goes on without it.
+  let _ = env.adjust_external_memory(weight);
+  Ok(id)
+}
+
+/// The external memory `fds` stand for.
+fn external_weight(fds: &Admitted) -> i64 {
+  i64::try_from(fds.len()).unwrap_or(i64::MAX / WEIGHT) * WEIGHT
 }
 
 /// The numbers of the fds held under `id`, which are the caller's from now on (`keep`), or
@@ -64,17 +171,79 @@ pub fn release_held_fds(env: &Env, id: f64, keep: bool) -> napi::Result<Option<R
   let Some(fds) = fds else {
     return Ok(None);
   };
+  let _ = env.adjust_external_memory(-external_weight(&fds));
   if !keep {
     drop(fds);
     return Ok(None);
   }
   // Made first: should that fail, dropping `fds` closes them (no number reached JS).
   let mut numbers = env.create_array(fds.len() as u32)?;
-  for (i, fd) in fds.iter().enumerate() {
-    numbers.set(i as u32, fd.as_raw_fd())?;
+  for (i, fd) in fds.raw().enumerate() {
+    numbers.set(i as u32, fd)?;
   }
-  for fd in fds {
-    let _ = fd.into_raw_fd();
-  }
+  fds.hand_over();
   Ok(Some(RawValue(numbers.raw())))
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use std::fs::File;
+  use std::io::Read;
+  use std::os::fd::FromRawFd;
+
+  /// `n` copies of a pipe's write end, and its read end, which sees end-of-file once every
+  /// copy is closed.
+  fn writers(n: usize) -> (Vec<OwnedFd>, File) {
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    let mut copies: Vec<OwnedFd> = (1..n).map(|_| writer.try_clone().expect("dup")).collect();
+    copies.push(writer);
+    nix::fcntl::fcntl(
+      &reader,
+      nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .expect("O_NONBLOCK");
+    (copies, File::from(reader))
+  }
+
+  /// Whether any copy of the write end is still open.
+  fn open(reader: &mut File) -> bool {
+    reader.read(&mut [0u8; 1]).is_err()
+  }
+
+  #[test]
+  fn admits_up_to_the_bound_closes_the_rest_and_counts_until_dropped_or_handed_over() {
+    let unclaimed = Unclaimed::new(5);
+    let (first, mut first_reader) = writers(3);
+    let (held, cut) = unclaimed.admit(first);
+    assert!(!cut);
+    assert_eq!(held.len(), 3);
+    let (second, mut second_reader) = writers(4);
+    let (kept, cut) = unclaimed.admit(second);
+    assert!(cut, "two of four fit");
+    assert_eq!(kept.len(), 2);
+    assert!(unclaimed.crowded());
+    let (third, mut third_reader) = writers(1);
+    let (none, cut) = unclaimed.admit(third);
+    assert!(cut && none.is_empty());
+    assert!(!open(&mut third_reader), "what did not fit is closed");
+    assert!(open(&mut second_reader));
+    drop(held);
+    assert!(!open(&mut first_reader));
+    assert_eq!(unclaimed.count.load(Ordering::Acquire), 2);
+    let numbers: Vec<RawFd> = kept.raw().collect();
+    kept.hand_over();
+    assert_eq!(
+      unclaimed.count.load(Ordering::Acquire),
+      0,
+      "handed over: no longer counted"
+    );
+    assert!(open(&mut second_reader), "handed over: still open");
+    for fd in numbers {
+      // SAFETY: handed over above; closed once, here.
+      drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    assert!(!open(&mut second_reader));
+    drop(none);
+  }
 }

@@ -21,10 +21,11 @@ use tokio::sync::watch;
 use crate::cancel::{self, CancelHandle, Canceller};
 use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, errno_of, rejection, Result};
+use crate::held::{Admitted, Unclaimed};
 use crate::js::byte_count;
 use crate::nonblocking::core::{closing, release};
 use crate::nonblocking::stream::fail;
-use crate::queue::OutboundQueue;
+use crate::queue::{OutboundQueue, DEFAULT_MAX_QUEUED_FDS};
 use crate::runtime::{register_or_return, spawn_operation, Waits};
 use crate::scm_rights::{self, Datagram, SCM_MAX_FD};
 use crate::settle::{self, number, RawValue, Settled};
@@ -46,6 +47,8 @@ struct Shared {
   closed: watch::Sender<bool>,
   sends: Arc<Turnstile>,
   receives: Arc<Turnstile>,
+  /// Received fds no JS code has claimed yet, and their bound.
+  unclaimed: Arc<Unclaimed>,
 }
 
 impl Shared {
@@ -71,7 +74,7 @@ impl Shared {
 /// A message as received, before it reaches JS (its fds owned until then).
 struct Received {
   data: Vec<u8>,
-  fds: Vec<OwnedFd>,
+  fds: Admitted,
   truncated: bool,
   from: Option<Vec<u8>>,
 }
@@ -103,7 +106,8 @@ thread_local! {
 }
 
 /// One non-blocking receive. `Ok(None)`: nothing is waiting.
-fn receive_now(fd: std::os::fd::BorrowedFd<'_>, kind: Kind) -> nix::Result<Option<Outcome>> {
+fn receive_now(shared: &Shared) -> nix::Result<Option<Outcome>> {
+  let (fd, kind) = (shared.fd(), shared.kind);
   SCRATCH.with_borrow_mut(|scratch| {
     if scratch.is_empty() {
       // Zeroed by the allocator (fresh pages from the kernel), not written: only the pages
@@ -128,10 +132,13 @@ fn receive_now(fd: std::os::fd::BorrowedFd<'_>, kind: Kind) -> nix::Result<Optio
     {
       return Ok(Some(Outcome::End));
     }
+    // Fds past the socket's bound of unclaimed ones are closed, as the kernel drops those
+    // past the fd table's limit.
+    let (fds, cut) = shared.unclaimed.admit(got.fds);
     Ok(Some(Outcome::Message(Received {
       data: scratch[..got.bytes].to_vec(),
-      fds: got.fds,
-      truncated: got.fds_cut || got.bytes_cut,
+      fds,
+      truncated: got.fds_cut || got.bytes_cut || cut,
       from: got.from,
     })))
   })
@@ -203,6 +210,7 @@ pub struct MessageSocket {
   file: Option<SocketFile>,
   unlink_on_close: AtomicBool,
   path: String,
+  unclaimed: Arc<Unclaimed>,
 }
 
 impl MessageSocket {
@@ -227,6 +235,7 @@ impl MessageSocket {
         return Err(e);
       }
     };
+    let unclaimed = Unclaimed::new(DEFAULT_MAX_QUEUED_FDS);
     Ok(Self {
       shared: Mutex::new(Some(Arc::new(Shared {
         io,
@@ -234,12 +243,14 @@ impl MessageSocket {
         closed: watch::Sender::new(false),
         sends: Turnstile::new(),
         receives: Turnstile::new(),
+        unclaimed: Arc::clone(&unclaimed),
       }))),
       outbound: Mutex::new(OutboundQueue::default()),
       kind,
       unlink_on_close: AtomicBool::new(file.is_some()),
       file,
       path,
+      unclaimed,
     })
   }
 
@@ -479,10 +490,12 @@ impl MessageSocket {
       Ok(shared) => shared,
       Err(e) => return fail(env, id, e),
     };
-    // `defer`: settled later whatever is there (see `StreamCore::read`).
-    let defer = defer == Some(true);
+    // `defer`: settled later whatever is there (see `StreamCore::read`). So is a receive
+    // while half the bound of unclaimed fds is used: the event loop then turns, and the
+    // collector can release the fds of messages dropped unread.
+    let defer = defer == Some(true) || shared.unclaimed.crowded();
     if !defer && shared.receives.is_idle() {
-      match receive_now(shared.fd(), shared.kind) {
+      match receive_now(&shared) {
         Ok(Some(outcome)) => {
           return match message_value(env, outcome)? {
             Settled::Value(Some(value)) => Ok(Some(value)),
@@ -521,6 +534,18 @@ impl MessageSocket {
       },
     );
     Ok(None)
+  }
+
+  /// How many received fds may wait unclaimed (their messages' `fds` not read yet); those
+  /// of a message past it are closed, and the message is `truncated`.
+  #[napi(getter)]
+  pub fn max_queued_fds(&self) -> u32 {
+    u32::try_from(self.unclaimed.max()).unwrap_or(u32::MAX)
+  }
+
+  #[napi(setter)]
+  pub fn set_max_queued_fds(&self, limit: u32) {
+    self.unclaimed.set_max(limit as usize);
   }
 
   /// The peer's credentials (connected sockets: a seqpacket connection, a pair).
@@ -616,7 +641,7 @@ async fn receive_later(shared: &Shared) -> Result<Outcome> {
       .readable()
       .await
       .map_err(|e| error::sys(errno_of(&e), "recvmsg"))?;
-    match receive_now(shared.fd(), shared.kind) {
+    match receive_now(shared) {
       Ok(Some(outcome)) => return Ok(outcome),
       Ok(None) => guard.clear_ready(),
       Err(e) => return Err(error::sys(e, "recvmsg")),
