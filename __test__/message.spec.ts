@@ -246,45 +246,76 @@ for (const [kind, pair] of KINDS) {
     }
   })
 
-  // Serial: it counts this process's fds, which concurrent tests would move.
-  test.serial(
-    `${kind}: maxQueuedFds bounds the fds of messages whose fds no code read: past it they are closed and the message is truncated; reading or replacing fds makes room`,
-    async (t) => {
-      const [a, b] = pair()
-      const list = files(3)
-      try {
-        t.is(b.maxQueuedFds, 1024)
-        b.maxQueuedFds = 4
-        t.is(b.maxQueuedFds, 4)
-        for (let i = 0; i < 4; i++) await sendFiles((fds) => a.send(`m${i}`, fds), list)
-        const before = await settledOpenFds()
-        const first = (await b.receive())!
-        t.false(first.truncated)
-        const second = (await b.receive())!
-        t.true(second.truncated, 'one fd of three fits')
-        t.is(await settledOpenFds(), before + 4, 'the fds past the bound are closed on arrival')
-        checkAndClose(t, second.fds, list.slice(0, 1))
-        // The first message's three unread fds still count: one fits.
-        const third = (await b.receive())!
-        t.true(third.truncated)
-        first.fds = []
-        // Replaced unread: closed, and their room is free again.
-        t.is(await settledOpenFds(), before + 1)
-        const fourth = (await b.receive())!
-        t.false(fourth.truncated)
-        checkAndClose(t, fourth.fds, list)
-        checkAndClose(t, third.fds, list.slice(0, 1))
-        t.is(await settledOpenFds(), before)
-        t.is(syncThrow(() => (b.maxQueuedFds = 0)).code, 'ERR_OUT_OF_RANGE')
-        t.is(syncThrow(() => (b.maxQueuedFds = '8' as any)).code, 'ERR_INVALID_ARG_TYPE')
-        b.close()
-        t.is(syncThrow(() => (b.maxQueuedFds = 8)).code, 'ERR_SOCKET_CLOSED')
-      } finally {
-        a.close()
-        b.close()
+  test(`${kind}: maxQueuedFds bounds the fds of messages whose fds no code read: at it, receive waits until fds are read or replaced; nothing is cut`, async (t) => {
+    const [a, b] = pair()
+    const list = files(3)
+    try {
+      t.is(b.maxQueuedFds, 1024)
+      b.maxQueuedFds = 4
+      t.is(b.maxQueuedFds, 4)
+      for (let i = 0; i < 4; i++) await sendFiles((fds) => a.send(`m${i}`, fds), list)
+      const first = (await b.receive())!
+      // 3 unread, below the bound: one more message may come (and go past it).
+      const second = (await b.receive())!
+      /** A receive that must not settle before the event loop turned: nothing else can make room. */
+      const waiting = async (what: string) => {
+        let message: Message | null = null
+        const receiving = b.receive().then((m) => (message = m!))
+        await new Promise((resolve) => setTimeout(resolve, 50))
+        t.is(message, null, `${what} waits while 6 fds wait unread`)
+        // In an object: an async function's Promise would wait for it.
+        return { receiving }
       }
-    },
-  )
+      const third = await waiting('the third')
+      // Read: 3 wait, below the bound again.
+      checkAndClose(t, first.fds, list)
+      t.like(await third.receiving, { truncated: false, data: Buffer.from('m2') })
+      const fourth = await waiting('the fourth')
+      // Replaced unread: closed, and their room free.
+      second.fds = []
+      t.like(await fourth.receiving, { truncated: false, data: Buffer.from('m3') })
+      checkAndClose(t, (await third.receiving).fds, list)
+      checkAndClose(t, (await fourth.receiving).fds, list)
+      t.is(syncThrow(() => (b.maxQueuedFds = 0)).code, 'ERR_OUT_OF_RANGE')
+      t.is(syncThrow(() => (b.maxQueuedFds = '8' as any)).code, 'ERR_INVALID_ARG_TYPE')
+      b.close()
+      t.is(syncThrow(() => (b.maxQueuedFds = 8)).code, 'ERR_SOCKET_CLOSED')
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+
+  test(`${kind}: receives pending together, each message's fds read as it settles: all 253 × 8 fds arrive, none cut (maxQueuedFds 1024)`, async (t) => {
+    const [a, b] = pair()
+    try {
+      const devNull = fs.openSync('/dev/null', 'r')
+      const expected = fdIdentity(devNull)
+      let got = 0
+      let truncated = 0
+      const receives = Array.from({ length: 8 }, () =>
+        b.receive().then((m) => {
+          if (m!.truncated) truncated++
+          for (const fd of m!.fds) {
+            t.deepEqual(fdIdentity(fd), expected)
+            fs.closeSync(fd)
+            got++
+          }
+        }),
+      )
+      try {
+        for (let i = 0; i < 8; i++) await a.send(`m${i}`, Array(253).fill(devNull))
+      } finally {
+        fs.closeSync(devNull)
+      }
+      await Promise.all(receives)
+      t.is(got, 8 * 253)
+      t.is(truncated, 0)
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
 
   // Serial: it counts this process's fds, which concurrent tests would move.
   test.serial(`${kind}: close() with fds enqueued closes them and the socket`, async (t) => {

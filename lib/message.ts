@@ -34,8 +34,8 @@ export interface Message {
   fds: number[]
   /**
    * Something of the message was lost on the way in: fds the kernel could not install
-   * (`MSG_CTRUNC`: this process was at its open-file limit), or fds past the socket's
-   * `maxQueuedFds` (the fds that did arrive are in `fds`), or bytes past the largest message this system lets an unprivileged sender make
+   * (`MSG_CTRUNC`: this process was at its open-file limit; the fds that did arrive are in
+   * `fds`), or bytes past the largest message this system lets an unprivileged sender make
    * (`MSG_TRUNC`; only a sender with `CAP_NET_ADMIN` can exceed it).
    */
   truncated: boolean
@@ -96,8 +96,10 @@ const FDS: PropertyDescriptor = {
 /**
  * A message collected before any code read its `fds` closes them. Registering costs more
  * than the rest of a receive, and nearly every message has its `fds` read by the code
- * awaiting it: only messages still unread once that code has run (when the next message
- * comes, or an immediate later) are registered.
+ * awaiting it: only messages still unread once that code has run (when the next receive
+ * is called or the next message comes, or an immediate later) are registered. A receive
+ * that waits for room (see `maxQueuedFds`) then finds every message dropped unread
+ * collectable.
  */
 const unread = new FinalizationRegistry<HeldFds>((held) => {
   if (held.fds === undefined) binding.releaseHeldFds(held.id, false)
@@ -163,9 +165,9 @@ abstract class MessageSocket implements EnqueueFd {
   }
 
   /**
-   * Bound of the received fds that wait unclaimed, in messages whose `fds` no code has read
-   * yet (default 1024). A message that would go past it keeps the fds that fit; the rest
-   * are closed and the message is `truncated`, as when the kernel finds the fd table full.
+   * Bound of the received fds that wait in messages whose `fds` no code has read yet
+   * (default 1024). While that many wait, receives wait (messages dropped unread free
+   * theirs when collected, and the collector is asked to run).
    */
   get maxQueuedFds(): number {
     return this.inner.maxQueuedFds
@@ -197,6 +199,7 @@ abstract class MessageSocket implements EnqueueFd {
    */
   receive(options?: { signal?: AbortSignal }): Promise<Message | null> {
     const signal = validateSignalOption(options)
+    if (fresh.length > 0) registerUnread()
     return operation<Received | typeof END>(
       this,
       this.#liveness,

@@ -7,10 +7,10 @@
 //! thread's environment is torn down: a worker that ends between a `receive` settling and
 //! the code that would have read its fds loses nothing.
 //!
-//! Unclaimed fds count against their socket's bound ([`Unclaimed`]), so a peer cannot fill
-//! the fd table of a receiver that ignores them; and each is reported to V8 as external
-//! memory ([`WEIGHT`]), so that messages dropped unread are collected before that bound
-//! matters.
+//! Unclaimed fds count against their socket's bound ([`Unclaimed`]): at the bound, its
+//! receives wait (as a stream's reads pause at `maxQueuedFds`), so a peer cannot fill the
+//! fd table of a receiver that ignores them; a receive that waits asks the collector to run
+//! ([`nudge_collector`]), which releases the messages dropped unread.
 //!
 //! An id per message, not an External per message: an External's weak reference and
 //! finalizer cost more than the rest of a receive.
@@ -21,21 +21,34 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use napi::{Env, JsValue};
 use napi_derive::napi;
 
 use crate::settle::RawValue;
 
-/// External memory reported to V8 per unclaimed fd. V8 starts a collection once external
-/// memory grows by 64 MiB: after about 256 fds of messages dropped unread, far below a
-/// socket's default bound of 1024.
-const WEIGHT: i64 = 256 * 1024;
+/// More than V8 lets external memory grow between two collections (64 MiB) before it starts
+/// one: see [`nudge_collector`].
+const NUDGE: i64 = 65 * 1024 * 1024;
+
+/// Asks V8 to start a garbage collection, so that messages dropped with their fds unread
+/// are released: external memory that grows past V8's limit starts one (the limit is at
+/// most 64 MiB above what there is), and is given back at once. Node-API has no other way
+/// to ask for a collection.
+pub(crate) fn nudge_collector(env: &Env) {
+  if env.adjust_external_memory(NUDGE).is_ok() {
+    let _ = env.adjust_external_memory(-NUDGE);
+  }
+}
 
 /// The received fds of one socket that no JS code has claimed yet, and their bound
 /// (`maxQueuedFds`).
 pub(crate) struct Unclaimed {
   count: AtomicUsize,
   max: AtomicUsize,
+  /// Woken when the count goes down, or the bound up.
+  room: Notify,
 }
 
 impl Unclaimed {
@@ -43,6 +56,7 @@ impl Unclaimed {
     Arc::new(Self {
       count: AtomicUsize::new(0),
       max: AtomicUsize::new(max),
+      room: Notify::new(),
     })
   }
 
@@ -52,32 +66,40 @@ impl Unclaimed {
 
   pub(crate) fn set_max(&self, max: usize) {
     self.max.store(max, Ordering::Relaxed);
+    self.room.notify_waiters();
   }
 
-  /// Whether half the bound or more is in use.
-  pub(crate) fn crowded(&self) -> bool {
-    self.count.load(Ordering::Acquire) >= self.max().div_ceil(2)
+  /// Whether a receive may take another message (its fds may take the count past the bound
+  /// by at most one message's worth, 253).
+  pub(crate) fn has_room(&self) -> bool {
+    self.count.load(Ordering::Acquire) < self.max()
   }
 
-  /// Keeps as many of `fds` as the bound has room for, the first ones, and closes the rest
-  /// (as the kernel drops what does not fit in the fd table); whether any were closed.
-  pub(crate) fn admit(self: &Arc<Self>, mut fds: Vec<OwnedFd>) -> (Admitted, bool) {
-    let wanted = fds.len();
-    let mut kept = wanted;
-    if wanted > 0 {
-      let _ = self
-        .count
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
-          kept = self.max().saturating_sub(count).min(wanted);
-          Some(count + kept)
-        });
+  /// Waits until [`Self::has_room`]. Cancel safe: it takes nothing.
+  pub(crate) async fn room(&self) {
+    loop {
+      let woken = self.room.notified();
+      if self.has_room() {
+        return;
+      }
+      woken.await;
     }
-    fds.truncate(kept);
-    let admitted = Admitted {
+  }
+
+  /// Counts `fds` until they are dropped (closed) or handed to JS.
+  pub(crate) fn admit(self: &Arc<Self>, fds: Vec<OwnedFd>) -> Admitted {
+    self.count.fetch_add(fds.len(), Ordering::AcqRel);
+    Admitted {
       fds,
       of: Arc::clone(self),
-    };
-    (admitted, kept < wanted)
+    }
+  }
+
+  fn release(&self, count: usize) {
+    if count > 0 {
+      self.count.fetch_sub(count, Ordering::AcqRel);
+      self.room.notify_waiters();
+    }
   }
 }
 
@@ -104,7 +126,7 @@ impl Admitted {
   /// Gives the fds up: they are the caller's, and no longer count.
   fn hand_over(mut self) {
     let fds = std::mem::take(&mut self.fds);
-    self.of.count.fetch_sub(fds.len(), Ordering::AcqRel);
+    self.of.release(fds.len());
     for fd in fds {
       let _ = fd.into_raw_fd();
     }
@@ -113,7 +135,7 @@ impl Admitted {
 
 impl Drop for Admitted {
   fn drop(&mut self) {
-    self.of.count.fetch_sub(self.fds.len(), Ordering::AcqRel);
+    self.of.release(self.fds.len());
   }
 }
 
@@ -132,8 +154,7 @@ thread_local! {
 /// Holds `fds` for JS until [`release_held_fds`]; the id to release them with. (On an
 /// error they are closed.)
 pub(crate) fn hold(env: &Env, fds: Admitted) -> napi::Result<f64> {
-  let weight = external_weight(&fds);
-  let id = HELD.with_borrow_mut(|slot| {
+  HELD.with_borrow_mut(|slot| {
     if slot.is_none() {
       env.add_env_cleanup_hook((), |()| {
         // Taken out first, dropped (closing every fd) outside the borrow.
@@ -146,16 +167,8 @@ pub(crate) fn hold(env: &Env, fds: Admitted) -> napi::Result<f64> {
     held.next += 1;
     held.fds.insert(id, fds);
     // Below 2^53 for as long as any process runs: exact as a JS number.
-    napi::Result::Ok(id as f64)
-  })?;
-  // Only a hint to the collector: holding goes on without it.
-  let _ = env.adjust_external_memory(weight);
-  Ok(id)
-}
-
-/// The external memory `fds` stand for.
-fn external_weight(fds: &Admitted) -> i64 {
-  i64::try_from(fds.len()).unwrap_or(i64::MAX / WEIGHT) * WEIGHT
+    Ok(id as f64)
+  })
 }
 
 /// The numbers of the fds held under `id`, which are the caller's from now on (`keep`), or
@@ -171,7 +184,6 @@ pub fn release_held_fds(env: &Env, id: f64, keep: bool) -> napi::Result<Option<R
   let Some(fds) = fds else {
     return Ok(None);
   };
-  let _ = env.adjust_external_memory(-external_weight(&fds));
   if !keep {
     drop(fds);
     return Ok(None);
@@ -212,25 +224,19 @@ mod tests {
   }
 
   #[test]
-  fn admits_up_to_the_bound_closes_the_rest_and_counts_until_dropped_or_handed_over() {
+  fn counts_until_dropped_or_handed_over_and_has_room_below_the_bound() {
     let unclaimed = Unclaimed::new(5);
     let (first, mut first_reader) = writers(3);
-    let (held, cut) = unclaimed.admit(first);
-    assert!(!cut);
-    assert_eq!(held.len(), 3);
+    let held = unclaimed.admit(first);
+    assert!(unclaimed.has_room());
     let (second, mut second_reader) = writers(4);
-    let (kept, cut) = unclaimed.admit(second);
-    assert!(cut, "two of four fit");
-    assert_eq!(kept.len(), 2);
-    assert!(unclaimed.crowded());
-    let (third, mut third_reader) = writers(1);
-    let (none, cut) = unclaimed.admit(third);
-    assert!(cut && none.is_empty());
-    assert!(!open(&mut third_reader), "what did not fit is closed");
-    assert!(open(&mut second_reader));
+    let kept = unclaimed.admit(second);
+    assert_eq!(kept.len(), 4, "one message may go past the bound");
+    assert!(!unclaimed.has_room());
     drop(held);
-    assert!(!open(&mut first_reader));
-    assert_eq!(unclaimed.count.load(Ordering::Acquire), 2);
+    assert!(!open(&mut first_reader), "dropped: closed");
+    assert_eq!(unclaimed.count.load(Ordering::Acquire), 4);
+    assert!(unclaimed.has_room());
     let numbers: Vec<RawFd> = kept.raw().collect();
     kept.hand_over();
     assert_eq!(
@@ -244,6 +250,5 @@ mod tests {
       drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     assert!(!open(&mut second_reader));
-    drop(none);
   }
 }

@@ -28,7 +28,7 @@ use crate::nonblocking::stream::fail;
 use crate::queue::{OutboundQueue, DEFAULT_MAX_QUEUED_FDS};
 use crate::runtime::{register_or_return, spawn_operation, Waits};
 use crate::scm_rights::{self, Datagram, SCM_MAX_FD};
-use crate::settle::{self, number, RawValue, Settled};
+use crate::settle::{self, number, Home, RawValue, Settled};
 use crate::socket::{self as unix, Adopt, Kind, SocketFile};
 use crate::sync::lock;
 use crate::turnstile::Turnstile;
@@ -132,13 +132,10 @@ fn receive_now(shared: &Shared) -> nix::Result<Option<Outcome>> {
     {
       return Ok(Some(Outcome::End));
     }
-    // Fds past the socket's bound of unclaimed ones are closed, as the kernel drops those
-    // past the fd table's limit.
-    let (fds, cut) = shared.unclaimed.admit(got.fds);
     Ok(Some(Outcome::Message(Received {
       data: scratch[..got.bytes].to_vec(),
-      fds,
-      truncated: got.fds_cut || got.bytes_cut || cut,
+      fds: shared.unclaimed.admit(got.fds),
+      truncated: got.fds_cut || got.bytes_cut,
       from: got.from,
     })))
   })
@@ -490,11 +487,14 @@ impl MessageSocket {
       Ok(shared) => shared,
       Err(e) => return fail(env, id, e),
     };
-    // `defer`: settled later whatever is there (see `StreamCore::read`). So is a receive
-    // while half the bound of unclaimed fds is used: the event loop then turns, and the
-    // collector can release the fds of messages dropped unread.
-    let defer = defer == Some(true) || shared.unclaimed.crowded();
-    if !defer && shared.receives.is_idle() {
+    // `defer`: settled later whatever is there (see `StreamCore::read`).
+    let defer = defer == Some(true);
+    let room = shared.unclaimed.has_room();
+    if !room {
+      // Messages dropped unread may hold what is counted: they go once collected.
+      crate::held::nudge_collector(env);
+    }
+    if !defer && room && shared.receives.is_idle() {
       match receive_now(&shared) {
         Ok(Some(outcome)) => {
           return match message_value(env, outcome)? {
@@ -511,13 +511,14 @@ impl MessageSocket {
       }
     }
     let home = settle::home(env).map_err(rejection)?;
+    let nudges = Arc::clone(&home);
     let ticket = shared.receives.ticket();
     let undelivered = shared.receives.undelivered();
     let canceller: Option<Arc<Canceller>> = canceller.map(|c| Arc::clone(c));
     let op = async move {
       let receive = async {
         ticket.turn().await;
-        receive_later(&shared).await
+        receive_later(&shared, &nudges).await
       };
       let outcome = shared
         .unless_closed(cancel::unless_cancelled(canceller, receive))
@@ -536,8 +537,8 @@ impl MessageSocket {
     Ok(None)
   }
 
-  /// How many received fds may wait unclaimed (their messages' `fds` not read yet); those
-  /// of a message past it are closed, and the message is `truncated`.
+  /// How many received fds may wait unclaimed (their messages' `fds` not read yet) before
+  /// receives wait for room.
   #[napi(getter)]
   pub fn max_queued_fds(&self) -> u32 {
     u32::try_from(self.unclaimed.max()).unwrap_or(u32::MAX)
@@ -633,9 +634,35 @@ async fn send_later(
   }
 }
 
-/// Receives once a message is waiting.
-async fn receive_later(shared: &Shared) -> Result<Outcome> {
+/// How long a receive waits for room before it asks the collector again; doubled each time.
+const FIRST_NUDGE_AFTER: Duration = Duration::from_millis(50);
+const LAST_NUDGE_AFTER: Duration = Duration::from_secs(5);
+
+/// Waits until the socket's unclaimed fds are below its bound (or it closes). Messages
+/// dropped unread free their room once collected; one collection may not get them all (a
+/// message registered for it too late), so the collector is asked again, less and less
+/// often, for as long as the wait lasts (as long as code keeps messages unread).
+async fn wait_for_room(shared: &Shared, home: &Home) {
+  let mut after = FIRST_NUDGE_AFTER;
+  while !shared.unclaimed.has_room() && !*shared.closed.borrow() {
+    let timed_out = tokio::select! {
+      _ = shared.unclaimed.room() => false,
+      _ = crate::runtime::sleep(after) => true,
+    };
+    if timed_out {
+      home.post(Box::new(|env| {
+        crate::held::nudge_collector(env);
+        Ok(())
+      }));
+      after = (after * 2).min(LAST_NUDGE_AFTER);
+    }
+  }
+}
+
+/// Receives once a message is waiting and the socket has room for its fds.
+async fn receive_later(shared: &Shared, home: &Home) -> Result<Outcome> {
   loop {
+    wait_for_room(shared, home).await;
     let mut guard = shared
       .io
       .readable()
