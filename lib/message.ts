@@ -34,8 +34,8 @@ export interface Message {
   fds: number[]
   /**
    * Something of the message was lost on the way in: fds the kernel could not install
-   * (`MSG_CTRUNC`: this process was at its open-file limit; the fds that did arrive are in
-   * `fds`), or bytes past the largest message this system lets an unprivileged sender make
+   * (`MSG_CTRUNC`: this process was at its open-file limit) or that did not fit in the
+   * socket's `maxQueuedFds` (the fds that did arrive are in `fds`), or bytes past the largest message this system lets an unprivileged sender make
    * (`MSG_TRUNC`; only a sender with `CAP_NET_ADMIN` can exceed it).
    */
   truncated: boolean
@@ -166,8 +166,10 @@ abstract class MessageSocket implements EnqueueFd {
 
   /**
    * Bound of the received fds that wait in messages whose `fds` no code has read yet
-   * (default 1024). While that many wait, receives wait (messages dropped unread free
-   * theirs when collected, and the collector is asked to run).
+   * (default 1024). While that many wait, a receive waits for room (messages dropped
+   * unread free theirs when collected, and the collector is asked to run); if none comes
+   * within 750 ms, it takes its message with the fds that fit, the others closed and the
+   * message `truncated`, as when the kernel finds the fd table full.
    */
   get maxQueuedFds(): number {
     return this.inner.maxQueuedFds

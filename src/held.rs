@@ -7,10 +7,11 @@
 //! thread's environment is torn down: a worker that ends between a `receive` settling and
 //! the code that would have read its fds loses nothing.
 //!
-//! Unclaimed fds count against their socket's bound ([`Unclaimed`]): at the bound, its
-//! receives wait (as a stream's reads pause at `maxQueuedFds`), so a peer cannot fill the
-//! fd table of a receiver that ignores them; a receive that waits asks the collector to run
-//! ([`nudge_collector`]), which releases the messages dropped unread.
+//! Unclaimed fds count against their socket's bound ([`Unclaimed`]), so a peer cannot fill
+//! the fd table of a receiver that ignores them: at the bound, its receives wait for room
+//! and ask the collector to run ([`nudge_collector`]), which releases the messages dropped
+//! unread; if none comes (the messages that hold it are still reachable), a receive takes
+//! its message with the fds that fit, as the kernel does when the fd table is full.
 //!
 //! An id per message, not an External per message: an External's weak reference and
 //! finalizer cost more than the rest of a receive.
@@ -18,7 +19,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -49,6 +50,9 @@ pub(crate) struct Unclaimed {
   max: AtomicUsize,
   /// Woken when the count goes down, or the bound up.
   room: Notify,
+  /// A wait for room ended without any: receives take what fits without waiting, until
+  /// the count goes down or the bound up.
+  stalled: AtomicBool,
 }
 
 impl Unclaimed {
@@ -57,6 +61,7 @@ impl Unclaimed {
       count: AtomicUsize::new(0),
       max: AtomicUsize::new(max),
       room: Notify::new(),
+      stalled: AtomicBool::new(false),
     })
   }
 
@@ -66,7 +71,17 @@ impl Unclaimed {
 
   pub(crate) fn set_max(&self, max: usize) {
     self.max.store(max, Ordering::Relaxed);
+    self.stalled.store(false, Ordering::Release);
     self.room.notify_waiters();
+  }
+
+  pub(crate) fn stalled(&self) -> bool {
+    self.stalled.load(Ordering::Acquire)
+  }
+
+  /// A wait for room ended without any (see [`Self::stalled`]).
+  pub(crate) fn stall(&self) {
+    self.stalled.store(true, Ordering::Release);
   }
 
   /// Whether a receive may take another message (its fds may take the count past the bound
@@ -86,18 +101,31 @@ impl Unclaimed {
     }
   }
 
-  /// Counts `fds` until they are dropped (closed) or handed to JS.
-  pub(crate) fn admit(self: &Arc<Self>, fds: Vec<OwnedFd>) -> Admitted {
-    self.count.fetch_add(fds.len(), Ordering::AcqRel);
-    Admitted {
+  /// Counts `fds` until they are dropped (closed) or handed to JS; with `fit`, only the
+  /// first ones the bound has room for, the rest closed (whether any were).
+  pub(crate) fn admit(self: &Arc<Self>, mut fds: Vec<OwnedFd>, fit: bool) -> (Admitted, bool) {
+    let wanted = fds.len();
+    let mut kept = wanted;
+    let _ = self
+      .count
+      .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+        if fit {
+          kept = self.max().saturating_sub(count).min(wanted);
+        }
+        Some(count + kept)
+      });
+    fds.truncate(kept);
+    let admitted = Admitted {
       fds,
       of: Arc::clone(self),
-    }
+    };
+    (admitted, kept < wanted)
   }
 
   fn release(&self, count: usize) {
     if count > 0 {
       self.count.fetch_sub(count, Ordering::AcqRel);
+      self.stalled.store(false, Ordering::Release);
       self.room.notify_waiters();
     }
   }
@@ -227,16 +255,24 @@ mod tests {
   fn counts_until_dropped_or_handed_over_and_has_room_below_the_bound() {
     let unclaimed = Unclaimed::new(5);
     let (first, mut first_reader) = writers(3);
-    let held = unclaimed.admit(first);
-    assert!(unclaimed.has_room());
+    let (held, cut) = unclaimed.admit(first, false);
+    assert!(!cut && unclaimed.has_room());
     let (second, mut second_reader) = writers(4);
-    let kept = unclaimed.admit(second);
+    let (kept, cut) = unclaimed.admit(second, false);
+    assert!(!cut);
     assert_eq!(kept.len(), 4, "one message may go past the bound");
     assert!(!unclaimed.has_room());
+    let (third, mut third_reader) = writers(2);
+    let (none, cut) = unclaimed.admit(third, true);
+    assert!(cut && none.is_empty(), "no room: fitted, nothing kept");
+    assert!(!open(&mut third_reader), "what did not fit is closed");
+    drop(none);
+    unclaimed.stall();
     drop(held);
     assert!(!open(&mut first_reader), "dropped: closed");
     assert_eq!(unclaimed.count.load(Ordering::Acquire), 4);
     assert!(unclaimed.has_room());
+    assert!(!unclaimed.stalled(), "a release ends a stall");
     let numbers: Vec<RawFd> = kept.raw().collect();
     kept.hand_over();
     assert_eq!(

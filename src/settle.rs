@@ -276,9 +276,9 @@ impl Home {
     drop(kept);
   }
 
-  /// Queues a JS call for the JS thread's next delivery (on the JS-thread runtime only,
-  /// from its own thread, where a delivery follows every drive). When the environment is
-  /// gone, `call` is dropped at once instead.
+  /// Queues a JS call for the JS thread's next delivery (right after the drive on the
+  /// JS-thread runtime, from any thread on the threaded one, which rings for it). When the
+  /// environment is gone, `call` is dropped at once instead.
   pub fn post(&self, call: Posted) {
     {
       let mut posted = lock(&self.posted);
@@ -289,7 +289,9 @@ impl Home {
       }
       posted.push(call);
     }
-    crate::runtime::deliver_later(deliver_here);
+    if !crate::runtime::deliver_later(deliver_here) {
+      self.ring();
+    }
   }
 
   /// On the JS thread: settles every queued operation through `on_settle`, then makes the

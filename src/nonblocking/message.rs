@@ -106,7 +106,8 @@ thread_local! {
 }
 
 /// One non-blocking receive. `Ok(None)`: nothing is waiting.
-fn receive_now(shared: &Shared) -> nix::Result<Option<Outcome>> {
+/// With `fit`, only the fds the bound has room for are kept (see `wait_for_room`).
+fn receive_now(shared: &Shared, fit: bool) -> nix::Result<Option<Outcome>> {
   let (fd, kind) = (shared.fd(), shared.kind);
   SCRATCH.with_borrow_mut(|scratch| {
     if scratch.is_empty() {
@@ -132,10 +133,11 @@ fn receive_now(shared: &Shared) -> nix::Result<Option<Outcome>> {
     {
       return Ok(Some(Outcome::End));
     }
+    let (fds, cut) = shared.unclaimed.admit(got.fds, fit);
     Ok(Some(Outcome::Message(Received {
       data: scratch[..got.bytes].to_vec(),
-      fds: shared.unclaimed.admit(got.fds),
-      truncated: got.fds_cut || got.bytes_cut,
+      fds,
+      truncated: got.fds_cut || got.bytes_cut || cut,
       from: got.from,
     })))
   })
@@ -490,12 +492,12 @@ impl MessageSocket {
     // `defer`: settled later whatever is there (see `StreamCore::read`).
     let defer = defer == Some(true);
     let room = shared.unclaimed.has_room();
-    if !room {
+    if !room && !shared.unclaimed.stalled() {
       // Messages dropped unread may hold what is counted: they go once collected.
       crate::held::nudge_collector(env);
     }
     if !defer && room && shared.receives.is_idle() {
-      match receive_now(&shared) {
+      match receive_now(&shared, false) {
         Ok(Some(outcome)) => {
           return match message_value(env, outcome)? {
             Settled::Value(Some(value)) => Ok(Some(value)),
@@ -636,39 +638,58 @@ async fn send_later(
 
 /// How long a receive waits for room before it asks the collector again; doubled each time.
 const FIRST_NUDGE_AFTER: Duration = Duration::from_millis(50);
-const LAST_NUDGE_AFTER: Duration = Duration::from_secs(5);
+/// How many times it asks again before it takes its message with the fds that fit
+/// (50 + 100 + 200 + 400 ms of waiting in all).
+const NUDGES: u32 = 4;
 
-/// Waits until the socket's unclaimed fds are below its bound (or it closes). Messages
-/// dropped unread free their room once collected; one collection may not get them all (a
-/// message registered for it too late), so the collector is asked again, less and less
-/// often, for as long as the wait lasts (as long as code keeps messages unread).
-async fn wait_for_room(shared: &Shared, home: &Home) {
+/// Waits until the socket's unclaimed fds are below its bound (or it closes): whether the
+/// receive must take only the fds that fit. Messages dropped unread free their room once
+/// collected; one collection may not get them all (a message registered for it too late),
+/// so the collector is asked again. If no room comes, the messages holding it are still
+/// reachable: the code awaiting this receive may hold the last one, or `Promise.all` the
+/// ones before it, and waiting on would hang it. The message is then taken with the fds
+/// that fit, as the kernel does when the fd table is full, and so is every one after it
+/// until room is made.
+async fn wait_for_room(shared: &Shared, home: &Home) -> bool {
   let mut after = FIRST_NUDGE_AFTER;
-  while !shared.unclaimed.has_room() && !*shared.closed.borrow() {
-    let timed_out = tokio::select! {
-      _ = shared.unclaimed.room() => false,
-      _ = crate::runtime::sleep(after) => true,
+  for _ in 0..NUDGES {
+    if shared.unclaimed.has_room() || *shared.closed.borrow() {
+      return false;
+    }
+    if shared.unclaimed.stalled() {
+      return true;
+    }
+    let made = tokio::select! {
+      _ = shared.unclaimed.room() => true,
+      _ = crate::runtime::sleep(after) => false,
     };
-    if timed_out {
+    if !made {
       home.post(Box::new(|env| {
         crate::held::nudge_collector(env);
         Ok(())
       }));
-      after = (after * 2).min(LAST_NUDGE_AFTER);
+      after *= 2;
     }
   }
+  if shared.unclaimed.has_room() {
+    return false;
+  }
+  shared.unclaimed.stall();
+  true
 }
 
-/// Receives once a message is waiting and the socket has room for its fds.
+/// Receives once a message is waiting and the socket has room for its fds (or no longer
+/// waits for it: see [`wait_for_room`]).
 async fn receive_later(shared: &Shared, home: &Home) -> Result<Outcome> {
+  let fit = wait_for_room(shared, home).await;
   loop {
-    wait_for_room(shared, home).await;
     let mut guard = shared
       .io
       .readable()
       .await
       .map_err(|e| error::sys(errno_of(&e), "recvmsg"))?;
-    match receive_now(shared) {
+    // Room made while it waited for the message: it keeps every fd after all.
+    match receive_now(shared, fit && !shared.unclaimed.has_room()) {
       Ok(Some(outcome)) => return Ok(outcome),
       Ok(None) => guard.clear_ready(),
       Err(e) => return Err(error::sys(e, "recvmsg")),
