@@ -104,12 +104,18 @@ const FDS: PropertyDescriptor = {
 const unread = new FinalizationRegistry<HeldFds>((held) => {
   if (held.fds === undefined) binding.releaseHeldFds(held.id, false)
 })
-let fresh: Array<[Message, HeldFds]> = []
+const fresh: Array<[Message, HeldFds]> = []
+/** An immediate will register what is fresh then. */
+let registering = false
 
 function registerUnread(): void {
-  const messages = fresh
-  fresh = []
-  for (const [message, held] of messages) if (held.fds === undefined) unread.register(message, held)
+  for (const [message, held] of fresh) if (held.fds === undefined) unread.register(message, held)
+  fresh.length = 0
+}
+
+function registerLater(): void {
+  registering = false
+  registerUnread()
 }
 
 /**
@@ -128,9 +134,12 @@ function claimedOnRead([data, truncated, from, id]: Received): Message {
   const held: HeldFds = { id, fds: undefined }
   Object.defineProperty(message, HELD, { value: held })
   // Unref'd: should the thread end first, the end of its environment closes the fds.
-  if (fresh.length === 0) setImmediate(registerUnread).unref()
-  else registerUnread()
+  if (fresh.length > 0) registerUnread()
   fresh.push([message, held])
+  if (!registering) {
+    registering = true
+    setImmediate(registerLater).unref()
+  }
   return message
 }
 
