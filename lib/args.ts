@@ -3,7 +3,7 @@ import * as dgram from 'node:dgram'
 import * as fs from 'node:fs'
 import * as net from 'node:net'
 import { types } from 'node:util'
-import { invalidArgType, invalidArgValue, outOfRange } from './errors.js'
+import { closedError, invalidArgType, invalidArgValue, outOfRange } from './errors.js'
 import type { FdLike, ShutdownHow } from './interfaces.js'
 
 const MAX_FD = 2 ** 31 - 1
@@ -189,6 +189,13 @@ export function validateMaxQueuedFds(value: unknown): number {
     throw outOfRange('maxQueuedFds', `an integer >= 1 and <= ${MAX_FD}`, value)
   }
   return value
+}
+
+/** Sets `maxQueuedFds` of an open native socket (the setter of every class that has one). */
+export function setMaxQueuedFds(inner: { readonly fd: number; maxQueuedFds: number }, value: unknown): void {
+  const limit = validateMaxQueuedFds(value)
+  if (inner.fd === -1) throw closedError()
+  inner.maxQueuedFds = limit
 }
 
 export function validateReadSize(size: unknown): number {

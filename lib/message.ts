@@ -11,7 +11,7 @@ import {
   toFd,
   validateAddress,
   validateFdNumber,
-  validateMaxQueuedFds,
+  setMaxQueuedFds,
   validatePath,
   validateSignalOption,
 } from './args.js'
@@ -185,9 +185,7 @@ abstract class MessageSocket implements EnqueueFd {
   }
 
   set maxQueuedFds(value: number) {
-    const limit = validateMaxQueuedFds(value)
-    if (this.inner.fd === -1) throw closedError()
-    this.inner.maxQueuedFds = limit
+    setMaxQueuedFds(this.inner, value)
   }
 
   /** Duplicates `fd` now; the duplicate rides on the next `send` (at most 253 per message). */

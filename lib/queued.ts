@@ -1,7 +1,7 @@
 /** What the blocking and the async stream classes share: the fd, both queues, the peer. */
 import { peerCredentialsOf, type Native, type PeerCredentials } from './binding.js'
-import { closedError, native, shapeError } from './errors.js'
-import { toFd, validateMaxQueuedFds } from './args.js'
+import { native, shapeError } from './errors.js'
+import { setMaxQueuedFds, toFd } from './args.js'
 import type { DequeueFd, EnqueueFd, FdLike } from './interfaces.js'
 
 /** The native members both stream classes have. */
@@ -37,9 +37,7 @@ export abstract class QueuedStream<N extends NativeQueuedStream> implements Enqu
   }
 
   set maxQueuedFds(value: number) {
-    const limit = validateMaxQueuedFds(value)
-    if (this.inner.fd === -1) throw closedError()
-    this.inner.maxQueuedFds = limit
+    setMaxQueuedFds(this.inner, value)
   }
 
   enqueue(fd: FdLike): void {
