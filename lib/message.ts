@@ -177,7 +177,7 @@ abstract class MessageSocket implements EnqueueFd {
    * Bound of the received fds that wait in messages whose `fds` no code has read yet
    * (default 1024). While that many wait, a receive waits for room (messages dropped
    * unread free theirs when collected, and the collector is asked to run); if none comes
-   * within 750 ms, it takes its message with the fds that fit, the others closed and the
+   * within about 750 ms of the JS thread running, it takes its message with the fds that fit, the others closed and the
    * message `truncated`, as when the kernel finds the fd table full.
    */
   get maxQueuedFds(): number {

@@ -84,6 +84,10 @@ impl Unclaimed {
     self.stalled.store(true, Ordering::Release);
   }
 
+  pub(crate) fn unstall(&self) {
+    self.stalled.store(false, Ordering::Release);
+  }
+
   /// Whether a receive may take another message (its fds may take the count past the bound
   /// by at most one message's worth, 253).
   pub(crate) fn has_room(&self) -> bool {

@@ -5,7 +5,7 @@
 //! calling thread when the socket is ready, otherwise once tokio's reactor says so.
 
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -638,9 +638,9 @@ async fn send_later(
 
 /// How long a receive waits for room before it asks the collector again; doubled each time.
 const FIRST_NUDGE_AFTER: Duration = Duration::from_millis(50);
-/// How many times it asks again before it takes its message with the fds that fit
-/// (50 + 100 + 200 + 400 ms of waiting in all).
-const NUDGES: u32 = 4;
+/// How many times it asks again (about 50, 150 and 350 ms after the call) before it takes
+/// its message with the fds that fit (about 750 ms after the call).
+const NUDGES: u32 = 3;
 
 /// Waits until the socket's unclaimed fds are below its bound (or it closes): whether the
 /// receive must take only the fds that fit. Messages dropped unread free their room once
@@ -649,10 +649,14 @@ const NUDGES: u32 = 4;
 /// reachable: the code awaiting this receive may hold the last one, or `Promise.all` the
 /// ones before it, and waiting on would hang it. The message is then taken with the fds
 /// that fit, as the kernel does when the fd table is full, and so is every one after it
-/// until room is made.
+/// until room is made. The time counts only while the JS thread runs: each request is made
+/// there, and the next waits for it. A JS thread that was busy (and so had no chance to
+/// read the fds of the messages it was given) does not make a receive give up.
 async fn wait_for_room(shared: &Shared, home: &Home) -> bool {
+  let ran = Arc::new(AtomicU32::new(0));
+  let mut posted = 0;
   let mut after = FIRST_NUDGE_AFTER;
-  for _ in 0..NUDGES {
+  loop {
     if shared.unclaimed.has_room() || *shared.closed.borrow() {
       return false;
     }
@@ -663,18 +667,27 @@ async fn wait_for_room(shared: &Shared, home: &Home) -> bool {
       _ = shared.unclaimed.room() => true,
       _ = crate::runtime::sleep(after) => false,
     };
-    if !made {
-      home.post(Box::new(|env| {
-        crate::held::nudge_collector(env);
-        Ok(())
-      }));
-      after *= 2;
+    if made || ran.load(Ordering::Acquire) < posted {
+      continue;
     }
-  }
-  if shared.unclaimed.has_room() {
-    return false;
+    if posted == NUDGES {
+      break;
+    }
+    let done = Arc::clone(&ran);
+    home.post(Box::new(move |env| {
+      crate::held::nudge_collector(env);
+      done.fetch_add(1, Ordering::AcqRel);
+      Ok(())
+    }));
+    posted += 1;
+    after *= 2;
   }
   shared.unclaimed.stall();
+  // A release on another thread between the check above and the stall: not stalled.
+  if shared.unclaimed.has_room() {
+    shared.unclaimed.unstall();
+    return false;
+  }
   true
 }
 
