@@ -7,11 +7,11 @@ import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } f
 import { closedError, illegalConstructor, invalidArgType, native, QueueFullError } from './errors.js'
 import {
   holdsFd,
+  setMaxQueuedFds,
   toBytes,
   toFd,
   validateAddress,
   validateFdNumber,
-  setMaxQueuedFds,
   validatePath,
   validateSignalOption,
 } from './args.js'
@@ -35,8 +35,9 @@ export interface Message {
   /**
    * Something of the message was lost on the way in: fds the kernel could not install
    * (`MSG_CTRUNC`: this process was at its open-file limit) or that did not fit in the
-   * socket's `maxQueuedFds` (the fds that did arrive are in `fds`), or bytes past the largest message this system lets an unprivileged sender make
-   * (`MSG_TRUNC`; only a sender with `CAP_NET_ADMIN` can exceed it).
+   * socket's `maxQueuedFds` (the fds that did arrive are in `fds`), or bytes past the
+   * largest message this system lets an unprivileged sender make (`MSG_TRUNC`; only a
+   * sender with `CAP_NET_ADMIN` can exceed it).
    */
   truncated: boolean
   /**
@@ -177,8 +178,9 @@ abstract class MessageSocket implements EnqueueFd {
    * Bound of the received fds that wait in messages whose `fds` no code has read yet
    * (default 1024). While that many wait, a receive waits for room (messages dropped
    * unread free theirs when collected, and the collector is asked to run); if none comes
-   * within about 750 ms of the JS thread running, it takes its message with the fds that fit, the others closed and the
-   * message `truncated`, as when the kernel finds the fd table full.
+   * within about 750 ms of the JS thread running, it takes its message with the fds that
+   * fit, the others closed and the message `truncated`, as when the kernel finds the fd
+   * table full.
    */
   get maxQueuedFds(): number {
     return this.inner.maxQueuedFds
