@@ -13,8 +13,10 @@ import {
   AsyncUnixStream,
   connect,
   createServer,
+  DatagramSocket,
   FdServer,
   FdSocket,
+  SeqpacketSocket,
   UnixListener,
   UnixStream,
 } from '../index.js'
@@ -34,7 +36,7 @@ import {
   tmpSocketPath,
   scaled,
 } from './helpers.js'
-import { checkNoFdLeaked, onceEvent, readExactly, withTimeout } from './async-helpers.js'
+import { checkNoFdLeaked, oddSockets, onceEvent, readExactly, withTimeout } from './async-helpers.js'
 
 const O_NONBLOCK = fs.constants.O_NONBLOCK
 
@@ -111,26 +113,6 @@ for (const kind of ['blocking', 'async', 'fdsocket'] as const) {
 // What each fromFd accepts and refuses
 // ---------------------------------------------------------------------------------------
 
-/** Sockets Node cannot make, received from a Python helper: name -> fd (ours). */
-async function oddSockets(t: ExecutionContext): Promise<Map<string, number>> {
-  const [mine, theirs] = AsyncUnixStream.pair()
-  const child = spawn('python3', [path.join(ROOT, '__test__', 'fixtures', 'odd-sockets.py')], {
-    stdio: ['ignore', 'ignore', 'pipe', theirs.fd],
-  })
-  theirs.close()
-  let text = ''
-  while (!text.endsWith('\n')) text += (await withTimeout(mine.read(), 30_000, 'the odd sockets')).toString()
-  const names = text.trim().split(',')
-  const sockets = new Map<string, number>()
-  for (const name of names) sockets.set(name, mine.dequeue()!)
-  mine.close()
-  await new Promise((resolve) => child.on('close', resolve))
-  t.teardown(() => {
-    for (const fd of sockets.values()) if (isOpen(fd)) fs.closeSync(fd)
-  })
-  return sockets
-}
-
 linuxTest('fromFd refuses every fd of another kind with ERR_INVALID_FD_TYPE and leaves it untouched', async (t) => {
   const odd = await oddSockets(t)
   const file = fs.openSync(tmpFile('a file'), 'r')
@@ -176,7 +158,7 @@ linuxTest('fromFd refuses every fd of another kind with ERR_INVALID_FD_TYPE and 
       const before = { identity: fdIdentity(fd), flags: fdFlags(fd) }
       const error = thrown(() => adopt(fd))
       t.is(error.code, 'ERR_INVALID_FD_TYPE', `${adopter}(${label})`)
-      t.true(error instanceof TypeError || error instanceof Error)
+      t.true(error instanceof TypeError, `${adopter}(${label}): a TypeError, as Node's and the helpers'`)
       t.regex(error.message, /left open/, `${adopter}(${label}) says the fd is still yours`)
       t.deepEqual({ identity: fdIdentity(fd), flags: fdFlags(fd) }, before, `${adopter}(${label}): untouched`)
       tried++
@@ -248,6 +230,45 @@ test('AsyncUnixStream.fromFd leaves a blocking socket blocking and still never b
   t.false(isOpen(copy), 'closed with the stream')
   b.close()
 })
+
+linuxTest(
+  'SeqpacketSocket.fromFd and DatagramSocket.fromFd leave blocking sockets blocking and never block the event loop',
+  async (t) => {
+    // Both ends of blocking pairs, made by Python: another holder of such a socket (a parent
+    // that handed it over, systemd) keeps reading it the blocking way.
+    const odd = await oddSockets(t)
+    const kinds: Array<[string, (fd: number) => SeqpacketSocket | DatagramSocket]> = [
+      ['unix-seqpacket-pair', (fd) => SeqpacketSocket.fromFd(fd)],
+      ['unix-datagram-pair', (fd) => DatagramSocket.fromFd(fd)],
+    ]
+    const file = tmpFile('carried over an adopted message socket')
+    for (const [name, adopt] of kinds) {
+      const fds = [odd.get(`${name}-0`)!, odd.get(`${name}-1`)!]
+      for (const fd of fds) t.is(fdFlags(fd) & O_NONBLOCK, 0, `${name}: blocking as Python made it`)
+      const [a, b] = fds.map(adopt)
+      // The sockets own them now (the map's teardown would close numbers reused since).
+      for (const i of [0, 1]) odd.delete(`${name}-${i}`)
+      for (const fd of fds) t.is(fdFlags(fd) & O_NONBLOCK, 0, `${name}: still blocking once adopted`)
+      // A receive with nothing there waits without blocking: a timer still fires meanwhile.
+      const pending = a.receive()
+      await new Promise((resolve) => setTimeout(resolve, 20))
+      const carried = fs.openSync(file, 'r')
+      await b.send('ping', [carried])
+      fs.closeSync(carried)
+      const message = (await withTimeout(pending, 10_000, `${name}: the receive`))!
+      t.is(message.data.toString(), 'ping')
+      t.is(message.fds.length, 1)
+      t.is(fdIdentity(message.fds[0]), pathIdentity(file), `${name}: the fd that came is the file's`)
+      fs.closeSync(message.fds[0])
+      await a.send('pong')
+      t.is((await withTimeout(b.receive(), 10_000, `${name}: the reply`))!.data.toString(), 'pong')
+      for (const fd of fds) t.is(fdFlags(fd) & O_NONBLOCK, 0, `${name}: still blocking afterwards`)
+      a.close()
+      b.close()
+      for (const fd of fds) t.false(isOpen(fd), `${name}: closed with its socket`)
+    }
+  },
+)
 
 // ---------------------------------------------------------------------------------------
 // Listeners: adoption, setUnlinkOnClose, FdServer#fd and handing a server over

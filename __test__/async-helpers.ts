@@ -3,14 +3,14 @@
  * timeouts around every wait, chunk-exact reading from an AsyncUnixStream, and temp files
  * with distinct content whose fds can be checked by reading through them.
  */
-import test from 'ava'
-import type { ChildProcess } from 'node:child_process'
+import test, { type ExecutionContext } from 'ava'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { once as eventsOnce, type EventEmitter } from 'node:events'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import type { Readable } from 'node:stream'
-import { FdSocket, type AsyncUnixStream, type DequeueFd } from '../index.js'
-import { scaled, settledOpenFds, tmpDir } from './helpers.js'
+import { AsyncUnixStream, FdSocket, type DequeueFd } from '../index.js'
+import { ROOT, scaled, settledOpenFds, tmpDir } from './helpers.js'
 
 /**
  * Never synchronisation that a result depends on: to wait for something, wait for its
@@ -279,4 +279,34 @@ export function jsonLines(child: ChildProcess) {
       }
     },
   }
+}
+
+/**
+ * Sockets Node cannot make (unconnected, bound, datagram, TCP, blocking pairs: see
+ * fixtures/odd-sockets.py), received from a Python helper: name -> fd, ours. What the
+ * test still holds at its end is closed then: delete what it hands over from the map.
+ */
+export async function oddSockets(t: ExecutionContext): Promise<Map<string, number>> {
+  const [mine, theirs] = AsyncUnixStream.pair()
+  const child = spawn('python3', [path.join(ROOT, '__test__', 'fixtures', 'odd-sockets.py')], {
+    stdio: ['ignore', 'ignore', 'pipe', theirs.fd],
+  })
+  theirs.close()
+  let text = ''
+  while (!text.endsWith('\n')) text += (await withTimeout(mine.read(), 30_000, 'the odd sockets')).toString()
+  const names = text.trim().split(',')
+  const sockets = new Map<string, number>()
+  for (const name of names) sockets.set(name, mine.dequeue()!)
+  mine.close()
+  await new Promise((resolve) => child.on('close', resolve))
+  t.teardown(() => {
+    for (const fd of sockets.values()) {
+      try {
+        fs.closeSync(fd)
+      } catch {
+        // Closed by the test already.
+      }
+    }
+  })
+  return sockets
 }

@@ -401,6 +401,9 @@ test.serial('setReadTimeout: a read with no data throws ETIMEDOUT and loses noth
   t.is(readAt(got[1]), 'sent after the timeout')
   t.is(fdIdentity(got[1]), pathIdentity(late))
 
+  // A fraction of a millisecond is a timeout too (not rounded down to none).
+  b.setReadTimeout(0.5)
+  t.is(thrown(() => b.read(Buffer.alloc(8))).code, 'ETIMEDOUT', 'setReadTimeout(0.5)')
   b.setReadTimeout(null) // clearing the timeout is allowed
   closeAll(got)
   a.close()

@@ -703,6 +703,7 @@ seqpacketTest('fromFd() checks the kind: ERR_INVALID_FD_TYPE, and the fd stays o
     for (const [what, call, fd] of cases) {
       const error = syncThrow(call)
       t.is(codeOf(error), 'ERR_INVALID_FD_TYPE', `${what}: ${error}`)
+      t.true(error instanceof TypeError, `${what}: a TypeError`)
       t.notThrows(() => fs.fstatSync(fd), `${what} left the fd open`)
     }
     t.is(codeOf(syncThrow(() => SeqpacketSocket.fromFd(-1))), 'ERR_OUT_OF_RANGE')

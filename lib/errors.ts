@@ -113,6 +113,8 @@ export function shapeError(error: unknown): unknown {
     error.message += ` (${status})`
   }
   if (coded.code === 'ERR_FD_QUEUE_FULL') return new QueueFullError(error.message)
+  // A TypeError, as Node's own and as the receiving helpers' (lib/handles.ts).
+  if (coded.code === 'ERR_INVALID_FD_TYPE') return codedError(new TypeError(error.message), coded.code)
   const errno = coded.code ? errnoNumber(coded.code) : undefined
   if (errno !== undefined) {
     const parts = SYSTEM_MESSAGE.exec(error.message)

@@ -306,8 +306,9 @@ export class SeqpacketSocket extends MessageSocket {
 
   /**
    * Adopts `fd`, a connected Unix seqpacket socket this process holds: the socket owns it
-   * from now on and makes it close-on-exec and non-blocking. Any other kind of fd throws
-   * `ERR_INVALID_FD_TYPE` and stays yours.
+   * from now on and makes it close-on-exec. Its `O_NONBLOCK` flag, which other holders
+   * share, is left as it is. Any other kind of fd throws `ERR_INVALID_FD_TYPE` and stays
+   * yours.
    */
   static fromFd(fd: number): SeqpacketSocket {
     const raw = validateFdNumber(fd, 'fd')
@@ -364,8 +365,9 @@ export class DatagramSocket extends MessageSocket {
 
   /**
    * Adopts `fd`, a Unix datagram socket this process holds (bound or not, connected or
-   * not): the socket owns it from now on and makes it close-on-exec and non-blocking. Any
-   * other kind of fd throws `ERR_INVALID_FD_TYPE` and stays yours.
+   * not): the socket owns it from now on and makes it close-on-exec. Its `O_NONBLOCK`
+   * flag, which other holders share, is left as it is. Any other kind of fd throws
+   * `ERR_INVALID_FD_TYPE` and stays yours.
    */
   static fromFd(fd: number): DatagramSocket {
     const raw = validateFdNumber(fd, 'fd')

@@ -257,13 +257,11 @@ impl MessageSocket {
     lock(&self.shared).clone().ok_or_else(error::closed)
   }
 
+  /// Adopts `fd` and leaves its `O_NONBLOCK` as it is: the flag belongs to the open file
+  /// description every holder shares, and each `sendmsg` and `recvmsg` here asks for
+  /// `MSG_DONTWAIT` itself.
   fn adopt(fd: i32, wanted: Adopt, kind: Kind) -> Result<Self> {
-    let sock = unix::adopt(fd, wanted)?;
-    if let Err(e) = unix::set_nonblocking(sock.as_fd()) {
-      let _ = sock.into_raw_fd(); // still the caller's
-      return Err(error::sys(e, "fcntl"));
-    }
-    Self::registered(sock, kind, None, true)
+    Self::registered(unix::adopt(fd, wanted)?, kind, None, true)
   }
 }
 
