@@ -9,7 +9,7 @@
  * The examples that hand over live connections and servers run here as written.
  */
 import test, { type ExecutionContext } from 'ava'
-import { linuxSerialTest } from './platform.js'
+import { linuxSerialTest, linuxTest } from './platform.js'
 import { spawn, type ChildProcess } from 'node:child_process'
 import * as dgram from 'node:dgram'
 import { once } from 'node:events'
@@ -48,6 +48,7 @@ import {
   tmpFile,
   tmpSocketPath,
 } from './helpers.js'
+import { oddSockets, onceEvent } from './async-helpers.js'
 
 let baseline = 0
 const children = new Set<ChildProcess>()
@@ -478,15 +479,31 @@ test.serial('fdInfo names every kind of received fd, with its direction', async 
     dir: fs.openSync(dir, 'r'),
     devNull: fs.openSync('/dev/null', 'r+'),
   }
-  const rw = { readable: true, writable: true, listening: false }
+  const rw = { readable: true, writable: true, listening: false, connected: false }
   const expected: Array<[string, number, Omit<FdInfo, 'fd' | 'closeOnExec' | 'nonBlocking'>]> = [
-    ['regular file, read-only', own.fileR, { kind: 'file', readable: true, writable: false, listening: false }],
-    ['regular file, write-only', own.fileW, { kind: 'file', readable: false, writable: true, listening: false }],
+    [
+      'regular file, read-only',
+      own.fileR,
+      { kind: 'file', readable: true, writable: false, listening: false, connected: false },
+    ],
+    [
+      'regular file, write-only',
+      own.fileW,
+      { kind: 'file', readable: false, writable: true, listening: false, connected: false },
+    ],
     ['regular file, read-write', own.fileRW, { kind: 'file', ...rw }],
-    ['directory', own.dir, { kind: 'directory', readable: true, writable: false, listening: false }],
-    ['pipe, read end', fifo.readFd, { kind: 'pipe', readable: true, writable: false, listening: false }],
-    ['pipe, write end', fifo.writeFd, { kind: 'pipe', readable: false, writable: true, listening: false }],
-    ['Unix stream socket', unixA.fd, { kind: 'unix', ...rw, family: 'unix', socketType: 'stream' }],
+    ['directory', own.dir, { kind: 'directory', readable: true, writable: false, listening: false, connected: false }],
+    [
+      'pipe, read end',
+      fifo.readFd,
+      { kind: 'pipe', readable: true, writable: false, listening: false, connected: false },
+    ],
+    [
+      'pipe, write end',
+      fifo.writeFd,
+      { kind: 'pipe', readable: false, writable: true, listening: false, connected: false },
+    ],
+    ['Unix stream socket', unixA.fd, { kind: 'unix', ...rw, connected: true, family: 'unix', socketType: 'stream' }],
     [
       'Unix listening socket',
       unixListener.fd,
@@ -497,7 +514,11 @@ test.serial('fdInfo names every kind of received fd, with its direction', async 
       toFd(tcpServer),
       { kind: 'tcp', ...rw, listening: true, family: 'ipv4', socketType: 'stream' },
     ],
-    ['TCP connected socket', toFd(tcpAccepted), { kind: 'tcp', ...rw, family: 'ipv4', socketType: 'stream' }],
+    [
+      'TCP connected socket',
+      toFd(tcpAccepted),
+      { kind: 'tcp', ...rw, connected: true, family: 'ipv4', socketType: 'stream' },
+    ],
     ['UDP socket', toFd(udp), { kind: 'udp', ...rw, family: 'ipv4', socketType: 'dgram' }],
     ['/dev/null', own.devNull, { kind: 'character-device', ...rw }],
   ]
@@ -560,6 +581,41 @@ test.serial('toNetSocket on a received pipe end takes its direction from the acc
 // ---------------------------------------------------------------------------------------
 // Mismatches: ERR_INVALID_FD_TYPE, and the fd stays open and ours
 // ---------------------------------------------------------------------------------------
+
+linuxTest('toNetSocket, toReadStream and toWriteStream refuse stream sockets that never connected', async (t) => {
+  // Made by Python (Node cannot make them): each would give a net.Socket that fails on
+  // its first read or write (ENOTCONN, EPIPE) and has taken the fd meanwhile.
+  const odd = await oddSockets(t)
+  const unconnected: Array<[string, string]> = [
+    ['an unconnected Unix stream socket', 'unconnected-unix-stream'],
+    ['a bound, not listening, Unix stream socket', 'bound-not-listening-unix-stream'],
+    ['an unconnected TCP socket', 'tcp-unconnected'],
+  ]
+  const helpers: Array<[string, (fd: number) => unknown]> = [
+    ['toNetSocket', (fd) => toNetSocket(fd)],
+    ['toReadStream', (fd) => toReadStream(fd)],
+    ['toWriteStream', (fd) => toWriteStream(fd)],
+  ]
+  for (const [label, name] of unconnected) {
+    const fd = odd.get(name)!
+    t.like(fdInfo(fd), { listening: false, connected: false, socketType: 'stream' }, label)
+    for (const [helper, wrap] of helpers) {
+      const before = fdIdentity(fd)
+      const error = thrown(() => wrap(fd))
+      t.is(error?.code, 'ERR_INVALID_FD_TYPE', `${helper}(${label})`)
+      t.true(error instanceof TypeError)
+      t.regex(error.message, /unconnected .* socket, not .*left open/, `${helper}(${label}): ${error.message}`)
+      t.is(fdIdentity(fd), before, `${helper}(${label}): still open and ours`)
+    }
+  }
+  // A connected one is still taken, and works.
+  const connected = odd.get('tcp-connected')!
+  t.like(fdInfo(connected), { kind: 'tcp', connected: true })
+  const socket = toNetSocket(connected)
+  odd.delete('tcp-connected')
+  socket.destroy()
+  await onceEvent(socket, 'close')
+})
 
 linuxSerialTest('a helper given the wrong kind of fd throws ERR_INVALID_FD_TYPE and leaves the fd open', async (t) => {
   const dir = tmpDir()

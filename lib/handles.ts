@@ -41,6 +41,11 @@ export interface FdInfo {
   /** Sockets only: a listening socket, ready for `net.createServer().listen({ fd })`. */
   listening: boolean
   /**
+   * Sockets only: a connected socket (it has a peer, even one that has closed since); one
+   * made but never connected, or listening, is not.
+   */
+  connected: boolean
+  /**
    * `FD_CLOEXEC` is set: a program this process `exec`s does not inherit the fd. Every fd
    * fd-queue hands over (received, dequeued, adopted) has it.
    */
@@ -84,6 +89,7 @@ export function fdInfo(fd: number): FdInfo {
     readable: !info.pathOnly && info.access !== 'w',
     writable: !info.pathOnly && info.access !== 'r',
     listening: info.listening ?? false,
+    connected: info.connected ?? false,
     closeOnExec: info.closeOnExec,
     nonBlocking: info.nonBlocking,
   }
@@ -92,8 +98,15 @@ export function fdInfo(fd: number): FdInfo {
   return result
 }
 
+/** A connected stream socket (Unix or TCP), which libuv reads and writes on the event loop. */
+function isConnectedStream(info: FdInfo): boolean {
+  return (info.kind === 'unix' || info.kind === 'tcp') && info.socketType === 'stream' && info.connected
+}
+
 function wrongType(info: FdInfo, wanted: string): Error {
-  const what = info.listening ? `listening ${info.kind} socket` : info.kind
+  let what: string = info.kind
+  if (info.listening) what = `listening ${info.kind} socket`
+  else if (info.socketType !== undefined && !info.connected) what = `unconnected ${info.kind} socket`
   return codedError(
     new TypeError(`fd ${info.fd} is a ${what}, not ${wanted}; it was left open and is still yours to close`),
     'ERR_INVALID_FD_TYPE',
@@ -106,8 +119,7 @@ function wrongType(info: FdInfo, wanted: string): Error {
  */
 export function toNetSocket(fd: number, options: Omit<net.SocketConstructorOpts, 'fd'> = {}): net.Socket {
   const info = fdInfo(fd)
-  const stream = (info.kind === 'unix' || info.kind === 'tcp') && info.socketType === 'stream'
-  if (!(stream && !info.listening) && info.kind !== 'pipe') {
+  if (!isConnectedStream(info) && info.kind !== 'pipe') {
     throw wrongType(info, 'a connected stream socket or a pipe')
   }
   return new net.Socket({ readable: info.readable, writable: info.writable, ...options, fd: info.fd })
@@ -136,11 +148,6 @@ export function toNetServer(fd: number, options: net.ServerOpts = {}): Promise<n
       resolve(server)
     })
   })
-}
-
-/** A connected stream socket (Unix or TCP), which libuv reads and writes on the event loop. */
-function isConnectedStream(info: FdInfo): boolean {
-  return (info.kind === 'unix' || info.kind === 'tcp') && info.socketType === 'stream' && !info.listening
 }
 
 /**

@@ -8,7 +8,8 @@ use napi_derive::napi;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{
-  getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
+  getpeername, getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike,
+  SockaddrStorage,
 };
 
 use crate::error::{self, Result};
@@ -24,6 +25,8 @@ pub struct NativeFdInfo {
   pub socket_type: Option<String>,
   /// Socket fds only: whether it is a listening socket (`SO_ACCEPTCONN`).
   pub listening: Option<bool>,
+  /// Socket fds only: whether it has a peer (`getpeername` answers).
+  pub connected: Option<bool>,
   /// An `O_PATH` fd (Linux, FreeBSD): it names a file without opening it, so it can be
   /// neither read nor written nor queried as a socket.
   pub path_only: bool,
@@ -34,7 +37,7 @@ pub struct NativeFdInfo {
 }
 
 /// Reports the access mode of `fd` and, for sockets, their family, type and whether
-/// they listen. `ENOTSOCK` from the socket queries just means "not a socket".
+/// they listen or have a peer. `ENOTSOCK` from the socket queries just means "not a socket".
 #[napi]
 #[cfg_attr(test, allow(dead_code))] // reached through napi's registration, which tests leave out
 pub fn fd_info(fd: i32) -> Result<NativeFdInfo> {
@@ -65,6 +68,7 @@ pub(crate) fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
     family: None,
     socket_type: None,
     listening: None,
+    connected: None,
     path_only: false,
     close_on_exec: fd_flags.contains(FdFlag::FD_CLOEXEC),
     non_blocking: flags.contains(OFlag::O_NONBLOCK),
@@ -100,6 +104,8 @@ pub(crate) fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
     .to_string(),
   );
   info.listening = Some(getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| (e, "getsockopt"))?);
+  // `ENOTCONN` for one that never connected (or listens).
+  info.connected = Some(getpeername::<SockaddrStorage>(fd).is_ok());
   Ok(info)
 }
 

@@ -400,7 +400,7 @@ fn take(fd: i32, wanted: Adopt) -> std::result::Result<OwnedFd, Refusal> {
   let unix = info.family.as_deref() == Some("unix");
   let of_kind = unix && info.socket_type.as_deref() == Some(kind.name());
   let listening = info.listening == Some(true);
-  let connected = unix && !listening && socket::getpeername::<UnixAddr>(fd).is_ok();
+  let connected = unix && !listening && info.connected == Some(true);
   let fits = of_kind
     && match wanted {
       Adopt::Connected(_) => connected,
