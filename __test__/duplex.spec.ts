@@ -1464,6 +1464,39 @@ test.serial('writeWithFds(data, fds, cb): the fds ride on the first byte of data
   )
 })
 
+test('FdSocket.from(stream) keeps what the stream had: its pending read goes first, its queued fd and its bound stay', async (t) => {
+  const [raw, peer] = AsyncUnixStream.pair()
+  raw.maxQueuedFds = 7
+  const file = tmpFile('queued on the stream before it was wrapped')
+  enqueueFile(raw, file)
+  // Called before the wrap: it gets the first bytes, and the socket what follows.
+  const earlier = raw.read()
+  const socket = FdSocket.from(raw)
+  cleanup(t, socket, peer)
+  t.is(socket.maxQueuedFds, 7, "the stream's bound stays")
+  t.is(socket.queuedOutboundFds, 1, "the stream's queued fd counts")
+  const [other, otherPeer] = AsyncUnixStream.pair()
+  other.maxQueuedFds = 7
+  const set = FdSocket.from(other, { maxQueuedFds: 3 })
+  cleanup(t, set, otherPeer)
+  t.is(set.maxQueuedFds, 3, 'unless the options set one')
+  const chunks: string[] = []
+  socket.on('data', (chunk) => chunks.push(String(chunk)))
+  await peer.write('first')
+  t.is(String(await withTimeout(earlier, T, 'the read called before the wrap')), 'first')
+  const next = onceEvent(socket, 'data')
+  await peer.write('second')
+  await next
+  t.deepEqual(chunks, ['second'], 'the socket read only what came after')
+  // The fd queued on the stream rides on the socket's first write.
+  socket.write('carrier')
+  t.is((await read(peer)).toString(), 'carrier')
+  const fds = takeFds(t, peer)
+  t.is(fds.length, 1)
+  t.is(fdIdentity(fds[0]), pathIdentity(file))
+  t.is(socket.queuedOutboundFds, 0)
+})
+
 test.serial('FdSocket.from(asyncStream) wraps it; FdSocket.pair() gives two connected Duplexes', async (t) => {
   const { raw, peer, socket } = wrappedPair(t)
   t.true(socket instanceof Duplex)

@@ -302,7 +302,10 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /**
    * Wraps a connected {@link AsyncUnixStream}; the stream then belongs to the socket (use
-   * the socket, not the stream, from here on).
+   * the socket, not the stream, from here on). Reads already called on the stream are
+   * served before the socket reads, in call order; fds enqueued on it ride on the
+   * socket's next write (and count in `queuedOutboundFds`); its `maxQueuedFds` stays
+   * unless `options` set one.
    */
   static from(stream: AsyncUnixStream, options?: FdSocketOptions): FdSocket {
     const inner = stream instanceof AsyncUnixStream ? nativeStreamOf(stream) : undefined
@@ -310,19 +313,26 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     if (inner.fd < 0) throw closedError()
     // Two sockets on one stream would both read from it.
     if (wrappedStreams.has(inner)) throw invalidArgValue('stream', 'already belongs to an FdSocket')
+    // The stream's bound stays, unless the options set one.
+    const inherited = inner.maxQueuedFds
     const socket = wrapNative(inner, options)
     wrappedStreams.add(inner)
+    if (options?.maxQueuedFds === undefined) socket.maxQueuedFds = inherited
     return socket
   }
 
-  /** Connects to the `FdServer` or listener at `path`; `cb` runs on `connect`. */
+  /**
+   * Connects to the `FdServer` or listener at `path`; `cb` runs on `connect`. A socket
+   * connects once: unlike a `net.Socket`, one that was destroyed (a failed connect
+   * destroys it) throws `ERR_SOCKET_CLOSED` instead of connecting again.
+   */
   connect(path: string, cb?: () => void): this {
     validatePath(path)
     validateCallback(cb)
+    if (this.destroyed) throw closedError()
     if (this.#native || this.#connecting) {
       throw codedError(new Error('Socket is already connected or connecting'), 'ERR_SOCKET_CONNECTED')
     }
-    if (this.destroyed) throw closedError()
     if (cb) this.once('connect', cb)
     this.#connecting = true
     // A Unix socket connects at once or not at all; like net, the outcome is an event.
@@ -431,9 +441,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#resumeIfRoom()
   }
 
-  /** Fds enqueued and not yet sent. */
+  /** Fds enqueued and not yet sent (with those a wrapped stream had queued: `from`). */
   get queuedOutboundFds(): number {
-    return this.#stagedCount + this.#sendingCount
+    return this.#stagedCount + this.#sendingCount + (this.#native?.queuedOutbound ?? 0)
   }
 
   /** Received fds not yet dequeued. */

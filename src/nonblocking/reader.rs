@@ -98,6 +98,9 @@ impl Reader {
     let callback = Arc::new(Mutex::new(Some(tsfn)));
     let (want, wanted) = watch::channel(true);
     let task_callback = Arc::clone(&callback);
+    // In line behind the reads called on the stream before it was wrapped (`FdSocket.from`
+    // of a stream with a read pending): they are served first, in call order.
+    let after = shared.reads.ticket();
     crate::runtime::spawn(async move {
       let credits = Arc::new(Semaphore::new(IN_FLIGHT));
       let sink = Sink {
@@ -108,7 +111,11 @@ impl Reader {
       tokio::select! {
         biased;
         _ = closing(&shared.closed) => {}
-        _ = pump(&shared, &queues, &sink, wanted, credits) => {}
+        _ = async {
+          after.turn().await;
+          drop(after);
+          pump(&shared, &queues, &sink, wanted, credits).await
+        } => {}
       }
       // Releasing the threadsafe function lets the event loop exit.
       lock(&task_callback).take();
