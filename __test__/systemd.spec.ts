@@ -185,7 +185,9 @@ test.serial(
     t.is(error.code, 'ENOENT')
     t.is(error.path, missing)
     t.is(codeOf(await withNotifySocket('relative/path', () => rejection(sdNotify('READY=1')))), 'ERR_INVALID_ARG_VALUE')
-    // Bad arguments throw at the call (SPEC section 6), whatever NOTIFY_SOCKET is.
+    // Bad arguments throw at the call (SPEC section 6), whatever NOTIFY_SOCKET is. (An fd
+    // above any fd limit here is never open.)
+    const closedFd = 999_999
     for (const [args, code] of [
       [[42], 'ERR_INVALID_ARG_TYPE'],
       [[{ 'bad key': 1 }], 'ERR_INVALID_ARG_VALUE'],
@@ -193,6 +195,7 @@ test.serial(
       [[{ STATUS: {} }], 'ERR_INVALID_ARG_TYPE'],
       [['FDSTORE=1', [-1]], 'ERR_OUT_OF_RANGE'],
       [['FDSTORE=1', 3], 'ERR_INVALID_ARG_TYPE'],
+      [['FDSTORE=1', [closedFd]], 'EBADF'],
     ] as const) {
       const saved = process.env.NOTIFY_SOCKET
       for (const socket of [missing, undefined]) {

@@ -2,6 +2,7 @@
  * systemd's protocols: socket activation (`listenFds`) and `sd_notify` with the fd store
  * (`sdNotify`). Both work against any service manager that speaks them.
  */
+import * as fs from 'node:fs'
 import { binding } from './binding.js'
 import { codedError, invalidArgType, invalidArgValue, native } from './errors.js'
 import { toFd } from './args.js'
@@ -80,6 +81,8 @@ export function sdNotify(state: string | Record<string, string | number | boolea
   const text = notifyText(state)
   if (fds !== undefined && !Array.isArray(fds)) throw invalidArgType('fds', 'an array of fds', fds)
   const raw = Array.from(fds ?? [], (fd: FdLike, i) => toFd(fd, `fds[${i}]`))
+  // An fd that is not open is EBADF at the call too, as from `enqueue` and `send`.
+  for (const fd of raw) fs.fstatSync(fd)
   return notify(text, raw)
 }
 
