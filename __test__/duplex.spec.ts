@@ -1318,6 +1318,56 @@ test.serial(
   },
 )
 
+test.serial(
+  "no 'fds' listener and a small maxQueuedFds: a consumer that dequeues once it has a whole frame gets it, or ERR_FD_QUEUE_FULL past 253 fds more, never waits for good",
+  async (t) => {
+    for (const [pieces, fdsEach, outcome] of [
+      [10, 1, 'frame'],
+      [30, 10, 'ERR_FD_QUEUE_FULL'],
+    ] as const) {
+      const [a, b] = FdSocket.pair({ maxQueuedFds: 4 })
+      cleanup(t, a, b)
+      const { file, copies } = trackedFile(t, 'queued-frame-')
+      // One frame: a 4-byte length, then its body in `pieces` writes with fds each; the
+      // frame's fds alone pass the bound.
+      const body = Buffer.alloc(pieces * 10, 7)
+      const header = Buffer.alloc(4)
+      header.writeUInt32BE(body.length)
+      a.write(header)
+      for (let i = 0; i < pieces; i++) a.writeWithFds(body.subarray(i * 10, (i + 1) * 10), Array(fdsEach).fill(file))
+      let dequeued = 0
+      const got = new Promise<string>((resolve) => {
+        b.on('error', (error) => resolve(String(codeOf(error))))
+        let need: number | null = null
+        b.on('readable', () => {
+          if (need === null) {
+            if (b.readableLength < 4) return
+            need = (b.read(4) as Buffer).readUInt32BE(0)
+          }
+          if (b.readableLength < need) return // waits, taking nothing more
+          t.is((b.read(need) as Buffer).length, body.length)
+          const fds = dequeueAll(b)
+          dequeued = fds.length
+          closeAll(fds)
+          resolve('frame')
+        })
+      })
+      t.is(await withTimeout(got, T, `the frame of ${pieces} pieces`), outcome)
+      if (outcome === 'frame') {
+        t.is(dequeued, pieces * fdsEach)
+        t.is(b.maxQueuedFds, 4, 'the bound is back')
+      }
+      b.destroy()
+      a.destroy()
+      await withTimeout(
+        until(() => copies() === 1),
+        T,
+        'every fd closed',
+      )
+    }
+  },
+)
+
 /**
  * Decodes b's data as UTF-8 and logs its 'fds' (their count; the fds are closed) and 'data'
  * events; `ended` resolves at 'end'.
