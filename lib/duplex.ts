@@ -826,14 +826,18 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /**
    * {@link #consumerWaits} with no `'fds'` listener: the fds wait in the inbound queue,
-   * where reading pauses at `maxQueuedFds`. A consumer that dequeues once it has a whole
-   * frame would wait for good when the frame's fds alone reach the bound, so the bound
+   * where reading pauses at `maxQueuedFds`. A consumer that leaves bytes in the buffer
+   * and dequeues once it has a whole frame would wait for good when the frame's fds alone
+   * reach the bound, so the bound
    * stretches by one message (253 fds) until it gets bytes; a peer that sends more fds
    * than that first has the socket destroyed with `ERR_FD_QUEUE_FULL`, as with a listener.
    */
   #queueStretch(inner: Native.NativeAsyncUnixStream): void {
+    // Bytes left in the buffer: a read() that finds it empty (every one that ends a flowing
+    // socket's turn does) waits for nothing in particular, and the bound holds.
     const queued = inner.queuedInbound
-    if (queued < this.#maxQueuedFds || this.readableLength >= this.readableHighWaterMark) return
+    if (this.readableLength === 0 || this.readableLength >= this.readableHighWaterMark) return
+    if (queued < this.#maxQueuedFds) return
     if (queued < this.#maxQueuedFds + SCM_MAX_FD) {
       if (this.#stretched) return
       this.#stretched = true
