@@ -1272,62 +1272,18 @@ test.serial(
 )
 
 test.serial(
-  "'fds' listener and a small maxQueuedFds: a consumer that checks readableLength for a whole frame gets it, or ERR_FD_QUEUE_FULL past 253 fds more, never waits for good",
+  "a small maxQueuedFds, with an 'fds' listener or dequeue(): a consumer that waits for a whole frame (leaving its bytes in the buffer) gets it, or ERR_FD_QUEUE_FULL past 253 fds more, never waits for good",
   async (t) => {
-    for (const [pieces, fdsEach, outcome] of [
-      [10, 1, 'frame'],
-      [30, 10, 'ERR_FD_QUEUE_FULL'],
+    for (const [listener, pieces, fdsEach, outcome] of [
+      [true, 10, 1, 'frame'],
+      [true, 30, 10, 'ERR_FD_QUEUE_FULL'],
+      [false, 10, 1, 'frame'],
+      [false, 30, 10, 'ERR_FD_QUEUE_FULL'],
     ] as const) {
+      const what = `${listener ? "an 'fds' listener" : 'dequeue()'}, ${pieces} pieces`
       const [a, b] = FdSocket.pair({ maxQueuedFds: 4 })
       cleanup(t, a, b)
       const { file, copies } = trackedFile(t, 'peek-')
-      // One frame: a 4-byte length, then its body in `pieces` writes with fds each.
-      const body = Buffer.alloc(pieces * 10, 7)
-      const header = Buffer.alloc(4)
-      header.writeUInt32BE(body.length)
-      a.write(header)
-      for (let i = 0; i < pieces; i++) a.writeWithFds(body.subarray(i * 10, (i + 1) * 10), Array(fdsEach).fill(file))
-      let handed = 0
-      b.on('fds', (fds: FdsArrived) => {
-        handed += fds.length
-        closeAll(fds)
-      })
-      const got = new Promise<string>((resolve) => {
-        b.on('error', (error) => resolve(String(codeOf(error))))
-        let need: number | null = null
-        b.on('readable', () => {
-          if (need === null) {
-            if (b.readableLength < 4) return
-            need = (b.read(4) as Buffer).readUInt32BE(0)
-          }
-          if (b.readableLength < need) return // waits, taking nothing more
-          t.is((b.read(need) as Buffer).length, body.length)
-          resolve('frame')
-        })
-      })
-      t.is(await withTimeout(got, T, `the frame of ${pieces} pieces`), outcome)
-      if (outcome === 'frame') t.is(handed, pieces * fdsEach)
-      b.destroy()
-      a.destroy()
-      await withTimeout(
-        until(() => copies() === 1),
-        T,
-        'every fd closed',
-      )
-    }
-  },
-)
-
-test.serial(
-  "no 'fds' listener and a small maxQueuedFds: a consumer that dequeues once it has a whole frame gets it, or ERR_FD_QUEUE_FULL past 253 fds more, never waits for good",
-  async (t) => {
-    for (const [pieces, fdsEach, outcome] of [
-      [10, 1, 'frame'],
-      [30, 10, 'ERR_FD_QUEUE_FULL'],
-    ] as const) {
-      const [a, b] = FdSocket.pair({ maxQueuedFds: 4 })
-      cleanup(t, a, b)
-      const { file, copies } = trackedFile(t, 'queued-frame-')
       // One frame: a 4-byte length, then its body in `pieces` writes with fds each; the
       // frame's fds alone pass the bound.
       const body = Buffer.alloc(pieces * 10, 7)
@@ -1335,7 +1291,13 @@ test.serial(
       header.writeUInt32BE(body.length)
       a.write(header)
       for (let i = 0; i < pieces; i++) a.writeWithFds(body.subarray(i * 10, (i + 1) * 10), Array(fdsEach).fill(file))
-      let dequeued = 0
+      let received = 0
+      if (listener) {
+        b.on('fds', (fds: FdsArrived) => {
+          received += fds.length
+          closeAll(fds)
+        })
+      }
       const got = new Promise<string>((resolve) => {
         b.on('error', (error) => resolve(String(codeOf(error))))
         let need: number | null = null
@@ -1346,23 +1308,26 @@ test.serial(
           }
           if (b.readableLength < need) return // waits, taking nothing more
           t.is((b.read(need) as Buffer).length, body.length)
-          const fds = dequeueAll(b)
-          dequeued = fds.length
-          closeAll(fds)
+          if (!listener) {
+            // Dequeued once the whole frame is there.
+            const fds = dequeueAll(b)
+            received = fds.length
+            closeAll(fds)
+          }
           resolve('frame')
         })
       })
-      t.is(await withTimeout(got, T, `the frame of ${pieces} pieces`), outcome)
+      t.is(await withTimeout(got, T, `the frame (${what})`), outcome, what)
       if (outcome === 'frame') {
-        t.is(dequeued, pieces * fdsEach)
-        t.is(b.maxQueuedFds, 4, 'the bound is back')
+        t.is(received, pieces * fdsEach, what)
+        t.is(b.maxQueuedFds, 4, `${what}: the bound is back`)
       }
       b.destroy()
       a.destroy()
       await withTimeout(
         until(() => copies() === 1),
         T,
-        'every fd closed',
+        `${what}: every fd closed`,
       )
     }
   },
