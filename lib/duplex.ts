@@ -198,8 +198,6 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * looked; -1 until it has looked during the current wait (see `#onIdle`).
    */
   #progressSeen = -1
-  /** The inbound queue's bound is stretched for a consumer that waits for bytes: see `#queueStretch`. */
-  #stretched = false
 
   static {
     attachNative = (socket, inner) => socket.#attach(inner)
@@ -438,7 +436,6 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   set maxQueuedFds(value: number) {
     this.#maxQueuedFds = validateMaxQueuedFds(value)
-    this.#stretched = false
     if (this.#native) this.#native.maxQueuedFds = value
     this.#settleDrain()
     this.#resumeIfRoom()
@@ -792,18 +789,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   override read(size?: number): any {
     if (typeof size === 'number' && size > 0 && size < this.readableLength) joinDecodedChunks(this)
     const result = super.read(size)
-    if (result === null) {
-      if (size !== 0) this.#consumerWaits()
-    } else this.#unstretch()
+    if (result === null && size !== 0) this.#consumerWaits()
     return result
   }
 
   /** The consumer waits for bytes still to come: see read(). */
   #consumerWaits(): void {
-    if (this.#native && this.listenerCount('fds') === 0) {
-      this.#queueStretch(this.#native)
-      return
-    }
     if (
       !this.#readingPaused ||
       !this.#native ||
@@ -822,41 +813,6 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
         ),
       )
     }
-  }
-
-  /**
-   * {@link #consumerWaits} with no `'fds'` listener: the fds wait in the inbound queue,
-   * where reading pauses at `maxQueuedFds`. A consumer that leaves bytes in the buffer
-   * and dequeues once it has a whole frame would wait for good when the frame's fds alone
-   * reach the bound, so the bound
-   * stretches by one message (253 fds) until it gets bytes; a peer that sends more fds
-   * than that first has the socket destroyed with `ERR_FD_QUEUE_FULL`, as with a listener.
-   */
-  #queueStretch(inner: Native.NativeAsyncUnixStream): void {
-    // Bytes left in the buffer: a read() that finds it empty (every one that ends a flowing
-    // socket's turn does) waits for nothing in particular, and the bound holds.
-    const queued = inner.queuedInbound
-    if (this.readableLength === 0 || this.readableLength >= this.readableHighWaterMark) return
-    if (queued < this.#maxQueuedFds) return
-    if (queued < this.#maxQueuedFds + SCM_MAX_FD) {
-      if (this.#stretched) return
-      this.#stretched = true
-      inner.maxQueuedFds = this.#maxQueuedFds + SCM_MAX_FD
-    } else {
-      this.destroy(
-        new QueueFullError(
-          `The peer sent ${queued} fds with bytes still short of what the consumer waits for: ` +
-            `more than maxQueuedFds (${this.#maxQueuedFds}) and one more message (${SCM_MAX_FD}) allow`,
-        ),
-      )
-    }
-  }
-
-  /** The consumer got bytes: the bound is `maxQueuedFds` again (see {@link #queueStretch}). */
-  #unstretch(): void {
-    if (!this.#stretched) return
-    this.#stretched = false
-    if (this.#native) this.#native.maxQueuedFds = this.#maxQueuedFds
   }
 
   /** @internal */
