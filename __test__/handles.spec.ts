@@ -48,7 +48,7 @@ import {
   tmpFile,
   tmpSocketPath,
 } from './helpers.js'
-import { oddSockets, onceEvent } from './async-helpers.js'
+import { codeOf, oddSockets, onceEvent } from './async-helpers.js'
 
 let baseline = 0
 const children = new Set<ChildProcess>()
@@ -216,6 +216,45 @@ async function tcpConnection(): Promise<{ server: net.Server; client: net.Socket
 // ---------------------------------------------------------------------------------------
 // enqueue(handle): each kind of handle, through a real socket pair, used on the far side
 // ---------------------------------------------------------------------------------------
+
+test.serial(
+  'toNetSocket of a TCP connection that was reset since: taken (no peer left), it gives the bytes that came first, then its end',
+  async (t) => {
+    const { server, client, accepted } = await tcpConnection()
+    let adopted: net.Socket | undefined
+    try {
+      const fd = await transferOne(t, 'FdSocket', accepted)
+      await destroyAll(accepted)
+      client.write('sent before the reset\n')
+      await new Promise<void>((resolve) => client.end(resolve))
+      client.resetAndDestroy()
+      // The reset arrives: the connection is over, and the socket has no peer any more.
+      await withTimeout(
+        (async () => {
+          while (fdInfo(fd).connected) await sleep(5)
+        })(),
+        5000,
+        'the reset',
+      )
+      adopted = toNetSocket(fd)
+      const got: Buffer[] = []
+      adopted.on('data', (chunk: Buffer) => got.push(chunk))
+      const how = await withTimeout(
+        new Promise<string>((resolve) => {
+          adopted!.on('end', () => resolve('end'))
+          adopted!.on('error', (error) => resolve(String(codeOf(error))))
+        }),
+        5000,
+        'the end',
+      )
+      t.true(how === 'end' || how === 'ECONNRESET', how)
+      if (how === 'end') t.is(Buffer.concat(got).toString(), 'sent before the reset\n')
+    } finally {
+      await destroyAll(adopted, client)
+      await closeServer(server)
+    }
+  },
+)
 
 test.serial('net.Socket (TCP) via FdSocket: toNetSocket on the received fd talks to the real TCP peer', async (t) => {
   const { server, client, accepted } = await tcpConnection()
@@ -582,14 +621,13 @@ test.serial('toNetSocket on a received pipe end takes its direction from the acc
 // Mismatches: ERR_INVALID_FD_TYPE, and the fd stays open and ours
 // ---------------------------------------------------------------------------------------
 
-linuxTest('toNetSocket, toReadStream and toWriteStream refuse stream sockets that never connected', async (t) => {
+linuxTest('toNetSocket, toReadStream and toWriteStream refuse Unix stream sockets that never connected', async (t) => {
   // Made by Python (Node cannot make them): each would give a net.Socket that fails on
   // its first read or write (ENOTCONN, EPIPE) and has taken the fd meanwhile.
   const odd = await oddSockets(t)
   const unconnected: Array<[string, string]> = [
     ['an unconnected Unix stream socket', 'unconnected-unix-stream'],
     ['a bound, not listening, Unix stream socket', 'bound-not-listening-unix-stream'],
-    ['an unconnected TCP socket', 'tcp-unconnected'],
   ]
   const helpers: Array<[string, (fd: number) => unknown]> = [
     ['toNetSocket', (fd) => toNetSocket(fd)],
@@ -608,7 +646,9 @@ linuxTest('toNetSocket, toReadStream and toWriteStream refuse stream sockets tha
       t.is(fdIdentity(fd), before, `${helper}(${label}): still open and ours`)
     }
   }
-  // A connected one is still taken, and works.
+  // A TCP socket has no peer before it connects, nor once its connection is over, which
+  // must still give what was left: TCP sockets that do not listen are taken.
+  t.like(fdInfo(odd.get('tcp-unconnected')!), { kind: 'tcp', connected: false })
   const connected = odd.get('tcp-connected')!
   t.like(fdInfo(connected), { kind: 'tcp', connected: true })
   const socket = toNetSocket(connected)

@@ -98,24 +98,31 @@ export function fdInfo(fd: number): FdInfo {
   return result
 }
 
-/** A connected stream socket (Unix or TCP), which libuv reads and writes on the event loop. */
+/**
+ * A stream socket libuv can read and write on the event loop: a connected Unix one, or a
+ * TCP one that does not listen. (A TCP socket has no peer once its connection is over, yet
+ * still gives the bytes left and the end; one that never connected fails its first read
+ * or write with `ENOTCONN` or `EPIPE`, which cannot be told apart without reading it.)
+ */
 function isConnectedStream(info: FdInfo): boolean {
-  return (info.kind === 'unix' || info.kind === 'tcp') && info.socketType === 'stream' && info.connected
+  if (info.socketType !== 'stream' || info.listening) return false
+  return info.kind === 'tcp' || (info.kind === 'unix' && info.connected)
 }
 
 function wrongType(info: FdInfo, wanted: string): Error {
-  let what: string = info.kind
-  if (info.listening) what = `listening ${info.kind} socket`
-  else if (info.socketType !== undefined && !info.connected) what = `unconnected ${info.kind} socket`
+  let what = `a ${info.kind}`
+  if (info.listening) what = `a listening ${info.kind} socket`
+  else if (info.socketType !== undefined && !info.connected) what = `an unconnected ${info.kind} socket`
   return codedError(
-    new TypeError(`fd ${info.fd} is a ${what}, not ${wanted}; it was left open and is still yours to close`),
+    new TypeError(`fd ${info.fd} is ${what}, not ${wanted}; it was left open and is still yours to close`),
     'ERR_INVALID_FD_TYPE',
   )
 }
 
 /**
- * A `net.Socket` that owns `fd`, a connected Unix or TCP stream socket or a pipe (whose
- * direction is taken from its access mode). Destroying the socket closes the fd.
+ * A `net.Socket` that owns `fd`: a connected Unix stream socket, a TCP stream socket that
+ * does not listen, or a pipe (whose direction is taken from its access mode). Destroying
+ * the socket closes the fd.
  */
 export function toNetSocket(fd: number, options: Omit<net.SocketConstructorOpts, 'fd'> = {}): net.Socket {
   const info = fdInfo(fd)
