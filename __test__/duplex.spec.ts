@@ -1464,7 +1464,7 @@ test.serial('writeWithFds(data, fds, cb): the fds ride on the first byte of data
   )
 })
 
-test('FdSocket.from(stream) keeps what the stream had: its pending read goes first, its queued fd and its bound stay', async (t) => {
+test('FdSocket.from(stream) keeps what the stream had: its pending read goes first, its queued fds (253 in all with the socket’s) and its bound stay', async (t) => {
   const [raw, peer] = AsyncUnixStream.pair()
   raw.maxQueuedFds = 7
   const file = tmpFile('queued on the stream before it was wrapped')
@@ -1495,6 +1495,22 @@ test('FdSocket.from(stream) keeps what the stream had: its pending read goes fir
   t.is(fds.length, 1)
   t.is(fdIdentity(fds[0]), pathIdentity(file))
   t.is(socket.queuedOutboundFds, 0)
+
+  // The stream's queued fds and the socket's ride on one write: 253 at most in all.
+  const [full, fullPeer] = AsyncUnixStream.pair()
+  const opened = fs.openSync(file, 'r')
+  t.teardown(() => fs.closeSync(opened))
+  for (let i = 0; i < 200; i++) full.enqueue(opened)
+  const carrier = FdSocket.from(full)
+  cleanup(t, carrier, fullPeer)
+  for (let i = 0; i < 53; i++) carrier.enqueue(opened)
+  t.is(codeOf(syncThrow(() => carrier.enqueue(opened))), 'ERR_FD_QUEUE_FULL', 'the 254th')
+  t.is(carrier.queuedOutboundFds, 253, 'nothing changed')
+  carrier.write('!')
+  t.is((await read(fullPeer)).toString(), '!')
+  const all = takeFds(t, fullPeer)
+  t.is(all.length, 253)
+  t.false(carrier.destroyed)
 })
 
 test.serial('FdSocket.from(asyncStream) wraps it; FdSocket.pair() gives two connected Duplexes', async (t) => {

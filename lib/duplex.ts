@@ -198,6 +198,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * looked; -1 until it has looked during the current wait (see `#onIdle`).
    */
   #progressSeen = -1
+  /**
+   * The stream `from()` wrapped had fds in its own outbound queue, which ride on the first
+   * write with the ones staged here: they count against its 253 until they are sent.
+   */
+  #inheritedOutbound = false
 
   static {
     attachNative = (socket, inner) => socket.#attach(inner)
@@ -304,8 +309,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * Wraps a connected {@link AsyncUnixStream}; the stream then belongs to the socket (use
    * the socket, not the stream, from here on). Reads already called on the stream are
    * served before the socket reads, in call order; fds enqueued on it ride on the
-   * socket's next write (and count in `queuedOutboundFds`); its `maxQueuedFds` stays
-   * unless `options` set one.
+   * socket's next write (and count in `queuedOutboundFds`, and against the 253 one write
+   * carries); its `maxQueuedFds` stays unless `options` set one.
    */
   static from(stream: AsyncUnixStream, options?: FdSocketOptions): FdSocket {
     const inner = stream instanceof AsyncUnixStream ? nativeStreamOf(stream) : undefined
@@ -318,6 +323,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     const socket = wrapNative(inner, options)
     wrappedStreams.add(inner)
     if (options?.maxQueuedFds === undefined) socket.maxQueuedFds = inherited
+    socket.#inheritedOutbound = inner.queuedOutbound > 0
     return socket
   }
 
@@ -505,7 +511,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #stage(raw: number | number[]): void {
     if (this.destroyed || this.writableEnded) throw closedError()
     const count = typeof raw === 'number' ? 1 : raw.length
-    if (this.#ridingNext + count > SCM_MAX_FD) {
+    let riding = this.#ridingNext
+    if (this.#inheritedOutbound) {
+      const inherited = this.#native?.queuedOutbound ?? 0
+      if (inherited === 0) this.#inheritedOutbound = false
+      riding += inherited
+    }
+    if (riding + count > SCM_MAX_FD) {
       throw new QueueFullError(`The outbound fd queue is full: one write carries at most ${SCM_MAX_FD} fds`)
     }
     if (count === 0) return
