@@ -89,6 +89,10 @@ impl Turnstile {
   fn finish(&self, number: u64) {
     let mut state = self.state();
     state.waiting.remove(&number);
+    // A long line gone leaves no table of its size behind.
+    if state.waiting.is_empty() && state.waiting.capacity() > 1024 {
+      state.waiting.shrink_to(64);
+    }
     state.finished_early.insert(number);
     while let Some(&done) = state
       .finished_early
@@ -106,7 +110,8 @@ impl Turnstile {
 }
 
 impl Ticket {
-  /// Resolves once every earlier ticket has been dropped.
+  /// Resolves once every earlier ticket has been dropped. One wait per ticket at a time
+  /// (each is awaited by the one future that owns it): a turn wakes one waiter.
   pub async fn turn(&self) {
     let woken = {
       let mut state = self.gate.state();
