@@ -163,15 +163,21 @@ impl Drop for Held {
 #[cfg(test)]
 mod tests {
   use super::*;
+  use std::future::Future;
   use std::time::Duration;
+
+  /// Runs `test` on a current-thread runtime with a clock, as the JS thread's is.
+  fn run(test: impl Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+      .enable_time()
+      .build()
+      .expect("runtime")
+      .block_on(test);
+  }
 
   #[test]
   fn tickets_are_served_in_draw_order_even_when_one_is_dropped_early() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-      .enable_time()
-      .build()
-      .expect("runtime");
-    runtime.block_on(async {
+    run(async {
       let gate = Turnstile::new();
       let first = gate.ticket();
       let second = gate.ticket();
@@ -191,11 +197,7 @@ mod tests {
 
   #[test]
   fn a_long_line_is_served_in_order_with_tickets_dropped_and_waits_given_up() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-      .enable_time()
-      .build()
-      .expect("runtime");
-    runtime.block_on(async {
+    run(async {
       let gate = Turnstile::new();
       let served = Arc::new(Mutex::new(Vec::new()));
       let mut tasks = Vec::new();
