@@ -458,6 +458,38 @@ test.serial(
   },
 )
 
+test("connect({ path, ...options }, cb) and socket.connect({ path }, cb), net's options form, connect and carry an fd", async (t) => {
+  const sock = tmpSocketPath()
+  const listener = AsyncUnixListener.bind(sock)
+  cleanup(t, listener)
+  const file = tmpFile('over an options-form connect')
+  const made = [
+    (cb: () => void) => connect({ path: sock, maxQueuedFds: 5 }, cb),
+    (cb: () => void) => new FdSocket({ maxQueuedFds: 5 }).connect({ path: sock }, cb),
+  ]
+  for (const make of made) {
+    let socket!: FdSocket
+    const connected = new Promise<void>((resolve) => (socket = make(resolve)))
+    cleanup(t, socket)
+    t.is(socket.maxQueuedFds, 5)
+    const stream = await withTimeout(listener.accept(), T, 'accept')
+    cleanup(t, stream)
+    await withTimeout(connected, T, 'the connect callback')
+    enqueueFile(socket, file)
+    socket.write('hi')
+    t.is((await read(stream)).toString(), 'hi')
+    const fds = takeFds(t, stream)
+    t.is(fdIdentity(fds[0]), pathIdentity(file))
+  }
+  t.is(codeOf(syncThrow(() => connect({} as any))), 'ERR_INVALID_ARG_TYPE', 'no path')
+  t.is(
+    codeOf(syncThrow(() => connect({ path: sock }, {} as any))),
+    'ERR_INVALID_ARG_TYPE',
+    'a callback that is not one',
+  )
+  t.is(codeOf(syncThrow(() => new FdSocket().connect({ path: 3 } as any))), 'ERR_INVALID_ARG_TYPE')
+})
+
 test.serial(
   'ordering: 150 chunks and fds written before connect; each fd rides on the chunk after its enqueue',
   async (t) => {

@@ -328,11 +328,13 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   }
 
   /**
-   * Connects to the `FdServer` or listener at `path`; `cb` runs on `connect`. A socket
-   * connects once: unlike a `net.Socket`, one that was destroyed (a failed connect
-   * destroys it) throws `ERR_SOCKET_CLOSED` instead of connecting again.
+   * Connects to the `FdServer` or listener at `path` (or `{ path }`, as `net`'s
+   * `socket.connect(options)`); `cb` runs on `connect`. A socket connects once: unlike a
+   * `net.Socket`, one that was destroyed (a failed connect destroys it) throws
+   * `ERR_SOCKET_CLOSED` instead of connecting again.
    */
-  connect(path: string, cb?: () => void): this {
+  connect(path: string | { path: string }, cb?: () => void): this {
+    if (path !== null && typeof path === 'object') path = path.path
     validatePath(path)
     validateCallback(cb)
     if (this.destroyed) throw closedError()
@@ -1559,8 +1561,19 @@ export function createServer(
 /** Connects a new {@link FdSocket} to `path`; `cb` runs on `connect`. */
 export function connect(path: string, cb?: () => void): FdSocket
 export function connect(path: string, options: FdSocketOptions, cb?: () => void): FdSocket
-export function connect(path: string, options?: FdSocketOptions | (() => void), cb?: () => void): FdSocket {
-  if (typeof options === 'function') [options, cb] = [undefined, options]
+/** As `net.connect({ path, ...options }, cb)`. */
+export function connect(options: FdSocketOptions & { path: string }, cb?: () => void): FdSocket
+export function connect(
+  path: string | (FdSocketOptions & { path: string }),
+  options?: FdSocketOptions | (() => void),
+  cb?: () => void,
+): FdSocket {
+  if (path !== null && typeof path === 'object') {
+    if (options !== undefined && typeof options !== 'function') throw invalidArgType('cb', 'of type function', options)
+    cb = options
+    const { path: target, ...rest } = path
+    ;[path, options] = [target, rest]
+  } else if (typeof options === 'function') [options, cb] = [undefined, options]
   // Checked before the socket exists: one that an aborted signal destroys at once emits
   // its AbortError, which nobody could listen for if this threw.
   validatePath(path)
