@@ -451,7 +451,15 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   /** Fds enqueued and not yet sent (with those a wrapped stream had queued: `from`). */
   get queuedOutboundFds(): number {
-    return this.#stagedCount + this.#sendingCount + (this.#native?.queuedOutbound ?? 0)
+    return this.#stagedCount + this.#sendingCount + this.#inheritedCount()
+  }
+
+  /** The fds still in the wrapped stream's own outbound queue (see `#inheritedOutbound`). */
+  #inheritedCount(): number {
+    if (!this.#inheritedOutbound) return 0
+    const inherited = this.#native?.queuedOutbound ?? 0
+    if (inherited === 0) this.#inheritedOutbound = false
+    return inherited
   }
 
   /** Received fds not yet dequeued. */
@@ -513,13 +521,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #stage(raw: number | number[]): void {
     if (this.destroyed || this.writableEnded) throw closedError()
     const count = typeof raw === 'number' ? 1 : raw.length
-    let riding = this.#ridingNext
-    if (this.#inheritedOutbound) {
-      const inherited = this.#native?.queuedOutbound ?? 0
-      if (inherited === 0) this.#inheritedOutbound = false
-      riding += inherited
-    }
-    if (riding + count > SCM_MAX_FD) {
+    if (this.#ridingNext + this.#inheritedCount() + count > SCM_MAX_FD) {
       throw new QueueFullError(`The outbound fd queue is full: one write carries at most ${SCM_MAX_FD} fds`)
     }
     if (count === 0) return

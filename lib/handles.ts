@@ -41,8 +41,9 @@ export interface FdInfo {
   /** Sockets only: a listening socket, ready for `net.createServer().listen({ fd })`. */
   listening: boolean
   /**
-   * Sockets only: a connected socket (it has a peer, even one that has closed since); one
-   * made but never connected, or listening, is not.
+   * Sockets only: it has a peer now (`getpeername`). A Unix socket keeps its peer once
+   * that closes; a TCP socket has none before it connects, nor once its connection is
+   * over; a listening socket has none.
    */
   connected: boolean
   /**

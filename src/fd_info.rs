@@ -104,7 +104,8 @@ pub(crate) fn query(fd: i32) -> std::result::Result<NativeFdInfo, QueryError> {
     .to_string(),
   );
   info.listening = Some(getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| (e, "getsockopt"))?);
-  // `ENOTCONN` for one that never connected (or listens).
+  // `ENOTCONN` for one that never connected or listens, and for a TCP socket whose
+  // connection is over (a Unix socket keeps its peer).
   info.connected = Some(getpeername::<SockaddrStorage>(fd).is_ok());
   Ok(info)
 }
