@@ -68,7 +68,7 @@ test.after.always('no fd of this file leaked', async (t) => {
       while (!until() && Date.now() < deadline);
       return until()
     }
-    // The worker thread reads ahead as far as its two batches in flight go (how far depends
+    // The worker thread reads ahead as far as its batches in flight go (how far depends
     // on timing); this waits until fds stop arriving for a moment.
     t.true(
       spin(() => openFds() > before),
