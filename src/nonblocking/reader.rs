@@ -31,8 +31,9 @@ const CHUNK: usize = crate::spare::SIZE;
 /// many before JS gets them, and every drive costs a turn of the reactor (an `epoll_wait`):
 /// with 2, a bulk receiver made 0.83 `epoll_wait` calls and 0.09 context switches per
 /// 64 KiB chunk, and the bytes benchmark gave 0.82× `net.Socket`; with 8, 0.29 and 0.024,
-/// and 0.99–1.00×. (A sender's default buffer holds about 4 such chunks, so more are rarely
-/// ready at once; what is read past the JS side's highWaterMark is bounded by this.)
+/// and 0.92–1.02× in five runs. (A sender's default buffer holds about 4 such chunks, so
+/// more are rarely ready at once; what is read past the JS side's highWaterMark is bounded
+/// by this.)
 const IN_FLIGHT: usize = 8;
 
 /// `(chunk, handed, error, truncated)`: a chunk (its byte count when it waits in the
