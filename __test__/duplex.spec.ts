@@ -257,6 +257,72 @@ test.serial(
 )
 
 test.serial(
+  'many connections receiving at once: the event loop still turns between reads (at most a few MiB between two immediates), and every byte arrives',
+  async (t) => {
+    // Each connection's peer keeps writing as fast as it can. A push reader that read again
+    // within one loop callback for as long as data came held that callback, and the
+    // process's timers and immediates, for seconds (hundreds of MiB between two immediates).
+    const CONNS = 20
+    const EACH = 16 << 20
+    // The JS-thread runtime reads at most 2 MiB per loop callback; the threaded one hands
+    // batches over through a threadsafe function, whose calls Node makes up to 1,000 at a
+    // time (64 KiB each at most).
+    const MOST = runtimeInfo().driver === 'libuv' ? 16 << 20 : 64 << 20
+    const before = await settledOpenFds()
+    const where = tmpSocketPath()
+    let received = 0
+    let sinceImmediate = 0
+    let most = 0
+    let ended = 0
+    let ticking = true
+    const tick = () => {
+      most = Math.max(most, sinceImmediate)
+      sinceImmediate = 0
+      if (ticking) setImmediate(tick)
+    }
+    setImmediate(tick)
+    const server = createServer()
+    t.teardown(() => {
+      if (server.listening) server.close()
+    })
+    const allEnded = new Promise<void>((resolve, reject) => {
+      server.on('connection', (socket: FdSocket) => {
+        socket.on('error', reject)
+        socket.on('data', (chunk: Buffer) => {
+          received += chunk.length
+          sinceImmediate += chunk.length
+        })
+        socket.on('end', () => {
+          socket.end()
+          if (++ended === CONNS) resolve()
+        })
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(where, resolve))
+    const writer = spawn(
+      'python3',
+      [path.join(ROOT, '__test__', 'fixtures', 'fan-in-writer.py'), where, String(CONNS), String(EACH)],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    )
+    const exited = new Promise<number | null>((resolve) => writer.on('close', resolve))
+    t.teardown(() => writer.kill())
+    try {
+      await withTimeout(allEnded, 120_000, `${CONNS} connections of ${EACH >> 20} MiB`)
+    } finally {
+      ticking = false
+    }
+    t.is(await withTimeout(exited, 20_000, 'the writer'), 0)
+    t.is(received, CONNS * EACH)
+    t.log(`at most ${(most / 2 ** 20).toFixed(1)} MiB between two immediates`)
+    t.true(most <= MOST, `${(most / 2 ** 20).toFixed(1)} MiB arrived between two immediates`)
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+    t.is(await settledOpenFds(before), before)
+  },
+)
+
+test.serial(
   'received chunks that JS keeps are never written over: a read buffer serves again only once its Buffer was collected',
   async (t) => {
     // Bulk chunks are lent out as external Buffers whose memory later reads reuse once the

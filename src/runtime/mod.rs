@@ -87,6 +87,12 @@ struct Local {
   /// Tasks that wait for the event loop to turn (`spawn_next_turn`): spawned by the next
   /// loop callback, not by the rounds of the current one.
   next_turn_tasks: RefCell<Vec<Task>>,
+  /// Loop callbacks so far: a task counts what it did in one ([`turn`]).
+  turns: Cell<u64>,
+  /// What the tasks counted in the current one ([`count_in_turn`]).
+  counted_in_turn: Cell<usize>,
+  /// Tasks waiting in [`next_turn`]: woken by the next loop callback.
+  turn_waiters: RefCell<Vec<Waker>>,
   /// A timer that runs `sweeps` every [`SWEEP_EVERY`] while there are any.
   sweep_timer: RefCell<Option<uv::Handle>>,
   /// What [`every_while_idle`] asked to run: each is dropped once it returns `true`.
@@ -265,6 +271,47 @@ fn spawn_next_turn<F: Future<Output = ()> + Send + 'static>(future: F) {
     }
     None => drop(napi::bindgen_prelude::spawn(future)),
   }
+}
+
+/// The number of this thread's current loop callback on the JS-thread runtime (`None` on
+/// the threaded one): for a task that bounds what it does in one, as libuv bounds the
+/// reads of one stream per event. A push reader that went on reading for as long as data
+/// came held one callback (and the process's timers, and the Buffers Node frees from its
+/// immediates) for seconds when many connections received at once.
+pub(crate) fn turn() -> Option<u64> {
+  local().map(|local| local.turns.get())
+}
+
+/// Counts one more unit of work (a push reader's batch) in the current loop callback, and
+/// returns how many there are now in it, all tasks together (0 on the threaded runtime).
+pub(crate) fn count_in_turn() -> usize {
+  local().map_or(0, |local| {
+    let counted = local.counted_in_turn.get() + 1;
+    local.counted_in_turn.set(counted);
+    counted
+  })
+}
+
+/// How many units of work [`count_in_turn`] counted in the current loop callback.
+pub(crate) fn counted_in_turn() -> usize {
+  local().map_or(0, |local| local.counted_in_turn.get())
+}
+
+/// Resolves at the next loop callback of this thread's JS-thread runtime, which it asks
+/// for (at once on the threaded runtime).
+pub(crate) async fn next_turn() {
+  let Some(started) = turn() else {
+    return;
+  };
+  std::future::poll_fn(move |cx| match local() {
+    Some(local) if local.turns.get() == started => {
+      local.turn_waiters.borrow_mut().push(cx.waker().clone());
+      local.soon();
+      std::task::Poll::Pending
+    }
+    _ => std::task::Poll::Ready(()),
+  })
+  .await;
 }
 
 /// What an operation's task waits for before it starts, for [`spawn_operation`].
@@ -494,6 +541,9 @@ impl Local {
       wakes: RefCell::new(Vec::new()),
       after_event: RefCell::new(Vec::new()),
       next_turn_tasks: RefCell::new(Vec::new()),
+      turns: Cell::new(0),
+      counted_in_turn: Cell::new(0),
+      turn_waiters: RefCell::new(Vec::new()),
     });
     stop_with_environment(env).map_err(|e| format!("no cleanup hook: {e}"))?;
     Ok(local)
@@ -570,6 +620,10 @@ impl Local {
   fn on_loop_callback(&self, ticking: bool) {
     self.in_callback.set(true);
     // Tasks set for the loop's next turn: this is it.
+    self.turns.set(self.turns.get().wrapping_add(1));
+    self.counted_in_turn.set(0);
+    let waiting = std::mem::take(&mut *self.turn_waiters.borrow_mut());
+    self.wakes.borrow_mut().extend(waiting);
     self.start_next_turn();
     self.drive(true);
     for _ in 0..MAX_ROUNDS {
