@@ -289,25 +289,33 @@ async fn pump(
       return;
     };
     queues.wait_for_room().await;
-    if budget.spent() {
-      crate::runtime::next_turn().await;
-      continue;
-    }
     // Allocated once data is ready (inside the closure), so an idle connection holds no
     // read buffer.
     let mut data = Vec::new();
     let mut parts = Vec::new();
     let mut ending = None;
-    // The first read waits for readiness; the rest take only what is already there.
+    // The first read waits for readiness; the rest take only what is already there. The
+    // budget is checked once the socket is ready, right before the read: many readers may
+    // become ready in one callback after its budget went.
     let first = loop {
-      let result = io
-        .async_io(Interest::READABLE, |fd| {
-          crate::spare::recv_first(fd.as_fd(), &mut data, CHUNK).map_err(io::Error::from)
-        })
-        .await;
+      let mut ready = match io.readable().await {
+        Ok(ready) => ready,
+        Err(e) => break Err(e),
+      };
+      if budget.spent() {
+        drop(ready);
+        crate::runtime::next_turn().await;
+        continue;
+      }
+      let result = ready.try_io(|socket| {
+        crate::spare::recv_first(socket.get_ref().as_fd(), &mut data, CHUNK)
+          .map_err(io::Error::from)
+      });
       match result {
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-        other => break other,
+        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+        Ok(result) => break result,
+        // Readiness was stale, and is cleared: wait for the next event.
+        Err(_would_block) => continue,
       }
     };
     match first {
