@@ -384,26 +384,29 @@ struct TurnBudget {
 }
 
 impl TurnBudget {
-  /// Counts from the current callback's start.
-  fn refresh(&mut self) -> Option<u64> {
-    let now = crate::runtime::turn();
-    if now != self.turn {
-      self.turn = now;
+  /// Counts from the start of callback `number`.
+  fn refresh(&mut self, number: u64) {
+    if self.turn != Some(number) {
+      self.turn = Some(number);
       self.used = 0;
     }
-    now
   }
 
   /// Whether this callback's batches are used up.
   fn spent(&mut self) -> bool {
-    self.refresh().is_some()
-      && (self.used >= PER_TURN || crate::runtime::counted_in_turn() >= ALL_PER_TURN)
+    let Some((number, counted)) = crate::runtime::turn() else {
+      return false;
+    };
+    self.refresh(number);
+    self.used >= PER_TURN || counted >= ALL_PER_TURN
   }
 
   /// One more batch read.
   fn spend(&mut self) {
-    self.refresh();
-    self.used += 1;
-    crate::runtime::count_in_turn();
+    if let Some((number, _)) = crate::runtime::turn() {
+      self.refresh(number);
+      self.used += 1;
+      crate::runtime::count_in_turn();
+    }
   }
 }

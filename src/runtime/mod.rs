@@ -273,34 +273,27 @@ fn spawn_next_turn<F: Future<Output = ()> + Send + 'static>(future: F) {
   }
 }
 
-/// The number of this thread's current loop callback on the JS-thread runtime (`None` on
-/// the threaded one): for a task that bounds what it does in one, as libuv bounds the
-/// reads of one stream per event. A push reader that went on reading for as long as data
-/// came held one callback (and the process's timers, and the Buffers Node frees from its
-/// immediates) for seconds when many connections received at once.
-pub(crate) fn turn() -> Option<u64> {
-  local().map(|local| local.turns.get())
+/// This thread's current loop callback on the JS-thread runtime (`None` on the threaded
+/// one): its number, and the units of work tasks counted in it ([`count_in_turn`]). For a
+/// task that bounds what it does in one, as libuv bounds the reads of one stream per
+/// event: a push reader that went on reading for as long as data came held one callback
+/// (and the process's timers, and the Buffers Node frees from its immediates) for seconds
+/// when many connections received at once.
+pub(crate) fn turn() -> Option<(u64, usize)> {
+  local().map(|local| (local.turns.get(), local.counted_in_turn.get()))
 }
 
-/// Counts one more unit of work (a push reader's batch) in the current loop callback, and
-/// returns how many there are now in it, all tasks together (0 on the threaded runtime).
-pub(crate) fn count_in_turn() -> usize {
-  local().map_or(0, |local| {
-    let counted = local.counted_in_turn.get() + 1;
-    local.counted_in_turn.set(counted);
-    counted
-  })
-}
-
-/// How many units of work [`count_in_turn`] counted in the current loop callback.
-pub(crate) fn counted_in_turn() -> usize {
-  local().map_or(0, |local| local.counted_in_turn.get())
+/// Counts one more unit of work (a push reader's batch) in the current loop callback.
+pub(crate) fn count_in_turn() {
+  if let Some(local) = local() {
+    local.counted_in_turn.set(local.counted_in_turn.get() + 1);
+  }
 }
 
 /// Resolves at the next loop callback of this thread's JS-thread runtime, which it asks
 /// for (at once on the threaded runtime).
 pub(crate) async fn next_turn() {
-  let Some(started) = turn() else {
+  let Some((started, _)) = turn() else {
     return;
   };
   std::future::poll_fn(move |cx| match local() {
@@ -619,11 +612,11 @@ impl Local {
   /// the Promises' reactions run, as after any I/O callback).
   fn on_loop_callback(&self, ticking: bool) {
     self.in_callback.set(true);
-    // Tasks set for the loop's next turn: this is it.
     self.turns.set(self.turns.get().wrapping_add(1));
     self.counted_in_turn.set(0);
     let waiting = std::mem::take(&mut *self.turn_waiters.borrow_mut());
     self.wakes.borrow_mut().extend(waiting);
+    // Tasks set for the loop's next turn: this is it.
     self.start_next_turn();
     self.drive(true);
     for _ in 0..MAX_ROUNDS {
