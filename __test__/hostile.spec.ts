@@ -425,7 +425,12 @@ for (const [kind, per, count, limit] of [
       t.is(ignored.status, 0, ignored.stderr)
       const report = JSON.parse(ignored.stdout.trim())
       t.log(`unread: ${report.truncated} of ${count} messages truncated, at most ${report.maxHeld} fds held`)
-      t.like(report, { received: count, inOrder: true, peerExit: 0, after: report.before })
+      t.like(report, { received: count, inOrder: true, peerExit: 0 })
+      // No fd is left: every one open at the end was open before the flood. (An fd of the
+      // process that closed meanwhile, `gone`, is no leak; it is logged, not failed: once
+      // in CI one such fd went missing and nothing here could show which.)
+      t.deepEqual(report.left, [], `fds left open (after ${report.after}, before ${report.before})`)
+      if (report.gone.length > 0) t.log(`closed meanwhile, not by the test: ${report.gone.join(', ')}`)
       t.true(report.truncated <= count / 2, `the collector freed the dropped messages: ${report.truncated} cut`)
       // One message may go past the bound; 4096 would be the fd table.
       t.true(report.maxHeld <= bound + 253 + SLACK, `held ${report.maxHeld}`)
