@@ -116,6 +116,27 @@ test('an abort and then close() in the same tick: read(), accept() and receive()
   c.close()
 })
 
+test('close() and then an abort in the same tick: read(), accept() and receive() reject with ERR_SOCKET_CLOSED', async (t) => {
+  const [a, b] = AsyncUnixStream.pair()
+  const listener = AsyncUnixListener.bind(tmpSocketPath())
+  const [c, d] = SeqpacketSocket.pair()
+  const controller = new AbortController()
+  const { signal } = controller
+  const pending = [b.read(10, { signal }), listener.accept({ signal }), d.receive({ signal })].map((p) =>
+    rejection(p as Promise<unknown>, 10_000),
+  )
+  // The close decides how they end; the abort after it comes too late to change that.
+  b.close()
+  listener.close()
+  d.close()
+  controller.abort(new Error('too late'))
+  for (const error of await Promise.all(pending)) {
+    t.is((error as { code?: unknown })?.code, 'ERR_SOCKET_CLOSED')
+  }
+  a.close()
+  c.close()
+})
+
 test('connect(path, { signal }) with an aborted signal rejects and connects nothing', async (t) => {
   const sock = tmpSocketPath()
   const listener = AsyncUnixListener.bind(sock)

@@ -172,6 +172,16 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     return Promise.resolve(answered(this, liveness, id, now))
   }
 
+  /**
+   * Closes the socket and both queues, and settles every pending operation with
+   * `ERR_SOCKET_CLOSED` (under the `'threads'` driver, a write that its worker had already
+   * finished resolves): a signal aborted after this changes none of them. Idempotent.
+   */
+  override close(): void {
+    this.#liveness.closed = true
+    super.close()
+  }
+
   /** Shuts down one or both directions (default `'both'`) after every earlier write went out. */
   shutdown(how?: ShutdownHow): Promise<void> {
     const checked = validateHow(how)

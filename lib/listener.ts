@@ -111,6 +111,7 @@ export abstract class PromiseListener<T> {
    * accepts. Idempotent.
    */
   close(): void {
+    this.#liveness.closed = true
     this.native.close()
   }
 

@@ -249,6 +249,7 @@ abstract class MessageSocket implements EnqueueFd {
    * had already finished settles as done). Idempotent.
    */
   close(): void {
+    this.#liveness.closed = true
     this.inner.close()
   }
 

@@ -12,6 +12,12 @@ import { closedError, codedError, shapeError } from './errors.js'
 export class Liveness {
   referenced = true
   pending = 0
+  /**
+   * Its object was closed: that decided every pending operation's outcome, so an abort
+   * from then on changes none (their Promises settle with the close's outcome, as the
+   * event loop delivers it).
+   */
+  closed = false
 }
 
 interface Operation {
@@ -328,6 +334,7 @@ export function answered<T>(
     if (signal && canceller) {
       pending.signal = signal
       pending.onAbort = () => {
+        if (liveness.closed) return
         pending.aborted = true
         binding.cancel(canceller)
       }
