@@ -123,33 +123,45 @@ linuxTest('fromFd refuses every fd of another kind with ERR_INVALID_FD_TYPE and 
   const listener = UnixListener.bind(tmpSocketPath())
   const listening = copyOf(listener)
   const notStreams: Array<[string, number]> = [
-    ['a file', file],
+    ['a regular file', file],
     ['an O_PATH fd', pathOnly],
     ['an unconnected Unix stream socket', odd.get('unconnected-unix-stream')!],
     ['a bound, not listening, Unix stream socket', odd.get('bound-not-listening-unix-stream')!],
     ['a Unix datagram socket', odd.get('unix-datagram')!],
-    ['a Unix seqpacket socket', odd.get('unix-seqpacket')!],
+    ['a connected Unix seqpacket socket', odd.get('unix-seqpacket')!],
     ['a connected TCP socket', odd.get('tcp-connected')!],
     ['a listening TCP socket', odd.get('tcp-listening')!],
   ]
   const adopters: Array<[string, (fd: number) => unknown, Array<[string, number]>]> = [
-    ['UnixStream.fromFd', (fd) => UnixStream.fromFd(fd), [...notStreams, ['a listening Unix socket', listening]]],
+    [
+      'UnixStream.fromFd',
+      (fd) => UnixStream.fromFd(fd),
+      [...notStreams, ['a listening Unix stream socket', listening]],
+    ],
     [
       'AsyncUnixStream.fromFd',
       (fd) => AsyncUnixStream.fromFd(fd),
-      [...notStreams, ['a listening Unix socket', listening]],
+      [...notStreams, ['a listening Unix stream socket', listening]],
     ],
-    ['new FdSocket({ fd })', (fd) => new FdSocket({ fd }), [...notStreams, ['a listening Unix socket', listening]]],
-    ['UnixListener.fromFd', (fd) => UnixListener.fromFd(fd), [...notStreams, ['a connected Unix socket', connected]]],
+    [
+      'new FdSocket({ fd })',
+      (fd) => new FdSocket({ fd }),
+      [...notStreams, ['a listening Unix stream socket', listening]],
+    ],
+    [
+      'UnixListener.fromFd',
+      (fd) => UnixListener.fromFd(fd),
+      [...notStreams, ['a connected Unix stream socket', connected]],
+    ],
     [
       'AsyncUnixListener.fromFd',
       (fd) => AsyncUnixListener.fromFd(fd),
-      [...notStreams, ['a connected Unix socket', connected]],
+      [...notStreams, ['a connected Unix stream socket', connected]],
     ],
     [
       'server.listen({ fd })',
       (fd) => createServer().listen({ fd }),
-      [...notStreams, ['a connected Unix socket', connected]],
+      [...notStreams, ['a connected Unix stream socket', connected]],
     ],
   ]
   let tried = 0
@@ -160,6 +172,9 @@ linuxTest('fromFd refuses every fd of another kind with ERR_INVALID_FD_TYPE and 
       t.is(error.code, 'ERR_INVALID_FD_TYPE', `${adopter}(${label})`)
       t.true(error instanceof TypeError, `${adopter}(${label}): a TypeError, as Node's and the helpers'`)
       t.regex(error.message, /left open/, `${adopter}(${label}) says the fd is still yours`)
+      // Says what the fd is (a socket that is bound, not listening, has no peer either).
+      const is = label.startsWith('a bound') ? 'an unconnected Unix stream socket' : label
+      t.true(error.message.startsWith(`fd ${fd} is ${is}, not `), `${adopter}(${label}): ${error.message}`)
       t.deepEqual({ identity: fdIdentity(fd), flags: fdFlags(fd) }, before, `${adopter}(${label}): untouched`)
       tried++
     }

@@ -676,21 +676,21 @@ linuxSerialTest('a helper given the wrong kind of fd throws ERR_INVALID_FD_TYPE 
   const asReadStream: Attempt = (fd) => toReadStream(fd)
   const asWriteStream: Attempt = (fd) => toWriteStream(fd)
   const cases: Array<[string, number, string, Attempt]> = [
-    ['a regular file', fileFd, 'toNetSocket', asNetSocket],
+    ['a regular file open for reading only', fileFd, 'toNetSocket', asNetSocket],
     ['a directory', dirFd, 'toNetSocket', asNetSocket],
-    ['/dev/null', devNull, 'toNetSocket', asNetSocket],
+    ['a character device', devNull, 'toNetSocket', asNetSocket],
     ['a listening TCP socket', toFd(tcpServer), 'toNetSocket', asNetSocket],
     ['a UDP socket', toFd(udp), 'toNetSocket', asNetSocket],
     ['a connected TCP socket', toFd(tcpAccepted), 'toNetServer', asNetServer],
-    ['a connected Unix socket', pairA.fd, 'toNetServer', asNetServer],
-    ['a regular file', fileFd, 'toNetServer', asNetServer],
+    ['a connected Unix stream socket', pairA.fd, 'toNetServer', asNetServer],
+    ['a regular file open for reading only', fileFd, 'toNetServer', asNetServer],
     ['a UDP socket', toFd(udp), 'toNetServer', asNetServer],
     ['a listening TCP socket', toFd(tcpServer), 'toReadStream', asReadStream],
     ['a UDP socket', toFd(udp), 'toReadStream', asReadStream],
-    ['a write-only pipe end', fifo.writeFd, 'toReadStream', asReadStream],
+    ['a pipe open for writing only', fifo.writeFd, 'toReadStream', asReadStream],
     ['a directory', dirFd, 'toReadStream', asReadStream],
-    ['a read-only file', fileFd, 'toWriteStream', asWriteStream],
-    ['a read-only pipe end', fifo.readFd, 'toWriteStream', asWriteStream],
+    ['a regular file open for reading only', fileFd, 'toWriteStream', asWriteStream],
+    ['a pipe open for reading only', fifo.readFd, 'toWriteStream', asWriteStream],
     ['a listening TCP socket', toFd(tcpServer), 'toWriteStream', asWriteStream],
     ['an O_PATH fd', pathFd, 'toNetSocket', asNetSocket],
     ['an O_PATH fd', pathFd, 'toNetServer', asNetServer],
@@ -717,6 +717,7 @@ linuxSerialTest('a helper given the wrong kind of fd throws ERR_INVALID_FD_TYPE 
       t.is(error.code, 'ERR_INVALID_FD_TYPE', `${helper}(${label})`)
       t.true(error instanceof TypeError)
       t.regex(error.message, /left open/)
+      t.true(error.message.startsWith(`fd ${fd} is ${label}, not `), `${helper}(${label}): ${error.message}`)
       t.is(fdIdentity(fd), identity, `${helper}(${label}): the fd is still open and still the same`)
     }
     // A failed toNetServer must not settle later either (for example by closing a server it made).

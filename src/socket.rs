@@ -408,7 +408,7 @@ fn take(fd: i32, wanted: Adopt) -> std::result::Result<OwnedFd, Refusal> {
       Adopt::Any(_) => true,
     };
   if !fits {
-    let what = describe(&info, connected);
+    let what = describe(fd, &info);
     let expected = match wanted {
       Adopt::Connected(_) => format!("a connected Unix {} socket", kind.words()),
       Adopt::Listening(_) => format!("a listening Unix {} socket", kind.words()),
@@ -424,30 +424,46 @@ fn take(fd: i32, wanted: Adopt) -> std::result::Result<OwnedFd, Refusal> {
   Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// What a refused fd is, in words.
-fn describe(info: &crate::fd_info::NativeFdInfo, connected: bool) -> String {
+/// What a refused fd is, in words (the same words as the TypeScript layer's refusals).
+fn describe(fd: i32, info: &crate::fd_info::NativeFdInfo) -> String {
   if info.path_only {
     return "an O_PATH fd".into();
   }
   let Some(family) = info.family.as_deref() else {
-    return "not a socket".into();
+    return file_kind(fd).into();
   };
-  let family = match family {
-    "unix" => "Unix",
-    "ipv4" | "ipv6" => "TCP/IP",
-    _ => "non-Unix",
+  let noun = match (family, info.socket_type.as_deref()) {
+    ("unix", Some("stream")) => "Unix stream socket",
+    ("unix", Some("seqpacket")) => "Unix seqpacket socket",
+    ("unix", Some("dgram")) => return "a Unix datagram socket".into(),
+    ("ipv4" | "ipv6", Some("stream")) => "TCP socket",
+    ("ipv4" | "ipv6", Some("dgram")) => return "a UDP socket".into(),
+    _ => return "a socket of another kind".into(),
   };
-  match info.socket_type.as_deref() {
-    Some("stream") if info.listening == Some(true) => format!("a listening {family} stream socket"),
-    Some("stream") if connected => format!("a connected {family} stream socket"),
-    Some("stream") => format!("an unconnected {family} stream socket"),
-    Some("dgram") => format!("a {family} datagram socket"),
-    Some("seqpacket") if info.listening == Some(true) => {
-      format!("a listening {family} seqpacket socket")
-    }
-    Some("seqpacket") if connected => format!("a connected {family} seqpacket socket"),
-    Some("seqpacket") => format!("an unconnected {family} seqpacket socket"),
-    _ => format!("a {family} socket of another type"),
+  if info.listening == Some(true) {
+    format!("a listening {noun}")
+  } else if info.connected == Some(true) {
+    format!("a connected {noun}")
+  } else {
+    format!("an unconnected {noun}")
+  }
+}
+
+/// What a non-socket `fd` is: a file, a pipe, a device.
+fn file_kind(fd: i32) -> &'static str {
+  use nix::sys::stat::{fstat, SFlag};
+  // SAFETY: the borrow lasts for this one fstat; `take` found `fd` open (and not -1).
+  let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+  let Ok(stat) = fstat(borrowed) else {
+    return "an fd of another kind";
+  };
+  match SFlag::from_bits_truncate(stat.st_mode as _) & SFlag::S_IFMT {
+    SFlag::S_IFREG => "a regular file",
+    SFlag::S_IFDIR => "a directory",
+    SFlag::S_IFIFO => "a pipe",
+    SFlag::S_IFCHR => "a character device",
+    SFlag::S_IFBLK => "a block device",
+    _ => "an fd of another kind",
   }
 }
 
