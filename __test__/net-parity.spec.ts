@@ -230,6 +230,51 @@ test.serial("FdServer: close() in the tick of listen() emits 'close' only, never
 })
 
 test.serial(
+  "a server closed on its client's 'connect' (same thread) has accepted it first, as net's: the connection works",
+  async (t) => {
+    // Each phase of the event loop the connect may be made in: a tick, a poll callback
+    // (fs), a timer, an immediate.
+    const phases: Record<string, (go: () => void) => void> = {
+      tick: (go) => process.nextTick(go),
+      poll: (go) => fs.stat(ROOT, go),
+      timer: (go) => setTimeout(go, 1),
+      check: (go) => setImmediate(go),
+    }
+    const api = {
+      net: { createServer: net.createServer, connect: (p: string) => net.connect(p) },
+      'fd-queue': { createServer, connect: (p: string) => connect(p) },
+    }
+    const outcomes: string[] = []
+    for (const [name, { createServer: serve, connect: dial }] of Object.entries(api)) {
+      for (const [phase, inPhase] of Object.entries(phases)) {
+        const server = (serve as typeof net.createServer)((socket) => socket.end('accepted'))
+        const sock = tmpSocketPath()
+        await new Promise<void>((resolve) => server.listen(sock, resolve))
+        const got = await withTimeout(
+          new Promise<string>((resolve) =>
+            inPhase(() => {
+              const client = (dial as (p: string) => Duplex)(sock)
+              let text = ''
+              client.on('connect', () => server.close())
+              client.on('data', (chunk) => (text += chunk))
+              client.on('error', (error: NodeJS.ErrnoException) => resolve(`error ${error.code}`))
+              client.on('end', () => resolve(text))
+            }),
+          ),
+          T,
+          `${name} ${phase}`,
+        )
+        outcomes.push(`${name} ${phase}: ${got}`)
+      }
+    }
+    t.deepEqual(
+      outcomes,
+      Object.keys(api).flatMap((name) => Object.keys(phases).map((phase) => `${name} ${phase}: accepted`)),
+    )
+  },
+)
+
+test.serial(
   "FdServer: close() when not listening still emits 'close'; the callback gets ERR_SERVER_NOT_RUNNING",
   async (t) => {
     const server = createServer()

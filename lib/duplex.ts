@@ -354,16 +354,21 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       })
       return this
     }
-    process.nextTick(() => {
-      this.#connecting = false
-      if (this.destroyed) {
-        inner.close()
-        return
-      }
-      this.#attach(inner)
-      this.emit('connect')
-      this.emit('ready')
-    })
+    // 'connect' waits for the event loop to poll once more, as net's comes from its poll:
+    // a server of this thread has accepted the connection by then, so one that closes
+    // on 'connect' leaves it connected (closing first would reset it, still in the backlog).
+    setImmediate(() =>
+      setImmediate(() => {
+        this.#connecting = false
+        if (this.destroyed) {
+          inner.close()
+          return
+        }
+        this.#attach(inner)
+        this.emit('connect')
+        this.emit('ready')
+      }),
+    )
     return this
   }
 
