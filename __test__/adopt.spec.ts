@@ -123,7 +123,7 @@ linuxTest('fromFd refuses every fd of another kind with ERR_INVALID_FD_TYPE and 
   const listener = UnixListener.bind(tmpSocketPath())
   const listening = copyOf(listener)
   const notStreams: Array<[string, number]> = [
-    ['a regular file', file],
+    ['a regular file open for reading only', file],
     ['an O_PATH fd', pathOnly],
     ['an unconnected Unix stream socket', odd.get('unconnected-unix-stream')!],
     ['a bound, not listening, Unix stream socket', odd.get('bound-not-listening-unix-stream')!],

@@ -137,6 +137,32 @@ test('close() and then an abort in the same tick: read(), accept() and receive()
   c.close()
 })
 
+test("a close() that an 'abort' listener makes comes after the abort: AbortError, whichever listener runs first", async (t) => {
+  for (const closeFirst of [true, false]) {
+    const [a, b] = AsyncUnixStream.pair()
+    const listener = AsyncUnixListener.bind(tmpSocketPath())
+    const [c, d] = SeqpacketSocket.pair()
+    const controller = new AbortController()
+    const { signal } = controller
+    const closeAll = () => {
+      b.close()
+      listener.close()
+      d.close()
+    }
+    // The usual shutdown hook: one signal for the operations and for closing.
+    if (closeFirst) signal.addEventListener('abort', closeAll)
+    const pending = [b.read(10, { signal }), listener.accept({ signal }), d.receive({ signal })].map((p) =>
+      rejection(p as Promise<unknown>, 10_000),
+    )
+    if (!closeFirst) signal.addEventListener('abort', closeAll)
+    const reason = new Error(`shut down (close listener ${closeFirst ? 'first' : 'last'})`)
+    controller.abort(reason)
+    for (const error of await Promise.all(pending)) assertAbortError(t, error, reason)
+    a.close()
+    c.close()
+  }
+})
+
 test('connect(path, { signal }) with an aborted signal rejects and connects nothing', async (t) => {
   const sock = tmpSocketPath()
   const listener = AsyncUnixListener.bind(sock)

@@ -13,6 +13,7 @@ import {
 import type { ShutdownHow } from './interfaces.js'
 import {
   answered,
+  closing,
   connectedNow,
   copyOut,
   Liveness,
@@ -178,7 +179,7 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
    * finished resolves): a signal aborted after this changes none of them. Idempotent.
    */
   override close(): void {
-    this.#liveness.closed = true
+    closing(this.#liveness)
     super.close()
   }
 

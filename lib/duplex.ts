@@ -355,15 +355,17 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
       return this
     }
     // 'connect' waits for the event loop to poll once more, as net's comes from its poll:
-    // a server of this thread has accepted the connection by then, so one that closes
-    // on 'connect' leaves it connected (closing first would reset it, still in the backlog).
+    // with the libuv driver a server of this thread has accepted the connection by then,
+    // so one that closes on 'connect' leaves it connected (closing first would reset it,
+    // still in the backlog). The 'threads' driver's accepts come from its worker thread,
+    // on no such schedule.
     setImmediate(() =>
       setImmediate(() => {
-        this.#connecting = false
         if (this.destroyed) {
           inner.close()
           return
         }
+        this.#connecting = false
         this.#attach(inner)
         this.emit('connect')
         this.emit('ready')
@@ -1113,6 +1115,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#fdsAheadCount = 0
     this.#releaseStaged()
     this.#native?.close()
+    // A connect still waiting for its event is over (its stream is closed when it comes).
+    this.#connecting = false
     this.#stopIdleTimer()
     // Writes that waited for a connection that never came fail, as net's do.
     const waiting = this.#onConnect.splice(0)

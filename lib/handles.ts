@@ -110,42 +110,11 @@ function isConnectedStream(info: FdInfo): boolean {
   return info.kind === 'tcp' || (info.kind === 'unix' && info.connected)
 }
 
-/** What an fd of each kind is, in words. */
-const kindWords: Record<FdKind, string> = {
-  file: 'a regular file',
-  directory: 'a directory',
-  pipe: 'a pipe',
-  unix: 'a Unix socket',
-  tcp: 'a TCP socket',
-  udp: 'a UDP socket',
-  socket: 'a socket of another kind',
-  'character-device': 'a character device',
-  'block-device': 'a block device',
-  path: 'an O_PATH fd',
-  unknown: 'an fd of another kind',
-}
-
-/** What `info`'s fd is, in words (the same words as the native adopters' refusals). */
-function describeFd(info: FdInfo): string {
-  const { kind, socketType } = info
-  if (kind === 'unix' && socketType === 'dgram') return 'a Unix datagram socket'
-  let noun: string | undefined
-  if (kind === 'tcp') noun = 'TCP socket'
-  else if (kind === 'unix' && (socketType === 'stream' || socketType === 'seqpacket'))
-    noun = `Unix ${socketType} socket`
-  if (noun !== undefined) {
-    if (info.listening) return `a listening ${noun}`
-    return info.connected ? `a connected ${noun}` : `an unconnected ${noun}`
-  }
-  if (socketType !== undefined || kind === 'path' || kind === 'directory' || info.readable === info.writable) {
-    return kindWords[kind]
-  }
-  return `${kindWords[kind]} open for ${info.readable ? 'reading' : 'writing'} only`
-}
-
 function wrongType(info: FdInfo, wanted: string): Error {
   return codedError(
-    new TypeError(`fd ${info.fd} is ${describeFd(info)}, not ${wanted}; it was left open and is still yours to close`),
+    new TypeError(
+      `fd ${info.fd} is ${binding.describeFd(info.fd)}, not ${wanted}; it was left open and is still yours to close`,
+    ),
     'ERR_INVALID_FD_TYPE',
   )
 }

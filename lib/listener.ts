@@ -6,7 +6,7 @@
 import type { Native } from './binding.js'
 import { closedError, invalidArgType } from './errors.js'
 import { validateSignalOption } from './args.js'
-import { Liveness, operation, setReferencedOpen } from './pending.js'
+import { closing, Liveness, operation, setReferencedOpen } from './pending.js'
 
 /** `accept` errors that only say the process is out of fds or memory for now. */
 const EXHAUSTED = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
@@ -111,7 +111,7 @@ export abstract class PromiseListener<T> {
    * accepts. Idempotent.
    */
   close(): void {
-    this.#liveness.closed = true
+    closing(this.#liveness)
     this.native.close()
   }
 

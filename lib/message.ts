@@ -17,7 +17,7 @@ import {
 } from './args.js'
 import type { EnqueueFd, FdLike } from './interfaces.js'
 import { PromiseListener } from './listener.js'
-import { connectedNow, Liveness, operation, setReferencedOpen } from './pending.js'
+import { closing, connectedNow, Liveness, operation, setReferencedOpen } from './pending.js'
 
 /** Most fds one message carries (Linux's `SCM_MAX_FD`). */
 const SCM_MAX_FD = 253
@@ -249,7 +249,7 @@ abstract class MessageSocket implements EnqueueFd {
    * had already finished settles as done). Idempotent.
    */
   close(): void {
-    this.#liveness.closed = true
+    closing(this.#liveness)
     this.inner.close()
   }
 

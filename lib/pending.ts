@@ -15,9 +15,33 @@ export class Liveness {
   /**
    * Its object was closed: that decided every pending operation's outcome, so an abort
    * from then on changes none (their Promises settle with the close's outcome, as the
-   * event loop delivers it).
+   * event loop delivers it). See {@link closing}.
    */
   closed = false
+  /** Its pending operations that have a signal. */
+  signalled: Set<Operation> | undefined = undefined
+}
+
+/**
+ * Called by an object's `close()`: from then on an abort changes how none of its pending
+ * operations ends. One whose signal is aborted already was aborted first, even if its
+ * `'abort'` listener has not run yet (the close may be another listener of that abort).
+ */
+export function closing(liveness: Liveness): void {
+  if (liveness.closed) return
+  liveness.closed = true
+  for (const operation of liveness.signalled ?? []) {
+    if (isAborted(operation.signal)) operation.aborted = true
+  }
+}
+
+/** `signal.aborted`, which a subclass may make throw. */
+function isAborted(signal: AbortSignal | undefined): boolean {
+  try {
+    return signal?.aborted === true
+  } catch {
+    return false
+  }
 }
 
 interface Operation {
@@ -183,6 +207,7 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
   const operation = operations.get(id)
   if (operation === undefined) return
   operations.delete(id)
+  operation.liveness.signalled?.delete(operation)
   settled(operation.liveness)
   // Settled before the signal's listener is removed: that is user-reachable code, which
   // may throw (reported as uncaught) but must not leave the Promise pending.
@@ -333,6 +358,7 @@ export function answered<T>(
     operations.set(id, pending)
     if (signal && canceller) {
       pending.signal = signal
+      ;(liveness.signalled ??= new Set()).add(pending)
       pending.onAbort = () => {
         if (liveness.closed) return
         pending.aborted = true

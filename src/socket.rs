@@ -424,13 +424,28 @@ fn take(fd: i32, wanted: Adopt) -> std::result::Result<OwnedFd, Refusal> {
   Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// What a refused fd is, in words (the same words as the TypeScript layer's refusals).
+/// What `fd` is, in the words of the `ERR_INVALID_FD_TYPE` refusals ("a connected TCP
+/// socket", "a pipe open for reading only"): the TypeScript layer's refusals use it too.
+#[napi_derive::napi]
+#[cfg_attr(test, allow(dead_code))]
+pub fn describe_fd(fd: i32) -> Result<String> {
+  let info = crate::fd_info::query(fd).map_err(|(errno, syscall)| error::sys(errno, syscall))?;
+  Ok(describe(fd, &info))
+}
+
+/// What a refused fd is, in words.
 fn describe(fd: i32, info: &crate::fd_info::NativeFdInfo) -> String {
   if info.path_only {
     return "an O_PATH fd".into();
   }
   let Some(family) = info.family.as_deref() else {
-    return file_kind(fd).into();
+    let kind = file_kind(fd);
+    return match (kind, info.access.as_str()) {
+      ("a directory" | "an fd of another kind", _) => kind.into(),
+      (_, "r") => format!("{kind} open for reading only"),
+      (_, "w") => format!("{kind} open for writing only"),
+      _ => kind.into(),
+    };
   };
   let noun = match (family, info.socket_type.as_deref()) {
     ("unix", Some("stream")) => "Unix stream socket",
@@ -451,10 +466,10 @@ fn describe(fd: i32, info: &crate::fd_info::NativeFdInfo) -> String {
 
 /// What a non-socket `fd` is: a file, a pipe, a device.
 fn file_kind(fd: i32) -> &'static str {
-  use nix::sys::stat::{fstat, SFlag};
-  // SAFETY: the borrow lasts for this one fstat; `take` found `fd` open (and not -1).
+  use stat::SFlag;
+  // SAFETY: the borrow lasts for this one fstat; the caller found `fd` open (and not -1).
   let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-  let Ok(stat) = fstat(borrowed) else {
+  let Ok(stat) = stat::fstat(borrowed) else {
     return "an fd of another kind";
   };
   match SFlag::from_bits_truncate(stat.st_mode as _) & SFlag::S_IFMT {
