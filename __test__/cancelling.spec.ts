@@ -137,6 +137,18 @@ test('close() and then an abort in the same tick: read(), accept() and receive()
   c.close()
 })
 
+test('a read pending on a stream FdSocket.from() took, the socket destroyed and then an abort: ERR_SOCKET_CLOSED, as a close()', async (t) => {
+  const [a, b] = AsyncUnixStream.pair()
+  const controller = new AbortController()
+  const pending = rejection(b.read(10, { signal: controller.signal }), 10_000)
+  const socket = FdSocket.from(b)
+  socket.destroy()
+  controller.abort()
+  t.is(((await pending) as { code?: unknown })?.code, 'ERR_SOCKET_CLOSED')
+  t.is(b.fd, -1)
+  a.close()
+})
+
 test("a close() that an 'abort' listener makes comes after the abort: AbortError, whichever listener runs first", async (t) => {
   for (const closeFirst of [true, false]) {
     const [a, b] = AsyncUnixStream.pair()

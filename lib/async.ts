@@ -26,12 +26,18 @@ import {
 import { PromiseListener } from './listener.js'
 import { QueuedStream } from './queued.js'
 
-const natives = new WeakMap<AsyncUnixStream, Native.NativeAsyncUnixStream>()
+const natives = new WeakMap<AsyncUnixStream, WrappedStream>()
+
+/** What `FdSocket.from` takes over from a stream: its native stream and its operations. */
+interface WrappedStream {
+  inner: Native.NativeAsyncUnixStream
+  liveness: Liveness
+}
 /** This copy's scratch Buffer, taken once (what `copyOut` copies from). */
 const readInto = scratch
 
 /** @internal The native stream behind an {@link AsyncUnixStream}, for `FdSocket.from`. */
-export function nativeStreamOf(stream: AsyncUnixStream): Native.NativeAsyncUnixStream | undefined {
+export function nativeStreamOf(stream: AsyncUnixStream): WrappedStream | undefined {
   return natives.get(stream)
 }
 
@@ -57,7 +63,7 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     }
     super(inner)
     this.#handle = inner.handle
-    natives.set(this, inner)
+    natives.set(this, { inner, liveness: this.#liveness })
   }
 
   /** Two connected streams (synchronous). */

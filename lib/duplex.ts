@@ -33,7 +33,17 @@ import {
   validateSignalOption,
   validateIdleTimeout,
 } from './args.js'
-import { answered, copy, copyIfResizable, copyOut, Liveness, newId, operation, setReferenced } from './pending.js'
+import {
+  answered,
+  closing,
+  copy,
+  copyIfResizable,
+  copyOut,
+  Liveness,
+  newId,
+  operation,
+  setReferenced,
+} from './pending.js'
 import type { DequeueFd, EnqueueFd, FdLike, FdsArrived } from './interfaces.js'
 
 /** What handing fds over before an event came to: a listener's exception, fds lost. */
@@ -203,6 +213,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * write with the ones staged here: they count against its 253 until they are sent.
    */
   #inheritedOutbound = false
+  /** The operations of the stream `from()` wrapped: destroying this socket closes them. */
+  #wrappedLiveness: Liveness | undefined = undefined
 
   static {
     attachNative = (socket, inner) => socket.#attach(inner)
@@ -313,8 +325,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * carries); its `maxQueuedFds` stays unless `options` set one.
    */
   static from(stream: AsyncUnixStream, options?: FdSocketOptions): FdSocket {
-    const inner = stream instanceof AsyncUnixStream ? nativeStreamOf(stream) : undefined
-    if (!inner) throw invalidArgType('stream', 'an instance of AsyncUnixStream', stream)
+    const wrapped = stream instanceof AsyncUnixStream ? nativeStreamOf(stream) : undefined
+    if (!wrapped) throw invalidArgType('stream', 'an instance of AsyncUnixStream', stream)
+    const { inner } = wrapped
     if (inner.fd < 0) throw closedError()
     // Two sockets on one stream would both read from it.
     if (wrappedStreams.has(inner)) throw invalidArgValue('stream', 'already belongs to an FdSocket')
@@ -324,6 +337,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     wrappedStreams.add(inner)
     if (options?.maxQueuedFds === undefined) socket.maxQueuedFds = inherited
     socket.#inheritedOutbound = inner.queuedOutbound > 0
+    socket.#wrappedLiveness = wrapped.liveness
     return socket
   }
 
@@ -1114,6 +1128,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#fdsAhead.length = 0
     this.#fdsAheadCount = 0
     this.#releaseStaged()
+    if (this.#wrappedLiveness) closing(this.#wrappedLiveness)
     this.#native?.close()
     // A connect still waiting for its event is over (its stream is closed when it comes).
     this.#connecting = false
