@@ -94,47 +94,45 @@ test('accept({ signal }): an aborted accept leaves the connection for the next a
   listener.close()
 })
 
-test('an abort and then close() in the same tick: read(), accept() and receive() reject with the AbortError', async (t) => {
-  const reason = new Error('given up')
+/** A read, an accept and a receive pending with `signal`; `close` closes their objects. */
+function threeWaiting(signal: AbortSignal): { settled: Promise<unknown[]>; close(): void; end(): void } {
   const [a, b] = AsyncUnixStream.pair()
   const listener = AsyncUnixListener.bind(tmpSocketPath())
   const [c, d] = SeqpacketSocket.pair()
+  const pending = [b.read(10, { signal }), listener.accept({ signal }), d.receive({ signal })]
+  return {
+    settled: Promise.all(pending.map((p) => rejection(p as Promise<unknown>, 10_000))),
+    close() {
+      b.close()
+      listener.close()
+      d.close()
+    },
+    end() {
+      a.close()
+      c.close()
+    },
+  }
+}
+
+test('an abort and then close() in the same tick: read(), accept() and receive() reject with the AbortError', async (t) => {
+  const reason = new Error('given up')
   const controller = new AbortController()
-  const { signal } = controller
-  const pending = [b.read(10, { signal }), listener.accept({ signal }), d.receive({ signal })].map((p) =>
-    rejection(p as Promise<unknown>, 10_000),
-  )
+  const waiting = threeWaiting(controller.signal)
   controller.abort(reason)
   // Settles the three at once, before their cancellation has run.
-  b.close()
-  listener.close()
-  d.close()
-  for (const error of await Promise.all(pending)) {
-    assertAbortError(t, error, reason)
-  }
-  a.close()
-  c.close()
+  waiting.close()
+  for (const error of await waiting.settled) assertAbortError(t, error, reason)
+  waiting.end()
 })
 
 test('close() and then an abort in the same tick: read(), accept() and receive() reject with ERR_SOCKET_CLOSED', async (t) => {
-  const [a, b] = AsyncUnixStream.pair()
-  const listener = AsyncUnixListener.bind(tmpSocketPath())
-  const [c, d] = SeqpacketSocket.pair()
   const controller = new AbortController()
-  const { signal } = controller
-  const pending = [b.read(10, { signal }), listener.accept({ signal }), d.receive({ signal })].map((p) =>
-    rejection(p as Promise<unknown>, 10_000),
-  )
+  const waiting = threeWaiting(controller.signal)
   // The close decides how they end; the abort after it comes too late to change that.
-  b.close()
-  listener.close()
-  d.close()
+  waiting.close()
   controller.abort(new Error('too late'))
-  for (const error of await Promise.all(pending)) {
-    t.is((error as { code?: unknown })?.code, 'ERR_SOCKET_CLOSED')
-  }
-  a.close()
-  c.close()
+  for (const error of await waiting.settled) t.is((error as { code?: unknown })?.code, 'ERR_SOCKET_CLOSED')
+  waiting.end()
 })
 
 test('a read pending on a stream FdSocket.from() took, the socket destroyed and then an abort: ERR_SOCKET_CLOSED, as a close()', async (t) => {
@@ -151,27 +149,19 @@ test('a read pending on a stream FdSocket.from() took, the socket destroyed and 
 
 test("a close() that an 'abort' listener makes comes after the abort: AbortError, whichever listener runs first", async (t) => {
   for (const closeFirst of [true, false]) {
-    const [a, b] = AsyncUnixStream.pair()
-    const listener = AsyncUnixListener.bind(tmpSocketPath())
-    const [c, d] = SeqpacketSocket.pair()
     const controller = new AbortController()
     const { signal } = controller
-    const closeAll = () => {
-      b.close()
-      listener.close()
-      d.close()
-    }
     // The usual shutdown hook: one signal for the operations and for closing.
-    if (closeFirst) signal.addEventListener('abort', closeAll)
-    const pending = [b.read(10, { signal }), listener.accept({ signal }), d.receive({ signal })].map((p) =>
-      rejection(p as Promise<unknown>, 10_000),
-    )
-    if (!closeFirst) signal.addEventListener('abort', closeAll)
+    let close = (): void => {}
+    const hook = () => close()
+    if (closeFirst) signal.addEventListener('abort', hook)
+    const waiting = threeWaiting(signal)
+    close = waiting.close
+    if (!closeFirst) signal.addEventListener('abort', hook)
     const reason = new Error(`shut down (close listener ${closeFirst ? 'first' : 'last'})`)
     controller.abort(reason)
-    for (const error of await Promise.all(pending)) assertAbortError(t, error, reason)
-    a.close()
-    c.close()
+    for (const error of await waiting.settled) assertAbortError(t, error, reason)
+    waiting.end()
   }
 })
 
