@@ -36,8 +36,8 @@ interface WrappedStream {
 /** This copy's scratch Buffer, taken once (what `copyOut` copies from). */
 const readInto = scratch
 
-/** @internal The native stream behind an {@link AsyncUnixStream}, for `FdSocket.from`. */
-export function nativeStreamOf(stream: AsyncUnixStream): WrappedStream | undefined {
+/** @internal The native stream behind an {@link AsyncUnixStream} and its operations, for `FdSocket.from`. */
+export function wrappedStreamOf(stream: AsyncUnixStream): WrappedStream | undefined {
   return natives.get(stream)
 }
 

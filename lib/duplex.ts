@@ -11,7 +11,7 @@
 import { EventEmitter } from 'node:events'
 import { addAbortSignal, Duplex, type DuplexOptions } from 'node:stream'
 import { binding, peerCredentialsOf, type Native, type PeerCredentials } from './binding.js'
-import { AsyncUnixStream, nativeStreamOf } from './async.js'
+import { AsyncUnixStream, wrappedStreamOf } from './async.js'
 import {
   closedError,
   codedError,
@@ -325,7 +325,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
    * carries); its `maxQueuedFds` stays unless `options` set one.
    */
   static from(stream: AsyncUnixStream, options?: FdSocketOptions): FdSocket {
-    const wrapped = stream instanceof AsyncUnixStream ? nativeStreamOf(stream) : undefined
+    const wrapped = stream instanceof AsyncUnixStream ? wrappedStreamOf(stream) : undefined
     if (!wrapped) throw invalidArgType('stream', 'an instance of AsyncUnixStream', stream)
     const { inner } = wrapped
     if (inner.fd < 0) throw closedError()

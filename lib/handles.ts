@@ -110,11 +110,9 @@ function isConnectedStream(info: FdInfo): boolean {
   return info.kind === 'tcp' || (info.kind === 'unix' && info.connected)
 }
 
-function wrongType(info: FdInfo, wanted: string): Error {
+function wrongType(fd: number, wanted: string): Error {
   return codedError(
-    new TypeError(
-      `fd ${info.fd} is ${binding.describeFd(info.fd)}, not ${wanted}; it was left open and is still yours to close`,
-    ),
+    new TypeError(`fd ${fd} is ${binding.describeFd(fd)}, not ${wanted}; it was left open and is still yours to close`),
     'ERR_INVALID_FD_TYPE',
   )
 }
@@ -127,7 +125,7 @@ function wrongType(info: FdInfo, wanted: string): Error {
 export function toNetSocket(fd: number, options: Omit<net.SocketConstructorOpts, 'fd'> = {}): net.Socket {
   const info = fdInfo(fd)
   if (!isConnectedStream(info) && info.kind !== 'pipe') {
-    throw wrongType(info, 'a connected stream socket or a pipe')
+    throw wrongType(info.fd, 'a connected stream socket or a pipe')
   }
   return new net.Socket({ readable: info.readable, writable: info.writable, ...options, fd: info.fd })
 }
@@ -145,7 +143,7 @@ export function toNetServer(fd: number, options: net.ServerOpts = {}): Promise<n
     return Promise.reject(error)
   }
   if (!info.listening || info.socketType !== 'stream') {
-    return Promise.reject(wrongType(info, 'a listening stream socket'))
+    return Promise.reject(wrongType(info.fd, 'a listening stream socket'))
   }
   const server = net.createServer(options)
   return new Promise((resolve, reject) => {
@@ -178,7 +176,7 @@ export function toReadStream(
   }
   if (info.readable && info.kind === 'character-device' && tty.isatty(info.fd)) return new tty.ReadStream(info.fd)
   if (!(info.kind === 'file' || info.kind === 'character-device') || !info.readable) {
-    throw wrongType(info, 'a file, pipe or stream socket open for reading')
+    throw wrongType(info.fd, 'a file, pipe or stream socket open for reading')
   }
   return fs.createReadStream('', { ...options, fd: info.fd, autoClose: true })
 }
@@ -196,7 +194,7 @@ export function toWriteStream(fd: number, options: { start?: number } = {}): Wri
   }
   if (info.writable && info.kind === 'character-device' && tty.isatty(info.fd)) return new tty.WriteStream(info.fd)
   if (!(info.kind === 'file' || info.kind === 'character-device') || !info.writable) {
-    throw wrongType(info, 'a file, pipe or stream socket open for writing')
+    throw wrongType(info.fd, 'a file, pipe or stream socket open for writing')
   }
   return fs.createWriteStream('', { ...options, fd: info.fd, autoClose: true })
 }

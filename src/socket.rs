@@ -429,8 +429,7 @@ fn take(fd: i32, wanted: Adopt) -> std::result::Result<OwnedFd, Refusal> {
 #[napi_derive::napi]
 #[cfg_attr(test, allow(dead_code))]
 pub fn describe_fd(fd: i32) -> Result<String> {
-  let info = crate::fd_info::query(fd).map_err(|(errno, syscall)| error::sys(errno, syscall))?;
-  Ok(describe(fd, &info))
+  Ok(describe(fd, &crate::fd_info::fd_info(fd)?))
 }
 
 /// What a refused fd is, in words.
