@@ -515,3 +515,137 @@ test.serial('fd-queue (FdSocket) → Go ParseUnixRights: a file and a pipe ride 
     fs.rmSync(dir, { recursive: true, force: true })
   }
 })
+
+/**
+ * A plan of `count` writes for the burst tests: short texts that name their index (so a
+ * misplaced byte shows), each with fds of the 3 `files` (none, one, three; once 40), and
+ * now and then one longer than a `sendmmsg` run takes (so runs are cut).
+ */
+function burstPlan(count: number): Array<[string, number[]]> {
+  const messages: Array<[string, number[]]> = []
+  for (let i = 0; i < count; i++) {
+    const text = i % 61 === 60 ? `${i};${'x'.repeat(3000)}` : `${i};`
+    let fds = [i % 3]
+    if (i % 7 === 3) fds = []
+    else if (i % 11 === 5) fds = [0, 1, 2]
+    else if (i === 200) fds = Array.from({ length: 40 }, (_, k) => k % 3)
+    messages.push([text, fds])
+  }
+  return messages
+}
+
+/** Where each planned write starts in the stream, and the stream's text. */
+function planOffsets(messages: Array<[string, number[]]>): { starts: number[]; text: string } {
+  const starts: number[] = []
+  let text = ''
+  for (const [part] of messages) {
+    starts.push(text.length)
+    text += part
+  }
+  return { starts, text }
+}
+
+test.serial(
+  'python burst → fd-queue (FdSocket): runs of small fd-carrying messages keep every byte in order, and each fd comes with the chunk that holds the first byte of its send',
+  async (t) => {
+    const { dir, paths } = files(3, 'burst')
+    const identities = paths.map(pathIdentity)
+    const messages = burstPlan(400)
+    const { starts, text } = planOffsets(messages)
+    const plan = path.join(dir, 'plan.json')
+    fs.writeFileSync(plan, JSON.stringify({ files: paths, messages }))
+    const { server, socketPath, accepted } = await serveOne()
+    const peer = startPeer('python3', ['peer.py', 'burst', socketPath, plan])
+    const socket = await withTimeout(accepted, 10_000, 'python connects')
+    const got: number[] = []
+    try {
+      let handed: number[] = []
+      let received = ''
+      let chunks = 0
+      const mismatches: string[] = []
+      socket.on('fds', (fds: FdsArrived) => {
+        t.false(fds.truncated)
+        handed.push(...fds)
+        got.push(...fds)
+      })
+      const ended = new Promise<void>((resolve, reject) => {
+        socket.on('error', reject)
+        socket.on('end', resolve)
+      })
+      socket.on('data', (chunk: Buffer) => {
+        const from = received.length
+        received += chunk.toString('latin1')
+        chunks++
+        // The fds of the sends whose first byte is in this chunk, in order.
+        const expected: string[] = []
+        messages.forEach(([, fds], i) => {
+          if (starts[i] >= from && starts[i] < received.length) expected.push(...fds.map((k) => identities[k]))
+        })
+        const identitiesHanded = handed.map(fdIdentity)
+        if (JSON.stringify(identitiesHanded) !== JSON.stringify(expected)) {
+          mismatches.push(
+            `bytes ${from}..${received.length}: ${identitiesHanded.length} fds, expected ${expected.length}`,
+          )
+        }
+        handed = []
+      })
+      socket.resume()
+      await withTimeout(ended, 20_000, 'python sends 400 messages')
+      t.is(received, text, 'every byte, in order')
+      t.deepEqual(mismatches, [], "each chunk's fds are those of the sends that start in it")
+      t.is(
+        got.length,
+        messages.reduce((sum, [, fds]) => sum + fds.length, 0),
+        'every fd',
+      )
+      t.true(chunks < messages.length, `several messages per chunk (${chunks} chunks)`)
+      for (const fd of got.slice(0, 3)) checkReceived(t, fd, 'a burst fd')
+      socket.end()
+      const lines = await withTimeout(peer.done, 10_000, 'python exits')
+      t.deepEqual(lines.at(-1), { sent: messages.length })
+    } finally {
+      closeAll(got)
+      socket.destroy()
+      await closeServer(server)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  },
+)
+
+test.serial(
+  'fd-queue (FdSocket) → python recv_fds: 1,000 writes made at once, short and long, go out in runs while the socket fills, and each fd rides on the first byte of its write',
+  async (t) => {
+    const { dir, paths } = files(3, 'writes')
+    const identities = paths.map(pathIdentity)
+    const messages = burstPlan(1000)
+    const { starts, text } = planOffsets(messages)
+    const { server, socketPath, accepted } = await serveOne()
+    const peer = startPeer('python3', ['peer.py', 'recv', socketPath])
+    const socket = await withTimeout(accepted, 10_000, 'python connects')
+    const opened = paths.map((file) => fs.openSync(file, 'r'))
+    try {
+      const before = openFds()
+      let full = false
+      for (const [part, fds] of messages) {
+        for (const k of fds) socket.enqueue(opened[k])
+        if (!socket.write(part)) full = true
+      }
+      t.true(full, 'the writes went past the buffer')
+      socket.end()
+      const lines = await withTimeout(peer.done, 20_000, 'python reads every byte')
+      const summary = lines.at(-1)
+      t.is(summary.bytes, text, 'every byte, in order')
+      const arrived = summary.fds.map(
+        (fd: { byte: number; dev: string; ino: string }) => `${fd.byte} ${peerIdentity(fd)}`,
+      )
+      const expected = messages.flatMap(([, fds], i) => fds.map((k) => `${starts[i]} ${identities[k]}`))
+      t.deepEqual(arrived, expected, 'each fd with the first byte of its write, in order')
+      t.true(openFds() <= before, 'every duplicate was closed once sent')
+    } finally {
+      closeAll(opened)
+      socket.destroy()
+      await closeServer(server)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  },
+)

@@ -18,7 +18,7 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 pub const SCM_MAX_FD: usize = 253;
 
 /// What one `recvmsg` brought.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Received {
   /// Bytes written into the caller's buffer; 0 means end of stream.
   pub bytes: usize,
@@ -102,8 +102,15 @@ impl<'p, 'a> Gather<'p, 'a> {
   /// Bytes `from..to` as slices (at most [`MAX_IOV`]: a longer range is cut short, for a
   /// later send to go on), into `iov`. `from` is no less than the last range's.
   pub fn range(&mut self, from: usize, to: usize, iov: &mut Vec<IoSlice<'a>>) {
-    debug_assert!(from >= self.start && from <= to, "ranges go forward");
     iov.clear();
+    self.append(from, to, iov);
+  }
+
+  /// [`Gather::range`] appended to what `iov` holds (at most [`MAX_IOV`] slices of this
+  /// range).
+  fn append(&mut self, from: usize, to: usize, iov: &mut Vec<IoSlice<'a>>) {
+    debug_assert!(from >= self.start && from <= to, "ranges go forward");
+    let mut slices = 0;
     while let Some(part) = self.parts.get(self.index) {
       if self.start + part.len() > from {
         break;
@@ -114,20 +121,127 @@ impl<'p, 'a> Gather<'p, 'a> {
     let mut start = self.start;
     for part in &self.parts[self.index.min(self.parts.len())..] {
       if start >= to {
-        return;
+        break;
       }
       let end = start + part.len();
       if !part.is_empty() {
         let lo = from.saturating_sub(start);
         let hi = part.len().min(to - start);
         iov.push(IoSlice::new(&part[lo..hi]));
-        if iov.len() == MAX_IOV {
-          return;
+        slices += 1;
+        if slices == MAX_IOV {
+          break;
         }
       }
       start = end;
     }
   }
+}
+
+/// The most messages one `sendmmsg` of [`send_many`] sends.
+pub const SEND_MANY: usize = 64;
+
+/// The longest message [`send_many`] takes. A Unix stream socket queues a message of up to
+/// half its send buffer less 64 bytes as one buffer, which goes whole or not at all, and
+/// no send buffer is smaller than 4,608 bytes (Linux's SOCK_MIN_SNDBUF), so a message of
+/// this size can never be cut short.
+pub const WHOLE_MAX: usize = 1024;
+
+/// One message of a [`send_many`] run: bytes `from..to` of the parts, its fds on the first.
+pub type Outgoing<'f> = (usize, usize, &'f [OwnedFd]);
+
+/// Whether a message of `len` bytes with `fds` fds can be one of a [`send_many`] run.
+pub fn fits_run(len: usize, fds: usize) -> bool {
+  len > 0 && len <= WHOLE_MAX && fds <= SCM_MAX_FD
+}
+
+/// Whether [`send_many`] is there (Linux's `sendmmsg`).
+pub const SENDS_MANY: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Sends consecutive messages (at most [`SEND_MANY`], each one that [`fits_run`], ranges
+/// going forward) in one `sendmmsg`. Returns how many went out, each whole (see
+/// [`WHOLE_MAX`]): fewer than asked when the socket filled up or a send failed, which the
+/// caller's next send then reports. An error means the first one did not go. `ENOSYS`
+/// where there is no `sendmmsg` ([`SENDS_MANY`]).
+pub fn send_many<'a>(
+  sock: BorrowedFd<'_>,
+  parts: &mut Gather<'_, 'a>,
+  run: &[Outgoing<'_>],
+  iov: &mut Vec<IoSlice<'a>>,
+) -> nix::Result<usize> {
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  {
+    send_many_linux(sock, parts, run, iov)
+  }
+  #[cfg(not(any(target_os = "linux", target_os = "android")))]
+  {
+    let _ = (sock, parts, run, iov);
+    Err(Errno::ENOSYS)
+  }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn send_many_linux<'a>(
+  sock: BorrowedFd<'_>,
+  parts: &mut Gather<'_, 'a>,
+  run: &[Outgoing<'_>],
+  iov: &mut Vec<IoSlice<'a>>,
+) -> nix::Result<usize> {
+  let run = &run[..run.len().min(SEND_MANY)];
+  iov.clear();
+  // Where each message's slices start in `iov`, and its control message in `control`.
+  let mut slices = [0; SEND_MANY + 1];
+  let mut controls = [0; SEND_MANY + 1];
+  for (i, &(from, to, fds)) in run.iter().enumerate() {
+    debug_assert!(fits_run(to - from, fds.len()));
+    // At most WHOLE_MAX (= MAX_IOV) bytes: the slices cover the whole range.
+    parts.append(from, to, iov);
+    slices[i + 1] = iov.len();
+    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+    let space = unsafe { libc::CMSG_SPACE((fds.len() * mem::size_of::<RawFd>()) as u32) };
+    controls[i + 1] = controls[i] + if fds.is_empty() { 0 } else { space as usize };
+  }
+  let mut control = vec![0u64; controls[run.len()].div_ceil(mem::size_of::<u64>())];
+  let base = control.as_mut_ptr().cast::<u8>();
+  // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value.
+  let mut headers: [libc::mmsghdr; SEND_MANY] = unsafe { mem::zeroed() };
+  for (i, (header, &(_, _, fds))) in headers.iter_mut().zip(run).enumerate() {
+    let msg = &mut header.msg_hdr;
+    // IoSlice has iovec's layout (std guarantees it on Unix); sendmsg only reads them.
+    msg.msg_iov = iov[slices[i]..slices[i + 1]].as_ptr().cast_mut().cast();
+    msg.msg_iovlen = (slices[i + 1] - slices[i]) as _;
+    if fds.is_empty() {
+      continue;
+    }
+    // SAFETY: `controls[i]..controls[i + 1]` lies inside `control`, which is u64-aligned,
+    // and every CMSG_SPACE is a multiple of the header's alignment.
+    msg.msg_control = unsafe { base.add(controls[i]) }.cast();
+    msg.msg_controllen = (controls[i + 1] - controls[i]) as _;
+    // SAFETY: the control buffer just set has room for one header and `fds.len()` fds,
+    // and CMSG_FIRSTHDR returns its start.
+    unsafe {
+      let cmsg = libc::CMSG_FIRSTHDR(msg);
+      (*cmsg).cmsg_level = libc::SOL_SOCKET;
+      (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+      (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * mem::size_of::<RawFd>()) as u32) as _;
+      let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+      for (j, fd) in fds.iter().enumerate() {
+        ptr::write_unaligned(data.add(j), fd.as_raw_fd());
+      }
+    }
+  }
+  let flags = send_flags() | MsgFlags::MSG_DONTWAIT;
+  // SAFETY: each header points at its slices of `iov` (borrowing `parts`) and its own
+  // stretch of `control`, all alive for the call; the kernel only reads them.
+  let sent = unsafe {
+    libc::sendmmsg(
+      sock.as_raw_fd(),
+      headers.as_mut_ptr(),
+      run.len() as _,
+      flags.bits() as _,
+    )
+  };
+  Errno::result(sent).map(|n| n as usize)
 }
 
 /// A send error that passes by itself, with the socket still usable: the kernel's bound
@@ -201,6 +315,143 @@ pub fn recv_appending(
   // SAFETY: recvmsg initialised exactly `received.bytes <= len` bytes past the old length.
   unsafe { buf.set_len(buf.len() + received.bytes) };
   Ok(received)
+}
+
+/// Reads a run of messages at most one `recvmmsg` takes: the most reads one call makes.
+pub const MANY: usize = 16;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+thread_local! {
+  // The control buffers of one `recvmmsg` (room for SCM_MAX_FD fds each), allocated on
+  // the first call a thread makes (the threads that run stream readers).
+  static CONTROLS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Like [`recv_appending`] (at most `max` bytes appended to `buf`), as up to `reads`
+/// reads ([`MANY`] at most) made by one `recvmmsg` (Linux), each with room for
+/// `SCM_MAX_FD` fds: a stream of small messages that each carry fds (every `recvmsg`
+/// stops after one) costs one syscall per run instead of one per message. What each read
+/// brought is pushed onto `into`, in order; a read of 0 bytes is the end of the stream,
+/// and nothing comes after it. Elsewhere, or for one read, it is one `recvmsg`.
+///
+/// Each read gets its own stretch of the room, and the bytes are then moved together, so
+/// `buf` holds the stream's bytes in order whichever reads came short.
+///
+/// `recvmmsg` reports an error the socket holds (a reset by the peer) before it reads
+/// anything, where `recvmsg` first reads what is still queued and reports it once nothing
+/// is left. Then one `recvmsg` reads on, and the error comes back as `Ok(Some(_))`, for
+/// the caller to report when the socket has nothing more (no error is ever lost or
+/// reported early).
+pub fn recv_many_appending(
+  sock: BorrowedFd<'_>,
+  buf: &mut Vec<u8>,
+  max: usize,
+  reads: usize,
+  into: &mut Vec<Received>,
+) -> nix::Result<Option<Errno>> {
+  let len = buf.spare_capacity_mut().len().min(max);
+  let reads = reads.min(MANY).min(len);
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  if reads > 1 {
+    return match recv_many_linux(sock, buf, len, reads, into) {
+      Err(e) if e != Errno::EAGAIN && e != Errno::EINTR => {
+        match recv_appending(sock, buf, len, true) {
+          Ok(received) if received.bytes > 0 => {
+            into.push(received);
+            Ok(Some(e))
+          }
+          _ => Err(e),
+        }
+      }
+      other => other.map(|()| None),
+    };
+  }
+  #[cfg(not(any(target_os = "linux", target_os = "android")))]
+  let _ = reads;
+  into.push(recv_appending(sock, buf, len, true)?);
+  Ok(None)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn recv_many_linux(
+  sock: BorrowedFd<'_>,
+  buf: &mut Vec<u8>,
+  len: usize,
+  reads: usize,
+  into: &mut Vec<Received>,
+) -> nix::Result<()> {
+  let words = control_words();
+  CONTROLS.with_borrow_mut(|controls| {
+    if controls.len() < words * MANY {
+      controls.resize(words * MANY, 0);
+    }
+    let stretch = len / reads;
+    let base = buf.len();
+    let start = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is a valid value.
+    let mut iovs: [libc::iovec; MANY] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; MANY] = unsafe { mem::zeroed() };
+    for (i, (iov, header)) in iovs
+      .iter_mut()
+      .zip(headers.iter_mut())
+      .enumerate()
+      .take(reads)
+    {
+      // The last read takes what the division left over.
+      let size = if i + 1 == reads {
+        len - stretch * i
+      } else {
+        stretch
+      };
+      // SAFETY: `stretch * i + size <= len`, inside the spare capacity.
+      iov.iov_base = unsafe { start.add(stretch * i) }.cast();
+      iov.iov_len = size;
+      header.msg_hdr.msg_iov = iov;
+      header.msg_hdr.msg_iovlen = 1;
+      header.msg_hdr.msg_control = controls[words * i..].as_mut_ptr().cast();
+      header.msg_hdr.msg_controllen = (words * mem::size_of::<u64>()) as _;
+    }
+    // SAFETY: each header points at its own iovec (a disjoint stretch of `buf`'s spare
+    // capacity) and its own `words` of `controls`, all alive for the call.
+    let got = Errno::result(unsafe {
+      libc::recvmmsg(
+        sock.as_raw_fd(),
+        headers.as_mut_ptr(),
+        reads as _,
+        (RECV_CLOEXEC | libc::MSG_DONTWAIT) as _,
+        ptr::null_mut(),
+      )
+    })? as usize;
+    let mut end = base;
+    let mut ended = false;
+    for (i, header) in headers.iter().enumerate().take(got) {
+      // SAFETY: the kernel filled this header just now; the walk stays within its
+      // msg_controllen. Taken even after the end (none can come), so nothing can leak.
+      let fds = unsafe { collect_rights(&header.msg_hdr) };
+      if ended {
+        continue;
+      }
+      let bytes = header.msg_len as usize;
+      if stretch * i != end - base {
+        // SAFETY: the kernel wrote `bytes` bytes at the start of stretch `i`, at or after
+        // `end` (every earlier read took no more than its stretch), and moving them down
+        // reaches no later stretch; `copy` allows the overlap.
+        unsafe { ptr::copy(start.add(stretch * i), start.add(end - base), bytes) };
+      }
+      end += bytes;
+      ended = bytes == 0;
+      into.push(Received {
+        bytes,
+        fds,
+        truncated: header.msg_hdr.msg_flags & libc::MSG_CTRUNC != 0,
+      });
+    }
+    // SAFETY: bytes `base..end` were written by the kernel or moved there from what it
+    // wrote, in stream order.
+    unsafe { buf.set_len(end) };
+    Ok(())
+  })
 }
 
 /// One `recvmsg` into `len` bytes at `data`, with the thread's control buffer.
@@ -537,6 +788,120 @@ mod tests {
     assert_eq!(got.fds.len(), 2);
     assert!(!got.truncated);
     assert!(got.fds.iter().all(|fd| is_cloexec(fd.as_raw_fd())));
+  }
+
+  /// The inode of `fd`, to tell the fds of a test apart.
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  fn inode(fd: &OwnedFd) -> u64 {
+    nix::sys::stat::fstat(fd).expect("fstat").st_ino
+  }
+
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  #[test]
+  fn recv_many_takes_a_run_of_messages_in_order_with_their_fds_and_stops_at_the_end() {
+    let (a, b) = pair();
+    let (p, q) = pair();
+    let send = |data: &[u8], fds: &[RawFd]| {
+      assert_eq!(
+        send_with_fds(a.as_fd(), data, fds, false).expect("send"),
+        data.len()
+      );
+    };
+    send(b"a", &[p.as_raw_fd()]);
+    send(b"bc", &[]);
+    send(b"d", &[q.as_raw_fd(), p.as_raw_fd()]);
+    send(b"efg", &[q.as_raw_fd()]);
+    nix::sys::socket::shutdown(a.as_raw_fd(), nix::sys::socket::Shutdown::Write).expect("shutdown");
+    let mut buf = Vec::with_capacity(64);
+    buf.push(b'>');
+    let mut reads = Vec::new();
+    recv_many_appending(b.as_fd(), &mut buf, 64, MANY, &mut reads).expect("recvmmsg");
+    assert_eq!(
+      buf, b">abcdefg",
+      "every byte once, in order, after what the buffer held"
+    );
+    let fds: Vec<u64> = reads.iter().flat_map(|r| r.fds.iter().map(inode)).collect();
+    assert_eq!(fds, [inode(&p), inode(&q), inode(&p), inode(&q)]);
+    // Each read stops after the message whose fds it brought: a, then "bc" + d, then efg.
+    let sizes: Vec<usize> = reads.iter().map(|r| r.bytes).collect();
+    assert_eq!(sizes, [1, 3, 3, 0], "the end comes last, once");
+    assert!(reads
+      .iter()
+      .flat_map(|r| &r.fds)
+      .all(|fd| is_cloexec(fd.as_raw_fd())));
+  }
+
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  #[test]
+  fn recv_many_after_a_reset_reads_what_is_queued_and_hands_back_the_reset() {
+    let (a, b) = pair();
+    let (p, _q) = pair();
+    for data in [b"x", b"y"] {
+      assert_eq!(
+        send_with_fds(a.as_fd(), data, &[p.as_raw_fd()], false).expect("send"),
+        1
+      );
+    }
+    // Closed with a byte of ours unread: b's socket holds ECONNRESET, and "x", "y" still.
+    assert_eq!(send_with_fds(b.as_fd(), b"!", &[], false).expect("send"), 1);
+    drop(a);
+    let mut buf = Vec::with_capacity(64);
+    let mut reads = Vec::new();
+    let held = recv_many_appending(b.as_fd(), &mut buf, 64, MANY, &mut reads).expect("recv");
+    assert_eq!(held, Some(Errno::ECONNRESET), "held back, not lost");
+    assert_eq!(
+      (&buf[..], reads.len(), reads[0].fds.len()),
+      (&b"x"[..], 1, 1)
+    );
+    reads.clear();
+    let later = recv_many_appending(b.as_fd(), &mut buf, 64, MANY, &mut reads).expect("recv");
+    assert_eq!(later, None);
+    let sizes: Vec<usize> = reads.iter().map(|r| r.bytes).collect();
+    assert_eq!(
+      (&buf[..], &sizes[..]),
+      (&b"xy"[..], &[1, 0][..]),
+      "then the end"
+    );
+  }
+
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  #[test]
+  fn send_many_sends_whole_messages_until_the_socket_is_full_then_eagain() {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let (a, b) = pair();
+    setsockopt(&a, sockopt::SndBuf, &0).expect("SO_SNDBUF");
+    let (p, _q) = pair();
+    let data = vec![7u8; WHOLE_MAX * SEND_MANY];
+    let parts = [&data[..]];
+    let fds = [p.try_clone().expect("dup")];
+    let run: Vec<Outgoing<'_>> = (0..SEND_MANY)
+      .map(|i| (i * WHOLE_MAX, (i + 1) * WHOLE_MAX, &fds[..]))
+      .collect();
+    let mut iov = Vec::new();
+    let went = send_many(a.as_fd(), &mut Gather::new(&parts), &run, &mut iov).expect("sendmmsg");
+    assert!(
+      went > 0 && went < SEND_MANY,
+      "the smallest buffer takes some: {went}"
+    );
+    let again = send_many(a.as_fd(), &mut Gather::new(&parts), &run[went..], &mut iov);
+    assert_eq!(again, Err(Errno::EAGAIN), "full: nothing more goes");
+    drop(a);
+    let (mut bytes, mut arrived) = (0, 0);
+    let mut buf = vec![0u8; WHOLE_MAX * SEND_MANY];
+    loop {
+      let got = recv_with_fds(b.as_fd(), &mut buf, false).expect("recv");
+      if got.bytes == 0 {
+        break;
+      }
+      bytes += got.bytes;
+      arrived += got.fds.len();
+    }
+    assert_eq!(
+      bytes,
+      went * WHOLE_MAX,
+      "the messages that went, each whole"
+    );
+    assert_eq!(arrived, went, "one fd with each");
   }
 
   #[test]

@@ -14,6 +14,13 @@
       file (pread), and for a pipe open for writing it writes "python <pid> wrote this".
       Prints {"bytes": ..., "fds": [{"byte": i, ...}, ...]}.
 
+  python3 peer.py burst <socket path> <plan file>
+      Connects and sends the plan's messages as fast as it can, one send_fds (or sendall
+      when it has none) each: the plan is JSON, {"files": [path, ...], "messages":
+      [[text, [file index, ...]], ...]}, each file opened read-only once. Then it shuts
+      down its writing side, closes its files, reads until end of stream and prints
+      {"sent": <messages>}.
+
 Every line on stdout is JSON; "connected" is printed once the connection is made.
 """
 
@@ -96,11 +103,35 @@ def recv(path):
     print(json.dumps({"bytes": data.decode(), "fds": fds}), flush=True)
 
 
+def burst(path, plan_file):
+    with open(plan_file) as f:
+        plan = json.load(f)
+    opened = [os.open(name, os.O_RDONLY) for name in plan["files"]]
+    s = connect(path)
+    for text, indexes in plan["messages"]:
+        data = text.encode()
+        if indexes:
+            sent = socket.send_fds(s, [data], [opened[i] for i in indexes])
+            # The fds went with the first part; the rest goes without them.
+            s.sendall(data[sent:])
+        else:
+            s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    for fd in opened:
+        os.close(fd)
+    while s.recv(4096):
+        pass
+    s.close()
+    print(json.dumps({"sent": len(plan["messages"])}), flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "send":
         send(sys.argv[2], sys.argv[3])
     elif mode == "recv":
         recv(sys.argv[2])
+    elif mode == "burst":
+        burst(sys.argv[2], sys.argv[3])
     else:
-        raise SystemExit("usage: peer.py send <socket> <file> | recv <socket>")
+        raise SystemExit("usage: peer.py send <socket> <file> | recv <socket> | burst <socket> <plan>")

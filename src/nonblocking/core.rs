@@ -141,6 +141,13 @@ impl Queues {
     inbound.len() + self.pending.load(Ordering::Acquire) >= inbound.limit()
   }
 
+  /// How many fds may still arrive before the inbound queue is at its bound.
+  pub(crate) fn fd_room(&self) -> usize {
+    let inbound = lock(&self.inbound);
+    let held = inbound.len() + self.pending.load(Ordering::Acquire);
+    inbound.limit().saturating_sub(held)
+  }
+
   /// Waits until the inbound queue is below its bound: reading pauses at `maxQueuedFds`.
   pub(crate) async fn wait_for_room(&self) {
     // Counted before the check below (made under the inbound lock), and until this ends or
@@ -698,43 +705,109 @@ impl Shared {
 
   /// Writes bytes `from..to` of `data`; `fds` ride on the first `sendmsg` and are closed
   /// once it succeeded (the kernel holds its own references) or the write failed.
-  ///
-  /// It tries at once first (an earlier write may have made room by now) and registers
-  /// for writability only when the socket is full. If no fd is left for that registration
-  /// (the process is at its open-file limit), it polls instead, backing off up to 16 ms.
-  /// A transient shortage (`ETOOMANYREFS` until the peer takes fds in flight, `ENOBUFS`,
-  /// `ENOMEM`) has no readiness to wait for: the fds stay and the send is retried, backing
-  /// off up to 64 ms.
   pub(crate) async fn write_all(
     &self,
     data: &mut Rest,
     (from, to): (usize, usize),
     mut fds: Vec<OwnedFd>,
   ) -> Result<()> {
-    let mut registered: Option<Arc<AsyncFd<Registered>>> = None;
-    let mut backoff = Duration::from_millis(1);
     let mut sent = from;
+    // Kept from one `sendmsg` to the next: once the socket was full, the next try waits
+    // for room first.
+    let mut registered = None;
     while sent < to {
       let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-      let mut send = |fd: BorrowedFd<'_>| {
-        data.with(sent, to, |iov| {
-          scm_rights::send_vectored_with_fds(fd, iov, &raw, true).map_err(io::Error::from)
+      let n = self
+        .send_when_ready(&mut registered, |fd| {
+          data.with(sent, to, |iov| {
+            scm_rights::send_vectored_with_fds(fd, iov, &raw, true).map_err(io::Error::from)
+          })
         })
-      };
+        .await?;
+      scm_rights::close_all(std::mem::take(&mut fds));
+      sent += n;
+      self.sent_waiting.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    Ok(())
+  }
+
+  /// Writes messages `first..last` of a write of `len` bytes (each one that
+  /// [`scm_rights::fits_run`]), the rest of which `data` holds from the start of `first`,
+  /// with one `sendmmsg` once the socket has room, and closes the fds of those that went;
+  /// returns how many did (0: none could go in a run, and the first must go alone).
+  pub(crate) async fn write_run(
+    &self,
+    data: &mut Rest,
+    messages: &mut [Message],
+    (first, last): (usize, usize),
+    len: usize,
+  ) -> Result<usize> {
+    if first >= last {
+      return Ok(0);
+    }
+    let from = messages[first].start;
+    let ends: Vec<usize> = (first..last)
+      .map(|i| message_end(messages, i, len))
+      .collect();
+    let to = ends[ends.len() - 1];
+    let run = &mut messages[first..last];
+    let count = self
+      .send_when_ready(&mut None, |fd| {
+        data.with(from, to, |iov| {
+          let slices: Vec<&[u8]> = iov.iter().map(|slice| &**slice).collect();
+          let covered: usize = slices.iter().map(|slice| slice.len()).sum();
+          // The messages the slices hold whole (all of them, unless a Buffer changed).
+          let outgoing: Vec<scm_rights::Outgoing<'_>> = run
+            .iter()
+            .zip(&ends)
+            .map(|(m, &end)| (m.start - from, end - from, &m.fds[..]))
+            .take_while(|&(_, end, _)| end <= covered)
+            .collect();
+          if outgoing.len() < 2 {
+            return Ok(0);
+          }
+          let mut gather = scm_rights::Gather::new(&slices);
+          scm_rights::send_many(fd, &mut gather, &outgoing, &mut Vec::new())
+            .map_err(io::Error::from)
+        })
+      })
+      .await?;
+    let mut gone = Vec::new();
+    for message in &mut run[..count] {
+      gone.append(&mut message.fds);
+    }
+    scm_rights::close_all(gone);
+    if let Some(end) = count.checked_sub(1).map(|last| ends[last]) {
+      self
+        .sent_waiting
+        .fetch_add((end - from) as u64, Ordering::Relaxed);
+    }
+    Ok(count)
+  }
+
+  /// Runs `send` until it succeeds or fails for good. It tries at once first (an earlier
+  /// write may have made room by now) and registers for writability only when the socket
+  /// is full (`registered` then holds the registration, for the caller's next send). If no fd is left for that registration (the process is at its open-file
+  /// limit), it polls instead, backing off up to 16 ms. A transient shortage
+  /// (`ETOOMANYREFS` until the peer takes fds in flight, `ENOBUFS`, `ENOMEM`) has no
+  /// readiness to wait for: the send is retried (its fds kept), backing off up to 64 ms.
+  async fn send_when_ready<T>(
+    &self,
+    registered: &mut Option<Arc<AsyncFd<Registered>>>,
+    mut send: impl FnMut(BorrowedFd<'_>) -> io::Result<T>,
+  ) -> Result<T> {
+    let mut backoff = Duration::from_millis(1);
+    loop {
       let result = match &registered {
         Some(io) => io.async_io(Interest::WRITABLE, |fd| send(fd.as_fd())).await,
         None => send(self.fd.as_fd()),
       };
       match result {
-        Ok(n) => {
-          scm_rights::close_all(std::mem::take(&mut fds));
-          sent += n;
-          self.sent_waiting.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        Ok(value) => return Ok(value),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock && registered.is_none() => {
           match self.writable.acquire(&self.fd) {
-            Ok(io) => registered = Some(io),
+            Ok(io) => *registered = Some(io),
             Err(Acquire::NoFdLeft) => {
               crate::runtime::sleep(backoff).await;
               backoff = (backoff * 2).min(Duration::from_millis(16));
@@ -751,7 +824,6 @@ impl Shared {
         }
       }
     }
-    Ok(())
   }
 }
 

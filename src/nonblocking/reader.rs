@@ -14,12 +14,13 @@ use napi::threadsafe_function::{
   ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
 use napi::{Env, JsValue, Status};
+use nix::errno::Errno;
 use tokio::io::Interest;
 use tokio::sync::{watch, Semaphore};
 
 use crate::error::{self, errno_of, tagged};
 use crate::nonblocking::core::{closing, Arrival, Handed, Queues, Shared};
-use crate::scm_rights;
+use crate::scm_rights::{self, Received};
 use crate::settle::{self, set_ref, Home, RawValue};
 use crate::sync::lock;
 
@@ -281,6 +282,13 @@ async fn pump(
     Err(e) => return sink.send(Delivery::Failed(e.into())),
   };
   let mut budget = TurnBudget::default();
+  // An error `recvmmsg` reported ahead of the data still queued: it ends the stream once
+  // nothing is left, where `recvmsg` would have reported it.
+  let mut deferred: Option<Errno> = None;
+  let end = |deferred: &mut Option<Errno>| match deferred.take() {
+    Some(e) => Delivery::Failed(error::sys(e, "recvmsg")),
+    None => Delivery::End,
+  };
   loop {
     if wanted.wait_for(|w| *w).await.is_err() {
       return;
@@ -314,12 +322,14 @@ async fn pump(
       match result {
         Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
         Ok(result) => break result,
+        // Nothing left, and an error was held back for that moment.
+        Err(_would_block) if deferred.is_some() => break Ok(Received::default()),
         // Readiness was stale, and is cleared: wait for the next event.
         Err(_would_block) => continue,
       }
     };
     match first {
-      Ok(received) if received.bytes == 0 => ending = Some(Delivery::End),
+      Ok(received) if received.bytes == 0 => ending = Some(end(&mut deferred)),
       Ok(received) => {
         queues
           .pending
@@ -328,21 +338,48 @@ async fn pump(
       }
       Err(e) => ending = Some(Delivery::Failed(error::sys(errno_of(&e), "recvmsg"))),
     }
+    // A read that brought fds stopped right after their message: more such messages may
+    // be waiting, and one `recvmmsg` takes a run of them. Each read may bring SCM_MAX_FD
+    // fds, so a run goes past `maxQueuedFds` by no more than one read alone would (the
+    // bound the loop has always kept: it reads while there is room for one fd).
+    let mut many = parts
+      .last()
+      .is_some_and(|(fds, _): &(Vec<_>, bool)| !fds.is_empty());
+    let mut reads = Vec::new();
     while ending.is_none() && !data.is_empty() && data.len() < CHUNK && !queues.inbound_full() {
+      let at_once = if many {
+        queues.fd_room() / scm_rights::SCM_MAX_FD + 1
+      } else {
+        1
+      };
       let result = io.try_io(Interest::READABLE, |fd| {
         let room = CHUNK - data.len();
-        scm_rights::recv_appending(fd.as_fd(), &mut data, room, true).map_err(io::Error::from)
+        scm_rights::recv_many_appending(fd.as_fd(), &mut data, room, at_once, &mut reads)
+          .map_err(io::Error::from)
       });
       match result {
-        Ok(received) if received.bytes == 0 => ending = Some(Delivery::End),
-        Ok(received) => {
-          queues
-            .pending
-            .fetch_add(received.fds.len(), Ordering::AcqRel);
-          parts.push((received.fds, received.truncated));
+        Ok(held) => {
+          deferred = deferred.or(held);
+          many = false;
+          for received in reads.drain(..) {
+            if received.bytes == 0 {
+              ending = Some(end(&mut deferred));
+              break;
+            }
+            many |= !received.fds.is_empty();
+            queues
+              .pending
+              .fetch_add(received.fds.len(), Ordering::AcqRel);
+            parts.push((received.fds, received.truncated));
+          }
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+          if deferred.is_some() {
+            ending = Some(end(&mut deferred));
+          }
+          break;
+        }
         Err(e) => ending = Some(Delivery::Failed(error::sys(errno_of(&e), "recvmsg"))),
       }
     }

@@ -155,6 +155,27 @@ impl StreamCore {
           next += 1;
           continue;
         }
+        // A run of short messages goes in one `sendmmsg`, each whole; a run cut short
+        // leaves the rest to the asynchronous part below, which reports why.
+        if let Some(went) = send_run(&shared, &mut gather, &messages, (next, sent, len), &mut iov) {
+          match went {
+            Ok((0, _)) => break,
+            Ok((count, whole)) => {
+              for message in &mut messages[next..next + count] {
+                gone.append(&mut message.fds);
+              }
+              next += count;
+              sent = message_end(&messages, next - 1, len);
+              if whole {
+                continue;
+              }
+              break;
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => break,
+            Err(e) if scm_rights::is_transient(e) => break,
+            Err(e) => return fail(env, id, error::sys(e, "sendmsg")),
+          }
+        }
         // The fds' numbers, on the stack up to what one message may carry (more are sent
         // as they are, for the kernel to refuse).
         let fds = &messages[next].fds;
@@ -210,16 +231,35 @@ impl StreamCore {
       let outcome = shared
         .unless_closed(async {
           ticket.turn().await;
-          let mut from = 0;
+          let total = len - sent;
           let mut written = Ok(());
-          for i in 0..rest.len() {
-            let end = message_end(&rest, i, len - sent);
+          let mut i = 0;
+          while i < rest.len() {
+            // A run of short messages goes in one `sendmmsg`, as above.
+            let last = run_end(&rest, i, total);
+            if last - i > 1 {
+              match shared
+                .write_run(&mut data, &mut rest, (i, last), total)
+                .await
+              {
+                Ok(0) => {}
+                Ok(count) => {
+                  i += count;
+                  continue;
+                }
+                Err(e) => {
+                  written = Err(e);
+                  break;
+                }
+              }
+            }
+            let end = message_end(&rest, i, total);
             let fds = std::mem::take(&mut rest[i].fds);
-            written = shared.write_all(&mut data, (from, end), fds).await;
+            written = shared.write_all(&mut data, (rest[i].start, end), fds).await;
             if written.is_err() {
               break;
             }
-            from = end;
+            i += 1;
           }
           // Failed or not, a write that waited leaves its registration to the sweep.
           shared.sweep_writable();
@@ -619,4 +659,51 @@ fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
     Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
     Err(e) => Err(error::sys(e, "shutdown")),
   }
+}
+
+/// Where the run of short messages that message `first` of a write of `len` bytes
+/// starts ends: as far as each [`scm_rights::fits_run`], at most
+/// [`scm_rights::SEND_MANY`]; `first` itself when there is no `sendmmsg`.
+fn run_end(messages: &[Message], first: usize, len: usize) -> usize {
+  if !scm_rights::SENDS_MANY {
+    return first;
+  }
+  (first..messages.len())
+    .take(scm_rights::SEND_MANY)
+    .take_while(|&i| {
+      let bytes = message_end(messages, i, len) - messages[i].start;
+      scm_rights::fits_run(bytes, messages[i].fds.len())
+    })
+    .last()
+    .map_or(first, |i| i + 1)
+}
+
+/// Sends the run of short messages that starts at message `next` (untouched so far: `sent`
+/// is its start) with one `sendmmsg`, when there are two or more of them. `Some` with how
+/// many went out and whether that was all of the run; `None` when there is no run (or no
+/// `sendmmsg`), for the message to go alone.
+fn send_run<'a>(
+  shared: &Shared,
+  gather: &mut scm_rights::Gather<'_, 'a>,
+  messages: &[Message],
+  (next, sent, len): (usize, usize, usize),
+  iov: &mut Vec<std::io::IoSlice<'a>>,
+) -> Option<nix::Result<(usize, bool)>> {
+  if messages.get(next).is_none_or(|m| m.start != sent) {
+    return None;
+  }
+  let run: Vec<scm_rights::Outgoing<'_>> = (next..run_end(messages, next, len))
+    .map(|i| {
+      (
+        messages[i].start,
+        message_end(messages, i, len),
+        &messages[i].fds[..],
+      )
+    })
+    .collect();
+  if run.len() < 2 {
+    return None;
+  }
+  let went = scm_rights::send_many(shared.fd.as_fd(), gather, &run, iov);
+  Some(went.map(|count| (count, count == run.len())))
 }
