@@ -29,12 +29,14 @@ import {
   pathIdentity,
   readAt,
   ROOT,
+  runProcess,
   scaled,
   settledOpenFds,
   tmpDir,
   tmpFile,
   tmpSocketPath,
 } from './helpers.js'
+import { linuxSerialTest } from './platform.js'
 
 const PEERS = path.join(ROOT, '__test__', 'interop')
 const SCM_MAX_FD = 253
@@ -43,6 +45,8 @@ let baseline = 0
 let buildDir = ''
 let cPeer = ''
 let goPeer = ''
+/** A launcher that runs its command with sendmmsg and recvmmsg refused (Linux). */
+let noMmsg = ''
 const children = new Set<ChildProcess>()
 
 /** Runs a build step; fails the whole file (not a skip) with its output if it fails. */
@@ -73,6 +77,10 @@ test.before(() => {
   buildDir = tmpDir('fdq-interop-')
   cPeer = path.join(buildDir, 'peer-c')
   build('cc', ['-std=c11', '-Wall', '-Wextra', '-Werror', '-O2', '-o', cPeer, 'peer.c'])
+  if (process.platform === 'linux') {
+    noMmsg = path.join(buildDir, 'no-mmsg')
+    build('cc', ['-std=c11', '-Wall', '-Wextra', '-Werror', '-O2', '-o', noMmsg, '../fixtures/no-mmsg.c'])
+  }
   goPeer = path.join(buildDir, 'peer-go')
   build('go', ['build', '-o', goPeer, 'peer.go'], {
     ...process.env,
@@ -607,6 +615,51 @@ test.serial(
       closeAll(got)
       socket.destroy()
       await closeServer(server)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  },
+)
+
+linuxSerialTest(
+  'sendmmsg and recvmmsg refused (seccomp, EPERM): FdSocket sends and reads one message per call instead, and loses nothing',
+  async (t) => {
+    const { dir, paths } = files(2, 'refused')
+    // Both directions in one child: 300 writes with an fd each, read by the other end,
+    // which checks each chunk's fds against the writes that start in it.
+    const script = `
+      const fs = require('node:fs')
+      const { FdSocket } = require(${JSON.stringify(path.join(ROOT, 'index.js'))})
+      const files = ${JSON.stringify(paths)}.map((p) => fs.openSync(p, 'r'))
+      const ids = files.map((fd) => { const s = fs.fstatSync(fd); return s.dev + ':' + s.ino })
+      const [a, b] = FdSocket.pair()
+      let expected = '', starts = []
+      for (let i = 0; i < 300; i++) {
+        starts.push(expected.length)
+        expected += i + ';'
+        a.enqueue(files[i % 2])
+        a.write(i + ';')
+      }
+      a.end()
+      let received = '', handed = [], bad = 0, count = 0
+      b.on('fds', (fds) => handed.push(...fds))
+      b.on('data', (chunk) => {
+        const from = received.length
+        received += chunk
+        const want = []
+        starts.forEach((s, i) => { if (s >= from && s < received.length) want.push(ids[i % 2]) })
+        const got = handed.map((fd) => { const s = fs.fstatSync(fd); fs.closeSync(fd); return s.dev + ':' + s.ino })
+        if (JSON.stringify(got) !== JSON.stringify(want)) bad++
+        count += got.length
+        handed = []
+      })
+      b.on('error', (e) => { console.log(JSON.stringify({ error: e.code })); process.exit(1) })
+      b.on('end', () => { b.end(); console.log(JSON.stringify({ same: received === expected, bad, count })) })
+    `
+    try {
+      const result = await runProcess(noMmsg, [process.execPath, '-e', script], { cwd: dir, timeoutMs: 30_000 })
+      t.is(result.status, 0, result.stderr + result.stdout)
+      t.deepEqual(JSON.parse(result.stdout.trim().split('\n').at(-1)!), { same: true, bad: 0, count: 300 })
+    } finally {
       fs.rmSync(dir, { recursive: true, force: true })
     }
   },

@@ -8,6 +8,7 @@ use std::io::IoSlice;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
@@ -155,14 +156,32 @@ pub fn fits_run(len: usize, fds: usize) -> bool {
   len > 0 && len <= WHOLE_MAX && fds <= SCM_MAX_FD
 }
 
-/// Whether [`send_many`] is there (Linux's `sendmmsg`).
-pub const SENDS_MANY: bool = cfg!(any(target_os = "linux", target_os = "android"));
+/// Set once `sendmmsg` / `recvmmsg` turned out to be refused in this process (`ENOSYS`
+/// under an emulator, `EPERM` from a seccomp filter) or to cut a message short (a kernel
+/// other than Linux's): from then on every message goes alone, as elsewhere.
+static NO_SEND_MANY: AtomicBool = AtomicBool::new(false);
+#[cfg(any(target_os = "linux", target_os = "android"))]
+static NO_RECV_MANY: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`send_many`] sends runs here (Linux's `sendmmsg`, not refused so far).
+pub fn sends_many() -> bool {
+  cfg!(any(target_os = "linux", target_os = "android")) && !NO_SEND_MANY.load(Ordering::Relaxed)
+}
+
+/// Whether `e` says the call itself is not available, rather than something about the
+/// socket.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn refused(e: Errno) -> bool {
+  matches!(e, Errno::ENOSYS | Errno::EPERM)
+}
 
 /// Sends consecutive messages (at most [`SEND_MANY`], each one that [`fits_run`], ranges
 /// going forward) in one `sendmmsg`. Returns how many went out, each whole (see
 /// [`WHOLE_MAX`]): fewer than asked when the socket filled up or a send failed, which the
-/// caller's next send then reports. An error means the first one did not go. `ENOSYS`
-/// where there is no `sendmmsg` ([`SENDS_MANY`]).
+/// caller's next send then reports; 0 when `sendmmsg` is refused here (see
+/// [`sends_many`]). An error means the first one did not go, or (`EIO`) that the kernel
+/// cut one short and sent more after it, which no later send can mend. `ENOSYS` where
+/// there is no `sendmmsg`.
 pub fn send_many<'a>(
   sock: BorrowedFd<'_>,
   parts: &mut Gather<'_, 'a>,
@@ -233,15 +252,34 @@ fn send_many_linux<'a>(
   let flags = send_flags() | MsgFlags::MSG_DONTWAIT;
   // SAFETY: each header points at its slices of `iov` (borrowing `parts`) and its own
   // stretch of `control`, all alive for the call; the kernel only reads them.
-  let sent = unsafe {
+  let sent = match Errno::result(unsafe {
     libc::sendmmsg(
       sock.as_raw_fd(),
       headers.as_mut_ptr(),
       run.len() as _,
       flags.bits() as _,
     )
+  }) {
+    Ok(n) => n as usize,
+    Err(e) if refused(e) => {
+      NO_SEND_MANY.store(true, Ordering::Relaxed);
+      return Ok(0);
+    }
+    Err(e) => return Err(e),
   };
-  Errno::result(sent).map(|n| n as usize)
+  // Linux queues each of these messages whole (see WHOLE_MAX); a kernel that cut one short
+  // and went on has broken the stream.
+  let whole = headers
+    .iter()
+    .zip(run)
+    .take(sent)
+    .take_while(|(header, &(from, to, _))| header.msg_len as usize == to - from)
+    .count();
+  if whole < sent {
+    NO_SEND_MANY.store(true, Ordering::Relaxed);
+    return Err(Errno::EIO);
+  }
+  Ok(sent)
 }
 
 /// A send error that passes by itself, with the socket still usable: the kernel's bound
@@ -352,8 +390,13 @@ pub fn recv_many_appending(
   let len = buf.spare_capacity_mut().len().min(max);
   let reads = reads.min(MANY).min(len);
   #[cfg(any(target_os = "linux", target_os = "android"))]
-  if reads > 1 {
+  if reads > 1 && !NO_RECV_MANY.load(Ordering::Relaxed) {
     return match recv_many_linux(sock, buf, len, reads, into) {
+      Err(e) if refused(e) => {
+        NO_RECV_MANY.store(true, Ordering::Relaxed);
+        into.push(recv_appending(sock, buf, len, true)?);
+        Ok(None)
+      }
       Err(e) if e != Errno::EAGAIN && e != Errno::EINTR => {
         match recv_appending(sock, buf, len, true) {
           Ok(received) if received.bytes > 0 => {
@@ -385,6 +428,7 @@ fn recv_many_linux(
     if controls.len() < words * MANY {
       controls.resize(words * MANY, 0);
     }
+    let control = controls.as_mut_ptr();
     let stretch = len / reads;
     let base = buf.len();
     let start = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
@@ -409,7 +453,8 @@ fn recv_many_linux(
       iov.iov_len = size;
       header.msg_hdr.msg_iov = iov;
       header.msg_hdr.msg_iovlen = 1;
-      header.msg_hdr.msg_control = controls[words * i..].as_mut_ptr().cast();
+      // SAFETY: `words * (i + 1) <= controls.len()` (MANY reads at most).
+      header.msg_hdr.msg_control = unsafe { control.add(words * i) }.cast();
       header.msg_hdr.msg_controllen = (words * mem::size_of::<u64>()) as _;
     }
     // SAFETY: each header points at its own iovec (a disjoint stretch of `buf`'s spare

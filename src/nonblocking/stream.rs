@@ -665,7 +665,7 @@ fn shutdown_now(shared: &Shared, how: Shutdown) -> Result<()> {
 /// starts ends: as far as each [`scm_rights::fits_run`], at most
 /// [`scm_rights::SEND_MANY`]; `first` itself when there is no `sendmmsg`.
 fn run_end(messages: &[Message], first: usize, len: usize) -> usize {
-  if !scm_rights::SENDS_MANY {
+  if !scm_rights::sends_many() {
     return first;
   }
   (first..messages.len())
