@@ -216,6 +216,47 @@ test.serial(
   },
 )
 
+test.serial(
+  'a peer that closes with our byte unread while its fds wait for us: FdSocket delivers every byte and fd first, then ECONNRESET',
+  async (t) => {
+    const file = tmpFile('sent before the reset')
+    const fd = fs.openSync(file, 'r')
+    const [peer, ours] = AsyncUnixStream.pair()
+    // A byte the peer never reads: its close then resets our side (ECONNRESET), with its
+    // messages still queued for us. Two carry fds, so the reader takes a run of them.
+    await ours.write('!')
+    for (const text of ['x', 'y']) {
+      peer.enqueue(fd)
+      await peer.write(text)
+    }
+    await peer.write('zzz')
+    peer.close()
+    fs.closeSync(fd)
+    const socket = FdSocket.from(ours)
+    const fds: number[] = []
+    let data = ''
+    socket.on('fds', (arrived: number[]) => fds.push(...arrived))
+    socket.on('data', (chunk: Buffer) => (data += chunk.toString('latin1')))
+    const how = await withTimeout(
+      new Promise<string>((resolve) => {
+        socket.on('end', () => resolve('end'))
+        socket.on('error', (error) => resolve(String(codeOf(error))))
+      }),
+      10_000,
+      'the end of the FdSocket',
+    )
+    try {
+      t.is(data, 'xyzzz', 'every byte first')
+      t.is(fds.length, 2, 'and both fds')
+      for (const got of fds) t.is(fdIdentity(got), pathIdentity(file))
+      t.is(how, 'ECONNRESET', 'then the reset, as recvmsg reports it (not a clean end)')
+    } finally {
+      for (const got of fds) fs.closeSync(got)
+      socket.destroy()
+    }
+  },
+)
+
 test.serial('SIGKILL of a peer sending fds: FdSocket ends, every fd accounted for and closed', async (t) => {
   const sock = tmpSocketPath()
   const fifo = watchedFifo()
