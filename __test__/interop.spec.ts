@@ -542,24 +542,26 @@ function burstPlan(count: number): Array<[string, number[]]> {
   return messages
 }
 
-/** Where each planned write starts in the stream, and the stream's text. */
-function planOffsets(messages: Array<[string, number[]]>): { starts: number[]; text: string } {
+/**
+ * A burst test's files (3, their dev:ino in `identities`) and plan of `count` writes, with
+ * where each write starts in the stream and the stream's text.
+ */
+function burstSetup(count: number, prefix: string) {
+  const { dir, paths } = files(3, prefix)
+  const messages = burstPlan(count)
   const starts: number[] = []
   let text = ''
   for (const [part] of messages) {
     starts.push(text.length)
     text += part
   }
-  return { starts, text }
+  return { dir, paths, identities: paths.map(pathIdentity), messages, starts, text }
 }
 
 test.serial(
   'python burst → fd-queue (FdSocket): runs of small fd-carrying messages keep every byte in order, and each fd comes with the chunk that holds the first byte of its send',
   async (t) => {
-    const { dir, paths } = files(3, 'burst')
-    const identities = paths.map(pathIdentity)
-    const messages = burstPlan(400)
-    const { starts, text } = planOffsets(messages)
+    const { dir, paths, identities, messages, starts, text } = burstSetup(400, 'burst')
     const plan = path.join(dir, 'plan.json')
     fs.writeFileSync(plan, JSON.stringify({ files: paths, messages }))
     const { server, socketPath, accepted } = await serveOne()
@@ -668,10 +670,7 @@ linuxSerialTest(
 test.serial(
   'fd-queue (FdSocket) → python recv_fds: 1,000 writes made at once, short and long, go out in runs while the socket fills, and each fd rides on the first byte of its write',
   async (t) => {
-    const { dir, paths } = files(3, 'writes')
-    const identities = paths.map(pathIdentity)
-    const messages = burstPlan(1000)
-    const { starts, text } = planOffsets(messages)
+    const { dir, paths, identities, messages, starts, text } = burstSetup(1000, 'writes')
     const { server, socketPath, accepted } = await serveOne()
     const peer = startPeer('python3', ['peer.py', 'recv', socketPath])
     const socket = await withTimeout(accepted, 10_000, 'python connects')
