@@ -356,7 +356,7 @@ pub fn recv_appending(
 }
 
 /// Reads a run of messages at most one `recvmmsg` takes: the most reads one call makes.
-pub const MANY: usize = 16;
+pub const RECV_MANY: usize = 16;
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 thread_local! {
@@ -366,7 +366,7 @@ thread_local! {
 }
 
 /// Like [`recv_appending`] (at most `max` bytes appended to `buf`), as up to `reads`
-/// reads ([`MANY`] at most) made by one `recvmmsg` (Linux), each with room for
+/// reads ([`RECV_MANY`] at most) made by one `recvmmsg` (Linux), each with room for
 /// `SCM_MAX_FD` fds: a stream of small messages that each carry fds (every `recvmsg`
 /// stops after one) costs one syscall per run instead of one per message. What each read
 /// brought is pushed onto `into`, in order; a read of 0 bytes is the end of the stream,
@@ -388,17 +388,16 @@ pub fn recv_many_appending(
   into: &mut Vec<Received>,
 ) -> nix::Result<Option<Errno>> {
   let len = buf.spare_capacity_mut().len().min(max);
-  let reads = reads.min(MANY).min(len);
+  let reads = reads.min(RECV_MANY).min(len);
   #[cfg(any(target_os = "linux", target_os = "android"))]
   if reads > 1 && !NO_RECV_MANY.load(Ordering::Relaxed) {
-    return match recv_many_linux(sock, buf, len, reads, into) {
-      Err(e) if refused(e) => {
-        NO_RECV_MANY.store(true, Ordering::Relaxed);
-        into.push(recv_appending(sock, buf, len, true)?);
-        Ok(None)
-      }
-      Err(e) if e != Errno::EAGAIN && e != Errno::EINTR => {
-        match recv_appending(sock, buf, len, true) {
+    match recv_many_linux(sock, buf, len, reads, into) {
+      Ok(()) => return Ok(None),
+      // Refused here: this read and every later one go alone.
+      Err(e) if refused(e) => NO_RECV_MANY.store(true, Ordering::Relaxed),
+      Err(e) if e == Errno::EAGAIN || e == Errno::EINTR => return Err(e),
+      Err(e) => {
+        return match recv_appending(sock, buf, len, true) {
           Ok(received) if received.bytes > 0 => {
             into.push(received);
             Ok(Some(e))
@@ -406,8 +405,7 @@ pub fn recv_many_appending(
           _ => Err(e),
         }
       }
-      other => other.map(|()| None),
-    };
+    }
   }
   #[cfg(not(any(target_os = "linux", target_os = "android")))]
   let _ = reads;
@@ -425,17 +423,17 @@ fn recv_many_linux(
 ) -> nix::Result<()> {
   let words = control_words();
   CONTROLS.with_borrow_mut(|controls| {
-    if controls.len() < words * MANY {
-      controls.resize(words * MANY, 0);
+    if controls.len() < words * RECV_MANY {
+      controls.resize(words * RECV_MANY, 0);
     }
     let control = controls.as_mut_ptr();
     let stretch = len / reads;
     let base = buf.len();
     let start = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
     // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is a valid value.
-    let mut iovs: [libc::iovec; MANY] = unsafe { mem::zeroed() };
+    let mut iovs: [libc::iovec; RECV_MANY] = unsafe { mem::zeroed() };
     // SAFETY: as above.
-    let mut headers: [libc::mmsghdr; MANY] = unsafe { mem::zeroed() };
+    let mut headers: [libc::mmsghdr; RECV_MANY] = unsafe { mem::zeroed() };
     for (i, (iov, header)) in iovs
       .iter_mut()
       .zip(headers.iter_mut())
@@ -453,7 +451,7 @@ fn recv_many_linux(
       iov.iov_len = size;
       header.msg_hdr.msg_iov = iov;
       header.msg_hdr.msg_iovlen = 1;
-      // SAFETY: `words * (i + 1) <= controls.len()` (MANY reads at most).
+      // SAFETY: `words * (i + 1) <= controls.len()` (RECV_MANY reads at most).
       header.msg_hdr.msg_control = unsafe { control.add(words * i) }.cast();
       header.msg_hdr.msg_controllen = (words * mem::size_of::<u64>()) as _;
     }
@@ -746,7 +744,7 @@ fn close_range(low: RawFd, high: RawFd) -> bool {
       0,
     )
   };
-  if closed != 0 && matches!(Errno::last(), Errno::ENOSYS | Errno::EPERM) {
+  if closed != 0 && refused(Errno::last()) {
     UNAVAILABLE.store(true, Ordering::Relaxed);
   }
   closed == 0
@@ -860,7 +858,7 @@ mod tests {
     let mut buf = Vec::with_capacity(64);
     buf.push(b'>');
     let mut reads = Vec::new();
-    recv_many_appending(b.as_fd(), &mut buf, 64, MANY, &mut reads).expect("recvmmsg");
+    recv_many_appending(b.as_fd(), &mut buf, 64, RECV_MANY, &mut reads).expect("recvmmsg");
     assert_eq!(
       buf, b">abcdefg",
       "every byte once, in order, after what the buffer held"
@@ -892,14 +890,14 @@ mod tests {
     drop(a);
     let mut buf = Vec::with_capacity(64);
     let mut reads = Vec::new();
-    let held = recv_many_appending(b.as_fd(), &mut buf, 64, MANY, &mut reads).expect("recv");
+    let held = recv_many_appending(b.as_fd(), &mut buf, 64, RECV_MANY, &mut reads).expect("recv");
     assert_eq!(held, Some(Errno::ECONNRESET), "held back, not lost");
     assert_eq!(
       (&buf[..], reads.len(), reads[0].fds.len()),
       (&b"x"[..], 1, 1)
     );
     reads.clear();
-    let later = recv_many_appending(b.as_fd(), &mut buf, 64, MANY, &mut reads).expect("recv");
+    let later = recv_many_appending(b.as_fd(), &mut buf, 64, RECV_MANY, &mut reads).expect("recv");
     assert_eq!(later, None);
     let sizes: Vec<usize> = reads.iter().map(|r| r.bytes).collect();
     assert_eq!(

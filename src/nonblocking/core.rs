@@ -137,8 +137,7 @@ impl std::fmt::Debug for InFlight {
 
 impl Queues {
   pub(crate) fn inbound_full(&self) -> bool {
-    let inbound = lock(&self.inbound);
-    inbound.len() + self.pending.load(Ordering::Acquire) >= inbound.limit()
+    self.fd_room() == 0
   }
 
   /// How many fds may still arrive before the inbound queue is at its bound.
@@ -787,10 +786,11 @@ impl Shared {
 
   /// Runs `send` until it succeeds or fails for good. It tries at once first (an earlier
   /// write may have made room by now) and registers for writability only when the socket
-  /// is full (`registered` then holds the registration, for the caller's next send). If no fd is left for that registration (the process is at its open-file
-  /// limit), it polls instead, backing off up to 16 ms. A transient shortage
-  /// (`ETOOMANYREFS` until the peer takes fds in flight, `ENOBUFS`, `ENOMEM`) has no
-  /// readiness to wait for: the send is retried (its fds kept), backing off up to 64 ms.
+  /// is full (`registered` then holds the registration, for the caller's next send). If
+  /// no fd is left for that registration (the process is at its open-file limit), it
+  /// polls instead, backing off up to 16 ms. A transient shortage (`ETOOMANYREFS` until
+  /// the peer takes fds in flight, `ENOBUFS`, `ENOMEM`) has no readiness to wait for: the
+  /// send is retried (its fds kept), backing off up to 64 ms.
   async fn send_when_ready<T>(
     &self,
     registered: &mut Option<Arc<AsyncFd<Registered>>>,

@@ -346,9 +346,13 @@ async fn pump(
       .last()
       .is_some_and(|(fds, _): &(Vec<_>, bool)| !fds.is_empty());
     let mut reads = Vec::new();
-    while ending.is_none() && !data.is_empty() && data.len() < CHUNK && !queues.inbound_full() {
+    while ending.is_none() && !data.is_empty() && data.len() < CHUNK {
+      let room = queues.fd_room();
+      if room == 0 {
+        break;
+      }
       let at_once = if many {
-        queues.fd_room() / scm_rights::SCM_MAX_FD + 1
+        room / scm_rights::SCM_MAX_FD + 1
       } else {
         1
       };

@@ -692,7 +692,12 @@ fn send_run<'a>(
   if messages.get(next).is_none_or(|m| m.start != sent) {
     return None;
   }
-  let run: Vec<scm_rights::Outgoing<'_>> = (next..run_end(messages, next, len))
+  // Checked before anything is collected: a write of one message (most) allocates nothing.
+  let last = run_end(messages, next, len);
+  if last - next < 2 {
+    return None;
+  }
+  let run: Vec<scm_rights::Outgoing<'_>> = (next..last)
     .map(|i| {
       (
         messages[i].start,
@@ -701,9 +706,6 @@ fn send_run<'a>(
       )
     })
     .collect();
-  if run.len() < 2 {
-    return None;
-  }
   let went = scm_rights::send_many(shared.fd.as_fd(), gather, &run, iov);
   Some(went.map(|count| (count, count == run.len())))
 }
