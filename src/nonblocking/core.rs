@@ -667,11 +667,21 @@ impl Shared {
     let mut data = Vec::new();
     queues.wait_for_room().await;
     if try_first {
-      match self.recv_copied(size) {
-        Ok(read) => return Ok(read),
-        // Waited for below, holding no buffer; EINTR: tried again below.
-        Err(Errno::EAGAIN | Errno::EINTR) => {}
-        Err(e) => return Err(error::sys(e, "recvmsg")),
+      loop {
+        match self.recv_copied(size) {
+          Ok(read) => return Ok(read),
+          // Waited for below, holding no buffer; EINTR: tried again below.
+          Err(Errno::EAGAIN | Errno::EINTR) => {}
+          Err(e) => return Err(error::sys(e, "recvmsg")),
+        }
+        // Tried as a parked read: tried again by the loop, unless it becomes a task.
+        if !crate::runtime::park_if_direct() {
+          break;
+        }
+        crate::runtime::until_tried_again().await;
+        if !crate::runtime::polled_directly() {
+          break;
+        }
       }
     }
     let io = self

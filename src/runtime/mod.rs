@@ -71,6 +71,10 @@ struct Local {
   /// process's own timers for seconds.)
   next_turn: RefCell<Option<uv::Handle>>,
   driving: Cell<bool>,
+  /// Reads parked in `after_event` are being tried (`try_parked`), outside tokio's tasks.
+  direct: Cell<bool>,
+  /// The read just tried that way found its socket empty and asks to stay parked.
+  parked: Cell<bool>,
   /// A drive is set for the next loop iteration.
   scheduled: Cell<bool>,
   /// When the tasks in a `sleep` wake (how many at each instant): the timer is set for
@@ -371,6 +375,35 @@ pub(crate) fn run_woken() {
   }
 }
 
+/// For a read that found its socket empty: whether it is being tried as a parked read
+/// (see `Local::try_parked`), in which case it is marked to be tried again later instead
+/// of waiting in tokio's reactor.
+pub(crate) fn park_if_direct() -> bool {
+  local().is_some_and(|local| {
+    let direct = local.direct.get();
+    local.parked.set(direct);
+    direct
+  })
+}
+
+/// Whether the calling read is being tried as a parked one (not polled by a task).
+pub(crate) fn polled_directly() -> bool {
+  local().is_some_and(|local| local.direct.get())
+}
+
+/// Pending once, waking nothing: for a parked read, whose next try comes from the loop.
+pub(crate) async fn until_tried_again() {
+  let mut first = true;
+  std::future::poll_fn(|_| {
+    if std::mem::take(&mut first) {
+      Poll::Pending
+    } else {
+      Poll::Ready(())
+    }
+  })
+  .await;
+}
+
 /// This thread's environment, when the JS-thread runtime runs here (its tasks may then
 /// use the thread's JS values); `None` on any other thread, or with the threaded runtime.
 pub(crate) fn js_env() -> Option<sys::napi_env> {
@@ -528,6 +561,8 @@ impl Local {
       sweep_timer: RefCell::new(Some(sweep_timer)),
       sweeps: RefCell::new(Vec::new()),
       driving: Cell::new(false),
+      direct: Cell::new(false),
+      parked: Cell::new(false),
       scheduled: Cell::new(false),
       sleeping: RefCell::new(BTreeMap::new()),
       spawns: RefCell::new(Vec::new()),
@@ -548,6 +583,14 @@ impl Local {
   /// `turn`: whether the reactor must be turned even with no task woken (it reported
   /// events, or a timer may be due); otherwise a drive with nothing woken does nothing.
   fn drive(&self, turn: bool) {
+    self.drive_with(turn, false);
+  }
+
+  /// [`Local::drive`]; with `then_try`, the reactor is turned first, and the reads parked
+  /// meanwhile are tried right after that turn instead of before it: the turn a loop
+  /// callback owes once JS has had the results of the reads it tried first (see
+  /// [`Local::try_after_event`]). Only for a drive with nothing else to run.
+  fn drive_with(&self, turn: bool, then_try: bool) {
     if !turn && !self.has_work() {
       return;
     }
@@ -555,11 +598,25 @@ impl Local {
       return;
     }
     self.scheduled.set(false);
-    self.start_after_event();
+    // Every turn of the reactor must find each parked read tried after it, or started
+    // before it: the turn may collect the one event that read waits for.
+    if !then_try {
+      self.start_after_event();
+    }
     // Rounds inside one `block_on` (entering the runtime costs about as much as a round):
     // new tasks and wakes go in, every ready task runs, then the reactor is turned without
     // waiting; again while that turn (or the tasks) left work.
     let quiet = self.runtime.block_on(async {
+      if then_try {
+        // Nothing is queued: this only turns the reactor.
+        tokio::task::yield_now().await;
+        self.try_parked(false);
+        if !self.has_work() {
+          return true;
+        }
+        // More turns follow.
+        self.start_after_event();
+      }
       for _ in 0..MAX_ROUNDS {
         let spawns = std::mem::take(&mut *self.spawns.borrow_mut());
         let wakes = std::mem::take(&mut *self.wakes.borrow_mut());
@@ -580,6 +637,58 @@ impl Local {
     if !quiet {
       self.soon();
     }
+  }
+
+  /// At the start of a loop callback: tries the reads parked for an event (a read that
+  /// found its socket empty while the socket is registered), before the reactor is
+  /// turned, since the event may be the one they wait for. One that finds its socket
+  /// still empty becomes a task, which waits in tokio's reactor. Returns whether the turn
+  /// may wait until JS has had their results: the reads got something and nothing else
+  /// waits to run. The round trip's answer then goes out before the `epoll_wait` of
+  /// tokio's that collects the event already served.
+  fn try_after_event(&self) -> bool {
+    if self.driving.get() || self.after_event.borrow().is_empty() {
+      return false;
+    }
+    {
+      let _entered = self.runtime.enter();
+      self.try_parked(true);
+    }
+    self.deliver.get().is_some() && !self.has_work()
+  }
+
+  /// Polls each read parked in `after_event` once, here, outside tokio's scheduler (no
+  /// task, no waker: whoever tries it next is this thread's loop). One that finished is
+  /// dropped; one that found its socket empty stays parked, or becomes a task when
+  /// `to_task`; one that waits for anything else becomes a task.
+  fn try_parked(&self, to_task: bool) {
+    let parked = std::mem::take(&mut *self.after_event.borrow_mut());
+    if parked.is_empty() {
+      return;
+    }
+    // A wake meanwhile (the turnstile's next read) waits for the drive that follows.
+    let driving = self.driving.replace(true);
+    self.direct.set(true);
+    let mut cx = Context::from_waker(Waker::noop());
+    for mut read in parked {
+      self.parked.set(false);
+      // A panic ends the read as it would end a task (none is expected).
+      let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read.as_mut().poll(&mut cx).is_ready()
+      }))
+      .unwrap_or(true);
+      if finished {
+        continue;
+      }
+      if self.parked.get() && !to_task {
+        self.after_event.borrow_mut().push(read);
+      } else {
+        let task = Tracked::new(read, Arc::clone(&self.shared));
+        self.spawns.borrow_mut().push(task);
+      }
+    }
+    self.direct.set(false);
+    self.driving.set(driving);
   }
 
   /// Moves the tasks waiting for the loop's next turn to the ones the next drive spawns.
@@ -618,7 +727,10 @@ impl Local {
     self.wakes.borrow_mut().extend(waiting);
     // Tasks set for the loop's next turn: this is it.
     self.start_next_turn();
-    self.drive(true);
+    let mut owed = self.try_after_event();
+    if !owed {
+      self.drive(true);
+    }
     for _ in 0..MAX_ROUNDS {
       let Some(deliver) = self.deliver.take() else {
         break;
@@ -628,8 +740,13 @@ impl Local {
       // these handles first (no loop callback runs after that).
       unsafe { in_handle_scope(self.env, deliver) };
       self.delivering.set(false);
-      // JS may have started more work; run it before giving the loop back.
-      self.drive(false);
+      // JS may have started more work; run it before giving the loop back (and turn the
+      // reactor, if that was left for now).
+      let turn = std::mem::take(&mut owed);
+      self.drive_with(turn, turn && !self.has_work());
+    }
+    if owed {
+      self.drive(true);
     }
     self.in_callback.set(false);
     if ticking && !self.sleeping.borrow().is_empty() {
@@ -987,7 +1104,7 @@ impl Wake for Counting {
     self.task.woken();
     if std::thread::current().id() == self.shared.owner {
       if let Some(local) = local() {
-        if local.driving.get() {
+        if local.driving.get() && !local.direct.get() {
           // Inside the runtime: straight to its run queue.
           self.inner.wake_by_ref();
         } else {
