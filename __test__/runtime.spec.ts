@@ -356,27 +356,30 @@ test('2,000 reads that each find data, awaited one after another, let a timer du
 // "Where the async work runs" in the README): the next read, made in the code after its
 // `await`, finds the socket empty, and its bytes and fd arrive before that collection.
 // The event they raise is then taken with the one already served: the read must still
-// see them.
-test('a read made after an await of a read, whose data arrive before the loop callback ends, resolves with them and their fd', async (t) => {
-  const file = tmpFile('after the await')
-  const [a, b] = AsyncUnixStream.pair()
-  const rounds = 300
-  for (let i = 0; i < rounds; i++) {
-    const first = a.read(1)
-    // From another loop callback: `first` waits for an event.
-    setImmediate(() => void b.write('x'))
-    t.is((await withTimeout(first, T, `read ${i}`)).toString(), 'x')
-    const second = a.read(1)
-    const fd = fs.openSync(file, 'r')
-    b.enqueue(fd)
-    fs.closeSync(fd)
-    void b.write('y')
-    t.is((await withTimeout(second, T, `read ${i} after the await`)).toString(), 'y')
-    const received = a.dequeue()
-    t.not(received, null)
-    t.is(fdIdentity(received!), pathIdentity(file))
-    fs.closeSync(received!)
-  }
-  a.close()
-  b.close()
-})
+// see them. Serial: another test's loop callback would try the read too, and hide a miss.
+test.serial(
+  'a read made after an await of a read, whose data arrive before the loop callback ends, resolves with them and their fd',
+  async (t) => {
+    const file = tmpFile('after the await')
+    const [a, b] = AsyncUnixStream.pair()
+    const rounds = 300
+    for (let i = 0; i < rounds; i++) {
+      const first = a.read(1)
+      // From another loop callback: `first` waits for an event.
+      setImmediate(() => void b.write('x'))
+      t.is((await withTimeout(first, T, `read ${i}`)).toString(), 'x')
+      const second = a.read(1)
+      const fd = fs.openSync(file, 'r')
+      b.enqueue(fd)
+      fs.closeSync(fd)
+      void b.write('y')
+      t.is((await withTimeout(second, T, `read ${i} after the await`)).toString(), 'y')
+      const received = a.dequeue()
+      t.not(received, null)
+      t.is(fdIdentity(received!), pathIdentity(file))
+      fs.closeSync(received!)
+    }
+    a.close()
+    b.close()
+  },
+)

@@ -670,8 +670,9 @@ impl Shared {
       loop {
         match self.recv_copied(size) {
           Ok(read) => return Ok(read),
-          // Waited for below, holding no buffer; EINTR: tried again below.
-          Err(Errno::EAGAIN | Errno::EINTR) => {}
+          Err(Errno::EINTR) => continue,
+          // Waited for below, holding no buffer.
+          Err(Errno::EAGAIN) => {}
           Err(e) => return Err(error::sys(e, "recvmsg")),
         }
         // Tried as a parked read: tried again by the loop, unless it becomes a task.

@@ -85,8 +85,9 @@ struct Local {
   /// its wake-up eventfd).
   spawns: RefCell<Vec<Tracked>>,
   wakes: RefCell<Vec<Waker>>,
-  /// Tasks that can do nothing before an event of the reactor (`spawn_after_event`):
-  /// spawned inside the next drive, which they are no reason to start.
+  /// Reads that can do nothing before an event of the reactor (`spawn_after_event`),
+  /// parked here with no task: the next loop callback tries them first, and a drive that
+  /// turns the reactor either spawns them before the turn or tries them right after it.
   after_event: RefCell<Vec<Task>>,
   /// Tasks that wait for the event loop to turn (`spawn_next_turn`): spawned by the next
   /// loop callback, not by the rounds of the current one.
@@ -238,10 +239,10 @@ fn spawn_then<F: Future<Output = ()> + Send + 'static>(future: F, then: impl FnO
 
 /// [`spawn`] for a `future` that can do nothing before an event of this thread's reactor:
 /// a read that just found its socket empty while that socket is registered. On the
-/// JS-thread runtime it starts inside the next drive (the one that event starts, at the
-/// latest) instead of one of its own, which would only turn the reactor for nothing
-/// (an `epoll_wait` per read). Since it starts before that drive turns the reactor, it
-/// should try its syscall first: the event may be the one it waits for.
+/// JS-thread runtime it is parked, with no drive of its own (which would only turn the
+/// reactor for nothing, an `epoll_wait` per read) and no task: the next loop callback
+/// polls it first (see `Local::try_after_event`), so it must try its syscall whenever it
+/// is polled that way (`polled_directly`): the event may be the one it waits for.
 fn spawn_after_event<F: Future<Output = ()> + Send + 'static>(future: F) {
   match local() {
     Some(local) => local.after_event.borrow_mut().push(Box::pin(future)),
@@ -744,9 +745,6 @@ impl Local {
       // reactor, if that was left for now).
       let turn = std::mem::take(&mut owed);
       self.drive_with(turn, turn && !self.has_work());
-    }
-    if owed {
-      self.drive(true);
     }
     self.in_callback.set(false);
     if ticking && !self.sleeping.borrow().is_empty() {
