@@ -383,3 +383,51 @@ test.serial(
     b.close()
   },
 )
+
+// The same for an FdSocket, whose reader, after a chunk, waits for the next with no task:
+// its peer's answer to that chunk, written by the 'data' listener, comes before the loop
+// callback that delivered the chunk turns the reactor.
+test.serial(
+  "an FdSocket chunk written back from a 'data' listener, before the loop callback ends, is delivered with its fd",
+  async (t) => {
+    const file = tmpFile('written back')
+    const [a, b] = FdSocket.pair()
+    const rounds = 300
+    let got = ''
+    let received: number[] = []
+    let waiter: (() => void) | null = null
+    a.on('data', (chunk: Buffer) => {
+      got += chunk.toString()
+      for (let fd; (fd = a.dequeue()) !== null;) received.push(fd)
+      if (chunk.toString() === 'x') {
+        const fd = fs.openSync(file, 'r')
+        b.enqueue(fd)
+        fs.closeSync(fd)
+        b.write('y')
+      }
+      waiter?.()
+    })
+    const until = (text: string, what: string) =>
+      withTimeout(
+        new Promise<void>((resolve) => {
+          waiter = () => got.endsWith(text) && resolve()
+          waiter()
+        }),
+        T,
+        what,
+      )
+    for (let i = 0; i < rounds; i++) {
+      got = ''
+      // From another loop callback: the chunk comes with an event.
+      setImmediate(() => b.write('x'))
+      await until('xy', `round ${i}`)
+      t.is(got, 'xy')
+      t.is(received.length, 1)
+      t.is(fdIdentity(received[0]!), pathIdentity(file))
+      fs.closeSync(received[0]!)
+      received = []
+    }
+    a.destroy()
+    b.destroy()
+  },
+)

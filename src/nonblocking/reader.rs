@@ -5,7 +5,7 @@
 //! such batches are in flight, and the JS side pauses the task when its buffer is full.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -289,6 +289,11 @@ async fn pump(
     Some(e) => Delivery::Failed(error::sys(e, "recvmsg")),
     None => Delivery::End,
   };
+  // Read something since it last found the socket empty: on the JS-thread runtime it then
+  // parks instead of waiting in tokio's reactor (see `runtime::park`).
+  let mut active = false;
+  // The last read found the socket empty (a run of reads ended with nothing left).
+  let mut drained = false;
   loop {
     if wanted.wait_for(|w| *w).await.is_err() {
       return;
@@ -306,6 +311,30 @@ async fn pump(
     // budget is checked once the socket is ready, right before the read: many readers may
     // become ready in one callback after its budget went.
     let first = loop {
+      // Known empty right after a read: parked at once, with no syscall to learn it again.
+      if std::mem::take(&mut drained) && crate::runtime::park(std::mem::take(&mut active)) {
+        crate::runtime::until_tried_again().await;
+      }
+      // Parked: the loop tries the socket itself, at its next event (or right after a turn
+      // of the reactor that may have taken that event).
+      if crate::runtime::polled_directly() {
+        if budget.spent() {
+          crate::runtime::next_turn().await;
+          continue;
+        }
+        match crate::spare::recv_first(io.get_ref().as_fd(), &mut data, CHUNK) {
+          Ok(received) => break Ok(received),
+          Err(Errno::EINTR) => continue,
+          Err(Errno::EAGAIN) if deferred.is_some() => break Ok(Received::default()),
+          Err(Errno::EAGAIN) => {
+            if crate::runtime::park(std::mem::take(&mut active)) {
+              crate::runtime::until_tried_again().await;
+              continue;
+            }
+          }
+          Err(e) => break Err(io::Error::from(e)),
+        }
+      }
       let mut ready = match io.readable().await {
         Ok(ready) => ready,
         Err(e) => break Err(e),
@@ -324,13 +353,20 @@ async fn pump(
         Ok(result) => break result,
         // Nothing left, and an error was held back for that moment.
         Err(_would_block) if deferred.is_some() => break Ok(Received::default()),
-        // Readiness was stale, and is cleared: wait for the next event.
-        Err(_would_block) => continue,
+        // Readiness was stale, and is cleared: right after a read, parked (above);
+        // otherwise wait for the next event.
+        Err(_would_block) => {
+          if crate::runtime::park(std::mem::take(&mut active)) {
+            crate::runtime::until_tried_again().await;
+          }
+          continue;
+        }
       }
     };
     match first {
       Ok(received) if received.bytes == 0 => ending = Some(end(&mut deferred)),
       Ok(received) => {
+        active = true;
         queues
           .pending
           .fetch_add(received.fds.len(), Ordering::AcqRel);
@@ -356,11 +392,18 @@ async fn pump(
       } else {
         1
       };
-      let result = io.try_io(Interest::READABLE, |fd| {
+      let read = |fd: BorrowedFd<'_>, data: &mut Vec<u8>, reads: &mut Vec<Received>| {
         let room = CHUNK - data.len();
-        scm_rights::recv_many_appending(fd.as_fd(), &mut data, room, at_once, &mut reads)
-          .map_err(io::Error::from)
-      });
+        scm_rights::recv_many_appending(fd, data, room, at_once, reads).map_err(io::Error::from)
+      };
+      // Parked, tokio's readiness may say nothing of the socket: it is tried as it is.
+      let result = if crate::runtime::polled_directly() {
+        read(io.get_ref().as_fd(), &mut data, &mut reads)
+      } else {
+        io.try_io(Interest::READABLE, |fd| {
+          read(fd.as_fd(), &mut data, &mut reads)
+        })
+      };
       match result {
         Ok(held) => {
           deferred = deferred.or(held);
@@ -382,6 +425,7 @@ async fn pump(
           if deferred.is_some() {
             ending = Some(end(&mut deferred));
           }
+          drained = true;
           break;
         }
         Err(e) => ending = Some(Delivery::Failed(error::sys(errno_of(&e), "recvmsg"))),

@@ -71,10 +71,6 @@ struct Local {
   /// process's own timers for seconds.)
   next_turn: RefCell<Option<uv::Handle>>,
   driving: Cell<bool>,
-  /// Reads parked in `after_event` are being tried (`try_parked`), outside tokio's tasks.
-  direct: Cell<bool>,
-  /// The read just tried that way found its socket empty and asks to stay parked.
-  parked: Cell<bool>,
   /// A drive is set for the next loop iteration.
   scheduled: Cell<bool>,
   /// When the tasks in a `sleep` wake (how many at each instant): the timer is set for
@@ -136,6 +132,20 @@ enum Driver {
 
 thread_local! {
   static DRIVER: Slot = const { Slot(RefCell::new(None)) };
+  /// A parked read is being polled by `Local::try_parked` (not by a task).
+  static DIRECT: Cell<bool> = const { Cell::new(false) };
+  /// What the read just polled asked for when it found its socket empty ([`park`]).
+  static PARKED: Cell<Parked> = const { Cell::new(Parked::No) };
+}
+
+/// What a read that found its socket empty asked for ([`park`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parked {
+  No,
+  /// To be tried again at the next event; it read nothing since it was last tried.
+  Idle,
+  /// The same, right after it read something (its peer is likely to answer soon).
+  Active,
 }
 
 /// This thread's driver. The environment's cleanup hook takes the JS-thread runtime and
@@ -376,20 +386,23 @@ pub(crate) fn run_woken() {
   }
 }
 
-/// For a read that found its socket empty: whether it is being tried as a parked read
-/// (see `Local::try_parked`), in which case it is marked to be tried again later instead
-/// of waiting in tokio's reactor.
-pub(crate) fn park_if_direct() -> bool {
-  local().is_some_and(|local| {
-    let direct = local.direct.get();
-    local.parked.set(direct);
-    direct
-  })
+/// For a read that just found its socket empty, on the JS-thread runtime: parks it, to be
+/// tried again by the loop at the next event (see `Local::try_parked`) instead of waiting
+/// in tokio's reactor, when it is being tried that way already, or, with `active` (it
+/// read something since it was last tried), when a task polls it: that task then ends,
+/// and hands the read over. The caller then awaits [`until_tried_again`]. `false`: wait
+/// for readiness in tokio as usual.
+pub(crate) fn park(active: bool) -> bool {
+  let parks = DIRECT.get() || (active && local().is_some());
+  if parks {
+    PARKED.set(if active { Parked::Active } else { Parked::Idle });
+  }
+  parks
 }
 
 /// Whether the calling read is being tried as a parked one (not polled by a task).
 pub(crate) fn polled_directly() -> bool {
-  local().is_some_and(|local| local.direct.get())
+  DIRECT.get()
 }
 
 /// Pending once, waking nothing: for a parked read, whose next try comes from the loop.
@@ -562,8 +575,6 @@ impl Local {
       sweep_timer: RefCell::new(Some(sweep_timer)),
       sweeps: RefCell::new(Vec::new()),
       driving: Cell::new(false),
-      direct: Cell::new(false),
-      parked: Cell::new(false),
       scheduled: Cell::new(false),
       sleeping: RefCell::new(BTreeMap::new()),
       spawns: RefCell::new(Vec::new()),
@@ -599,14 +610,11 @@ impl Local {
       return;
     }
     self.scheduled.set(false);
-    // Every turn of the reactor must find each parked read tried after it, or started
-    // before it: the turn may collect the one event that read waits for.
-    if !then_try {
-      self.start_after_event();
-    }
     // Rounds inside one `block_on` (entering the runtime costs about as much as a round):
     // new tasks and wakes go in, every ready task runs, then the reactor is turned without
-    // waiting; again while that turn (or the tasks) left work.
+    // waiting; again while that turn (or the tasks) left work. Every turn must find each
+    // parked read started before it or tried right after it: the turn may collect the one
+    // event that read waits for.
     let quiet = self.runtime.block_on(async {
       if then_try {
         // Nothing is queued: this only turns the reactor.
@@ -615,10 +623,9 @@ impl Local {
         if !self.has_work() {
           return true;
         }
-        // More turns follow.
-        self.start_after_event();
       }
       for _ in 0..MAX_ROUNDS {
+        self.start_after_event();
         let spawns = std::mem::take(&mut *self.spawns.borrow_mut());
         let wakes = std::mem::take(&mut *self.wakes.borrow_mut());
         for task in spawns {
@@ -628,6 +635,9 @@ impl Local {
           waker.wake();
         }
         tokio::task::yield_now().await;
+        // Reads a task parked in this round (a reader that read, then found its socket
+        // empty again), after the turn that may have taken their event.
+        self.try_parked(false);
         if !self.has_work() {
           return true;
         }
@@ -669,10 +679,10 @@ impl Local {
     }
     // A wake meanwhile (the turnstile's next read) waits for the drive that follows.
     let driving = self.driving.replace(true);
-    self.direct.set(true);
+    DIRECT.set(true);
     let mut cx = Context::from_waker(Waker::noop());
     for mut read in parked {
-      self.parked.set(false);
+      PARKED.set(Parked::No);
       // A panic ends the read as it would end a task (none is expected).
       let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         read.as_mut().poll(&mut cx).is_ready()
@@ -681,14 +691,15 @@ impl Local {
       if finished {
         continue;
       }
-      if self.parked.get() && !to_task {
+      let parked = PARKED.replace(Parked::No);
+      if parked == Parked::Active || (parked == Parked::Idle && !to_task) {
         self.after_event.borrow_mut().push(read);
       } else {
         let task = Tracked::new(read, Arc::clone(&self.shared));
         self.spawns.borrow_mut().push(task);
       }
     }
-    self.direct.set(false);
+    DIRECT.set(false);
     self.driving.set(driving);
   }
 
@@ -1102,7 +1113,7 @@ impl Wake for Counting {
     self.task.woken();
     if std::thread::current().id() == self.shared.owner {
       if let Some(local) = local() {
-        if local.driving.get() && !local.direct.get() {
+        if local.driving.get() && !DIRECT.get() {
           // Inside the runtime: straight to its run queue.
           self.inner.wake_by_ref();
         } else {
@@ -1167,6 +1178,16 @@ impl Future for Tracked {
         ours
       }
     };
-    this.inner.as_mut().poll(&mut Context::from_waker(&ours))
+    PARKED.set(Parked::No);
+    let poll = this.inner.as_mut().poll(&mut Context::from_waker(&ours));
+    // A read that parked itself (see `park`) goes on with no task: the loop tries it.
+    if poll.is_pending() && PARKED.replace(Parked::No) == Parked::Active {
+      if let Some(local) = local() {
+        let read = std::mem::replace(&mut this.inner, Box::pin(std::future::ready(())));
+        local.after_event.borrow_mut().push(read);
+        return Poll::Ready(());
+      }
+    }
+    poll
   }
 }
