@@ -289,9 +289,7 @@ async fn pump(
     Some(e) => Delivery::Failed(error::sys(e, "recvmsg")),
     None => Delivery::End,
   };
-  // Read something since it last found the socket empty: on the JS-thread runtime it then
-  // parks instead of waiting in tokio's reactor (see `runtime::park`).
-  let mut active = false;
+  let mut parking = Parking::default();
   // The last read found the socket empty (a run of reads ended with nothing left).
   let mut drained = false;
   loop {
@@ -312,8 +310,8 @@ async fn pump(
     // become ready in one callback after its budget went.
     let first = loop {
       // Known empty right after a read: parked at once, with no syscall to learn it again.
-      if std::mem::take(&mut drained) && crate::runtime::park(std::mem::take(&mut active)) {
-        crate::runtime::until_tried_again().await;
+      if std::mem::take(&mut drained) && parking.park().await {
+        continue;
       }
       // Parked: the loop tries the socket itself, at its next event (or right after a turn
       // of the reactor that may have taken that event).
@@ -323,12 +321,14 @@ async fn pump(
           continue;
         }
         match crate::spare::recv_first(io.get_ref().as_fd(), &mut data, CHUNK) {
-          Ok(received) => break Ok(received),
+          Ok(received) => {
+            parking.hit();
+            break Ok(received);
+          }
           Err(Errno::EINTR) => continue,
           Err(Errno::EAGAIN) if deferred.is_some() => break Ok(Received::default()),
           Err(Errno::EAGAIN) => {
-            if crate::runtime::park(std::mem::take(&mut active)) {
-              crate::runtime::until_tried_again().await;
+            if parking.park().await {
               continue;
             }
           }
@@ -356,9 +356,7 @@ async fn pump(
         // Readiness was stale, and is cleared: right after a read, parked (above);
         // otherwise wait for the next event.
         Err(_would_block) => {
-          if crate::runtime::park(std::mem::take(&mut active)) {
-            crate::runtime::until_tried_again().await;
-          }
+          parking.park().await;
           continue;
         }
       }
@@ -366,7 +364,7 @@ async fn pump(
     match first {
       Ok(received) if received.bytes == 0 => ending = Some(end(&mut deferred)),
       Ok(received) => {
-        active = true;
+        parking.active = true;
         queues
           .pending
           .fetch_add(received.fds.len(), Ordering::AcqRel);
@@ -451,6 +449,58 @@ async fn pump(
       sink.send(ending);
       return;
     }
+  }
+}
+
+/// Whether a reader that found its socket empty parks (see `runtime::park`): right after it
+/// read something, unless parking came to nothing lately. A parked reader that the loop had
+/// to turn into a task (its next wake-up brought nothing) parks only after the next 2, 4,
+/// ... 64 reads: a connection that gets a message now and then costs a few `recvmsg` that
+/// find nothing each time it parks.
+struct Parking {
+  /// Read something since it last found the socket empty.
+  active: bool,
+  /// Reads to let go by before parking again.
+  skip: u32,
+  /// What `skip` becomes after the next park that comes to nothing.
+  backoff: u32,
+}
+
+impl Default for Parking {
+  fn default() -> Self {
+    Self {
+      active: false,
+      skip: 0,
+      backoff: 2,
+    }
+  }
+}
+
+impl Parking {
+  const MAX_BACKOFF: u32 = 64;
+
+  /// A parked reader's own try found data.
+  fn hit(&mut self) {
+    self.backoff = 2;
+  }
+
+  /// Parks if it may, until the loop tries it again (`true`), or as a task once the loop
+  /// gave up on it (`true` as well); `false`: it did not park.
+  async fn park(&mut self) -> bool {
+    let mut active = std::mem::take(&mut self.active);
+    if active && self.skip > 0 {
+      self.skip -= 1;
+      active = false;
+    }
+    if !crate::runtime::park(active) {
+      return false;
+    }
+    crate::runtime::until_tried_again().await;
+    if !crate::runtime::polled_directly() {
+      self.skip = self.backoff;
+      self.backoff = (self.backoff * 2).min(Self::MAX_BACKOFF);
+    }
+    true
   }
 }
 

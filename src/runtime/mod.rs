@@ -6,6 +6,9 @@
 //! JS thread, the addon runs the runtime until it is idle, on the JS thread itself. A
 //! socket that becomes ready then costs one wake-up of the JS thread, as a `net.Socket`
 //! does. tokio still owns readiness and I/O (`AsyncFd` on its reactor), nix the syscalls.
+//! A read that has just found its socket empty, when its peer is likely to answer soon,
+//! waits parked instead of in a task: each wake-up tries it before tokio's reactor is
+//! turned, so that JS gets its result (and writes the answer) first.
 //!
 //! tokio has no public accessor for its reactor fd (tokio-rs/tokio#7348): the epoll fd is
 //! found among the fds that appear while the runtime is built, and trusted only once a pipe
