@@ -84,8 +84,9 @@ struct Local {
   /// its wake-up eventfd).
   spawns: RefCell<Vec<Tracked>>,
   wakes: RefCell<Vec<Waker>>,
-  /// Reads that can do nothing before an event of the reactor (`spawn_after_event`),
-  /// parked here with no task: the next loop callback tries them first, and a drive that
+  /// Reads that can do nothing before an event of the reactor (an `AsyncUnixStream` read,
+  /// `spawn_after_event`; an `FdSocket` reader that just read, see [`park`]), parked here
+  /// with no task: the next loop callback tries them first, and a drive that
   /// turns the reactor either spawns them before the turn or tries them right after it.
   after_event: RefCell<Vec<Task>>,
   /// Tasks that wait for the event loop to turn (`spawn_next_turn`): spawned by the next
@@ -656,7 +657,8 @@ impl Local {
   /// At the start of a loop callback: tries the reads parked for an event (a read that
   /// found its socket empty while the socket is registered), before the reactor is
   /// turned, since the event may be the one they wait for. One that finds its socket
-  /// still empty becomes a task, which waits in tokio's reactor. Returns whether the turn
+  /// still empty, having read nothing, becomes a task, which waits in tokio's reactor.
+  /// Returns whether the turn
   /// may wait until JS has had their results: the reads got something and nothing else
   /// waits to run. The round trip's answer then goes out before the `epoll_wait` of
   /// tokio's that collects the event already served.
@@ -673,8 +675,8 @@ impl Local {
 
   /// Polls each read parked in `after_event` once, here, outside tokio's scheduler (no
   /// task, no waker: whoever tries it next is this thread's loop). One that finished is
-  /// dropped; one that found its socket empty stays parked, or becomes a task when
-  /// `to_task`; one that waits for anything else becomes a task.
+  /// dropped; one that found its socket empty stays parked (unless `to_task` and it read
+  /// nothing first); one that waits for anything else becomes a task.
   fn try_parked(&self, to_task: bool) {
     let parked = std::mem::take(&mut *self.after_event.borrow_mut());
     if parked.is_empty() {
