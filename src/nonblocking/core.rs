@@ -676,7 +676,7 @@ impl Shared {
           Err(e) => return Err(error::sys(e, "recvmsg")),
         }
         // Tried as a parked read: tried again by the loop, unless it becomes a task.
-        if !crate::runtime::polled_directly() || !crate::runtime::park(false) {
+        if !crate::runtime::park(false) {
           break;
         }
         crate::runtime::until_tried_again().await;

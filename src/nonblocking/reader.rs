@@ -313,49 +313,45 @@ async fn pump(
       if std::mem::take(&mut drained) && parking.park().await {
         continue;
       }
-      // Parked: the loop tries the socket itself, at its next event (or right after a turn
-      // of the reactor that may have taken that event).
-      if crate::runtime::polled_directly() {
-        if budget.spent() {
-          crate::runtime::next_turn().await;
-          continue;
-        }
-        match crate::spare::recv_first(io.get_ref().as_fd(), &mut data, CHUNK) {
-          Ok(received) => {
-            parking.hit();
-            break Ok(received);
-          }
-          Err(Errno::EINTR) => continue,
-          Err(Errno::EAGAIN) if deferred.is_some() => break Ok(Received::default()),
-          Err(Errno::EAGAIN) => {
-            if parking.park().await {
-              continue;
-            }
-          }
-          Err(e) => break Err(io::Error::from(e)),
+      // Parked, the loop tries the socket itself, at its next event (or right after a turn
+      // of the reactor that may have taken that event); otherwise tokio's readiness first.
+      let direct = crate::runtime::polled_directly();
+      let mut ready = None;
+      if !direct {
+        match io.readable().await {
+          Ok(guard) => ready = Some(guard),
+          Err(e) => break Err(e),
         }
       }
-      let mut ready = match io.readable().await {
-        Ok(ready) => ready,
-        Err(e) => break Err(e),
-      };
       if budget.spent() {
-        drop(ready);
         crate::runtime::next_turn().await;
         continue;
       }
-      let result = ready.try_io(|socket| {
-        crate::spare::recv_first(socket.get_ref().as_fd(), &mut data, CHUNK)
-          .map_err(io::Error::from)
-      });
+      let recv = |fd: BorrowedFd<'_>, data: &mut Vec<u8>| {
+        crate::spare::recv_first(fd, data, CHUNK).map_err(io::Error::from)
+      };
+      // `Err(())`: nothing there (a parked try, or readiness that was stale and is cleared).
+      let result = match ready.as_mut() {
+        Some(ready) => ready
+          .try_io(|socket| recv(socket.get_ref().as_fd(), &mut data))
+          .map_err(drop),
+        None => match recv(io.get_ref().as_fd(), &mut data) {
+          Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(()),
+          other => Ok(other),
+        },
+      };
       match result {
         Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-        Ok(result) => break result,
+        Ok(result) => {
+          if direct && result.is_ok() {
+            parking.hit();
+          }
+          break result;
+        }
         // Nothing left, and an error was held back for that moment.
-        Err(_would_block) if deferred.is_some() => break Ok(Received::default()),
-        // Readiness was stale, and is cleared: right after a read, parked (above);
-        // otherwise wait for the next event.
-        Err(_would_block) => {
+        Err(()) if deferred.is_some() => break Ok(Received::default()),
+        // Right after a read (or parked already), parked; otherwise wait for the next event.
+        Err(()) => {
           parking.park().await;
           continue;
         }
