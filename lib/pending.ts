@@ -57,6 +57,10 @@ interface Operation {
 }
 
 const operations = new Map<number, Operation>()
+// An entry that never goes (no id is negative): V8 rebuilds the table of a Map that a
+// delete leaves nearly empty, which with one operation pending at a time (a round trip)
+// cost every settlement a new table.
+operations.set(-1, { resolve() {}, reject() {}, liveness: new Liveness(), owner: operations })
 /**
  * Operation ids are `n * COPIES + copy`: a thread may hold several copies of this layer
  * (a test runner loads it again per test file), which share the native side's home. `n`
@@ -204,6 +208,8 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
       value = thrown
     }
   }
+  // Called from a callback of the event loop: the run of outcomes that came at once ends.
+  immediateRun = 0
   const operation = operations.get(id)
   if (operation === undefined) return
   operations.delete(id)
@@ -273,32 +279,23 @@ type Start<T> = (
 ) => T | Promise<T> | null
 
 /**
- * Operations that may complete at once in one turn of the event loop. A loop of them (a
- * read that finds data, a write that finds room, each awaited in turn) runs as one chain
- * of microtasks, in which no timer or I/O callback of the process gets a turn: past this
- * many, operations are started with `defer`, and settle once the loop has turned (as any
- * pending one, through the native side: in call order, and owning nothing in JS until
- * then). FdSocket's writes count, but complete as they are: Writable calls back through
- * `process.nextTick` anyway, and holding them back kept their chunks in its buffer.
+ * Operations that may complete at once with no turn of the event loop between them. A
+ * loop of them (a read that finds data, a write that finds room, each awaited in turn)
+ * runs as one chain of microtasks, in which no timer or I/O callback of the process gets a
+ * turn: past this many, operations are started with `defer`, and settle once the loop has
+ * turned (as any pending one, through the native side: in call order, and owning nothing
+ * in JS until then). FdSocket's writes count, but complete as they are: Writable calls
+ * back through `process.nextTick` anyway, and holding them back kept their chunks in its
+ * buffer.
+ *
+ * The run ends when native code delivers an outcome ({@link onSettle}), which it only
+ * does from a callback of the event loop: the loop turned. (A `setImmediate` per turn to
+ * notice that cost every round trip a call of Node's immediate queue, about a
+ * microsecond.) A program that never waits for anything of fd-queue's has one operation
+ * in every 1,025 settle a turn later, which ends the run.
  */
 const IMMEDIATE_BUDGET = 1024
 let immediateRun = 0
-/** A setImmediate will end the run: the event loop turned. */
-let turnWatched = false
-
-function loopTurned(): void {
-  immediateRun = 0
-  turnWatched = false
-}
-
-/** Counts an outcome that came at once in this turn's run. */
-function countImmediate(): void {
-  if (!turnWatched) {
-    turnWatched = true
-    setImmediate(loopTurned).unref()
-  }
-  immediateRun++
-}
 
 /**
  * Starts a native operation: `start(id, canceller)` answers at once with the result, or
@@ -346,7 +343,7 @@ export function answered<T>(
   canceller?: Native.ExternalObject<'Canceller'>,
 ): T | Promise<T> {
   if (immediate !== null) {
-    if (!(immediate instanceof Promise)) countImmediate()
+    if (!(immediate instanceof Promise)) immediateRun++
     return immediate
   }
   liveness.pending++
