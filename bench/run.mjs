@@ -253,6 +253,7 @@ const PEERS = {
   floor: {
     name: 'C → Node floor (one blocking recvmsg per Promise, in a C addon)',
     short: 'Node floor',
+    rtName: 'Node floor (a C addon: uv_poll_t on the socket, one recvmsg and one callback per readiness)',
   },
 }
 const available = new Set()
@@ -343,10 +344,8 @@ function detectPeers() {
       if (!options.peers.includes(name) && available.delete(name)) skipped[name] = 'not selected (--peers)'
     }
   }
-  if (available.has('floor') && !available.has('c')) {
-    available.delete('floor')
-    skipped.floor = 'needs the C peer, its sender'
-  }
+  // The streaming floor receives from the C sender (fdStreaming checks for both); the
+  // round trip's runs on its own.
   return py
 }
 
@@ -509,9 +508,10 @@ async function fdStreaming(workload, msgs, per, seqpacket = false) {
 /** b. round trip: 1 byte + 1 fd, wait for a 1-byte ack. */
 async function roundTrip(workload = 'rt') {
   const seqpacket = workload === 'seqrt'
-  // net.Socket carries no fds: its row is a reference for Node's own libuv round trip.
+  // net.Socket carries no fds: its row is a reference for Node's own libuv round trip. The
+  // floor runs AsyncUnixStream's loops on the least an addon can do per read under libuv.
   const peers = (
-    seqpacket ? ['c', 'python', 'seqpacket'] : ['c', 'cepoll', 'python', 'unix', 'async', 'socket', 'net']
+    seqpacket ? ['c', 'python', 'seqpacket'] : ['c', 'cepoll', 'python', 'unix', 'async', 'socket', 'net', 'floor']
   ).filter((p) => available.has(p))
   sockType = seqpacket ? 'seqpacket' : 'stream'
   const { rtWarmup: warmup } = config
@@ -913,6 +913,25 @@ function computeRatios() {
         p.net?.median.p50Us,
         { target: 1.3, op: '<=', lowerIsBetter: true, paired: pairedRatio(p[peer], p.net, 'p50Us') },
       )
+      if (p.floor?.runs.length) {
+        addRatio(
+          `rt.${peer}.vsFloor`,
+          `${PEERS[peer].short} round trip vs the Node floor (µs, lower is better)`,
+          p[peer].median.p50Us,
+          p.floor.median.p50Us,
+          { lowerIsBetter: true, paired: pairedRatio(p[peer], p.floor, 'p50Us') },
+        )
+      }
+    }
+    // What the least a Promise-returning read with an fd costs under libuv, against net.
+    if (p.floor?.runs.length && p.net?.runs.length) {
+      addRatio(
+        'rt.floor.vsNet',
+        'Node floor round trip vs net.Socket (µs, lower is better)',
+        p.floor.median.p50Us,
+        p.net.median.p50Us,
+        { lowerIsBetter: true, paired: pairedRatio(p.floor, p.net, 'p50Us') },
+      )
     }
   }
 }
@@ -1076,6 +1095,22 @@ function render() {
         rows,
       ),
     )
+    const vsNet = ratioOf(`${workload}.floor.vsNet`)
+    if (vsNet?.value != null) {
+      const of = (peer) => {
+        const r = ratioOf(`${workload}.${peer}.vsFloor`)
+        return r?.value == null ? null : `${PEERS[peer].short} ${fmt(r.value)}×`
+      }
+      const reached = ['async', 'socket'].map(of).filter(Boolean).join(', ')
+      out.push(
+        '',
+        '"Node floor" runs both of AsyncUnixStream\'s round-trip loops on a C addon that does the least ' +
+          'a Promise-returning read with an fd can under libuv: a uv_poll_t on the socket itself, one ' +
+          'recvmsg and one call into JS per readiness, a sendmsg and a settled Promise per write ' +
+          `(bench/peers/floor.c). It took ${fmt(vsNet.value)}× net.Socket's round trip in this run` +
+          (reached ? `; against it: ${reached}.` : '.'),
+      )
+    }
   }
   if (results.workloads.bytes) {
     const wl = results.workloads.bytes

@@ -15,7 +15,18 @@
  *   enqueue(fd)      -> undefined: a duplicate of fd rides on the next send
  *   send(fd, buffer) -> bytes sent (all of buffer), the enqueued fds on the first sendmsg
  *
- * node-peer.mjs (api "floor") runs the AsyncUnixStream receiver's and sender's loops on it.
+ * For the round trip, where a read must wait without blocking the event loop, the least
+ * libuv allows: a uv_poll_t on the socket itself (no second epoll), started while a read
+ * waits; on readiness one non-blocking recvmsg and one call into JS, whose callback scope
+ * runs the Promise reactions (as net.Socket's read callback does).
+ *   watch(fd, buffer, callback) -> undefined: prepares the watch (one socket per process)
+ *   wait()           -> undefined: starts it; at the next readiness, callback(count) with
+ *                       the bytes received into buffer (0 at end of stream, -errno on an
+ *                       error), the fds that came queued for take()
+ *   unwatch()        -> undefined: closes the watch
+ *
+ * node-peer.mjs (api "floor") runs the AsyncUnixStream receiver's and sender's loops, and
+ * both sides of its round trip, on it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +37,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <uv.h>
 
 #define SCM_MAX_FD 253
 
@@ -80,11 +92,9 @@ static int fd_and_buffer(napi_env env, napi_callback_info info, const char *usag
   return 1;
 }
 
-static napi_value floor_recv(napi_env env, napi_callback_info info) {
-  int32_t fd;
-  void *data;
-  size_t length;
-  if (!fd_and_buffer(env, info, "recv(fd: number, buffer: Buffer)", &fd, &data, &length)) return NULL;
+/* One recvmsg into data (flags: MSG_DONTWAIT or 0), the fds that came queued for take().
+ * Returns the byte count, or -errno (-EMSGSIZE: the kernel truncated the fds). */
+static ssize_t receive(int fd, void *data, size_t length, int flags) {
   union control control;
   struct iovec iov = {data, length};
   struct msghdr msg = {0};
@@ -93,9 +103,9 @@ static napi_value floor_recv(napi_env env, napi_callback_info info) {
   msg.msg_control = control.buf;
   msg.msg_controllen = sizeof control.buf;
   ssize_t n;
-  do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | flags);
   while (n < 0 && errno == EINTR);
-  if (n < 0) return throw_message(env, "recvmsg", errno);
+  if (n < 0) return -errno;
   int lost = 0;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -110,8 +120,19 @@ static napi_value floor_recv(napi_env env, napi_callback_info info) {
       }
     }
   }
-  if (lost) return throw_message(env, "queueing received fds", lost);
-  if (msg.msg_flags & MSG_CTRUNC) return throw_message(env, "recvmsg: fds truncated (MSG_CTRUNC)", 0);
+  if (lost) return -lost;
+  if (msg.msg_flags & MSG_CTRUNC) return -EMSGSIZE;
+  return n;
+}
+
+static napi_value floor_recv(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  void *data;
+  size_t length;
+  if (!fd_and_buffer(env, info, "recv(fd: number, buffer: Buffer)", &fd, &data, &length)) return NULL;
+  ssize_t n = receive(fd, data, length, 0);
+  if (n == -EMSGSIZE) return throw_message(env, "recvmsg: fds truncated (MSG_CTRUNC)", 0);
+  if (n < 0) return throw_message(env, "recvmsg", (int)-n);
   napi_value result;
   napi_create_int32(env, (int32_t)n, &result);
   return result;
@@ -212,6 +233,75 @@ static napi_value floor_send(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* The round trip's read watch (see watch() above). */
+static uv_poll_t watch_poll;
+static int watch_open = 0;
+static int watch_fd = -1;
+static void *watch_data;
+static size_t watch_length;
+static napi_env watch_env;
+static napi_ref watch_buffer, watch_callback;
+static napi_async_context watch_context;
+
+static void on_readable(uv_poll_t *handle, int status, int events) {
+  (void)events;
+  ssize_t n = status < 0 ? status : receive(watch_fd, watch_data, watch_length, MSG_DONTWAIT);
+  if (n == -EAGAIN) return;
+  uv_poll_stop(handle);
+  napi_env env = watch_env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value callback, receiver, count;
+  napi_get_reference_value(env, watch_callback, &callback);
+  napi_get_global(env, &receiver);
+  napi_create_int32(env, (int32_t)n, &count);
+  napi_make_callback(env, watch_context, receiver, callback, 1, &count, NULL);
+  napi_close_handle_scope(env, scope);
+}
+
+static napi_value floor_watch(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], name;
+  int32_t fd;
+  uv_loop_t *loop;
+  if (watch_open || napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], &watch_data, &watch_length) != napi_ok) {
+    napi_throw_type_error(env, NULL, "watch(fd: number, buffer: Buffer, callback: Function), once");
+    return NULL;
+  }
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || uv_poll_init(loop, &watch_poll, fd) != 0)
+    return throw_message(env, "uv_poll_init", 0);
+  watch_open = 1;
+  watch_fd = fd;
+  watch_env = env;
+  napi_create_reference(env, argv[1], 1, &watch_buffer);
+  napi_create_reference(env, argv[2], 1, &watch_callback);
+  napi_create_string_utf8(env, "floor", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &watch_context);
+  return NULL;
+}
+
+static napi_value floor_wait(napi_env env, napi_callback_info info) {
+  (void)info;
+  if (!watch_open) return throw_message(env, "wait: nothing watched", 0);
+  int error = uv_poll_start(&watch_poll, UV_READABLE, on_readable);
+  if (error) return throw_message(env, "uv_poll_start", -error);
+  return NULL;
+}
+
+static napi_value floor_unwatch(napi_env env, napi_callback_info info) {
+  (void)info;
+  if (watch_open) {
+    uv_close((uv_handle_t *)&watch_poll, NULL);
+    napi_delete_reference(env, watch_buffer);
+    napi_delete_reference(env, watch_callback);
+    napi_async_destroy(env, watch_context);
+    watch_open = 0;
+  }
+  return NULL;
+}
+
 NAPI_MODULE_INIT() {
   napi_value function;
   napi_create_function(env, "recv", NAPI_AUTO_LENGTH, floor_recv, NULL, &function);
@@ -222,5 +312,11 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "enqueue", function);
   napi_create_function(env, "send", NAPI_AUTO_LENGTH, floor_send, NULL, &function);
   napi_set_named_property(env, exports, "send", function);
+  napi_create_function(env, "watch", NAPI_AUTO_LENGTH, floor_watch, NULL, &function);
+  napi_set_named_property(env, exports, "watch", function);
+  napi_create_function(env, "wait", NAPI_AUTO_LENGTH, floor_wait, NULL, &function);
+  napi_set_named_property(env, exports, "wait", function);
+  napi_create_function(env, "unwatch", NAPI_AUTO_LENGTH, floor_unwatch, NULL, &function);
+  napi_set_named_property(env, exports, "unwatch", function);
   return exports;
 }

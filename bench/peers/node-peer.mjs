@@ -807,6 +807,74 @@ const floor = {
     stream.close()
     result({ elapsedNs, msgs, fdsSent: msgs * per, writeWindow: WRITE_WINDOW })
   },
+  // AsyncUnixStream's round trip on the floor addon: a read waits in a uv_poll_t on the
+  // socket (one recvmsg and one callback per readiness, see floor.c), a write is a
+  // sendmsg and a settled Promise, each fd a duplicate and a dequeue call.
+  async 'rt-server'(count) {
+    const listener = UnixListener.bind(path)
+    ready()
+    const stream = listener.accept()
+    markCpu()
+    listener.close()
+    const { read, write, dequeue, close } = floorStream(stream)
+    const counts = { fds: 0, truncated: 0 }
+    let bytes = 0
+    for (let chunk; (chunk = await read()).length > 0;) {
+      bytes += chunk.length
+      drainFds({ dequeue }, counts)
+      await write(chunk.length === 1 ? ACK : Buffer.alloc(chunk.length, 'A'))
+    }
+    close()
+    result({ bytes, fdsReceived: counts.fds, fdsClosed: counts.fds, truncated: counts.truncated, expected: count })
+  },
+  async 'rt-client'(count, warmup) {
+    const { read, write, enqueue, close } = floorStream(UnixStream.connect(path))
+    markCpu()
+    const devnull = fs.openSync('/dev/null', 'r')
+    const samples = new Array(count)
+    let t0 = now()
+    for (let i = 0; i < warmup + count; i++) {
+      if (i === warmup) t0 = now()
+      const start = now()
+      enqueue(devnull)
+      await write(ONE)
+      if ((await read()).length !== 1) fail('no ack: the server closed early')
+      if (i >= warmup) samples[i - warmup] = Number(now() - start)
+    }
+    const elapsedNs = Number(now() - t0)
+    close()
+    result({ elapsedNs, count, fdsSent: warmup + count, ...percentiles(samples) })
+  },
+}
+
+/** A connected UnixStream's socket driven by the floor addon's watch: Promise-returning read and write. */
+function floorStream(stream) {
+  const addon = floorAddon()
+  const fd = stream.fd
+  const scratch = Buffer.allocUnsafe(65536)
+  let waiting = null
+  addon.watch(fd, scratch, (count) => {
+    const { resolve, reject } = waiting
+    waiting = null
+    if (count < 0) return reject(new Error(`recvmsg: errno ${-count}`))
+    const chunk = Buffer.allocUnsafe(count)
+    for (let i = 0; i < count; i++) chunk[i] = scratch[i]
+    resolve(chunk)
+  })
+  return {
+    read: () =>
+      new Promise((resolve, reject) => {
+        waiting = { resolve, reject }
+        addon.wait()
+      }),
+    write: (data) => Promise.resolve(addon.send(fd, data)),
+    enqueue: addon.enqueue,
+    dequeue: addon.take,
+    close() {
+      addon.unwatch()
+      stream.close()
+    },
+  }
 }
 
 const apis = { unix, async, socket, net: netSocket, seqpacket, floor }
