@@ -352,6 +352,38 @@ test('2,000 reads that each find data, awaited one after another, let a timer du
   t.true(report.firedAt >= 0 && report.firedAt < report.reads, `the timer fired after read ${report.firedAt}`)
 })
 
+// The budget of operations that complete at once is per turn of the loop, not per outcome
+// delivered: one loop callback that delivers the deferred reads of many busy streams lets
+// the code of the first run on one budget, and the others wait for the next turn. (Ended
+// by every outcome instead, each stream's chain got a budget of its own, and 20 of them
+// ran all 40,960 reads they had data for before the loop's check phase.)
+test.serial(
+  'reads that complete at once on 20 streams share one budget per loop callback: the first setImmediate comes within two budgets',
+  async (t) => {
+    const pairs = Array.from({ length: 20 }, () => AsyncUnixStream.pair())
+    for (const [, b] of pairs) await b.write(Buffer.alloc(2048, 1))
+    let reads = 0
+    let stop = false
+    const loops = pairs.map(async ([a]) => {
+      while (!stop) {
+        await a.read(1)
+        reads++
+      }
+    })
+    const beforeCheck = await new Promise<number>((resolve) => setImmediate(() => resolve(reads)))
+    stop = true
+    // A byte more for each: a loop that read everything waits for one.
+    for (const [, b] of pairs) await b.write('x')
+    await withTimeout(Promise.all(loops), T, 'the last reads')
+    for (const [a, b] of pairs) {
+      a.close()
+      b.close()
+    }
+    t.true(beforeCheck > 0)
+    t.true(beforeCheck <= 2 * 1024 + 2 * pairs.length, `${beforeCheck} reads before the first setImmediate`)
+  },
+)
+
 // A read whose result JS gets before the reactor collects the event that brought it (see
 // "Where the async work runs" in the README): the next read, made in the code after its
 // `await`, finds the socket empty, and its bytes and fd arrive before that collection.

@@ -5,7 +5,7 @@
  * never close an object something waits on), and keeps the process alive only while that
  * object is ref'd.
  */
-import { binding, type Native } from './binding.js'
+import { binding, runtime, type Native } from './binding.js'
 import { closedError, codedError, shapeError } from './errors.js'
 
 /** Whether an object's pending operations keep the process alive, and how many it has. */
@@ -196,7 +196,7 @@ function reasonOf(signal: AbortSignal | undefined): unknown {
   }
 }
 
-function onSettle(id: number, error: string | null, value: unknown, inScratch: boolean): void {
+function onSettle(id: number, error: string | null, value: unknown, inScratch: boolean, callback: number): void {
   // First of all: the other code run below (a signal's methods) may be anyone's.
   let failed = false
   if (inScratch) {
@@ -208,8 +208,12 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
       value = thrown
     }
   }
-  // Called from a callback of the event loop: the run of outcomes that came at once ends.
-  immediateRun = 0
+  // Delivered by a loop callback of the JS-thread runtime: the run of outcomes that came
+  // at once ends with the first outcome of a new one.
+  if (callback !== runCallback && callback >= 0) {
+    runCallback = callback
+    immediateRun = 0
+  }
   const operation = operations.get(id)
   if (operation === undefined) return
   operations.delete(id)
@@ -288,14 +292,35 @@ type Start<T> = (
  * back through `process.nextTick` anyway, and holding them back kept their chunks in its
  * buffer.
  *
- * The run ends when native code delivers an outcome ({@link onSettle}), which it only
- * does from a callback of the event loop: the loop turned. (A `setImmediate` per turn to
- * notice that cost every round trip a call of Node's immediate queue, about a
- * microsecond.) A program that never waits for anything of fd-queue's has one operation
- * in every 1,025 settle a turn later, which ends the run.
+ * Under the `'libuv'` driver the run ends with the first outcome native code delivers from
+ * a new loop callback ({@link onSettle} is told which): the loop turned. One callback may
+ * deliver many outcomes, whose code shares the budget. (A `setImmediate` per turn to
+ * notice that cost every round trip a call of Node's immediate queue, about a microsecond
+ * of CPU.) In a program that waits for nothing of fd-queue's, one operation in 1,025
+ * settles a turn later, which ends the run. Under `'threads'`, whose deliveries may come
+ * many to a turn, a `setImmediate` still ends it.
  */
 const IMMEDIATE_BUDGET = 1024
 let immediateRun = 0
+/** The loop callback whose outcome ended the last run (`'libuv'` driver). */
+let runCallback = -1
+/** `'threads'` driver: a setImmediate will end the run. */
+const watchTurns = runtime.driver !== 'libuv'
+let turnWatched = false
+
+function loopTurned(): void {
+  immediateRun = 0
+  turnWatched = false
+}
+
+/** Counts an outcome that came at once in this run. */
+function countImmediate(): void {
+  if (watchTurns && !turnWatched) {
+    turnWatched = true
+    setImmediate(loopTurned).unref()
+  }
+  immediateRun++
+}
 
 /**
  * Starts a native operation: `start(id, canceller)` answers at once with the result, or
@@ -343,7 +368,7 @@ export function answered<T>(
   canceller?: Native.ExternalObject<'Canceller'>,
 ): T | Promise<T> {
   if (immediate !== null) {
-    if (!(immediate instanceof Promise)) immediateRun++
+    if (!(immediate instanceof Promise)) countImmediate()
     return immediate
   }
   liveness.pending++

@@ -79,11 +79,12 @@ impl ToNapiValue for RawValue {
   }
 }
 
-/// `(id, error, value, inScratch)`: pending operation `id` settled, with `value` or with
-/// `error` (`"[CODE] message"`); with `inScratch`, `value` is the count of bytes that
-/// wait at the start of the copy's scratch Buffer (see [`Settled::Bytes`]). JS ignores
-/// id 0, which the doorbell itself passes.
-pub type SettleArgs = FnArgs<(f64, Option<String>, Option<RawValue>, bool)>;
+/// `(id, error, value, inScratch, callback)`: pending operation `id` settled, with `value`
+/// or with `error` (`"[CODE] message"`); with `inScratch`, `value` is the count of bytes
+/// that wait at the start of the copy's scratch Buffer (see [`Settled::Bytes`]);
+/// `callback` numbers the loop callback of the JS-thread runtime that delivers it (-1 on
+/// the threaded runtime). JS ignores id 0, which the doorbell itself passes.
+pub type SettleArgs = FnArgs<(f64, Option<String>, Option<RawValue>, bool, f64)>;
 type Doorbell = ThreadsafeFunction<(), (), SettleArgs, Status, false>;
 
 /// What a finished operation does on the JS thread, just before its Promise settles:
@@ -310,6 +311,11 @@ impl Home {
     // made, not in the order their tasks happened to run.
     settled.sort_by(|a, b| a.id.total_cmp(&b.id));
     let settling = !settled.is_empty();
+    // Which loop callback of the JS-thread runtime delivers (JS counts the operations that
+    // complete at once between two; one callback may deliver many outcomes, each running
+    // code of its own). The threaded runtime's doorbell may be called many times in one
+    // turn of the loop: -1, and JS watches the turns itself.
+    let callback = crate::runtime::turn().map_or(-1.0, |(turn, _)| turn as f64);
     if settling {
       // Borrowed back, not held under the lock: JS may call into the addon from it.
       let on_settle = lock(&self.copies)
@@ -322,13 +328,13 @@ impl Home {
           // may have thrown: that is reported as uncaught first).
           let failed = |e: error::Error| {
             report_pending(env);
-            Some((id, Some(tagged(e)), None, false))
+            Some((id, Some(tagged(e)), None, false, callback))
           };
           let args = match finish(env) {
             Ok(Settled::Later) => None,
-            Ok(Settled::Value(value)) => Some((id, None, value, false)),
+            Ok(Settled::Value(value)) => Some((id, None, value, false, callback)),
             Ok(Settled::Bytes(data)) => match self.bytes_value(env, copy_of(id), data) {
-              Ok((value, in_scratch)) => Some((id, None, Some(value), in_scratch)),
+              Ok((value, in_scratch)) => Some((id, None, Some(value), in_scratch, callback)),
               Err(e) => failed(internal(e)),
             },
             Err(e) => failed(e),
@@ -536,14 +542,14 @@ pub(crate) fn report_pending(env: &Env) -> bool {
 }
 
 /// Starts the settlement of async operations on this JS thread: `onSettle(id, error,
-/// value, inScratch)` settles the Promise of operation `id` (see [`SettleArgs`]), and
-/// `scratch` is where bytes for it wait. `votes` (2 bytes) is the copy's vote for the
+/// value, inScratch, callback)` settles the Promise of operation `id` (see
+/// [`SettleArgs`]), and `scratch` is where bytes for it wait. `votes` (2 bytes) is the copy's vote for the
 /// doorbell: byte 0 is 1 while it counts in (`referenceSettlements`), byte 1 is 1 when the
 /// vote is to end after the current delivery (see `Home::end_owed_votes`). Called by each
 /// copy of the TypeScript layer when it loads; returns the copy's number `c`, and its
 /// operation ids are `n * 65536 + c`.
 #[napi_derive::napi(
-  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown, inScratch: boolean) => void, scratch: Buffer, votes: Uint8Array"
+  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown, inScratch: boolean, callback: number) => void, scratch: Buffer, votes: Uint8Array"
 )]
 #[cfg_attr(test, allow(dead_code))]
 pub fn init_settlements(
@@ -577,7 +583,7 @@ pub fn init_settlements(
     .callee_handled::<false>()
     .build_callback(move |ctx| {
       delivering.deliver(&ctx.env)?;
-      Ok((0.0, None, None, false).into())
+      Ok((0.0, None, None, false, -1.0).into())
     })?;
   // Nothing is pending yet: the doorbell alone must not keep the process alive.
   #[allow(deprecated)]

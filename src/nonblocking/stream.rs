@@ -349,33 +349,25 @@ impl StreamCore {
     let idle = shared.reads.is_idle();
     let queued = !idle && canceller.is_none();
     if !defer && idle && !self.queues.inbound_full() {
-      if canceller.is_none()
-        && shared.readable.is_registered()
-        && crate::runtime::tried_after_delivery()
-      {
-        // Parked untried: the loop tries it right after the turn it owes.
-        after_event = true;
-      } else {
-        // Tried with the socket borrowed under its lock (held by nothing else on this
-        // path: `close()` runs on this thread), which spares a reference count per read.
-        match shared.try_read(env, size as usize, scratch) {
-          Ok(Some((data, received))) => {
-            shared.readable.release_if_idle();
-            drop(held);
-            if !received.fds.is_empty() || received.truncated {
-              lock(&self.queues.inbound).receive(received.fds, received.truncated);
-            }
-            return Ok(Some(data));
+      // Tried with the socket borrowed under its lock (held by nothing else on this path:
+      // `close()` runs on this thread), which spares a reference count per read.
+      match shared.try_read(env, size as usize, scratch) {
+        Ok(Some((data, received))) => {
+          shared.readable.release_if_idle();
+          drop(held);
+          if !received.fds.is_empty() || received.truncated {
+            lock(&self.queues.inbound).receive(received.fds, received.truncated);
           }
-          Ok(None) => {
-            after_event = canceller.is_none()
-              && shared.readable.is_registered()
-              && !crate::runtime::runs_elsewhere()
-          }
-          Err(e) => {
-            drop(held);
-            return fail(env, id, e);
-          }
+          return Ok(Some(data));
+        }
+        Ok(None) => {
+          after_event = canceller.is_none()
+            && shared.readable.is_registered()
+            && !crate::runtime::runs_elsewhere()
+        }
+        Err(e) => {
+          drop(held);
+          return fail(env, id, e);
         }
       }
     }

@@ -66,10 +66,6 @@ struct Local {
   in_callback: Cell<bool>,
   /// Results are being handed to JS (each call gets a callback scope of its own).
   delivering: Cell<bool>,
-  /// The delivery under way was served before the reactor was turned (see
-  /// [`Local::try_after_event`]): the drive that follows it turns the reactor, then tries
-  /// every read parked meanwhile, or starts them as tasks before the turn.
-  turn_owed: Cell<bool>,
   poll: RefCell<Option<uv::Handle>>,
   timer: RefCell<Option<uv::Handle>>,
   /// An idle handle, started to drive at the next loop iteration. (A timer of 0 ms set
@@ -408,16 +404,6 @@ pub(crate) fn park(active: bool) -> bool {
   parks
 }
 
-/// Whether a read made now, which finds its socket registered, is tried by the loop anyway
-/// before the reactor turns again: it is made while JS handles an outcome served before
-/// the reactor was turned, and the drive that follows that delivery turns it, then tries
-/// every parked read (or starts them as tasks before the turn). Trying it at once as well
-/// would cost a `recvmsg` that nearly always finds nothing: the code that made it has
-/// usually just written to the peer, which has not answered yet.
-pub(crate) fn tried_after_delivery() -> bool {
-  local().is_some_and(|local| local.delivering.get() && local.turn_owed.get())
-}
-
 /// Whether the calling read is being tried as a parked one (not polled by a task).
 pub(crate) fn polled_directly() -> bool {
   DIRECT.get()
@@ -587,7 +573,6 @@ impl Local {
       deliver: Cell::new(None),
       in_callback: Cell::new(false),
       delivering: Cell::new(false),
-      turn_owed: Cell::new(false),
       poll: RefCell::new(Some(poll)),
       timer: RefCell::new(Some(timer)),
       next_turn: RefCell::new(Some(next_turn)),
@@ -768,12 +753,10 @@ impl Local {
         break;
       };
       self.delivering.set(true);
-      self.turn_owed.set(owed);
       // SAFETY: `env` is this thread's, alive until the environment ends, which closes
       // these handles first (no loop callback runs after that).
       unsafe { in_handle_scope(self.env, deliver) };
       self.delivering.set(false);
-      self.turn_owed.set(false);
       // JS may have started more work; run it before giving the loop back (and turn the
       // reactor, if that was left for now).
       let turn = std::mem::take(&mut owed);
