@@ -354,11 +354,13 @@ test('2,000 reads that each find data, awaited one after another, let a timer du
 
 // The budget of operations that complete at once is per turn of the loop, not per outcome
 // delivered: one loop callback that delivers the deferred reads of many busy streams lets
-// the code of the first run on one budget, and the others wait for the next turn. (Ended
-// by every outcome instead, each stream's chain got a budget of its own, and 20 of them
-// ran all 40,960 reads they had data for before the loop's check phase.)
+// the code of the first run on one budget, and the others wait for the next turn. Before
+// the first setImmediate: the budget the test starts in, and one for each of the
+// runtime's callbacks in that iteration (at most four; here one, the idle one that runs
+// the deferred reads). (Ended by every outcome instead, each stream's chain got a budget
+// of its own, and 20 of them ran all 40,960 reads they had data for before it.)
 test.serial(
-  'reads that complete at once on 20 streams share one budget per loop callback: the first setImmediate comes within two budgets',
+  'reads that complete at once on 20 streams share one budget per loop callback: the first setImmediate comes within five budgets',
   async (t) => {
     const pairs = Array.from({ length: 20 }, () => AsyncUnixStream.pair())
     for (const [, b] of pairs) await b.write(Buffer.alloc(2048, 1))
@@ -380,7 +382,7 @@ test.serial(
       b.close()
     }
     t.true(beforeCheck > 0)
-    t.true(beforeCheck <= 2 * 1024 + 2 * pairs.length, `${beforeCheck} reads before the first setImmediate`)
+    t.true(beforeCheck <= 5 * 1024 + 2 * pairs.length, `${beforeCheck} reads before the first setImmediate`)
   },
 )
 
