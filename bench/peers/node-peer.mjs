@@ -124,6 +124,44 @@ async function sendAll(msgs, per, enqueue, write) {
   await Promise.all(window)
 }
 
+/**
+ * The Promise-returning round trip's server on `io` (`read`, `write`, `dequeue`, `close`):
+ * closes the fds of each read and acks every byte with one. Reports the result line.
+ */
+async function ackAll(io, count) {
+  const counts = { fds: 0, truncated: 0 }
+  let bytes = 0
+  for (let chunk; (chunk = await io.read(256)).length > 0;) {
+    bytes += chunk.length
+    drainFds(io, counts)
+    await io.write(chunk.length === 1 ? ACK : Buffer.alloc(chunk.length, 'A'))
+  }
+  io.close()
+  result({ bytes, fdsReceived: counts.fds, fdsClosed: counts.fds, truncated: counts.truncated, expected: count })
+}
+
+/**
+ * The Promise-returning round trip's client on `io` (`enqueue`, `write`, `read`, `close`):
+ * per round trip an fd of /dev/null, one byte, and an awaited 1-byte ack; the first
+ * `warmup` are not timed. Reports the result line.
+ */
+async function awaitedRoundTrips(io, count, warmup) {
+  const devnull = fs.openSync('/dev/null', 'r')
+  const samples = new Array(count)
+  let t0 = now()
+  for (let i = 0; i < warmup + count; i++) {
+    if (i === warmup) t0 = now()
+    const start = now()
+    io.enqueue(devnull)
+    await io.write(ONE)
+    if ((await io.read(1)).length !== 1) fail('no ack: the server closed early')
+    if (i >= warmup) samples[i - warmup] = Number(now() - start)
+  }
+  const elapsedNs = Number(now() - t0)
+  io.close()
+  result({ elapsedNs, count, fdsSent: warmup + count, ...percentiles(samples) })
+}
+
 /** Closes the fds an 'fds' event handed over (counting a truncated arrival). */
 function closeHanded(fds, counts) {
   if (fds.truncated) counts.truncated++
@@ -260,33 +298,12 @@ const async = {
     const stream = await listener.accept()
     markCpu()
     listener.close()
-    const counts = { fds: 0, truncated: 0 }
-    let bytes = 0
-    for (let chunk; (chunk = await stream.read(256)).length > 0;) {
-      bytes += chunk.length
-      drainFds(stream, counts)
-      await stream.write(chunk.length === 1 ? ACK : Buffer.alloc(chunk.length, 'A'))
-    }
-    stream.close()
-    result({ bytes, fdsReceived: counts.fds, fdsClosed: counts.fds, truncated: counts.truncated, expected: count })
+    await ackAll(stream, count)
   },
   async 'rt-client'(count, warmup) {
     const stream = await AsyncUnixStream.connect(path)
     markCpu()
-    const devnull = fs.openSync('/dev/null', 'r')
-    const samples = new Array(count)
-    let t0 = now()
-    for (let i = 0; i < warmup + count; i++) {
-      if (i === warmup) t0 = now()
-      const start = now()
-      stream.enqueue(devnull)
-      await stream.write(ONE)
-      if ((await stream.read(1)).length !== 1) fail('no ack: the server closed early')
-      if (i >= warmup) samples[i - warmup] = Number(now() - start)
-    }
-    const elapsedNs = Number(now() - t0)
-    stream.close()
-    result({ elapsedNs, count, fdsSent: warmup + count, ...percentiles(samples) })
+    await awaitedRoundTrips(stream, count, warmup)
   },
 }
 
@@ -816,34 +833,12 @@ const floor = {
     const stream = listener.accept()
     markCpu()
     listener.close()
-    const { read, write, dequeue, close } = floorStream(stream)
-    const counts = { fds: 0, truncated: 0 }
-    let bytes = 0
-    for (let chunk; (chunk = await read()).length > 0;) {
-      bytes += chunk.length
-      drainFds({ dequeue }, counts)
-      await write(chunk.length === 1 ? ACK : Buffer.alloc(chunk.length, 'A'))
-    }
-    close()
-    result({ bytes, fdsReceived: counts.fds, fdsClosed: counts.fds, truncated: counts.truncated, expected: count })
+    await ackAll(floorStream(stream), count)
   },
   async 'rt-client'(count, warmup) {
-    const { read, write, enqueue, close } = floorStream(UnixStream.connect(path))
+    const io = floorStream(UnixStream.connect(path))
     markCpu()
-    const devnull = fs.openSync('/dev/null', 'r')
-    const samples = new Array(count)
-    let t0 = now()
-    for (let i = 0; i < warmup + count; i++) {
-      if (i === warmup) t0 = now()
-      const start = now()
-      enqueue(devnull)
-      await write(ONE)
-      if ((await read()).length !== 1) fail('no ack: the server closed early')
-      if (i >= warmup) samples[i - warmup] = Number(now() - start)
-    }
-    const elapsedNs = Number(now() - t0)
-    close()
-    result({ elapsedNs, count, fdsSent: warmup + count, ...percentiles(samples) })
+    await awaitedRoundTrips(io, count, warmup)
   },
 }
 
@@ -862,6 +857,7 @@ function floorStream(stream) {
     resolve(chunk)
   })
   return {
+    // One recvmsg of whatever came (the size is the scratch Buffer's).
     read: () =>
       new Promise((resolve, reject) => {
         waiting = { resolve, reject }
