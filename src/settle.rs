@@ -317,11 +317,6 @@ impl Home {
     // turn of the loop: -1, and JS watches the turns itself.
     let callback = crate::runtime::turn().map_or(-1.0, |(turn, _)| turn as f64);
     if settling {
-      // Borrowed back, not held under the lock: JS may call into the addon from it.
-      let on_settle = lock(&self.copies)
-        .iter()
-        .map(|copy| copy.on_settle.borrow_back(env))
-        .collect::<napi::Result<Vec<_>>>()?;
       for Settlement { id, finish } in settled {
         let called = crate::runtime::as_io_callback(env, || {
           // A value that could not be made fails the operation (user code that a setter ran
@@ -339,9 +334,17 @@ impl Home {
             },
             Err(e) => failed(e),
           };
-          match (args, on_settle.get(copy_of(id))) {
-            (Some(args), Some(on_settle)) => call_js(env, on_settle, args.into()),
-            _ => Ok(()),
+          let Some(args) = args else {
+            return Ok(());
+          };
+          // Borrowed back, not held under the lock: JS may call into the addon from it.
+          let on_settle = lock(&self.copies)
+            .get(copy_of(id))
+            .map(|copy| copy.on_settle.borrow_back(env))
+            .transpose()?;
+          match on_settle {
+            Some(on_settle) => call_js(env, &on_settle, args.into()),
+            None => Ok(()),
           }
         });
         outcome = outcome.and(called);

@@ -59,6 +59,10 @@ struct Local {
   env: sys::napi_env,
   /// The async context JS is called in after a drive (for async hooks and microtasks).
   context: sys::napi_async_context,
+  /// The resource object of every callback scope a delivery opens: one for all, as a
+  /// `net.Socket`'s handle is for all its reads (a new object per call cost an allocation
+  /// per settlement). Lives as long as the environment, as `context` does.
+  resource: sys::napi_ref,
   /// Results are waiting for JS: `deliver` runs once the current loop callback's drive is
   /// done (or at the next loop iteration, when they came from a call JS made).
   deliver: Cell<Option<fn(&Env)>>,
@@ -565,11 +569,13 @@ impl Local {
       .ok_or("uv_async_init failed")?;
     *lock(&shared.wakeup) = Some(WakeupHandle(wakeup));
     let context = async_context(env).map_err(|e| format!("napi_async_init: {e}"))?;
+    let resource = resource_object(env).map_err(|e| format!("the callbacks' resource: {e}"))?;
     let local = Rc::new(Self {
       runtime,
       shared,
       env: env.raw(),
       context,
+      resource,
       deliver: Cell::new(None),
       in_callback: Cell::new(false),
       delivering: Cell::new(false),
@@ -1012,6 +1018,27 @@ fn async_context(env: &Env) -> std::result::Result<sys::napi_async_context, Stri
   }
 }
 
+/// A strong reference to a new object, for the callback scopes of deliveries.
+fn resource_object(env: &Env) -> std::result::Result<sys::napi_ref, String> {
+  let mut object = std::ptr::null_mut();
+  let mut reference = std::ptr::null_mut();
+  // SAFETY: plain N-API calls on this thread's live environment, with out-pointers to
+  // locals; the reference lives as long as the environment.
+  let status = unsafe {
+    let created = sys::napi_create_object(env.raw(), &mut object);
+    if created != sys::Status::napi_ok {
+      created
+    } else {
+      sys::napi_create_reference(env.raw(), object, 1, &mut reference)
+    }
+  };
+  if status == sys::Status::napi_ok {
+    Ok(reference)
+  } else {
+    Err(format!("status {status}"))
+  }
+}
+
 /// Runs `deliver` in a handle scope; each JS call it makes runs as an I/O callback of its
 /// own (`as_io_callback`).
 ///
@@ -1043,14 +1070,16 @@ pub(crate) fn as_io_callback<R>(env: &Env, call: impl FnOnce() -> R) -> R {
   let mut handles = std::ptr::null_mut();
   let mut resource = std::ptr::null_mut();
   let mut scope = std::ptr::null_mut();
-  // SAFETY: `env` is this thread's live environment and `local.context` an async context
-  // of it; a delivery runs from a libuv callback, with no JS on the stack. Every scope
-  // opened is closed, in reverse order.
+  // SAFETY: `env` is this thread's live environment, `local.context` an async context of
+  // it and `local.resource` a reference of it; a delivery runs from a libuv callback, with
+  // no JS on the stack. Every scope opened is closed, in reverse order.
   unsafe {
     if sys::napi_open_handle_scope(env, &mut handles) != sys::Status::napi_ok {
       return call();
     }
-    let scoped = sys::napi_create_object(env, &mut resource) == sys::Status::napi_ok
+    let scoped = sys::napi_get_reference_value(env, local.resource, &mut resource)
+      == sys::Status::napi_ok
+      && !resource.is_null()
       && sys::napi_open_callback_scope(env, resource, local.context, &mut scope)
         == sys::Status::napi_ok;
     let result = call();
