@@ -16,13 +16,14 @@
  *   send(fd, buffer) -> bytes sent (all of buffer), the enqueued fds on the first sendmsg
  *
  * For the round trip, where a read must wait without blocking the event loop, the least
- * libuv allows: a uv_poll_t on the socket itself (no second epoll), started while a read
- * waits; on readiness one non-blocking recvmsg and one call into JS, whose callback scope
- * runs the Promise reactions (as net.Socket's read callback does).
+ * libuv allows: a uv_poll_t on the socket itself (no second epoll), started by the first
+ * read and kept started while reads follow; on readiness one non-blocking recvmsg and one
+ * call into JS, whose callback scope runs the Promise reactions (as net.Socket's read
+ * callback does).
  *   watch(fd, buffer, callback) -> undefined: prepares the watch (one socket per process)
- *   wait()           -> undefined: starts it; at the next readiness, callback(count) with
- *                       the bytes received into buffer (0 at end of stream, -errno on an
- *                       error), the fds that came queued for take()
+ *   wait()           -> undefined: a read waits; at the next readiness, callback(count)
+ *                       with the bytes received into buffer (0 at end of stream, -errno on
+ *                       an error), the fds that came queued for take()
  *   unwatch()        -> undefined: closes the watch
  *
  * node-peer.mjs (api "floor") runs the AsyncUnixStream receiver's and sender's loops, and
@@ -31,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +224,11 @@ static napi_value floor_send(napi_env env, napi_callback_info info) {
     }
     ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
+    /* Non-blocking once watched (uv_poll_init): a full socket is waited for here. */
+    if (n < 0 && errno == EAGAIN) {
+      struct pollfd room = {.fd = fd, .events = POLLOUT};
+      if (poll(&room, 1, -1) >= 0 || errno == EINTR) continue;
+    }
     if (n < 0) error = errno;
     else sent += (size_t)n;
   }
@@ -242,20 +249,32 @@ static size_t watch_length;
 static napi_env watch_env;
 static napi_ref watch_buffer, watch_callback;
 static napi_async_context watch_context;
+/* A read waits: wait() was called and its callback has not been made yet. */
+static int watch_wanted = 0;
 
+/* The watch stays started from one read to the next (the next is usually made by the
+ * code the callback runs), as net.Socket keeps reading: no epoll_ctl per read. It stops
+ * when readiness finds no read waiting (level-triggered, it would fire again at once). */
 static void on_readable(uv_poll_t *handle, int status, int events) {
   (void)events;
+  if (!watch_wanted) {
+    uv_poll_stop(handle);
+    return;
+  }
   ssize_t n = status < 0 ? status : receive(watch_fd, watch_data, watch_length, MSG_DONTWAIT);
   if (n == -EAGAIN) return;
-  uv_poll_stop(handle);
+  watch_wanted = 0;
   napi_env env = watch_env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value callback, receiver, count;
+  napi_value callback, receiver, count, thrown;
   napi_get_reference_value(env, watch_callback, &callback);
   napi_get_global(env, &receiver);
   napi_create_int32(env, (int32_t)n, &count);
-  napi_make_callback(env, watch_context, receiver, callback, 1, &count, NULL);
+  /* What the callback threw is reported as uncaught, as for any I/O callback. */
+  if (napi_make_callback(env, watch_context, receiver, callback, 1, &count, NULL) != napi_ok &&
+      napi_get_and_clear_last_exception(env, &thrown) == napi_ok)
+    napi_fatal_exception(env, thrown);
   napi_close_handle_scope(env, scope);
 }
 
@@ -285,6 +304,8 @@ static napi_value floor_watch(napi_env env, napi_callback_info info) {
 static napi_value floor_wait(napi_env env, napi_callback_info info) {
   (void)info;
   if (!watch_open) return throw_message(env, "wait: nothing watched", 0);
+  watch_wanted = 1;
+  if (uv_is_active((uv_handle_t *)&watch_poll)) return NULL;
   int error = uv_poll_start(&watch_poll, UV_READABLE, on_readable);
   if (error) return throw_message(env, "uv_poll_start", -error);
   return NULL;
