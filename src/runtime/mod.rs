@@ -59,9 +59,10 @@ struct Local {
   env: sys::napi_env,
   /// The async context JS is called in after a drive (for async hooks and microtasks).
   context: sys::napi_async_context,
-  /// The resource object of every callback scope a delivery opens: one for all, as a
-  /// `net.Socket`'s handle is for all its reads (a new object per call cost an allocation
-  /// per settlement). Lives as long as the environment, as `context` does.
+  /// The object every callback scope a delivery opens is given as its resource: Node 20
+  /// ignores it (the async context names its own), but the call takes an object, and one
+  /// made per call cost an allocation per settlement. Lives as long as the environment,
+  /// as `context` does.
   resource: sys::napi_ref,
   /// Results are waiting for JS: `deliver` runs once the current loop callback's drive is
   /// done (or at the next loop iteration, when they came from a call JS made).
