@@ -296,11 +296,11 @@ type Start<T> = (
  * a new loop callback of its runtime ({@link onSettle} is told which): the loop turned.
  * One callback may deliver many outcomes, whose code shares the budget; one iteration of
  * the loop runs at most four of the runtime's callbacks (timer, idle, reactor, wake-up).
- * Outcomes posted to JS (an FdSocket's chunks, accepted connections) do not end a run. (A `setImmediate` per turn to
- * notice that cost every round trip a call of Node's immediate queue, about a microsecond
- * of CPU.) In a program that waits for nothing of fd-queue's, one operation in 1,025
- * settles a turn later, which ends the run. Under `'threads'`, whose deliveries may come
- * many to a turn, a `setImmediate` still ends it.
+ * Outcomes posted to JS (an FdSocket's chunks, accepted connections) do not end a run.
+ * (A `setImmediate` per turn to notice that cost every round trip a call of Node's
+ * immediate queue, about a microsecond of CPU.) In a program that waits for nothing of
+ * fd-queue's, one operation in 1,025 settles a turn later, which ends the run. Under
+ * `'threads'`, whose deliveries may come many to a turn, a `setImmediate` still ends it.
  */
 const IMMEDIATE_BUDGET = 1024
 let immediateRun = 0
