@@ -950,6 +950,15 @@ function ratioCell(id) {
   const mark = r.met === true ? ' ✅' : r.met === false ? ' ❌' : ''
   return `${fmt(r.value)}×${mark}`
 }
+/** "AsyncUnixStream 1.30×, FdSocket 1.32×": their ratios to the Node floor in `workload`. */
+const againstFloor = (workload) =>
+  ['async', 'socket']
+    .map((peer) => {
+      const r = ratioOf(`${workload}.${peer}.vsFloor`)
+      return r?.value == null ? null : `${PEERS[peer].short} ${fmt(r.value)}×`
+    })
+    .filter(Boolean)
+    .join(', ')
 const table = (header, rows) =>
   [
     `| ${header.join(' | ')} |`,
@@ -1029,11 +1038,7 @@ function render() {
     )
     const floor = wl.peers.floor?.median.msgsPerSec
     if (floor) {
-      const of = (peer) => {
-        const r = results.ratios.find((x) => x.id === `${workload}.${peer}.vsFloor`)
-        return r?.value == null ? null : `${PEERS[peer].short} ${fmt(r.value)}×`
-      }
-      const reached = ['async', 'socket'].map(of).filter(Boolean).join(', ')
+      const reached = againstFloor(workload)
       out.push(
         '',
         '"Node floor" is a bound no non-blocking read() reaches: the AsyncUnixStream ' +
@@ -1097,11 +1102,7 @@ function render() {
     )
     const vsNet = ratioOf(`${workload}.floor.vsNet`)
     if (vsNet?.value != null) {
-      const of = (peer) => {
-        const r = ratioOf(`${workload}.${peer}.vsFloor`)
-        return r?.value == null ? null : `${PEERS[peer].short} ${fmt(r.value)}×`
-      }
-      const reached = ['async', 'socket'].map(of).filter(Boolean).join(', ')
+      const reached = againstFloor(workload)
       out.push(
         '',
         '"Node floor" runs both of AsyncUnixStream\'s round-trip loops on a C addon that does the least ' +

@@ -324,20 +324,17 @@ static napi_value floor_unwatch(napi_env env, napi_callback_info info) {
 }
 
 NAPI_MODULE_INIT() {
-  napi_value function;
-  napi_create_function(env, "recv", NAPI_AUTO_LENGTH, floor_recv, NULL, &function);
-  napi_set_named_property(env, exports, "recv", function);
-  napi_create_function(env, "take", NAPI_AUTO_LENGTH, floor_take, NULL, &function);
-  napi_set_named_property(env, exports, "take", function);
-  napi_create_function(env, "enqueue", NAPI_AUTO_LENGTH, floor_enqueue, NULL, &function);
-  napi_set_named_property(env, exports, "enqueue", function);
-  napi_create_function(env, "send", NAPI_AUTO_LENGTH, floor_send, NULL, &function);
-  napi_set_named_property(env, exports, "send", function);
-  napi_create_function(env, "watch", NAPI_AUTO_LENGTH, floor_watch, NULL, &function);
-  napi_set_named_property(env, exports, "watch", function);
-  napi_create_function(env, "wait", NAPI_AUTO_LENGTH, floor_wait, NULL, &function);
-  napi_set_named_property(env, exports, "wait", function);
-  napi_create_function(env, "unwatch", NAPI_AUTO_LENGTH, floor_unwatch, NULL, &function);
-  napi_set_named_property(env, exports, "unwatch", function);
+  static const struct {
+    const char *name;
+    napi_callback call;
+  } functions[] = {
+      {"recv", floor_recv},   {"take", floor_take},   {"enqueue", floor_enqueue},
+      {"send", floor_send},   {"watch", floor_watch}, {"wait", floor_wait},
+      {"unwatch", floor_unwatch}};
+  for (size_t i = 0; i < sizeof functions / sizeof functions[0]; i++) {
+    napi_value function;
+    napi_create_function(env, functions[i].name, NAPI_AUTO_LENGTH, functions[i].call, NULL, &function);
+    napi_set_named_property(env, exports, functions[i].name, function);
+  }
   return exports;
 }
