@@ -790,6 +790,33 @@ test.serial('ten reads pending at once stop at maxQueuedFds: four resolve, the o
   received.forEach((fd, i) => t.is(readAt(fd), `pending-${i}`))
 })
 
+test.serial(
+  'a read waiting on an empty socket when maxQueuedFds drops to the fds queued reads only after a dequeue',
+  async (t) => {
+    const [a, b] = pair(t)
+    const set = fileSet(2, 'lowered-')
+    t.teardown(set.remove)
+    // A read that waited leaves the socket watched: the next one, finding it empty, is tried
+    // by the event loop itself when data comes (the JS-thread driver's round-trip path).
+    const first = b.read()
+    enqueueFile(a, set.files[0])
+    await a.write('0')
+    t.is((await withTimeout(first, T, 'first read')).toString(), '0')
+    const second = track(b.read())
+    b.maxQueuedFds = 1
+    enqueueFile(a, set.files[1])
+    await a.write('1')
+    await sleep(300)
+    t.false(second.settled, 'no read past the bound lowered while it waited')
+    const received = [b.dequeue()!]
+    t.teardown(() => closeAll(received))
+    t.is((await withTimeout(second.promise, T, 'read after a dequeue')).toString(), '1')
+    received.push(...dequeueAll(b))
+    t.is(received.length, 2, 'none lost')
+    received.forEach((fd, i) => t.is(fdIdentity(fd), pathIdentity(set.files[i])))
+  },
+)
+
 test.serial('reading pauses at maxQueuedFds and resumes on dequeue; all 10 fds arrive', async (t) => {
   const [a, b] = pair(t)
   t.is(b.maxQueuedFds, 1024, 'default bound')

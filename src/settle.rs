@@ -172,6 +172,9 @@ impl Parcels {
 pub struct Home {
   parcels: Parcels,
   settled: Mutex<Vec<Settlement>>,
+  /// An empty list that `deliver` swaps with `settled`, so that neither is allocated anew
+  /// per delivery.
+  spare: Mutex<Vec<Settlement>>,
   posted: Mutex<Vec<Posted>>,
   /// Places in line that wait for the reactions to the outcomes delivered (see
   /// [`Home::after_reactions`]).
@@ -211,6 +214,7 @@ pub fn home(env: &Env) -> Result<Arc<Home>> {
     let home = Arc::new(Home {
       parcels: Parcels::open(),
       settled: Mutex::default(),
+      spare: Mutex::default(),
       posted: Mutex::default(),
       after_reactions: Mutex::default(),
       rung: AtomicBool::new(false),
@@ -271,10 +275,11 @@ impl Home {
     lock(&self.after_reactions).push(kept);
   }
 
-  /// Gives up what waited for the reactions to the outcomes delivered so far.
+  /// Gives up what waited for the reactions to the outcomes delivered so far. (Dropped
+  /// under the lock, which keeps the list's memory: dropping a place in line only wakes
+  /// the next one's task.)
   fn reactions_done(&self) {
-    let kept = std::mem::take(&mut *lock(&self.after_reactions));
-    drop(kept);
+    lock(&self.after_reactions).clear();
   }
 
   /// Queues a JS call for the JS thread's next delivery (right after the drive on the
@@ -305,7 +310,8 @@ impl Home {
     self.reactions_done();
     // Every one is delivered even if a call fails; the first failure is returned.
     let mut outcome = Ok(());
-    let mut settled = std::mem::take(&mut *lock(&self.settled));
+    let mut settled = std::mem::take(&mut *lock(&self.spare));
+    std::mem::swap(&mut settled, &mut *lock(&self.settled));
     // In call order (ids grow with each call of a copy of the JS layer): operations that
     // end together, as every pending one does at `close()`, settle in the order they were
     // made, not in the order their tasks happened to run.
@@ -317,24 +323,24 @@ impl Home {
     // turn of the loop: -1, and JS watches the turns itself.
     let callback = crate::runtime::turn().map_or(-1.0, |(turn, _)| turn as f64);
     if settling {
-      for Settlement { id, finish } in settled {
-        let called = crate::runtime::as_io_callback(env, || {
+      for Settlement { id, finish } in settled.drain(..) {
+        let called = crate::runtime::with_handle_scope(env, || {
           // A value that could not be made fails the operation (user code that a setter ran
           // may have thrown: that is reported as uncaught first).
           let failed = |e: error::Error| {
             report_pending(env);
-            Some((id, Some(tagged(e)), None, false, callback))
+            Some((Some(tagged(e)), None, false))
           };
           let args = match finish(env) {
             Ok(Settled::Later) => None,
-            Ok(Settled::Value(value)) => Some((id, None, value, false, callback)),
+            Ok(Settled::Value(value)) => Some((None, value, false)),
             Ok(Settled::Bytes(data)) => match self.bytes_value(env, copy_of(id), data) {
-              Ok((value, in_scratch)) => Some((id, None, Some(value), in_scratch, callback)),
+              Ok((value, in_scratch)) => Some((None, Some(value), in_scratch)),
               Err(e) => failed(internal(e)),
             },
             Err(e) => failed(e),
           };
-          let Some(args) = args else {
+          let Some((error, value, in_scratch)) = args else {
             return Ok(());
           };
           // Borrowed back, not held under the lock: JS may call into the addon from it.
@@ -342,10 +348,11 @@ impl Home {
             .get(copy_of(id))
             .map(|copy| copy.on_settle.borrow_back(env))
             .transpose()?;
-          match on_settle {
-            Some(on_settle) => call_js(env, &on_settle, args.into()),
-            None => Ok(()),
-          }
+          let Some(on_settle) = on_settle else {
+            return Ok(());
+          };
+          let argv = settle_argv(env, id, error, value, in_scratch, callback)?;
+          crate::runtime::call_as_io(env, on_settle.raw(), &argv)
         });
         outcome = outcome.and(called);
         // On the JS-thread runtime, its callback scope has closed: the reactions ran.
@@ -354,6 +361,8 @@ impl Home {
         }
       }
     }
+    // Kept, empty, for the next delivery.
+    *lock(&self.spare) = settled;
     let posted = std::mem::take(&mut *lock(&self.posted));
     for call in posted {
       outcome = outcome.and(crate::runtime::as_io_callback(env, || call(env)));
@@ -458,6 +467,27 @@ impl Home {
   }
 }
 
+/// `onSettle`'s arguments (see [`SettleArgs`]), made here and kept on the stack.
+fn settle_argv(
+  env: &Env,
+  id: f64,
+  error: Option<String>,
+  value: Option<RawValue>,
+  in_scratch: bool,
+  callback: f64,
+) -> napi::Result<[sys::napi_value; 5]> {
+  // SAFETY: values made in this environment, on its thread, for the call that follows.
+  unsafe {
+    Ok([
+      f64::to_napi_value(env.raw(), id)?,
+      Option::<String>::to_napi_value(env.raw(), error)?,
+      Option::<RawValue>::to_napi_value(env.raw(), value)?,
+      bool::to_napi_value(env.raw(), in_scratch)?,
+      f64::to_napi_value(env.raw(), callback)?,
+    ])
+  }
+}
+
 /// Calls `function` as Node calls an event handler from an I/O callback: what it throws
 /// goes to `process.on('uncaughtException')` (or ends the process, as any uncaught
 /// exception would), and the caller carries on. Only a failure to make the call is an
@@ -468,6 +498,15 @@ pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
   args: Args,
 ) -> napi::Result<()> {
   let argv = args.into_vec(env.raw())?;
+  call_raw(env, function.raw(), &argv)
+}
+
+/// [`call_js`] with the arguments made already.
+pub(crate) fn call_raw(
+  env: &Env,
+  function: sys::napi_value,
+  argv: &[sys::napi_value],
+) -> napi::Result<()> {
   let mut this = std::ptr::null_mut();
   let mut result = std::ptr::null_mut();
   // SAFETY: plain N-API calls on the calling JS thread's live environment: `function` and
@@ -483,26 +522,35 @@ pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
     let status = sys::napi_call_function(
       env.raw(),
       this,
-      function.raw(),
+      function,
       argv.len(),
       argv.as_ptr(),
       &mut result,
     );
-    if status == sys::Status::napi_pending_exception {
-      // What the function threw is reported as uncaught. (Node reports "cannot run JS", a
-      // worker being torn down, as a pending exception with none recorded: `undefined`.)
-      let mut thrown = std::ptr::null_mut();
+    called(env, status, "napi_call_function")
+  }
+}
+
+/// What a call into JS that returned `status` comes to: what the function threw is
+/// reported as uncaught (`Ok`); only a failure to make the call is an error.
+///
+/// # Safety
+/// `env` must be the calling JS thread's live environment.
+pub(crate) unsafe fn called(env: &Env, status: sys::napi_status, what: &str) -> napi::Result<()> {
+  if status == sys::Status::napi_pending_exception {
+    // Node reports "cannot run JS", a worker being torn down, as a pending exception with
+    // none recorded: `undefined`.
+    let mut thrown = std::ptr::null_mut();
+    // SAFETY: as promised by the caller; the out-pointer is a local.
+    unsafe {
       if sys::napi_get_and_clear_last_exception(env.raw(), &mut thrown) == sys::Status::napi_ok {
         sys::napi_fatal_exception(env.raw(), thrown);
       }
-      return Ok(());
     }
-    if status != sys::Status::napi_ok {
-      return Err(napi::Error::new(
-        napi::Status::from(status),
-        "napi_call_function",
-      ));
-    }
+    return Ok(());
+  }
+  if status != sys::Status::napi_ok {
+    return Err(napi::Error::new(napi::Status::from(status), what));
   }
   Ok(())
 }

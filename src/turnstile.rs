@@ -130,6 +130,11 @@ impl Ticket {
     }
   }
 
+  /// Whether every earlier ticket has been dropped (its [`Ticket::turn`] would not wait).
+  pub fn is_turn(&self) -> bool {
+    self.gate.state().serving == self.number
+  }
+
   /// For an operation that is done: the ones already queued behind it still wait until the
   /// returned guard is dropped, while one started meanwhile may go at once
   /// ([`Turnstile::is_idle`] is true if nothing else is drawn).

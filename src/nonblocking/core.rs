@@ -346,12 +346,19 @@ impl Arrival {
 
 /// On the JS thread: what reads brought joins the inbound queue, or is closed (and the
 /// read fails with `ERR_SOCKET_CLOSED`) if the stream closed meanwhile.
-pub(crate) fn receive_parts(queues: &Queues, parts: Arrived) -> Result<()> {
+pub(crate) fn receive_parts(
+  queues: &Queues,
+  parts: impl IntoIterator<Item = (Vec<OwnedFd>, bool)>,
+) -> Result<()> {
   receive_locked(queues, &mut lock(&queues.inbound), parts)
 }
 
 /// [`receive_parts`] with the inbound lock held.
-fn receive_locked(queues: &Queues, inbound: &mut InboundQueue, parts: Arrived) -> Result<()> {
+fn receive_locked(
+  queues: &Queues,
+  inbound: &mut InboundQueue,
+  parts: impl IntoIterator<Item = (Vec<OwnedFd>, bool)>,
+) -> Result<()> {
   // Checked under the lock, which `close()` takes after setting `closed`.
   if queues.closed.load(Ordering::Acquire) {
     return Err(error::closed());
@@ -617,7 +624,7 @@ impl Shared {
 
   /// One `recvmsg` of at most `size` bytes into a read buffer, the bytes copied out: an
   /// empty socket costs no allocation that outlives the call.
-  fn recv_copied(&self, size: usize) -> nix::Result<(Vec<u8>, Received)> {
+  pub(crate) fn recv_copied(&self, size: usize) -> nix::Result<(Vec<u8>, Received)> {
     with_read_buffer(size, |buf| {
       let received = scm_rights::recv_with_fds(self.fd.as_fd(), buf, true)?;
       Ok((spare::copied(&buf[..received.bytes]), received))

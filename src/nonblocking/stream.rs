@@ -25,10 +25,10 @@ use crate::nonblocking::reader::{ReadArgs, Reader};
 use crate::queue::OutboundQueue;
 use crate::runtime::Waits;
 use crate::scm_rights::{self, Received};
-use crate::settle::{self, number, settle_later_keeping, Settled};
+use crate::settle::{self, number, settle_later_keeping, Home, Settled};
 use crate::socket::{self as unix, Adopt, Kind};
 use crate::sync::lock;
-use crate::turnstile::Ticket;
+use crate::turnstile::{Ticket, Undelivered};
 
 /// Largest `read(size)`.
 const MAX_READ_SIZE: u32 = 1 << 30;
@@ -272,12 +272,7 @@ impl StreamCore {
       outcome
     };
     let task = settle::settling_in_line(home, id, op, number, undelivered);
-    let waits = Waits {
-      defer,
-      queued,
-      ..Waits::default()
-    };
-    crate::runtime::spawn_operation(task, waits);
+    crate::runtime::spawn_operation(task, Waits { defer, queued });
     Ok(None)
   }
 
@@ -371,36 +366,21 @@ impl StreamCore {
         }
       }
     }
-    let shared = Arc::clone(shared);
+    let read = PendingRead {
+      shared: Arc::clone(shared),
+      queues: Arc::clone(&self.queues),
+      home: settle::home(env).map_err(rejection)?,
+      id,
+      size: size as usize,
+      ticket: shared.reads.ticket(),
+      undelivered: shared.reads.undelivered(),
+    };
     drop(held);
-    let home = settle::home(env).map_err(rejection)?;
-    let ticket = shared.reads.ticket();
-    let undelivered = shared.reads.undelivered();
-    let queues = Arc::clone(&self.queues);
-    let reading = Arc::clone(&queues);
-    let op = async move {
-      let read = read_in_turn(&shared, &reading, ticket, size as usize, after_event);
-      let outcome = shared
-        .unless_closed(cancel::unless_cancelled(canceller, read))
-        .await;
-      drop(shared);
-      outcome
-    };
-    let giving_up = Arc::clone(&home);
-    let finish = move |_: &Env, (data, received, ticket): (Vec<u8>, Received, Ticket)| {
-      // Closed while the result travelled: the fds are closed, not queued.
-      receive_parts(&queues, vec![(received.fds, received.truncated)])?;
-      // The next read goes once the code after this one has run (see `read_in_turn`).
-      giving_up.after_reactions(ticket.hold());
-      Ok(Settled::Bytes(data))
-    };
-    let task = settle::settling(home, id, op, finish, undelivered);
-    let waits = Waits {
-      defer,
-      after_event,
-      queued,
-    };
-    crate::runtime::spawn_operation(task, waits);
+    if after_event {
+      crate::runtime::park_direct(Box::new(read));
+    } else {
+      crate::runtime::spawn_operation(read.task(canceller, false), Waits { defer, queued });
+    }
     Ok(None)
   }
 
@@ -639,6 +619,111 @@ impl Drop for AsyncUnixStream {
 /// (`Home::after_reactions`): the next pending read takes nothing from the socket before
 /// then, so that a `close()` or an abort there leaves what JS has not seen to whoever else
 /// holds the socket (a successor it was handed to).
+/// A `read` that did not complete at once: its place in line, and where its outcome goes.
+struct PendingRead {
+  shared: Arc<Shared>,
+  queues: Arc<Queues>,
+  home: Arc<Home>,
+  id: f64,
+  size: usize,
+  ticket: Ticket,
+  undelivered: Undelivered,
+}
+
+impl PendingRead {
+  /// The read as a task: in its turn, once the inbound queue has room, one `recvmsg`
+  /// (`tried`: its socket was found empty since the last event, so it waits for readiness
+  /// first), unless the stream closes or `canceller` fires first.
+  fn task(
+    self,
+    canceller: Option<Arc<Canceller>>,
+    tried: bool,
+  ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let Self {
+      shared,
+      queues,
+      home,
+      id,
+      size,
+      ticket,
+      undelivered,
+    } = self;
+    let reading = Arc::clone(&queues);
+    let op = async move {
+      let read = read_in_turn(&shared, &reading, ticket, size, !tried);
+      let outcome = shared
+        .unless_closed(cancel::unless_cancelled(canceller, read))
+        .await;
+      drop(shared);
+      outcome
+    };
+    let giving_up = Arc::clone(&home);
+    let finish =
+      move |_: &Env, read: (Vec<u8>, Received, Ticket)| finish_read(&queues, &giving_up, read);
+    settle::settling(home, id, op, finish, undelivered)
+  }
+}
+
+impl crate::runtime::Direct for PendingRead {
+  fn try_now(self: Box<Self>) -> crate::runtime::Tried {
+    use crate::runtime::Tried;
+    // Anything but its turn come with room for fds on an open stream: the task sees to it.
+    if *self.shared.closed.borrow() || !self.ticket.is_turn() || self.queues.inbound_full() {
+      return Tried::Task(Box::pin(self.task(None, false)));
+    }
+    let outcome = loop {
+      match self.shared.recv_copied(self.size) {
+        Err(Errno::EINTR) => continue,
+        Err(Errno::EAGAIN) => return Tried::Empty(self),
+        Err(e) => break Err(error::sys(e, "recvmsg")),
+        Ok(read) => break Ok(read),
+      }
+    };
+    let Self {
+      queues,
+      home,
+      id,
+      ticket,
+      undelivered,
+      ..
+    } = *self;
+    let giving_up = Arc::clone(&home);
+    home.settle(
+      id,
+      match outcome {
+        Ok((data, received)) => Box::new(move |_| {
+          let _kept = undelivered;
+          finish_read(&queues, &giving_up, (data, received, ticket))
+        }),
+        // Its place goes now, as a task's would.
+        Err(e) => Box::new(move |_| {
+          let _kept = undelivered;
+          Err(e)
+        }),
+      },
+    );
+    Tried::Done
+  }
+
+  fn into_task(self: Box<Self>, tried: bool) -> crate::runtime::Task {
+    Box::pin(self.task(None, tried))
+  }
+}
+
+/// On the JS thread, right before read's Promise settles with `data`: the fds that came
+/// with it join the inbound queue (closed instead, and the read fails, if the stream
+/// closed meanwhile), and its place in line goes once the code after it has run (see
+/// `read_in_turn`).
+fn finish_read(
+  queues: &Queues,
+  home: &Home,
+  (data, received, ticket): (Vec<u8>, Received, Ticket),
+) -> Result<Settled> {
+  receive_parts(queues, [(received.fds, received.truncated)])?;
+  home.after_reactions(ticket.hold());
+  Ok(Settled::Bytes(data))
+}
+
 async fn read_in_turn(
   shared: &Shared,
   queues: &Queues,

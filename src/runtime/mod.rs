@@ -90,10 +90,10 @@ struct Local {
   spawns: RefCell<Vec<Tracked>>,
   wakes: RefCell<Vec<Waker>>,
   /// Reads that can do nothing before an event of the reactor (an `AsyncUnixStream` read,
-  /// `spawn_after_event`; an `FdSocket` reader that just read, see [`park`]), parked here
+  /// [`park_direct`]; an `FdSocket` reader that just read, see [`park`]), parked here
   /// with no task: the next loop callback tries them first, and a drive that
   /// turns the reactor either spawns them before the turn or tries them right after it.
-  after_event: RefCell<Vec<Task>>,
+  after_event: RefCell<Vec<Waiting>>,
   /// Tasks that wait for the event loop to turn (`spawn_next_turn`): spawned by the next
   /// loop callback, not by the rounds of the current one.
   next_turn_tasks: RefCell<Vec<Task>>,
@@ -109,7 +109,48 @@ struct Local {
   sweeps: RefCell<Vec<Sweep>>,
 }
 
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A read that found its socket empty, parked for the loop to try at the next event with
+/// no future at all ([`park_direct`]): a round trip's read costs one `recvmsg` and its
+/// settlement, not the polls of a task's layers (its place in line, the close and cancel
+/// watches, the wait for room), and nothing is allocated for it until the data come.
+pub(crate) trait Direct: Send {
+  /// One try, on the JS thread, when the loop has an event that may be the one it waits
+  /// for.
+  fn try_now(self: Box<Self>) -> Tried;
+  /// The same read as a task: it is to wait in tokio's reactor, or a drive starts it
+  /// before it was tried. `tried`: it found its socket empty since the last event.
+  fn into_task(self: Box<Self>, tried: bool) -> Task;
+}
+
+/// What became of a [`Direct`] read that the loop tried.
+pub(crate) enum Tried {
+  /// It read (or failed), and its outcome is queued for JS.
+  Done,
+  /// Its socket is empty: it is parked again, or becomes a task.
+  Empty(Box<dyn Direct>),
+  /// It must wait for something else first (its turn, room in the queue; or its stream
+  /// closed): the task that does.
+  Task(Task),
+}
+
+/// What waits for an event of the reactor in `after_event`.
+enum Waiting {
+  /// A parked task's future ([`park`]).
+  Task(Task),
+  Direct(Box<dyn Direct>),
+}
+
+impl Waiting {
+  /// As a task, to be spawned.
+  fn into_task(self) -> Task {
+    match self {
+      Self::Task(task) => task,
+      Self::Direct(read) => read.into_task(false),
+    }
+  }
+}
 
 /// A check run every [`SWEEP_EVERY`] until it returns `true`.
 pub(crate) type Sweep = Box<dyn FnMut() -> bool + Send>;
@@ -256,16 +297,15 @@ fn spawn_then<F: Future<Output = ()> + Send + 'static>(future: F, then: impl FnO
   }
 }
 
-/// [`spawn`] for a `future` that can do nothing before an event of this thread's reactor:
-/// a read that just found its socket empty while that socket is registered. On the
-/// JS-thread runtime it is parked, with no drive of its own (which would only turn the
-/// reactor for nothing, an `epoll_wait` per read) and no task: the next loop callback
-/// polls it first (see `Local::try_after_event`), so it must try its syscall whenever it
-/// is polled that way (`polled_directly`): the event may be the one it waits for.
-fn spawn_after_event<F: Future<Output = ()> + Send + 'static>(future: F) {
+/// For a `read` that can do nothing before an event of this thread's reactor: one that
+/// just found its socket empty while that socket is registered. On the JS-thread runtime
+/// it is parked, with no drive of its own (which would only turn the reactor for nothing,
+/// an `epoll_wait` per read) and no task: the next loop callback tries it first (see
+/// `Local::try_after_event`). Elsewhere it runs as a task.
+pub(crate) fn park_direct(read: Box<dyn Direct>) {
   match local() {
-    Some(local) => local.after_event.borrow_mut().push(Box::pin(future)),
-    None => drop(napi::bindgen_prelude::spawn(future)),
+    Some(local) => local.after_event.borrow_mut().push(Waiting::Direct(read)),
+    None => drop(napi::bindgen_prelude::spawn(read.into_task(true))),
   }
 }
 
@@ -336,8 +376,6 @@ pub(crate) async fn next_turn() {
 pub(crate) struct Waits {
   /// JS asked it to settle once the event loop has turned ([`spawn_next_turn`]).
   pub(crate) defer: bool,
-  /// It can do nothing before an event of the reactor ([`spawn_after_event`]).
-  pub(crate) after_event: bool,
   /// It is queued behind an earlier operation of its object ([`spawn_queued`]).
   pub(crate) queued: bool,
 }
@@ -347,8 +385,6 @@ pub(crate) struct Waits {
 pub(crate) fn spawn_operation<F: Future<Output = ()> + Send + 'static>(future: F, waits: Waits) {
   if waits.defer {
     spawn_next_turn(future);
-  } else if waits.after_event {
-    spawn_after_event(future);
   } else if waits.queued {
     spawn_queued(future);
   } else {
@@ -685,7 +721,7 @@ impl Local {
   /// dropped; one that found its socket empty stays parked (unless `to_task` and it read
   /// nothing first); one that waits for anything else becomes a task.
   fn try_parked(&self, to_task: bool) {
-    let parked = std::mem::take(&mut *self.after_event.borrow_mut());
+    let mut parked = std::mem::take(&mut *self.after_event.borrow_mut());
     if parked.is_empty() {
       return;
     }
@@ -693,7 +729,24 @@ impl Local {
     let driving = self.driving.replace(true);
     DIRECT.set(true);
     let mut cx = Context::from_waker(Waker::noop());
-    for mut read in parked {
+    for read in parked.drain(..) {
+      let mut read = match read {
+        Waiting::Task(read) => read,
+        Waiting::Direct(read) => {
+          let task = match read.try_now() {
+            Tried::Done => continue,
+            Tried::Empty(read) if !to_task => {
+              self.after_event.borrow_mut().push(Waiting::Direct(read));
+              continue;
+            }
+            Tried::Empty(read) => read.into_task(true),
+            Tried::Task(task) => task,
+          };
+          let task = Tracked::new(task, Arc::clone(&self.shared));
+          self.spawns.borrow_mut().push(task);
+          continue;
+        }
+      };
       PARKED.set(Parked::No);
       // A panic ends the read as it would end a task (none is expected).
       let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -705,7 +758,7 @@ impl Local {
       }
       let parked = PARKED.replace(Parked::No);
       if parked == Parked::Active || (parked == Parked::Idle && !to_task) {
-        self.after_event.borrow_mut().push(read);
+        self.after_event.borrow_mut().push(Waiting::Task(read));
       } else {
         let task = Tracked::new(read, Arc::clone(&self.shared));
         self.spawns.borrow_mut().push(task);
@@ -713,6 +766,10 @@ impl Local {
     }
     DIRECT.set(false);
     self.driving.set(driving);
+    // The list keeps its memory: the read parked next is not an allocation.
+    let mut after_event = self.after_event.borrow_mut();
+    parked.append(&mut after_event);
+    std::mem::swap(&mut *after_event, &mut parked);
   }
 
   /// Moves the tasks waiting for the loop's next turn to the ones the next drive spawns.
@@ -720,9 +777,13 @@ impl Local {
     self.start_waiting(&self.next_turn_tasks);
   }
 
-  /// Moves the tasks waiting for an event to the ones the next drive spawns.
+  /// Moves the reads waiting for an event to the tasks the next drive spawns.
   fn start_after_event(&self) {
-    self.start_waiting(&self.after_event);
+    let waiting = std::mem::take(&mut *self.after_event.borrow_mut());
+    let mut spawns = self.spawns.borrow_mut();
+    for read in waiting {
+      spawns.push(Tracked::new(read.into_task(), Arc::clone(&self.shared)));
+    }
   }
 
   /// Moves the tasks of `waiting` to the ones the next drive spawns.
@@ -1092,6 +1153,68 @@ pub(crate) fn as_io_callback<R>(env: &Env, call: impl FnOnce() -> R) -> R {
   }
 }
 
+/// Runs `make` in a handle scope of its own (the values it makes are let go after it).
+pub(crate) fn with_handle_scope<R>(
+  env: &Env,
+  make: impl FnOnce() -> napi::Result<R>,
+) -> napi::Result<R> {
+  let mut handles = std::ptr::null_mut();
+  // SAFETY: `env` is the calling JS thread's live environment; the scope opened is closed.
+  unsafe {
+    let status = sys::napi_open_handle_scope(env.raw(), &mut handles);
+    if status != sys::Status::napi_ok {
+      return Err(napi::Error::new(
+        napi::Status::from(status),
+        "napi_open_handle_scope",
+      ));
+    }
+    let result = make();
+    sys::napi_close_handle_scope(env.raw(), handles);
+    result
+  }
+}
+
+/// Calls `function` with `argv` as Node runs an I/O callback (see [`as_io_callback`]): on a
+/// delivery of the JS-thread runtime, one `napi_make_callback`, whose callback scope (made
+/// on the stack) runs `process.nextTick` callbacks and microtasks when the call returns.
+/// What the function throws is reported as uncaught. Outside a delivery, a plain call.
+pub(crate) fn call_as_io(
+  env: &Env,
+  function: sys::napi_value,
+  argv: &[sys::napi_value],
+) -> napi::Result<()> {
+  let Some(local) = local().filter(|local| local.delivering.get()) else {
+    return crate::settle::call_raw(env, function, argv);
+  };
+  let mut receiver = std::ptr::null_mut();
+  let mut result = std::ptr::null_mut();
+  // SAFETY: `env` is this thread's live environment, `local.context` an async context of
+  // it and `local.resource` a reference of it; `function` and `argv` are its values, the
+  // out-pointers locals. A delivery runs from a libuv callback, with no JS on the stack.
+  unsafe {
+    let found = sys::napi_get_reference_value(env.raw(), local.resource, &mut receiver);
+    if found != sys::Status::napi_ok || receiver.is_null() {
+      return as_io_callback(env, || crate::settle::call_raw(env, function, argv));
+    }
+    let status = sys::napi_make_callback(
+      env.raw(),
+      local.context,
+      receiver,
+      function,
+      argv.len(),
+      argv.as_ptr(),
+      &mut result,
+    );
+    let outcome = crate::settle::called(env, status, "napi_make_callback");
+    if status == sys::Status::napi_pending_exception {
+      // A call that threw closes its scope without running the microtasks: they run now,
+      // as after any callback, once the exception has been reported.
+      as_io_callback(env, || ());
+    }
+    outcome
+  }
+}
+
 impl Shared {
   /// A task was woken from another thread: wake the loop, which drives.
   fn wake_from_elsewhere(&self) {
@@ -1219,7 +1342,7 @@ impl Future for Tracked {
     if poll.is_pending() && PARKED.replace(Parked::No) == Parked::Active {
       if let Some(local) = local() {
         let read = std::mem::replace(&mut this.inner, Box::pin(std::future::ready(())));
-        local.after_event.borrow_mut().push(read);
+        local.after_event.borrow_mut().push(Waiting::Task(read));
         return Poll::Ready(());
       }
     }
