@@ -613,12 +613,6 @@ impl Drop for AsyncUnixStream {
   }
 }
 
-/// A read in its turn. The turn is handed back with the result and ends on the JS thread,
-/// once the fds it brought are in the inbound queue (a read called meanwhile, which may
-/// `recvmsg` at once, must not queue its fds first) and the code after this read has run
-/// (`Home::after_reactions`): the next pending read takes nothing from the socket before
-/// then, so that a `close()` or an abort there leaves what JS has not seen to whoever else
-/// holds the socket (a successor it was handed to).
 /// A `read` that did not complete at once: its place in line, and where its outcome goes.
 struct PendingRead {
   shared: Arc<Shared>,
@@ -632,12 +626,12 @@ struct PendingRead {
 
 impl PendingRead {
   /// The read as a task: in its turn, once the inbound queue has room, one `recvmsg`
-  /// (`tried`: its socket was found empty since the last event, so it waits for readiness
-  /// first), unless the stream closes or `canceller` fires first.
+  /// (`try_first`: tried before it waits for readiness, for an event the reactor may not
+  /// have recorded), unless the stream closes or `canceller` fires first.
   fn task(
     self,
     canceller: Option<Arc<Canceller>>,
-    tried: bool,
+    try_first: bool,
   ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let Self {
       shared,
@@ -650,7 +644,7 @@ impl PendingRead {
     } = self;
     let reading = Arc::clone(&queues);
     let op = async move {
-      let read = read_in_turn(&shared, &reading, ticket, size, !tried);
+      let read = read_in_turn(&shared, &reading, ticket, size, try_first);
       let outcome = shared
         .unless_closed(cancel::unless_cancelled(canceller, read))
         .await;
@@ -669,7 +663,7 @@ impl crate::runtime::Direct for PendingRead {
     use crate::runtime::Tried;
     // Anything but its turn come with room for fds on an open stream: the task sees to it.
     if *self.shared.closed.borrow() || !self.ticket.is_turn() || self.queues.inbound_full() {
-      return Tried::Task(Box::pin(self.task(None, false)));
+      return Tried::Task(Box::pin(self.task(None, true)));
     }
     let outcome = loop {
       match self.shared.recv_copied(self.size) {
@@ -706,7 +700,7 @@ impl crate::runtime::Direct for PendingRead {
   }
 
   fn into_task(self: Box<Self>, tried: bool) -> crate::runtime::Task {
-    Box::pin(self.task(None, tried))
+    Box::pin(self.task(None, !tried))
   }
 }
 
@@ -724,6 +718,12 @@ fn finish_read(
   Ok(Settled::Bytes(data))
 }
 
+/// A read in its turn. The turn is handed back with the result and ends on the JS thread,
+/// once the fds it brought are in the inbound queue (a read called meanwhile, which may
+/// `recvmsg` at once, must not queue its fds first) and the code after this read has run
+/// (`Home::after_reactions`): the next pending read takes nothing from the socket before
+/// then, so that a `close()` or an abort there leaves what JS has not seen to whoever else
+/// holds the socket (a successor it was handed to).
 async fn read_in_turn(
   shared: &Shared,
   queues: &Queues,

@@ -305,7 +305,7 @@ fn spawn_then<F: Future<Output = ()> + Send + 'static>(future: F, then: impl FnO
 pub(crate) fn park_direct(read: Box<dyn Direct>) {
   match local() {
     Some(local) => local.after_event.borrow_mut().push(Waiting::Direct(read)),
-    None => drop(napi::bindgen_prelude::spawn(read.into_task(true))),
+    None => drop(napi::bindgen_prelude::spawn(read.into_task(false))),
   }
 }
 
@@ -733,7 +733,9 @@ impl Local {
       let mut read = match read {
         Waiting::Task(read) => read,
         Waiting::Direct(read) => {
-          let task = match read.try_now() {
+          // A panic ends the read as it would end a task (none is expected).
+          let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read.try_now()));
+          let task = match tried.unwrap_or(Tried::Done) {
             Tried::Done => continue,
             Tried::Empty(read) if !to_task => {
               self.after_event.borrow_mut().push(Waiting::Direct(read));
