@@ -498,61 +498,7 @@ pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
   args: Args,
 ) -> napi::Result<()> {
   let argv = args.into_vec(env.raw())?;
-  call_raw(env, function.raw(), &argv)
-}
-
-/// [`call_js`] with the arguments made already.
-pub(crate) fn call_raw(
-  env: &Env,
-  function: sys::napi_value,
-  argv: &[sys::napi_value],
-) -> napi::Result<()> {
-  let mut this = std::ptr::null_mut();
-  let mut result = std::ptr::null_mut();
-  // SAFETY: plain N-API calls on the calling JS thread's live environment: `function` and
-  // `argv` are values of this environment, the out-pointers are locals.
-  unsafe {
-    let status = sys::napi_get_undefined(env.raw(), &mut this);
-    if status != sys::Status::napi_ok {
-      return Err(napi::Error::new(
-        napi::Status::from(status),
-        "napi_get_undefined",
-      ));
-    }
-    let status = sys::napi_call_function(
-      env.raw(),
-      this,
-      function,
-      argv.len(),
-      argv.as_ptr(),
-      &mut result,
-    );
-    called(env, status, "napi_call_function")
-  }
-}
-
-/// What a call into JS that returned `status` comes to: what the function threw is
-/// reported as uncaught (`Ok`); only a failure to make the call is an error.
-///
-/// # Safety
-/// `env` must be the calling JS thread's live environment.
-pub(crate) unsafe fn called(env: &Env, status: sys::napi_status, what: &str) -> napi::Result<()> {
-  if status == sys::Status::napi_pending_exception {
-    // Node reports "cannot run JS", a worker being torn down, as a pending exception with
-    // none recorded: `undefined`.
-    let mut thrown = std::ptr::null_mut();
-    // SAFETY: as promised by the caller; the out-pointer is a local.
-    unsafe {
-      if sys::napi_get_and_clear_last_exception(env.raw(), &mut thrown) == sys::Status::napi_ok {
-        sys::napi_fatal_exception(env.raw(), thrown);
-      }
-    }
-    return Ok(());
-  }
-  if status != sys::Status::napi_ok {
-    return Err(napi::Error::new(napi::Status::from(status), what));
-  }
-  Ok(())
+  crate::js::call_raw(env, function.raw(), &argv)
 }
 
 /// Settles what waits in this thread's home (called by the JS-thread runtime, in a

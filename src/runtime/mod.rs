@@ -1186,7 +1186,7 @@ pub(crate) fn call_as_io(
   argv: &[sys::napi_value],
 ) -> napi::Result<()> {
   let Some(local) = local().filter(|local| local.delivering.get()) else {
-    return crate::settle::call_raw(env, function, argv);
+    return crate::js::call_raw(env, function, argv);
   };
   let mut receiver = std::ptr::null_mut();
   let mut result = std::ptr::null_mut();
@@ -1196,7 +1196,7 @@ pub(crate) fn call_as_io(
   unsafe {
     let found = sys::napi_get_reference_value(env.raw(), local.resource, &mut receiver);
     if found != sys::Status::napi_ok || receiver.is_null() {
-      return as_io_callback(env, || crate::settle::call_raw(env, function, argv));
+      return as_io_callback(env, || crate::js::call_raw(env, function, argv));
     }
     let status = sys::napi_make_callback(
       env.raw(),
@@ -1207,7 +1207,7 @@ pub(crate) fn call_as_io(
       argv.as_ptr(),
       &mut result,
     );
-    let outcome = crate::settle::called(env, status, "napi_make_callback");
+    let outcome = crate::js::called(env, status, "napi_make_callback");
     if status == sys::Status::napi_pending_exception {
       // A call that threw closes its scope without running the microtasks: they run now,
       // as after any callback, once the exception has been reported.
