@@ -36,13 +36,10 @@ pub(crate) fn call_raw(
   // SAFETY: plain N-API calls on the calling JS thread's live environment: `function` and
   // `argv` are values of this environment, the out-pointers are locals.
   unsafe {
-    let status = sys::napi_get_undefined(env.raw(), &mut this);
-    if status != sys::Status::napi_ok {
-      return Err(napi::Error::new(
-        napi::Status::from(status),
-        "napi_get_undefined",
-      ));
-    }
+    checked(
+      sys::napi_get_undefined(env.raw(), &mut this),
+      "napi_get_undefined",
+    )?;
     let status = sys::napi_call_function(
       env.raw(),
       this,
@@ -73,8 +70,14 @@ pub(crate) unsafe fn called(env: &Env, status: sys::napi_status, what: &str) -> 
     }
     return Ok(());
   }
-  if status != sys::Status::napi_ok {
-    return Err(napi::Error::new(napi::Status::from(status), what));
+  checked(status, what)
+}
+
+/// A Node-API `status` as a result: `what` failed unless it is `napi_ok`.
+pub(crate) fn checked(status: sys::napi_status, what: &str) -> napi::Result<()> {
+  if status == sys::Status::napi_ok {
+    Ok(())
+  } else {
+    Err(napi::Error::new(napi::Status::from(status), what))
   }
-  Ok(())
 }

@@ -142,12 +142,12 @@ enum Waiting {
   Direct(Box<dyn Direct>),
 }
 
-impl Waiting {
-  /// As a task, to be spawned.
-  fn into_task(self) -> Task {
-    match self {
-      Self::Task(task) => task,
-      Self::Direct(read) => read.into_task(false),
+/// A waiting read as a task, to be spawned.
+impl From<Waiting> for Task {
+  fn from(waiting: Waiting) -> Self {
+    match waiting {
+      Waiting::Task(task) => task,
+      Waiting::Direct(read) => read.into_task(false),
     }
   }
 }
@@ -781,19 +781,15 @@ impl Local {
 
   /// Moves the reads waiting for an event to the tasks the next drive spawns.
   fn start_after_event(&self) {
-    let waiting = std::mem::take(&mut *self.after_event.borrow_mut());
-    let mut spawns = self.spawns.borrow_mut();
-    for read in waiting {
-      spawns.push(Tracked::new(read.into_task(), Arc::clone(&self.shared)));
-    }
+    self.start_waiting(&self.after_event);
   }
 
-  /// Moves the tasks of `waiting` to the ones the next drive spawns.
-  fn start_waiting(&self, waiting: &RefCell<Vec<Task>>) {
+  /// Moves what waits in `waiting` to the tasks the next drive spawns.
+  fn start_waiting<T: Into<Task>>(&self, waiting: &RefCell<Vec<T>>) {
     let waiting = std::mem::take(&mut *waiting.borrow_mut());
     let mut spawns = self.spawns.borrow_mut();
     for task in waiting {
-      spawns.push(Tracked::new(task, Arc::clone(&self.shared)));
+      spawns.push(Tracked::new(task.into(), Arc::clone(&self.shared)));
     }
   }
 
@@ -823,9 +819,14 @@ impl Local {
         break;
       };
       self.delivering.set(true);
-      // SAFETY: `env` is this thread's, alive until the environment ends, which closes
-      // these handles first (no loop callback runs after that).
-      unsafe { in_handle_scope(self.env, deliver) };
+      // This thread's environment, alive until it ends, which closes these handles first
+      // (no loop callback runs after that); no JS is running (a libuv callback). Each JS
+      // call the delivery makes runs as an I/O callback of its own (`as_io_callback`).
+      let env = Env::from_raw(self.env);
+      let _ = with_handle_scope(&env, || {
+        deliver(&env);
+        Ok(())
+      });
       self.delivering.set(false);
       // JS may have started more work; run it before giving the loop back (and turn the
       // reactor, if that was left for now).
@@ -1103,24 +1104,6 @@ fn resource_object(env: &Env) -> std::result::Result<sys::napi_ref, String> {
   }
 }
 
-/// Runs `deliver` in a handle scope; each JS call it makes runs as an I/O callback of its
-/// own (`as_io_callback`).
-///
-/// # Safety
-/// `env` must be this thread's live environment, and no JS may be running on the thread
-/// (this is called from a libuv callback).
-unsafe fn in_handle_scope(env: sys::napi_env, deliver: fn(&Env)) {
-  // SAFETY: as promised by the caller; the scope opened is closed.
-  unsafe {
-    let mut handles = std::ptr::null_mut();
-    if sys::napi_open_handle_scope(env, &mut handles) != sys::Status::napi_ok {
-      return;
-    }
-    deliver(&Env::from_raw(env));
-    sys::napi_close_handle_scope(env, handles);
-  }
-}
-
 /// Runs `call` (which calls into JS) as Node runs an I/O callback: in a handle scope and
 /// a callback scope, whose close runs `process.nextTick` callbacks and microtasks (the
 /// reactions of a Promise just settled, the code after an `await once(...)`) before the
@@ -1163,13 +1146,10 @@ pub(crate) fn with_handle_scope<R>(
   let mut handles = std::ptr::null_mut();
   // SAFETY: `env` is the calling JS thread's live environment; the scope opened is closed.
   unsafe {
-    let status = sys::napi_open_handle_scope(env.raw(), &mut handles);
-    if status != sys::Status::napi_ok {
-      return Err(napi::Error::new(
-        napi::Status::from(status),
-        "napi_open_handle_scope",
-      ));
-    }
+    crate::js::checked(
+      sys::napi_open_handle_scope(env.raw(), &mut handles),
+      "napi_open_handle_scope",
+    )?;
     let result = make();
     sys::napi_close_handle_scope(env.raw(), handles);
     result
