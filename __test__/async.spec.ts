@@ -817,6 +817,34 @@ test.serial(
   },
 )
 
+test.serial('reads that wait for their peer still get what came while the last one settled', async (t) => {
+  const [a, b] = pair(t)
+  const set = fileSet(7, 'answered-')
+  t.teardown(set.remove)
+  const received: number[] = []
+  t.teardown(() => closeAll(received))
+  // Round trips: each read finds the socket empty and waits for its event. (On the
+  // JS-thread driver the next such read is then parked without a recvmsg of its own,
+  // while the reactor has recorded nothing for the socket.)
+  for (let i = 0; i < 4; i++) {
+    const waiting = b.read()
+    await sleep(5)
+    enqueueFile(a, set.files[i])
+    void a.write(String(i))
+    t.is((await withTimeout(waiting, T, `round trip ${i}`)).toString(), String(i))
+  }
+  // Still in the code the last read settled, before the event loop turns: three messages
+  // come at once, each with an fd (a recvmsg stops after each).
+  for (let i = 4; i < 7; i++) {
+    enqueueFile(a, set.files[i])
+    void a.write(String(i))
+  }
+  for (let i = 4; i < 7; i++) t.is((await read(b)).toString(), String(i))
+  received.push(...dequeueAll(b))
+  t.is(received.length, 7, 'none lost')
+  received.forEach((fd, i) => t.is(fdIdentity(fd), pathIdentity(set.files[i])))
+})
+
 test.serial('reading pauses at maxQueuedFds and resumes on dequeue; all 10 fds arrive', async (t) => {
   const [a, b] = pair(t)
   t.is(b.maxQueuedFds, 1024, 'default bound')

@@ -1940,6 +1940,51 @@ test.serial('FdSocket reading pauses at maxQueuedFds and resumes on dequeue; all
   )
 })
 
+test.serial(
+  'an FdSocket whose messages came one at a time gets the bursts that follow, every fd with its byte',
+  async (t) => {
+    const { peer, socket } = wrappedPair(t)
+    const set = fileSet(16, 'sburst-')
+    t.teardown(set.remove)
+    const received: number[] = []
+    t.teardown(() => closeAll(received))
+    const send = (i: number) => {
+      enqueueFile(peer, set.files[i])
+      void peer.write(String.fromCharCode(97 + i))
+    }
+    let text = ''
+    socket.on('fds', (fds: FdsArrived) => received.push(...fds))
+    socket.on('data', (chunk: Buffer) => {
+      text += chunk.toString()
+      // The second burst comes from the code a chunk runs, before the event loop turns.
+      if (text.length === 11) for (let i = 11; i < 16; i++) send(i)
+    })
+    const arrived = (n: number, what: string) =>
+      withTimeout(
+        until(() => text.length >= n),
+        T,
+        what,
+      )
+    // One at a time, each waited for: the reader finds the socket empty after each. (On the
+    // JS-thread driver it then leaves out the read that would only find the socket empty,
+    // and leaves what else comes to the reactor's next turn.)
+    for (let i = 0; i < 4; i++) {
+      send(i)
+      await arrived(i + 1, `message ${i}`)
+      await sleep(5)
+    }
+    // A burst while the reader waits: six messages at once, an fd each.
+    for (let i = 4; i < 10; i++) send(i)
+    await arrived(10, 'the first burst')
+    await sleep(5)
+    send(10)
+    await arrived(16, 'the second burst')
+    t.is(text, 'abcdefghijklmnop')
+    t.is(received.length, 16, 'none lost')
+    received.forEach((fd, i) => t.is(fdIdentity(fd), pathIdentity(set.files[i])))
+  },
+)
+
 test.serial('fds enqueued after the last chunk are closed when the socket ends (no chunk carries them)', async (t) => {
   const [raw, peer] = AsyncUnixStream.pair()
   cleanup(t, peer)

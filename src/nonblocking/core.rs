@@ -6,7 +6,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::BufferSlice;
@@ -369,6 +368,24 @@ fn receive_locked(
   Ok(())
 }
 
+/// Whether the reactor recorded `io` readable (or closed for reading) since a read last
+/// found it empty.
+fn readiness_recorded(io: &AsyncFd<Registered>) -> bool {
+  io.try_io(Interest::READABLE, |_| Ok(())).is_ok()
+}
+
+/// One `recvmsg` of `io`'s socket if the reactor recorded it readable, `EAGAIN` otherwise;
+/// the readiness is cleared when the socket turns out empty.
+fn recv_if_recorded(io: &AsyncFd<Registered>, buf: &mut [u8]) -> nix::Result<Received> {
+  io.try_io(Interest::READABLE, |fd| {
+    scm_rights::recv_with_fds(fd.as_fd(), buf, true).map_err(io::Error::from)
+  })
+  .map_err(|e| match e.kind() {
+    io::ErrorKind::WouldBlock => Errno::EAGAIN,
+    _ => errno_of(&e),
+  })
+}
+
 /// A stream's fd as registered with the reactor: it shares ownership of the fd, so the fd
 /// cannot be closed (and its number reused) before the registration is gone.
 pub(crate) struct Registered(Arc<OwnedFd>);
@@ -524,6 +541,10 @@ pub(crate) struct Shared {
   /// Bytes the writes that had to wait for room have sent so far: how an idle timer tells
   /// a long write that goes on from one that is stuck.
   pub(crate) sent_waiting: AtomicU64,
+  /// The last read that tried the socket on the JS thread found it empty: its reads wait
+  /// for their peer (a round trip's), and the next may wait for the reactor's word instead
+  /// of trying first ([`Shared::nothing_recorded`]).
+  pub(crate) reads_wait: AtomicBool,
 }
 
 impl Shared {
@@ -536,6 +557,7 @@ impl Shared {
       reads: Turnstile::new(),
       writes: Turnstile::new(),
       sent_waiting: AtomicU64::new(0),
+      reads_wait: AtomicBool::new(false),
     })
   }
 
@@ -631,34 +653,47 @@ impl Shared {
     })
   }
 
-  /// One `recvmsg` on the JS thread. While the socket is registered, readiness the reactor
-  /// recorded before this call is cleared when the socket turns out empty, so the read
-  /// that waits next does not try once more before the next event (the guard clears only
-  /// the readiness it saw: an event recorded meanwhile stays).
-  fn recv_now(&self, buf: &mut [u8]) -> nix::Result<Received> {
-    let registered = self
+  /// The socket's read registration, while it has one.
+  fn read_registration(&self) -> Option<Arc<AsyncFd<Registered>>> {
+    self
       .readable
       .registered
       .load(Ordering::Acquire)
       .then(|| lock(&self.readable.current).clone())
-      .flatten();
-    let Some(io) = registered else {
-      return scm_rights::recv_with_fds(self.fd.as_fd(), buf, true);
-    };
-    // The waker is never needed: nothing waits through this poll.
-    let mut cx = Context::from_waker(Waker::noop());
-    match io.poll_read_ready(&mut cx) {
-      Poll::Ready(Ok(mut guard)) => {
-        match guard
-          .try_io(|fd| scm_rights::recv_with_fds(fd.as_fd(), buf, true).map_err(io::Error::from))
-        {
-          Ok(result) => result.map_err(|e| errno_of(&e)),
-          // Cleared by the guard.
-          Err(_would_block) => Err(Errno::EAGAIN),
-        }
-      }
+      .flatten()
+  }
+
+  /// Whether the socket is registered for reading and the reactor has recorded no
+  /// readiness since a read last found it empty: then anything in it came after the
+  /// reactor's last turn, and the loop's next event brings it (see
+  /// `runtime::tried_after_turn`).
+  pub(crate) fn nothing_recorded(&self) -> bool {
+    self
+      .read_registration()
+      .is_some_and(|io| !readiness_recorded(&io))
+  }
+
+  /// One `recvmsg` on the JS thread. While the socket is registered, readiness the reactor
+  /// recorded before this call is cleared when the socket turns out empty, so the read
+  /// that waits next does not try once more before the next event (only the readiness it
+  /// saw: an event recorded meanwhile stays).
+  fn recv_now(&self, buf: &mut [u8]) -> nix::Result<Received> {
+    match self.read_registration() {
+      Some(io) if readiness_recorded(&io) => recv_if_recorded(&io, buf),
       _ => scm_rights::recv_with_fds(self.fd.as_fd(), buf, true),
     }
+  }
+
+  /// [`Shared::recv_copied`] for a parked read tried right after a turn of the reactor
+  /// (`runtime::tried_after_turn`): with no readiness recorded, `EAGAIN` with no syscall.
+  pub(crate) fn recv_copied_if_recorded(&self, size: usize) -> nix::Result<(Vec<u8>, Received)> {
+    let Some(io) = self.read_registration() else {
+      return self.recv_copied(size);
+    };
+    with_read_buffer(size, |buf| {
+      let received = recv_if_recorded(&io, buf)?;
+      Ok((spare::copied(&buf[..received.bytes]), received))
+    })
   }
 
   /// One `recvmsg` of at most `size` bytes, after the inbound queue has room. `try_first`:

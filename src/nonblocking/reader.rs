@@ -292,6 +292,10 @@ async fn pump(
   let mut parking = Parking::default();
   // The last read found the socket empty (a run of reads ended with nothing left).
   let mut drained = false;
+  // The last batch's first read was all there was: its messages come one at a time (a
+  // round trip's), and the read that would find the socket empty after the next one may
+  // be left to the reactor (see below).
+  let mut lone = false;
   loop {
     if wanted.wait_for(|w| *w).await.is_err() {
       return;
@@ -335,6 +339,14 @@ async fn pump(
         Some(ready) => ready
           .try_io(|socket| recv(socket.get_ref().as_fd(), &mut data))
           .map_err(drop),
+        // Right after a turn, the socket is read only if the turn recorded it readable
+        // (an error held back must still end the stream, whatever that says).
+        None if crate::runtime::tried_after_turn() && deferred.is_none() => {
+          match io.try_io(Interest::READABLE, |fd| recv(fd.as_fd(), &mut data)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(()),
+            other => Ok(other),
+          }
+        }
         None => match recv(io.get_ref().as_fd(), &mut data) {
           Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(()),
           other => Ok(other),
@@ -375,8 +387,25 @@ async fn pump(
     let mut many = parts
       .last()
       .is_some_and(|(fds, _): &(Vec<_>, bool)| !fds.is_empty());
+    // A try at the start of a loop callback that read a message when messages come one at
+    // a time, or one that took all there was (fewer bytes than asked for, and no fds to
+    // stop the read early): the read that would only find the socket empty is left out.
+    // A turn of the reactor comes before the next try, and with no readiness recorded now
+    // it records whatever is left or comes meanwhile (see `runtime::tried_after_turn`).
+    // Parked at once, the reader is tried right after that turn.
+    if crate::runtime::tried_before_turn()
+      && (lone || (!many && data.len() < CHUNK))
+      && ending.is_none()
+      && io.try_io(Interest::READABLE, |_| Ok(())).is_err()
+    {
+      drained = true;
+    }
     let mut reads = Vec::new();
-    while ending.is_none() && !data.is_empty() && data.len() < CHUNK {
+    let drains = !drained;
+    if drains {
+      lone = false;
+    }
+    while drains && ending.is_none() && !data.is_empty() && data.len() < CHUNK {
       let room = queues.fd_room();
       if room == 0 {
         break;
@@ -390,8 +419,10 @@ async fn pump(
         let room = CHUNK - data.len();
         scm_rights::recv_many_appending(fd, data, room, at_once, reads).map_err(io::Error::from)
       };
-      // Parked, tokio's readiness may say nothing of the socket: it is tried as it is.
-      let result = if crate::runtime::polled_directly() {
+      // Parked before a turn, tokio's readiness may say nothing of the socket: it is tried
+      // as it is. (After a turn, the first read went through tokio's readiness, which a
+      // drain that comes to nothing then clears.)
+      let result = if crate::runtime::tried_before_turn() {
         read(io.get_ref().as_fd(), &mut data, &mut reads)
       } else {
         io.try_io(Interest::READABLE, |fd| {
@@ -420,6 +451,7 @@ async fn pump(
             ending = Some(end(&mut deferred));
           }
           drained = true;
+          lone = parts.len() == 1;
           break;
         }
         Err(e) => ending = Some(Delivery::Failed(error::sys(errno_of(&e), "recvmsg"))),

@@ -343,12 +343,25 @@ impl StreamCore {
     // drive that serves that one, with every other read queued meanwhile.
     let idle = shared.reads.is_idle();
     let queued = !idle && canceller.is_none();
-    if !defer && idle && !self.queues.inbound_full() {
+    // A stream whose reads find it empty (their peer answers each) parks the next one
+    // without trying it when the reactor has recorded nothing since: the loop tries it
+    // once the reactor says, or at its next event (see `runtime::tried_after_turn`).
+    let guessed = !defer
+      && idle
+      && canceller.is_none()
+      && shared.reads_wait.load(Ordering::Relaxed)
+      && !crate::runtime::runs_elsewhere()
+      && !self.queues.inbound_full()
+      && shared.nothing_recorded();
+    if guessed {
+      after_event = true;
+    } else if !defer && idle && !self.queues.inbound_full() {
       // Tried with the socket borrowed under its lock (held by nothing else on this path:
       // `close()` runs on this thread), which spares a reference count per read.
       match shared.try_read(env, size as usize, scratch) {
         Ok(Some((data, received))) => {
           shared.readable.release_if_idle();
+          shared.reads_wait.store(false, Ordering::Relaxed);
           drop(held);
           if !received.fds.is_empty() || received.truncated {
             lock(&self.queues.inbound).receive(received.fds, received.truncated);
@@ -356,6 +369,7 @@ impl StreamCore {
           return Ok(Some(data));
         }
         Ok(None) => {
+          shared.reads_wait.store(true, Ordering::Relaxed);
           after_event = canceller.is_none()
             && shared.readable.is_registered()
             && !crate::runtime::runs_elsewhere()
@@ -374,6 +388,7 @@ impl StreamCore {
       size: size as usize,
       ticket: shared.reads.ticket(),
       undelivered: shared.reads.undelivered(),
+      guessed,
     };
     drop(held);
     if after_event {
@@ -622,6 +637,8 @@ struct PendingRead {
   size: usize,
   ticket: Ticket,
   undelivered: Undelivered,
+  /// Parked without a try (see `StreamCore::read`), and not tried since.
+  guessed: bool,
 }
 
 impl PendingRead {
@@ -641,6 +658,7 @@ impl PendingRead {
       size,
       ticket,
       undelivered,
+      ..
     } = self;
     let reading = Arc::clone(&queues);
     let op = async move {
@@ -659,20 +677,33 @@ impl PendingRead {
 }
 
 impl crate::runtime::Direct for PendingRead {
-  fn try_now(self: Box<Self>) -> crate::runtime::Tried {
+  fn try_now(mut self: Box<Self>, after_turn: bool) -> crate::runtime::Tried {
     use crate::runtime::Tried;
     // Anything but its turn come with room for fds on an open stream: the task sees to it.
     if *self.shared.closed.borrow() || !self.ticket.is_turn() || self.queues.inbound_full() {
       return Tried::Task(Box::pin(self.task(None, true)));
     }
     let outcome = loop {
-      match self.shared.recv_copied(self.size) {
+      let read = if after_turn {
+        self.shared.recv_copied_if_recorded(self.size)
+      } else {
+        self.shared.recv_copied(self.size)
+      };
+      match read {
         Err(Errno::EINTR) => continue,
-        Err(Errno::EAGAIN) => return Tried::Empty(self),
+        Err(Errno::EAGAIN) => {
+          self.guessed = false;
+          return Tried::Empty(self);
+        }
         Err(e) => break Err(error::sys(e, "recvmsg")),
         Ok(read) => break Ok(read),
       }
     };
+    // Parked without a try, yet something was there at once: the stream's reads no longer
+    // wait for their peer, and the next one tries first again.
+    if self.guessed {
+      self.shared.reads_wait.store(false, Ordering::Relaxed);
+    }
     let Self {
       queues,
       home,

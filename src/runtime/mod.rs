@@ -117,8 +117,9 @@ pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// watches, the wait for room), and nothing is allocated for it until the data come.
 pub(crate) trait Direct: Send {
   /// One try, on the JS thread, when the loop has an event that may be the one it waits
-  /// for.
-  fn try_now(self: Box<Self>) -> Tried;
+  /// for. `after_turn`: the reactor has just been turned, and recorded whatever came since
+  /// the last turn (see [`tried_after_turn`]).
+  fn try_now(self: Box<Self>, after_turn: bool) -> Tried;
   /// The same read as a task: it is to wait in tokio's reactor, or a drive starts it
   /// before it was tried. `tried`: it found its socket empty since the last event.
   fn into_task(self: Box<Self>, tried: bool) -> Task;
@@ -184,6 +185,8 @@ thread_local! {
   static DRIVER: Slot = const { Slot(RefCell::new(None)) };
   /// A parked read is being polled by `Local::try_parked` (not by a task).
   static DIRECT: Cell<bool> = const { Cell::new(false) };
+  /// ... right after a turn of the reactor ([`tried_after_turn`]).
+  static AFTER_TURN: Cell<bool> = const { Cell::new(false) };
   /// What the read just polled asked for when it found its socket empty ([`park`]).
   static PARKED: Cell<Parked> = const { Cell::new(Parked::No) };
 }
@@ -448,6 +451,26 @@ pub(crate) fn park(active: bool) -> bool {
 /// Whether the calling read is being tried as a parked one (not polled by a task).
 pub(crate) fn polled_directly() -> bool {
   DIRECT.get()
+}
+
+/// Whether the calling read is being tried as a parked one right after a turn of the
+/// reactor, rather than at the start of a loop callback, before it.
+///
+/// Then its socket's readiness tells whether anything came since it was last found empty,
+/// with no syscall: tokio's registration is edge-triggered, and the kernel queues the
+/// socket for the reactor's next `epoll_wait` whenever data arrive; that call reports the
+/// socket only if it is readable then, and tokio keeps that readiness until a read finds
+/// the socket empty after it (`try_io`). So with no readiness recorded, anything in the
+/// socket came after that turn, and the loop's next event brings it.
+pub(crate) fn tried_after_turn() -> bool {
+  DIRECT.get() && AFTER_TURN.get()
+}
+
+/// Whether the calling read is being tried as a parked one at the start of a loop
+/// callback: a turn of the reactor (and a try right after it, or the read's start as a
+/// task) follows, whatever the try does.
+pub(crate) fn tried_before_turn() -> bool {
+  DIRECT.get() && !AFTER_TURN.get()
 }
 
 /// Pending once, waking nothing: for a parked read, whose next try comes from the loop.
@@ -719,7 +742,9 @@ impl Local {
   /// Polls each read parked in `after_event` once, here, outside tokio's scheduler (no
   /// task, no waker: whoever tries it next is this thread's loop). One that finished is
   /// dropped; one that found its socket empty stays parked (unless `to_task` and it read
-  /// nothing first); one that waits for anything else becomes a task.
+  /// nothing first); one that waits for anything else becomes a task. `to_task`: the
+  /// tries come at the start of a loop callback, before the reactor is turned; otherwise
+  /// right after a turn.
   fn try_parked(&self, to_task: bool) {
     let mut parked = std::mem::take(&mut *self.after_event.borrow_mut());
     if parked.is_empty() {
@@ -728,13 +753,15 @@ impl Local {
     // A wake meanwhile (the turnstile's next read) waits for the drive that follows.
     let driving = self.driving.replace(true);
     DIRECT.set(true);
+    AFTER_TURN.set(!to_task);
     let mut cx = Context::from_waker(Waker::noop());
     for read in parked.drain(..) {
       let mut read = match read {
         Waiting::Task(read) => read,
         Waiting::Direct(read) => {
           // A panic ends the read as it would end a task (none is expected).
-          let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read.try_now()));
+          let tried =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read.try_now(!to_task)));
           let task = match tried.unwrap_or(Tried::Done) {
             Tried::Done => continue,
             Tried::Empty(read) if !to_task => {
