@@ -109,7 +109,8 @@ struct Settlement {
 }
 
 /// A JS call made on the JS thread when the home delivers (push deliveries on the
-/// JS-thread runtime). Dropped unrun at teardown, with what it owns.
+/// JS-thread runtime), in a handle scope of its own; it calls through [`call_js`], which
+/// runs the call as an I/O callback. Dropped unrun at teardown, with what it owns.
 pub type Posted = Box<dyn FnOnce(&Env) -> napi::Result<()> + Send>;
 
 /// Things deposited for a JS thread, by number, until it claims them or goes.
@@ -365,7 +366,7 @@ impl Home {
     *lock(&self.spare) = settled;
     let posted = std::mem::take(&mut *lock(&self.posted));
     for call in posted {
-      outcome = outcome.and(crate::runtime::as_io_callback(env, || call(env)));
+      outcome = outcome.and(crate::runtime::with_handle_scope(env, || call(env)));
     }
     // Only a settlement marks a vote owed.
     if settling {
@@ -490,15 +491,16 @@ fn settle_argv(
 
 /// Calls `function` as Node calls an event handler from an I/O callback: what it throws
 /// goes to `process.on('uncaughtException')` (or ends the process, as any uncaught
-/// exception would), and the caller carries on. Only a failure to make the call is an
-/// error.
+/// exception would), and the caller carries on; on a delivery of the JS-thread runtime,
+/// the microtasks and `process.nextTick` callbacks it queued run before it returns (see
+/// `runtime::call_as_io`). Only a failure to make the call is an error.
 pub(crate) fn call_js<Args: JsValuesTupleIntoVec>(
   env: &Env,
   function: &Function<'_, Args, ()>,
   args: Args,
 ) -> napi::Result<()> {
   let argv = args.into_vec(env.raw())?;
-  crate::js::call_raw(env, function.raw(), &argv)
+  crate::runtime::call_as_io(env, function.raw(), &argv)
 }
 
 /// Settles what waits in this thread's home (called by the JS-thread runtime, in a

@@ -250,8 +250,12 @@ impl Sink<'_> {
           let args = match deliver(env, &direct.to, delivery) {
             Ok(args) => args,
             // User code that making them ran (a setter) threw: reported as uncaught, and
-            // this chunk is lost (its fds closed), never half-delivered.
-            Err(_) if settle::report_pending(env) => return Ok(()),
+            // this chunk is lost (its fds closed), never half-delivered. What the report
+            // queued runs now, as after any callback.
+            Err(_) if settle::report_pending(env) => {
+              crate::runtime::as_io_callback(env, || ());
+              return Ok(());
+            }
             Err(e) => return Err(e),
           };
           settle::call_js(env, &direct.callback.borrow_back(env)?, args)
