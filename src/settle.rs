@@ -324,8 +324,12 @@ impl Home {
     // turn of the loop: -1, and JS watches the turns itself.
     let callback = crate::runtime::turn().map_or(-1.0, |(turn, _)| turn as f64);
     if settling {
+      let here = !crate::runtime::runs_elsewhere();
+      // The caller's handle scope holds the values made for a lone settlement (a round
+      // trip's); with more, each gets a scope of its own.
+      let scoped = settled.len() > 1;
       for Settlement { id, finish } in settled.drain(..) {
-        let called = crate::runtime::with_handle_scope(env, || {
+        let settle = || {
           // A value that could not be made fails the operation (user code that a setter ran
           // may have thrown: that is reported as uncaught first).
           let failed = |e: error::Error| {
@@ -354,10 +358,15 @@ impl Home {
           };
           let argv = settle_argv(env, id, error, value, in_scratch, callback)?;
           crate::runtime::call_as_io(env, on_settle.raw(), &argv)
-        });
+        };
+        let called = if scoped {
+          crate::runtime::with_handle_scope(env, settle)
+        } else {
+          settle()
+        };
         outcome = outcome.and(called);
         // On the JS-thread runtime, its callback scope has closed: the reactions ran.
-        if !crate::runtime::runs_elsewhere() {
+        if here {
           self.reactions_done();
         }
       }

@@ -88,12 +88,20 @@ impl Turnstile {
 
   fn finish(&self, number: u64) {
     let mut state = self.state();
-    state.waiting.remove(&number);
-    // A long line gone leaves no table of its size behind.
-    if state.waiting.is_empty() && state.waiting.capacity() > 1024 {
-      state.waiting.shrink_to(64);
+    // The tables are touched only when they hold something: a line of one (a round trip's
+    // reads) costs no hashing and no allocation per ticket.
+    if !state.waiting.is_empty() {
+      state.waiting.remove(&number);
+      // A long line gone leaves no table of its size behind.
+      if state.waiting.is_empty() && state.waiting.capacity() > 1024 {
+        state.waiting.shrink_to(64);
+      }
     }
-    state.finished_early.insert(number);
+    if number == state.serving {
+      state.serving += 1;
+    } else {
+      state.finished_early.insert(number);
+    }
     while let Some(&done) = state
       .finished_early
       .first()
@@ -103,8 +111,10 @@ impl Turnstile {
       state.serving += 1;
     }
     // A ticket not waiting yet finds its turn come when it asks (see `turn`).
-    if let Some(next) = state.waiting.get(&state.serving) {
-      next.notify_one();
+    if !state.waiting.is_empty() {
+      if let Some(next) = state.waiting.get(&state.serving) {
+        next.notify_one();
+      }
     }
   }
 }
