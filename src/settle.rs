@@ -375,7 +375,17 @@ impl Home {
     *lock(&self.spare) = settled;
     let posted = std::mem::take(&mut *lock(&self.posted));
     for call in posted {
-      outcome = outcome.and(crate::runtime::with_handle_scope(env, || call(env)));
+      let mut call = Some(call);
+      let scoped = crate::runtime::with_handle_scope(env, || match call.take() {
+        Some(call) => call(env),
+        None => Ok(()),
+      });
+      // A scope that could not be opened: the call is made all the same (its values then
+      // live in the delivery's scope), since dropping it would lose a chunk or a doorbell.
+      outcome = outcome.and(match call.take() {
+        Some(call) => call(env),
+        None => scoped,
+      });
     }
     // Only a settlement marks a vote owed.
     if settling {

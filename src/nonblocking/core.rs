@@ -690,6 +690,10 @@ impl Shared {
     let Some(io) = self.read_registration() else {
       return self.recv_copied(size);
     };
+    // Checked before a read buffer is set up (a large read's is allocated per call).
+    if !readiness_recorded(&io) {
+      return Err(Errno::EAGAIN);
+    }
     with_read_buffer(size, |buf| {
       let received = recv_if_recorded(&io, buf)?;
       Ok((spare::copied(&buf[..received.bytes]), received))
