@@ -312,7 +312,9 @@ impl StreamCore {
   /// When no earlier read is pending and data is ready, the `recvmsg` happens at once on
   /// the calling thread and the result comes back directly (the TypeScript layer wraps it
   /// in a resolved Promise), as libuv reads ready sockets on the loop thread: in `scratch`
-  /// (the TypeScript layer's Buffer, which it copies them out of) when `size` fits.
+  /// (the TypeScript layer's Buffer, which it copies them out of) when `size` fits. (On
+  /// the JS-thread runtime, a stream whose last read found it empty does not look first
+  /// while the reactor has recorded nothing for it: see `Shared::nothing_recorded`.)
   ///
   /// Otherwise it returns `null` and settles operation `id` later; `canceller` (from a JS
   /// `AbortSignal`) can cancel it until it has read anything. `defer` makes it settle later
