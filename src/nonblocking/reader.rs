@@ -424,9 +424,10 @@ async fn pump(
         scm_rights::recv_many_appending(fd, data, room, at_once, reads).map_err(io::Error::from)
       };
       // Parked before a turn, tokio's readiness may say nothing of the socket: it is tried
-      // as it is. (After a turn, the first read went through tokio's readiness, which a
-      // drain that comes to nothing then clears.)
-      let result = if crate::runtime::tried_before_turn() {
+      // as it is, and so is one whose error waits for the rest to be read. (After a turn,
+      // the first read went through tokio's readiness, which a drain that comes to
+      // nothing then clears.)
+      let result = if crate::runtime::tried_before_turn() || deferred.is_some() {
         read(io.get_ref().as_fd(), &mut data, &mut reads)
       } else {
         io.try_io(Interest::READABLE, |fd| {
