@@ -49,6 +49,18 @@ fn with_read_buffer<T>(size: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
   })
 }
 
+/// What `recv` put in a read buffer of `size` bytes, copied out (see
+/// [`Shared::recv_copied`]).
+fn copied_from(
+  size: usize,
+  recv: impl FnOnce(&mut [u8]) -> nix::Result<Received>,
+) -> nix::Result<(Vec<u8>, Received)> {
+  with_read_buffer(size, |buf| {
+    let received = recv(buf)?;
+    Ok((spare::copied(&buf[..received.bytes]), received))
+  })
+}
+
 /// Where a read made at once put its bytes.
 pub(crate) enum ReadNow<'env> {
   /// In the caller's scratch Buffer, this many.
@@ -370,7 +382,7 @@ fn receive_locked(
 
 /// Whether the reactor recorded `io` readable (or closed for reading) since a read last
 /// found it empty.
-fn readiness_recorded(io: &AsyncFd<Registered>) -> bool {
+pub(crate) fn readiness_recorded(io: &AsyncFd<Registered>) -> bool {
   io.try_io(Interest::READABLE, |_| Ok(())).is_ok()
 }
 
@@ -647,9 +659,8 @@ impl Shared {
   /// One `recvmsg` of at most `size` bytes into a read buffer, the bytes copied out: an
   /// empty socket costs no allocation that outlives the call.
   pub(crate) fn recv_copied(&self, size: usize) -> nix::Result<(Vec<u8>, Received)> {
-    with_read_buffer(size, |buf| {
-      let received = scm_rights::recv_with_fds(self.fd.as_fd(), buf, true)?;
-      Ok((spare::copied(&buf[..received.bytes]), received))
+    copied_from(size, |buf| {
+      scm_rights::recv_with_fds(self.fd.as_fd(), buf, true)
     })
   }
 
@@ -668,9 +679,10 @@ impl Shared {
   /// reactor's last turn, and the loop's next event brings it (see
   /// `runtime::tried_after_turn`).
   pub(crate) fn nothing_recorded(&self) -> bool {
-    self
-      .read_registration()
-      .is_some_and(|io| !readiness_recorded(&io))
+    self.readable.is_registered()
+      && lock(&self.readable.current)
+        .as_deref()
+        .is_some_and(|io| !readiness_recorded(io))
   }
 
   /// One `recvmsg` on the JS thread. While the socket is registered, readiness the reactor
@@ -694,10 +706,7 @@ impl Shared {
     if !readiness_recorded(&io) {
       return Err(Errno::EAGAIN);
     }
-    with_read_buffer(size, |buf| {
-      let received = recv_if_recorded(&io, buf)?;
-      Ok((spare::copied(&buf[..received.bytes]), received))
-    })
+    copied_from(size, |buf| recv_if_recorded(&io, buf))
   }
 
   /// One `recvmsg` of at most `size` bytes, after the inbound queue has room. `try_first`:

@@ -19,7 +19,7 @@ use tokio::io::Interest;
 use tokio::sync::{watch, Semaphore};
 
 use crate::error::{self, errno_of, tagged};
-use crate::nonblocking::core::{closing, Arrival, Handed, Queues, Shared};
+use crate::nonblocking::core::{closing, readiness_recorded, Arrival, Handed, Queues, Shared};
 use crate::scm_rights::{self, Received};
 use crate::settle::{self, set_ref, Home, RawValue};
 use crate::sync::lock;
@@ -400,7 +400,7 @@ async fn pump(
     if crate::runtime::tried_before_turn()
       && (lone || (!many && data.len() < CHUNK))
       && ending.is_none()
-      && io.try_io(Interest::READABLE, |_| Ok(())).is_err()
+      && !readiness_recorded(&io)
     {
       drained = true;
     }

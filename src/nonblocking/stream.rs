@@ -348,16 +348,15 @@ impl StreamCore {
     // A stream whose reads find it empty (their peer answers each) parks the next one
     // without trying it when the reactor has recorded nothing since: the loop tries it
     // once the reactor says, or at its next event (see `runtime::tried_after_turn`).
-    let guessed = !defer
-      && idle
+    let at_once = !defer && idle && !self.queues.inbound_full();
+    let guessed = at_once
       && canceller.is_none()
       && shared.reads_wait.load(Ordering::Relaxed)
       && !crate::runtime::runs_elsewhere()
-      && !self.queues.inbound_full()
       && shared.nothing_recorded();
     if guessed {
       after_event = true;
-    } else if !defer && idle && !self.queues.inbound_full() {
+    } else if at_once {
       // Tried with the socket borrowed under its lock (held by nothing else on this path:
       // `close()` runs on this thread), which spares a reference count per read.
       match shared.try_read(env, size as usize, scratch) {

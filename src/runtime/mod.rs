@@ -848,7 +848,7 @@ impl Local {
       self.delivering.set(true);
       // This thread's environment, alive until it ends, which closes these handles first
       // (no loop callback runs after that); no JS is running (a libuv callback). Each JS
-      // call the delivery makes runs as an I/O callback of its own (`as_io_callback`).
+      // call the delivery makes runs as an I/O callback of its own (`call_as_io`).
       let env = Env::from_raw(self.env);
       let _ = with_handle_scope(&env, || {
         deliver(&env);
