@@ -732,10 +732,7 @@ impl Local {
     if self.driving.get() || self.after_event.borrow().is_empty() {
       return false;
     }
-    {
-      let _entered = self.runtime.enter();
-      self.try_parked(true);
-    }
+    self.try_parked(true);
     self.deliver.get().is_some() && !self.has_work()
   }
 
@@ -777,11 +774,15 @@ impl Local {
         }
       };
       PARKED.set(Parked::No);
+      // Polled in the runtime's context (entered again when a drive is under way, which
+      // tokio allows): a direct read above needs none, and is spared the cost.
+      let entered = self.runtime.enter();
       // A panic ends the read as it would end a task (none is expected).
       let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         read.as_mut().poll(&mut cx).is_ready()
       }))
       .unwrap_or(true);
+      drop(entered);
       if finished {
         continue;
       }
