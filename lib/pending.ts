@@ -57,6 +57,13 @@ interface Operation {
 }
 
 const operations = new Map<number, Operation>()
+/**
+ * The pending operation started while no other was (`soleId`, or 0), kept out of
+ * `operations`: a round trip has one operation pending at a time, and its settlement then
+ * makes no Map lookup. Any started meanwhile go to `operations`.
+ */
+let soleId = 0
+let soleOperation: Operation | undefined = undefined
 // An entry that never goes (no id is negative): V8 rebuilds the table of a Map that a
 // delete leaves nearly empty, which with one operation pending at a time (a round trip)
 // cost every settlement a new table.
@@ -80,7 +87,7 @@ export function newId(): number {
       nextOp = 1
       wrapped = true
     }
-  } while (wrapped && operations.has(id))
+  } while (wrapped && (operations.has(id) || id === soleId))
   return id
 }
 /** Pending operations of ref'd objects; the native doorbell is ref'd while there are any. */
@@ -137,7 +144,15 @@ const SCRATCH_SIZE = 65536
 const allocUnsafeSlow = Buffer.allocUnsafeSlow
 const { apply } = Reflect
 const { set: setBytes, subarray } = Uint8Array.prototype
-const scratchBuffer = allocUnsafeSlow(SCRATCH_SIZE)
+/**
+ * The scratch area: the scratch Buffer's bytes, then the header of the read that
+ * {@link onRead} settles (its id, loop callback and byte count, as doubles), which native
+ * code writes right before the call.
+ */
+const HEADER_FIELDS = 3
+const area = new ArrayBuffer(SCRATCH_SIZE + HEADER_FIELDS * Float64Array.BYTES_PER_ELEMENT)
+const scratchBuffer = Buffer.from(area, 0, SCRATCH_SIZE)
+const header = new Float64Array(area, SCRATCH_SIZE, HEADER_FIELDS)
 export { scratchBuffer as scratch }
 
 /** The first `count` bytes of the scratch Buffer, as a Buffer of their own. */
@@ -208,15 +223,46 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
       value = thrown
     }
   }
+  settle(id, error, value, failed, callback)
+}
+
+/**
+ * A read's outcome, with no argument: its id, loop callback and byte count wait in the
+ * header, its bytes in the scratch Buffer (see `onSettle`).
+ */
+function onRead(): void {
+  // First of all, as onSettle's copy: the header and bytes are this read's until other JS runs.
+  const id = header[0]
+  const callback = header[1]
+  let failed = false
+  let value: unknown
+  try {
+    value = copyOut(header[2])
+  } catch (thrown) {
+    failed = true
+    value = thrown
+  }
+  settle(id, null, value, failed, callback)
+}
+
+/** Settles operation `id` (`failed`: with `value` as its error). */
+function settle(id: number, error: string | null, value: unknown, failed: boolean, callback: number): void {
   // Delivered by a loop callback of the JS-thread runtime: the run of outcomes that came
   // at once ends with the first outcome of a new one.
   if (callback !== runCallback && callback >= 0) {
     runCallback = callback
     immediateRun = 0
   }
-  const operation = operations.get(id)
-  if (operation === undefined) return
-  operations.delete(id)
+  let operation: Operation | undefined
+  if (id === soleId && soleOperation !== undefined) {
+    operation = soleOperation
+    soleOperation = undefined
+    soleId = 0
+  } else {
+    operation = operations.get(id)
+    if (operation === undefined) return
+    operations.delete(id)
+  }
   operation.liveness.signalled?.delete(operation)
   settled(operation.liveness)
   // Settled before the signal's listener is removed: that is user-reachable code, which
@@ -239,7 +285,7 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
 }
 
 /** This copy's number on this thread (see `newId`); push readers name it too. */
-export const copy = binding.initSettlements(onSettle, scratchBuffer, votes)
+export const copy = binding.initSettlements(onSettle, onRead, new Uint8Array(area), votes)
 
 /** `ref()`/`unref()` of an object: whether its pending operations keep the process alive. */
 export function setReferenced(liveness: Liveness, referenced: boolean): void {
@@ -379,7 +425,10 @@ export function answered<T>(
     const pending: Operation = { resolve: resolve as (value: unknown) => void, reject, liveness, owner }
     // Registered first: if the signal's addEventListener throws (a subclass may), the
     // Promise rejects with that, and the operation still settles (and is counted out).
-    operations.set(id, pending)
+    if (soleOperation === undefined) {
+      soleId = id
+      soleOperation = pending
+    } else operations.set(id, pending)
     if (signal && canceller) {
       pending.signal = signal
       ;(liveness.signalled ??= new Set()).add(pending)

@@ -193,7 +193,11 @@ pub struct Home {
 /// A copy of the JS layer, as settlements and push deliveries reach it.
 struct LayerCopy {
   on_settle: FunctionRef<SettleArgs, ()>,
-  /// The copy's scratch Buffer (held by reference: see [`Home::bytes_value`]).
+  /// `onRead()`: settles the read whose header and bytes wait in `scratch` (see
+  /// [`Home::read_in_scratch`]).
+  on_read: FunctionRef<(), ()>,
+  /// The copy's scratch area (held by reference: see [`Home::bytes_value`]): the scratch
+  /// Buffer's bytes, then a header of [`HEADER`] bytes.
   scratch: Uint8Array,
   /// The copy's vote for the doorbell, shared with it: byte 0 is 1 while the copy counts
   /// in [`Home::set_referenced`], byte 1 is 1 when that vote is to end once the delivery
@@ -339,8 +343,16 @@ impl Home {
           let args = match finish(env) {
             Ok(Settled::Later) => None,
             Ok(Settled::Value(value)) => Some((None, value, false)),
-            Ok(Settled::Bytes(data)) => match self.bytes_value(env, copy_of(id), data) {
-              Ok((value, in_scratch)) => Some((None, Some(value), in_scratch)),
+            Ok(Settled::Bytes(data)) => match self.read_in_scratch(env, id, callback, &data) {
+              // No value made: the copy's `onRead()` finds everything in its scratch area.
+              Ok(Some(on_read)) => {
+                spare::give_back(data);
+                return crate::runtime::call_as_io(env, on_read, &[]);
+              }
+              Ok(None) => match self.bytes_value(env, copy_of(id), data) {
+                Ok((value, in_scratch)) => Some((None, Some(value), in_scratch)),
+                Err(e) => failed(internal(e)),
+              },
               Err(e) => failed(internal(e)),
             },
             Err(e) => failed(e),
@@ -450,6 +462,48 @@ impl Home {
     // SAFETY: a value made in this environment, on its thread, for the call that follows.
     let value = unsafe { u32::to_napi_value(env.raw(), count) }?;
     Ok((RawValue(value), true))
+  }
+
+  /// The fast way a read's `data` reaches JS: into the scratch area of operation `id`'s
+  /// copy of the JS layer, with a header (`id`, `callback` as in [`SettleArgs`], the byte
+  /// count) after the scratch Buffer's bytes, for the copy's `onRead()` to settle it
+  /// with no argument made. Returns that function, to be called at once (it reads the
+  /// header and copies the bytes out before anything else runs); `None` when the bytes do
+  /// not fit (or the area is detached): the read then settles through `onSettle`.
+  fn read_in_scratch(
+    &self,
+    env: &Env,
+    id: f64,
+    callback: f64,
+    data: &[u8],
+  ) -> napi::Result<Option<sys::napi_value>> {
+    if data.len() > SCRATCH_MAX {
+      return Ok(None);
+    }
+    let mut copies = lock(&self.copies);
+    let Some(layer) = copies.get_mut(copy_of(id)) else {
+      return Ok(None);
+    };
+    let written = with_bytes_now(env, &mut layer.scratch, |area| {
+      let Some(header_at) = area.len().checked_sub(HEADER) else {
+        return false;
+      };
+      let (bytes, header) = area.split_at_mut(header_at);
+      let Some(start) = bytes.get_mut(..data.len()) else {
+        return false;
+      };
+      start.copy_from_slice(data);
+      // At most SCRATCH_MAX: exact as a double.
+      let count = data.len() as f64;
+      for (field, value) in header.chunks_exact_mut(8).zip([id, callback, count]) {
+        field.copy_from_slice(&value.to_ne_bytes());
+      }
+      true
+    })?;
+    if !written {
+      return Ok(None);
+    }
+    Ok(Some(layer.on_read.borrow_back(env)?.raw()))
   }
 
   /// Whether the doorbell keeps the event loop alive: while a referenced object has an
@@ -567,16 +621,23 @@ pub(crate) fn report_pending(env: &Env) -> bool {
 /// copy of the TypeScript layer when it loads; returns the copy's number `c`, and its
 /// operation ids are `n * 65536 + c`.
 #[napi_derive::napi(
-  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown, inScratch: boolean, callback: number) => void, scratch: Buffer, votes: Uint8Array"
+  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown, inScratch: boolean, callback: number) => void, onRead: () => void, scratch: Uint8Array, votes: Uint8Array"
 )]
 #[cfg_attr(test, allow(dead_code))]
 pub fn init_settlements(
   env: Env,
   on_settle: Function<'_, SettleArgs, ()>,
+  on_read: Function<'_, (), ()>,
   mut scratch: Uint8Array,
   mut votes: Uint8Array,
 ) -> napi::Result<u32> {
   check_scratch(&env, &mut scratch)?;
+  if scratch.len() < SCRATCH_MAX + HEADER {
+    return Err(napi::Error::new(
+      Status::InvalidArg,
+      "the scratch area is too small",
+    ));
+  }
   check_scratch(&env, &mut votes)?;
   let home = home(&env).map_err(|e| napi::Error::from_reason(e.reason))?;
   let mut copies = lock(&home.copies);
@@ -588,6 +649,7 @@ pub fn init_settlements(
   }
   copies.push(LayerCopy {
     on_settle: on_settle.create_ref()?,
+    on_read: on_read.create_ref()?,
     scratch,
     votes,
   });
@@ -703,6 +765,11 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
   let value = env.create_double(n).map_err(internal)?;
   Ok(Settled::Value(Some(RawValue(value.raw()))))
 }
+
+/// The header after the bytes of a copy's scratch area: the `id`, `callback` and byte
+/// count of the read that `onRead()` settles, as doubles in native byte order (JS reads
+/// them through a Float64Array).
+const HEADER: usize = 24;
 
 /// The most bytes [`Home::bytes_value`] passes through a scratch Buffer. That costs a
 /// second copy, cheaper than the Buffer it saves for small data only.
