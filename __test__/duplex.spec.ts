@@ -1328,6 +1328,14 @@ test.serial(
   },
 )
 
+test("a lone fd received as number 0 reaches the 'fds' listener like any other (both drivers)", async (t) => {
+  const file = tmpFile('through fd zero')
+  const report = lastJson(await runFixture('fd-zero', [file]))
+  t.is(report.events.length, 2, JSON.stringify(report))
+  t.deepEqual(report.events[1], [0])
+  t.is(report.content, 'through fd zero')
+})
+
 test("an 'fds' listener that throws when handed the fds before 'end': the exception is uncaught, and both sockets still end and close", async (t) => {
   const report = lastJson(await runFixture('fds-at-end', []))
   t.deepEqual(report, {

@@ -870,7 +870,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     })
   }
 
-  #onChunk(chunk: Buffer | number | null, handed: number[] | null, error: string | null, truncated: boolean): void {
+  #onChunk(
+    chunk: Buffer | number | null,
+    handed: number[] | number | null,
+    error: string | null,
+    truncated: boolean,
+  ): void {
     this.#active()
     if (typeof chunk === 'number') {
       // In the scratch Buffer: copied out first thing, before anything else can run.
@@ -897,8 +902,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#bytesRead += chunk.length
     // Handed over right before the 'data' that holds the chunk's first byte (see emit()),
     // however long the chunk waits in the readable buffer.
-    if (handed) {
-      const fds = handed as FdsArrived
+    if (handed !== null) {
+      // A lone fd comes as its number.
+      const fds = (typeof handed === 'number' ? [handed] : handed) as FdsArrived
       try {
         fds.truncated = truncated
       } catch (thrown) {

@@ -6,19 +6,21 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::ptr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{FnArgs, Function, FunctionRef};
+use napi::bindgen_prelude::{FnArgs, Function, FunctionRef, ToNapiValue};
 use napi::threadsafe_function::{
   ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
 };
-use napi::{Env, JsValue, Status};
+use napi::{sys, Env, Status};
 use nix::errno::Errno;
 use tokio::io::Interest;
 use tokio::sync::{watch, Semaphore};
 
 use crate::error::{self, errno_of, tagged};
+use crate::js::checked;
 use crate::nonblocking::core::{closing, readiness_recorded, Arrival, Handed, Queues, Shared};
 use crate::scm_rights::{self, Received};
 use crate::settle::{self, set_ref, Home, RawValue};
@@ -215,15 +217,33 @@ fn deliver(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
   })
 }
 
-/// `fds` as a JS array of fd numbers (the fds stay the stream's: see `Queues::hold_handed`).
+/// `fds` for JS (they stay the stream's: see `Queues::hold_handed`): a lone fd as its
+/// number (JS makes the array, much cheaper there than through Node-API), more as an array
+/// of fd numbers.
 fn fd_array(env: &Env, handed: &Handed) -> napi::Result<RawValue> {
-  let length = u32::try_from(handed.count()).unwrap_or(u32::MAX);
-  let mut array = env.create_array(length)?;
-  for (i, fd) in (0u32..).zip(handed.fds()) {
-    array.set(i, fd)?;
+  let raw = env.raw();
+  let mut fds = handed.fds();
+  if let (Some(fd), 1) = (fds.next(), handed.count()) {
+    // SAFETY: a value made in this environment, on its thread, for the call that follows.
+    return Ok(RawValue(unsafe { i32::to_napi_value(raw, fd) }?));
   }
-  let object = array.coerce_to_object()?;
-  Ok(RawValue(object.raw()))
+  let mut array = ptr::null_mut();
+  // SAFETY: plain Node-API calls on the calling JS thread's live environment; `array` is
+  // an out-pointer to a local, then the array that call made.
+  unsafe {
+    checked(
+      sys::napi_create_array_with_length(raw, handed.count(), &mut array),
+      "napi_create_array_with_length",
+    )?;
+    for (i, fd) in (0u32..).zip(handed.fds()) {
+      let value = i32::to_napi_value(raw, fd)?;
+      checked(
+        sys::napi_set_element(raw, array, i, value),
+        "napi_set_element",
+      )?;
+    }
+  }
+  Ok(RawValue(array))
 }
 
 /// The JS callback, for a reader on the JS-thread runtime.

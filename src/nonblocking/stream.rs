@@ -542,9 +542,10 @@ impl AsyncUnixStream {
   /// read, then `callback(null, null, null, false)` at end of stream. A small
   /// chunk comes as its byte count, in the scratch Buffer of copy `copy` of the JS layer
   /// (the number `initSettlements` gave it), for the callback to copy out first thing.
+  /// `handed`: the fds handed over with the chunk (a lone one as its number), or `null`.
   /// Reading pauses at `maxQueuedFds` (fds handed to JS do not count).
   #[napi(
-    ts_args_type = "callback: (chunk: Buffer | number | null, handed: number[] | null, error: string | null, truncated: boolean) => void, copy: number"
+    ts_args_type = "callback: (chunk: Buffer | number | null, handed: number[] | number | null, error: string | null, truncated: boolean) => void, copy: number"
   )]
   pub fn start_reading(
     &self,
