@@ -5,7 +5,7 @@
  * of each chunk on its own.
  */
 import test, { type ExecutionContext } from 'ava'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import * as crypto from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import * as fs from 'node:fs'
@@ -1334,6 +1334,24 @@ test("a lone fd received as number 0 reaches the 'fds' listener like any other (
   t.is(report.events.length, 2, JSON.stringify(report))
   t.deepEqual(report.events[1], [0])
   t.is(report.content, 'through fd zero')
+})
+
+test("an FdSocket chunk that brings more fds than the scratch area holds (16,192 of them) hands them all to the 'fds' listener", async (t) => {
+  // The child holds them all at once.
+  const hard = execFileSync('sh', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim()
+  if (hard !== 'unlimited' && Number(hard) < 17_000) {
+    t.log(`not run: it needs 17,000 open fds, and the hard limit here is ${hard}`)
+    t.pass()
+    return
+  }
+  const report = lastJson(await runFixture('many-fds-chunk', [tmpFile('many')], { ulimit: 17_000, timeoutMs: 60_000 }))
+  t.like(report, { same: 16_192, bytes: 64 })
+  t.is(
+    report.sizes.reduce((sum: number, size: number) => sum + size, 0),
+    16_192,
+  )
+  // (The first message may come alone, as under the threads driver.)
+  t.true(Math.max(...report.sizes) > 15_360, `one chunk held more than the scratch area: ${report.sizes}`)
 })
 
 test("an 'fds' listener that throws when handed the fds before 'end': the exception is uncaught, and both sockets still end and close", async (t) => {

@@ -39,6 +39,7 @@ import {
   copy,
   copyIfResizable,
   copyOut,
+  fdsOut,
   Liveness,
   newId,
   operation,
@@ -877,14 +878,17 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     truncated: boolean,
   ): void {
     this.#active()
-    if (typeof chunk === 'number') {
-      // In the scratch Buffer: copied out first thing, before anything else can run.
-      try {
-        chunk = copyOut(chunk)
-      } catch (thrown) {
-        // Out of memory: like a read that failed.
-        return void this.destroy(thrown as Error)
-      }
+    // The fds: a lone one as its number, more as minus their count with their numbers in
+    // the scratch area (or, past what it holds, as an array).
+    let fds: number[] | null = null
+    try {
+      // In the scratch area: copied out first thing, before anything else can run.
+      if (typeof chunk === 'number') chunk = copyOut(chunk)
+      if (typeof handed === 'number') fds = handed >= 0 ? [handed] : fdsOut(-handed)
+      else fds = handed
+    } catch (thrown) {
+      // Out of memory: like a read that failed.
+      return void this.destroy(thrown as Error)
     }
     // Handed fds stay the native stream's until their chunk is emitted (see emit()): a
     // destroyed socket's closed them, as destroying this one now does.
@@ -902,17 +906,16 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     this.#bytesRead += chunk.length
     // Handed over right before the 'data' that holds the chunk's first byte (see emit()),
     // however long the chunk waits in the readable buffer.
-    if (handed !== null) {
-      // A lone fd comes as its number.
-      const fds = (typeof handed === 'number' ? [handed] : handed) as FdsArrived
+    if (fds !== null) {
+      const arrived = fds as FdsArrived
       try {
-        fds.truncated = truncated
+        arrived.truncated = truncated
       } catch (thrown) {
         // A throwing setter on a prototype: like a read that failed.
         return void this.destroy(thrown as Error)
       }
-      this.#fdsAhead.push({ at: this.#pushedLength, fds, truncated })
-      this.#fdsAheadCount += fds.length
+      this.#fdsAhead.push({ at: this.#pushedLength, fds: arrived, truncated })
+      this.#fdsAheadCount += arrived.length
     }
     if (this.readableEncoding === null) {
       this.#pushedLength += chunk.length

@@ -155,6 +155,20 @@ const scratchBuffer = Buffer.from(area, 0, SCRATCH_SIZE)
 const header = new Float64Array(area, SCRATCH_SIZE, HEADER_FIELDS)
 export { scratchBuffer as scratch }
 
+/**
+ * Where native code puts the numbers of the fds a chunk brought, for this layer to read
+ * first thing (see `fdsOut`): past the bytes it puts in the scratch Buffer (at most 4096).
+ */
+const FDS_AT = 4096
+const fdNumbers = new Int32Array(area, FDS_AT, (SCRATCH_SIZE - FDS_AT) / Int32Array.BYTES_PER_ELEMENT)
+
+/** The `count` fd numbers native code put in the scratch area, as an array. */
+export function fdsOut(count: number): number[] {
+  const fds: number[] = []
+  for (let i = 0; i < count; i++) fds.push(fdNumbers[i])
+  return fds
+}
+
 /** The first `count` bytes of the scratch Buffer, as a Buffer of their own. */
 export function copyOut(count: number): Buffer {
   const bytes = allocUnsafeSlow(count)

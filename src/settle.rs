@@ -17,6 +17,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -506,6 +507,36 @@ impl Home {
     Ok(Some(layer.on_read.borrow_back(env)?.raw()))
   }
 
+  /// Writes the numbers of `count` fds into copy `copy`'s scratch area, from [`FDS_AT`]
+  /// on (native byte order, 4 bytes each), for the JS callback called next to read first
+  /// thing, as it copies the scratch bytes out. `false` when they do not fit (or the area
+  /// is detached).
+  pub(crate) fn fds_in_scratch(
+    &self,
+    env: &Env,
+    copy: usize,
+    fds: impl Iterator<Item = RawFd>,
+    count: usize,
+  ) -> napi::Result<bool> {
+    let mut copies = lock(&self.copies);
+    let Some(layer) = copies.get_mut(copy) else {
+      return Ok(false);
+    };
+    with_bytes_now(env, &mut layer.scratch, |area| {
+      let end = count
+        .checked_mul(4)
+        .and_then(|bytes| bytes.checked_add(FDS_AT))
+        .filter(|&end| end + HEADER <= area.len());
+      let Some(region) = end.and_then(|end| area.get_mut(FDS_AT..end)) else {
+        return false;
+      };
+      for (slot, fd) in region.chunks_exact_mut(4).zip(fds) {
+        slot.copy_from_slice(&fd.to_ne_bytes());
+      }
+      true
+    })
+  }
+
   /// Whether the doorbell keeps the event loop alive: while a referenced object has an
   /// operation pending. Each copy of the JS layer counts its own and says when its count
   /// leaves or reaches 0; the doorbell is referenced while any copy says so.
@@ -770,6 +801,10 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
 /// count of the read that `onRead()` settles, as doubles in native byte order (JS reads
 /// them through a Float64Array).
 const HEADER: usize = 24;
+
+/// Where the fd numbers that [`Home::fds_in_scratch`] passes begin in a scratch area: past
+/// the bytes passed there (at most [`SCRATCH_MAX`]).
+const FDS_AT: usize = SCRATCH_MAX;
 
 /// The most bytes [`Home::bytes_value`] passes through a scratch Buffer. That costs a
 /// second copy, cheaper than the Buffer it saves for small data only.

@@ -542,7 +542,9 @@ impl AsyncUnixStream {
   /// read, then `callback(null, null, null, false)` at end of stream. A small
   /// chunk comes as its byte count, in the scratch Buffer of copy `copy` of the JS layer
   /// (the number `initSettlements` gave it), for the callback to copy out first thing.
-  /// `handed`: the fds handed over with the chunk (a lone one as its number), or `null`.
+  /// `handed`: the fds handed over with the chunk, or `null`: a lone one as its number,
+  /// more as minus their count, their numbers in the scratch area of copy `copy` (past its
+  /// first 4096 bytes, 4 bytes each in native order), or as an array where they do not fit.
   /// Reading pauses at `maxQueuedFds` (fds handed to JS do not count).
   #[napi(
     ts_args_type = "callback: (chunk: Buffer | number | null, handed: number[] | number | null, error: string | null, truncated: boolean) => void, copy: number"
