@@ -526,7 +526,11 @@ impl Home {
       let end = count
         .checked_mul(4)
         .and_then(|bytes| bytes.checked_add(FDS_AT))
-        .filter(|&end| end + HEADER <= area.len());
+        .filter(|&end| {
+          end
+            .checked_add(HEADER)
+            .is_some_and(|last| last <= area.len())
+        });
       let Some(region) = end.and_then(|end| area.get_mut(FDS_AT..end)) else {
         return false;
       };
@@ -646,7 +650,10 @@ pub(crate) fn report_pending(env: &Env) -> bool {
 
 /// Starts the settlement of async operations on this JS thread: `onSettle(id, error,
 /// value, inScratch, callback)` settles the Promise of operation `id` (see
-/// [`SettleArgs`]), and `scratch` is where bytes for it wait. `votes` (2 bytes) is the copy's vote for the
+/// [`SettleArgs`]); `onRead()` settles the read whose header and bytes wait in `scratch`
+/// (see [`Home::read_in_scratch`]). `scratch` is the copy's scratch area: the bytes
+/// passed to JS (and fd numbers, see [`Home::fds_in_scratch`]), then a header of
+/// [`HEADER`] bytes. `votes` (2 bytes) is the copy's vote for the
 /// doorbell: byte 0 is 1 while it counts in (`referenceSettlements`), byte 1 is 1 when the
 /// vote is to end after the current delivery (see `Home::end_owed_votes`). Called by each
 /// copy of the TypeScript layer when it loads; returns the copy's number `c`, and its

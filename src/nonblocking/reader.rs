@@ -46,7 +46,7 @@ const ALL_PER_TURN: usize = 32;
 
 /// `(chunk, handed, error, truncated)`: a chunk (its byte count when it waits in the
 /// scratch Buffer, see [`Home::bytes_value`]), whose fds are already dequeue-able or,
-/// while JS asks for them (`'fds'` listeners), are in `handed` (an array), with whether the
+/// while JS asks for them (`'fds'` listeners), are in `handed` (see [`fd_array`]), with whether the
 /// kernel truncated them in `truncated` (JS sets the array's `truncated`: a named property
 /// set from here cost a string made and looked up, and a generic store, per chunk); or
 /// `(null, null, null, false)` at end of stream, or `(null, null, "[CODE] message", false)`.
@@ -173,8 +173,8 @@ struct To {
 /// arguments stay the stream's until JS emits the chunk (and closed if making them fails).
 fn deliver(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
   let queues = &*to.queues;
-  // Made last, right before the call: the scratch Buffer must not be written before any
-  // JS that making the other arguments may run.
+  // The scratch area is written right before the call (the fds' numbers, then the
+  // chunk's bytes), with no JS run in between: making the other arguments runs none.
   let chunk = |data| to.home.bytes_value(env, to.copy, data).map(|(v, _)| v);
   Ok(match delivery {
     Delivery::Data { data, arrival, .. } => {
@@ -219,9 +219,10 @@ fn deliver(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
 
 /// `fds` for JS (they stay the stream's: see `Queues::hold_handed`), with the array made
 /// in JS wherever it can be (through Node-API it costs about 125 ns an element here, in
-/// JS about one): a lone fd as its number; more as minus their count, their numbers in the
-/// scratch area of copy `copy` of the JS layer (see [`Home::fds_in_scratch`]); only as
-/// many as do not fit there come as an array.
+/// JS about one): a lone fd as its number; two or more as minus their count, their numbers
+/// in the scratch area of copy `copy` of the JS layer (see [`Home::fds_in_scratch`]); none
+/// (every fd of the batch lost to truncation) as an empty array, and more than the
+/// scratch area holds as an array of them all.
 fn fd_array(env: &Env, to: &To, handed: &Handed) -> napi::Result<RawValue> {
   let raw = env.raw();
   let count = handed.count();
@@ -230,7 +231,8 @@ fn fd_array(env: &Env, to: &To, handed: &Handed) -> napi::Result<RawValue> {
     // SAFETY: a value made in this environment, on its thread, for the call that follows.
     return Ok(RawValue(unsafe { i32::to_napi_value(raw, fd) }?));
   }
-  if to.home.fds_in_scratch(env, to.copy, handed.fds(), count)? {
+  // (Minus nothing would read as fd 0.)
+  if count > 1 && to.home.fds_in_scratch(env, to.copy, handed.fds(), count)? {
     // At most what the scratch area holds: far below i32::MAX.
     let minus = -i32::try_from(count).unwrap_or(i32::MAX);
     // SAFETY: as above.
