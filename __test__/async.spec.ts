@@ -439,6 +439,9 @@ test('user code that misbehaves while a read settles or a chunk is delivered: no
     destroyed: true,
     uncaught: ['setter'],
   })
+  // Array.prototype.push, replaced, reads over the fd numbers of an 'fds' array being
+  // made: they were copied out first, and both fds are the file sent.
+  t.deepEqual(await run('patched-push'), { count: 2, same: 2, other: 8192, uncaught: [] })
 })
 
 test.serial('concurrent reads are served in call order', async (t) => {

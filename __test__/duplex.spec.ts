@@ -1328,7 +1328,7 @@ test.serial(
   },
 )
 
-test("a lone fd received as number 0 reaches the 'fds' listener like any other (both drivers)", async (t) => {
+test("a lone fd received as number 0 reaches the 'fds' listener like any other", async (t) => {
   const file = tmpFile('through fd zero')
   const report = lastJson(await runFixture('fd-zero', [file]))
   t.is(report.events.length, 2, JSON.stringify(report))

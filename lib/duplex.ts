@@ -39,7 +39,8 @@ import {
   copy,
   copyIfResizable,
   copyOut,
-  fdsOut,
+  fdArray,
+  fdsCopied,
   Liveness,
   newId,
   operation,
@@ -877,19 +878,21 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     error: string | null,
     truncated: boolean,
   ): void {
-    this.#active()
-    // The fds: a lone one as its number, more as minus their count with their numbers in
-    // the scratch area (or, past what it holds, as an array).
+    // What waits in the scratch area (a chunk's bytes, as their count; two or more fds'
+    // numbers, as minus their count) is copied out first thing, before any other code can
+    // run; a lone fd comes as its number, none or more than the area holds as an array.
     let fds: number[] | null = null
     try {
-      // In the scratch area: copied out first thing, before anything else can run.
+      const numbers = typeof handed === 'number' && handed < 0 ? fdsCopied(-handed) : null
       if (typeof chunk === 'number') chunk = copyOut(chunk)
-      if (typeof handed === 'number') fds = handed >= 0 ? [handed] : fdsOut(-handed)
+      if (numbers !== null) fds = fdArray(numbers)
+      else if (typeof handed === 'number') fds = [handed]
       else fds = handed
     } catch (thrown) {
       // Out of memory: like a read that failed.
       return void this.destroy(thrown as Error)
     }
+    this.#active()
     // Handed fds stay the native stream's until their chunk is emitted (see emit()): a
     // destroyed socket's closed them, as destroying this one now does.
     if (this.destroyed) return

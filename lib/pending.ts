@@ -58,9 +58,10 @@ interface Operation {
 
 const operations = new Map<number, Operation>()
 /**
- * The pending operation started while no other was (`soleId`, or 0), kept out of
- * `operations`: a round trip has one operation pending at a time, and its settlement then
- * makes no Map lookup. Any started meanwhile go to `operations`.
+ * A pending operation kept out of `operations` (`soleId`, or 0 when the slot is empty):
+ * the one started while the slot was empty. A round trip has one operation pending at a
+ * time, and its settlement then makes no Map lookup; any started while the slot is taken
+ * go to `operations`.
  */
 let soleId = 0
 let soleOperation: Operation | undefined = undefined
@@ -143,7 +144,7 @@ const SCRATCH_SIZE = 65536
 // scratch Buffer and the copy out of it.
 const allocUnsafeSlow = Buffer.allocUnsafeSlow
 const { apply } = Reflect
-const { set: setBytes, subarray } = Uint8Array.prototype
+const { set: setBytes } = Uint8Array.prototype
 /**
  * The scratch area: the scratch Buffer's bytes, then the header of the read that
  * {@link onRead} settles (its id, loop callback and byte count, as doubles), which native
@@ -156,24 +157,37 @@ const header = new Float64Array(area, SCRATCH_SIZE, HEADER_FIELDS)
 export { scratchBuffer as scratch }
 
 /**
- * Where native code puts the numbers of the fds a chunk brought, for this layer to read
- * first thing (see `fdsOut`): past the bytes it puts in the scratch Buffer (at most 4096).
+ * Where native code puts the numbers of the fds a chunk brought, for this layer to take
+ * first thing (see `fdsCopied`): past the bytes it puts in the scratch Buffer (at most
+ * 4096).
  */
 const FDS_AT = 4096
-const fdNumbers = new Int32Array(area, FDS_AT, (SCRATCH_SIZE - FDS_AT) / Int32Array.BYTES_PER_ELEMENT)
 
-/** The `count` fd numbers native code put in the scratch area, as an array. */
-export function fdsOut(count: number): number[] {
+/**
+ * A copy of the `count` fd numbers native code put in the scratch area. Made with typed
+ * array constructors only, which run no code of anyone's (no species, no setter): nothing
+ * can write the scratch area before the numbers are safe here.
+ */
+export function fdsCopied(count: number): Int32Array {
+  return new Int32Array(new Int32Array(area, FDS_AT, count))
+}
+
+/** The fd numbers of {@link fdsCopied}, as an array. */
+export function fdArray(numbers: Int32Array): number[] {
   const fds: number[] = []
-  for (let i = 0; i < count; i++) fds.push(fdNumbers[i])
+  for (let i = 0; i < numbers.length; i++) fds.push(numbers[i])
   return fds
 }
 
-/** The first `count` bytes of the scratch Buffer, as a Buffer of their own. */
+/**
+ * The first `count` bytes of the scratch Buffer, as a Buffer of their own: copied with
+ * no code of anyone's run first (a view made with the constructor, not `subarray`, which
+ * would consult the species).
+ */
 export function copyOut(count: number): Buffer {
   const bytes = allocUnsafeSlow(count)
   if (count <= 16) for (let i = 0; i < count; i++) bytes[i] = scratchBuffer[i]
-  else apply(setBytes, bytes, [apply(subarray, scratchBuffer, [0, count])])
+  else apply(setBytes, bytes, [new Uint8Array(area, 0, count)])
   return bytes
 }
 
