@@ -441,7 +441,10 @@ test('user code that misbehaves while a read settles or a chunk is delivered: no
   })
   // Array.prototype.push, replaced, reads over the fd numbers of an 'fds' array being
   // made: they were copied out first, and both fds are the file sent.
-  t.deepEqual(await run('patched-push'), { count: 2, same: 2, other: 8192, uncaught: [] })
+  t.deepEqual(await run('patched-push'), { count: 2, same: 2, data: 'x', other: 8192, uncaught: [] })
+  // An async_hooks `before` callback, run right before the call that settles a read, reads
+  // at once from another stream: into a Buffer of its own, not over the settling bytes.
+  t.deepEqual(await run('before-hook'), { read: 'hello', other: 8192, uncaught: [] })
 })
 
 test.serial('concurrent reads are served in call order', async (t) => {

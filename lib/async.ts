@@ -20,7 +20,7 @@ import {
   mustDefer,
   newId,
   operation,
-  scratch,
+  readScratch,
   setReferencedOpen,
 } from './pending.js'
 import { PromiseListener } from './listener.js'
@@ -33,9 +33,6 @@ interface WrappedStream {
   inner: Native.NativeAsyncUnixStream
   liveness: Liveness
 }
-/** This copy's scratch Buffer, taken once (what `copyOut` copies from). */
-const readInto = scratch
-
 /** @internal The native stream behind an {@link AsyncUnixStream} and its operations, for `FdSocket.from`. */
 export function wrappedStreamOf(stream: AsyncUnixStream): WrappedStream | undefined {
   return natives.get(stream)
@@ -147,8 +144,9 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     canceller: Native.ExternalObject<'Canceller'> | undefined,
     defer: boolean,
   ): Buffer | Promise<Buffer> | null {
-    // Bytes there at once come in the scratch Buffer (their count) when they fit.
-    const now = binding.streamRead(this.#handle, size, id, canceller, readInto, defer)
+    // Bytes there at once come in the scratch Buffer (their count) when they fit, and it
+    // holds nothing a call is yet to copy out.
+    const now = binding.streamRead(this.#handle, size, id, canceller, readScratch(), defer)
     if (typeof now !== 'number') return now
     try {
       return copyOut(now)

@@ -39,6 +39,7 @@ import {
   copy,
   copyIfResizable,
   copyOut,
+  disarm,
   fdArray,
   fdsCopied,
   Liveness,
@@ -885,10 +886,12 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     try {
       const numbers = typeof handed === 'number' && handed < 0 ? fdsCopied(-handed) : null
       if (typeof chunk === 'number') chunk = copyOut(chunk)
-      if (numbers !== null) fds = fdArray(numbers)
+      disarm()
+      if (numbers !== null) fds = fdArray(numbers, -(handed as number))
       else if (typeof handed === 'number') fds = [handed]
       else fds = handed
     } catch (thrown) {
+      disarm()
       // Out of memory: like a read that failed.
       return void this.destroy(thrown as Error)
     }

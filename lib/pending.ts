@@ -145,16 +145,35 @@ const SCRATCH_SIZE = 65536
 const allocUnsafeSlow = Buffer.allocUnsafeSlow
 const { apply } = Reflect
 const { set: setBytes } = Uint8Array.prototype
+const Uint8ArrayOf = Uint8Array
+const Int32ArrayOf = Int32Array
 /**
- * The scratch area: the scratch Buffer's bytes, then the header of the read that
- * {@link onRead} settles (its id, loop callback and byte count, as doubles), which native
- * code writes right before the call.
+ * The scratch area: the scratch Buffer's bytes, then a header (doubles) that native code
+ * writes right before its call: the id, loop callback and byte count of the read that
+ * {@link onRead} settles, and `ARMED`, 1 while the area holds what the call is to copy
+ * out (see `disarm`).
  */
-const HEADER_FIELDS = 3
+const HEADER_FIELDS = 4
+const ARMED = 3
 const area = new ArrayBuffer(SCRATCH_SIZE + HEADER_FIELDS * Float64Array.BYTES_PER_ELEMENT)
 const scratchBuffer = Buffer.from(area, 0, SCRATCH_SIZE)
 const header = new Float64Array(area, SCRATCH_SIZE, HEADER_FIELDS)
+const NO_SCRATCH = Buffer.alloc(0)
 export { scratchBuffer as scratch }
+
+/**
+ * Called once what native code put in the scratch area for this call is copied out. Until
+ * then a read that completes at once (run by an `async_hooks` `before` callback that Node
+ * makes right before the call, say) must not receive into the area: see `readScratch`.
+ */
+export function disarm(): void {
+  header[ARMED] = 0
+}
+
+/** Where a read that may complete at once receives: the scratch Buffer, unless that is in use. */
+export function readScratch(): Buffer {
+  return header[ARMED] === 0 ? scratchBuffer : NO_SCRATCH
+}
 
 /**
  * Where native code puts the numbers of the fds a chunk brought, for this layer to take
@@ -169,13 +188,13 @@ const FDS_AT = 4096
  * can write the scratch area before the numbers are safe here.
  */
 export function fdsCopied(count: number): Int32Array {
-  return new Int32Array(new Int32Array(area, FDS_AT, count))
+  return new Int32ArrayOf(new Int32ArrayOf(area, FDS_AT, count))
 }
 
-/** The fd numbers of {@link fdsCopied}, as an array. */
-export function fdArray(numbers: Int32Array): number[] {
+/** The `count` fd numbers of {@link fdsCopied}, as an array. */
+export function fdArray(numbers: Int32Array, count: number): number[] {
   const fds: number[] = []
-  for (let i = 0; i < numbers.length; i++) fds.push(numbers[i])
+  for (let i = 0; i < count; i++) fds.push(numbers[i])
   return fds
 }
 
@@ -187,7 +206,7 @@ export function fdArray(numbers: Int32Array): number[] {
 export function copyOut(count: number): Buffer {
   const bytes = allocUnsafeSlow(count)
   if (count <= 16) for (let i = 0; i < count; i++) bytes[i] = scratchBuffer[i]
-  else apply(setBytes, bytes, [new Uint8Array(area, 0, count)])
+  else apply(setBytes, bytes, [new Uint8ArrayOf(area, 0, count)])
   return bytes
 }
 
@@ -250,6 +269,7 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
       failed = true
       value = thrown
     }
+    disarm()
   }
   settle(id, error, value, failed, callback)
 }
@@ -270,6 +290,7 @@ function onRead(): void {
     failed = true
     value = thrown
   }
+  disarm()
   settle(id, null, value, failed, callback)
 }
 

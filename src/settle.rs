@@ -496,7 +496,7 @@ impl Home {
       start.copy_from_slice(data);
       // At most SCRATCH_MAX: exact as a double.
       let count = data.len() as f64;
-      for (field, value) in header.chunks_exact_mut(8).zip([id, callback, count]) {
+      for (field, value) in header.chunks_exact_mut(8).zip([id, callback, count, ARMED]) {
         field.copy_from_slice(&value.to_ne_bytes());
       }
       true
@@ -537,6 +537,7 @@ impl Home {
       for (slot, fd) in region.chunks_exact_mut(4).zip(fds) {
         slot.copy_from_slice(&fd.to_ne_bytes());
       }
+      arm(area);
       true
     })
   }
@@ -805,9 +806,14 @@ pub(crate) fn number(env: &Env, n: f64) -> Result<Settled> {
 }
 
 /// The header after the bytes of a copy's scratch area: the `id`, `callback` and byte
-/// count of the read that `onRead()` settles, as doubles in native byte order (JS reads
-/// them through a Float64Array).
-const HEADER: usize = 24;
+/// count of the read that `onRead()` settles, and whether the area holds what a JS call is
+/// about to copy out ([`arm`]), as doubles in native byte order (JS reads them through a
+/// Float64Array).
+const HEADER: usize = 32;
+
+/// The last field of [`HEADER`] while the area holds what a JS call is to copy out (JS
+/// sets it back to 0 once it has).
+const ARMED: f64 = 1.0;
 
 /// Where the fd numbers that [`Home::fds_in_scratch`] passes begin in a scratch area: past
 /// the bytes passed there (at most [`SCRATCH_MAX`]).
@@ -885,11 +891,28 @@ fn write_scratch(env: &Env, scratch: &mut Uint8Array, bytes: &[u8]) -> napi::Res
     match scratch.get_mut(..bytes.len()) {
       Some(start) => {
         start.copy_from_slice(bytes);
+        arm(scratch);
         Ok(true)
       }
       None => Ok(false),
     }
   })?
+}
+
+/// Marks a scratch area as holding what a JS call is about to copy out (the last field
+/// of its header): until that call has, a read that completes at once (code that an
+/// `async_hooks` `before` callback runs right before the call, say) makes a Buffer of its
+/// own instead of receiving into the area. A too-small area has no header (nothing to
+/// mark, and nothing passed through it).
+fn arm(area: &mut [u8]) {
+  if let Some(field) = area
+    .len()
+    .checked_sub(8)
+    .filter(|&at| at >= SCRATCH_MAX + HEADER - 8)
+    .and_then(|at| area.get_mut(at..))
+  {
+    field.copy_from_slice(&ARMED.to_ne_bytes());
+  }
 }
 
 /// Runs `f` on the bytes of the typed array `array` refers to, looked up now (a typed

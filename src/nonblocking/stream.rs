@@ -543,8 +543,9 @@ impl AsyncUnixStream {
   /// chunk comes as its byte count, in the scratch Buffer of copy `copy` of the JS layer
   /// (the number `initSettlements` gave it), for the callback to copy out first thing.
   /// `handed`: the fds handed over with the chunk, or `null`: a lone one as its number,
-  /// more as minus their count, their numbers in the scratch area of copy `copy` (past its
-  /// first 4096 bytes, 4 bytes each in native order), or as an array where they do not fit.
+  /// two or more as minus their count, their numbers in the scratch area of copy `copy`
+  /// (past its first 4096 bytes, 4 bytes each in native order), none (all lost to
+  /// truncation) as an empty array, and more than the area holds as an array.
   /// Reading pauses at `maxQueuedFds` (fds handed to JS do not count).
   #[napi(
     ts_args_type = "callback: (chunk: Buffer | number | null, handed: number[] | number | null, error: string | null, truncated: boolean) => void, copy: number"
