@@ -350,8 +350,9 @@ impl Home {
                 spare::give_back(data);
                 return crate::runtime::call_as_io(env, on_read, &[]);
               }
-              Ok(None) => match self.bytes_value(env, copy_of(id), data) {
-                Ok((value, in_scratch)) => Some((None, Some(value), in_scratch)),
+              // Nothing fits the scratch area then: the bytes become a Buffer.
+              Ok(None) => match buffer_value(env, data) {
+                Ok(value) => Some((None, Some(value), false)),
                 Err(e) => failed(internal(e)),
               },
               Err(e) => failed(internal(e)),
@@ -486,19 +487,15 @@ impl Home {
       return Ok(None);
     };
     let written = with_bytes_now(env, &mut layer.scratch, |area| {
-      let Some(header_at) = area.len().checked_sub(HEADER) else {
+      let Some((bytes, header)) = split_header(area) else {
         return false;
       };
-      let (bytes, header) = area.split_at_mut(header_at);
       let Some(start) = bytes.get_mut(..data.len()) else {
         return false;
       };
       start.copy_from_slice(data);
       // At most SCRATCH_MAX: exact as a double.
-      let count = data.len() as f64;
-      for (field, value) in header.chunks_exact_mut(8).zip([id, callback, count, ARMED]) {
-        field.copy_from_slice(&value.to_ne_bytes());
-      }
+      write_fields(header, [id, callback, data.len() as f64, ARMED]);
       true
     })?;
     if !written {
@@ -523,21 +520,17 @@ impl Home {
       return Ok(false);
     };
     with_bytes_now(env, &mut layer.scratch, |area| {
-      let end = count
-        .checked_mul(4)
-        .and_then(|bytes| bytes.checked_add(FDS_AT))
-        .filter(|&end| {
-          end
-            .checked_add(HEADER)
-            .is_some_and(|last| last <= area.len())
-        });
-      let Some(region) = end.and_then(|end| area.get_mut(FDS_AT..end)) else {
+      let Some((bytes, header)) = split_header(area) else {
+        return false;
+      };
+      let end = count.checked_mul(4).and_then(|n| n.checked_add(FDS_AT));
+      let Some(region) = end.and_then(|end| bytes.get_mut(FDS_AT..end)) else {
         return false;
       };
       for (slot, fd) in region.chunks_exact_mut(4).zip(fds) {
         slot.copy_from_slice(&fd.to_ne_bytes());
       }
-      arm(area);
+      arm(header);
       true
     })
   }
@@ -888,10 +881,13 @@ fn check_scratch(env: &Env, scratch: &mut Uint8Array) -> napi::Result<()> {
 /// they do not fit (a detached buffer has no bytes).
 fn write_scratch(env: &Env, scratch: &mut Uint8Array, bytes: &[u8]) -> napi::Result<bool> {
   with_bytes_now(env, scratch, |scratch| {
-    match scratch.get_mut(..bytes.len()) {
+    let Some((area, header)) = split_header(scratch) else {
+      return Ok(false);
+    };
+    match area.get_mut(..bytes.len()) {
       Some(start) => {
         start.copy_from_slice(bytes);
-        arm(scratch);
+        arm(header);
         Ok(true)
       }
       None => Ok(false),
@@ -899,19 +895,27 @@ fn write_scratch(env: &Env, scratch: &mut Uint8Array, bytes: &[u8]) -> napi::Res
   })?
 }
 
-/// Marks a scratch area as holding what a JS call is about to copy out (the last field
-/// of its header): until that call has, a read that completes at once (code that an
-/// `async_hooks` `before` callback runs right before the call, say) makes a Buffer of its
-/// own instead of receiving into the area. A too-small area has no header (nothing to
-/// mark, and nothing passed through it).
-fn arm(area: &mut [u8]) {
-  if let Some(field) = area
-    .len()
-    .checked_sub(8)
-    .filter(|&at| at >= SCRATCH_MAX + HEADER - 8)
-    .and_then(|at| area.get_mut(at..))
-  {
-    field.copy_from_slice(&ARMED.to_ne_bytes());
+/// A scratch area as its bytes and its header ([`HEADER`] bytes at its end); `None` for
+/// one too small to have a header (detached).
+fn split_header(area: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
+  let at = area.len().checked_sub(HEADER)?;
+  Some(area.split_at_mut(at))
+}
+
+/// Writes `values` into the header fields from the first on, as doubles in native order.
+fn write_fields<const N: usize>(header: &mut [u8], values: [f64; N]) {
+  for (field, value) in header.chunks_exact_mut(8).zip(values) {
+    field.copy_from_slice(&value.to_ne_bytes());
+  }
+}
+
+/// Marks a scratch area, by its `header`, as holding what a JS call is about to copy out
+/// (the header's last field): until that call has, a read that completes at once (code
+/// that an `async_hooks` `before` callback runs right before the call, say) makes a Buffer
+/// of its own instead of receiving into the area.
+fn arm(header: &mut [u8]) {
+  if let Some(last) = header.len().checked_sub(8) {
+    write_fields(&mut header[last..], [ARMED]);
   }
 }
 
