@@ -447,6 +447,20 @@ test('user code that misbehaves while a read settles or a chunk is delivered: no
   t.deepEqual(await run('before-hook'), { read: 'hello', other: 8192, uncaught: [] })
 })
 
+test('a read started by an async_hooks before callback of the call that settles an earlier read resolves after it, and each gets its own fd', async (t) => {
+  const result = await runFixture('before-hook-order', [], { timeoutMs: 60_000 })
+  t.false(result.timedOut, `the child did not exit by itself; ${result.stderr}`)
+  t.is(result.code, 0, result.stderr)
+  // The second read settles later, whatever the socket holds: the code after each read
+  // dequeues the fd its bytes brought. So for a second receive of a message socket.
+  t.deepEqual(lastJson(result), {
+    small: ['first:A5:file-A', 'second:B5:file-B'],
+    smallSignal: ['first:A5:file-A', 'second:B5:file-B'],
+    large: ['first:A5000:file-A', 'second:B5000:file-B'],
+    messages: ['first:A:file-A', 'second:B:file-B'],
+  })
+})
+
 test.serial('concurrent reads are served in call order', async (t) => {
   const [a, b] = pair(t)
   const reads = [b.read(1), b.read(1), b.read(1)]

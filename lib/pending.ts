@@ -162,9 +162,11 @@ const NO_SCRATCH = Buffer.alloc(0)
 export { scratchBuffer as scratch }
 
 /**
- * Called once what native code put in the scratch area for this call is copied out. Until
- * then a read that completes at once (run by an `async_hooks` `before` callback that Node
- * makes right before the call, say) must not receive into the area: see `readScratch`.
+ * Called once what native code put in the scratch area for this call is copied out (or,
+ * for a settlement with nothing there, first thing). Until then a read that completes at
+ * once (run by an `async_hooks` `before` callback that Node makes right before the call,
+ * say) must not receive into the area (see `readScratch`), and operations settle later
+ * (see `mustDefer`).
  */
 export function disarm(): void {
   header[ARMED] = 0
@@ -269,8 +271,9 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
       failed = true
       value = thrown
     }
-    disarm()
   }
+  // Armed for every settlement call (see `mustDefer`).
+  disarm()
   settle(id, error, value, failed, callback)
 }
 
@@ -442,10 +445,14 @@ export function operation<T>(owner: object, liveness: Liveness, start: Start<T>,
 
 /**
  * Whether an operation starting now must settle later (`defer`): the budget of outcomes
- * that came at once in this turn of the event loop is spent (see {@link IMMEDIATE_BUDGET}).
+ * that came at once in this turn of the event loop is spent (see {@link IMMEDIATE_BUDGET}),
+ * or a settlement is on its way to this layer and has not begun (code that an
+ * `async_hooks` `before` callback runs right before the call that settles a read, say): an
+ * operation answered at once would resolve before that one, and a read would bring its
+ * fds ahead of the ones the settling read's code is to dequeue.
  */
 export function mustDefer(): boolean {
-  return immediateRun >= IMMEDIATE_BUDGET
+  return immediateRun >= IMMEDIATE_BUDGET || header[ARMED] !== 0
 }
 
 /**

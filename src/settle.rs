@@ -362,15 +362,24 @@ impl Home {
           let Some((error, value, in_scratch)) = args else {
             return Ok(());
           };
+          let argv = settle_argv(env, id, error, value, in_scratch, callback)?;
           // Borrowed back, not held under the lock: JS may call into the addon from it.
+          // The area is armed for the call, whatever it holds (see `arm`); an area that
+          // cannot be reached does not stop the settlement.
           let on_settle = lock(&self.copies)
-            .get(copy_of(id))
-            .map(|copy| copy.on_settle.borrow_back(env))
+            .get_mut(copy_of(id))
+            .map(|copy| {
+              let _ = with_bytes_now(env, &mut copy.scratch, |area| {
+                if let Some((_, header)) = split_header(area) {
+                  arm(header);
+                }
+              });
+              copy.on_settle.borrow_back(env)
+            })
             .transpose()?;
           let Some(on_settle) = on_settle else {
             return Ok(());
           };
-          let argv = settle_argv(env, id, error, value, in_scratch, callback)?;
           crate::runtime::call_as_io(env, on_settle.raw(), &argv)
         };
         let called = if scoped {
@@ -910,9 +919,11 @@ fn write_fields<const N: usize>(header: &mut [u8], values: [f64; N]) {
 }
 
 /// Marks a scratch area, by its `header`, as holding what a JS call is about to copy out
-/// (the header's last field): until that call has, a read that completes at once (code
-/// that an `async_hooks` `before` callback runs right before the call, say) makes a Buffer
-/// of its own instead of receiving into the area.
+/// (the header's last field), or as the area of a copy whose settlement call is on its way
+/// with nothing in it: until that call has begun, code that runs first (an `async_hooks`
+/// `before` callback that Node runs right before the call, say) must not receive into the
+/// area, and an operation it starts settles later (the JS layer's `mustDefer`), so that
+/// it cannot resolve before the one being settled, with that one's fds.
 fn arm(header: &mut [u8]) {
   if let Some(last) = header.len().checked_sub(8) {
     write_fields(&mut header[last..], [ARMED]);
