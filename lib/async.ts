@@ -18,6 +18,7 @@ import {
   copyOut,
   Liveness,
   mustDefer,
+  readMustDefer,
   newId,
   operation,
   readScratch,
@@ -124,13 +125,18 @@ export class AsyncUnixStream extends QueuedStream<Native.NativeAsyncUnixStream> 
     // Outside the try below: called on anything but a stream, this throws as it is.
     const liveness = this.#liveness
     if (signal) {
-      return operation(this, liveness, (id, canceller, defer) => this.#read(checked, id, canceller, defer), signal)
+      return operation(
+        this,
+        liveness,
+        (id, canceller, defer) => this.#read(checked, id, canceller, defer || readMustDefer(this)),
+        signal,
+      )
     }
     // The hot path: a call per read and no closure (see `answered`).
     const id = newId()
     let now: Buffer | Promise<Buffer> | null
     try {
-      now = this.#read(checked, id, undefined, mustDefer())
+      now = this.#read(checked, id, undefined, readMustDefer(this))
     } catch (error) {
       throw shapeError(error)
     }

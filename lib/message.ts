@@ -17,7 +17,7 @@ import {
 } from './args.js'
 import type { EnqueueFd, FdLike } from './interfaces.js'
 import { PromiseListener } from './listener.js'
-import { closing, connectedNow, Liveness, operation, setReferencedOpen } from './pending.js'
+import { closing, connectedNow, Liveness, operation, readMustDefer, setReferencedOpen } from './pending.js'
 
 /** Most fds one message carries (Linux's `SCM_MAX_FD`). */
 const SCM_MAX_FD = 253
@@ -216,7 +216,7 @@ abstract class MessageSocket implements EnqueueFd {
       this.#liveness,
       (id, canceller, defer) => {
         // `null`: pending; `false`: the end, at once; a settled end is `null`.
-        const now = this.inner.receive(id, canceller, defer)
+        const now = this.inner.receive(id, canceller, defer || readMustDefer(this))
         return now === false ? END : now
       },
       signal,

@@ -150,10 +150,12 @@ const Int32ArrayOf = Int32Array
 /**
  * The scratch area: the scratch Buffer's bytes, then a header (doubles) that native code
  * writes right before its call: the id, loop callback and byte count of the read that
- * {@link onRead} settles, and `ARMED`, 1 while the area holds what the call is to copy
- * out (see `disarm`).
+ * {@link onRead} settles (the id also for {@link onSettle}), and `ARMED`, 1 from then
+ * until the call has begun and copied out what the area holds for it (see `disarm`).
  */
 const HEADER_FIELDS = 4
+/** The id of the operation the call settles (see `readMustDefer`). */
+const SETTLING = 0
 const ARMED = 3
 const area = new ArrayBuffer(SCRATCH_SIZE + HEADER_FIELDS * Float64Array.BYTES_PER_ELEMENT)
 const scratchBuffer = Buffer.from(area, 0, SCRATCH_SIZE)
@@ -165,8 +167,8 @@ export { scratchBuffer as scratch }
  * Called once what native code put in the scratch area for this call is copied out (or,
  * for a settlement with nothing there, first thing). Until then a read that completes at
  * once (run by an `async_hooks` `before` callback that Node makes right before the call,
- * say) must not receive into the area (see `readScratch`), and operations settle later
- * (see `mustDefer`).
+ * say) must not receive into the area (see `readScratch`), and a read of the settling
+ * operation's object settles later (see `readMustDefer`).
  */
 export function disarm(): void {
   header[ARMED] = 0
@@ -272,7 +274,7 @@ function onSettle(id: number, error: string | null, value: unknown, inScratch: b
       value = thrown
     }
   }
-  // Armed for every settlement call (see `mustDefer`).
+  // Armed for every settlement call (see `readMustDefer`).
   disarm()
   settle(id, error, value, failed, callback)
 }
@@ -445,14 +447,27 @@ export function operation<T>(owner: object, liveness: Liveness, start: Start<T>,
 
 /**
  * Whether an operation starting now must settle later (`defer`): the budget of outcomes
- * that came at once in this turn of the event loop is spent (see {@link IMMEDIATE_BUDGET}),
- * or a settlement is on its way to this layer and has not begun (code that an
- * `async_hooks` `before` callback runs right before the call that settles a read, say): an
- * operation answered at once would resolve before that one, and a read would bring its
- * fds ahead of the ones the settling read's code is to dequeue.
+ * that came at once in this turn of the event loop is spent (see {@link IMMEDIATE_BUDGET}).
  */
 export function mustDefer(): boolean {
-  return immediateRun >= IMMEDIATE_BUDGET || header[ARMED] !== 0
+  return immediateRun >= IMMEDIATE_BUDGET
+}
+
+/**
+ * Whether a read of `owner` starting now must settle later (`defer`, as for
+ * {@link mustDefer}) because the settlement of an operation of `owner` is on its way to
+ * this layer and has not begun (code that an `async_hooks` `before` callback runs right
+ * before that call, say): answered at once, the read would resolve first, and bring its
+ * fds ahead of the ones the settling read's code is to dequeue. Only reads: a write or a
+ * send started there goes at once, as anywhere (one deferred in every such callback would
+ * make a settlement, and so a callback, of its own, without end).
+ */
+export function readMustDefer(owner: object): boolean {
+  if (immediateRun >= IMMEDIATE_BUDGET) return true
+  if (header[ARMED] === 0) return false
+  const id = header[SETTLING]
+  const operation = id === soleId ? soleOperation : operations.get(id)
+  return operation !== undefined && operation.owner === owner
 }
 
 /**

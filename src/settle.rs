@@ -364,13 +364,14 @@ impl Home {
           };
           let argv = settle_argv(env, id, error, value, in_scratch, callback)?;
           // Borrowed back, not held under the lock: JS may call into the addon from it.
-          // The area is armed for the call, whatever it holds (see `arm`); an area that
-          // cannot be reached does not stop the settlement.
+          // The area is armed for the call, with the id it settles, whatever it holds (see
+          // `arm`); an area that cannot be reached does not stop the settlement.
           let on_settle = lock(&self.copies)
             .get_mut(copy_of(id))
             .map(|copy| {
               let _ = with_bytes_now(env, &mut copy.scratch, |area| {
                 if let Some((_, header)) = split_header(area) {
+                  write_fields(header, [id]);
                   arm(header);
                 }
               });
@@ -922,8 +923,9 @@ fn write_fields<const N: usize>(header: &mut [u8], values: [f64; N]) {
 /// (the header's last field), or as the area of a copy whose settlement call is on its way
 /// with nothing in it: until that call has begun, code that runs first (an `async_hooks`
 /// `before` callback that Node runs right before the call, say) must not receive into the
-/// area, and an operation it starts settles later (the JS layer's `mustDefer`), so that
-/// it cannot resolve before the one being settled, with that one's fds.
+/// area, and a read it starts of the object whose operation settles (its id in the first
+/// field) settles later (the JS layer's `readMustDefer`), so that it cannot resolve before
+/// the one being settled, with that one's fds.
 fn arm(header: &mut [u8]) {
   if let Some(last) = header.len().checked_sub(8) {
     write_fields(&mut header[last..], [ARMED]);
