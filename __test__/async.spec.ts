@@ -445,6 +445,10 @@ test('user code that misbehaves while a read settles or a chunk is delivered: no
   // An async_hooks `before` callback, run right before the call that settles a read, reads
   // at once from another stream: into a Buffer of its own, not over the settling bytes.
   t.deepEqual(await run('before-hook'), { read: 'hello', other: 8192, uncaught: [] })
+  // A tracer writes a line from every such callback: its writes go at once (none waits
+  // for the settlement that ran the callback, which would make a callback of its own),
+  // and the process exits with the hook on.
+  t.deepEqual(await run('before-hook-writer'), { read: 'hello', bounded: true, uncaught: [] })
 })
 
 test('a read started by an async_hooks before callback of the call that settles an earlier read resolves after it, and each gets its own fd', async (t) => {
