@@ -262,29 +262,19 @@ function reasonOf(signal: AbortSignal | undefined): unknown {
   }
 }
 
-function onSettle(id: number, error: string | null, value: unknown, inScratch: boolean, callback: number): void {
-  // First of all: the other code run below (a signal's methods) may be anyone's.
-  let failed = false
-  if (inScratch) {
-    try {
-      value = copyOut(value as number)
-    } catch (thrown) {
-      // Out of memory: the operation fails, as one that failed natively does.
-      failed = true
-      value = thrown
-    }
-  }
-  // Armed for every settlement call (see `readMustDefer`).
+/** An operation's outcome: `value`, or `error` (`"[CODE] message"`). */
+function onSettle(id: number, error: string | null, value: unknown, callback: number): void {
+  // First of all: the area is armed for every settlement call (see `readMustDefer`).
   disarm()
-  settle(id, error, value, failed, callback)
+  settle(id, error, value, false, callback)
 }
 
 /**
  * A read's outcome, with no argument: its id, loop callback and byte count wait in the
- * header, its bytes in the scratch Buffer (see `onSettle`).
+ * header, its bytes in the scratch Buffer.
  */
 function onRead(): void {
-  // First of all, as onSettle's copy: the header and bytes are this read's until other JS runs.
+  // First of all: the header and bytes are this read's until other JS runs.
   const id = header[0]
   const callback = header[1]
   let failed = false
@@ -307,16 +297,12 @@ function settle(id: number, error: string | null, value: unknown, failed: boolea
     runCallback = callback
     immediateRun = 0
   }
-  let operation: Operation | undefined
-  if (id === soleId && soleOperation !== undefined) {
-    operation = soleOperation
+  const operation = pendingOperation(id)
+  if (operation === undefined) return
+  if (operation === soleOperation) {
     soleOperation = undefined
     soleId = 0
-  } else {
-    operation = operations.get(id)
-    if (operation === undefined) return
-    operations.delete(id)
-  }
+  } else operations.delete(id)
   operation.liveness.signalled?.delete(operation)
   settled(operation.liveness)
   // Settled before the signal's listener is removed: that is user-reachable code, which
@@ -465,9 +451,12 @@ export function mustDefer(): boolean {
 export function readMustDefer(owner: object): boolean {
   if (immediateRun >= IMMEDIATE_BUDGET) return true
   if (header[ARMED] === 0) return false
-  const id = header[SETTLING]
-  const operation = id === soleId ? soleOperation : operations.get(id)
-  return operation !== undefined && operation.owner === owner
+  return pendingOperation(header[SETTLING])?.owner === owner
+}
+
+/** The pending operation `id`, in the sole slot or in `operations`. */
+function pendingOperation(id: number): Operation | undefined {
+  return id === soleId && soleOperation !== undefined ? soleOperation : operations.get(id)
 }
 
 /**

@@ -80,12 +80,11 @@ impl ToNapiValue for RawValue {
   }
 }
 
-/// `(id, error, value, inScratch, callback)`: pending operation `id` settled, with `value`
-/// or with `error` (`"[CODE] message"`); with `inScratch`, `value` is the count of bytes
-/// that wait at the start of the copy's scratch Buffer (see [`Settled::Bytes`]);
-/// `callback` numbers the loop callback of the JS-thread runtime that delivers it (-1 on
+/// `(id, error, value, callback)`: pending operation `id` settled, with `value` or with
+/// `error` (`"[CODE] message"`) (a read whose bytes fit the scratch area settles through
+/// `onRead()` instead: see [`Home::read_in_scratch`]); `callback` numbers the loop callback of the JS-thread runtime that delivers it (-1 on
 /// the threaded runtime). JS ignores id 0, which the doorbell itself passes.
-pub type SettleArgs = FnArgs<(f64, Option<String>, Option<RawValue>, bool, f64)>;
+pub type SettleArgs = FnArgs<(f64, Option<String>, Option<RawValue>, f64)>;
 type Doorbell = ThreadsafeFunction<(), (), SettleArgs, Status, false>;
 
 /// What a finished operation does on the JS thread, just before its Promise settles:
@@ -97,8 +96,8 @@ pub type Finish = Box<dyn FnOnce(&Env) -> Result<Settled> + Send>;
 pub enum Settled {
   /// With this value (`None`: `null`).
   Value(Option<RawValue>),
-  /// With these bytes as a Buffer: small ones through the scratch Buffer of the operation's
-  /// copy of the JS layer (see [`Home::bytes_value`]), larger ones made here.
+  /// With these bytes as a Buffer: small ones through the scratch area of the operation's
+  /// copy of the JS layer (see [`Home::read_in_scratch`]), larger ones made here.
   Bytes(Vec<u8>),
   /// Not yet: it started over (an accept whose connection another holder took first).
   Later,
@@ -339,11 +338,11 @@ impl Home {
           // may have thrown: that is reported as uncaught first).
           let failed = |e: error::Error| {
             report_pending(env);
-            Some((Some(tagged(e)), None, false))
+            Some((Some(tagged(e)), None))
           };
           let args = match finish(env) {
             Ok(Settled::Later) => None,
-            Ok(Settled::Value(value)) => Some((None, value, false)),
+            Ok(Settled::Value(value)) => Some((None, value)),
             Ok(Settled::Bytes(data)) => match self.read_in_scratch(env, id, callback, &data) {
               // No value made: the copy's `onRead()` finds everything in its scratch area.
               Ok(Some(on_read)) => {
@@ -352,17 +351,17 @@ impl Home {
               }
               // Nothing fits the scratch area then: the bytes become a Buffer.
               Ok(None) => match buffer_value(env, data) {
-                Ok(value) => Some((None, Some(value), false)),
+                Ok(value) => Some((None, Some(value))),
                 Err(e) => failed(internal(e)),
               },
               Err(e) => failed(internal(e)),
             },
             Err(e) => failed(e),
           };
-          let Some((error, value, in_scratch)) = args else {
+          let Some((error, value)) = args else {
             return Ok(());
           };
-          let argv = settle_argv(env, id, error, value, in_scratch, callback)?;
+          let argv = settle_argv(env, id, error, value, callback)?;
           // Borrowed back, not held under the lock: JS may call into the addon from it.
           // The area is armed for the call, with the id it settles, whatever it holds (see
           // `arm`); an area that cannot be reached does not stop the settlement.
@@ -451,29 +450,29 @@ impl Home {
   }
 
   /// `data` for JS, on the JS thread, right before the call to copy `copy` of the JS layer
-  /// that passes it. Small data go into that copy's scratch Buffer and this returns their
-  /// count (`true`): the first thing the JS callback does is copy them out, so no other
-  /// JS runs between this write and that copy. Larger data become a Buffer (`false`, see
+  /// that passes it (a push delivery). Small data go into that copy's scratch Buffer and
+  /// this returns their count: the first thing the JS callback does is copy them out, so no
+  /// other JS runs between this write and that copy. Larger data become a Buffer (see
   /// [`buffer_value`]): the second copy costs more than the Buffer it saves.
   pub(crate) fn bytes_value(
     &self,
     env: &Env,
     copy: usize,
     data: Vec<u8>,
-  ) -> napi::Result<(RawValue, bool)> {
+  ) -> napi::Result<RawValue> {
     let copied = match lock(&self.copies).get_mut(copy) {
       Some(layer) if data.len() <= SCRATCH_MAX => write_scratch(env, &mut layer.scratch, &data)?,
       _ => false,
     };
     if !copied {
-      return Ok((buffer_value(env, data)?, false));
+      return buffer_value(env, data);
     }
     // At most SCRATCH_MAX.
     let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
     spare::give_back(data);
     // SAFETY: a value made in this environment, on its thread, for the call that follows.
     let value = unsafe { u32::to_napi_value(env.raw(), count) }?;
-    Ok((RawValue(value), true))
+    Ok(RawValue(value))
   }
 
   /// The fast way a read's `data` reaches JS: into the scratch area of operation `id`'s
@@ -586,16 +585,14 @@ fn settle_argv(
   id: f64,
   error: Option<String>,
   value: Option<RawValue>,
-  in_scratch: bool,
   callback: f64,
-) -> napi::Result<[sys::napi_value; 5]> {
+) -> napi::Result<[sys::napi_value; 4]> {
   // SAFETY: values made in this environment, on its thread, for the call that follows.
   unsafe {
     Ok([
       f64::to_napi_value(env.raw(), id)?,
       Option::<String>::to_napi_value(env.raw(), error)?,
       Option::<RawValue>::to_napi_value(env.raw(), value)?,
-      bool::to_napi_value(env.raw(), in_scratch)?,
       f64::to_napi_value(env.raw(), callback)?,
     ])
   }
@@ -653,7 +650,7 @@ pub(crate) fn report_pending(env: &Env) -> bool {
 }
 
 /// Starts the settlement of async operations on this JS thread: `onSettle(id, error,
-/// value, inScratch, callback)` settles the Promise of operation `id` (see
+/// value, callback)` settles the Promise of operation `id` (see
 /// [`SettleArgs`]); `onRead()` settles the read whose header and bytes wait in `scratch`
 /// (see [`Home::read_in_scratch`]). `scratch` is the copy's scratch area: the bytes
 /// passed to JS (and fd numbers, see [`Home::fds_in_scratch`]), then a header of
@@ -663,7 +660,7 @@ pub(crate) fn report_pending(env: &Env) -> bool {
 /// copy of the TypeScript layer when it loads; returns the copy's number `c`, and its
 /// operation ids are `n * 65536 + c`.
 #[napi_derive::napi(
-  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown, inScratch: boolean, callback: number) => void, onRead: () => void, scratch: Uint8Array, votes: Uint8Array"
+  ts_args_type = "onSettle: (id: number, error: string | null, value: unknown, callback: number) => void, onRead: () => void, scratch: Uint8Array, votes: Uint8Array"
 )]
 #[cfg_attr(test, allow(dead_code))]
 pub fn init_settlements(
@@ -705,7 +702,7 @@ pub fn init_settlements(
     .callee_handled::<false>()
     .build_callback(move |ctx| {
       delivering.deliver(&ctx.env)?;
-      Ok((0.0, None, None, false, -1.0).into())
+      Ok((0.0, None, None, -1.0).into())
     })?;
   // Nothing is pending yet: the doorbell alone must not keep the process alive.
   #[allow(deprecated)]

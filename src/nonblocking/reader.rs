@@ -175,7 +175,7 @@ fn deliver(env: &Env, to: &To, delivery: Delivery) -> napi::Result<ReadArgs> {
   let queues = &*to.queues;
   // The scratch area is written right before the call (the fds' numbers, then the
   // chunk's bytes), with no JS run in between: making the other arguments runs none.
-  let chunk = |data| to.home.bytes_value(env, to.copy, data).map(|(v, _)| v);
+  let chunk = |data| to.home.bytes_value(env, to.copy, data);
   Ok(match delivery {
     Delivery::Data { data, arrival, .. } => {
       let count = arrival.count;
