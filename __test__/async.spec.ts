@@ -462,6 +462,7 @@ test('a read started by an async_hooks before callback of the call that settles 
     smallSignal: ['first:A5:file-A', 'second:B5:file-B'],
     large: ['first:A5000:file-A', 'second:B5000:file-B'],
     messages: ['first:A:file-A', 'second:B:file-B'],
+    otherSocket: ['read:hello', 'kept:file-B', 'other0:"":file-A', 'other1:"xyz":file-B'],
   })
 })
 

@@ -46,6 +46,39 @@ export interface FastCalls {
     cuts: Float64Array,
     id: number,
   ): number | null
+  /**
+   * The next message now (`[data, truncated, from?, held?]`, `data` the count of its bytes
+   * when they are in `scratch`; or, for a message of at most 4096 bytes in `scratch` with no
+   * sender's address, only that count, with its held id and truncated flag as doubles after
+   * 4096 bytes of `scratch`), `false` for the end of a seqpacket connection, or `null`:
+   * operation `id` settles later (always, with `defer`), with `data` a Buffer.
+   */
+  messageReceive(
+    socket: External<'MessageCore'>,
+    id: number,
+    canceller: External<'Canceller'> | undefined | null,
+    scratch: Buffer,
+    defer?: boolean,
+  ): [data: Buffer | number, truncated: boolean, from?: string | Buffer, held?: number] | number | false | null
+  /**
+   * Sends `data` as one message with the queued fds and then `fds` (duplicated now), to
+   * `to` when given: the byte count now, or `null` and operation `id` settles later (always,
+   * with `defer`).
+   */
+  messageSend(
+    socket: External<'MessageCore'>,
+    data: Uint8Array,
+    fds: number[],
+    to: string | Uint8Array | undefined | null,
+    id: number,
+    defer?: boolean,
+  ): number | null
+  /**
+   * The numbers of the fds held under `id`, which are the caller's from now on (`keep`):
+   * their count when they are in `scratch` (int32s from its byte 4096), else an array; or
+   * nothing, the fds closed. `null` for an id not held (released already, or never given).
+   */
+  releaseHeldFds(id: number, keep: boolean, scratch: Buffer): number | number[] | null
 }
 
 function loadBinding(): typeof Native & FastCalls {

@@ -4,7 +4,7 @@
  * `sendmsg`, `receive()` one whole message with its fds.
  */
 import { binding, peerCredentialsOf, WRAP, type Native, type PeerCredentials } from './binding.js'
-import { closedError, illegalConstructor, invalidArgType, native, QueueFullError } from './errors.js'
+import { closedError, illegalConstructor, invalidArgType, native, QueueFullError, shapeError } from './errors.js'
 import {
   holdsFd,
   setMaxQueuedFds,
@@ -17,7 +17,24 @@ import {
 } from './args.js'
 import type { EnqueueFd, FdLike } from './interfaces.js'
 import { PromiseListener } from './listener.js'
-import { closing, connectedNow, Liveness, operation, readMustDefer, setReferencedOpen } from './pending.js'
+import {
+  answered,
+  closing,
+  connectedNow,
+  copyOut,
+  fdArray,
+  fdsCopied,
+  Liveness,
+  messageHeldId,
+  messageTruncated,
+  mustDefer,
+  newId,
+  noScratch,
+  operation,
+  readMustDefer,
+  readScratch,
+  setReferencedOpen,
+} from './pending.js'
 
 /** Most fds one message carries (Linux's `SCM_MAX_FD`). */
 const SCM_MAX_FD = 253
@@ -52,7 +69,7 @@ export interface Message {
  * A message as the addon makes it, `[data, truncated, from?, held?]`: with fds, it holds
  * them under the id `held`, and their numbers come only when they are claimed.
  */
-type Received = Exclude<ReturnType<Native.NativeMessageSocket['receive']>, false | null>
+type Received = [data: Buffer, truncated: boolean, from?: string | Buffer, held?: number]
 
 /** A message's fds: held by the addon under `id` until claimed into `fds`. */
 interface HeldFds {
@@ -75,7 +92,10 @@ function heldOf(message: object): HeldFds {
 
 /** The fds are the caller's: the numbers, once (later reads get the same array). */
 function claim(held: HeldFds): number[] {
-  held.fds ??= binding.releaseHeldFds(held.id, true) ?? []
+  if (held.fds === undefined) {
+    const got = binding.releaseHeldFds(held.id, true, readScratch())
+    held.fds = typeof got === 'number' ? fdArray(fdsCopied(got), got) : (got ?? [])
+  }
   return held.fds
 }
 
@@ -87,7 +107,7 @@ const FDS: PropertyDescriptor = {
   set(this: object, fds: number[]) {
     const held = heldOf(this)
     // Replaced before any code saw them: nobody has their numbers, so they are closed.
-    if (held.fds === undefined) binding.releaseHeldFds(held.id, false)
+    if (held.fds === undefined) binding.releaseHeldFds(held.id, false, noScratch)
     held.fds = fds
   },
   enumerable: true,
@@ -103,7 +123,7 @@ const FDS: PropertyDescriptor = {
  * collectable.
  */
 const unread = new FinalizationRegistry<HeldFds>((held) => {
-  if (held.fds === undefined) binding.releaseHeldFds(held.id, false)
+  if (held.fds === undefined) binding.releaseHeldFds(held.id, false, noScratch)
 })
 const fresh: Array<[Message, HeldFds]> = []
 /** An immediate will register what is fresh then. */
@@ -144,24 +164,40 @@ function claimedOnRead([data, truncated, from, id]: Received): Message {
   return message
 }
 
+/** Out of memory for a message received at once: the receive rejects, its fds are closed. */
+function lostMessage(held: number | undefined, error: unknown): Promise<never> {
+  if (held !== undefined) binding.releaseHeldFds(held, false, noScratch)
+  return Promise.reject(error)
+}
+
+/** A receive's outcome as `receive()` resolves with it. */
+function publicMessage(outcome: Received | typeof END | null): Message | null {
+  return outcome === END || outcome == null ? null : claimedOnRead(outcome)
+}
+
 function validateFds(fds: unknown): number[] {
   if (fds === undefined) return []
   if (!Array.isArray(fds)) throw invalidArgType('fds', 'an array of fds', fds)
   if (fds.length > SCM_MAX_FD) {
     throw new QueueFullError(`One message carries at most ${SCM_MAX_FD} fds; got ${fds.length}`)
   }
-  return Array.from(fds, (fd: unknown, i) => toFd(fd as FdLike, `fds[${i}]`))
+  const raw: number[] = []
+  for (let i = 0; i < fds.length; i++) raw.push(toFd(fds[i] as FdLike, `fds[${i}]`))
+  return raw
 }
 
 /** What both message socket classes share. */
 abstract class MessageSocket implements EnqueueFd {
   /** @internal */
   protected readonly inner: Native.NativeMessageSocket
+  /** The native socket's handle for the calls made per message. */
+  #handle: Native.ExternalObject<'MessageCore'>
   #liveness = new Liveness()
 
   /** @internal */
   protected constructor(inner: Native.NativeMessageSocket) {
     this.inner = inner
+    this.#handle = inner.handle
   }
 
   /** The socket's fd; -1 once closed. */
@@ -200,7 +236,16 @@ abstract class MessageSocket implements EnqueueFd {
   protected sendMessage(data: Uint8Array | string, fds: unknown, to: string | Uint8Array | undefined): Promise<number> {
     const bytes = toBytes(data)
     const raw = validateFds(fds)
-    return operation(this, this.#liveness, (id, _, defer) => this.inner.send(bytes, raw, to, id, defer) ?? null)
+    const liveness = this.#liveness
+    // The hot path, as AsyncUnixStream#write's.
+    const id = newId()
+    let now: number | null
+    try {
+      now = binding.messageSend(this.#handle, bytes, raw, to, id, mustDefer())
+    } catch (error) {
+      throw shapeError(error)
+    }
+    return Promise.resolve(answered(this, liveness, id, now))
   }
 
   /**
@@ -211,16 +256,62 @@ abstract class MessageSocket implements EnqueueFd {
   receive(options?: { signal?: AbortSignal }): Promise<Message | null> {
     const signal = validateSignalOption(options)
     if (fresh.length > 0) registerUnread()
-    return operation<Received | typeof END>(
-      this,
-      this.#liveness,
-      (id, canceller, defer) => {
-        // `null`: pending; `false`: the end, at once; a settled end is `null`.
-        const now = this.inner.receive(id, canceller, defer || readMustDefer(this))
-        return now === false ? END : now
-      },
-      signal,
-    ).then((message) => (message === END || message == null ? null : claimedOnRead(message)))
+    const liveness = this.#liveness
+    let now: Received | typeof END | Promise<Received | null> | null
+    if (signal) {
+      return operation<Received | typeof END | null>(
+        this,
+        liveness,
+        (id, canceller, defer) => this.#receive(id, canceller, defer || readMustDefer(this)),
+        signal,
+      ).then(publicMessage)
+    }
+    // The hot path, as AsyncUnixStream#read's: a message there at once becomes the public
+    // one now, with no Promise reaction of its own.
+    const id = newId()
+    try {
+      now = this.#receive(id, undefined, readMustDefer(this))
+    } catch (error) {
+      throw shapeError(error)
+    }
+    const answer = answered(this, liveness, id, now)
+    return answer instanceof Promise ? answer.then(publicMessage) : Promise.resolve(publicMessage(answer))
+  }
+
+  /**
+   * The native receive, started as operation `id`: the message now (its bytes copied out
+   * of the scratch Buffer), {@link END}, or `null` (later: settled with a message or `null`
+   * for the end).
+   */
+  #receive(
+    id: number,
+    canceller: Native.ExternalObject<'Canceller'> | undefined,
+    defer: boolean,
+  ): Received | typeof END | Promise<Received | null> | null {
+    const now = binding.messageReceive(this.#handle, id, canceller, readScratch(), defer)
+    if (now === false) return END
+    if (now === null) return null
+    let count: number, held: number | undefined
+    if (typeof now === 'number') {
+      // Copied first: nothing may run before what the scratch area holds is out.
+      count = now
+      held = messageHeldId()
+      const truncated = messageTruncated()
+      try {
+        return [copyOut(count), truncated, undefined, held]
+      } catch (error) {
+        return lostMessage(held, error)
+      }
+    }
+    if (typeof now[0] !== 'number') return now as Received
+    count = now[0]
+    held = now[3]
+    try {
+      now[0] = copyOut(count)
+    } catch (error) {
+      return lostMessage(held, error)
+    }
+    return now as Received
   }
 
   /**

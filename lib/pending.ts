@@ -174,6 +174,9 @@ export function disarm(): void {
   header[ARMED] = 0
 }
 
+/** A Buffer with no room, for calls that take a scratch Buffer and are to use none. */
+export { NO_SCRATCH as noScratch }
+
 /** Where a read that may complete at once receives: the scratch Buffer, unless that is in use. */
 export function readScratch(): Buffer {
   return header[ARMED] === 0 ? scratchBuffer : NO_SCRATCH
@@ -193,6 +196,24 @@ const FDS_AT = 4096
  */
 export function fdsCopied(count: number): Int32Array {
   return new Int32ArrayOf(new Int32ArrayOf(area, FDS_AT, count))
+}
+
+/**
+ * The two doubles native code put at {@link FDS_AT} for a message received at once (see
+ * `MessageSocket#receive`): the id its fds are held under (-1: none), and 1 if it is
+ * truncated. Read right after the call, before any other code runs.
+ */
+const messageMeta = new Float64Array(area, FDS_AT, 2)
+
+/** The id the fds of the message just received at once are held under, or `undefined`. */
+export function messageHeldId(): number | undefined {
+  const id = messageMeta[0]
+  return id >= 0 ? id : undefined
+}
+
+/** Whether the message just received at once is truncated. */
+export function messageTruncated(): boolean {
+  return messageMeta[1] === 1
 }
 
 /** The `count` fd numbers of {@link fdsCopied}, as an array. */

@@ -30,7 +30,9 @@ use napi_derive::napi;
 use crate::cancel::CancelHandle;
 use crate::error::from_napi;
 use crate::handle;
+use crate::held::{self, Released};
 use crate::nonblocking::core::ReadNow;
+use crate::nonblocking::message::{self, MessageCore};
 use crate::nonblocking::stream::StreamCore;
 use crate::staged::{self, StagedFds};
 
@@ -226,6 +228,57 @@ callback! {
 }
 
 callback! {
+  /// `MessageSocket#receive`: `(socket, id, canceller, scratch, defer) => message | false |
+  /// null`, see [`message::receive`].
+  message_receive, 5, |call| {
+    let core = call.handle::<Arc<MessageCore>>(0)?;
+    let canceller = call
+      .optional_external(2)?
+      .map(|c: &CancelHandle| Arc::clone(c));
+    let mut scratch: Uint8ArraySlice<'_> = call.value(3)?;
+    // SAFETY: as in `stream_read`.
+    let scratch = unsafe { scratch.as_mut() };
+    let defer = call.value::<Option<bool>>(4)?.unwrap_or(false);
+    let env = Env::from(call.env);
+    match message::receive(&env, core, call.value(1)?, canceller, scratch, defer)? {
+      Some(value) => Ok(value.0),
+      None => call.result(Null),
+    }
+  }
+}
+
+callback! {
+  /// `MessageSocket#send` and `sendTo`: `(socket, data, fds, to, id, defer) => number |
+  /// null`, the byte count now, or `null` and operation `id` settles later; see
+  /// [`message::send`].
+  message_send, 6, |call| {
+    let core = call.handle::<Arc<MessageCore>>(0)?;
+    let data: Uint8ArraySlice<'_> = call.value(1)?;
+    let fds: Vec<i32> = call.value(2)?;
+    let defer = call.value::<Option<bool>>(5)?.unwrap_or(false);
+    let env = Env::from(call.env);
+    let sent = message::send(&env, core, &data, &fds, call.value(3)?, call.value(4)?, defer)?;
+    call.result(sent)
+  }
+}
+
+callback! {
+  /// A received message's fds: `(id, keep, scratch) => number | number[] | null`, see
+  /// [`held::release_held_fds`] (a number: the count of fd numbers in `scratch`).
+  release_held_fds, 3, |call| {
+    let env = Env::from(call.env);
+    let mut scratch: Uint8ArraySlice<'_> = call.value(2)?;
+    // SAFETY: as in `stream_read`.
+    let scratch = unsafe { scratch.as_mut() };
+    match held::release_held_fds(&env, call.value(0)?, call.value(1)?, scratch)? {
+      Released::Nothing => call.result(Null),
+      Released::InScratch(count) => call.result(count),
+      Released::Numbers(value) => Ok(value.0),
+    }
+  }
+}
+
+callback! {
   /// `FdSocket#enqueue(fd)`: `(staged, fd) => void`, see [`staged::stage_fd`].
   stage_fd, 2, |call| {
     let staged = call.external::<StagedFds>(0).map_err(from_napi)?;
@@ -261,7 +314,7 @@ callback! {
 }
 
 /// The hand-registered calls, by their JS names.
-const CALLS: [(&str, napi::Callback); 7] = [
+const CALLS: [(&str, napi::Callback); 10] = [
   ("streamEnqueue", stream_enqueue),
   ("streamDequeue", stream_dequeue),
   ("streamReleaseHanded", stream_release_handed),
@@ -269,6 +322,9 @@ const CALLS: [(&str, napi::Callback); 7] = [
   ("streamWrite", stream_write),
   ("stageFd", stage_fd),
   ("sendStaged", send_staged),
+  ("messageReceive", message_receive),
+  ("messageSend", message_send),
+  ("releaseHeldFds", release_held_fds),
 ];
 
 /// Adds [`CALLS`] to the addon's exports.

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use napi::{Env, JsValue};
-use napi_derive::napi;
 
 use crate::settle::RawValue;
 
@@ -203,22 +202,50 @@ pub(crate) fn hold(env: &Env, fds: Admitted) -> napi::Result<f64> {
   })
 }
 
-/// The numbers of the fds held under `id`, which are the caller's from now on (`keep`), or
-/// nothing, the fds closed. `null` for an id not held (released already, or never given).
-#[cfg_attr(test, allow(dead_code))]
-#[napi(ts_return_type = "number[] | null")]
-pub fn release_held_fds(env: &Env, id: f64, keep: bool) -> napi::Result<Option<RawValue>> {
+/// What [`release_held_fds`] gives JS.
+pub(crate) enum Released {
+  /// Nothing: the fds were closed, or `id` was not held.
+  Nothing,
+  /// The count of fd numbers written into the scratch Buffer, from its byte 4096 on.
+  InScratch(u32),
+  /// The fd numbers, as an array (no room in the scratch Buffer).
+  Numbers(RawValue),
+}
+
+/// The fds held under `id`, which are the caller's from now on (`keep`), or nothing, the
+/// fds closed. Their numbers go into `scratch` (native-endian `i32`s from
+/// [`crate::settle::FDS_AT`]) when they fit, or else into an array. [`Released::Nothing`]
+/// also for an id not held (released already, or never given).
+pub(crate) fn release_held_fds(
+  env: &Env,
+  id: f64,
+  keep: bool,
+  scratch: &mut [u8],
+) -> napi::Result<Released> {
   if !(id >= 0.0 && id.fract() == 0.0) {
-    return Ok(None);
+    return Ok(Released::Nothing);
   }
   let fds =
     HELD.with_borrow_mut(|slot| slot.as_mut().and_then(|held| held.fds.remove(&(id as u64))));
   let Some(fds) = fds else {
-    return Ok(None);
+    return Ok(Released::Nothing);
   };
   if !keep {
     drop(fds);
-    return Ok(None);
+    return Ok(Released::Nothing);
+  }
+  let at = crate::settle::FDS_AT;
+  let room = at
+    .checked_add(fds.len() * 4)
+    .and_then(|end| scratch.get_mut(at..end));
+  if let Some(room) = room {
+    for (slot, fd) in room.chunks_exact_mut(4).zip(fds.raw()) {
+      slot.copy_from_slice(&fd.to_ne_bytes());
+    }
+    // At most SCM_MAX_FD (253) per message: a u32.
+    let count = u32::try_from(fds.len()).unwrap_or(u32::MAX);
+    fds.hand_over();
+    return Ok(Released::InScratch(count));
   }
   // Made first: should that fail, dropping `fds` closes them (no number reached JS).
   let mut numbers = env.create_array(fds.len() as u32)?;
@@ -226,7 +253,7 @@ pub fn release_held_fds(env: &Env, id: f64, keep: bool) -> napi::Result<Option<R
     numbers.set(i as u32, fd)?;
   }
   fds.hand_over();
-  Ok(Some(RawValue(numbers.raw())))
+  Ok(Released::Numbers(RawValue(numbers.raw())))
 }
 
 #[cfg(test)]

@@ -816,12 +816,13 @@ const HEADER: usize = 32;
 const ARMED: f64 = 1.0;
 
 /// Where the fd numbers that [`Home::fds_in_scratch`] passes begin in a scratch area: past
-/// the bytes passed there (at most [`SCRATCH_MAX`]).
-const FDS_AT: usize = SCRATCH_MAX;
+/// the bytes passed there (at most [`SCRATCH_MAX`]); also where a message received at once
+/// passes what it is besides its bytes (`message::receive`).
+pub(crate) const FDS_AT: usize = SCRATCH_MAX;
 
 /// The most bytes [`Home::bytes_value`] passes through a scratch Buffer. That costs a
 /// second copy, cheaper than the Buffer it saves for small data only.
-const SCRATCH_MAX: usize = 4096;
+pub(crate) const SCRATCH_MAX: usize = 4096;
 
 /// What `napi_get_typedarray_info` says now of the typed array `scratch` refers to:
 /// `(data, length, arraybuffer)`.

@@ -18,9 +18,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::watch;
 
-use crate::cancel::{self, CancelHandle, Canceller};
+use crate::cancel::{self, Canceller};
 use crate::credentials::{self, PeerCredentials};
 use crate::error::{self, errno_of, rejection, Result};
+use crate::handle::Handle;
 use crate::held::{Admitted, Unclaimed};
 use crate::js::byte_count;
 use crate::nonblocking::core::{closing, release};
@@ -41,7 +42,7 @@ const MAX_SEND_BACKOFF: Duration = Duration::from_millis(64);
 const MEMORY_RETRY_BUDGET: Duration = Duration::from_secs(2);
 
 /// What pending operations share.
-struct Shared {
+pub struct Shared {
   io: AsyncFd<OwnedFd>,
   kind: Kind,
   closed: watch::Sender<bool>,
@@ -71,18 +72,45 @@ impl Shared {
   }
 }
 
-/// A message as received, before it reaches JS (its fds owned until then).
-struct Received {
-  data: Vec<u8>,
+/// What a message socket's calls made per message need, shared with its handle.
+pub struct MessageCore {
+  /// The socket's state while open (`None` once closed).
+  shared: Mutex<Option<Arc<Shared>>>,
+  /// Fds that ride on the next send.
+  outbound: Mutex<OutboundQueue>,
+}
+
+impl MessageCore {
+  fn shared(&self) -> Result<Arc<Shared>> {
+    lock(&self.shared).clone().ok_or_else(error::closed)
+  }
+}
+
+/// A message socket's core as JS holds it (the argument of the calls in `fast`). Closing
+/// stays with the socket object: the handle only keeps the memory alive, never the socket.
+pub type MessageHandle = Handle<Arc<MessageCore>>;
+
+/// A message as received, before it reaches JS (its fds owned until then): its bytes as
+/// `D`.
+struct Received<D = Vec<u8>> {
+  data: D,
   fds: Admitted,
   truncated: bool,
   from: Option<Vec<u8>>,
 }
 
 /// What one receive found: a message, or (seqpacket) the end of the connection.
-enum Outcome {
-  Message(Received),
+enum Outcome<D = Vec<u8>> {
+  Message(Received<D>),
   End,
+}
+
+/// Where the bytes of a message answered at once are: in the TypeScript layer's scratch
+/// Buffer (their count), which it copies them out of into a Buffer of its own (one that V8
+/// makes in its heap costs less than any made here), or, when they do not fit, here.
+enum Bytes {
+  InScratch(usize),
+  Here(Vec<u8>),
 }
 
 /// The largest message this system lets a sender make: twice `wmem_max` (the kernel
@@ -105,9 +133,14 @@ thread_local! {
   static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One non-blocking receive. `Ok(None)`: nothing is waiting.
-/// With `fit`, only the fds the bound has room for are kept (see `wait_for_room`).
-fn receive_now(shared: &Shared, fit: bool) -> nix::Result<Option<Outcome>> {
+/// One non-blocking receive, its bytes kept as `keep` makes them. `Ok(None)`: nothing is
+/// waiting. With `fit`, only the fds the bound has room for are kept (see
+/// `wait_for_room`).
+fn receive_now<D>(
+  shared: &Shared,
+  fit: bool,
+  keep: impl FnOnce(&[u8]) -> D,
+) -> nix::Result<Option<Outcome<D>>> {
   let (fd, kind) = (shared.fd(), shared.kind);
   SCRATCH.with_borrow_mut(|scratch| {
     if scratch.is_empty() {
@@ -135,7 +168,7 @@ fn receive_now(shared: &Shared, fit: bool) -> nix::Result<Option<Outcome>> {
     }
     let (fds, cut) = shared.unclaimed.admit(got.fds, fit);
     Ok(Some(Outcome::Message(Received {
-      data: scratch[..got.bytes].to_vec(),
+      data: keep(&scratch[..got.bytes]),
       fds,
       truncated: got.fds_cut || got.bytes_cut || cut,
       from: got.from,
@@ -177,14 +210,19 @@ fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 
 /// The JS value of a received message: `[data, truncated, from?, held?]` (the layer makes
 /// the public object; indexed, not named, properties are what an addon sets cheaply), or
-/// `null` at the end. A message's fds are held under the id `held` (see `held`): their
-/// numbers reach JS when code reads the message's `fds`.
-fn message_value(env: &Env, outcome: Outcome) -> napi::Result<Settled> {
+/// `null` at the end. `data` is a Buffer, or the count of bytes in the scratch Buffer (see
+/// [`Bytes`]). A message's fds are held under the id `held` (see `held`): their numbers
+/// reach JS when code reads the message's `fds`.
+fn message_value(env: &Env, outcome: Outcome<Bytes>) -> napi::Result<Settled> {
   let Outcome::Message(message) = outcome else {
     return Ok(Settled::Value(None));
   };
   let mut value = env.create_array(if message.fds.is_empty() { 3 } else { 4 })?;
-  value.set(0, BufferSlice::copy_from(env, &message.data)?)?;
+  match message.data {
+    // At most the scratch Buffer's 64 KiB: exact as a u32.
+    Bytes::InScratch(count) => value.set(0, u32::try_from(count).unwrap_or(u32::MAX))?,
+    Bytes::Here(data) => value.set(0, BufferSlice::copy_from(env, &data)?)?,
+  }
   value.set(1, message.truncated)?;
   // A string, or its bytes when they are not UTF-8: never another name that a reply would
   // reach instead.
@@ -202,8 +240,7 @@ fn message_value(env: &Env, outcome: Outcome) -> napi::Result<Settled> {
 /// A Unix seqpacket or datagram socket with Promise-returning `send` and `receive`.
 #[napi(js_name = "NativeMessageSocket")]
 pub struct MessageSocket {
-  shared: Mutex<Option<Arc<Shared>>>,
-  outbound: Mutex<OutboundQueue>,
+  core: Arc<MessageCore>,
   kind: Kind,
   /// The socket file a bound datagram socket created.
   file: Option<SocketFile>,
@@ -236,15 +273,17 @@ impl MessageSocket {
     };
     let unclaimed = Unclaimed::new(DEFAULT_MAX_QUEUED_FDS);
     Ok(Self {
-      shared: Mutex::new(Some(Arc::new(Shared {
-        io,
-        kind,
-        closed: watch::Sender::new(false),
-        sends: Turnstile::new(),
-        receives: Turnstile::new(),
-        unclaimed: Arc::clone(&unclaimed),
-      }))),
-      outbound: Mutex::new(OutboundQueue::default()),
+      core: Arc::new(MessageCore {
+        shared: Mutex::new(Some(Arc::new(Shared {
+          io,
+          kind,
+          closed: watch::Sender::new(false),
+          sends: Turnstile::new(),
+          receives: Turnstile::new(),
+          unclaimed: Arc::clone(&unclaimed),
+        }))),
+        outbound: Mutex::new(OutboundQueue::default()),
+      }),
       kind,
       unlink_on_close: AtomicBool::new(file.is_some()),
       file,
@@ -254,7 +293,7 @@ impl MessageSocket {
   }
 
   fn shared(&self) -> Result<Arc<Shared>> {
-    lock(&self.shared).clone().ok_or_else(error::closed)
+    self.core.shared()
   }
 
   /// Adopts `fd` and leaves its `O_NONBLOCK` as it is: the flag belongs to the open file
@@ -326,7 +365,7 @@ impl MessageSocket {
 
   #[napi(getter)]
   pub fn fd(&self) -> i32 {
-    lock(&self.shared)
+    lock(&self.core.shared)
       .as_ref()
       .map_or(-1, |s| s.fd().as_raw_fd())
   }
@@ -354,7 +393,7 @@ impl MessageSocket {
   #[napi]
   pub fn enqueue(&self, fd: i32) -> Result<()> {
     self.shared()?;
-    let mut outbound = lock(&self.outbound);
+    let mut outbound = lock(&self.core.outbound);
     if outbound.is_full() {
       return Err(error::outbound_full());
     }
@@ -367,174 +406,13 @@ impl MessageSocket {
   /// How many fds wait to ride on the next send.
   #[napi(getter)]
   pub fn queued_outbound(&self) -> u32 {
-    lock(&self.outbound).len() as u32
+    lock(&self.core.outbound).len() as u32
   }
 
-  /// Sends `data` as one message, with the queued fds and then `fds` (duplicated now)
-  /// attached, to `to` when given (an unconnected datagram socket). Resolves with the byte
-  /// count: directly when it went at once, otherwise operation `id` settles later (always,
-  /// with `defer`: see `StreamCore::read`).
-  #[napi(
-    ts_args_type = "data: Uint8Array, fds: number[], to: string | Uint8Array | undefined | null, id: number, defer?: boolean"
-  )]
-  pub fn send(
-    &self,
-    env: &Env,
-    data: Uint8ArraySlice<'_>,
-    fds: Vec<i32>,
-    to: Option<Either<String, Uint8ArraySlice<'_>>>,
-    id: f64,
-    defer: Option<bool>,
-  ) -> napi::Result<Option<f64>> {
-    let shared = match self.shared() {
-      Ok(shared) => shared,
-      Err(e) => return fail(env, id, e),
-    };
-    // The address as errors show it (a path given as bytes that are not UTF-8, lossily).
-    let (address, to) = match to {
-      Some(Either::A(path)) => (
-        Some(unix::address(&path, "sendmsg").map_err(rejection)?),
-        Some(path),
-      ),
-      Some(Either::B(bytes)) => (
-        Some(unix::address_of_bytes(&bytes, "sendmsg").map_err(rejection)?),
-        Some(String::from_utf8_lossy(&bytes).into_owned()),
-      ),
-      None => (None, None),
-    };
-    let attached = {
-      let mut outbound = lock(&self.outbound);
-      if outbound.len() + fds.len() > SCM_MAX_FD {
-        return Err(rejection(error::outbound_full()));
-      }
-      let mut duplicates = Vec::with_capacity(fds.len());
-      for fd in &fds {
-        match scm_rights::dup_cloexec(*fd) {
-          Ok(duplicate) => duplicates.push(duplicate),
-          // A bad fd throws with nothing sent, as `enqueue` of it does; the duplicates made
-          // so far are closed.
-          Err(Errno::EBADF) => return Err(rejection(error::sys(Errno::EBADF, "fcntl"))),
-          // Out of fds (`EMFILE`, `ENFILE`) is no bad argument: the send fails, as a
-          // Promise-returning call does, with nothing sent.
-          Err(e) => {
-            drop(outbound);
-            drop(duplicates);
-            return fail(env, id, error::sys(e, "fcntl"));
-          }
-        }
-      }
-      let mut attached = outbound.take();
-      attached.extend(duplicates);
-      attached
-    };
-    let raw: Vec<RawFd> = attached.iter().map(AsRawFd::as_raw_fd).collect();
-    let len = data.len();
-    let defer = defer == Some(true);
-    if !defer && shared.sends.is_idle() {
-      match scm_rights::send_message(shared.fd(), &data, &raw, address.as_ref()) {
-        Ok(n) => {
-          scm_rights::close_all(attached);
-          return Ok(Some(byte_count(n)));
-        }
-        Err(Errno::EAGAIN | Errno::EINTR) => {}
-        Err(e) if scm_rights::is_transient(e) => {}
-        Err(e) => return fail(env, id, send_error(e, to.as_deref())),
-      }
-    }
-    // JS may change or detach its buffer meanwhile: the message is copied.
-    let data = data.to_vec();
-    let home = settle::home(env).map_err(rejection)?;
-    let ticket = shared.sends.ticket();
-    let undelivered = shared.sends.undelivered();
-    let op = async move {
-      let send = async {
-        ticket.turn().await;
-        send_later(&shared, &data, &raw, address.as_ref(), to.as_deref()).await
-      };
-      let outcome = shared.unless_closed(send).await;
-      // Sent or not, this process's duplicates go: the kernel holds its own references.
-      scm_rights::close_all(attached);
-      drop(shared);
-      outcome.map(|_| byte_count(len))
-    };
-    spawn_operation(
-      settle::settling(home, id, op, number, undelivered),
-      Waits {
-        defer,
-        ..Waits::default()
-      },
-    );
-    Ok(None)
-  }
-
-  /// Receives the next message (after every earlier `receive`): `[data, truncated, from?,
-  /// held?]`, or the end of a seqpacket connection (`false` when answered at once, `null`
-  /// when settled). Directly when one is waiting and no earlier receive is (`null` means
-  /// pending); otherwise operation `id` settles later, and `canceller` can cancel it until
-  /// it has received.
-  #[napi(
-    ts_args_type = "id: number, canceller?: ExternalObject<'Canceller'> | undefined | null, defer?: boolean",
-    ts_return_type = "[data: Buffer, truncated: boolean, from?: string | Buffer, held?: number] | false | null"
-  )]
-  pub fn receive(
-    &self,
-    env: &Env,
-    id: f64,
-    canceller: Option<&CancelHandle>,
-    defer: Option<bool>,
-  ) -> napi::Result<Option<RawValue>> {
-    let shared = match self.shared() {
-      Ok(shared) => shared,
-      Err(e) => return fail(env, id, e),
-    };
-    // `defer`: settled later whatever is there (see `StreamCore::read`).
-    let defer = defer == Some(true);
-    let room = shared.unclaimed.has_room();
-    if !room && !shared.unclaimed.stalled() {
-      // Messages dropped unread may hold what is counted: they go once collected.
-      crate::held::nudge_collector(env);
-    }
-    if !defer && room && shared.receives.is_idle() {
-      match receive_now(&shared, false) {
-        Ok(Some(outcome)) => {
-          return match message_value(env, outcome)? {
-            Settled::Value(Some(value)) => Ok(Some(value)),
-            // `null` says "pending": the end of a seqpacket connection is `false` here.
-            // SAFETY: a value made in this environment, on its thread.
-            _ => Ok(Some(RawValue(unsafe {
-              bool::to_napi_value(env.raw(), false)?
-            }))),
-          };
-        }
-        Ok(None) => {}
-        Err(e) => return fail(env, id, error::sys(e, "recvmsg")),
-      }
-    }
-    let home = settle::home(env).map_err(rejection)?;
-    let nudges = Arc::clone(&home);
-    let ticket = shared.receives.ticket();
-    let undelivered = shared.receives.undelivered();
-    let canceller: Option<Arc<Canceller>> = canceller.map(|c| Arc::clone(c));
-    let op = async move {
-      let receive = async {
-        ticket.turn().await;
-        receive_later(&shared, &nudges).await
-      };
-      let outcome = shared
-        .unless_closed(cancel::unless_cancelled(canceller, receive))
-        .await;
-      drop(shared);
-      outcome
-    };
-    let finish = |env: &Env, outcome| message_value(env, outcome).map_err(error::internal);
-    spawn_operation(
-      settle::settling(home, id, op, finish, undelivered),
-      Waits {
-        defer,
-        ..Waits::default()
-      },
-    );
-    Ok(None)
+  /// This socket's handle for the calls made per message (see `fast`).
+  #[napi(getter, ts_return_type = "ExternalObject<'MessageCore'>")]
+  pub fn handle(&self) -> MessageHandle {
+    Handle(Arc::clone(&self.core))
   }
 
   /// How many received fds may wait unclaimed (their messages' `fds` not read yet) before
@@ -560,9 +438,9 @@ impl MessageSocket {
   /// `setUnlinkOnClose(false)`. A second call does nothing.
   #[napi]
   pub fn close(&self) {
-    let shared = lock(&self.shared).take();
+    let shared = lock(&self.core.shared).take();
     if let Some(shared) = shared {
-      lock(&self.outbound).clear();
+      lock(&self.core.outbound).clear();
       if self.unlink_on_close.load(Ordering::Acquire) {
         if let Some(file) = &self.file {
           file.remove();
@@ -640,6 +518,229 @@ const FIRST_NUDGE_AFTER: Duration = Duration::from_millis(50);
 /// its message with the fds that fit (about 750 ms after the call).
 const NUDGES: u32 = 3;
 
+/// Sends `data` as one message on the socket of `core`, with the queued fds and then `fds`
+/// (duplicated now) attached, to `to` when given (an unconnected datagram socket). The
+/// byte count: directly when it went at once (`Some`), otherwise operation `id` settles
+/// later (always, with `defer`: see `StreamCore::read`).
+pub(crate) fn send(
+  env: &Env,
+  core: &MessageCore,
+  data: &[u8],
+  fds: &[i32],
+  to: Option<Either<String, Uint8ArraySlice<'_>>>,
+  id: f64,
+  defer: bool,
+) -> napi::Result<Option<f64>> {
+  let shared = match core.shared() {
+    Ok(shared) => shared,
+    Err(e) => return fail(env, id, e),
+  };
+  // The address as errors show it (a path given as bytes that are not UTF-8, lossily).
+  let (address, to) = match to {
+    Some(Either::A(path)) => (
+      Some(unix::address(&path, "sendmsg").map_err(rejection)?),
+      Some(path),
+    ),
+    Some(Either::B(bytes)) => (
+      Some(unix::address_of_bytes(&bytes, "sendmsg").map_err(rejection)?),
+      Some(String::from_utf8_lossy(&bytes).into_owned()),
+    ),
+    None => (None, None),
+  };
+  let attached = {
+    let mut outbound = lock(&core.outbound);
+    if outbound.len() + fds.len() > SCM_MAX_FD {
+      return Err(rejection(error::outbound_full()));
+    }
+    let mut duplicates = Vec::with_capacity(fds.len());
+    for fd in fds {
+      match scm_rights::dup_cloexec(*fd) {
+        Ok(duplicate) => duplicates.push(duplicate),
+        // A bad fd throws with nothing sent, as `enqueue` of it does; the duplicates made
+        // so far are closed.
+        Err(Errno::EBADF) => return Err(rejection(error::sys(Errno::EBADF, "fcntl"))),
+        // Out of fds (`EMFILE`, `ENFILE`) is no bad argument: the send fails, as a
+        // Promise-returning call does, with nothing sent.
+        Err(e) => {
+          drop(outbound);
+          drop(duplicates);
+          return fail(env, id, error::sys(e, "fcntl"));
+        }
+      }
+    }
+    let mut attached = outbound.take();
+    attached.extend(duplicates);
+    attached
+  };
+  let raw: Vec<RawFd> = attached.iter().map(AsRawFd::as_raw_fd).collect();
+  let len = data.len();
+  if !defer && shared.sends.is_idle() {
+    match scm_rights::send_message(shared.fd(), data, &raw, address.as_ref()) {
+      Ok(n) => {
+        scm_rights::close_all(attached);
+        return Ok(Some(byte_count(n)));
+      }
+      Err(Errno::EAGAIN | Errno::EINTR) => {}
+      Err(e) if scm_rights::is_transient(e) => {}
+      Err(e) => return fail(env, id, send_error(e, to.as_deref())),
+    }
+  }
+  // JS may change or detach its buffer meanwhile: the message is copied.
+  let data = data.to_vec();
+  let home = settle::home(env).map_err(rejection)?;
+  let ticket = shared.sends.ticket();
+  let undelivered = shared.sends.undelivered();
+  let op = async move {
+    let send = async {
+      ticket.turn().await;
+      send_later(&shared, &data, &raw, address.as_ref(), to.as_deref()).await
+    };
+    let outcome = shared.unless_closed(send).await;
+    // Sent or not, this process's duplicates go: the kernel holds its own references.
+    scm_rights::close_all(attached);
+    drop(shared);
+    outcome.map(|_| byte_count(len))
+  };
+  spawn_operation(
+    settle::settling(home, id, op, number, undelivered),
+    Waits {
+      defer,
+      ..Waits::default()
+    },
+  );
+  Ok(None)
+}
+
+/// Whether a message received at once passes through the scratch Buffer alone (see
+/// [`at_once_in_scratch`]): its bytes are there, below the doubles that follow them (for
+/// which `scratch` has room: the layer passes an empty one while its area is in use), and
+/// it has no sender's address.
+fn fits_in_scratch(message: &Received<Bytes>, scratch: &[u8]) -> bool {
+  matches!(message.data, Bytes::InScratch(count) if count <= settle::SCRATCH_MAX)
+    && message.from.is_none()
+    && scratch.len() >= META_END
+}
+
+/// The end of the doubles [`at_once_in_scratch`] writes.
+const META_END: usize = settle::FDS_AT + 16;
+
+/// The JS value of a message that [`fits_in_scratch`]: the count of its bytes (in the
+/// scratch Buffer), with two doubles at [`settle::FDS_AT`] of the scratch Buffer: the id its
+/// fds are held under (-1 for none) and 1 if it is `truncated` (else 0). No array: the
+/// TypeScript layer reads them right after this call.
+fn at_once_in_scratch(
+  env: &Env,
+  message: Received<Bytes>,
+  scratch: &mut [u8],
+) -> napi::Result<RawValue> {
+  let Bytes::InScratch(count) = message.data else {
+    return Err(napi::Error::from_reason(
+      "the message is not in the scratch Buffer",
+    ));
+  };
+  let held = if message.fds.is_empty() {
+    -1.0
+  } else {
+    crate::held::hold(env, message.fds)?
+  };
+  let truncated: f64 = if message.truncated { 1.0 } else { 0.0 };
+  let Some(region) = scratch.get_mut(settle::FDS_AT..META_END) else {
+    return Err(napi::Error::from_reason("the scratch Buffer is too small"));
+  };
+  region[..8].copy_from_slice(&held.to_ne_bytes());
+  region[8..].copy_from_slice(&truncated.to_ne_bytes());
+  // SAFETY: a value made in this environment, on its thread; at most 4096: exact as a u32.
+  Ok(RawValue(unsafe {
+    u32::to_napi_value(env.raw(), count as u32)?
+  }))
+}
+
+/// Receives the next message of the socket of `core` (after every earlier receive):
+/// `[data, truncated, from?, held?]`, or the end of a seqpacket connection (`false` when
+/// answered at once, `null` when settled). Directly when one is waiting and no earlier
+/// receive is (`None` means pending), its bytes in `scratch` when they fit (see [`Bytes`]);
+/// otherwise operation `id` settles later, and `canceller` can cancel it until it has
+/// received. `defer`: settled later whatever is there (see `StreamCore::read`).
+pub(crate) fn receive(
+  env: &Env,
+  core: &MessageCore,
+  id: f64,
+  canceller: Option<Arc<Canceller>>,
+  scratch: &mut [u8],
+  defer: bool,
+) -> napi::Result<Option<RawValue>> {
+  let shared = match core.shared() {
+    Ok(shared) => shared,
+    Err(e) => return fail(env, id, e),
+  };
+  let room = shared.unclaimed.has_room();
+  if !room && !shared.unclaimed.stalled() {
+    // Messages dropped unread may hold what is counted: they go once collected.
+    crate::held::nudge_collector(env);
+  }
+  if !defer && room && shared.receives.is_idle() {
+    let keep = |data: &[u8]| match scratch.get_mut(..data.len()) {
+      Some(room) => {
+        room.copy_from_slice(data);
+        Bytes::InScratch(data.len())
+      }
+      None => Bytes::Here(data.to_vec()),
+    };
+    match receive_now(&shared, false, keep) {
+      Ok(Some(Outcome::Message(message))) if fits_in_scratch(&message, scratch) => {
+        return at_once_in_scratch(env, message, scratch).map(Some);
+      }
+      Ok(Some(outcome)) => {
+        return match message_value(env, outcome)? {
+          Settled::Value(Some(value)) => Ok(Some(value)),
+          // `null` says "pending": the end of a seqpacket connection is `false` here.
+          // SAFETY: a value made in this environment, on its thread.
+          _ => Ok(Some(RawValue(unsafe {
+            bool::to_napi_value(env.raw(), false)?
+          }))),
+        };
+      }
+      Ok(None) => {}
+      Err(e) => return fail(env, id, error::sys(e, "recvmsg")),
+    }
+  }
+  let home = settle::home(env).map_err(rejection)?;
+  let nudges = Arc::clone(&home);
+  let ticket = shared.receives.ticket();
+  let undelivered = shared.receives.undelivered();
+  let op = async move {
+    let receive = async {
+      ticket.turn().await;
+      receive_later(&shared, &nudges).await
+    };
+    let outcome = shared
+      .unless_closed(cancel::unless_cancelled(canceller, receive))
+      .await;
+    drop(shared);
+    outcome
+  };
+  let finish = |env: &Env, outcome: Outcome| {
+    let outcome = match outcome {
+      Outcome::Message(message) => Outcome::Message(Received {
+        data: Bytes::Here(message.data),
+        fds: message.fds,
+        truncated: message.truncated,
+        from: message.from,
+      }),
+      Outcome::End => Outcome::End,
+    };
+    message_value(env, outcome).map_err(error::internal)
+  };
+  spawn_operation(
+    settle::settling(home, id, op, finish, undelivered),
+    Waits {
+      defer,
+      ..Waits::default()
+    },
+  );
+  Ok(None)
+}
+
 /// Waits until the socket's unclaimed fds are below its bound (or it closes): whether the
 /// receive must take only the fds that fit. Messages dropped unread free their room once
 /// collected; one collection may not get them all (a message registered for it too late),
@@ -700,7 +801,7 @@ async fn receive_later(shared: &Shared, home: &Home) -> Result<Outcome> {
       .await
       .map_err(|e| error::sys(errno_of(&e), "recvmsg"))?;
     // Room made while it waited for the message: it keeps every fd after all.
-    match receive_now(shared, fit && !shared.unclaimed.has_room()) {
+    match receive_now(shared, fit && !shared.unclaimed.has_room(), <[u8]>::to_vec) {
       Ok(Some(outcome)) => return Ok(outcome),
       Ok(None) => guard.clear_ready(),
       Err(e) => return Err(error::sys(e, "recvmsg")),
