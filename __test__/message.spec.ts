@@ -10,6 +10,7 @@ import * as assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
+import * as vm from 'node:vm'
 import {
   DatagramSocket,
   QueueFullError,
@@ -631,6 +632,14 @@ linuxTest(
       )
       t.is(codeOf(syncThrow(() => receiver.sendTo(Buffer.alloc(0), 'x'))), 'ERR_INVALID_ARG_VALUE')
       t.is(codeOf(syncThrow(() => receiver.sendTo(Buffer.from('a\0b'), 'x'))), 'ERR_INVALID_ARG_VALUE')
+      // An object made from Uint8Array's prototype is no address; one from another realm is.
+      const fake = Object.create(Uint8Array.prototype) as Uint8Array
+      t.is(codeOf(syncThrow(() => receiver.sendTo(fake, 'x'))), 'ERR_INVALID_ARG_TYPE')
+      const inRealm = vm.runInNewContext('(bytes) => new Uint8Array(bytes)') as (bytes: number[]) => Uint8Array
+      const foreign = inRealm([...Buffer.from(receiverPath)])
+      t.false(foreign instanceof Uint8Array)
+      await receiver.sendTo(foreign, 'to itself')
+      t.is(String((await withTimeout(receiver.receive(), 5000, 'its own message'))?.data), 'to itself')
     } finally {
       receiver.close()
     }

@@ -100,7 +100,8 @@ export function validatePath(path: unknown, name = 'path'): string {
  */
 export function validateAddress(path: unknown, name = 'path'): string | Uint8Array {
   if (typeof path === 'string') return validatePath(path, name)
-  if (!(path instanceof Uint8Array)) throw invalidArgType(name, 'of type string or Uint8Array', path)
+  // A Uint8Array of any realm; an object that only has its prototype is refused.
+  if (!types.isUint8Array(path)) throw invalidArgType(name, 'of type string or Uint8Array', path)
   checkAddress(name, path.length, path[0] === 0, path.indexOf(0, 1) >= 0)
   return path
 }
