@@ -346,6 +346,16 @@ for (const mode of ['stream', 'seqpacket']) {
   })
 }
 
+for (const kind of ['stream', 'seqpacket', 'fdsocket']) {
+  test(`a loop that retries a ${kind} connect that fails at once lets a timer bind the listener it waits for`, async (t) => {
+    const result = await runFixture('busy-loops', [`connect-${kind}`])
+    t.false(result.timedOut, 'the timer never fired: the failing connects held the event loop')
+    const report = lastJson(result)
+    t.like(report, { driver: expected, bound: true })
+    t.true(report.failures > 0)
+  })
+}
+
 test('2,000 reads that each find data, awaited one after another, let a timer due at once fire before they end', async (t) => {
   const report = lastJson(await runFixture('busy-loops', ['backlog']))
   t.like(report, { driver: expected, reads: 2000 })

@@ -365,7 +365,9 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     try {
       inner = native(() => binding.NativeAsyncUnixStream.connect(path))
     } catch (error) {
-      process.nextTick(() => {
+      // After the loop's poll too, as net's: a loop that retries a failing connect lets
+      // timers and I/O run.
+      setImmediate(() => {
         this.#connecting = false
         this.destroy(error as Error)
       })

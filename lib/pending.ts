@@ -367,15 +367,39 @@ export function setReferencedOpen(liveness: Liveness, referenced: boolean, fd: n
 
 /**
  * The Promise of a connect that a Unix socket makes at once or not at all: `connect()`'s
- * outcome, or an `AbortError` when `signal` is aborted already.
+ * outcome, or an `AbortError` when `signal` is aborted already. It counts as an outcome
+ * that came at once (see {@link IMMEDIATE_BUDGET}): past the budget it settles once the
+ * event loop has turned, so that a loop that retries a failing connect lets timers and
+ * I/O run (as `net`'s connect, whose outcome comes from the loop's poll).
  */
 export function connectedNow<T>(signal: AbortSignal | undefined, connect: () => T): Promise<T> {
   if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
+  const deferred = mustDefer()
+  let connected: T
   try {
-    return Promise.resolve(connect())
+    connected = connect()
   } catch (error) {
-    return Promise.reject(error)
+    if (!deferred) {
+      countImmediate()
+      return Promise.reject(error)
+    }
+    return afterTurn(() => Promise.reject(error))
   }
+  if (!deferred) {
+    countImmediate()
+    return Promise.resolve(connected)
+  }
+  return afterTurn(() => connected)
+}
+
+/** `outcome()`, once the event loop has turned (which ends the run of immediate outcomes). */
+function afterTurn<T>(outcome: () => T | Promise<T>): Promise<T> {
+  return new Promise<T>((resolve) => {
+    setImmediate(() => {
+      loopTurned()
+      resolve(outcome())
+    })
+  })
 }
 
 /**
