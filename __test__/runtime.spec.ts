@@ -25,6 +25,7 @@ import {
   tmpSocketPath,
 } from './helpers.js'
 import { withTimeout } from './async-helpers.js'
+import { linuxTest } from './platform.js'
 
 const T = 30_000
 const expected = process.env.FD_QUEUE_DRIVER === 'threads' ? 'threads' : 'libuv'
@@ -345,6 +346,21 @@ for (const mode of ['stream', 'seqpacket']) {
     t.true(report.writes > 0 && report.reads > 0)
   })
 }
+
+linuxTest(
+  "the runtime's epoll fd closed under it (by code closing numbers it does not own): no abort, no panic message",
+  async (t) => {
+    const result = await runFixture('reactor-closed', [])
+    t.false(result.timedOut, result.stderr)
+    t.is(result.code, 0, result.stderr)
+    t.is(result.stderr, '', 'nothing printed')
+    const report = lastJson(result)
+    t.true(report.closed > 0, 'the package made an epoll fd')
+    // The JS-thread runtime's close() settles the read; the threads driver's runtime
+    // thread ended with the panic.
+    t.like(report, { driver: expected, outcome: expected === 'libuv' ? 'ERR_SOCKET_CLOSED' : 'not awaited' })
+  },
+)
 
 for (const kind of ['stream', 'seqpacket', 'fdsocket']) {
   test(`a loop that retries a ${kind} connect that fails at once lets a timer bind the listener it waits for`, async (t) => {

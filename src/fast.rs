@@ -327,12 +327,24 @@ const CALLS: [(&str, napi::Callback); 10] = [
   ("releaseHeldFds", release_held_fds),
 ];
 
-/// Adds [`CALLS`] to the addon's exports.
+/// Adds [`CALLS`] to the addon's exports, and silences panics (see [`silence_panics`]).
 #[napi(module_exports)]
 pub fn register(mut exports: Object, env: Env) -> napi::Result<()> {
+  silence_panics();
   for (name, callback) in CALLS {
     let function = env.create_function::<Unknown, Unknown>(name, callback)?;
     exports.set_named_property(name, function)?;
   }
   Ok(())
+}
+
+/// Makes a panic of this addon's code print nothing (the hook is this library's own: its
+/// copy of std is linked in). None is expected; every place one could reach Node catches
+/// it and turns it into an error, or (tokio's, when the reactor's fd was closed under it
+/// by code that closed a number it did not own) ends the runtime it came from; a thread of
+/// the `'threads'` driver that panics ends. Printing would put Rust's message and
+/// backtrace note in the host program's stderr.
+fn silence_panics() {
+  static ONCE: std::sync::Once = std::sync::Once::new();
+  ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
 }

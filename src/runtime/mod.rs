@@ -79,6 +79,9 @@ struct Local {
   /// process's own timers for seconds.)
   next_turn: RefCell<Option<uv::Handle>>,
   driving: Cell<bool>,
+  /// The runtime panicked in a drive (its reactor's epoll fd closed under it by code that
+  /// closed a number it did not own): it is not driven again.
+  broken: Cell<bool>,
   /// A drive is set for the next loop iteration.
   scheduled: Cell<bool>,
   /// When the tasks in a `sleep` wake (how many at each instant): the timer is set for
@@ -645,6 +648,7 @@ impl Local {
       sweep_timer: RefCell::new(Some(sweep_timer)),
       sweeps: RefCell::new(Vec::new()),
       driving: Cell::new(false),
+      broken: Cell::new(false),
       scheduled: Cell::new(false),
       sleeping: RefCell::new(BTreeMap::new()),
       spawns: RefCell::new(Vec::new()),
@@ -673,7 +677,7 @@ impl Local {
   /// callback owes once JS has had the results of the reads it tried first (see
   /// [`Local::try_after_event`]). Only for a drive with nothing else to run.
   fn drive_with(&self, turn: bool, then_try: bool) {
-    if !turn && !self.has_work() {
+    if self.broken.get() || (!turn && !self.has_work()) {
       return;
     }
     if self.driving.replace(true) {
@@ -685,7 +689,22 @@ impl Local {
     // waiting; again while that turn (or the tasks) left work. Every turn must find each
     // parked read started before it or tried right after it: the turn may collect the one
     // event that read waits for.
-    let quiet = self.runtime.block_on(async {
+    // A panic (tokio's, when its reactor's fd was closed under it) stops here, and ends
+    // this runtime: it must not reach Node, which would abort (a drive runs inside calls
+    // such as `close()` too).
+    let drove =
+      std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive_rounds(then_try)));
+    self.driving.set(false);
+    match drove {
+      Ok(true) => {}
+      Ok(false) => self.soon(),
+      Err(_) => self.broken.set(true),
+    }
+  }
+
+  /// The rounds of one drive ([`Local::drive_with`]); whether they left the runtime quiet.
+  fn drive_rounds(&self, then_try: bool) -> bool {
+    self.runtime.block_on(async {
       if then_try {
         // Nothing is queued: this only turns the reactor.
         tokio::task::yield_now().await;
@@ -713,11 +732,7 @@ impl Local {
         }
       }
       false
-    });
-    self.driving.set(false);
-    if !quiet {
-      self.soon();
-    }
+    })
   }
 
   /// At the start of a loop callback: tries the reads parked for an event (a read that
