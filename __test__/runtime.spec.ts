@@ -358,7 +358,11 @@ linuxTest(
     t.true(report.closed > 0, 'the package made an epoll fd')
     // The JS-thread runtime's close() settles the read; the threads driver's runtime
     // thread ended with the panic.
-    t.like(report, { driver: expected, outcome: expected === 'libuv' ? 'ERR_SOCKET_CLOSED' : 'not awaited' })
+    t.like(report, {
+      driver: expected,
+      outcome: expected === 'libuv' ? 'ERR_SOCKET_CLOSED' : 'not awaited',
+      echo: 'echo:hi',
+    })
   },
 )
 

@@ -54,7 +54,8 @@ pub struct RuntimeInfo {
 
 /// The JS-thread runtime of this thread, once chosen.
 struct Local {
-  runtime: tokio::runtime::Runtime,
+  /// Dropped with the `Local`, unless it broke (see `broken`).
+  runtime: std::mem::ManuallyDrop<tokio::runtime::Runtime>,
   shared: Arc<Shared>,
   env: sys::napi_env,
   /// The async context JS is called in after a drive (for async hooks and microtasks).
@@ -80,7 +81,7 @@ struct Local {
   next_turn: RefCell<Option<uv::Handle>>,
   driving: Cell<bool>,
   /// The runtime panicked in a drive (its reactor's epoll fd closed under it by code that
-  /// closed a number it did not own): it is not driven again.
+  /// closed a number it did not own): see [`Local::break_down`].
   broken: Cell<bool>,
   /// A drive is set for the next loop iteration.
   scheduled: Cell<bool>,
@@ -634,7 +635,7 @@ impl Local {
     let context = async_context(env).map_err(|e| format!("napi_async_init: {e}"))?;
     let resource = resource_object(env).map_err(|e| format!("the callbacks' resource: {e}"))?;
     let local = Rc::new(Self {
-      runtime,
+      runtime: std::mem::ManuallyDrop::new(runtime),
       shared,
       env: env.raw(),
       context,
@@ -698,7 +699,19 @@ impl Local {
     match drove {
       Ok(true) => {}
       Ok(false) => self.soon(),
-      Err(_) => self.broken.set(true),
+      Err(_) => self.break_down(),
+    }
+  }
+
+  /// Ends a runtime that panicked (its reactor's epoll fd was closed under it): it is not
+  /// driven again, and its loop handle on that fd number goes at once (left started, it
+  /// would take the events of whatever gets the number next, and the loop would spin on
+  /// them). The runtime itself is never dropped: dropping it would close that number, and
+  /// perhaps others of its own, again, which may be someone else's by then.
+  fn break_down(&self) {
+    self.broken.set(true);
+    if let Some(poll) = self.poll.borrow_mut().take() {
+      poll.close(uv::Kind::Poll, None);
     }
   }
 
@@ -938,6 +951,15 @@ impl Local {
     match lock(&self.shared.wakeup).take() {
       Some(WakeupHandle(wakeup)) => wakeup.close(uv::Kind::Async, Some(done)),
       None => done(),
+    }
+  }
+}
+
+impl Drop for Local {
+  fn drop(&mut self) {
+    if !self.broken.get() {
+      // SAFETY: the runtime is dropped once, here, and the `Local` is not used after.
+      unsafe { std::mem::ManuallyDrop::drop(&mut self.runtime) };
     }
   }
 }
