@@ -164,10 +164,21 @@ function claimedOnRead([data, truncated, from, id]: Received): Message {
   return message
 }
 
-/** Out of memory for a message received at once: the receive rejects, its fds are closed. */
-function lostMessage(held: number | undefined, error: unknown): Promise<never> {
-  if (held !== undefined) binding.releaseHeldFds(held, false, noScratch)
-  return Promise.reject(error)
+/** A message received at once whose bytes (their count) are in the scratch Buffer. */
+type InScratch = [data: number, truncated: boolean, from?: string | Buffer, held?: number]
+
+/**
+ * The message, its bytes copied out of the scratch Buffer into a Buffer of its own. Out of
+ * memory, the receive rejects and the message's fds are closed.
+ */
+function copiedOut(message: InScratch): Received | Promise<never> {
+  const [count, truncated, from, held] = message
+  try {
+    return [copyOut(count), truncated, from, held]
+  } catch (error) {
+    if (held !== undefined) binding.releaseHeldFds(held, false, noScratch)
+    return Promise.reject(error)
+  }
 }
 
 /** A receive's outcome as `receive()` resolves with it. */
@@ -291,27 +302,9 @@ abstract class MessageSocket implements EnqueueFd {
     const now = binding.messageReceive(this.#handle, id, canceller, readScratch(), defer)
     if (now === false) return END
     if (now === null) return null
-    let count: number, held: number | undefined
-    if (typeof now === 'number') {
-      // Copied first: nothing may run before what the scratch area holds is out.
-      count = now
-      held = messageHeldId()
-      const truncated = messageTruncated()
-      try {
-        return [copyOut(count), truncated, undefined, held]
-      } catch (error) {
-        return lostMessage(held, error)
-      }
-    }
-    if (typeof now[0] !== 'number') return now as Received
-    count = now[0]
-    held = now[3]
-    try {
-      now[0] = copyOut(count)
-    } catch (error) {
-      return lostMessage(held, error)
-    }
-    return now as Received
+    // What the scratch area holds is taken before anything else runs.
+    if (typeof now === 'number') return copiedOut([now, messageTruncated(), undefined, messageHeldId()])
+    return typeof now[0] === 'number' ? copiedOut(now as InScratch) : (now as Received)
   }
 
   /**

@@ -375,21 +375,17 @@ export function setReferencedOpen(liveness: Liveness, referenced: boolean, fd: n
 export function connectedNow<T>(signal: AbortSignal | undefined, connect: () => T): Promise<T> {
   if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
   const deferred = mustDefer()
-  let connected: T
+  let outcome: () => T | Promise<T>
   try {
-    connected = connect()
+    const connected = connect()
+    outcome = () => connected
   } catch (error) {
-    if (!deferred) {
-      countImmediate()
-      return Promise.reject(error)
-    }
-    return afterTurn(() => Promise.reject(error))
+    // Made when it is handed on: a rejected Promise held for a turn would be unhandled.
+    outcome = () => Promise.reject(error)
   }
-  if (!deferred) {
-    countImmediate()
-    return Promise.resolve(connected)
-  }
-  return afterTurn(() => connected)
+  if (deferred) return afterTurn(outcome)
+  countImmediate()
+  return Promise.resolve(outcome())
 }
 
 /** `outcome()`, once the event loop has turned (which ends the run of immediate outcomes). */

@@ -234,14 +234,7 @@ pub(crate) fn release_held_fds(
     drop(fds);
     return Ok(Released::Nothing);
   }
-  let at = crate::settle::FDS_AT;
-  let room = at
-    .checked_add(fds.len() * 4)
-    .and_then(|end| scratch.get_mut(at..end));
-  if let Some(room) = room {
-    for (slot, fd) in room.chunks_exact_mut(4).zip(fds.raw()) {
-      slot.copy_from_slice(&fd.to_ne_bytes());
-    }
+  if crate::settle::write_fd_numbers(scratch, fds.raw(), fds.len()) {
     // At most SCM_MAX_FD (253) per message: a u32.
     let count = u32::try_from(fds.len()).unwrap_or(u32::MAX);
     fds.hand_over();

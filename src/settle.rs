@@ -532,12 +532,8 @@ impl Home {
       let Some((bytes, header)) = split_header(area) else {
         return false;
       };
-      let end = count.checked_mul(4).and_then(|n| n.checked_add(FDS_AT));
-      let Some(region) = end.and_then(|end| bytes.get_mut(FDS_AT..end)) else {
+      if !write_fd_numbers(bytes, fds, count) {
         return false;
-      };
-      for (slot, fd) in region.chunks_exact_mut(4).zip(fds) {
-        slot.copy_from_slice(&fd.to_ne_bytes());
       }
       arm(header);
       true
@@ -819,6 +815,23 @@ const ARMED: f64 = 1.0;
 /// the bytes passed there (at most [`SCRATCH_MAX`]); also where a message received at once
 /// passes what it is besides its bytes (`message::receive`).
 pub(crate) const FDS_AT: usize = SCRATCH_MAX;
+
+/// Writes the numbers of `count` fds into a scratch Buffer's `bytes`, native-endian `i32`s
+/// from [`FDS_AT`] on, for JS to read through an Int32Array. `false` when they do not fit.
+pub(crate) fn write_fd_numbers(
+  bytes: &mut [u8],
+  fds: impl Iterator<Item = RawFd>,
+  count: usize,
+) -> bool {
+  let end = count.checked_mul(4).and_then(|n| n.checked_add(FDS_AT));
+  let Some(region) = end.and_then(|end| bytes.get_mut(FDS_AT..end)) else {
+    return false;
+  };
+  for (slot, fd) in region.chunks_exact_mut(4).zip(fds) {
+    slot.copy_from_slice(&fd.to_ne_bytes());
+  }
+  true
+}
 
 /// The most bytes [`Home::bytes_value`] passes through a scratch Buffer. That costs a
 /// second copy, cheaper than the Buffer it saves for small data only.

@@ -90,24 +90,23 @@ impl MessageCore {
 /// stays with the socket object: the handle only keeps the memory alive, never the socket.
 pub type MessageHandle = Handle<Arc<MessageCore>>;
 
-/// A message as received, before it reaches JS (its fds owned until then): its bytes as
-/// `D`.
-struct Received<D = Vec<u8>> {
-  data: D,
+/// A message as received, before it reaches JS (its fds owned until then).
+struct Received {
+  data: Bytes,
   fds: Admitted,
   truncated: bool,
   from: Option<Vec<u8>>,
 }
 
 /// What one receive found: a message, or (seqpacket) the end of the connection.
-enum Outcome<D = Vec<u8>> {
-  Message(Received<D>),
+enum Outcome {
+  Message(Received),
   End,
 }
 
-/// Where the bytes of a message answered at once are: in the TypeScript layer's scratch
-/// Buffer (their count), which it copies them out of into a Buffer of its own (one that V8
-/// makes in its heap costs less than any made here), or, when they do not fit, here.
+/// Where the bytes of a message are: in the TypeScript layer's scratch Buffer (their count;
+/// a message answered at once whose bytes fit), which it copies them out of into a Buffer
+/// of its own (one that V8 makes in its heap costs less than any made here), or here.
 enum Bytes {
   InScratch(usize),
   Here(Vec<u8>),
@@ -136,11 +135,11 @@ thread_local! {
 /// One non-blocking receive, its bytes kept as `keep` makes them. `Ok(None)`: nothing is
 /// waiting. With `fit`, only the fds the bound has room for are kept (see
 /// `wait_for_room`).
-fn receive_now<D>(
+fn receive_now(
   shared: &Shared,
   fit: bool,
-  keep: impl FnOnce(&[u8]) -> D,
-) -> nix::Result<Option<Outcome<D>>> {
+  keep: impl FnOnce(&[u8]) -> Bytes,
+) -> nix::Result<Option<Outcome>> {
   let (fd, kind) = (shared.fd(), shared.kind);
   SCRATCH.with_borrow_mut(|scratch| {
     if scratch.is_empty() {
@@ -213,7 +212,7 @@ fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 /// `null` at the end. `data` is a Buffer, or the count of bytes in the scratch Buffer (see
 /// [`Bytes`]). A message's fds are held under the id `held` (see `held`): their numbers
 /// reach JS when code reads the message's `fds`.
-fn message_value(env: &Env, outcome: Outcome<Bytes>) -> napi::Result<Settled> {
+fn message_value(env: &Env, outcome: Outcome) -> napi::Result<Settled> {
   let Outcome::Message(message) = outcome else {
     return Ok(Settled::Value(None));
   };
@@ -615,7 +614,7 @@ pub(crate) fn send(
 /// [`at_once_in_scratch`]): its bytes are there, below the doubles that follow them (for
 /// which `scratch` has room: the layer passes an empty one while its area is in use), and
 /// it has no sender's address.
-fn fits_in_scratch(message: &Received<Bytes>, scratch: &[u8]) -> bool {
+fn fits_in_scratch(message: &Received, scratch: &[u8]) -> bool {
   matches!(message.data, Bytes::InScratch(count) if count <= settle::SCRATCH_MAX)
     && message.from.is_none()
     && scratch.len() >= META_END
@@ -628,11 +627,7 @@ const META_END: usize = settle::FDS_AT + 16;
 /// scratch Buffer), with two doubles at [`settle::FDS_AT`] of the scratch Buffer: the id its
 /// fds are held under (-1 for none) and 1 if it is `truncated` (else 0). No array: the
 /// TypeScript layer reads them right after this call.
-fn at_once_in_scratch(
-  env: &Env,
-  message: Received<Bytes>,
-  scratch: &mut [u8],
-) -> napi::Result<RawValue> {
+fn at_once_in_scratch(env: &Env, message: Received, scratch: &mut [u8]) -> napi::Result<RawValue> {
   let Bytes::InScratch(count) = message.data else {
     return Err(napi::Error::from_reason(
       "the message is not in the scratch Buffer",
@@ -719,18 +714,7 @@ pub(crate) fn receive(
     drop(shared);
     outcome
   };
-  let finish = |env: &Env, outcome: Outcome| {
-    let outcome = match outcome {
-      Outcome::Message(message) => Outcome::Message(Received {
-        data: Bytes::Here(message.data),
-        fds: message.fds,
-        truncated: message.truncated,
-        from: message.from,
-      }),
-      Outcome::End => Outcome::End,
-    };
-    message_value(env, outcome).map_err(error::internal)
-  };
+  let finish = |env: &Env, outcome| message_value(env, outcome).map_err(error::internal);
   spawn_operation(
     settle::settling(home, id, op, finish, undelivered),
     Waits {
@@ -801,7 +785,8 @@ async fn receive_later(shared: &Shared, home: &Home) -> Result<Outcome> {
       .await
       .map_err(|e| error::sys(errno_of(&e), "recvmsg"))?;
     // Room made while it waited for the message: it keeps every fd after all.
-    match receive_now(shared, fit && !shared.unclaimed.has_room(), <[u8]>::to_vec) {
+    let keep = |data: &[u8]| Bytes::Here(data.to_vec());
+    match receive_now(shared, fit && !shared.unclaimed.has_room(), keep) {
       Ok(Some(outcome)) => return Ok(outcome),
       Ok(None) => guard.clear_ready(),
       Err(e) => return Err(error::sys(e, "recvmsg")),
