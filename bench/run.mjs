@@ -1288,7 +1288,7 @@ async function main() {
     date: new Date().toISOString(),
     node: process.version,
     python,
-    cc: available.has('c') ? versionOf(process.env.CC || 'cc', ['--version']) : null,
+    cc: cPeer ? versionOf(process.env.CC || 'cc', ['--version']) : null,
     kernel: os.release(),
     cpus: os.cpus().length,
     cpuModel,
