@@ -281,6 +281,11 @@ test('a read that settles with nothing started after it lets the process exit; a
   t.is(unrefd.code, 0, unrefd.stderr)
   const reading = await exits(['settled', 'reading'], 1_500)
   t.false(reading.exited, `with a read pending the process exited: ${reading.stderr}`)
+  // Reads that found their bytes there leave the read registration in place (under
+  // 'libuv'), and bytes then come with no read pending: nothing is pending.
+  const kept = await exits(['settled', 'kept'], 60_000)
+  t.true(kept.exited, kept.stderr)
+  t.is(kept.code, 0, kept.stderr)
 })
 
 test('unref() then ref() again keeps the process alive', async (t) => {
