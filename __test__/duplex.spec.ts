@@ -525,6 +525,67 @@ test.serial(
   },
 )
 
+test('createServer({ pauseOnConnect: true }): an accepted socket reads nothing until resume(), so it is handed over with its bytes and fds', async (t) => {
+  const sock = tmpSocketPath()
+  const accepted: FdSocket[] = []
+  const arrived = new EventEmitter()
+  const server = createServer({ pauseOnConnect: true }, (socket) => {
+    accepted.push(socket)
+    arrived.emit('socket')
+  })
+  cleanup(t, server)
+  server.listen(sock)
+  await withTimeout(onceEvent(server, 'listening'), T, 'listening')
+  const file = tmpFile('rides with the handed-over connection')
+  const next = async (): Promise<FdSocket> => {
+    if (accepted.length === 0) await withTimeout(onceEvent(arrived, 'socket'), T, 'a connection')
+    return accepted.shift()!
+  }
+
+  // 1. Bytes and an fd sent before the server touches the connection stay in it.
+  const client = connect(sock)
+  cleanup(t, client)
+  await withTimeout(onceEvent(client, 'connect'), T, 'connect')
+  enqueueFile(client, file)
+  await withTimeout(new Promise<void>((resolve) => client.write('hello', () => resolve())), T, 'write')
+  const paused = await next()
+  cleanup(t, paused)
+  t.true(paused.isPaused())
+  t.is(paused.readableFlowing, false)
+  // Time in which a socket that reads ahead reads (as one made without the option does).
+  await sleep(100)
+  t.is(paused.bytesRead, 0, 'nothing read')
+  t.is(paused.readableLength, 0)
+  // Handed over (a duplicate rides on a write), then closed here: the new owner reads
+  // all of it.
+  const [here, there] = AsyncUnixStream.pair()
+  cleanup(t, here, there)
+  here.enqueue(paused)
+  await here.write('h')
+  paused.destroy()
+  await withTimeout(there.read(), T, 'the hand-over')
+  const [fd] = takeFds(t, there)
+  const adopted = new FdSocket({ fd })
+  cleanup(t, adopted)
+  const handed: number[] = []
+  adopted.on('fds', (fds: FdsArrived) => handed.push(...fds))
+  t.is((await withTimeout(onceEvent(adopted, 'data'), T, 'the adopted socket reads'))[0].toString(), 'hello')
+  t.is(handed.length, 1)
+  t.is(fdIdentity(handed[0]), pathIdentity(file))
+  closeAll(handed)
+
+  // 2. resume() starts reading, as net's does.
+  const second = connect(sock)
+  cleanup(t, second)
+  await withTimeout(onceEvent(second, 'connect'), T, 'connect')
+  second.write('hi')
+  const resumed = await next()
+  cleanup(t, resumed)
+  const data = onceEvent(resumed, 'data')
+  resumed.resume()
+  t.is((await withTimeout(data, T, 'data after resume()'))[0].toString(), 'hi')
+})
+
 test("connect({ path, ...options }, cb) and socket.connect({ path }, cb), net's options form, connect and carry an fd", async (t) => {
   const sock = tmpSocketPath()
   const listener = AsyncUnixListener.bind(sock)

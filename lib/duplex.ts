@@ -126,7 +126,7 @@ function firstFd(fds: number[]): number {
 /** @internal */
 type Callback = (error?: Error | null) => void
 
-let attachNative: (socket: FdSocket, inner: Native.NativeAsyncUnixStream) => void
+let attachNative: (socket: FdSocket, inner: Native.NativeAsyncUnixStream, paused?: boolean) => void
 /** The native streams of the `AsyncUnixStream`s that `FdSocket.from` wrapped. */
 const wrappedStreams = new WeakSet<Native.NativeAsyncUnixStream>()
 
@@ -220,7 +220,7 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #wrappedLiveness: Liveness | undefined = undefined
 
   static {
-    attachNative = (socket, inner) => socket.#attach(inner)
+    attachNative = (socket, inner, paused) => socket.#attach(inner, paused)
   }
 
   constructor(options: FdSocketOptions = {}) {
@@ -393,7 +393,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     return this
   }
 
-  #attach(inner: Native.NativeAsyncUnixStream): void {
+  /** `paused`: made by a server with `pauseOnConnect`, it reads nothing until resumed. */
+  #attach(inner: Native.NativeAsyncUnixStream, paused = false): void {
     // Destroyed before it got its stream (its signal aborted already): the stream goes too.
     if (this.destroyed) {
       inner.close()
@@ -405,9 +406,14 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     inner.maxQueuedFds = this.#maxQueuedFds
     inner.setHandingFds(this.listenerCount('fds') > 0)
     for (const { run } of this.#onConnect.splice(0)) run()
+    if (this.destroyed) return
+    // Like net.Socket with pauseOnCreate: paused (not flowing, nothing read) until
+    // resume() or read(), so that the bytes and fds stay in the socket, e.g. to be handed
+    // over with it.
+    if (paused) (this as { readableFlowing: boolean | null }).readableFlowing = false
     // Like net.Socket: a connected socket reads (up to its highWaterMark) so that the
     // peer's end is noticed and 'end'/'close' follow without a consumer.
-    if (!this.destroyed) this.read(0)
+    else this.read(0)
   }
 
   /** `true` until connected. */
@@ -1272,9 +1278,9 @@ function asCallback(fn: () => void): void {
   }
 }
 
-function wrapNative(inner: Native.NativeAsyncUnixStream, options?: FdSocketOptions): FdSocket {
+function wrapNative(inner: Native.NativeAsyncUnixStream, options?: FdSocketOptions, paused = false): FdSocket {
   const socket = new FdSocket(options)
-  attachNative(socket, inner)
+  attachNative(socket, inner, paused)
   return socket
 }
 
@@ -1285,6 +1291,12 @@ export interface FdServerOptions extends FdSocketOptions {
    * the peer's credentials); others are closed at once and reported by a `refused` event.
    */
   allowedUids?: number[]
+  /**
+   * Accepted sockets start paused, as with `net.createServer({ pauseOnConnect: true })`:
+   * they read nothing (bytes and fds stay in the socket, to be handed over with it) until
+   * `resume()` or `read()`. Default `false`.
+   */
+  pauseOnConnect?: boolean
 }
 
 /**
@@ -1329,6 +1341,7 @@ export class FdServer extends EventEmitter {
   #exhausted = false
   #options: FdSocketOptions
   #allowedUids: Set<number> | null = null
+  #pauseOnConnect: boolean
   #unlinkOnClose = true
   /** `options.signal`: its abort closes the server (and, given to each, its connections). */
   #signal: AbortSignal | undefined
@@ -1345,7 +1358,9 @@ export class FdServer extends EventEmitter {
       throw invalidArgType('options', 'of type object', options)
     }
     validateCallback(onConnection, 'onConnection')
-    const { allowedUids, ...socketOptions } = options ?? {}
+    const { allowedUids, pauseOnConnect, ...socketOptions } = options ?? {}
+    // Any value, taken as a boolean, as net.Server takes it.
+    this.#pauseOnConnect = Boolean(pauseOnConnect)
     if (socketOptions.fd !== undefined) {
       throw invalidArgValue('options.fd', 'is for a socket; adopt a listening fd with server.listen({ fd })')
     }
@@ -1501,7 +1516,7 @@ export class FdServer extends EventEmitter {
     }
     let socket: FdSocket
     try {
-      socket = wrapNative(stream, this.#options)
+      socket = wrapNative(stream, this.#options, this.#pauseOnConnect)
     } catch (error) {
       stream.close()
       this.emit('acceptError', error)
