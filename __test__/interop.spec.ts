@@ -422,6 +422,56 @@ function closeServer(server: FdServer): Promise<void> {
 }
 
 test.serial(
+  'python sends a byte out of band (MSG_OOB) with an fd: AsyncUnixStream and FdSocket read it in line, with its fd',
+  async (t) => {
+    const { dir, paths } = files(3, 'out of band')
+    const check = (what: string, data: string, fds: number[], outcome: string) => {
+      if (outcome !== 'sent') t.log(`${what}: this kernel refuses MSG_OOB on a Unix socket; "!" went in line`)
+      t.is(data, 'before!after', `${what}: every byte, "!" in its place`)
+      t.is(fds.length, 3, `${what}: every fd, the out-of-band byte's too`)
+      fds.forEach((fd, i) => {
+        checkReceived(t, fd, `${what} fd ${i}`)
+        t.is(fdIdentity(fd), pathIdentity(paths[i]), `${what}: fd ${i} in order`)
+      })
+      closeAll(fds)
+    }
+    try {
+      // AsyncUnixStream: read to the end, dequeuing after every read.
+      const socketPath = tmpSocketPath()
+      const listener = AsyncUnixListener.bind(socketPath)
+      const peer = startPeer('python3', ['peer.py', 'oob', socketPath, ...paths])
+      const stream = await withTimeout(listener.accept(), 10_000, 'python connects')
+      listener.close()
+      let data = ''
+      const fds: number[] = []
+      try {
+        for (let chunk; (chunk = await withTimeout(stream.read(), 10_000, 'python sends')).length > 0;) {
+          data += chunk.toString('latin1')
+          for (let fd; (fd = stream.dequeue()) !== null;) fds.push(fd)
+        }
+      } finally {
+        stream.close()
+      }
+      check('AsyncUnixStream', data, fds, (await withTimeout(peer.done, 10_000, 'python exits')).at(-1).oob)
+
+      // FdSocket, with an 'fds' listener.
+      const { server, socketPath: serverPath, accepted } = await serveOne()
+      const second = startPeer('python3', ['peer.py', 'oob', serverPath, ...paths])
+      const socket = await withTimeout(accepted, 10_000, 'python connects')
+      let text = ''
+      const handed: number[] = []
+      socket.on('fds', (arrived: FdsArrived) => handed.push(...arrived))
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')))
+      await withTimeout(new Promise((resolve) => socket.once('close', resolve)), 10_000, 'the socket closes')
+      await closeServer(server)
+      check('FdSocket', text, handed, (await withTimeout(second.done, 10_000, 'python exits')).at(-1).oob)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  },
+)
+
+test.serial(
   'Go UnixRights → fd-queue (FdSocket): the fds are dequeue-able with the chunk that starts "CD"',
   async (t) => {
     const { dir, paths, texts } = files(1, 'go sends')

@@ -82,6 +82,20 @@ fn finish(fd: OwnedFd, nonblocking: bool) -> nix::Result<OwnedFd> {
   Ok(fd)
 }
 
+/// Has a byte a peer sends with `MSG_OOB` arrive in line with the others, with the fds it
+/// carries. Linux queues it apart otherwise, where a plain `recvmsg` never reads it: its
+/// fds were closed unseen, no `MSG_CTRUNC` said so, and the byte was lost. Stream sockets
+/// only (the others carry no out-of-band data); best effort, as a socket refusing it has
+/// no out-of-band data to lose.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn in_line_out_of_band(fd: BorrowedFd<'_>) {
+  let _ = setsockopt(&fd, sockopt::OobInline, &true);
+}
+
+/// Out-of-band data on Unix sockets is Linux's alone.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn in_line_out_of_band(_fd: BorrowedFd<'_>) {}
+
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
   use nix::fcntl::{fcntl, FcntlArg, OFlag};
   let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
@@ -119,6 +133,10 @@ pub fn pair_of(kind: Kind, nonblocking: bool) -> Result<(OwnedFd, OwnedFd)> {
   .map_err(|e| error::sys(e, "socketpair"))?;
   let a = finish(a, nonblocking).map_err(|e| error::sys(e, "fcntl"))?;
   let b = finish(b, nonblocking).map_err(|e| error::sys(e, "fcntl"))?;
+  if kind == Kind::Stream {
+    in_line_out_of_band(a.as_fd());
+    in_line_out_of_band(b.as_fd());
+  }
   Ok((a, b))
 }
 
@@ -207,6 +225,9 @@ pub fn connect_kind(
     _ => None,
   };
   let fd = new_socket(kind, nonblocking).map_err(|e| error::sys(e, "socket"))?;
+  if kind == Kind::Stream {
+    in_line_out_of_band(fd.as_fd());
+  }
   let deadline = timeout.map(|t| Instant::now() + t);
   let timed_out = || error::sys_path(Errno::ETIMEDOUT, "connect", path);
   let mut left = timeout;
@@ -325,13 +346,16 @@ fn listen(fd: BorrowedFd<'_>) -> nix::Result<()> {
   Errno::result(unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) }).map(drop)
 }
 
-/// Accepts one connection, close-on-exec (and non-blocking when asked) from birth.
+/// Accepts one connection, close-on-exec (and non-blocking when asked) from birth, with
+/// out-of-band bytes in line (inert on a seqpacket connection).
 pub fn accept(listener: BorrowedFd<'_>, nonblocking: bool) -> nix::Result<OwnedFd> {
   #[cfg(not(any(target_os = "macos", target_os = "ios")))]
   let fd = socket::accept4(listener, socket_flags(nonblocking))?;
   #[cfg(any(target_os = "macos", target_os = "ios"))]
   let fd = socket::accept(listener)?;
-  finish(fd, nonblocking)
+  let fd = finish(fd, nonblocking)?;
+  in_line_out_of_band(fd.as_fd());
+  Ok(fd)
 }
 
 /// The address a socket is bound to, as `bind` takes it: a path, `\0name` for an
@@ -377,8 +401,10 @@ pub enum Adopt {
 /// other fd is refused with `ERR_INVALID_FD_TYPE` and left untouched: still open, still
 /// the caller's. `EBADF` when it is not open.
 ///
-/// Nothing else is changed: in particular not `O_NONBLOCK`, which belongs to the open file
-/// description that other holders share. The classes that need it set it themselves.
+/// Nothing else is changed but, for a connected stream socket, out-of-band bytes coming
+/// in line (see `in_line_out_of_band`; the socket's other holders see them so too): in
+/// particular not `O_NONBLOCK`, which belongs to the open file description that other
+/// holders share. The classes that need it set it themselves.
 pub fn adopt(fd: i32, wanted: Adopt) -> Result<OwnedFd> {
   take(fd, wanted).map_err(|refusal| match refusal {
     Refusal::Failed(errno, syscall) => error::sys(errno, syscall),
@@ -421,7 +447,11 @@ fn take(fd: i32, wanted: Adopt) -> std::result::Result<OwnedFd, Refusal> {
   set_cloexec(fd).map_err(|e| Refusal::Failed(e, "fcntl"))?;
   // SAFETY: `fd` is open and the caller hands its ownership over: from here on only the
   // returned OwnedFd closes it.
-  Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+  let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+  if wanted == Adopt::Connected(Kind::Stream) {
+    in_line_out_of_band(owned.as_fd());
+  }
+  Ok(owned)
 }
 
 /// What `fd` is, in the words of the `ERR_INVALID_FD_TYPE` refusals ("a connected TCP

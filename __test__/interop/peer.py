@@ -21,9 +21,17 @@
       down its writing side, closes its files, reads until end of stream and prints
       {"sent": <messages>}.
 
+  python3 peer.py oob <socket path> <file> <file> <file>
+      Connects and sends b"before", then b"!" as out-of-band data (MSG_OOB) with the
+      first file's fd, then b"after" with the other two, then shuts down its writing
+      side, reads until end of stream and prints {"oob": "sent"} ({"oob":
+      "unsupported"} where the kernel refuses MSG_OOB on a Unix socket: then b"!" goes
+      as plain data, with its fd).
+
 Every line on stdout is JSON; "connected" is printed once the connection is made.
 """
 
+import array
 import fcntl
 import json
 import os
@@ -125,6 +133,27 @@ def burst(path, plan_file):
     print(json.dumps({"sent": len(plan["messages"])}), flush=True)
 
 
+def oob(path, files):
+    opened = [os.open(name, os.O_RDONLY) for name in files]
+    s = connect(path)
+    s.sendall(b"before")
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", opened[:1]))]
+    try:
+        s.sendmsg([b"!"], rights, socket.MSG_OOB)
+        outcome = "sent"
+    except OSError:
+        s.sendmsg([b"!"], rights)
+        outcome = "unsupported"
+    socket.send_fds(s, [b"after"], opened[1:])
+    s.shutdown(socket.SHUT_WR)
+    for fd in opened:
+        os.close(fd)
+    while s.recv(4096):
+        pass
+    s.close()
+    print(json.dumps({"oob": outcome}), flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "send":
@@ -133,5 +162,10 @@ if __name__ == "__main__":
         recv(sys.argv[2])
     elif mode == "burst":
         burst(sys.argv[2], sys.argv[3])
+    elif mode == "oob":
+        oob(sys.argv[2], sys.argv[3:6])
     else:
-        raise SystemExit("usage: peer.py send <socket> <file> | recv <socket> | burst <socket> <plan>")
+        raise SystemExit(
+            "usage: peer.py send <socket> <file> | recv <socket> | burst <socket> <plan>"
+            " | oob <socket> <file> <file> <file>"
+        )
