@@ -980,9 +980,11 @@ test.serial(
     }
     t.deepEqual(flags, [true, true, true, true, false])
     t.true(socket.writableLength < socket.writableHighWaterMark, 'the bytes alone would not have said false')
+    t.true(socket.writableNeedDrain, 'as write() said, until the drain')
     t.true(socket.pending)
     await withTimeout(new Promise<void>((resolve) => socket.once('drain', () => resolve())), T, 'drain')
     t.deepEqual(events, ['connect', 'drain'])
+    t.false(socket.writableNeedDrain)
     // Once drained, writing fds goes on as normal.
     enqueueFile(socket, set.files[5])
     chunks.push(Buffer.from('c5;'))

@@ -89,6 +89,11 @@ export interface FdSocketOptions extends Pick<
   timeout?: number
 }
 
+/** Writable's `writableNeedDrain` getter: whether the bytes buffered owe a `'drain'`. */
+const bytesNeedDrain = Object.getOwnPropertyDescriptor(Duplex.prototype, 'writableNeedDrain')!.get! as (
+  this: Duplex,
+) => boolean
+
 /** How many staged fds wait for the chunk of one `write()` call. */
 interface StagedRun {
   chunk: number
@@ -221,6 +226,15 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
 
   static {
     attachNative = (socket, inner, paused) => socket.#attach(inner, paused)
+    // `writableNeedDrain`: `true` after a `write()` returned `false`, until `'drain'`, also
+    // when it did for the fds waiting in the write buffer (see `maxQueuedFds`), not only
+    // for the bytes. (Defined here: Duplex declares it as a field to TypeScript.)
+    Object.defineProperty(FdSocket.prototype, 'writableNeedDrain', {
+      get(this: FdSocket): boolean {
+        return bytesNeedDrain.call(this) || this.#owesDrain
+      },
+      configurable: true,
+    })
   }
 
   constructor(options: FdSocketOptions = {}) {
@@ -657,7 +671,8 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #settleDrain(): void {
     if (this.#owesDrain && this.#bufferedFds() < this.#maxQueuedFds) {
       this.#owesDrain = false
-      if (!this.writableNeedDrain) process.nextTick(() => this.emit('drain'))
+      // Writable emits its own when the bytes were what it owed for.
+      if (!bytesNeedDrain.call(this)) process.nextTick(() => this.emit('drain'))
     }
   }
 
