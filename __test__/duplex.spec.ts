@@ -995,6 +995,39 @@ test.serial(
   },
 )
 
+test.serial(
+  "a socket that owed a 'drain' for its fds and then ended: writableNeedDrain false, no 'drain' before 'finish', as net's",
+  async (t) => {
+    const sock = tmpSocketPath()
+    const listener = AsyncUnixListener.bind(sock)
+    cleanup(t, listener)
+    const set = fileSet(2, 'end-fd-')
+    t.teardown(set.remove)
+    const events: string[] = []
+    const socket = connect(sock, { maxQueuedFds: 2 })
+    cleanup(t, socket)
+    socket.on('drain', () => events.push('drain'))
+    socket.on('finish', () => events.push('finish'))
+    const flags: boolean[] = []
+    for (let i = 0; i < 2; i++) {
+      enqueueFile(socket, set.files[i])
+      flags.push(socket.write(`c${i};`))
+    }
+    t.deepEqual(flags, [true, false])
+    t.true(socket.writableNeedDrain)
+    socket.end()
+    t.false(socket.writableNeedDrain, 'ending: nothing more to write')
+    const stream = await withTimeout(listener.accept(), T, 'accept')
+    cleanup(t, stream)
+    const { data, fds } = await readToEnd(stream)
+    t.is(data.toString(), 'c0;c1;')
+    t.is(fds.length, 2)
+    closeAll(fds)
+    if (!events.includes('finish')) await withTimeout(onceEvent(socket, 'finish'), T, 'finish')
+    t.deepEqual(events, ['finish'])
+  },
+)
+
 test.serial('end() half-closes only after every buffered write went out; the other direction stays open', async (t) => {
   const [a, b] = AsyncUnixStream.pair()
   cleanup(t, b)

@@ -228,10 +228,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
     attachNative = (socket, inner, paused) => socket.#attach(inner, paused)
     // `writableNeedDrain`: `true` after a `write()` returned `false`, until `'drain'`, also
     // when it did for the fds waiting in the write buffer (see `maxQueuedFds`), not only
-    // for the bytes. (Defined here: Duplex declares it as a field to TypeScript.)
+    // for the bytes; `false` once ending or destroyed, as Writable's. (Defined here:
+    // Duplex declares it as a field to TypeScript.)
     Object.defineProperty(FdSocket.prototype, 'writableNeedDrain', {
       get(this: FdSocket): boolean {
-        return bytesNeedDrain.call(this) || this.#owesDrain
+        return bytesNeedDrain.call(this) || (this.#owesDrain && !this.destroyed && !this.writableEnded)
       },
       configurable: true,
     })
@@ -671,8 +672,11 @@ export class FdSocket extends Duplex implements EnqueueFd, DequeueFd {
   #settleDrain(): void {
     if (this.#owesDrain && this.#bufferedFds() < this.#maxQueuedFds) {
       this.#owesDrain = false
-      // Writable emits its own when the bytes were what it owed for.
-      if (!bytesNeedDrain.call(this)) process.nextTick(() => this.emit('drain'))
+      // Writable emits its own when the bytes were what it owed for, and none once the
+      // socket is ending (end() was called: nothing more is written) or destroyed.
+      if (!bytesNeedDrain.call(this) && !this.writableEnded && !this.destroyed) {
+        process.nextTick(() => this.emit('drain'))
+      }
     }
   }
 

@@ -84,9 +84,10 @@ fn finish(fd: OwnedFd, nonblocking: bool) -> nix::Result<OwnedFd> {
 
 /// Has a byte a peer sends with `MSG_OOB` arrive in line with the others, with the fds it
 /// carries. Linux queues it apart otherwise, where a plain `recvmsg` never reads it: its
-/// fds were closed unseen, no `MSG_CTRUNC` said so, and the byte was lost. Stream sockets
-/// only (the others carry no out-of-band data); best effort, as a socket refusing it has
-/// no out-of-band data to lose.
+/// fds were closed unseen, no `MSG_CTRUNC` said so, and the byte was lost. For stream
+/// sockets (the others carry no out-of-band data: `accept`, which does not know the kind,
+/// sets it on seqpacket connections too, where it changes nothing); best effort, as a
+/// socket refusing it has no out-of-band data to lose.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn in_line_out_of_band(fd: BorrowedFd<'_>) {
   let _ = setsockopt(&fd, sockopt::OobInline, &true);
