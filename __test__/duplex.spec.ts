@@ -957,19 +957,27 @@ test.serial('300 writeWithFds() calls that each go out at once carry their fd ea
   closeAll(arrived)
 })
 
+/**
+ * A listener, `files` temp files and a socket connecting to the listener with
+ * `maxQueuedFds`, whose `events` (of `logged`) are recorded in order; all undone at the end.
+ */
+function fdBoundSetup(t: ExecutionContext, files: number, maxQueuedFds: number, logged: string[]) {
+  const sock = tmpSocketPath()
+  const listener = AsyncUnixListener.bind(sock)
+  cleanup(t, listener)
+  const set = fileSet(files, 'bound-fd-')
+  t.teardown(set.remove)
+  const events: string[] = []
+  const socket = connect(sock, { maxQueuedFds })
+  cleanup(t, socket)
+  for (const event of logged) socket.on(event, () => events.push(event))
+  return { listener, set, socket, events }
+}
+
 test.serial(
   "write() turns false once maxQueuedFds fds wait in the write buffer; 'drain' comes after connect",
   async (t) => {
-    const sock = tmpSocketPath()
-    const listener = AsyncUnixListener.bind(sock)
-    cleanup(t, listener)
-    const set = fileSet(6, 'bp-fd-')
-    t.teardown(set.remove)
-    const events: string[] = []
-    const socket = connect(sock, { maxQueuedFds: 5 })
-    cleanup(t, socket)
-    socket.on('connect', () => events.push('connect'))
-    socket.on('drain', () => events.push('drain'))
+    const { listener, set, socket, events } = fdBoundSetup(t, 6, 5, ['connect', 'drain'])
     t.is(socket.maxQueuedFds, 5)
     const flags: boolean[] = []
     const chunks: Buffer[] = []
@@ -998,16 +1006,7 @@ test.serial(
 test.serial(
   "a socket that owed a 'drain' for its fds and then ended: writableNeedDrain false, no 'drain' before 'finish', as net's",
   async (t) => {
-    const sock = tmpSocketPath()
-    const listener = AsyncUnixListener.bind(sock)
-    cleanup(t, listener)
-    const set = fileSet(2, 'end-fd-')
-    t.teardown(set.remove)
-    const events: string[] = []
-    const socket = connect(sock, { maxQueuedFds: 2 })
-    cleanup(t, socket)
-    socket.on('drain', () => events.push('drain'))
-    socket.on('finish', () => events.push('finish'))
+    const { listener, set, socket, events } = fdBoundSetup(t, 2, 2, ['drain', 'finish'])
     const flags: boolean[] = []
     for (let i = 0; i < 2; i++) {
       enqueueFile(socket, set.files[i])

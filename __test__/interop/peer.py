@@ -124,13 +124,7 @@ def burst(path, plan_file):
             s.sendall(data[sent:])
         else:
             s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-    for fd in opened:
-        os.close(fd)
-    while s.recv(4096):
-        pass
-    s.close()
-    print(json.dumps({"sent": len(plan["messages"])}), flush=True)
+    finish(s, opened, {"sent": len(plan["messages"])})
 
 
 def oob(path, files):
@@ -145,13 +139,18 @@ def oob(path, files):
         s.sendmsg([b"!"], rights)
         outcome = "unsupported"
     socket.send_fds(s, [b"after"], opened[1:])
+    finish(s, opened, {"oob": outcome})
+
+
+def finish(s, opened, result):
+    """Shuts down the writing side, closes the files, reads until end of stream, prints result."""
     s.shutdown(socket.SHUT_WR)
     for fd in opened:
         os.close(fd)
     while s.recv(4096):
         pass
     s.close()
-    print(json.dumps({"oob": outcome}), flush=True)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
