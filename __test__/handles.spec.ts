@@ -456,8 +456,14 @@ test.serial(
       streams.push(stream)
       return stream
     }
+    const listening = net.createServer((accepted) => accepted.destroy())
+    const listeningPath = tmpSocketPath()
+    await new Promise<void>((resolve) => listening.listen(listeningPath, resolve))
+    const connecting: net.Socket[] = []
     const cases: Array<[string, () => FdLike]> = [
       ['an unconnected new net.Socket()', () => new net.Socket()],
+      // It has an fd already (a Unix socket's), but 'connect' has not come yet.
+      ['a Unix net.Socket still connecting', () => connecting[connecting.push(net.connect(listeningPath)) - 1]],
       ['a destroyed net.Socket', () => destroyed.client],
       ['a net.Server that is not listening', () => net.createServer()],
       ['a closed net.Server', () => destroyed.server],
@@ -494,7 +500,9 @@ test.serial(
       }
     }
     unbound.close()
+    await destroyAll(...connecting)
     t.is(await settledOpenFds(before), before, 'no fd was opened, duplicated or leaked by the refusals')
+    await closeServer(listening)
   },
 )
 

@@ -51,7 +51,8 @@ export function toFd(value: FdLike, name = 'fd'): number {
   if (typeof value === 'number') return validateFdNumber(value, name)
   if (value instanceof net.Socket || value instanceof net.Server) {
     const fd = handleFd(value)
-    if (fd === undefined) {
+    // A Unix net.Socket has its fd while it still connects (a TCP one has none yet).
+    if (fd === undefined || (value instanceof net.Socket && value.connecting)) {
       const kind = value instanceof net.Server ? 'net.Server that is not listening' : 'net.Socket that is not connected'
       throw invalidArgValue(name, `is a ${kind} (yet), or is closed: it has no fd`)
     }

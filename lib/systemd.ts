@@ -63,6 +63,13 @@ function notifyText(state: unknown): string {
     else if (typeof value === 'string') text = value
     else throw invalidArgType(`state.${key}`, 'a string, a finite number or a boolean', value)
     if (text.includes('\n')) throw invalidArgValue(`state.${key}`, 'contains a newline')
+    // As systemd checks it (fdname_is_valid): LISTEN_FDNAMES joins the names with ':'.
+    if (key === 'FDNAME' && (text.length > 255 || !/^[\x20-\x7e]*$/.test(text) || text.includes(':'))) {
+      throw invalidArgValue(
+        'state.FDNAME',
+        'is not a name systemd takes (at most 255 printable ASCII characters, no ":")',
+      )
+    }
     lines.push(`${key}=${text}`)
   }
   return lines.join('\n')
