@@ -27,7 +27,7 @@ use napi::bindgen_prelude::{JsObjectValue, JsValue};
 use napi::{sys, Status, ValueType};
 use napi_derive::napi;
 
-use crate::cancel::CancelHandle;
+use crate::cancel::Canceller;
 use crate::error::from_napi;
 use crate::handle;
 use crate::held::{self, Released};
@@ -77,6 +77,15 @@ impl<const N: usize> Call<N> {
       ValueType::Undefined | ValueType::Null => Ok(None),
       _ => self.external(i).map(Some),
     }
+  }
+
+  /// Argument `i` as an operation's canceller (`undefined` or `null`: none).
+  fn canceller(&self, i: usize) -> napi::Result<Option<Arc<Canceller>>> {
+    Ok(
+      self
+        .optional_external::<Arc<Canceller>>(i)?
+        .map(|c| Arc::clone(c)),
+    )
   }
 
   /// The JS value of the call's result.
@@ -195,9 +204,7 @@ callback! {
   /// operation `id` settles later (always, with `defer`).
   stream_read, 6, |call| {
     let stream = call.handle::<Arc<StreamCore>>(0)?;
-    let canceller = call
-      .optional_external(3)?
-      .map(|c: &CancelHandle| Arc::clone(c));
+    let canceller = call.canceller(3)?;
     // A Uint8Array is checked for what it is on every Node version (`napi_get_buffer_info`
     // of another value aborts on early Node 20 releases).
     let mut scratch: Uint8ArraySlice<'_> = call.value(4)?;
@@ -232,9 +239,7 @@ callback! {
   /// null`, see [`message::receive`].
   message_receive, 5, |call| {
     let core = call.handle::<Arc<MessageCore>>(0)?;
-    let canceller = call
-      .optional_external(2)?
-      .map(|c: &CancelHandle| Arc::clone(c));
+    let canceller = call.canceller(2)?;
     let mut scratch: Uint8ArraySlice<'_> = call.value(3)?;
     // SAFETY: as in `stream_read`.
     let scratch = unsafe { scratch.as_mut() };
